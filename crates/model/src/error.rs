@@ -1,0 +1,119 @@
+//! The one table of platform error codes and their HTTP status.
+//!
+//! A code is part of the API contract: clients branch on it, so a code is never renamed or
+//! reused. The HTTP status is a number here so that this crate stays free of HTTP types.
+
+/// A stable, machine-readable platform error code.
+///
+/// These are failures of the platform or of the request. A function's own failure (its
+/// exception, timeout, crash) is an invocation outcome and never appears here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid.
+    InvalidRequest,
+    /// A code archive is malformed or unsafe (`..` paths, escaping symlinks, too large unpacked).
+    InvalidArchive,
+    /// A function refers to a code artifact the server does not have.
+    CodeNotFound,
+    /// No bearer token was sent, or it is wrong.
+    Unauthorized,
+    /// The function does not exist.
+    FunctionNotFound,
+    /// The invocation is not (or no longer) known to this node.
+    InvocationNotFound,
+    /// No route matches the path.
+    RouteNotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// Creating a function that already exists.
+    FunctionExists,
+    /// A request body exceeds its limit.
+    PayloadTooLarge,
+    /// The request body has a content type this endpoint does not take.
+    UnsupportedMediaType,
+    /// The node has no capacity left for another instance.
+    CapacityExhausted,
+    /// The runtime's interpreter is not installed on this node.
+    RuntimeUnavailable,
+    /// The instance process could not be started.
+    InstanceStartFailed,
+    /// The metadata store or blob store failed.
+    StorageError,
+    /// Anything else; the server log has the details.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidArchive,
+        ErrorCode::CodeNotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::FunctionNotFound,
+        ErrorCode::InvocationNotFound,
+        ErrorCode::RouteNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::FunctionExists,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::CapacityExhausted,
+        ErrorCode::RuntimeUnavailable,
+        ErrorCode::InstanceStartFailed,
+        ErrorCode::StorageError,
+        ErrorCode::Internal,
+    ];
+
+    /// The stable snake_case code sent to clients.
+    pub fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        self.row().1
+    }
+
+    fn row(self) -> (&'static str, u16) {
+        match self {
+            ErrorCode::InvalidRequest => ("invalid_request", 400),
+            ErrorCode::InvalidArchive => ("invalid_archive", 400),
+            ErrorCode::CodeNotFound => ("code_not_found", 400),
+            ErrorCode::Unauthorized => ("unauthorized", 401),
+            ErrorCode::FunctionNotFound => ("function_not_found", 404),
+            ErrorCode::InvocationNotFound => ("invocation_not_found", 404),
+            ErrorCode::RouteNotFound => ("route_not_found", 404),
+            ErrorCode::MethodNotAllowed => ("method_not_allowed", 405),
+            ErrorCode::FunctionExists => ("function_exists", 409),
+            ErrorCode::PayloadTooLarge => ("payload_too_large", 413),
+            ErrorCode::UnsupportedMediaType => ("unsupported_media_type", 415),
+            ErrorCode::CapacityExhausted => ("capacity_exhausted", 503),
+            ErrorCode::RuntimeUnavailable => ("runtime_unavailable", 503),
+            ErrorCode::InstanceStartFailed => ("instance_start_failed", 502),
+            ErrorCode::StorageError => ("storage_error", 500),
+            ErrorCode::Internal => ("internal", 500),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_statuses_are_errors() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
+            assert!((400..600).contains(&code.http_status()), "{s}");
+        }
+    }
+}

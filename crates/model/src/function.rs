@@ -1,0 +1,342 @@
+//! A function: its user-given configuration (`FunctionSpec`), its stored record
+//! (`Function`), and the validation every writer goes through.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// The language runtime an instance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Runtime {
+    /// CPython 3 from the node, `handler: module.function`.
+    #[serde(rename = "python3")]
+    Python3,
+    /// Node.js from the node, `handler: file.export`.
+    #[serde(rename = "nodejs")]
+    Nodejs,
+}
+
+impl Runtime {
+    /// Every runtime, in the order documentation lists them.
+    pub const ALL: [Runtime; 2] = [Runtime::Python3, Runtime::Nodejs];
+
+    /// The name used in manifests and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "python3",
+            Runtime::Nodejs => "nodejs",
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Runtime::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown runtime `{s}`; expected one of: python3, nodejs"))
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a user configures for a function. Defaults are filled in before it is stored, so a
+/// stored spec is complete and the sandbox never guesses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub runtime: Runtime,
+    pub handler: String,
+    /// sha256 (hex) of the code archive in the blob store.
+    pub code_sha256: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A stored function: the spec plus what the store adds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Function {
+    pub spec: FunctionSpec,
+    /// Increases by one on every update; instances of an older revision are never reused.
+    pub revision: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One invalid field: which, and what is wrong with it, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks a function name: 1..=64 of `[A-Za-z0-9_-]`, starting with a letter.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > limits::NAME_LEN_MAX {
+        return Err(format!(
+            "must be 1 to {} characters long",
+            limits::NAME_LEN_MAX
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err("must start with a letter".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "contains `{c}`; only letters, digits, `-` and `_` are allowed"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), String> {
+    if handler.is_empty() || handler.len() > limits::HANDLER_LEN_MAX {
+        return Err(format!(
+            "must be 1 to {} characters long",
+            limits::HANDLER_LEN_MAX
+        ));
+    }
+    // `module.function` for both runtimes; the module part may contain `/` (a subdirectory)
+    // but never `..`, and the function part is an identifier.
+    let Some((module, func)) = handler.rsplit_once('.') else {
+        return Err(format!(
+            "`{handler}` must look like `module.function` (e.g. `main.handler` for {})",
+            match runtime {
+                Runtime::Python3 => "`def handler(event, context)` in main.py",
+                Runtime::Nodejs => "`exports.handler` in main.js",
+            }
+        ));
+    };
+    if module.is_empty() || module.starts_with('/') || module.split('/').any(|p| p == "..") {
+        return Err(format!(
+            "module `{module}` must be a relative path inside the code"
+        ));
+    }
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    if !ident(func) {
+        return Err(format!("function `{func}` is not a valid identifier"));
+    }
+    Ok(())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if env.len() > limits::ENV_VARS_MAX {
+        errors.push(FieldError {
+            field: "env".into(),
+            message: format!(
+                "has {} variables; at most {} are allowed",
+                env.len(),
+                limits::ENV_VARS_MAX
+            ),
+        });
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > limits::ENV_BYTES_MAX {
+        errors.push(FieldError {
+            field: "env".into(),
+            message: format!(
+                "is {total} bytes in total; at most {} are allowed",
+                limits::ENV_BYTES_MAX
+            ),
+        });
+    }
+    for (key, value) in env {
+        let valid_key = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            errors.push(FieldError {
+                field: format!("env.{key}"),
+                message: "names must match [A-Za-z_][A-Za-z0-9_]*".into(),
+            });
+        } else if is_reserved_env(key) {
+            errors.push(FieldError {
+                field: format!("env.{key}"),
+                message: "is set by the platform and cannot be overridden".into(),
+            });
+        }
+        if value.contains('\0') {
+            errors.push(FieldError {
+                field: format!("env.{key}"),
+                message: "value contains a NUL byte".into(),
+            });
+        }
+    }
+    errors
+}
+
+/// Variables the platform sets for every instance; a function may not override them
+/// because the runtime shims and handlers depend on their meaning.
+pub fn is_reserved_env(key: &str) -> bool {
+    key.starts_with("NIMBUS_")
+        || key.starts_with("AWS_LAMBDA_")
+        || matches!(key, "_HANDLER" | "LAMBDA_TASK_ROOT" | "PATH" | "HOME")
+}
+
+impl FunctionSpec {
+    /// Every problem with this spec, each naming its field. Empty means valid.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut push = |field: &str, r: Result<(), String>| {
+            if let Err(message) = r {
+                errors.push(FieldError {
+                    field: field.into(),
+                    message,
+                });
+            }
+        };
+        push("name", validate_name(&self.name));
+        push("handler", validate_handler(self.runtime, &self.handler));
+        push(
+            "code_sha256",
+            if self.code_sha256.len() == 64
+                && self
+                    .code_sha256
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                Ok(())
+            } else {
+                Err(
+                    "must be 64 lowercase hex characters (the sha256 of an uploaded archive)"
+                        .into(),
+                )
+            },
+        );
+        push(
+            "memory_mb",
+            range(self.memory_mb, limits::MEMORY_MB_MIN, limits::MEMORY_MB_MAX),
+        );
+        push(
+            "timeout_ms",
+            range(
+                self.timeout_ms,
+                limits::TIMEOUT_MS_MIN,
+                limits::TIMEOUT_MS_MAX,
+            ),
+        );
+        push(
+            "description",
+            if self.description.len() <= limits::DESCRIPTION_LEN_MAX {
+                Ok(())
+            } else {
+                Err(format!("longer than {} bytes", limits::DESCRIPTION_LEN_MAX))
+            },
+        );
+        errors.extend(validate_env(&self.env));
+        errors
+    }
+}
+
+fn range(value: u32, min: u32, max: u32) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is out of range; must be {min} to {max}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FunctionSpec {
+        FunctionSpec {
+            name: "hello".into(),
+            runtime: Runtime::Python3,
+            handler: "main.handler".into(),
+            code_sha256: "a".repeat(64),
+            memory_mb: 128,
+            timeout_ms: 3000,
+            env: BTreeMap::new(),
+            description: String::new(),
+        }
+    }
+
+    fn fields(s: &FunctionSpec) -> Vec<String> {
+        s.validate().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_spec_has_no_errors() {
+        assert_eq!(spec().validate(), vec![]);
+        let mut s = spec();
+        s.handler = "src/app.main_handler".into();
+        assert_eq!(s.validate(), vec![]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(fn(&mut FunctionSpec), &str)> = vec![
+            (|s| s.name = "9lives".into(), "name"),
+            (|s| s.name = "a b".into(), "name"),
+            (|s| s.name = "x".repeat(65), "name"),
+            (|s| s.handler = "nodot".into(), "handler"),
+            (|s| s.handler = "../up.handler".into(), "handler"),
+            (|s| s.handler = "/abs.handler".into(), "handler"),
+            (|s| s.handler = "main.9".into(), "handler"),
+            (|s| s.code_sha256 = "xyz".into(), "code_sha256"),
+            (|s| s.memory_mb = 1, "memory_mb"),
+            (|s| s.timeout_ms = 0, "timeout_ms"),
+            (|s| s.timeout_ms = 900_001, "timeout_ms"),
+            (|s| s.description = "d".repeat(257), "description"),
+            (
+                |s| {
+                    s.env.insert("1BAD".into(), "v".into());
+                },
+                "env.1BAD",
+            ),
+            (
+                |s| {
+                    s.env.insert("NIMBUS_X".into(), "v".into());
+                },
+                "env.NIMBUS_X",
+            ),
+            (
+                |s| {
+                    s.env.insert("BIG".into(), "v".repeat(5000));
+                },
+                "env",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(fields(&s), vec![field.to_string()], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn runtime_parses_and_names_alternatives() {
+        assert_eq!("nodejs".parse::<Runtime>(), Ok(Runtime::Nodejs));
+        let err = "ruby".parse::<Runtime>().unwrap_err();
+        assert!(err.contains("python3, nodejs"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The vocabulary of Nimbus: functions and their validation, limits, and error codes.
+//!
+//! This crate does no IO. Everything that crosses a boundary (the API, the store, the
+//! sandbox) is described here once, so that the rules for what is a valid function live in
+//! one place and every layer enforces the same ones.
+
+mod error;
+mod function;
+pub mod limits;
+
+pub use error::ErrorCode;
+pub use function::{FieldError, Function, FunctionSpec, Runtime, validate_name};

@@ -1,0 +1,115 @@
+//! Function instances: starting runtime processes, talking to them, keeping them warm.
+//!
+//! This crate is the only one that starts processes. `Pool` is its front door: given the
+//! resolved configuration of a function and an event, it finds a warm instance or starts
+//! one, runs the invocation, and reports the outcome with its timings and logs. A function's
+//! failure (exception, timeout, crash, bad code) is an `Outcome::Error`, never a
+//! `SandboxError`; the latter means the platform could not run the function at all.
+
+mod instance;
+mod logs;
+mod pool;
+pub mod protocol;
+mod runtimes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use model::Runtime;
+use serde::{Deserialize, Serialize};
+
+pub use logs::{LogLine, Logs};
+pub use pool::{Pool, PoolConfig};
+pub use runtimes::Runtimes;
+
+/// Everything needed to start an instance, resolved from the stored function. Two
+/// configurations that differ in any field never share instances.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub function: String,
+    pub runtime: Runtime,
+    pub handler: String,
+    /// The unpacked, read-only code tree.
+    pub code_dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u32,
+    pub timeout_ms: u32,
+}
+
+/// A function's own failure, in the shape Lambda uses so existing tooling understands it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionError {
+    pub error_type: String,
+    pub error_message: String,
+    #[serde(default)]
+    pub stack_trace: Vec<String>,
+}
+
+impl FunctionError {
+    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
+        FunctionError {
+            error_type: error_type.into(),
+            error_message: message.into(),
+            stack_trace: Vec::new(),
+        }
+    }
+
+    /// Parses the error a shim sent; a body that does not parse is itself reported.
+    pub(crate) fn from_body(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_else(|e| {
+            FunctionError::new(
+                "Runtime.InvalidError",
+                format!("the runtime reported an error that could not be read: {e}"),
+            )
+        })
+    }
+}
+
+/// How an invocation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler returned. `content_type` is `json`, `text` or `bytes`.
+    Success {
+        content_type: ContentType,
+        body: Bytes,
+    },
+    /// The handler failed, timed out, crashed, or its code could not be loaded.
+    Error(FunctionError),
+}
+
+/// What kind of value a handler returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentType {
+    Json,
+    Text,
+    Bytes,
+}
+
+/// A finished invocation with what the platform observed about it.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub outcome: Outcome,
+    /// Whether a new instance was started for this invocation.
+    pub cold_start: bool,
+    /// Milliseconds from process spawn to the handler being loaded, when cold.
+    pub init_ms: Option<f64>,
+    /// Milliseconds from sending the event to the instance until its answer.
+    pub duration_ms: f64,
+    pub instance_id: u64,
+    pub logs: Logs,
+}
+
+/// The platform could not run the invocation at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("runtime `{0}` is not available on this node: its interpreter was not found")]
+    RuntimeUnavailable(Runtime),
+    #[error("this node already runs its maximum of {0} instances")]
+    CapacityExhausted(usize),
+    #[error("starting the instance failed: {0}")]
+    Spawn(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,510 @@
+//! The warm pool: reuses idle instances, starts new ones within a node-wide cap, retires
+//! instances that crashed, timed out, went stale or sat idle too long.
+//!
+//! Each instance serves one invocation at a time for now (per-function concurrency and the
+//! full scheduler come with issue 4). All pool decisions happen under one short lock that
+//! is never held across an await.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::instance::{Instance, Reply, StartError, kill_group};
+use crate::logs::now_ms;
+use crate::{
+    ContentType, FunctionError, InstanceConfig, Invocation, Outcome, Runtimes, SandboxError,
+};
+
+/// Bounds of the pool.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Most instances alive on this node at once, busy or idle.
+    pub instances_max: usize,
+    /// An instance idle this long is stopped (scale to zero).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            instances_max: 64,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+struct Idle {
+    instance: Instance,
+    since: Instant,
+}
+
+struct FunctionPool {
+    /// Hash of the `InstanceConfig` the idle instances were started with.
+    config_key: u64,
+    idle: Vec<Idle>,
+}
+
+#[derive(Default)]
+struct State {
+    functions: HashMap<String, FunctionPool>,
+    /// Instances alive (idle, busy, or starting), counted against `instances_max`.
+    live: usize,
+    /// Process ids of every live instance, so shutdown can kill what is busy too.
+    pids: HashMap<u64, i32>,
+    closed: bool,
+}
+
+/// Runs invocations on warm or new instances.
+pub struct Pool {
+    runtimes: Runtimes,
+    config: PoolConfig,
+    state: Mutex<State>,
+    next_instance: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(runtimes: Runtimes, config: PoolConfig) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            runtimes,
+            config,
+            state: Mutex::new(State::default()),
+            next_instance: AtomicU64::new(1),
+        });
+        tokio::spawn(reap_idle(Arc::downgrade(&pool)));
+        pool
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    /// Runs one invocation of `config` with `event`.
+    pub async fn invoke(
+        &self,
+        config: &InstanceConfig,
+        request_id: &str,
+        event: &[u8],
+    ) -> Result<Invocation, SandboxError> {
+        let key = config_key(config);
+        let (instance, cold_start) = match self.checkout(&config.function, key)? {
+            Some(instance) => (instance, false),
+            None => match self.start(config).await? {
+                Ok(instance) => (instance, true),
+                Err(error) => {
+                    return Ok(Invocation {
+                        outcome: Outcome::Error(error),
+                        cold_start: true,
+                        init_ms: None,
+                        duration_ms: 0.0,
+                        instance_id: 0,
+                        logs: Default::default(),
+                    });
+                }
+            },
+        };
+        let timeout = Duration::from_millis(config.timeout_ms as u64);
+        let meta = serde_json::to_vec(&serde_json::json!({
+            "request_id": request_id,
+            "deadline_ms": now_ms() + config.timeout_ms as i64,
+        }))
+        .expect("meta serializes");
+        let started = Instant::now();
+        let (reply, logs) = instance.call(&meta, event, timeout).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match reply {
+            Reply::Result { content_type, body } => Outcome::Success {
+                content_type: match &content_type[..] {
+                    b"json" => ContentType::Json,
+                    b"text" => ContentType::Text,
+                    _ => ContentType::Bytes,
+                },
+                body,
+            },
+            Reply::Error(e) => Outcome::Error(e),
+            Reply::Crashed(report) => {
+                Outcome::Error(FunctionError::new("Runtime.ExitError", report))
+            }
+            Reply::Timeout => {
+                // The handler may be stuck anywhere; only killing the process frees the slot.
+                instance.kill();
+                Outcome::Error(FunctionError::new(
+                    "FunctionTimeout",
+                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+                ))
+            }
+        };
+        let invocation = Invocation {
+            outcome,
+            cold_start,
+            init_ms: cold_start.then(|| instance.init.as_secs_f64() * 1000.0),
+            duration_ms,
+            instance_id: instance.id,
+            logs,
+        };
+        self.checkin(&config.function, key, instance);
+        Ok(invocation)
+    }
+
+    /// Stops the idle instances of `function`, e.g. after it was updated or deleted.
+    pub fn evict(&self, function: &str) {
+        let removed = self.state.lock().unwrap().functions.remove(function);
+        if let Some(pool) = removed {
+            for idle in pool.idle {
+                self.retire(idle.instance);
+            }
+        }
+    }
+
+    /// Refuses new invocations and kills every instance, busy or idle.
+    pub fn shutdown(&self) {
+        let (idle, pids) = {
+            let mut state = self.state.lock().unwrap();
+            state.closed = true;
+            let idle: Vec<Idle> = state.functions.drain().flat_map(|(_, p)| p.idle).collect();
+            (idle, state.pids.values().copied().collect::<Vec<_>>())
+        };
+        for pid in pids {
+            kill_group(pid);
+        }
+        for idle in idle {
+            self.retire(idle.instance);
+        }
+    }
+
+    /// Number of live instances (for tests and, later, metrics).
+    pub fn live_instances(&self) -> usize {
+        self.state.lock().unwrap().live
+    }
+
+    fn checkout(&self, function: &str, key: u64) -> Result<Option<Instance>, SandboxError> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut state = self.state.lock().unwrap();
+            if state.closed {
+                return Err(SandboxError::ShuttingDown);
+            }
+            let pool = state
+                .functions
+                .entry(function.to_string())
+                .or_insert(FunctionPool {
+                    config_key: key,
+                    idle: Vec::new(),
+                });
+            if pool.config_key != key {
+                // The function changed: its idle instances run old code or config.
+                pool.config_key = key;
+                stale.append(&mut pool.idle);
+            }
+            let mut found = None;
+            // Most recently used first: it is the likeliest to be hot in caches, and it lets
+            // the least recently used ones age out.
+            while let Some(idle) = pool.idle.pop() {
+                if idle.instance.is_dead() {
+                    stale.push(idle);
+                } else {
+                    found = Some(idle.instance);
+                    break;
+                }
+            }
+            found
+        };
+        for idle in stale {
+            self.retire(idle.instance);
+        }
+        Ok(found)
+    }
+
+    fn checkin(&self, function: &str, key: u64, instance: Instance) {
+        if !instance.is_dead() {
+            let mut state = self.state.lock().unwrap();
+            let closed = state.closed;
+            if let Some(pool) = state.functions.get_mut(function)
+                && pool.config_key == key
+                && !closed
+            {
+                pool.idle.push(Idle {
+                    instance,
+                    since: Instant::now(),
+                });
+                return;
+            }
+        }
+        self.retire(instance);
+    }
+
+    /// Starts an instance, holding a slot of the node-wide cap while it lives.
+    async fn start(
+        &self,
+        config: &InstanceConfig,
+    ) -> Result<Result<Instance, FunctionError>, SandboxError> {
+        let launch = self
+            .runtimes
+            .launch(config.runtime)
+            .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
+        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.live >= self.config.instances_max {
+                return Err(SandboxError::CapacityExhausted(self.config.instances_max));
+            }
+            state.live += 1;
+        }
+        match Instance::start(id, launch, config).await {
+            Ok(instance) => {
+                let mut state = self.state.lock().unwrap();
+                state.pids.insert(instance.id, instance.pid);
+                if state.closed {
+                    drop(state);
+                    self.retire(instance);
+                    return Err(SandboxError::ShuttingDown);
+                }
+                tracing::debug!(function = %config.function, instance = id, init_ms = instance.init.as_millis() as u64, "instance started");
+                Ok(Ok(instance))
+            }
+            Err(e) => {
+                self.state.lock().unwrap().live -= 1;
+                match e {
+                    StartError::Platform(e) => Err(e),
+                    StartError::Function(e) => Ok(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn retire(&self, instance: Instance) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.live -= 1;
+            state.pids.remove(&instance.id);
+        }
+        tracing::debug!(instance = instance.id, "instance stopped");
+        // Dropping kills the process group.
+        drop(instance);
+    }
+}
+
+fn config_key(config: &InstanceConfig) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut h);
+    h.finish()
+}
+
+/// Stops instances idle longer than the idle timeout. Holds only a weak reference so the
+/// pool can be dropped.
+async fn reap_idle(pool: std::sync::Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let expired: Vec<Idle> = {
+            let mut state = pool.state.lock().unwrap();
+            let idle_timeout = pool.config.idle_timeout;
+            let mut expired = Vec::new();
+            for fp in state.functions.values_mut() {
+                let (old, keep): (Vec<Idle>, Vec<Idle>) = fp
+                    .idle
+                    .drain(..)
+                    .partition(|i| i.since.elapsed() >= idle_timeout);
+                fp.idle = keep;
+                expired.extend(old);
+            }
+            expired
+        };
+        for idle in expired {
+            pool.retire(idle.instance);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use model::Runtime;
+
+    const PY: &str = r#"
+import os, time, logging
+count = 0
+def handler(event, context):
+    global count
+    if isinstance(event, bytes):
+        return event
+    count += 1
+    what = event.get("do") if isinstance(event, dict) else None
+    print("call", count, context.aws_request_id)
+    logging.getLogger().warning("warned")
+    if what == "raise":
+        raise ValueError("bad input")
+    if what == "sleep":
+        time.sleep(5)
+    if what == "exit":
+        os._exit(3)
+    if what == "bytes":
+        return b"\x00\x01"
+    return {"count": count, "event": event, "left": context.get_remaining_time_in_millis() > 0}
+"#;
+
+    const JS: &str = r#"
+let count = 0;
+exports.handler = async (event, context) => {
+  count += 1;
+  console.log('call', count, context.awsRequestId);
+  if (event.do === 'raise') throw new TypeError('bad input');
+  if (event.do === 'exit') process.exit(4);
+  return { count, event };
+};
+exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'done'), 1); };
+"#;
+
+    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Pool>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        for (name, text) in files {
+            std::fs::write(code.join(name), text).unwrap();
+        }
+        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        (tmp, Pool::new(runtimes, PoolConfig::default()))
+    }
+
+    fn config(
+        tmp: &tempfile::TempDir,
+        runtime: Runtime,
+        handler: &str,
+        timeout_ms: u32,
+    ) -> InstanceConfig {
+        InstanceConfig {
+            function: "f".into(),
+            runtime,
+            handler: handler.into(),
+            code_dir: tmp.path().join("code"),
+            env: Default::default(),
+            memory_mb: 128,
+            timeout_ms,
+        }
+    }
+
+    fn body(inv: &Invocation) -> String {
+        match &inv.outcome {
+            Outcome::Success { body, .. } => String::from_utf8_lossy(body).into_owned(),
+            Outcome::Error(e) => panic!("expected success, got {e:?}"),
+        }
+    }
+
+    fn error(inv: &Invocation) -> &FunctionError {
+        match &inv.outcome {
+            Outcome::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn python_warm_reuse_errors_timeout_and_crash() {
+        let (tmp, pool) = setup(&[("main.py", PY)]);
+        let c = config(&tmp, Runtime::Python3, "main.handler", 1000);
+        let first = pool.invoke(&c, "r1", br#"{"a":1}"#).await.unwrap();
+        assert_eq!(body(&first), r#"{"count":1,"event":{"a":1},"left":true}"#);
+        assert!(first.cold_start);
+        let lines: Vec<_> = first
+            .logs
+            .lines
+            .iter()
+            .map(|l| (l.stream.as_str(), l.message.as_str()))
+            .collect();
+        assert_eq!(lines, [("stdout", "call 1 r1"), ("WARNING", "warned")]);
+
+        let second = pool.invoke(&c, "r2", b"").await.unwrap();
+        assert_eq!(body(&second), r#"{"count":2,"event":{},"left":true}"#);
+        assert!(!second.cold_start);
+
+        let e = pool.invoke(&c, "r3", br#"{"do":"raise"}"#).await.unwrap();
+        let e = error(&e);
+        assert_eq!(
+            (e.error_type.as_str(), e.error_message.as_str()),
+            ("ValueError", "bad input")
+        );
+        assert!(e.stack_trace.iter().any(|l| l.contains("main.py")), "{e:?}");
+
+        let raw = pool.invoke(&c, "r4", b"not json").await.unwrap();
+        assert_eq!(
+            raw.outcome,
+            Outcome::Success {
+                content_type: ContentType::Bytes,
+                body: Bytes::from_static(b"not json")
+            }
+        );
+
+        let t = pool.invoke(&c, "r5", br#"{"do":"sleep"}"#).await.unwrap();
+        assert_eq!(error(&t).error_type, "FunctionTimeout");
+        let after = pool.invoke(&c, "r6", b"{}").await.unwrap();
+        assert!(after.cold_start);
+        assert_eq!(body(&after), r#"{"count":1,"event":{},"left":true}"#);
+
+        let x = pool.invoke(&c, "r7", br#"{"do":"exit"}"#).await.unwrap();
+        let x = error(&x);
+        assert_eq!(x.error_type, "Runtime.ExitError");
+        assert!(x.error_message.contains("status 3"), "{x:?}");
+        assert!(pool.invoke(&c, "r8", b"{}").await.unwrap().cold_start);
+        assert_eq!(pool.live_instances(), 1);
+        pool.shutdown();
+        assert_eq!(pool.live_instances(), 0);
+    }
+
+    #[tokio::test]
+    async fn python_load_errors_are_outcomes() {
+        let (tmp, pool) = setup(&[("main.py", PY), ("broken.py", "def handler(:\n")]);
+        let cases = [
+            ("missing.handler", "Runtime.ImportModuleError"),
+            ("broken.handler", "Runtime.UserCodeSyntaxError"),
+            ("main.nothing", "Runtime.HandlerNotFound"),
+        ];
+        for (handler, expect) in cases {
+            let inv = pool
+                .invoke(&config(&tmp, Runtime::Python3, handler, 1000), "r", b"{}")
+                .await
+                .unwrap();
+            assert_eq!(error(&inv).error_type, expect, "{handler}");
+        }
+        assert_eq!(pool.live_instances(), 0);
+    }
+
+    #[tokio::test]
+    async fn node_async_callback_errors_and_crash() {
+        let (tmp, pool) = setup(&[("index.js", JS)]);
+        let c = config(&tmp, Runtime::Nodejs, "index.handler", 2000);
+        let first = pool.invoke(&c, "r1", br#"{"a":1}"#).await.unwrap();
+        assert_eq!(body(&first), r#"{"count":1,"event":{"a":1}}"#);
+        assert_eq!(first.logs.lines[0].message, "call 1 r1");
+        let second = pool.invoke(&c, "r2", b"{}").await.unwrap();
+        assert!(!second.cold_start);
+        assert_eq!(body(&second), r#"{"count":2,"event":{}}"#);
+        let e = pool.invoke(&c, "r3", br#"{"do":"raise"}"#).await.unwrap();
+        assert_eq!(error(&e).error_type, "TypeError");
+        let x = pool.invoke(&c, "r4", br#"{"do":"exit"}"#).await.unwrap();
+        assert!(
+            error(&x).error_message.contains("status 4"),
+            "{:?}",
+            error(&x)
+        );
+        let cb = pool
+            .invoke(
+                &config(&tmp, Runtime::Nodejs, "index.cb", 2000),
+                "r5",
+                b"{}",
+            )
+            .await
+            .unwrap();
+        assert_eq!(body(&cb), "done");
+        let missing = pool
+            .invoke(
+                &config(&tmp, Runtime::Nodejs, "nope.handler", 2000),
+                "r6",
+                b"{}",
+            )
+            .await
+            .unwrap();
+        assert_eq!(error(&missing).error_type, "Runtime.ImportModuleError");
+    }
+}

@@ -1,0 +1,200 @@
+// Nimbus Node.js runtime bootstrap.
+//
+// Runs inside a function instance. Fd 0 is the instance channel to the Nimbus server (a Unix
+// socket carrying length-prefixed frames, see protocol.rs). This file loads the user's
+// handler once, then answers invoke frames for the life of the process, so module-level
+// state survives between invocations, as on AWS Lambda. Both handler styles work:
+// `async (event, context)` and `(event, context, callback)`.
+'use strict';
+
+const net = require('net');
+const path = require('path');
+const util = require('util');
+const { AsyncLocalStorage } = require('async_hooks');
+
+const INVOKE = 1, RESULT = 2, ERROR = 3, LOG = 4, READY = 5, INIT_ERROR = 6;
+const started = process.hrtime.bigint();
+const env = process.env;
+const FUNCTION_NAME = env.NIMBUS_FUNCTION_NAME || '';
+const FUNCTION_VERSION = env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
+const MEMORY_MB = env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128';
+const INSTANCE_ID = env.NIMBUS_INSTANCE_ID || '';
+const CODE_DIR = env.NIMBUS_CODE_DIR || process.cwd();
+
+const sock = new net.Socket({ fd: 0, readable: true, writable: true });
+sock.setNoDelay && sock.setNoDelay(true);
+const current = new AsyncLocalStorage();
+const EMPTY = Buffer.alloc(0);
+
+function send(kind, id, meta, body) {
+  const m = typeof meta === 'string' ? Buffer.from(meta) : meta;
+  const b = typeof body === 'string' ? Buffer.from(body) : body;
+  const head = Buffer.allocUnsafe(13);
+  head.writeUInt32BE(9 + m.length + b.length, 0);
+  head.writeUInt8(kind, 4);
+  head.writeUInt32BE(id, 5);
+  head.writeUInt32BE(m.length, 9);
+  if (b.length < 65536) {
+    sock.write(Buffer.concat([head, m, b]));
+  } else {
+    // Large bodies go out as they are rather than being copied into one buffer.
+    sock.cork();
+    sock.write(Buffer.concat([head, m]));
+    sock.write(b);
+    sock.uncork();
+  }
+}
+
+function log(level, text) {
+  const id = current.getStore() || 0;
+  for (const line of String(text).replace(/\n$/, '').split('\n')) {
+    send(LOG, id, level, Buffer.from(line));
+  }
+}
+
+// Everything a handler prints becomes log frames attributed to its invocation.
+for (const [name, level] of [['log', 'INFO'], ['info', 'INFO'], ['warn', 'WARN'], ['error', 'ERROR'], ['debug', 'DEBUG'], ['trace', 'TRACE']]) {
+  console[name] = (...args) => log(level, util.format(...args));
+}
+process.stdout.write = (chunk, encoding, cb) => { log('stdout', chunk); if (typeof cb === 'function') cb(); return true; };
+process.stderr.write = (chunk, encoding, cb) => { log('stderr', chunk); if (typeof cb === 'function') cb(); return true; };
+
+const logger = {
+  debug: (...a) => log('DEBUG', util.format(...a)),
+  info: (...a) => log('INFO', util.format(...a)),
+  warn: (...a) => log('WARN', util.format(...a)),
+  error: (...a) => log('ERROR', util.format(...a)),
+};
+
+function errorBody(err, type, message) {
+  const e = err instanceof Error ? err : null;
+  return Buffer.from(JSON.stringify({
+    errorType: type || (e ? (e.name || 'Error') : 'Error'),
+    errorMessage: message !== undefined ? message : (e ? e.message : (typeof err === 'string' ? err : JSON.stringify(err))),
+    stackTrace: e && e.stack ? e.stack.split('\n').slice(1).map((l) => l.trim()) : [],
+  }));
+}
+
+function loadHandler() {
+  const handler = env.NIMBUS_HANDLER;
+  const dot = handler.lastIndexOf('.');
+  const moduleName = handler.slice(0, dot);
+  const funcName = handler.slice(dot + 1);
+  let mod;
+  try {
+    mod = require(path.resolve(CODE_DIR, moduleName));
+  } catch (e) {
+    if (e instanceof SyntaxError) throw { cause: e, type: 'Runtime.UserCodeSyntaxError', message: `${e.name}: ${e.message}` };
+    if (e && e.code === 'MODULE_NOT_FOUND' && String(e.message).includes(path.resolve(CODE_DIR, moduleName))) {
+      throw { cause: e, type: 'Runtime.ImportModuleError', message: `Error: Cannot find module '${moduleName}'` };
+    }
+    throw { cause: e };
+  }
+  const fn = mod && mod[funcName];
+  if (typeof fn !== 'function') {
+    throw { cause: null, type: 'Runtime.HandlerNotFound', message: `${handler} is undefined or not exported` };
+  }
+  return fn;
+}
+
+function decodeEvent(body) {
+  // An empty payload is `{}` as on Lambda; a payload that is not JSON arrives as a Buffer.
+  if (body.length === 0) return {};
+  try { return JSON.parse(body.toString('utf8')); } catch (_) { return body; }
+}
+
+function encodeResult(result) {
+  if (Buffer.isBuffer(result) || result instanceof Uint8Array) return ['bytes', Buffer.from(result)];
+  if (typeof result === 'string') return ['text', Buffer.from(result)];
+  const json = JSON.stringify(result === undefined ? null : result);
+  return ['json', Buffer.from(json === undefined ? 'null' : json)];
+}
+
+function makeContext(meta) {
+  const deadline = meta.deadline_ms;
+  return {
+    awsRequestId: meta.request_id,
+    requestId: meta.request_id,
+    attempt: meta.attempt || 1,
+    functionName: FUNCTION_NAME,
+    functionVersion: FUNCTION_VERSION,
+    memoryLimitInMB: MEMORY_MB,
+    invokedFunctionArn: `arn:nimbus:function:default:${FUNCTION_NAME}`,
+    logGroupName: `/nimbus/${FUNCTION_NAME}`,
+    logStreamName: INSTANCE_ID,
+    callbackWaitsForEmptyEventLoop: true,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    logger,
+  };
+}
+
+function invoke(fn, id, meta, body) {
+  current.run(id, () => {
+    let settled = false;
+    const finish = (err, result) => {
+      if (settled) return;
+      settled = true;
+      if (err !== null && err !== undefined) {
+        send(ERROR, id, EMPTY, errorBody(err));
+        return;
+      }
+      let encoded;
+      try {
+        encoded = encodeResult(result);
+      } catch (e) {
+        send(ERROR, id, EMPTY, errorBody(e, 'Runtime.MarshalError', `Unable to stringify response body: ${e.message}`));
+        return;
+      }
+      send(RESULT, id, encoded[0], encoded[1]);
+    };
+    try {
+      const context = makeContext(JSON.parse(meta.toString('utf8')));
+      // Legacy context methods some handlers still call.
+      context.succeed = (r) => finish(null, r);
+      context.fail = (e) => finish(e === undefined ? new Error('failed') : e);
+      context.done = (e, r) => finish(e, r);
+      const callback = (e, r) => finish(e, r);
+      const out = fn(decodeEvent(body), context, callback);
+      if (out && typeof out.then === 'function') {
+        out.then((r) => finish(null, r), (e) => finish(e === undefined || e === null ? new Error(String(e)) : e));
+      } else if (fn.length < 3) {
+        finish(null, out);
+      }
+    } catch (e) {
+      finish(e);
+    }
+  });
+}
+
+function main() {
+  let fn;
+  try {
+    fn = loadHandler();
+  } catch (f) {
+    send(INIT_ERROR, 0, EMPTY, errorBody(f.cause !== undefined ? f.cause : f, f.type, f.message));
+    sock.end(() => process.exit(1));
+    return;
+  }
+  const initMs = Number(process.hrtime.bigint() - started) / 1e6;
+  send(READY, 0, JSON.stringify({ init_ms: initMs }), EMPTY);
+
+  let buf = EMPTY;
+  sock.on('data', (chunk) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    while (buf.length >= 4) {
+      const len = buf.readUInt32BE(0);
+      if (buf.length < 4 + len) break;
+      const kind = buf.readUInt8(4);
+      const id = buf.readUInt32BE(5);
+      const metaLen = buf.readUInt32BE(9);
+      const meta = buf.subarray(13, 13 + metaLen);
+      const body = buf.subarray(13 + metaLen, 4 + len);
+      buf = buf.subarray(4 + len);
+      if (kind === INVOKE) invoke(fn, id, meta, body);
+    }
+  });
+  sock.on('end', () => process.exit(0));
+  sock.on('error', () => process.exit(1));
+}
+
+main();

@@ -1,0 +1,250 @@
+"""Nimbus Python runtime bootstrap.
+
+Runs inside a function instance. Fd 0 is the instance channel to the Nimbus server (a Unix
+socket carrying length-prefixed frames, see protocol.rs); stdin itself is /dev/null. This
+file loads the user's handler once, then answers invoke frames for the life of the process,
+so module-level state and imports survive between invocations, as on AWS Lambda.
+"""
+
+import contextvars
+import inspect
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+INVOKE, RESULT, ERROR, LOG, READY, INIT_ERROR = 1, 2, 3, 4, 5, 6
+_HEADER = struct.Struct(">IBII")
+
+# Take the channel off fd 0 so a handler reading stdin gets EOF instead of protocol bytes.
+_fd = os.dup(0)
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.close(_null)
+_sock = socket.socket(fileno=_fd)
+_rfile = _sock.makefile("rb", buffering=256 * 1024)
+_send_lock = threading.Lock()
+
+# The invocation a piece of code runs for; log lines are attributed with it.
+_current = contextvars.ContextVar("nimbus_invocation", default=0)
+
+
+def _send(kind, ident, meta, body):
+    head = _HEADER.pack(9 + len(meta) + len(body), kind, ident, len(meta))
+    with _send_lock:
+        if len(body) < 65536:
+            _sock.sendall(head + meta + body)
+        else:
+            # Large bodies go out as they are rather than being copied into one buffer.
+            _sock.sendall(head + meta)
+            _sock.sendall(body)
+
+
+def _recv():
+    head = _rfile.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    length, kind, ident, meta_len = _HEADER.unpack(head)
+    rest = _rfile.read(length - 9)
+    return kind, ident, rest[:meta_len], rest[meta_len:]
+
+
+class _Capture:
+    """Replaces sys.stdout / sys.stderr: each complete line becomes a log frame that
+    carries the invocation it was written from."""
+
+    def __init__(self, stream):
+        self._stream = stream.encode()
+        self._partial = {}
+        self.encoding = "utf-8"
+        self.errors = "replace"
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        ident = _current.get()
+        pending = self._partial.get(ident, "") + text
+        if "\n" in pending:
+            lines, _, pending = pending.rpartition("\n")
+            for line in lines.split("\n"):
+                _send(LOG, ident, self._stream, line.encode("utf-8", "replace"))
+        if pending:
+            self._partial[ident] = pending
+        else:
+            self._partial.pop(ident, None)
+        return len(text)
+
+    def flush_invocation(self, ident):
+        rest = self._partial.pop(ident, None)
+        if rest:
+            _send(LOG, ident, self._stream, rest.encode("utf-8", "replace"))
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        raise OSError("the function's output is captured by Nimbus and has no file descriptor")
+
+
+class _LogHandler(logging.Handler):
+    """Sends `logging` records as log frames with their level."""
+
+    def emit(self, record):
+        try:
+            _send(LOG, _current.get(), record.levelname.encode(), self.format(record).encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)
+
+
+class Context:
+    """The Lambda-compatible context object (also what Function Compute handlers use)."""
+
+    def __init__(self, meta):
+        self.aws_request_id = self.request_id = meta["request_id"]
+        self._deadline_ms = meta["deadline_ms"]
+        self.attempt = meta.get("attempt", 1)
+        self.function_name = _FUNCTION_NAME
+        self.function_version = _FUNCTION_VERSION
+        self.memory_limit_in_mb = _MEMORY_MB
+        self.invoked_function_arn = "arn:nimbus:function:default:" + _FUNCTION_NAME
+        self.log_group_name = "/nimbus/" + _FUNCTION_NAME
+        self.log_stream_name = _INSTANCE_ID
+        self.identity = None
+        self.client_context = None
+        self.logger = _CONTEXT_LOGGER
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+
+def _error_body(exc, error_type=None, message=None):
+    tb = traceback.format_tb(exc.__traceback__) if exc.__traceback__ else []
+    return json.dumps({
+        "errorType": error_type or type(exc).__name__,
+        "errorMessage": message if message is not None else str(exc),
+        "stackTrace": tb,
+    }).encode()
+
+
+def _load_handler():
+    handler = os.environ["NIMBUS_HANDLER"]
+    module_name, _, func_name = handler.rpartition(".")
+    module_name = module_name.replace("/", ".")
+    try:
+        import importlib
+        module = importlib.import_module(module_name)
+    except SyntaxError as e:
+        raise _InitFailure(e, "Runtime.UserCodeSyntaxError", "Syntax error in module '%s': %s" % (module_name, e))
+    except ImportError as e:
+        raise _InitFailure(e, "Runtime.ImportModuleError", "Unable to import module '%s': %s" % (module_name, e))
+    except Exception as e:
+        raise _InitFailure(e, None, None)
+    func = getattr(module, func_name, None)
+    if func is None or not callable(func):
+        raise _InitFailure(None, "Runtime.HandlerNotFound", "Handler '%s' missing on module '%s'" % (func_name, module_name))
+    return func
+
+
+class _InitFailure(Exception):
+    def __init__(self, cause, error_type, message):
+        super().__init__(message)
+        self.cause, self.error_type, self.message = cause, error_type, message
+
+
+def _decode_event(body):
+    # An empty payload is `{}` as on Lambda, so handlers can call event.get().
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+def _encode_result(result):
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return b"bytes", bytes(result)
+    if isinstance(result, str):
+        return b"text", result.encode("utf-8")
+    return b"json", json.dumps(result, separators=(",", ":")).encode()
+
+
+def _run(handler, loop_holder, ident, meta, body):
+    token = _current.set(ident)
+    try:
+        try:
+            ctx = Context(json.loads(meta))
+            result = handler(_decode_event(body), ctx)
+            if inspect.isawaitable(result):
+                if loop_holder[0] is None:
+                    import asyncio
+                    loop_holder[0] = asyncio.new_event_loop()
+                result = loop_holder[0].run_until_complete(result)
+            try:
+                kind, data = _encode_result(result)
+            except (TypeError, ValueError) as e:
+                reply = (ERROR, b"", _error_body(e, "Runtime.MarshalError",
+                                                 "Unable to marshal response: %s" % e))
+            else:
+                reply = (RESULT, kind, data)
+        except Exception as e:
+            reply = (ERROR, b"", _error_body(e))
+        _stdout.flush_invocation(ident)
+        _stderr.flush_invocation(ident)
+        _send(reply[0], ident, reply[1], reply[2])
+    finally:
+        _current.reset(token)
+
+
+def main():
+    global _FUNCTION_NAME, _FUNCTION_VERSION, _MEMORY_MB, _INSTANCE_ID, _CONTEXT_LOGGER
+    global _stdout, _stderr
+    started = time.perf_counter()
+    _FUNCTION_NAME = os.environ.get("NIMBUS_FUNCTION_NAME", "")
+    _FUNCTION_VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    _MEMORY_MB = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    _INSTANCE_ID = os.environ.get("NIMBUS_INSTANCE_ID", "")
+    code_dir = os.environ.get("NIMBUS_CODE_DIR", os.getcwd())
+    sys.path.insert(0, code_dir)
+
+    _stdout, _stderr = _Capture("stdout"), _Capture("stderr")
+    sys.stdout, sys.stderr = _stdout, _stderr
+    root = logging.getLogger()
+    handler = _LogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    _CONTEXT_LOGGER = logging.getLogger("nimbus.function")
+    _CONTEXT_LOGGER.setLevel(logging.INFO)
+
+    try:
+        func = _load_handler()
+    except _InitFailure as f:
+        cause = f.cause if f.cause is not None else f
+        _send(INIT_ERROR, 0, b"", _error_body(cause, f.error_type, f.message))
+        sys.exit(1)
+    init_ms = (time.perf_counter() - started) * 1000
+    _send(READY, 0, json.dumps({"init_ms": init_ms}).encode(), b"")
+
+    loop_holder = [None]
+    while True:
+        frame = _recv()
+        if frame is None:
+            return
+        kind, ident, meta, body = frame
+        if kind == INVOKE:
+            _run(func, loop_holder, ident, meta, body)
+
+
+if __name__ == "__main__":
+    main()

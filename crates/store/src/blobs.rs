@@ -1,0 +1,122 @@
+//! Content-addressed blob storage for code artifacts.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// sha256 of `bytes` as lowercase hex: the address of a blob.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Where code archives live, addressed by their sha256. Writing the same bytes twice is a
+/// no-op, so uploads are idempotent and deduplicated.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Stores `bytes` under their sha256 and returns it.
+    async fn put(&self, bytes: &[u8]) -> Result<String, StoreError>;
+    /// The blob, or `BlobNotFound`.
+    async fn get(&self, sha256: &str) -> Result<Vec<u8>, StoreError>;
+    async fn exists(&self, sha256: &str) -> Result<bool, StoreError>;
+}
+
+/// Blobs as files `<root>/sha256/<aa>/<rest>` on the local filesystem.
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsBlobStore { root: root.into() }
+    }
+
+    fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+        // The address is used in a path, so it must be exactly a hex digest.
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::BlobNotFound(sha256.into()));
+        }
+        Ok(self
+            .root
+            .join("sha256")
+            .join(&sha256[..2])
+            .join(&sha256[2..]))
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn put(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let sha = sha256_hex(bytes);
+        let path = self.path(&sha)?;
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(sha);
+        }
+        let dir = path.parent().expect("blob path has a parent");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        // Write to a unique temporary name, fsync, then rename: a crash leaves either no blob
+        // or a whole one, never a torn file under the content address.
+        let tmp = dir.join(format!(".{}.{}.tmp", &sha[2..], std::process::id()));
+        let data = bytes.to_vec();
+        let (tmp2, path2) = (tmp.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp2)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp2, &path2)
+        })
+        .await
+        .expect("blob write task panicked")
+        .map_err(StoreError::io(format!("writing {}", path.display())))?;
+        Ok(sha)
+    }
+
+    async fn get(&self, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(sha256)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound(sha256.into()))
+            }
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    async fn exists(&self, sha256: &str) -> Result<bool, StoreError> {
+        match self.path(sha256) {
+            Ok(path) => Ok(tokio::fs::try_exists(path).await.unwrap_or(false)),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_is_content_addressed_and_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(tmp.path());
+        let a = store.put(b"hello").await.unwrap();
+        assert_eq!(a, sha256_hex(b"hello"));
+        assert_eq!(store.put(b"hello").await.unwrap(), a);
+        assert_eq!(store.get(&a).await.unwrap(), b"hello");
+        assert!(store.exists(&a).await.unwrap());
+        let missing = sha256_hex(b"other");
+        assert!(!store.exists(&missing).await.unwrap());
+        assert!(matches!(
+            store.get(&missing).await,
+            Err(StoreError::BlobNotFound(_))
+        ));
+        assert!(matches!(
+            store.get("../../etc/passwd").await,
+            Err(StoreError::BlobNotFound(_))
+        ));
+    }
+}

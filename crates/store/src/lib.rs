@@ -1,0 +1,18 @@
+//! Persistence for Nimbus: function metadata, code blobs, and the unpacked-code cache.
+//!
+//! Each concern sits behind a trait (`MetaStore`, `BlobStore`) with the embedded backend
+//! (SQLite in WAL mode, the local filesystem) implemented here; the cluster backends
+//! (PostgreSQL, S3) implement the same traits. Code archives are checked by `archive` before
+//! anything is stored, so a stored blob is always safe to unpack.
+
+pub mod archive;
+mod blobs;
+mod code_cache;
+mod error;
+mod meta;
+
+pub use archive::{ArchiveError, ArchiveInfo};
+pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
+pub use code_cache::CodeCache;
+pub use error::StoreError;
+pub use meta::{MetaStore, PutMode, PutOutcome, SqliteStore};

@@ -1,0 +1,261 @@
+//! Function metadata: the `MetaStore` trait and its SQLite backend.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use model::{Function, FunctionSpec};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::StoreError;
+
+/// How `put_function` treats an existing function of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with `Conflict` if it exists.
+    Create,
+    /// Create it, or replace its spec.
+    Upsert,
+}
+
+/// What `put_function` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+    /// The stored spec was identical; the revision did not move, so warm instances stay.
+    Unchanged,
+}
+
+/// Function metadata, shared by all nodes of a deployment.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    async fn get_function(&self, name: &str) -> Result<Function, StoreError>;
+    /// All functions, ordered by name.
+    async fn list_functions(&self) -> Result<Vec<Function>, StoreError>;
+    async fn put_function(
+        &self,
+        spec: &FunctionSpec,
+        mode: PutMode,
+        now_ms: i64,
+    ) -> Result<(Function, PutOutcome), StoreError>;
+    async fn delete_function(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// The embedded backend: one SQLite file in WAL mode.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const NAMESPACE: &str = "default";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL is durable across process crashes and loses at most the last
+            // transactions on power loss; it keeps metadata writes off fsync's critical path.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    fn row_to_function(row: &sqlx::sqlite::SqliteRow) -> Result<Function, StoreError> {
+        let spec: String = row.try_get("spec")?;
+        let spec: FunctionSpec =
+            serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Function {
+            spec,
+            revision: row.try_get::<i64, _>("revision")? as u64,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn get_function(&self, name: &str) -> Result<Function, StoreError> {
+        let row = sqlx::query(
+            "SELECT spec, revision, created_at_ms, updated_at_ms FROM functions
+             WHERE namespace = ? AND name = ?",
+        )
+        .bind(NAMESPACE)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Self::row_to_function(&row),
+            None => Err(StoreError::NotFound(name.into())),
+        }
+    }
+
+    async fn list_functions(&self) -> Result<Vec<Function>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT spec, revision, created_at_ms, updated_at_ms FROM functions
+             WHERE namespace = ? ORDER BY name",
+        )
+        .bind(NAMESPACE)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::row_to_function).collect()
+    }
+
+    async fn put_function(
+        &self,
+        spec: &FunctionSpec,
+        mode: PutMode,
+        now_ms: i64,
+    ) -> Result<(Function, PutOutcome), StoreError> {
+        let json = serde_json::to_string(spec).expect("a spec always serializes");
+        let sql = match mode {
+            PutMode::Create => {
+                "INSERT INTO functions (namespace, name, spec, revision, created_at_ms, updated_at_ms)
+                 VALUES (?, ?, ?, 1, ?, ?)
+                 RETURNING revision, created_at_ms, updated_at_ms"
+            }
+            // The WHERE clause leaves an identical spec untouched, so redeploying the same
+            // thing neither bumps the revision nor recycles warm instances.
+            PutMode::Upsert => {
+                "INSERT INTO functions (namespace, name, spec, revision, created_at_ms, updated_at_ms)
+                 VALUES (?, ?, ?, 1, ?, ?)
+                 ON CONFLICT (namespace, name) DO UPDATE
+                    SET spec = excluded.spec, revision = functions.revision + 1,
+                        updated_at_ms = excluded.updated_at_ms
+                    WHERE functions.spec != excluded.spec
+                 RETURNING revision, created_at_ms, updated_at_ms"
+            }
+        };
+        let result = sqlx::query(sql)
+            .bind(NAMESPACE)
+            .bind(&spec.name)
+            .bind(&json)
+            .bind(now_ms)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(spec.name.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            return Ok((self.get_function(&spec.name).await?, PutOutcome::Unchanged));
+        };
+        let function = Function {
+            spec: spec.clone(),
+            revision: row.try_get::<i64, _>("revision")? as u64,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        };
+        let outcome = if function.created_at_ms == now_ms && function.revision == 1 {
+            PutOutcome::Created
+        } else {
+            PutOutcome::Updated
+        };
+        Ok((function, outcome))
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
+            .bind(NAMESPACE)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(name.into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::Runtime;
+
+    fn spec(name: &str, handler: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            runtime: Runtime::Python3,
+            handler: handler.into(),
+            code_sha256: "0".repeat(64),
+            memory_mb: 128,
+            timeout_ms: 1000,
+            env: Default::default(),
+            description: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn crud_revisions_and_persistence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("meta.db");
+        {
+            let store = SqliteStore::open(&db).await.unwrap();
+            let (f, o) = store
+                .put_function(&spec("b", "main.h"), PutMode::Create, 10)
+                .await
+                .unwrap();
+            assert_eq!((f.revision, o), (1, PutOutcome::Created));
+            assert!(matches!(
+                store
+                    .put_function(&spec("b", "main.h"), PutMode::Create, 11)
+                    .await,
+                Err(StoreError::Conflict(_))
+            ));
+            let (f, o) = store
+                .put_function(&spec("b", "main.h"), PutMode::Upsert, 12)
+                .await
+                .unwrap();
+            assert_eq!((f.revision, o), (1, PutOutcome::Unchanged));
+            let (f, o) = store
+                .put_function(&spec("b", "main.g"), PutMode::Upsert, 13)
+                .await
+                .unwrap();
+            assert_eq!(
+                (f.revision, o, f.created_at_ms, f.updated_at_ms),
+                (2, PutOutcome::Updated, 10, 13)
+            );
+            store
+                .put_function(&spec("a", "main.h"), PutMode::Upsert, 14)
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&db).await.unwrap();
+        let names: Vec<_> = store
+            .list_functions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.spec.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            store.get_function("b").await.unwrap().spec.handler,
+            "main.g"
+        );
+        store.delete_function("b").await.unwrap();
+        assert!(matches!(
+            store.get_function("b").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.delete_function("b").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
