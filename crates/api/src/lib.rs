@@ -1,1 +1,115 @@
-//! placeholder
+//! The control API of Nimbus: JSON over HTTP under `/v1`, its auth, and its OpenAPI
+//! document.
+//!
+//! Boundary: this crate is the only one that knows HTTP and the JSON wire shapes. The
+//! operations themselves live in `platform`, which knows neither, so triggers and other
+//! front ends call the same code.
+
+mod auth;
+mod error;
+mod platform;
+pub mod routes;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, head, post};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ErrorBody};
+pub use platform::{InvocationRecord, Platform};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Arc<Platform>,
+    /// The admin bearer token.
+    pub token: Arc<str>,
+}
+
+/// The OpenAPI description of the control API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Nimbus control API", description = "Deploy and invoke functions."),
+    paths(
+        routes::healthz,
+        routes::upload_code,
+        routes::code_exists,
+        routes::list_functions,
+        routes::create_function,
+        routes::put_function,
+        routes::get_function,
+        routes::delete_function,
+        routes::invoke,
+        routes::get_invocation,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// The whole HTTP surface: `/v1/*` behind the bearer token, plus `/healthz` and
+/// `/v1/openapi.json` open to all.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/code", post(routes::upload_code))
+        .route("/code/{sha256}", head(routes::code_exists))
+        .route(
+            "/functions",
+            get(routes::list_functions).post(routes::create_function),
+        )
+        .route(
+            "/functions/{name}",
+            get(routes::get_function)
+                .put(routes::put_function)
+                .delete(routes::delete_function),
+        )
+        .route("/functions/{name}/invocations", post(routes::invoke))
+        .route("/invocations/{request_id}", get(routes::get_invocation))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let openapi = Arc::new(
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes"),
+    );
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.as_ref().clone(),
+                    )
+                }
+            }),
+        )
+        .nest("/v1", v1)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -46,8 +46,9 @@ pub const INSTANCE_START_MS_MAX: u64 = 10_000;
 /// Log bytes kept per invocation in memory; the rest is dropped and counted.
 pub const INVOCATION_LOG_BYTES_MAX: usize = 256 * 1024;
 
-/// Invocations whose logs are kept in memory on a node (the oldest are dropped first).
-pub const RECENT_INVOCATIONS_MAX: usize = 1_000;
+/// Invocations whose record and logs are kept in memory on a node (the oldest are dropped
+/// first); with `INVOCATION_LOG_BYTES_MAX` this bounds that memory to 64 MB.
+pub const RECENT_INVOCATIONS_MAX: usize = 256;
 
 /// Largest single frame on the instance channel: a payload plus its metadata.
 pub const FRAME_BYTES_MAX: usize = PAYLOAD_BYTES_MAX + 64 * 1024;

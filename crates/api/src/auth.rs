@@ -1,0 +1,47 @@
+//! Bearer-token authentication of the control API.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use model::ErrorCode;
+
+use crate::{ApiError, AppState};
+
+/// Lets the request through only with `Authorization: Bearer <admin token>`.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        Some(_) => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the bearer token is wrong",
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing bearer token: send `Authorization: Bearer <token>`; the admin token is in \
+             admin.token in the server's data dir",
+        )),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,106 @@
+//! The API's error: a stable code from `model::ErrorCode` plus a message that helps.
+//!
+//! Internal faults are logged once here, with their cause, and the client gets the code and
+//! a plain message, never a server stack trace.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use model::ErrorCode;
+use sandbox::SandboxError;
+use serde::Serialize;
+use store::StoreError;
+
+/// A request that failed on the platform's side or because of the request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `function_not_found`.
+    pub code: &'static str,
+    /// What went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            code: self.code.as_str(),
+            message: self.message,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(name) => ApiError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function `{name}` does not exist; `nimbus ls` lists the deployed ones"),
+            ),
+            StoreError::Conflict(name) => ApiError::new(
+                ErrorCode::FunctionExists,
+                format!(
+                    "function `{name}` already exists; update it with PUT /v1/functions/{name}"
+                ),
+            ),
+            StoreError::BlobNotFound(sha) => ApiError::new(
+                ErrorCode::CodeNotFound,
+                format!(
+                    "no code archive with sha256 {sha} was uploaded; POST it to /v1/code first"
+                ),
+            ),
+            StoreError::Archive(e) => ApiError::new(ErrorCode::InvalidArchive, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::new(
+                    ErrorCode::StorageError,
+                    "the metadata or code store failed; the server log has details",
+                )
+            }
+        }
+    }
+}
+
+impl From<SandboxError> for ApiError {
+    fn from(e: SandboxError) -> Self {
+        let code = match &e {
+            SandboxError::RuntimeUnavailable(_) => ErrorCode::RuntimeUnavailable,
+            SandboxError::CapacityExhausted(_) | SandboxError::ShuttingDown => {
+                ErrorCode::CapacityExhausted
+            }
+            SandboxError::Spawn(_) => {
+                tracing::error!(error = %e, "instance start failed");
+                ErrorCode::InstanceStartFailed
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,222 @@
+//! The platform's operations, free of HTTP: deploy code, manage functions, invoke them.
+//!
+//! `Platform` is what the HTTP handlers (and, later, triggers) call. It keeps an in-memory
+//! cache of resolved functions so the invoke path reads no database: a function is loaded
+//! from the store once, its code unpacked once, and the cache is updated by every write
+//! that goes through this node.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use model::{ErrorCode, Function, FunctionSpec, limits};
+use sandbox::{FunctionError, InstanceConfig, Logs, Outcome, Pool};
+use store::{ArchiveInfo, BlobStore, CodeCache, MetaStore, PutMode, PutOutcome};
+
+use crate::ApiError;
+
+/// A function ready to invoke: its record and the instance configuration derived from it.
+struct Resolved {
+    function: Function,
+    instance: InstanceConfig,
+}
+
+/// One finished invocation, kept in memory for `GET /v1/invocations/{id}`. It holds no
+/// result body: results go to the caller and are not retained.
+pub struct InvocationRecord {
+    pub request_id: String,
+    pub function: String,
+    pub started_at_ms: i64,
+    pub cold_start: bool,
+    pub init_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub instance_id: u64,
+    pub error: Option<FunctionError>,
+    pub logs: Logs,
+}
+
+/// The most recent invocations of this node, oldest dropped first.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<String>,
+    by_id: HashMap<String, Arc<InvocationRecord>>,
+}
+
+/// Node-wide platform state and operations.
+pub struct Platform {
+    meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
+    code: CodeCache,
+    pool: Arc<Pool>,
+    functions: RwLock<HashMap<String, Arc<Resolved>>>,
+    /// Bumped by every write; a cache fill that raced with a write is discarded.
+    epoch: AtomicU64,
+    recent: Mutex<Recent>,
+}
+
+impl Platform {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+        code: CodeCache,
+        pool: Arc<Pool>,
+    ) -> Platform {
+        Platform {
+            meta,
+            blobs,
+            code,
+            pool,
+            functions: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            recent: Mutex::new(Recent::default()),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Checks and stores an uploaded code archive.
+    pub async fn upload_code(&self, zip: Vec<u8>) -> Result<(String, ArchiveInfo), ApiError> {
+        Ok(self.code.accept(zip).await?)
+    }
+
+    pub async fn code_exists(&self, sha256: &str) -> Result<bool, ApiError> {
+        Ok(self.blobs.exists(sha256).await?)
+    }
+
+    /// Creates or replaces a function after validating it against its code.
+    pub async fn put_function(
+        &self,
+        spec: FunctionSpec,
+        mode: PutMode,
+    ) -> Result<(Function, PutOutcome), ApiError> {
+        let errors = spec.validate();
+        if !errors.is_empty() {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(ApiError::invalid(all.join("; ")));
+        }
+        if !self.blobs.exists(&spec.code_sha256).await? {
+            return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
+        }
+        let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
+        if outcome != PutOutcome::Unchanged {
+            self.forget(&spec.name);
+        }
+        Ok((function, outcome))
+    }
+
+    pub async fn get_function(&self, name: &str) -> Result<Function, ApiError> {
+        Ok(self.meta.get_function(name).await?)
+    }
+
+    pub async fn list_functions(&self) -> Result<Vec<Function>, ApiError> {
+        Ok(self.meta.list_functions().await?)
+    }
+
+    pub async fn delete_function(&self, name: &str) -> Result<(), ApiError> {
+        self.meta.delete_function(name).await?;
+        self.forget(name);
+        Ok(())
+    }
+
+    /// Drops the cached resolution and the idle instances of `name`.
+    fn forget(&self, name: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.functions.write().unwrap().remove(name);
+        self.pool.evict(name);
+    }
+
+    /// Invokes `name` synchronously with `event`. A function failure is in the returned
+    /// record's outcome; `Err` means the platform could not run it.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        event: &[u8],
+    ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
+        if event.len() > limits::PAYLOAD_BYTES_MAX {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the event is {} bytes; the limit is {}",
+                    event.len(),
+                    limits::PAYLOAD_BYTES_MAX
+                ),
+            ));
+        }
+        let resolved = self.resolve(name).await?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let started_at_ms = now_ms();
+        let invocation = self
+            .pool
+            .invoke(&resolved.instance, &request_id, event)
+            .await?;
+        let record = Arc::new(InvocationRecord {
+            request_id,
+            function: resolved.function.spec.name.clone(),
+            started_at_ms,
+            cold_start: invocation.cold_start,
+            init_ms: invocation.init_ms,
+            duration_ms: invocation.duration_ms,
+            instance_id: invocation.instance_id,
+            error: match &invocation.outcome {
+                Outcome::Error(e) => Some(e.clone()),
+                Outcome::Success { .. } => None,
+            },
+            logs: invocation.logs,
+        });
+        self.remember(record.clone());
+        Ok((record, invocation.outcome))
+    }
+
+    /// A recent invocation of this node.
+    pub fn recent_invocation(&self, request_id: &str) -> Option<Arc<InvocationRecord>> {
+        self.recent.lock().unwrap().by_id.get(request_id).cloned()
+    }
+
+    fn remember(&self, record: Arc<InvocationRecord>) {
+        let mut recent = self.recent.lock().unwrap();
+        if recent.order.len() >= limits::RECENT_INVOCATIONS_MAX
+            && let Some(old) = recent.order.pop_front()
+        {
+            recent.by_id.remove(&old);
+        }
+        recent.order.push_back(record.request_id.clone());
+        recent.by_id.insert(record.request_id.clone(), record);
+    }
+
+    async fn resolve(&self, name: &str) -> Result<Arc<Resolved>, ApiError> {
+        if let Some(r) = self.functions.read().unwrap().get(name) {
+            return Ok(r.clone());
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let function = self.meta.get_function(name).await?;
+        let code_dir = self.code.ensure(&function.spec.code_sha256).await?;
+        let spec = &function.spec;
+        let instance = InstanceConfig {
+            function: spec.name.clone(),
+            runtime: spec.runtime,
+            handler: spec.handler.clone(),
+            code_dir,
+            env: spec.env.clone(),
+            memory_mb: spec.memory_mb,
+            timeout_ms: spec.timeout_ms,
+        };
+        let resolved = Arc::new(Resolved { function, instance });
+        let mut cache = self.functions.write().unwrap();
+        // Only cache what no write has overtaken since it was read.
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            cache
+                .entry(name.to_string())
+                .or_insert_with(|| resolved.clone());
+        }
+        Ok(resolved)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

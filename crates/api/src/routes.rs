@@ -1,0 +1,312 @@
+//! HTTP handlers of the control API, each documented for the OpenAPI document.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use model::{ErrorCode, limits};
+use sandbox::{ContentType, Outcome};
+use serde::de::DeserializeOwned;
+use store::{PutMode, PutOutcome};
+
+use crate::wire::*;
+use crate::{ApiError, AppState, ErrorBody};
+
+/// Header names of the invoke API.
+pub mod headers {
+    pub const REQUEST_ID: &str = "x-nimbus-request-id";
+    pub const COLD_START: &str = "x-nimbus-cold-start";
+    pub const DURATION_MS: &str = "x-nimbus-duration-ms";
+    pub const INIT_DURATION_MS: &str = "x-nimbus-init-duration-ms";
+    pub const ERROR_TYPE: &str = "x-nimbus-error-type";
+    pub const LOG_TYPE: &str = "x-nimbus-log-type";
+    pub const LOG_RESULT: &str = "x-nimbus-log-result";
+}
+
+/// How much of an invocation's log tail `x-nimbus-log-type: tail` returns (as on Lambda).
+const LOG_TAIL_BYTES_MAX: usize = 4 * 1024;
+
+/// Reads a request body of at most `limit` bytes, answering 413 past it.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the {what} is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::invalid(format!("reading the {what}: {e}"))
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// Liveness check; needs no token.
+#[utoipa::path(get, path = "/healthz", tag = "system",
+    responses((status = 200, body = Health)), security(()))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Uploads a code archive (zip). It is unpacked and checked before it is stored; the answer
+/// names it by sha256 for use in a function's `code_sha256`.
+#[utoipa::path(post, path = "/v1/code", tag = "code",
+    request_body(content = Vec<u8>, content_type = "application/zip"),
+    responses(
+        (status = 201, body = CodeView),
+        (status = 400, body = ErrorBody, description = "invalid_archive: unsafe or malformed archive"),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+    ))]
+pub async fn upload_code(
+    State(s): State<AppState>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let zip = read_body(body, limits::ARCHIVE_BYTES_MAX, "code archive").await?;
+    let size = zip.len() as u64;
+    let (sha, info) = s.platform.upload_code(zip.to_vec()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CodeView {
+            code_sha256: sha,
+            size_bytes: size,
+            files: info.files as u64,
+            unpacked_bytes: info.unpacked_bytes,
+        }),
+    ))
+}
+
+/// Whether a code archive is already stored (lets clients skip an upload).
+#[utoipa::path(head, path = "/v1/code/{sha256}", tag = "code",
+    params(("sha256" = String, Path, description = "sha256 of the archive")),
+    responses((status = 200, description = "stored"), (status = 404, description = "not stored")))]
+pub async fn code_exists(
+    State(s): State<AppState>,
+    Path(sha): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    Ok(if s.platform.code_exists(&sha).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// Lists functions.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions",
+    responses((status = 200, body = FunctionList)))]
+pub async fn list_functions(State(s): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+    let functions = s.platform.list_functions().await?;
+    Ok(Json(FunctionList {
+        functions: functions.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Creates a function; fails with 409 if it exists.
+#[utoipa::path(post, path = "/v1/functions", tag = "functions",
+    request_body = FunctionInput,
+    responses(
+        (status = 201, body = FunctionView),
+        (status = 400, body = ErrorBody, description = "invalid_request or code_not_found"),
+        (status = 409, body = ErrorBody, description = "function_exists"),
+    ))]
+pub async fn create_function(
+    State(s): State<AppState>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let input: FunctionInput = parse_json(&read_body(body, 64 * 1024, "function").await?)?;
+    let spec = input.into_spec(None)?;
+    let (function, _) = s.platform.put_function(spec, PutMode::Create).await?;
+    Ok((StatusCode::CREATED, Json(FunctionView::from(function))))
+}
+
+/// Creates or replaces a function. 201 when created, 200 when it existed.
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path)),
+    request_body = FunctionInput,
+    responses(
+        (status = 200, body = FunctionView, description = "updated (or unchanged)"),
+        (status = 201, body = FunctionView, description = "created"),
+        (status = 400, body = ErrorBody, description = "invalid_request or code_not_found"),
+    ))]
+pub async fn put_function(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let input: FunctionInput = parse_json(&read_body(body, 64 * 1024, "function").await?)?;
+    let spec = input.into_spec(Some(&name))?;
+    let (function, outcome) = s.platform.put_function(spec, PutMode::Upsert).await?;
+    let status = if outcome == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let change = match outcome {
+        PutOutcome::Created => "created",
+        PutOutcome::Updated => "updated",
+        PutOutcome::Unchanged => "unchanged",
+    };
+    Ok((
+        status,
+        [("x-nimbus-change", change)],
+        Json(FunctionView::from(function)),
+    ))
+}
+
+/// Describes a function.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody)))]
+pub async fn get_function(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionView>, ApiError> {
+    Ok(Json(s.platform.get_function(&name).await?.into()))
+}
+
+/// Deletes a function and stops its instances.
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_function(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.platform.delete_function(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Invokes a function synchronously. The request body is the event; the response body is
+/// the function's result. When the function fails (exception, timeout, crash) the status
+/// is still 200, as on Lambda, with `x-nimbus-error-type` set and a JSON body
+/// `{errorType, errorMessage, stackTrace}`. Platform failures are 4xx/5xx with `{code, message}`.
+#[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "invoke",
+    params(
+        ("name" = String, Path),
+        ("x-nimbus-log-type" = Option<String>, Header, description = "`tail`: return the last 4 KB of logs, base64, in x-nimbus-log-result"),
+    ),
+    request_body(content = Vec<u8>, description = "the event; JSON is decoded for the handler, anything else arrives as bytes"),
+    responses(
+        (status = 200, description = "the function ran; see x-nimbus-error-type for its failure", headers(
+            ("x-nimbus-request-id" = String),
+            ("x-nimbus-cold-start" = bool),
+            ("x-nimbus-duration-ms" = f64),
+            ("x-nimbus-error-type" = String, description = "set when the function failed"),
+        )),
+        (status = 404, body = ErrorBody, description = "function_not_found"),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+        (status = 503, body = ErrorBody, description = "capacity_exhausted or runtime_unavailable"),
+    ))]
+pub async fn invoke(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req_headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let event = read_body(body, limits::PAYLOAD_BYTES_MAX, "event").await?;
+    let (record, outcome) = s.platform.invoke(&name, &event).await?;
+    let mut response = match outcome {
+        Outcome::Success { content_type, body } => {
+            let ct = match content_type {
+                ContentType::Json => "application/json",
+                ContentType::Text => "text/plain; charset=utf-8",
+                ContentType::Bytes => "application/octet-stream",
+            };
+            let mut r = Response::new(Body::from(body));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            r
+        }
+        Outcome::Error(e) => {
+            let mut r = Json(FunctionErrorView {
+                error_type: e.error_type.clone(),
+                error_message: e.error_message,
+                stack_trace: e.stack_trace,
+            })
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&e.error_type) {
+                r.headers_mut().insert(headers::ERROR_TYPE, v);
+            }
+            r
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(
+        headers::REQUEST_ID,
+        HeaderValue::from_str(&record.request_id).expect("uuid is ascii"),
+    );
+    h.insert(
+        headers::COLD_START,
+        HeaderValue::from_static(if record.cold_start { "true" } else { "false" }),
+    );
+    h.insert(headers::DURATION_MS, num(record.duration_ms));
+    if let Some(init) = record.init_ms {
+        h.insert(headers::INIT_DURATION_MS, num(init));
+    }
+    let wants_tail = req_headers
+        .get(headers::LOG_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
+    if wants_tail {
+        h.insert(headers::LOG_RESULT, log_tail(&record));
+    }
+    Ok(response)
+}
+
+fn num(ms: f64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{ms:.3}")).expect("a number is a valid header")
+}
+
+fn log_tail(record: &crate::platform::InvocationRecord) -> HeaderValue {
+    let mut text = String::new();
+    for line in &record.logs.lines {
+        text.push_str(&line.message);
+        text.push('\n');
+    }
+    let mut start = text.len().saturating_sub(LOG_TAIL_BYTES_MAX);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&text[start..]);
+    HeaderValue::from_str(&encoded).expect("base64 is a valid header")
+}
+
+/// A recent invocation on this node, with its logs.
+#[utoipa::path(get, path = "/v1/invocations/{request_id}", tag = "invoke",
+    params(("request_id" = String, Path)),
+    responses((status = 200, body = InvocationView), (status = 404, body = ErrorBody, description = "invocation_not_found")))]
+pub async fn get_invocation(
+    State(s): State<AppState>,
+    Path(request_id): Path<String>,
+) -> Result<Json<InvocationView>, ApiError> {
+    let record = s.platform.recent_invocation(&request_id).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvocationNotFound,
+            format!(
+                "invocation `{request_id}` is not among the last {} on this node",
+                limits::RECENT_INVOCATIONS_MAX
+            ),
+        )
+    })?;
+    Ok(Json(InvocationView::from(record.as_ref())))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        "no such route; the API is described at /v1/openapi.json",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method; see /v1/openapi.json",
+    )
+}

@@ -1,0 +1,187 @@
+//! Router tests without sockets: real store, real pool, requests through `oneshot`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use crate::{AppState, Platform, router};
+
+const TOKEN: &str = "test-token";
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    app: axum::Router,
+}
+
+async fn harness() -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = Arc::new(
+        store::SqliteStore::open(&tmp.path().join("db"))
+            .await
+            .unwrap(),
+    );
+    let blobs: Arc<dyn store::BlobStore> =
+        Arc::new(store::FsBlobStore::new(tmp.path().join("blobs")));
+    let code = store::CodeCache::new(tmp.path().join("code"), blobs.clone(), 1 << 20);
+    let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+    let pool = sandbox::Pool::new(runtimes, Default::default());
+    let platform = Arc::new(Platform::new(meta, blobs, code, pool));
+    let app = router(AppState {
+        platform,
+        token: TOKEN.into(),
+    });
+    Harness { _tmp: tmp, app }
+}
+
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, text) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(body.into())
+            .unwrap();
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    async fn upload(&self, files: &[(&str, &str)]) -> String {
+        let (status, body) = self.call("POST", "/v1/code", zip_of(files)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["code_sha256"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn requires_the_token_except_for_openapi_and_health() {
+    let h = harness().await;
+    for (auth, expect) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer nope"), StatusCode::UNAUTHORIZED),
+        (Some("Bearer test-token"), StatusCode::OK),
+    ] {
+        let mut req = Request::builder().uri("/v1/functions");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let res = h
+            .app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expect, "{auth:?}");
+    }
+    for open in ["/v1/openapi.json", "/healthz"] {
+        let res = h
+            .app
+            .clone()
+            .oneshot(Request::builder().uri(open).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{open}");
+    }
+}
+
+#[tokio::test]
+async fn errors_have_stable_codes() {
+    let h = harness().await;
+    let sha = h
+        .upload(&[("main.py", "def handler(e, c):\n    return 1\n")])
+        .await;
+    let good = serde_json::json!({"name": "f", "runtime": "python3", "handler": "main.handler", "code_sha256": sha});
+    let cases: Vec<(&str, &str, String, StatusCode, &str)> = vec![
+        ("GET", "/v1/functions/nope", String::new(), StatusCode::NOT_FOUND, "function_not_found"),
+        ("POST", "/v1/functions/nope/invocations", String::new(), StatusCode::NOT_FOUND, "function_not_found"),
+        ("GET", "/v1/nothing-here", String::new(), StatusCode::NOT_FOUND, "route_not_found"),
+        ("PATCH", "/v1/functions", String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ("POST", "/v1/functions", "{not json".into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("POST", "/v1/functions", r#"{"name":"f","runtime":"ruby","handler":"a.b","code_sha256":"x"}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("POST", "/v1/functions", r#"{"name":"f","runtme":"python3"}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("POST", "/v1/functions", serde_json::json!({"name": "f", "runtime": "python3", "handler": "main.handler", "code_sha256": "ab".repeat(32)}).to_string(), StatusCode::BAD_REQUEST, "code_not_found"),
+        ("POST", "/v1/functions", good.to_string(), StatusCode::CREATED, ""),
+        ("POST", "/v1/functions", good.to_string(), StatusCode::CONFLICT, "function_exists"),
+        ("PUT", "/v1/functions/other", good.to_string(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("POST", "/v1/code", "garbage".into(), StatusCode::BAD_REQUEST, "invalid_archive"),
+        ("GET", "/v1/invocations/unknown", String::new(), StatusCode::NOT_FOUND, "invocation_not_found"),
+        ("DELETE", "/v1/functions/f", String::new(), StatusCode::NO_CONTENT, ""),
+        ("DELETE", "/v1/functions/f", String::new(), StatusCode::NOT_FOUND, "function_not_found"),
+    ];
+    for (method, uri, body, status, code) in cases {
+        let (got, json) = h.call(method, uri, body.clone()).await;
+        assert_eq!(got, status, "{method} {uri} {body}: {json}");
+        if !code.is_empty() {
+            assert_eq!(json["code"], code, "{method} {uri}: {json}");
+            assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn rejects_unsafe_archives_and_oversized_payloads() {
+    let h = harness().await;
+    let (status, json) = h
+        .call("POST", "/v1/code", zip_of(&[("../evil.py", "x")]))
+        .await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_archive"))
+    );
+    assert!(
+        json["message"].as_str().unwrap().contains("../evil.py"),
+        "{json}"
+    );
+    let big = vec![b'x'; model::limits::PAYLOAD_BYTES_MAX + 1];
+    let (status, json) = h.call("POST", "/v1/functions/f/invocations", big).await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let h = harness().await;
+    let (_, doc) = h.call("GET", "/v1/openapi.json", Body::empty()).await;
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/code", "post"),
+        ("/v1/code/{sha256}", "head"),
+        ("/v1/functions", "get"),
+        ("/v1/functions", "post"),
+        ("/v1/functions/{name}", "get"),
+        ("/v1/functions/{name}", "put"),
+        ("/v1/functions/{name}", "delete"),
+        ("/v1/functions/{name}/invocations", "post"),
+        ("/v1/invocations/{request_id}", "get"),
+        ("/healthz", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
