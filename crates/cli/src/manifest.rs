@@ -1,0 +1,159 @@
+//! `nimbus.yaml`: read, check and resolve a project manifest into a deployment plan.
+//!
+//! Every problem is reported with the file, the key and what is wrong, and all of them at
+//! once, so a user fixes a manifest in one pass. After this step nothing reads the YAML
+//! again: the plan holds complete specs (defaults filled in) and absolute code paths.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use model::{FunctionSpec, Runtime, limits};
+use serde::Deserialize;
+
+pub const FILE_NAME: &str = "nimbus.yaml";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    functions: BTreeMap<String, FunctionEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionEntry {
+    runtime: String,
+    handler: String,
+    #[serde(default = "default_code")]
+    code: String,
+    memory_mb: Option<u32>,
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    description: String,
+}
+
+fn default_code() -> String {
+    ".".into()
+}
+
+/// An environment value as YAML writes it (`PORT: 8080` is a number there); the process
+/// environment only has strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::String(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// One function to deploy: its spec (without a code hash yet) and the directory to zip.
+pub struct Planned {
+    pub spec: FunctionSpec,
+    pub code_dir: PathBuf,
+}
+
+/// Reads `dir/nimbus.yaml` and returns the functions to deploy, or every problem found.
+pub fn load(dir: &Path) -> Result<Vec<Planned>, String> {
+    let path = dir.join(FILE_NAME);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&text, dir, &path.display().to_string())
+}
+
+fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
+    let manifest: Manifest =
+        serde_norway::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    if manifest.functions.is_empty() {
+        return Err(format!("{file}: functions: no functions declared"));
+    }
+    let mut plan = Vec::new();
+    let mut problems = Vec::new();
+    for (name, entry) in manifest.functions {
+        let key = format!("functions.{name}");
+        let runtime = match entry.runtime.parse::<Runtime>() {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{file}: {key}.runtime: {e}"));
+                continue;
+            }
+        };
+        let spec = FunctionSpec {
+            name: name.clone(),
+            runtime,
+            handler: entry.handler,
+            // Filled in once the code is zipped; a placeholder that passes validation.
+            code_sha256: "0".repeat(64),
+            memory_mb: entry.memory_mb.unwrap_or(limits::MEMORY_MB_DEFAULT),
+            timeout_ms: entry.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
+            env: entry.env.into_iter().map(|(k, v)| (k, v.into_string())).collect(),
+            description: entry.description,
+        };
+        for e in spec.validate() {
+            let field = if e.field == "name" { key.clone() } else { format!("{key}.{}", e.field) };
+            problems.push(format!("{file}: {field}: {}", e.message));
+        }
+        let code_dir = dir.join(&entry.code);
+        if !code_dir.is_dir() {
+            problems.push(format!(
+                "{file}: {key}.code: `{}` is not a directory (paths are relative to {FILE_NAME})",
+                entry.code
+            ));
+        }
+        plan.push(Planned { spec, code_dir });
+    }
+    if problems.is_empty() { Ok(plan) } else { Err(problems.join("\n")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Vec<Planned>, String> {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("src")).unwrap();
+        parse(yaml, tmp.path(), "nimbus.yaml")
+    }
+
+    #[test]
+    fn resolves_defaults_and_env_scalars() {
+        let plan = check(
+            "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    code: src\n    env: {PORT: 8080, DEBUG: true, NAME: x}\n",
+        )
+        .unwrap();
+        let s = &plan[0].spec;
+        assert_eq!((s.memory_mb, s.timeout_ms), (limits::MEMORY_MB_DEFAULT, limits::TIMEOUT_MS_DEFAULT));
+        assert_eq!(s.env["PORT"], "8080");
+        assert_eq!(s.env["DEBUG"], "true");
+        assert!(plan[0].code_dir.ends_with("src"));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let cases = [
+            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    memory_mb: 1\n", "nimbus.yaml: functions.hello.memory_mb: 1 is out of range"),
+            ("functions:\n  hello:\n    runtime: ruby\n    handler: main.handler\n", "nimbus.yaml: functions.hello.runtime: unknown runtime `ruby`"),
+            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    code: nope\n", "nimbus.yaml: functions.hello.code: `nope` is not a directory"),
+            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    runtme: x\n", "unknown field `runtme`"),
+            ("functions:\n  9x:\n    runtime: python3\n    handler: main.handler\n", "nimbus.yaml: functions.9x: must start with a letter"),
+            ("functions: {}\n", "no functions declared"),
+            ("functions: [\n", "nimbus.yaml:"),
+        ];
+        for (yaml, expect) in cases {
+            let err = check(yaml).err().unwrap_or_default();
+            assert!(err.contains(expect), "expected `{expect}` in `{err}`");
+        }
+    }
+}

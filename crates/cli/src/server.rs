@@ -1,0 +1,151 @@
+//! `nimbus server`: the composition root. It opens the stores in the data dir, installs the
+//! runtimes, builds the pool and the API, and serves until SIGINT/SIGTERM.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "NIMBUS_LISTEN", default_value = crate::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Python 3 interpreter for `python3` functions (default: the system one).
+    #[arg(long, env = "NIMBUS_PYTHON3")]
+    python3: Option<PathBuf>,
+    /// Node.js for `nodejs` functions (default: the system one).
+    #[arg(long, env = "NIMBUS_NODE")]
+    node: Option<PathBuf>,
+    /// Most function instances alive on this node at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    instances_max: u32,
+    /// Stop an instance after it has been idle this long.
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    idle_timeout_ms: u64,
+    /// Largest unpacked size of a code archive, in MB.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
+    unpacked_max_mb: u64,
+}
+
+/// How long in-flight requests get to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let data_dir = data_dir.unwrap_or_else(crate::default_data_dir);
+    create_private_dir(&data_dir)?;
+    let token = admin_token(&data_dir)?;
+
+    let meta = Arc::new(
+        store::SqliteStore::open(&data_dir.join("nimbus.db"))
+            .await
+            .with_context(|| format!("opening the database in {}", data_dir.display()))?,
+    );
+    let blobs: Arc<dyn store::BlobStore> = Arc::new(store::FsBlobStore::new(data_dir.join("blobs")));
+    let code = store::CodeCache::new(data_dir.join("code"), blobs.clone(), args.unpacked_max_mb * 1024 * 1024);
+    let runtimes = sandbox::Runtimes::install(&data_dir.join("runtime"), args.python3.clone(), args.node.clone())
+        .context("installing the runtime shims")?;
+    for runtime in model::Runtime::ALL {
+        match runtimes.interpreter(runtime) {
+            Some(path) => tracing::info!(%runtime, interpreter = %path.display(), "runtime available"),
+            None => tracing::warn!(%runtime, "runtime unavailable: interpreter not found"),
+        }
+    }
+    let pool = sandbox::Pool::new(
+        runtimes,
+        sandbox::PoolConfig {
+            instances_max: args.instances_max as usize,
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        },
+    );
+    let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
+    let app = api::router(api::AppState { platform, token: token.into() });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to find the port.
+    println!("nimbus listening on http://{addr}");
+    println!("data dir {}; admin token in {}", data_dir.display(), data_dir.join("admin.token").display());
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // Small request/response pairs must not wait on Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let serve = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move {
+            stop_signal().await;
+            let _ = stopping_tx.send(());
+        })
+        .into_future();
+    // After the stop signal, in-flight requests get a bounded grace period to finish.
+    let grace = async move {
+        let _ = stopping_rx.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serve => served.context("serving")?,
+        _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
+    }
+    pool.shutdown();
+    tracing::info!("stopped; all instances killed");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop signal received; finishing in-flight requests");
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data dir {}", dir.display()))
+}
+
+/// The admin token: made at first start and written with mode 0600, read afterwards.
+fn admin_token(dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => bail!("{} is empty; delete it to have a new token made", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "created the admin token");
+    Ok(token)
+}
