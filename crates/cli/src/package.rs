@@ -71,7 +71,7 @@ mod tests {
         std::fs::write(tmp.path().join("main.py"), "x = 1").unwrap();
         assert_eq!(a, zip_dir(tmp.path()).unwrap());
         let archive = zip::ZipArchive::new(std::io::Cursor::new(a)).unwrap();
-        let names: Vec<_> = archive.file_names().collect();
+        let names: Vec<String> = archive.file_names().map(|n| n.unwrap().to_string()).collect();
         assert_eq!(names, ["main.py"]);
     }
 }
