@@ -89,7 +89,9 @@ fn local_token(base: &str, data_dir: Option<&Path>) -> anyhow::Result<String> {
     if !local {
         bail!("no token for {base}: pass --token or set NIMBUS_TOKEN");
     }
-    let dir = data_dir.map(Path::to_path_buf).unwrap_or_else(crate::default_data_dir);
+    let dir = data_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(crate::default_data_dir);
     let path = dir.join("admin.token");
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(t.trim().to_string()),

@@ -20,13 +20,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli)?;
     match &cli.command {
         Command::Deploy { dir } => deploy(&client, dir).await,
-        Command::Invoke { name, data, data_file, logs } => {
-            invoke(&client, name, data.as_deref(), data_file.as_deref(), *logs).await
-        }
+        Command::Invoke {
+            name,
+            data,
+            data_file,
+            logs,
+        } => invoke(&client, name, data.as_deref(), data_file.as_deref(), *logs).await,
         Command::Ls => ls(&client, cli.output).await,
         Command::Describe { name } => describe(&client, name, cli.output).await,
         Command::Rm { name } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/functions/{name}"))).await?;
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/functions/{name}")))
+                .await?;
             println!("deleted {name}");
             Ok(ExitCode::SUCCESS)
         }
@@ -60,7 +65,11 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
             "description": spec.description,
         });
         let res = client
-            .send(client.request(Method::PUT, &format!("/v1/functions/{}", spec.name)).json(&body))
+            .send(
+                client
+                    .request(Method::PUT, &format!("/v1/functions/{}", spec.name))
+                    .json(&body),
+            )
             .await?;
         let change = res
             .headers()
@@ -71,7 +80,10 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
         let f: Value = res.json().await?;
         println!(
             "{change} {} ({}, {}) revision {}",
-            spec.name, f["runtime"].as_str().unwrap_or(""), f["handler"].as_str().unwrap_or(""), f["revision"]
+            spec.name,
+            f["runtime"].as_str().unwrap_or(""),
+            f["handler"].as_str().unwrap_or(""),
+            f["revision"]
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -96,8 +108,10 @@ async fn upload_if_missing(client: &Client, sha: &str, zip: Vec<u8>) -> anyhow::
     let req = if total >= PROGRESS_BYTES_MIN {
         let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("uploading {bytes}/{total_bytes} {wide_bar} {eta}")
-                .expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "uploading {bytes}/{total_bytes} {wide_bar} {eta}",
+            )
+            .expect("a valid template"),
         );
         let chunks: Vec<bytes::Bytes> = bytes::Bytes::from(zip)
             .chunks(64 * 1024)
@@ -110,7 +124,8 @@ async fn upload_if_missing(client: &Client, sha: &str, zip: Vec<u8>) -> anyhow::
             }
             Ok::<_, std::io::Error>(c)
         });
-        req.header("content-length", total).body(reqwest::Body::wrap_stream(stream))
+        req.header("content-length", total)
+            .body(reqwest::Body::wrap_stream(stream))
     } else {
         req.body(zip)
     };
@@ -135,13 +150,23 @@ async fn invoke(
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         (None, None) => Vec::new(),
     };
-    let mut req = client.request(Method::POST, &format!("/v1/functions/{name}/invocations")).body(event);
+    let mut req = client
+        .request(Method::POST, &format!("/v1/functions/{name}/invocations"))
+        .body(event);
     if show_logs {
         req = req.header("x-nimbus-log-type", "tail");
     }
     let res = client.send(req).await?;
-    let error_type = res.headers().get("x-nimbus-error-type").and_then(|v| v.to_str().ok()).map(String::from);
-    let log_tail = res.headers().get("x-nimbus-log-result").and_then(|v| v.to_str().ok()).map(String::from);
+    let error_type = res
+        .headers()
+        .get("x-nimbus-error-type")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let log_tail = res
+        .headers()
+        .get("x-nimbus-log-result")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = res.bytes().await.context("reading the result")?;
     if let Some(tail) = log_tail
         && let Ok(text) = base64::engine::general_purpose::STANDARD.decode(tail)
@@ -170,7 +195,9 @@ async fn invoke(
 }
 
 async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
-    let list: Value = client.json(client.request(Method::GET, "/v1/functions")).await?;
+    let list: Value = client
+        .json(client.request(Method::GET, "/v1/functions"))
+        .await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -180,7 +207,10 @@ async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
         println!("no functions; deploy one with `nimbus deploy DIR`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<8} {:<24} {:>7} {:>8} {:>4}", "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "REV");
+    println!(
+        "{:<24} {:<8} {:<24} {:>7} {:>8} {:>4}",
+        "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "REV"
+    );
     for f in functions {
         println!(
             "{:<24} {:<8} {:<24} {:>5}MB {:>6}ms {:>4}",
@@ -196,14 +226,32 @@ async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
 }
 
 async fn describe(client: &Client, name: &str, output: Output) -> anyhow::Result<ExitCode> {
-    let f: Value = client.json(client.request(Method::GET, &format!("/v1/functions/{name}"))).await?;
+    let f: Value = client
+        .json(client.request(Method::GET, &format!("/v1/functions/{name}")))
+        .await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&f)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for key in ["name", "runtime", "handler", "memory_mb", "timeout_ms", "description", "code_sha256", "revision", "created_at_ms", "updated_at_ms"] {
+    for key in [
+        "name",
+        "runtime",
+        "handler",
+        "memory_mb",
+        "timeout_ms",
+        "description",
+        "code_sha256",
+        "revision",
+        "created_at_ms",
+        "updated_at_ms",
+    ] {
         let v = &f[key];
-        println!("{key:<14} {}", v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+        println!(
+            "{key:<14} {}",
+            v.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string())
+        );
     }
     if let Some(env) = f["env"].as_object().filter(|e| !e.is_empty()) {
         println!("env");

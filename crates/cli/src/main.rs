@@ -84,7 +84,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // reqwest is built without a default crypto provider (see DEPENDENCIES.md): pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -74,8 +74,7 @@ pub fn load(dir: &Path) -> Result<Vec<Planned>, String> {
 }
 
 fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
-    let manifest: Manifest =
-        serde_norway::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    let manifest: Manifest = serde_norway::from_str(text).map_err(|e| format!("{file}: {e}"))?;
     if manifest.functions.is_empty() {
         return Err(format!("{file}: functions: no functions declared"));
     }
@@ -98,11 +97,19 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             code_sha256: "0".repeat(64),
             memory_mb: entry.memory_mb.unwrap_or(limits::MEMORY_MB_DEFAULT),
             timeout_ms: entry.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
-            env: entry.env.into_iter().map(|(k, v)| (k, v.into_string())).collect(),
+            env: entry
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, v.into_string()))
+                .collect(),
             description: entry.description,
         };
         for e in spec.validate() {
-            let field = if e.field == "name" { key.clone() } else { format!("{key}.{}", e.field) };
+            let field = if e.field == "name" {
+                key.clone()
+            } else {
+                format!("{key}.{}", e.field)
+            };
             problems.push(format!("{file}: {field}: {}", e.message));
         }
         let code_dir = dir.join(&entry.code);
@@ -114,7 +121,11 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
         }
         plan.push(Planned { spec, code_dir });
     }
-    if problems.is_empty() { Ok(plan) } else { Err(problems.join("\n")) }
+    if problems.is_empty() {
+        Ok(plan)
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 #[cfg(test)]
@@ -134,7 +145,10 @@ mod tests {
         )
         .unwrap();
         let s = &plan[0].spec;
-        assert_eq!((s.memory_mb, s.timeout_ms), (limits::MEMORY_MB_DEFAULT, limits::TIMEOUT_MS_DEFAULT));
+        assert_eq!(
+            (s.memory_mb, s.timeout_ms),
+            (limits::MEMORY_MB_DEFAULT, limits::TIMEOUT_MS_DEFAULT)
+        );
         assert_eq!(s.env["PORT"], "8080");
         assert_eq!(s.env["DEBUG"], "true");
         assert!(plan[0].code_dir.ends_with("src"));
@@ -143,11 +157,26 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_problem() {
         let cases = [
-            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    memory_mb: 1\n", "nimbus.yaml: functions.hello.memory_mb: 1 is out of range"),
-            ("functions:\n  hello:\n    runtime: ruby\n    handler: main.handler\n", "nimbus.yaml: functions.hello.runtime: unknown runtime `ruby`"),
-            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    code: nope\n", "nimbus.yaml: functions.hello.code: `nope` is not a directory"),
-            ("functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    runtme: x\n", "unknown field `runtme`"),
-            ("functions:\n  9x:\n    runtime: python3\n    handler: main.handler\n", "nimbus.yaml: functions.9x: must start with a letter"),
+            (
+                "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    memory_mb: 1\n",
+                "nimbus.yaml: functions.hello.memory_mb: 1 is out of range",
+            ),
+            (
+                "functions:\n  hello:\n    runtime: ruby\n    handler: main.handler\n",
+                "nimbus.yaml: functions.hello.runtime: unknown runtime `ruby`",
+            ),
+            (
+                "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    code: nope\n",
+                "nimbus.yaml: functions.hello.code: `nope` is not a directory",
+            ),
+            (
+                "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    runtme: x\n",
+                "unknown field `runtme`",
+            ),
+            (
+                "functions:\n  9x:\n    runtime: python3\n    handler: main.handler\n",
+                "nimbus.yaml: functions.9x: must start with a letter",
+            ),
             ("functions: {}\n", "no functions declared"),
             ("functions: [\n", "nimbus.yaml:"),
         ];

@@ -46,7 +46,11 @@ fn add_dir(
             add_dir(w, &entry.path(), &format!("{rel}/"))?;
         } else if meta.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             w.start_file(&rel, base.unix_permissions(mode))?;
             let data = std::fs::read(entry.path())
                 .with_context(|| format!("reading {}", entry.path().display()))?;
@@ -71,7 +75,10 @@ mod tests {
         std::fs::write(tmp.path().join("main.py"), "x = 1").unwrap();
         assert_eq!(a, zip_dir(tmp.path()).unwrap());
         let archive = zip::ZipArchive::new(std::io::Cursor::new(a)).unwrap();
-        let names: Vec<String> = archive.file_names().map(|n| n.unwrap().to_string()).collect();
+        let names: Vec<String> = archive
+            .file_names()
+            .map(|n| n.unwrap().to_string())
+            .collect();
         assert_eq!(names, ["main.py"]);
     }
 }

@@ -54,13 +54,24 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             .await
             .with_context(|| format!("opening the database in {}", data_dir.display()))?,
     );
-    let blobs: Arc<dyn store::BlobStore> = Arc::new(store::FsBlobStore::new(data_dir.join("blobs")));
-    let code = store::CodeCache::new(data_dir.join("code"), blobs.clone(), args.unpacked_max_mb * 1024 * 1024);
-    let runtimes = sandbox::Runtimes::install(&data_dir.join("runtime"), args.python3.clone(), args.node.clone())
-        .context("installing the runtime shims")?;
+    let blobs: Arc<dyn store::BlobStore> =
+        Arc::new(store::FsBlobStore::new(data_dir.join("blobs")));
+    let code = store::CodeCache::new(
+        data_dir.join("code"),
+        blobs.clone(),
+        args.unpacked_max_mb * 1024 * 1024,
+    );
+    let runtimes = sandbox::Runtimes::install(
+        &data_dir.join("runtime"),
+        args.python3.clone(),
+        args.node.clone(),
+    )
+    .context("installing the runtime shims")?;
     for runtime in model::Runtime::ALL {
         match runtimes.interpreter(runtime) {
-            Some(path) => tracing::info!(%runtime, interpreter = %path.display(), "runtime available"),
+            Some(path) => {
+                tracing::info!(%runtime, interpreter = %path.display(), "runtime available")
+            }
             None => tracing::warn!(%runtime, "runtime unavailable: interpreter not found"),
         }
     }
@@ -72,7 +83,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     );
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
-    let app = api::router(api::AppState { platform, token: token.into() });
+    let app = api::router(api::AppState {
+        platform,
+        token: token.into(),
+    });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -80,7 +94,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let addr = listener.local_addr()?;
     // Scripts and tests read this line to find the port.
     println!("nimbus listening on http://{addr}");
-    println!("data dir {}; admin token in {}", data_dir.display(), data_dir.join("admin.token").display());
+    println!(
+        "data dir {}; admin token in {}",
+        data_dir.display(),
+        data_dir.join("admin.token").display()
+    );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     // Small request/response pairs must not wait on Nagle's algorithm.
@@ -133,7 +151,10 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("admin.token");
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
-        Ok(_) => bail!("{} is empty; delete it to have a new token made", path.display()),
+        Ok(_) => bail!(
+            "{} is empty; delete it to have a new token made",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }

@@ -294,7 +294,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut FunctionSpec), &str)> = vec![
+        type Mutation = fn(&mut FunctionSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.name = "9lives".into(), "name"),
             (|s| s.name = "a b".into(), "name"),
             (|s| s.name = "x".repeat(65), "name"),

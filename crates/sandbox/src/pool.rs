@@ -138,7 +138,7 @@ impl Pool {
         let invocation = Invocation {
             outcome,
             cold_start,
-            init_ms: cold_start.then(|| instance.init.as_secs_f64() * 1000.0),
+            init_ms: cold_start.then_some(instance.init.as_secs_f64() * 1000.0),
             duration_ms,
             instance_id: instance.id,
             logs,

@@ -1,1 +1,376 @@
-//! End-to-end tests.
+//! End-to-end tests: the real `nimbus server` on a free port, driven over HTTP and through
+//! the CLI, running real Python and Node.js instances.
+
+mod harness;
+
+use std::io::Write;
+
+use harness::{Server, examples, header, project, python_project};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[tokio::test]
+async fn deploy_and_invoke_both_examples_with_warm_reuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    server.deploy(&examples().join("hello-python")).await;
+    server.deploy(&examples().join("hello-node")).await;
+
+    for name in ["hello", "hello-node"] {
+        let run = server
+            .cli(&["invoke", name, "--data", r#"{"name":"Ada"}"#])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let first: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(first["message"], "Hello, Ada!", "{name}");
+        assert_eq!(first["invocations"], 1, "{name}");
+
+        // The second call reuses the instance: module state survives and it is not cold.
+        let res = server.invoke(name, r#"{"name":"Bo"}"#).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "x-nimbus-cold-start"), "false", "{name}");
+        assert_eq!(header(&res, "content-type"), "application/json");
+        let duration: f64 = header(&res, "x-nimbus-duration-ms").parse().unwrap();
+        assert!(duration > 0.0 && duration < 1000.0, "{duration}");
+        let request_id = header(&res, "x-nimbus-request-id").to_string();
+        let second: Value = res.json().await.unwrap();
+        assert_eq!(second["invocations"], 2, "{name}");
+        let id_key = if name == "hello" {
+            "request_id"
+        } else {
+            "requestId"
+        };
+        assert_eq!(second[id_key], request_id.as_str());
+
+        // The call's own output is attributed to its request id.
+        let record: Value = server
+            .req(Method::GET, &format!("/v1/invocations/{request_id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(record["status"], "succeeded");
+        assert_eq!(record["cold_start"], false);
+        let lines: Vec<&str> = record["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(lines, ["greeting Bo (call 2 of this instance)"], "{name}");
+    }
+
+    let ls = server.cli(&["ls", "--output", "json"]).await;
+    let list: Value = serde_json::from_str(&ls.stdout).unwrap();
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "hello-node"]);
+    let describe = server.cli(&["describe", "hello"]).await;
+    assert!(
+        describe.stdout.contains("main.handler") && describe.stdout.contains("GREETING=Hello"),
+        "{}",
+        describe.stdout
+    );
+    // Redeploying unchanged code changes nothing and keeps the warm instance.
+    let again = server
+        .cli(&["deploy", examples().join("hello-python").to_str().unwrap()])
+        .await;
+    assert!(again.stdout.contains("unchanged hello"), "{}", again.stdout);
+    assert_eq!(
+        header(&server.invoke("hello", "{}").await, "x-nimbus-cold-start"),
+        "false"
+    );
+}
+
+#[tokio::test]
+async fn handler_exception_is_a_lambda_shaped_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "failing",
+        "functions:\n  pyfail:\n    runtime: python3\n    handler: main.handler\n  jsfail:\n    runtime: nodejs\n    handler: index.handler\n",
+        &[
+            (
+                "main.py",
+                "def handler(event, context):\n    raise KeyError('missing thing')\n",
+            ),
+            (
+                "index.js",
+                "exports.handler = async () => { throw new RangeError('too far'); };\n",
+            ),
+        ],
+    );
+    server.deploy(&dir).await;
+    for (name, error_type, message) in [
+        ("pyfail", "KeyError", "'missing thing'"),
+        ("jsfail", "RangeError", "too far"),
+    ] {
+        let res = server.invoke(name, "{}").await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "x-nimbus-error-type"), error_type);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["errorType"], error_type);
+        assert_eq!(body["errorMessage"], message);
+        assert!(!body["stackTrace"].as_array().unwrap().is_empty(), "{body}");
+
+        let run = server.cli(&["invoke", name]).await;
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.contains(&format!("{error_type}: {message}")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn timeout_kills_the_instance_and_the_next_call_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let code = "import time\ndef handler(event, context):\n    if event.get('sleep'):\n        time.sleep(30)\n    return {'left_ms': context.get_remaining_time_in_millis()}\n";
+    server
+        .deploy(&python_project(tmp.path(), "slow", 500, code))
+        .await;
+    let started = std::time::Instant::now();
+    let res = server.invoke("slow", r#"{"sleep": true}"#).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(header(&res, "x-nimbus-error-type"), "FunctionTimeout");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errorMessage"], "Task timed out after 0.50 seconds");
+
+    let res = server.invoke("slow", "{}").await;
+    assert_eq!(header(&res, "x-nimbus-error-type"), "");
+    assert_eq!(
+        header(&res, "x-nimbus-cold-start"),
+        "true",
+        "a new instance replaced the killed one"
+    );
+    let body: Value = res.json().await.unwrap();
+    let left = body["left_ms"].as_i64().unwrap();
+    assert!((1..=500).contains(&left), "{left}");
+}
+
+#[tokio::test]
+async fn interpreter_crash_is_reported_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let code = r#"
+import ctypes, os, sys
+def handler(event, context):
+    how = event.get("how")
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "exit":
+        os._exit(7)
+    if how == "sys_exit":
+        sys.exit(5)
+    return "alive"
+"#;
+    server
+        .deploy(&python_project(tmp.path(), "crashy", 3000, code))
+        .await;
+    for (how, expect) in [
+        ("segfault", "signal 11 (SIGSEGV)"),
+        ("exit", "status 7"),
+        ("sys_exit", "status 5"),
+    ] {
+        let res = server
+            .invoke("crashy", &format!(r#"{{"how":"{how}"}}"#))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "{how}");
+        assert_eq!(
+            header(&res, "x-nimbus-error-type"),
+            "Runtime.ExitError",
+            "{how}"
+        );
+        let body: Value = res.json().await.unwrap();
+        let message = body["errorMessage"].as_str().unwrap();
+        assert!(message.contains(expect), "{how}: {message}");
+        if how == "segfault" {
+            // faulthandler's traceback names the handler's line.
+            assert!(message.contains("Fatal Python error"), "{message}");
+        }
+        let ok = server.invoke("crashy", "{}").await;
+        assert_eq!(ok.text().await.unwrap(), "alive", "after {how}");
+    }
+}
+
+#[tokio::test]
+async fn unsafe_archives_are_rejected_with_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    for (name, data) in [("../escape.py", "x"), ("/etc/cron.d/evil", "x")] {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data.as_bytes()).unwrap();
+        let zip = w.finish().unwrap().into_inner();
+        let res = server
+            .req(Method::POST, "/v1/code")
+            .body(zip)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{name}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_archive");
+        assert!(body["message"].as_str().unwrap().contains(name), "{body}");
+    }
+    // Nothing of the refused archives reached the disk outside the data dir.
+    assert!(!tmp.path().join("escape.py").exists());
+    assert!(!tmp.path().join("code/escape.py").exists());
+}
+
+#[tokio::test]
+async fn every_api_call_needs_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let token_mode = std::fs::metadata(tmp.path().join("admin.token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&token_mode.permissions()) & 0o777,
+        0o600
+    );
+    for (method, path) in [
+        (Method::GET, "/v1/functions"),
+        (Method::POST, "/v1/functions/hello/invocations"),
+        (Method::POST, "/v1/code"),
+        (Method::DELETE, "/v1/functions/hello"),
+    ] {
+        let res = server
+            .http
+            .request(method.clone(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let doc = server
+        .http
+        .get(server.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), StatusCode::OK);
+    let doc: Value = doc.json().await.unwrap();
+    assert!(doc["paths"]["/v1/functions/{name}/invocations"]["post"].is_object());
+    // The CLI with a wrong token says so in one line and fails.
+    let out = tokio::process::Command::new(harness::NIMBUS)
+        .args(["ls", "--token", "wrong", "--endpoint", &server.endpoint])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: the bearer token is wrong (unauthorized)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let code = "import os\ndef handler(event, context):\n    return {'pid': os.getpid()}\n";
+    let pid = {
+        let server = Server::start(&data);
+        server
+            .deploy(&python_project(tmp.path(), "keeper", 3000, code))
+            .await;
+        let body: Value = server.invoke("keeper", "{}").await.json().await.unwrap();
+        let pid = body["pid"].as_i64().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let status = server.stop();
+        assert!(status.success(), "{status:?}");
+        pid
+    };
+    // The graceful stop killed the instance process.
+    let gone = (0..50).any(|_| {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if alive {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        !alive
+    });
+    assert!(gone, "instance {pid} outlived the server");
+
+    let server = Server::start(&data);
+    let res = server.invoke("keeper", "{}").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-nimbus-cold-start"), "true");
+    let run = server.cli(&["ls"]).await;
+    assert!(run.stdout.contains("keeper"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn functions_see_only_their_own_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(&tmp.path().join("data"), &[("SERVER_SECRET", "s3cr3t")]);
+    let dir = project(
+        tmp.path(),
+        "envy",
+        "functions:\n  envy:\n    runtime: python3\n    handler: main.handler\n    memory_mb: 192\n    env: {COLOR: blue, PORT: 8080}\n",
+        &[(
+            "main.py",
+            "import os\ndef handler(event, context):\n    return {'env': dict(os.environ), 'mem': context.memory_limit_in_mb, 'fn': context.function_name}\n",
+        )],
+    );
+    server.deploy(&dir).await;
+    let body: Value = server.invoke("envy", "").await.json().await.unwrap();
+    let env = body["env"].as_object().unwrap();
+    assert_eq!(env["COLOR"], "blue");
+    assert_eq!(env["PORT"], "8080");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "envy");
+    assert!(
+        !env.contains_key("SERVER_SECRET"),
+        "the server's environment leaked: {env:?}"
+    );
+    assert!(!env.contains_key("NODE_EXTRA_CA_CERTS"));
+    assert_eq!(body["mem"], "192");
+    assert_eq!(body["fn"], "envy");
+}
+
+#[tokio::test]
+async fn bad_manifests_and_unknown_functions_fail_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "bad",
+        "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: 0\n",
+        &[("main.py", "")],
+    );
+    let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("nimbus.yaml: functions.hello.timeout_ms: 0 is out of range"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let run = server.cli(&["invoke", "ghost"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("function `ghost` does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("(function_not_found)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,172 @@
+//! Test harness: the real `nimbus` binary as a server on a free port with a temporary data
+//! dir, an HTTP client for its API, and a runner for CLI commands against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
+
+/// A running `nimbus server`. Dropping it kills the server.
+pub struct Server {
+    pub child: Child,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+/// Output of one CLI run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Server {
+    /// Starts a server on a free port with `data_dir`, waiting until it listens.
+    pub fn start(data_dir: &Path) -> Server {
+        Server::start_with_env(data_dir, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut child = Command::new(NIMBUS)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .envs(env.iter().copied())
+            .env("NIMBUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting nimbus server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let endpoint = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("reading server output");
+            if let Some(url) = line.strip_prefix("nimbus listening on ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+
+    /// An authenticated request builder.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Invokes `name` over HTTP and returns the response.
+    pub async fn invoke(&self, name: &str, event: &str) -> reqwest::Response {
+        self.req(
+            reqwest::Method::POST,
+            &format!("/v1/functions/{name}/invocations"),
+        )
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// Runs the CLI against this server.
+    pub async fn cli(&self, args: &[&str]) -> Run {
+        let out = tokio::process::Command::new(NIMBUS)
+            .args(args)
+            .env("NIMBUS_ENDPOINT", &self.endpoint)
+            .env("NIMBUS_DATA_DIR", &self.data_dir)
+            .env_remove("NIMBUS_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Deploys a project directory with the CLI, asserting success.
+    pub async fn deploy(&self, dir: &Path) {
+        let run = self.cli(&["deploy", dir.to_str().unwrap()]).await;
+        assert_eq!(run.code, 0, "deploy failed: {}{}", run.stdout, run.stderr);
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the server to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a project: `nimbus.yaml` plus code files, in a new directory under `root`.
+pub fn project(root: &Path, name: &str, manifest: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("nimbus.yaml"), manifest).unwrap();
+    for (file, text) in files {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// A one-function Python project with handler `main.handler`.
+pub fn python_project(root: &Path, name: &str, timeout_ms: u32, code: &str) -> PathBuf {
+    project(
+        root,
+        name,
+        &format!(
+            "functions:\n  {name}:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: {timeout_ms}\n"
+        ),
+        &[("main.py", code)],
+    )
+}
+
+/// The repository's examples directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+pub fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
