@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9700";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
 
-/// Nimbus: function compute in one binary.
+/// Nimbus: function compute in one binary. `nimbus server` runs the platform; the other
+/// commands deploy, invoke and manage functions on it.
 #[derive(Parser)]
-#[command(name = "nimbus", version, about, long_about = None)]
+#[command(name = "nimbus", version)]
 pub struct Cli {
     /// URL of the Nimbus server.
     #[arg(long, global = true, env = "NIMBUS_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
