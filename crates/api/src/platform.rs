@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use model::{ErrorCode, Function, FunctionSpec, limits};
 use sandbox::{FunctionError, InstanceConfig, Logs, Outcome, Pool};
 use store::{ArchiveInfo, BlobStore, CodeCache, MetaStore, PutMode, PutOutcome};
@@ -132,7 +133,7 @@ impl Platform {
     pub async fn invoke(
         &self,
         name: &str,
-        event: &[u8],
+        event: Bytes,
     ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(ApiError::new(
@@ -147,10 +148,20 @@ impl Platform {
         let resolved = self.resolve(name).await?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let started_at_ms = now_ms();
-        let invocation = self
-            .pool
-            .invoke(&resolved.instance, &request_id, event)
-            .await?;
+        // The invocation runs in its own task: a caller that disconnects does not cancel a
+        // function midway (it completes, as on Lambda), and its instance stays warm.
+        let pool = self.pool.clone();
+        let id = request_id.clone();
+        let run = resolved.clone();
+        let invocation = tokio::spawn(async move { pool.invoke(&run.instance, &id, &event).await })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "invocation task failed");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the invocation task failed; the server log has details",
+                )
+            })??;
         let record = Arc::new(InvocationRecord {
             request_id,
             function: resolved.function.spec.name.clone(),

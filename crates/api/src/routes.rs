@@ -211,7 +211,7 @@ pub async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let event = read_body(body, limits::PAYLOAD_BYTES_MAX, "event").await?;
-    let (record, outcome) = s.platform.invoke(&name, &event).await?;
+    let (record, outcome) = s.platform.invoke(&name, event).await?;
     let mut response = match outcome {
         Outcome::Success { content_type, body } => {
             let ct = match content_type {

@@ -35,8 +35,29 @@ impl Default for PoolConfig {
     }
 }
 
-struct Idle {
+/// A live instance together with its slot of the node-wide cap. Dropping it, wherever that
+/// happens (retired, or inside a cancelled invocation), kills the process and frees the slot.
+struct Member {
     instance: Instance,
+    _slot: Slot,
+}
+
+/// One unit of `State::live`, released on drop.
+struct Slot {
+    state: Arc<Mutex<State>>,
+    instance_id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap();
+        state.live -= 1;
+        state.pids.remove(&self.instance_id);
+    }
+}
+
+struct Idle {
+    member: Member,
     since: Instant,
 }
 
@@ -60,7 +81,7 @@ struct State {
 pub struct Pool {
     runtimes: Runtimes,
     config: PoolConfig,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     next_instance: AtomicU64,
 }
 
@@ -69,7 +90,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             runtimes,
             config,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             next_instance: AtomicU64::new(1),
         });
         tokio::spawn(reap_idle(Arc::downgrade(&pool)));
@@ -88,10 +109,10 @@ impl Pool {
         event: &[u8],
     ) -> Result<Invocation, SandboxError> {
         let key = config_key(config);
-        let (instance, cold_start) = match self.checkout(&config.function, key)? {
-            Some(instance) => (instance, false),
+        let (member, cold_start) = match self.checkout(&config.function, key)? {
+            Some(member) => (member, false),
             None => match self.start(config).await? {
-                Ok(instance) => (instance, true),
+                Ok(member) => (member, true),
                 Err(error) => {
                     return Ok(Invocation {
                         outcome: Outcome::Error(error),
@@ -110,6 +131,7 @@ impl Pool {
             "deadline_ms": now_ms() + config.timeout_ms as i64,
         }))
         .expect("meta serializes");
+        let instance = &member.instance;
         let started = Instant::now();
         let (reply, logs) = instance.call(&meta, event, timeout).await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -143,7 +165,7 @@ impl Pool {
             instance_id: instance.id,
             logs,
         };
-        self.checkin(&config.function, key, instance);
+        self.checkin(&config.function, key, member);
         Ok(invocation)
     }
 
@@ -152,7 +174,7 @@ impl Pool {
         let removed = self.state.lock().unwrap().functions.remove(function);
         if let Some(pool) = removed {
             for idle in pool.idle {
-                self.retire(idle.instance);
+                self.retire(idle.member);
             }
         }
     }
@@ -169,7 +191,7 @@ impl Pool {
             kill_group(pid);
         }
         for idle in idle {
-            self.retire(idle.instance);
+            self.retire(idle.member);
         }
     }
 
@@ -178,7 +200,7 @@ impl Pool {
         self.state.lock().unwrap().live
     }
 
-    fn checkout(&self, function: &str, key: u64) -> Result<Option<Instance>, SandboxError> {
+    fn checkout(&self, function: &str, key: u64) -> Result<Option<Member>, SandboxError> {
         let mut stale = Vec::new();
         let found = {
             let mut state = self.state.lock().unwrap();
@@ -201,23 +223,23 @@ impl Pool {
             // Most recently used first: it is the likeliest to be hot in caches, and it lets
             // the least recently used ones age out.
             while let Some(idle) = pool.idle.pop() {
-                if idle.instance.is_dead() {
+                if idle.member.instance.is_dead() {
                     stale.push(idle);
                 } else {
-                    found = Some(idle.instance);
+                    found = Some(idle.member);
                     break;
                 }
             }
             found
         };
         for idle in stale {
-            self.retire(idle.instance);
+            self.retire(idle.member);
         }
         Ok(found)
     }
 
-    fn checkin(&self, function: &str, key: u64, instance: Instance) {
-        if !instance.is_dead() {
+    fn checkin(&self, function: &str, key: u64, member: Member) {
+        if !member.instance.is_dead() {
             let mut state = self.state.lock().unwrap();
             let closed = state.closed;
             if let Some(pool) = state.functions.get_mut(function)
@@ -225,63 +247,63 @@ impl Pool {
                 && !closed
             {
                 pool.idle.push(Idle {
-                    instance,
+                    member,
                     since: Instant::now(),
                 });
                 return;
             }
         }
-        self.retire(instance);
+        self.retire(member);
     }
 
     /// Starts an instance, holding a slot of the node-wide cap while it lives.
     async fn start(
         &self,
         config: &InstanceConfig,
-    ) -> Result<Result<Instance, FunctionError>, SandboxError> {
+    ) -> Result<Result<Member, FunctionError>, SandboxError> {
         let launch = self
             .runtimes
             .launch(config.runtime)
             .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        {
+        let slot = {
             let mut state = self.state.lock().unwrap();
             if state.live >= self.config.instances_max {
                 return Err(SandboxError::CapacityExhausted(self.config.instances_max));
             }
             state.live += 1;
-        }
-        match Instance::start(id, launch, config).await {
-            Ok(instance) => {
-                let mut state = self.state.lock().unwrap();
-                state.pids.insert(instance.id, instance.pid);
-                if state.closed {
-                    drop(state);
-                    self.retire(instance);
-                    return Err(SandboxError::ShuttingDown);
-                }
-                tracing::debug!(function = %config.function, instance = id, init_ms = instance.init.as_millis() as u64, "instance started");
-                Ok(Ok(instance))
+            Slot {
+                state: self.state.clone(),
+                instance_id: id,
             }
-            Err(e) => {
-                self.state.lock().unwrap().live -= 1;
-                match e {
-                    StartError::Platform(e) => Err(e),
-                    StartError::Function(e) => Ok(Err(e)),
-                }
-            }
+        };
+        // On a start failure `slot` is dropped here and the reservation released.
+        let instance = match Instance::start(id, launch, config).await {
+            Ok(instance) => instance,
+            Err(StartError::Platform(e)) => return Err(e),
+            Err(StartError::Function(e)) => return Ok(Err(e)),
+        };
+        let member = Member {
+            instance,
+            _slot: slot,
+        };
+        let closed = {
+            let mut state = self.state.lock().unwrap();
+            state.pids.insert(id, member.instance.pid);
+            state.closed
+        };
+        if closed {
+            self.retire(member);
+            return Err(SandboxError::ShuttingDown);
         }
+        tracing::debug!(function = %config.function, instance = id, init_ms = member.instance.init.as_millis() as u64, "instance started");
+        Ok(Ok(member))
     }
 
-    fn retire(&self, instance: Instance) {
-        {
-            let mut state = self.state.lock().unwrap();
-            state.live -= 1;
-            state.pids.remove(&instance.id);
-        }
-        tracing::debug!(instance = instance.id, "instance stopped");
-        // Dropping kills the process group.
-        drop(instance);
+    fn retire(&self, member: Member) {
+        tracing::debug!(instance = member.instance.id, "instance stopped");
+        // Dropping kills the process group and frees the slot.
+        drop(member);
     }
 }
 
@@ -313,7 +335,7 @@ async fn reap_idle(pool: std::sync::Weak<Pool>) {
             expired
         };
         for idle in expired {
-            pool.retire(idle.instance);
+            pool.retire(idle.member);
         }
     }
 }
@@ -450,6 +472,92 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
         assert_eq!(pool.live_instances(), 1);
         pool.shutdown();
         assert_eq!(pool.live_instances(), 0);
+    }
+
+    #[tokio::test]
+    async fn python_async_handlers_and_the_context_logger() {
+        let code = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(0.001)\n    context.logger.info('from %s', 'logger')\n    return 'async ' + context.function_name\n";
+        let (tmp, pool) = setup(&[("main.py", code)]);
+        let inv = pool
+            .invoke(
+                &config(&tmp, Runtime::Python3, "main.handler", 1000),
+                "r1",
+                b"{}",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            inv.outcome,
+            Outcome::Success {
+                content_type: ContentType::Text,
+                body: Bytes::from_static(b"async f")
+            }
+        );
+        let lines: Vec<_> = inv
+            .logs
+            .lines
+            .iter()
+            .map(|l| (l.stream.as_str(), l.message.as_str()))
+            .collect();
+        assert_eq!(lines, [("INFO", "from logger")]);
+    }
+
+    #[tokio::test]
+    async fn idle_instances_are_stopped_and_changes_retire_old_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("code")).unwrap();
+        std::fs::write(tmp.path().join("code/main.py"), PY).unwrap();
+        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        let pool = Pool::new(
+            runtimes,
+            PoolConfig {
+                instances_max: 1,
+                idle_timeout: Duration::from_millis(300),
+            },
+        );
+        let mut c = config(&tmp, Runtime::Python3, "main.handler", 1000);
+        pool.invoke(&c, "r1", b"{}").await.unwrap();
+        assert_eq!(pool.live_instances(), 1);
+        // A changed configuration never reuses the old instance, and the cap of one holds.
+        c.env.insert("X".into(), "1".into());
+        let changed = pool.invoke(&c, "r2", b"{}").await.unwrap();
+        assert!(changed.cold_start);
+        assert_eq!(pool.live_instances(), 1);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(pool.live_instances(), 0, "the idle instance was not reaped");
+    }
+
+    #[tokio::test]
+    async fn the_node_cap_refuses_clearly() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("code")).unwrap();
+        std::fs::write(tmp.path().join("code/main.py"), PY).unwrap();
+        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        let pool = Pool::new(
+            runtimes,
+            PoolConfig {
+                instances_max: 1,
+                idle_timeout: Duration::from_secs(60),
+            },
+        );
+        let c = config(&tmp, Runtime::Python3, "main.handler", 2000);
+        let busy = {
+            let pool = pool.clone();
+            let c = c.clone();
+            tokio::spawn(async move { pool.invoke(&c, "r1", br#"{"do":"sleep"}"#).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let err = pool.invoke(&c, "r2", b"{}").await.unwrap_err();
+        assert!(matches!(err, SandboxError::CapacityExhausted(1)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "this node already runs its maximum of 1 instances"
+        );
+        // A cancelled invocation (a caller that went away) still frees its slot.
+        busy.abort();
+        let _ = busy.await;
+        assert_eq!(pool.live_instances(), 0);
+        assert!(pool.invoke(&c, "r3", b"{}").await.is_ok());
     }
 
     #[tokio::test]
