@@ -7,6 +7,7 @@
 
 mod auth;
 mod error;
+pub mod gateway;
 mod platform;
 pub mod routes;
 mod wire;
@@ -43,6 +44,9 @@ pub struct AppState {
         routes::delete_function,
         routes::invoke,
         routes::get_invocation,
+        routes::create_key,
+        routes::list_keys,
+        routes::delete_key,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -82,6 +86,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/functions/{name}/invocations", post(routes::invoke))
         .route("/invocations/{request_id}", get(routes::get_invocation))
+        .route("/keys", get(routes::list_keys).post(routes::create_key))
+        .route("/keys/{id}", axum::routing::delete(routes::delete_key))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -106,8 +114,8 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .nest("/v1", v1)
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+        // Everything else is the gateway's: HTTP triggers and function URLs.
+        .fallback(gateway::handle)
         .with_state(state)
 }
 

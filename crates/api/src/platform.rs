@@ -5,21 +5,22 @@
 //! from the store once, its code unpacked once, and the cache is updated by every write
 //! that goes through this node.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use model::{ErrorCode, Function, FunctionSpec, limits};
 use sandbox::{FunctionError, InstanceConfig, Logs, Outcome, Pool};
-use store::{ArchiveInfo, BlobStore, CodeCache, MetaStore, PutMode, PutOutcome};
+use store::{ArchiveInfo, BlobStore, CodeCache, KeyRecord, MetaStore, PutMode, PutOutcome};
 
 use crate::ApiError;
+use crate::gateway::table::RouteTable;
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
-struct Resolved {
-    function: Function,
-    instance: InstanceConfig,
+pub(crate) struct Resolved {
+    pub function: Function,
+    pub instance: InstanceConfig,
 }
 
 /// One finished invocation, kept in memory for `GET /v1/invocations/{id}`. It holds no
@@ -53,6 +54,13 @@ pub struct Platform {
     /// Bumped by every write; a cache fill that raced with a write is discarded.
     epoch: AtomicU64,
     recent: Mutex<Recent>,
+    /// The gateway's routes, rebuilt after every function write.
+    routes: RwLock<Arc<RouteTable>>,
+    /// sha256 (hex) of every invoke key, for the gateway's key check.
+    keys: RwLock<HashSet<String>>,
+    /// Serializes function writes, so a route conflict check and the write it guards are
+    /// not interleaved with another deploy.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl Platform {
@@ -70,7 +78,89 @@ impl Platform {
             functions: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
+            routes: RwLock::new(Arc::new(RouteTable::default())),
+            keys: RwLock::new(HashSet::new()),
+            writes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Loads what the gateway needs from the store: routes and invoke keys. Called once at
+    /// start; writes through this node keep both current afterwards.
+    pub async fn load(&self) -> Result<(), ApiError> {
+        self.rebuild_routes().await?;
+        let keys = self.meta.list_keys().await?;
+        *self.keys.write().unwrap() = keys.into_iter().map(|k| k.sha256).collect();
+        Ok(())
+    }
+
+    async fn rebuild_routes(&self) -> Result<(), ApiError> {
+        let functions = self.meta.list_functions().await?;
+        let table = RouteTable::build(&functions).unwrap_or_else(|e| {
+            // Deploys refuse conflicts, so this only happens to data written around them.
+            tracing::error!(error = %e, "stored routes conflict; the gateway serves none of them");
+            RouteTable::default()
+        });
+        *self.routes.write().unwrap() = Arc::new(table);
+        Ok(())
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().unwrap().clone()
+    }
+
+    /// Creates an invoke key. The key is returned once; only its hash is stored.
+    pub async fn create_key(&self, name: &str) -> Result<(KeyRecord, String), ApiError> {
+        if name.is_empty() || name.len() > limits::NAME_LEN_MAX {
+            return Err(ApiError::invalid(format!(
+                "name: must be 1 to {} characters",
+                limits::NAME_LEN_MAX
+            )));
+        }
+        if self.keys.read().unwrap().len() >= limits::INVOKE_KEYS_MAX {
+            return Err(ApiError::invalid(format!(
+                "there are already {} invoke keys; delete unused ones first",
+                limits::INVOKE_KEYS_MAX
+            )));
+        }
+        let secret = format!(
+            "nk_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let record = KeyRecord {
+            id: format!("key_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            name: name.to_string(),
+            sha256: hash_key(&secret),
+            created_at_ms: now_ms(),
+        };
+        self.meta.create_key(&record).await?;
+        self.keys.write().unwrap().insert(record.sha256.clone());
+        Ok((record, secret))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, ApiError> {
+        Ok(self.meta.list_keys().await?)
+    }
+
+    pub async fn delete_key(&self, id: &str) -> Result<(), ApiError> {
+        let keys = self.meta.list_keys().await?;
+        self.meta.delete_key(id).await.map_err(|e| match e {
+            store::StoreError::KeyNotFound(id) => ApiError::new(
+                ErrorCode::KeyNotFound,
+                format!("invoke key `{id}` does not exist; `nimbus keys ls` lists them"),
+            ),
+            other => other.into(),
+        })?;
+        if let Some(k) = keys.iter().find(|k| k.id == id) {
+            self.keys.write().unwrap().remove(&k.sha256);
+        }
+        Ok(())
+    }
+
+    /// Whether `key` is a valid invoke key.
+    pub fn key_is_valid(&self, key: &str) -> bool {
+        self.keys.read().unwrap().contains(&hash_key(key))
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -100,9 +190,23 @@ impl Platform {
         if !self.blobs.exists(&spec.code_sha256).await? {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
         }
+        let _write = self.writes.lock().await;
+        // The routes as they would be after this write must not conflict.
+        let mut functions = self.meta.list_functions().await?;
+        functions.retain(|f| f.spec.name != spec.name);
+        functions.push(Function {
+            spec: spec.clone(),
+            revision: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        });
+        if let Err(conflict) = RouteTable::build(&functions) {
+            return Err(ApiError::new(ErrorCode::RouteConflict, conflict));
+        }
         let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
         if outcome != PutOutcome::Unchanged {
             self.forget(&spec.name);
+            self.rebuild_routes().await?;
         }
         Ok((function, outcome))
     }
@@ -116,9 +220,10 @@ impl Platform {
     }
 
     pub async fn delete_function(&self, name: &str) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
         self.meta.delete_function(name).await?;
         self.forget(name);
-        Ok(())
+        self.rebuild_routes().await
     }
 
     /// Drops the cached resolution and the idle instances of `name`.
@@ -134,6 +239,7 @@ impl Platform {
         &self,
         name: &str,
         event: Bytes,
+        request_id: String,
     ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(ApiError::new(
@@ -146,7 +252,6 @@ impl Platform {
             ));
         }
         let resolved = self.resolve(name).await?;
-        let request_id = uuid::Uuid::new_v4().to_string();
         let started_at_ms = now_ms();
         // The invocation runs in its own task: a caller that disconnects does not cancel a
         // function midway (it completes, as on Lambda), and its instance stays warm.
@@ -185,7 +290,7 @@ impl Platform {
         self.recent.lock().unwrap().by_id.get(request_id).cloned()
     }
 
-    fn remember(&self, record: Arc<InvocationRecord>) {
+    pub(crate) fn remember(&self, record: Arc<InvocationRecord>) {
         let mut recent = self.recent.lock().unwrap();
         if recent.order.len() >= limits::RECENT_INVOCATIONS_MAX
             && let Some(old) = recent.order.pop_front()
@@ -196,7 +301,7 @@ impl Platform {
         recent.by_id.insert(record.request_id.clone(), record);
     }
 
-    async fn resolve(&self, name: &str) -> Result<Arc<Resolved>, ApiError> {
+    pub(crate) async fn resolve(&self, name: &str) -> Result<Arc<Resolved>, ApiError> {
         if let Some(r) = self.functions.read().unwrap().get(name) {
             return Ok(r.clone());
         }
@@ -212,6 +317,8 @@ impl Platform {
             env: spec.env.clone(),
             memory_mb: spec.memory_mb,
             timeout_ms: spec.timeout_ms,
+            kind: spec.kind,
+            command: spec.command.clone(),
         };
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();
@@ -230,4 +337,10 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The stored form of an invoke key.
+fn hash_key(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }

@@ -211,7 +211,10 @@ pub async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let event = read_body(body, limits::PAYLOAD_BYTES_MAX, "event").await?;
-    let (record, outcome) = s.platform.invoke(&name, event).await?;
+    let (record, outcome) = s
+        .platform
+        .invoke(&name, event, uuid::Uuid::new_v4().to_string())
+        .await?;
     let mut response = match outcome {
         Outcome::Success { content_type, body } => {
             let ct = match content_type {
@@ -309,4 +312,53 @@ pub async fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "this route does not take that method; see /v1/openapi.json",
     )
+}
+
+/// Creates an invoke key for routes with `auth: key`. The key is in this answer only.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys",
+    request_body = KeyInput,
+    responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody)))]
+pub async fn create_key(
+    State(s): State<AppState>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let input: KeyInput = parse_json(&read_body(body, 4096, "key").await?)?;
+    let (record, key) = s.platform.create_key(&input.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyCreated {
+            id: record.id,
+            name: record.name,
+            created_at_ms: record.created_at_ms,
+            key,
+        }),
+    ))
+}
+
+/// Lists invoke keys (without the keys).
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", responses((status = 200, body = KeyList)))]
+pub async fn list_keys(State(s): State<AppState>) -> Result<Json<KeyList>, ApiError> {
+    let keys = s.platform.list_keys().await?;
+    Ok(Json(KeyList {
+        keys: keys
+            .into_iter()
+            .map(|k| KeyView {
+                id: k.id,
+                name: k.name,
+                created_at_ms: k.created_at_ms,
+            })
+            .collect(),
+    }))
+}
+
+/// Deletes an invoke key; routes stop accepting it at once.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody, description = "key_not_found")))]
+pub async fn delete_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.platform.delete_key(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use model::{Function, FunctionSpec, limits};
+use model::http::{RouteOptions, Trigger};
+use model::{Function, FunctionSpec, FunctionType, limits};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,11 +17,12 @@ pub struct FunctionInput {
     /// Required on `POST /v1/functions`; on `PUT` it may be omitted or must match the path.
     #[serde(default)]
     pub name: Option<String>,
-    /// `python3` or `nodejs`.
+    /// `python3`, `nodejs` or `custom`.
     #[schema(example = "python3")]
     pub runtime: String,
-    /// `module.function`, e.g. `main.handler`.
+    /// `module.function`, e.g. `main.handler`; `module:app` for WSGI/ASGI; empty for custom.
     #[schema(example = "main.handler")]
+    #[serde(default)]
     pub handler: String,
     /// sha256 of a code archive uploaded with `POST /v1/code`.
     pub code_sha256: String,
@@ -32,6 +34,22 @@ pub struct FunctionInput {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub description: String,
+    /// `handler` (events), `wsgi` / `asgi` (Python web apps) or `http` (Node HTTP handlers,
+    /// custom runtimes).
+    #[serde(default, rename = "type")]
+    #[schema(value_type = Option<String>, example = "handler")]
+    pub kind: FunctionType,
+    /// A custom runtime's command; `$PORT` is replaced by the port it must serve on.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Enables the function URL `/fn/{name}/…` with these protections.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub url: Option<RouteOptions>,
+    /// `[{"http": {"path": "/items/{id}", "methods": ["GET"], "auth": "anonymous"}}]`
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub triggers: Vec<Trigger>,
 }
 
 impl FunctionInput {
@@ -60,6 +78,10 @@ impl FunctionInput {
             timeout_ms: self.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
             env: self.env,
             description: self.description,
+            kind: self.kind,
+            command: self.command,
+            url: self.url,
+            triggers: self.triggers,
         })
     }
 }
@@ -75,6 +97,15 @@ pub struct FunctionView {
     pub timeout_ms: u32,
     pub env: BTreeMap<String, String>,
     pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub url: Option<RouteOptions>,
+    #[schema(value_type = Vec<Object>)]
+    pub triggers: Vec<Trigger>,
     /// Increases by one on every change.
     pub revision: u64,
     pub created_at_ms: i64,
@@ -93,6 +124,10 @@ impl From<Function> for FunctionView {
             timeout_ms: s.timeout_ms,
             env: s.env,
             description: s.description,
+            kind: s.kind.as_str().to_string(),
+            command: s.command,
+            url: s.url,
+            triggers: s.triggers,
             revision: f.revision,
             created_at_ms: f.created_at_ms,
             updated_at_ms: f.updated_at_ms,
@@ -190,4 +225,36 @@ impl From<&InvocationRecord> for InvocationView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInput {
+    /// What the key is for, e.g. the client that uses it.
+    pub name: String,
+}
+
+/// An invoke key as listed: never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// A new invoke key: the only time the key is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    /// Send it in the `x-nimbus-key` header. It cannot be shown again.
+    pub key: String,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
 }

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::{Cli, Command, Output, manifest, package};
+use crate::{Cli, Command, KeysCommand, Output, manifest, package};
 
 /// Archives larger than this get a progress bar while uploading.
 const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deleted {name}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys(k) => keys(&client, k, cli.output).await,
         Command::Server(_) => unreachable!("the server is not a client command"),
     }
 }
@@ -63,6 +64,10 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
             "timeout_ms": spec.timeout_ms,
             "env": spec.env,
             "description": spec.description,
+            "type": spec.kind,
+            "command": spec.command,
+            "url": spec.url,
+            "triggers": spec.triggers,
         });
         let res = client
             .send(
@@ -257,6 +262,52 @@ async fn describe(client: &Client, name: &str, output: Output) -> anyhow::Result
         println!("env");
         for (k, v) in env {
             println!("  {k}={}", v.as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Create { name } => {
+            let created: Value = client
+                .json(
+                    client
+                        .request(Method::POST, "/v1/keys")
+                        .json(&serde_json::json!({ "name": name })),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("{}", created["key"].as_str().unwrap_or(""));
+                eprintln!(
+                    "created invoke key {} ({name}); send it in the x-nimbus-key header. It is not shown again.",
+                    created["id"].as_str().unwrap_or("")
+                );
+            }
+        }
+        KeysCommand::Ls => {
+            let list: Value = client.json(client.request(Method::GET, "/v1/keys")).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<18} {:<24} {:>14}", "ID", "NAME", "CREATED_AT_MS");
+                for k in list["keys"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<18} {:<24} {:>14}",
+                        k["id"].as_str().unwrap_or(""),
+                        k["name"].as_str().unwrap_or(""),
+                        k["created_at_ms"]
+                    );
+                }
+            }
+        }
+        KeysCommand::Rm { id } => {
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/keys/{id}")))
+                .await?;
+            println!("deleted invoke key {id}");
         }
     }
     Ok(ExitCode::SUCCESS)

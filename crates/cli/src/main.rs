@@ -72,6 +72,23 @@ pub enum Command {
     Describe { name: String },
     /// Delete a function.
     Rm { name: String },
+    /// Manage invoke keys for HTTP routes with `auth: key`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once and cannot be shown again.
+    Create {
+        /// What the key is for.
+        #[arg(default_value = "default")]
+        name: String,
+    },
+    /// List keys (without the keys themselves).
+    Ls,
+    /// Delete a key by id; routes refuse it at once.
+    Rm { id: String },
 }
 
 /// The data dir when none is given: the user's data directory, else `./.nimbus`.

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use model::{FunctionSpec, Runtime, limits};
+use model::http::{RouteOptions, Trigger};
+use model::{FunctionSpec, FunctionType, Runtime, limits};
 use serde::Deserialize;
 
 pub const FILE_NAME: &str = "nimbus.yaml";
@@ -22,7 +23,16 @@ struct Manifest {
 #[serde(deny_unknown_fields)]
 struct FunctionEntry {
     runtime: String,
+    #[serde(default)]
     handler: String,
+    #[serde(default, rename = "type")]
+    kind: FunctionType,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    url: Option<RouteOptions>,
+    #[serde(default)]
+    triggers: Vec<Trigger>,
     #[serde(default = "default_code")]
     code: String,
     memory_mb: Option<u32>,
@@ -103,6 +113,10 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 .map(|(k, v)| (k, v.into_string()))
                 .collect(),
             description: entry.description,
+            kind: entry.kind,
+            command: entry.command,
+            url: entry.url,
+            triggers: entry.triggers,
         };
         for e in spec.validate() {
             let field = if e.field == "name" {

@@ -83,6 +83,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     );
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
+    platform
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading routes and keys: {e}"))?;
     let app = api::router(api::AppState {
         platform,
         token: token.into(),
@@ -105,12 +109,15 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let serve = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            let _ = stopping_tx.send(());
-        })
-        .into_future();
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop_signal().await;
+        let _ = stopping_tx.send(());
+    })
+    .into_future();
     // After the stop signal, in-flight requests get a bounded grace period to finish.
     let grace = async move {
         let _ = stopping_rx.await;

@@ -41,11 +41,28 @@ pub enum ErrorCode {
     StorageError,
     /// Anything else; the server log has the details.
     Internal,
+    /// Two functions claim the same route (path shape and method).
+    RouteConflict,
+    /// The route needs an invoke key and none was sent.
+    KeyRequired,
+    /// The invoke key sent is not valid.
+    KeyInvalid,
+    /// The invoke key does not exist.
+    KeyNotFound,
+    /// The client's network is not allowed on this route.
+    IpDenied,
+    /// The route's rate limit is exhausted; retry after the `Retry-After` seconds.
+    RateLimited,
+    /// The gateway's answer when a function behind a route failed (it has no other way to
+    /// say so over plain HTTP).
+    FunctionFailed,
+    /// The gateway's answer when a function behind a route ran past its timeout.
+    FunctionTimedOut,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -62,6 +79,14 @@ impl ErrorCode {
         ErrorCode::InstanceStartFailed,
         ErrorCode::StorageError,
         ErrorCode::Internal,
+        ErrorCode::RouteConflict,
+        ErrorCode::KeyRequired,
+        ErrorCode::KeyInvalid,
+        ErrorCode::KeyNotFound,
+        ErrorCode::IpDenied,
+        ErrorCode::RateLimited,
+        ErrorCode::FunctionFailed,
+        ErrorCode::FunctionTimedOut,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -92,6 +117,14 @@ impl ErrorCode {
             ErrorCode::InstanceStartFailed => ("instance_start_failed", 502),
             ErrorCode::StorageError => ("storage_error", 500),
             ErrorCode::Internal => ("internal", 500),
+            ErrorCode::RouteConflict => ("route_conflict", 409),
+            ErrorCode::KeyRequired => ("key_required", 401),
+            ErrorCode::KeyInvalid => ("key_invalid", 403),
+            ErrorCode::KeyNotFound => ("key_not_found", 404),
+            ErrorCode::IpDenied => ("ip_denied", 403),
+            ErrorCode::RateLimited => ("rate_limited", 429),
+            ErrorCode::FunctionFailed => ("function_failed", 502),
+            ErrorCode::FunctionTimedOut => ("function_timeout", 504),
         }
     }
 }

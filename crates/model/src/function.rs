@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::{RouteOptions, Trigger};
 use crate::limits;
 
 /// The language runtime an instance runs.
@@ -16,17 +17,21 @@ pub enum Runtime {
     /// Node.js from the node, `handler: file.export`.
     #[serde(rename = "nodejs")]
     Nodejs,
+    /// Any executable that serves HTTP on `$PORT`, started with `command`.
+    #[serde(rename = "custom")]
+    Custom,
 }
 
 impl Runtime {
     /// Every runtime, in the order documentation lists them.
-    pub const ALL: [Runtime; 2] = [Runtime::Python3, Runtime::Nodejs];
+    pub const ALL: [Runtime; 3] = [Runtime::Python3, Runtime::Nodejs, Runtime::Custom];
 
     /// The name used in manifests and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Python3 => "python3",
             Runtime::Nodejs => "nodejs",
+            Runtime::Custom => "custom",
         }
     }
 }
@@ -38,13 +43,46 @@ impl std::str::FromStr for Runtime {
         Runtime::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown runtime `{s}`; expected one of: python3, nodejs"))
+            .ok_or_else(|| {
+                format!("unknown runtime `{s}`; expected one of: python3, nodejs, custom")
+            })
     }
 }
 
 impl std::fmt::Display for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How a function is called.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionType {
+    /// `handler(event, context)`: events in, a value out (Lambda / FC style).
+    #[default]
+    Handler,
+    /// A Python WSGI application (Flask, Django, …), `handler: module:app`.
+    Wsgi,
+    /// A Python ASGI application (FastAPI, Starlette, …), `handler: module:app`.
+    Asgi,
+    /// An HTTP server: a Node `(req, res)` handler or Express app, or a custom runtime.
+    Http,
+}
+
+impl FunctionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionType::Handler => "handler",
+            FunctionType::Wsgi => "wsgi",
+            FunctionType::Asgi => "asgi",
+            FunctionType::Http => "http",
+        }
+    }
+
+    /// Whether the function answers HTTP requests itself (rather than events).
+    pub fn is_web(self) -> bool {
+        self != FunctionType::Handler
     }
 }
 
@@ -63,6 +101,16 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub description: String,
+    #[serde(default, rename = "type")]
+    pub kind: FunctionType,
+    /// The command of a custom runtime; `$PORT` in an argument is replaced by the port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The function URL `/fn/{name}/…`, off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<RouteOptions>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
 }
 
 /// A stored function: the spec plus what the store adds.
@@ -111,7 +159,26 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), String> {
+fn validate_handler(runtime: Runtime, kind: FunctionType, handler: &str) -> Result<(), String> {
+    if runtime == Runtime::Custom {
+        return if handler.len() > limits::HANDLER_LEN_MAX {
+            Err(format!(
+                "longer than {} characters",
+                limits::HANDLER_LEN_MAX
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    // WSGI/ASGI apps are named `module:attribute`, as gunicorn and uvicorn name them.
+    let colon = matches!(kind, FunctionType::Wsgi | FunctionType::Asgi);
+    let handler_owned;
+    let handler = if colon && handler.contains(':') {
+        handler_owned = handler.replacen(':', ".", 1);
+        handler_owned.as_str()
+    } else {
+        handler
+    };
     if handler.is_empty() || handler.len() > limits::HANDLER_LEN_MAX {
         return Err(format!(
             "must be 1 to {} characters long",
@@ -126,6 +193,7 @@ fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), String> {
             match runtime {
                 Runtime::Python3 => "`def handler(event, context)` in main.py",
                 Runtime::Nodejs => "`exports.handler` in main.js",
+                Runtime::Custom => unreachable!("custom runtimes have no handler"),
             }
         ));
     };
@@ -213,7 +281,12 @@ impl FunctionSpec {
             }
         };
         push("name", validate_name(&self.name));
-        push("handler", validate_handler(self.runtime, &self.handler));
+        push(
+            "handler",
+            validate_handler(self.runtime, self.kind, &self.handler),
+        );
+        push("type", self.validate_kind());
+        push("command", self.validate_command());
         push(
             "code_sha256",
             if self.code_sha256.len() == 64
@@ -251,7 +324,86 @@ impl FunctionSpec {
             },
         );
         errors.extend(validate_env(&self.env));
+        if let Some(url) = &self.url {
+            crate::http::validate_options("url", url, &mut errors);
+        }
+        if self.triggers.len() > limits::TRIGGERS_MAX {
+            errors.push(FieldError {
+                field: "triggers".into(),
+                message: format!(
+                    "has {}; at most {} are allowed",
+                    self.triggers.len(),
+                    limits::TRIGGERS_MAX
+                ),
+            });
+        }
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            match trigger {
+                Trigger::Http(t) => {
+                    crate::http::validate_trigger(&format!("triggers[{i}].http"), t, &mut errors)
+                }
+            }
+        }
         errors
+    }
+
+    fn validate_kind(&self) -> Result<(), String> {
+        let allowed: &[FunctionType] = match self.runtime {
+            Runtime::Python3 => &[
+                FunctionType::Handler,
+                FunctionType::Wsgi,
+                FunctionType::Asgi,
+            ],
+            Runtime::Nodejs => &[FunctionType::Handler, FunctionType::Http],
+            Runtime::Custom => &[FunctionType::Http],
+        };
+        if allowed.contains(&self.kind) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+            Err(format!(
+                "`{}` is not available for runtime {}; use one of: {}",
+                self.kind.as_str(),
+                self.runtime,
+                names.join(", ")
+            ))
+        }
+    }
+
+    fn validate_command(&self) -> Result<(), String> {
+        match (self.runtime, self.command.is_empty()) {
+            (Runtime::Custom, true) => Err(
+                "a custom runtime needs a command, e.g. [\"./server\", \"--port\", \"$PORT\"]"
+                    .into(),
+            ),
+            (Runtime::Custom, false) => {
+                if self.command.len() > limits::COMMAND_ARGS_MAX {
+                    Err(format!(
+                        "has {} arguments; at most {}",
+                        self.command.len(),
+                        limits::COMMAND_ARGS_MAX
+                    ))
+                } else if let Some(a) = self
+                    .command
+                    .iter()
+                    .find(|a| a.len() > limits::COMMAND_ARG_LEN_MAX || a.contains('\0'))
+                {
+                    Err(format!(
+                        "argument `{}` is too long or contains a NUL byte",
+                        &a[..a.len().min(32)]
+                    ))
+                } else if self.command[0].is_empty() {
+                    Err("the program (first element) is empty".into())
+                } else {
+                    Ok(())
+                }
+            }
+            (_, false) => Err(format!(
+                "only custom runtimes take a command; {} runs `handler`",
+                self.runtime
+            )),
+            (_, true) => Ok(()),
+        }
     }
 }
 
@@ -277,6 +429,10 @@ mod tests {
             timeout_ms: 3000,
             env: BTreeMap::new(),
             description: String::new(),
+            kind: FunctionType::Handler,
+            command: Vec::new(),
+            url: None,
+            triggers: Vec::new(),
         }
     }
 
@@ -326,6 +482,39 @@ mod tests {
                 },
                 "env",
             ),
+            (|s| s.kind = FunctionType::Http, "type"),
+            (|s| s.command = vec!["./server".into()], "command"),
+            (
+                |s| {
+                    s.runtime = Runtime::Custom;
+                    s.kind = FunctionType::Http;
+                },
+                "command",
+            ),
+            (
+                |s| {
+                    s.triggers = vec![Trigger::Http(crate::http::HttpTrigger {
+                        path: "/v1/steal".into(),
+                        methods: vec![],
+                        auth: Default::default(),
+                        cors: None,
+                        allow: vec![],
+                        deny: vec![],
+                        body_limit_bytes: None,
+                        rate_limit: None,
+                    })]
+                },
+                "triggers[0].http.path",
+            ),
+            (
+                |s| {
+                    s.url = Some(RouteOptions {
+                        body_limit_bytes: Some(0),
+                        ..Default::default()
+                    })
+                },
+                "url.body_limit_bytes",
+            ),
         ];
         for (mutate, field) in cases {
             let mut s = spec();
@@ -335,9 +524,23 @@ mod tests {
     }
 
     #[test]
+    fn web_and_custom_functions_validate() {
+        let mut s = spec();
+        s.kind = FunctionType::Wsgi;
+        s.handler = "app:app".into();
+        assert_eq!(s.validate(), vec![]);
+        let mut c = spec();
+        c.runtime = Runtime::Custom;
+        c.kind = FunctionType::Http;
+        c.handler = String::new();
+        c.command = vec!["java".into(), "Server.java".into()];
+        assert_eq!(c.validate(), vec![]);
+    }
+
+    #[test]
     fn runtime_parses_and_names_alternatives() {
         assert_eq!("nodejs".parse::<Runtime>(), Ok(Runtime::Nodejs));
         let err = "ruby".parse::<Runtime>().unwrap_err();
-        assert!(err.contains("python3, nodejs"), "{err}");
+        assert!(err.contains("python3, nodejs, custom"), "{err}");
     }
 }

@@ -6,7 +6,10 @@
 
 mod error;
 mod function;
+pub mod http;
 pub mod limits;
 
 pub use error::ErrorCode;
-pub use function::{FieldError, Function, FunctionSpec, Runtime, validate_name};
+pub use function::{
+    FieldError, Function, FunctionSpec, FunctionType, Runtime, is_reserved_env, validate_name,
+};

@@ -52,3 +52,22 @@ pub const RECENT_INVOCATIONS_MAX: usize = 256;
 
 /// Largest single frame on the instance channel: a payload plus its metadata.
 pub const FRAME_BYTES_MAX: usize = PAYLOAD_BYTES_MAX + 64 * 1024;
+
+/// Longest route pattern of an HTTP trigger.
+pub const ROUTE_LEN_MAX: usize = 256;
+
+/// Most triggers on one function.
+pub const TRIGGERS_MAX: usize = 16;
+
+/// Highest per-route rate limit that can be configured.
+pub const RATE_LIMIT_RPS_MAX: u32 = 100_000;
+
+/// Most arguments of a custom runtime's command, and the longest one.
+pub const COMMAND_ARGS_MAX: usize = 32;
+pub const COMMAND_ARG_LEN_MAX: usize = 1024;
+
+/// How long a custom runtime or HTTP function may take to accept connections on `$PORT`.
+pub const HTTP_READY_MS_MAX: u64 = 10_000;
+
+/// Invoke keys that can exist at once.
+pub const INVOKE_KEYS_MAX: usize = 1_000;

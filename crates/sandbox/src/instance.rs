@@ -1,27 +1,31 @@
-//! One running instance: an interpreter process running a shim, and the channel to it.
+//! One running instance: a process, the channel to it, and the tasks that watch it.
 //!
-//! The process gets one end of a Unix socket pair as its stdin (the shim moves it off fd 0)
-//! and pipes for stdout/stderr. A reader task owns the socket's read half and routes each
-//! frame to the invocation it names, so several invocations can share one instance. When
-//! the channel closes, every invocation still waiting learns that the instance died, with
-//! its exit status and the tail of its stderr.
+//! Shim-based instances (Python, Node.js) get one end of a Unix socket pair as their stdin
+//! (the shim moves it off fd 0) and speak frames over it. A reader task owns the socket's
+//! read half and routes each frame to the call it names, so several calls can share one
+//! instance. HTTP instances (custom runtimes, Node HTTP functions) serve HTTP on a loopback
+//! port that the gateway connects to; custom runtimes have no channel at all and are ready
+//! when the port accepts connections. Every instance has stdout/stderr pipes whose lines are
+//! attributed to the one call in flight. When the process dies, every call still waiting
+//! learns it, with the exit status and the tail of stderr.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use model::{FunctionType, Runtime, limits};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{self, Frame, FrameReader, Kind};
 use crate::runtimes::Launch;
 use crate::{FunctionError, InstanceConfig, Logs, SandboxError};
-use model::limits;
 
 /// Lines of stderr kept per instance to explain a crash.
 const STDERR_TAIL_LINES: usize = 20;
@@ -29,20 +33,48 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long to wait for an exited process's status and last stderr before reporting it.
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 
-/// What came back for one call.
+/// Body chunks buffered between an instance and a slow HTTP client; past this the instance
+/// waits (backpressure) instead of the server buffering without bound.
+const STREAM_CHUNKS_BUFFERED: usize = 16;
+
+/// The first answer to a call.
 pub(crate) enum Reply {
+    /// A handler's value. `content_type` is the shim's tag: json, text or bytes.
     Result {
         content_type: Bytes,
         body: Bytes,
     },
+    /// A web app's response head (JSON `{status, headers}`); the body follows as a stream.
+    Head(Bytes),
     Error(FunctionError),
     /// The instance died before answering.
     Crashed(String),
     Timeout,
 }
 
+/// What follows a `Reply::Head`.
+pub enum StreamEvent {
+    Chunk(Bytes),
+    /// The response is complete; the call's logs come with it.
+    End(Logs),
+    /// The instance failed midway; the response must be cut off.
+    Abort(String),
+}
+
+enum Waiter {
+    /// A call that answers once (an invocation).
+    Once(oneshot::Sender<(Reply, Logs)>),
+    /// A call answered by a head and a stream of chunks (a web request).
+    Stream {
+        head: Option<oneshot::Sender<(Reply, Logs)>>,
+        body: mpsc::Sender<StreamEvent>,
+    },
+    /// A call whose HTTP exchange happens outside the channel; only its logs are kept here.
+    External,
+}
+
 struct Pending {
-    reply: oneshot::Sender<(Reply, Logs)>,
+    waiter: Waiter,
     logs: Logs,
 }
 
@@ -54,8 +86,8 @@ struct Shared {
 }
 
 impl Shared {
-    /// Attributes a line to the one invocation in flight; with none or several in flight the
-    /// line cannot be attributed and is logged as the instance's own.
+    /// Attributes a line to its call, or, from a pipe (id 0), to the one call in flight;
+    /// with none or several in flight the line is logged as the instance's own.
     fn attribute(&self, id: u32, stream: &str, line: &[u8]) {
         let mut pending = self.pending.lock().unwrap();
         let target = if id != 0 {
@@ -78,10 +110,14 @@ impl Shared {
 pub(crate) struct Instance {
     pub id: u64,
     pub pid: i32,
-    /// Time from spawn to the shim's ready frame: process start plus code load.
+    /// Time from spawn to ready: process start plus code load.
     pub init: Duration,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The loopback port of an HTTP instance.
+    pub port: Option<u16>,
+    writer: Option<tokio::sync::Mutex<OwnedWriteHalf>>,
     shared: Arc<Shared>,
+    exit: watch::Receiver<Option<String>>,
+    stderr_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_call: AtomicU32,
 }
 
@@ -93,6 +129,10 @@ pub(crate) enum StartError {
     Function(FunctionError),
 }
 
+fn platform(e: impl std::fmt::Display) -> StartError {
+    StartError::Platform(SandboxError::Spawn(e.to_string()))
+}
+
 impl Instance {
     pub async fn start(
         id: u64,
@@ -100,20 +140,40 @@ impl Instance {
         config: &InstanceConfig,
     ) -> Result<Instance, StartError> {
         let started = Instant::now();
-        let (host, guest) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| StartError::Platform(SandboxError::Spawn(e.to_string())))?;
-        let guest: OwnedFd = guest.into();
+        let serves_http = config.kind == FunctionType::Http;
+        let port = if serves_http {
+            Some(free_port().map_err(platform)?)
+        } else {
+            None
+        };
+        let channel = config.runtime != Runtime::Custom;
+        let (host, guest) = if channel {
+            let (h, g) = std::os::unix::net::UnixStream::pair().map_err(platform)?;
+            (Some(h), Some(OwnedFd::from(g)))
+        } else {
+            (None, None)
+        };
         let mut cmd = tokio::process::Command::new(&launch.program);
-        cmd.args(&launch.args)
-            .env_clear()
-            .envs(instance_env(id, config))
-            .current_dir(&config.code_dir)
-            .stdin(Stdio::from(guest))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so killing the instance kills everything it forked.
-            .process_group(0)
-            .kill_on_drop(true);
+        let port_text = port.map(|p| p.to_string()).unwrap_or_default();
+        cmd.args(launch.args.iter().map(|a| {
+            // `$PORT` in a custom runtime's command becomes the port it must serve on.
+            match a.to_str() {
+                Some(s) if s.contains("$PORT") => s.replace("$PORT", &port_text).into(),
+                _ => a.clone(),
+            }
+        }))
+        .env_clear()
+        .envs(instance_env(id, config, port))
+        .current_dir(&config.code_dir)
+        .stdin(match guest {
+            Some(fd) => Stdio::from(fd),
+            None => Stdio::null(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so killing the instance kills everything it forked.
+        .process_group(0)
+        .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
             StartError::Platform(SandboxError::Spawn(format!(
                 "{}: {e}",
@@ -121,11 +181,6 @@ impl Instance {
             )))
         })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        host.set_nonblocking(true)
-            .map_err(|e| StartError::Platform(SandboxError::Spawn(e.to_string())))?;
-        let host = tokio::net::UnixStream::from_std(host)
-            .map_err(|e| StartError::Platform(SandboxError::Spawn(e.to_string())))?;
-        let (read_half, write_half) = host.into_split();
 
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
@@ -145,24 +200,53 @@ impl Instance {
             }));
         });
 
-        let mut reader = FrameReader::new(read_half);
+        let (reader, writer) = match host {
+            Some(host) => {
+                host.set_nonblocking(true).map_err(platform)?;
+                let host = tokio::net::UnixStream::from_std(host).map_err(platform)?;
+                let (r, w) = host.into_split();
+                (Some(FrameReader::new(r)), Some(tokio::sync::Mutex::new(w)))
+            }
+            None => (None, None),
+        };
+        let mut instance = Instance {
+            id,
+            pid,
+            init: Duration::ZERO,
+            port,
+            writer,
+            shared: shared.clone(),
+            exit: exit_rx,
+            stderr_done: Mutex::new(Some(stderr_done)),
+            next_call: AtomicU32::new(1),
+        };
+        match reader {
+            Some(mut reader) => {
+                instance.await_ready_frame(&mut reader).await?;
+                let exit = instance.exit.clone();
+                let stderr_done = instance.stderr_done.lock().unwrap().take();
+                tokio::spawn(read_frames(reader, shared, exit, stderr_done));
+            }
+            None => instance.await_port().await?,
+        }
+        instance.init = started.elapsed();
+        Ok(instance)
+    }
+
+    /// Waits for the shim's first frame: ready, or the reason it could not load the code.
+    async fn await_ready_frame(
+        &self,
+        reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
+    ) -> Result<(), StartError> {
         let first = tokio::time::timeout(
             Duration::from_millis(limits::INSTANCE_START_MS_MAX),
             reader.next(),
         )
         .await;
-        let instance = Instance {
-            id,
-            pid,
-            init: started.elapsed(),
-            writer: tokio::sync::Mutex::new(write_half),
-            shared: shared.clone(),
-            next_call: AtomicU32::new(1),
-        };
-        match first {
+        let why = match first {
             Ok(Ok(Some(Frame {
                 kind: Kind::Ready, ..
-            }))) => {}
+            }))) => return Ok(()),
             Ok(Ok(Some(Frame {
                 kind: Kind::InitError,
                 body,
@@ -179,52 +263,126 @@ impl Instance {
                     ),
                 )));
             }
-            Ok(other) => {
-                // The process died (or spoke nonsense) before it was ready.
-                drop(instance);
-                let why = match other {
-                    Ok(_) => "Runtime sent an unexpected frame before it was ready".to_string(),
-                    Err(e) => format!("Runtime broke the instance protocol: {e}"),
-                };
-                let report = exit_report(exit_rx, stderr_done, &shared, why).await;
+            Ok(Ok(Some(_))) => "Runtime sent an unexpected frame before it was ready".to_string(),
+            Ok(Ok(None)) => String::new(),
+            Ok(Err(e)) => format!("Runtime broke the instance protocol: {e}"),
+        };
+        self.kill();
+        Err(StartError::Function(FunctionError::new(
+            "Runtime.ExitError",
+            self.crash_report(why).await,
+        )))
+    }
+
+    /// Waits until a custom runtime accepts connections on its port (bounded).
+    async fn await_port(&self) -> Result<(), StartError> {
+        let port = self.port.expect("custom runtimes serve HTTP");
+        let deadline = Instant::now() + Duration::from_millis(limits::HTTP_READY_MS_MAX);
+        loop {
+            if self.exit.borrow().is_some() {
+                let report = self
+                    .crash_report("Runtime exited before it accepted connections".into())
+                    .await;
                 return Err(StartError::Function(FunctionError::new(
                     "Runtime.ExitError",
                     report,
                 )));
             }
+            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                drop(s);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(StartError::Function(FunctionError::new(
+                    "Runtime.InitTimeout",
+                    format!(
+                        "the runtime did not accept connections on $PORT ({port}) within {} ms",
+                        limits::HTTP_READY_MS_MAX
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::spawn(read_frames(reader, shared, exit_rx, stderr_done));
-        Ok(instance)
     }
 
     pub fn is_dead(&self) -> bool {
-        self.shared.dead.load(Ordering::Acquire)
+        self.shared.dead.load(Ordering::Acquire) || self.exit.borrow().is_some()
+    }
+
+    fn next_id(&self) -> u32 {
+        // Ids wrap after four billion calls; 0 is reserved for the instance itself.
+        self.next_call.fetch_add(1, Ordering::Relaxed).max(1)
+    }
+
+    async fn send(&self, kind: Kind, id: u32, meta: &[u8], body: &[u8]) {
+        let Some(writer) = &self.writer else { return };
+        let header = protocol::header(kind, id, meta.len(), body.len());
+        let mut w = writer.lock().await;
+        // A write error means the instance is gone; the reader task reports why.
+        let _ = async {
+            w.write_all(&header).await?;
+            w.write_all(meta).await?;
+            w.write_all(body).await
+        }
+        .await;
     }
 
     /// Runs one invocation. The instance stays usable after `Result` and `Error`; after
     /// `Crashed` it is dead, and after `Timeout` the caller must kill it.
     pub async fn call(&self, meta: &[u8], event: &[u8], timeout: Duration) -> (Reply, Logs) {
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed).max(1);
+        let id = self.next_id();
         let (tx, rx) = oneshot::channel();
+        self.register(id, Waiter::Once(tx));
+        self.exchange(Kind::Invoke, id, meta, event, timeout, rx)
+            .await
+    }
+
+    /// Sends a web request; answers with its head, after which the body arrives on the
+    /// returned receiver.
+    pub async fn request(
+        &self,
+        meta: &[u8],
+        body: &[u8],
+        timeout: Duration,
+    ) -> (Reply, Logs, mpsc::Receiver<StreamEvent>) {
+        let id = self.next_id();
+        let (head_tx, head_rx) = oneshot::channel();
+        let (body_tx, body_rx) = mpsc::channel(STREAM_CHUNKS_BUFFERED);
+        self.register(
+            id,
+            Waiter::Stream {
+                head: Some(head_tx),
+                body: body_tx,
+            },
+        );
+        let (reply, logs) = self
+            .exchange(Kind::Request, id, meta, body, timeout, head_rx)
+            .await;
+        (reply, logs, body_rx)
+    }
+
+    fn register(&self, id: u32, waiter: Waiter) {
         self.shared.pending.lock().unwrap().insert(
             id,
             Pending {
-                reply: tx,
+                waiter,
                 logs: Logs::default(),
             },
         );
-        let header = protocol::header(Kind::Invoke, id, meta.len(), event.len());
+    }
+
+    async fn exchange(
+        &self,
+        kind: Kind,
+        id: u32,
+        meta: &[u8],
+        body: &[u8],
+        timeout: Duration,
+        rx: oneshot::Receiver<(Reply, Logs)>,
+    ) -> (Reply, Logs) {
         let outcome = tokio::time::timeout(timeout, async {
-            {
-                let mut w = self.writer.lock().await;
-                // A write error means the instance is gone; the reader task reports why.
-                let _ = async {
-                    w.write_all(&header).await?;
-                    w.write_all(meta).await?;
-                    w.write_all(event).await
-                }
-                .await;
-            }
+            self.send(kind, id, meta, body).await;
             rx.await
         })
         .await;
@@ -245,10 +403,34 @@ impl Instance {
         }
     }
 
+    /// Starts attributing output to a call that happens over HTTP (custom runtimes).
+    pub fn begin_external(&self) -> u32 {
+        let id = self.next_id();
+        self.register(id, Waiter::External);
+        id
+    }
+
+    /// Ends an external call and returns its logs.
+    pub fn end_external(&self, id: u32) -> Logs {
+        self.shared
+            .pending
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .map(|p| p.logs)
+            .unwrap_or_default()
+    }
+
     /// Kills the whole process group now.
     pub fn kill(&self) {
         self.shared.dead.store(true, Ordering::Release);
         kill_group(self.pid);
+    }
+
+    /// Why the instance died: exit status or signal, and the tail of its stderr.
+    pub async fn crash_report(&self, why: String) -> String {
+        let stderr_done = self.stderr_done.lock().unwrap().take();
+        exit_report(self.exit.clone(), stderr_done, &self.shared, why).await
     }
 }
 
@@ -265,9 +447,17 @@ pub(crate) fn kill_group(pid: i32) {
     }
 }
 
+/// A loopback port that was free a moment ago. Another process could take it before the
+/// instance binds it; the instance then fails to start and the next call retries.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The environment of an instance: the function's own variables plus the documented
 /// runtime ones. Nothing of the server's environment leaks in.
-fn instance_env(id: u64, c: &InstanceConfig) -> Vec<(String, String)> {
+fn instance_env(id: u64, c: &InstanceConfig, port: Option<u16>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let code_dir = c.code_dir.display().to_string();
@@ -277,6 +467,7 @@ fn instance_env(id: u64, c: &InstanceConfig) -> Vec<(String, String)> {
         ("LANG".into(), "C.UTF-8".into()),
         ("NIMBUS_FUNCTION_NAME".into(), c.function.clone()),
         ("NIMBUS_HANDLER".into(), c.handler.clone()),
+        ("NIMBUS_TYPE".into(), c.kind.as_str().into()),
         ("NIMBUS_CODE_DIR".into(), code_dir.clone()),
         ("NIMBUS_INSTANCE_ID".into(), format!("{}-{id}", c.function)),
         ("NIMBUS_MEMORY_MB".into(), c.memory_mb.to_string()),
@@ -290,6 +481,9 @@ fn instance_env(id: u64, c: &InstanceConfig) -> Vec<(String, String)> {
         ("LAMBDA_TASK_ROOT".into(), code_dir),
         ("_HANDLER".into(), c.handler.clone()),
     ]);
+    if let Some(port) = port {
+        env.push(("PORT".into(), port.to_string()));
+    }
     env
 }
 
@@ -327,33 +521,48 @@ async fn read_frames(
     mut reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
     shared: Arc<Shared>,
     exit_rx: watch::Receiver<Option<String>>,
-    stderr_done: tokio::task::JoinHandle<()>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
 ) {
     let why = loop {
-        match reader.next().await {
-            Ok(Some(frame)) => match frame.kind {
-                Kind::Log => {
-                    let stream = String::from_utf8_lossy(&frame.meta);
-                    shared.attribute(frame.id, &stream, &frame.body);
-                }
-                Kind::Result | Kind::Error => {
-                    let pending = shared.pending.lock().unwrap().remove(&frame.id);
-                    if let Some(Pending { reply, logs }) = pending {
-                        let r = if frame.kind == Kind::Result {
-                            Reply::Result {
-                                content_type: frame.meta,
-                                body: frame.body,
-                            }
-                        } else {
-                            Reply::Error(FunctionError::from_body(&frame.body))
-                        };
-                        let _ = reply.send((r, logs));
-                    }
-                }
-                _ => break format!("Runtime sent an unexpected {:?} frame", frame.kind),
-            },
+        let frame = match reader.next().await {
+            Ok(Some(frame)) => frame,
             Ok(None) => break String::new(),
             Err(e) => break format!("Runtime broke the instance protocol: {e}"),
+        };
+        match frame.kind {
+            Kind::Log => {
+                let stream = String::from_utf8_lossy(&frame.meta);
+                shared.attribute(frame.id, &stream, &frame.body);
+            }
+            Kind::Result | Kind::Error | Kind::ResponseHead => {
+                let reply = match frame.kind {
+                    Kind::Result => Reply::Result {
+                        content_type: frame.meta,
+                        body: frame.body,
+                    },
+                    Kind::ResponseHead => Reply::Head(frame.meta),
+                    _ => Reply::Error(FunctionError::from_body(&frame.body)),
+                };
+                answer(&shared, frame.id, reply).await;
+            }
+            Kind::ResponseChunk => {
+                let body = stream_of(&shared, frame.id);
+                if let Some(body) = body {
+                    // Waits while the client is slow: backpressure reaches the instance.
+                    let _ = body.send(StreamEvent::Chunk(frame.body)).await;
+                }
+            }
+            Kind::ResponseEnd => {
+                let done = shared.pending.lock().unwrap().remove(&frame.id);
+                if let Some(Pending {
+                    waiter: Waiter::Stream { body, .. },
+                    logs,
+                }) = done
+                {
+                    let _ = body.send(StreamEvent::End(logs)).await;
+                }
+            }
+            _ => break format!("Runtime sent an unexpected {:?} frame", frame.kind),
         }
     };
     shared.dead.store(true, Ordering::Release);
@@ -366,13 +575,87 @@ async fn read_frames(
         .map(|(_, p)| p)
         .collect();
     for p in pending {
-        let _ = p.reply.send((Reply::Crashed(report.clone()), p.logs));
+        match p.waiter {
+            Waiter::Once(tx) => {
+                let _ = tx.send((Reply::Crashed(report.clone()), p.logs));
+            }
+            Waiter::Stream { head: Some(tx), .. } => {
+                let _ = tx.send((Reply::Crashed(report.clone()), p.logs));
+            }
+            Waiter::Stream { head: None, body } => {
+                let _ = body.send(StreamEvent::Abort(report.clone())).await;
+            }
+            Waiter::External => {}
+        }
+    }
+}
+
+/// Delivers the first answer of a call. An error after a streamed head cuts the stream.
+async fn answer(shared: &Shared, id: u32, reply: Reply) {
+    let abort = {
+        let mut pending = shared.pending.lock().unwrap();
+        match pending.get_mut(&id) {
+            Some(Pending {
+                waiter: Waiter::Stream { head, body },
+                logs,
+            }) => match head.take() {
+                Some(tx) => {
+                    let logs = if matches!(reply, Reply::Head(_)) {
+                        Logs::default()
+                    } else {
+                        std::mem::take(logs)
+                    };
+                    let is_head = matches!(reply, Reply::Head(_));
+                    let _ = tx.send((reply, logs));
+                    if !is_head {
+                        pending.remove(&id);
+                    }
+                    None
+                }
+                None => {
+                    let body = body.clone();
+                    pending.remove(&id);
+                    let why = match reply {
+                        Reply::Error(e) => format!("{}: {}", e.error_type, e.error_message),
+                        _ => "the runtime answered twice".into(),
+                    };
+                    Some((body, why))
+                }
+            },
+            Some(Pending {
+                waiter: Waiter::Once(_),
+                ..
+            }) => {
+                if let Some(Pending {
+                    waiter: Waiter::Once(tx),
+                    logs,
+                }) = pending.remove(&id)
+                {
+                    let _ = tx.send((reply, logs));
+                }
+                None
+            }
+            _ => None,
+        }
+    };
+    if let Some((body, why)) = abort {
+        let _ = body.send(StreamEvent::Abort(why)).await;
+    }
+}
+
+fn stream_of(shared: &Shared, id: u32) -> Option<mpsc::Sender<StreamEvent>> {
+    match shared.pending.lock().unwrap().get(&id) {
+        Some(Pending {
+            waiter: Waiter::Stream { body, .. },
+            ..
+        }) => Some(body.clone()),
+        _ => None,
     }
 }
 
 async fn exit_report(
     mut exit_rx: watch::Receiver<Option<String>>,
-    stderr_done: tokio::task::JoinHandle<()>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
     shared: &Shared,
     why: String,
 ) -> String {
@@ -382,7 +665,9 @@ async fn exit_report(
         .and_then(|r| r.ok().and_then(|s| s.clone()));
     // Let the last stderr lines (a traceback, a fatal error) arrive, but do not wait on a
     // grandchild that keeps the pipe open.
-    let _ = tokio::time::timeout(EXIT_REPORT_WAIT, stderr_done).await;
+    if let Some(done) = stderr_done {
+        let _ = tokio::time::timeout(EXIT_REPORT_WAIT, done).await;
+    }
     let mut report = status.unwrap_or_else(|| "Runtime closed its channel".into());
     if !why.is_empty() {
         report = format!("{why}; {report}");
@@ -414,5 +699,19 @@ fn signal_name(sig: i32) -> &'static str {
         11 => "SIGSEGV",
         15 => "SIGTERM",
         _ => "signal",
+    }
+}
+
+/// Resolves a custom runtime's program: a path with a `/` is relative to the code; a bare
+/// name is looked up on the instance's PATH.
+pub(crate) fn resolve_program(code_dir: &std::path::Path, program: &str) -> PathBuf {
+    if program.contains('/') {
+        code_dir.join(program)
+    } else {
+        ["/usr/local/bin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(program))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(program))
     }
 }

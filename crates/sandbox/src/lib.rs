@@ -16,11 +16,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use model::Runtime;
+use model::{FunctionType, Runtime};
 use serde::{Deserialize, Serialize};
 
+pub use instance::StreamEvent;
 pub use logs::{LogLine, Logs};
-pub use pool::{Pool, PoolConfig};
+pub use pool::{Acquired, Lease, Pool, PoolConfig, WebReply};
 pub use runtimes::Runtimes;
 
 /// Everything needed to start an instance, resolved from the stored function. Two
@@ -35,6 +36,9 @@ pub struct InstanceConfig {
     pub env: BTreeMap<String, String>,
     pub memory_mb: u32,
     pub timeout_ms: u32,
+    pub kind: FunctionType,
+    /// A custom runtime's command.
+    pub command: Vec<String>,
 }
 
 /// A function's own failure, in the shape Lambda uses so existing tooling understands it.

@@ -5,16 +5,20 @@
 //! full scheduler come with issue 4). All pool decisions happen under one short lock that
 //! is never held across an await.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::instance::{Instance, Reply, StartError, kill_group};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::instance::{Instance, Reply, StartError, StreamEvent, kill_group};
 use crate::logs::now_ms;
 use crate::{
-    ContentType, FunctionError, InstanceConfig, Invocation, Outcome, Runtimes, SandboxError,
+    ContentType, FunctionError, InstanceConfig, Invocation, Logs, Outcome, Runtimes, SandboxError,
 };
 
 /// Bounds of the pool.
@@ -39,6 +43,8 @@ impl Default for PoolConfig {
 /// happens (retired, or inside a cancelled invocation), kills the process and frees the slot.
 struct Member {
     instance: Instance,
+    /// What a caller keeps with the instance for its next use (the gateway's connection).
+    attachment: Option<Box<dyn Any + Send + Sync>>,
     _slot: Slot,
 }
 
@@ -103,70 +109,58 @@ impl Pool {
 
     /// Runs one invocation of `config` with `event`.
     pub async fn invoke(
-        &self,
+        self: &Arc<Self>,
         config: &InstanceConfig,
         request_id: &str,
         event: &[u8],
     ) -> Result<Invocation, SandboxError> {
+        let lease = match self.acquire(config).await? {
+            Acquired::Ready(lease) => lease,
+            Acquired::Failed(error) => {
+                return Ok(Invocation {
+                    outcome: Outcome::Error(error),
+                    cold_start: true,
+                    init_ms: None,
+                    duration_ms: 0.0,
+                    instance_id: 0,
+                    logs: Default::default(),
+                });
+            }
+        };
+        let (outcome, logs, duration_ms) = lease.invoke(request_id, event).await;
+        Ok(Invocation {
+            outcome,
+            cold_start: lease.cold_start,
+            init_ms: lease.init_ms(),
+            duration_ms,
+            instance_id: lease.instance_id(),
+            logs,
+        })
+    }
+
+    /// Takes a warm instance of `config` or starts one. The instance is the caller's until
+    /// the lease is dropped, when it goes back to the pool (or is stopped, if it died).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        config: &InstanceConfig,
+    ) -> Result<Acquired, SandboxError> {
         let key = config_key(config);
         let (member, cold_start) = match self.checkout(&config.function, key)? {
             Some(member) => (member, false),
             None => match self.start(config).await? {
                 Ok(member) => (member, true),
-                Err(error) => {
-                    return Ok(Invocation {
-                        outcome: Outcome::Error(error),
-                        cold_start: true,
-                        init_ms: None,
-                        duration_ms: 0.0,
-                        instance_id: 0,
-                        logs: Default::default(),
-                    });
-                }
+                Err(error) => return Ok(Acquired::Failed(error)),
             },
         };
-        let timeout = Duration::from_millis(config.timeout_ms as u64);
-        let meta = serde_json::to_vec(&serde_json::json!({
-            "request_id": request_id,
-            "deadline_ms": now_ms() + config.timeout_ms as i64,
-        }))
-        .expect("meta serializes");
-        let instance = &member.instance;
-        let started = Instant::now();
-        let (reply, logs) = instance.call(&meta, event, timeout).await;
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let outcome = match reply {
-            Reply::Result { content_type, body } => Outcome::Success {
-                content_type: match &content_type[..] {
-                    b"json" => ContentType::Json,
-                    b"text" => ContentType::Text,
-                    _ => ContentType::Bytes,
-                },
-                body,
-            },
-            Reply::Error(e) => Outcome::Error(e),
-            Reply::Crashed(report) => {
-                Outcome::Error(FunctionError::new("Runtime.ExitError", report))
-            }
-            Reply::Timeout => {
-                // The handler may be stuck anywhere; only killing the process frees the slot.
-                instance.kill();
-                Outcome::Error(FunctionError::new(
-                    "FunctionTimeout",
-                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
-                ))
-            }
-        };
-        let invocation = Invocation {
-            outcome,
+        Ok(Acquired::Ready(Lease {
+            pool: self.clone(),
+            function: config.function.clone(),
+            key,
+            member: Some(member),
             cold_start,
-            init_ms: cold_start.then_some(instance.init.as_secs_f64() * 1000.0),
-            duration_ms,
-            instance_id: instance.id,
-            logs,
-        };
-        self.checkin(&config.function, key, member);
-        Ok(invocation)
+            timeout: Duration::from_millis(config.timeout_ms as u64),
+            busy: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 
     /// Stops the idle instances of `function`, e.g. after it was updated or deleted.
@@ -263,7 +257,7 @@ impl Pool {
     ) -> Result<Result<Member, FunctionError>, SandboxError> {
         let launch = self
             .runtimes
-            .launch(config.runtime)
+            .launch(config)
             .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let slot = {
@@ -285,6 +279,7 @@ impl Pool {
         };
         let member = Member {
             instance,
+            attachment: None,
             _slot: slot,
         };
         let closed = {
@@ -304,6 +299,201 @@ impl Pool {
         tracing::debug!(instance = member.instance.id, "instance stopped");
         // Dropping kills the process group and frees the slot.
         drop(member);
+    }
+}
+
+/// The outcome of `Pool::acquire`.
+pub enum Acquired {
+    Ready(Lease),
+    /// A new instance could not load the function's code: an invocation outcome.
+    Failed(FunctionError),
+}
+
+/// The first answer of a web app to a request.
+pub enum WebReply {
+    /// JSON `{status, headers}`; the body follows on `body`.
+    Head {
+        head: Bytes,
+        body: mpsc::Receiver<StreamEvent>,
+    },
+    Error(FunctionError, Logs),
+}
+
+/// Exclusive use of one instance. Dropping the lease returns the instance to the pool.
+pub struct Lease {
+    pool: Arc<Pool>,
+    function: String,
+    key: u64,
+    member: Option<Member>,
+    /// Whether the instance was started for this lease.
+    pub cold_start: bool,
+    timeout: Duration,
+    /// Set while a call is unfinished. A lease dropped then (its caller went away) stops
+    /// the instance: a busy instance must never be handed to the next caller.
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+    }
+
+    /// Marks a streamed web response as complete, so the instance can be reused.
+    pub fn finish_stream(&self) {
+        self.set_busy(false);
+    }
+
+    fn member(&self) -> &Member {
+        self.member
+            .as_ref()
+            .expect("a lease holds its instance until dropped")
+    }
+
+    pub fn instance_id(&self) -> u64 {
+        self.member().instance.id
+    }
+
+    /// The loopback port of an HTTP instance.
+    pub fn port(&self) -> Option<u16> {
+        self.member().instance.port
+    }
+
+    /// Milliseconds the instance took to start, when this lease started it.
+    pub fn init_ms(&self) -> Option<f64> {
+        self.cold_start
+            .then_some(self.member().instance.init.as_secs_f64() * 1000.0)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the instance has died.
+    pub fn is_dead(&self) -> bool {
+        self.member().instance.is_dead()
+    }
+
+    /// Runs one event invocation: the outcome, its logs and its duration in milliseconds.
+    pub async fn invoke(&self, request_id: &str, event: &[u8]) -> (Outcome, Logs, f64) {
+        let instance = &self.member().instance;
+        let meta = serde_json::to_vec(&serde_json::json!({
+            "request_id": request_id,
+            "deadline_ms": now_ms() + self.timeout.as_millis() as i64,
+        }))
+        .expect("meta serializes");
+        let started = Instant::now();
+        self.set_busy(true);
+        let (reply, logs) = instance.call(&meta, event, self.timeout).await;
+        self.set_busy(false);
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match reply {
+            Reply::Result { content_type, body } => Outcome::Success {
+                content_type: match &content_type[..] {
+                    b"json" => ContentType::Json,
+                    b"text" => ContentType::Text,
+                    _ => ContentType::Bytes,
+                },
+                body,
+            },
+            Reply::Head(_) => Outcome::Error(FunctionError::new(
+                "Runtime.InvalidResponse",
+                "the runtime answered an invocation with a web response",
+            )),
+            Reply::Error(e) => Outcome::Error(e),
+            Reply::Crashed(report) => {
+                Outcome::Error(FunctionError::new("Runtime.ExitError", report))
+            }
+            Reply::Timeout => Outcome::Error(self.timed_out()),
+        };
+        (outcome, logs, duration_ms)
+    }
+
+    /// Sends a web request (WSGI/ASGI functions). `meta` is the request's JSON description.
+    pub async fn web_request(&self, meta: &[u8], body: &[u8]) -> WebReply {
+        self.set_busy(true);
+        let (reply, logs, stream) = self
+            .member()
+            .instance
+            .request(meta, body, self.timeout)
+            .await;
+        // After a head the call is finished only when the body is (`finish_stream`).
+        if !matches!(reply, Reply::Head(_)) {
+            self.set_busy(false);
+        }
+        match reply {
+            Reply::Head(head) => WebReply::Head { head, body: stream },
+            Reply::Error(e) => WebReply::Error(e, logs),
+            Reply::Crashed(report) => {
+                WebReply::Error(FunctionError::new("Runtime.ExitError", report), logs)
+            }
+            Reply::Timeout => WebReply::Error(self.timed_out(), logs),
+            Reply::Result { .. } => WebReply::Error(
+                FunctionError::new(
+                    "Runtime.InvalidResponse",
+                    "the runtime answered a web request with a value",
+                ),
+                logs,
+            ),
+        }
+    }
+
+    /// The error of a call that ran past the timeout; the instance is killed, because the
+    /// handler may be stuck anywhere and only that frees it.
+    pub fn timed_out(&self) -> FunctionError {
+        self.member().instance.kill();
+        FunctionError::new(
+            "FunctionTimeout",
+            format!(
+                "Task timed out after {:.2} seconds",
+                self.timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// Starts a call made over HTTP (HTTP instances): the instance's output is attributed
+    /// to it until `end_external`.
+    pub fn begin_external(&self) -> u32 {
+        self.set_busy(true);
+        self.member().instance.begin_external()
+    }
+
+    /// Ends such a call and returns its logs.
+    pub fn end_external(&self, id: u32) -> Logs {
+        self.set_busy(false);
+        self.member().instance.end_external(id)
+    }
+
+    /// Why the instance died, for an error message.
+    pub async fn crash_report(&self, why: &str) -> String {
+        self.member().instance.crash_report(why.to_string()).await
+    }
+
+    /// Stops the instance now instead of returning it to the pool.
+    pub fn discard(&mut self) {
+        if let Some(member) = self.member.take() {
+            self.pool.retire(member);
+        }
+    }
+
+    /// Caller data kept with the instance between leases.
+    pub fn attachment(&mut self) -> &mut Option<Box<dyn Any + Send + Sync>> {
+        &mut self
+            .member
+            .as_mut()
+            .expect("a lease holds its instance until dropped")
+            .attachment
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            if self.busy.load(Ordering::Acquire) {
+                self.pool.retire(member);
+            } else {
+                self.pool.checkin(&self.function, self.key, member);
+            }
+        }
     }
 }
 
@@ -405,6 +595,8 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             env: Default::default(),
             memory_mb: 128,
             timeout_ms,
+            kind: model::FunctionType::Handler,
+            command: Vec::new(),
         }
     }
 

@@ -28,6 +28,15 @@ pub enum Kind {
     Ready = 5,
     /// Instance → host, once: loading the handler failed (body as for `Error`); it exits.
     InitError = 6,
+    /// Host → instance: serve a web request. meta = JSON {method, path, query, headers,
+    /// remote_addr, request_id, deadline_ms}, body = the request body.
+    Request = 7,
+    /// Instance → host: the response head. meta = JSON {status, headers: [[name, value]]}.
+    ResponseHead = 8,
+    /// Instance → host: a piece of the response body.
+    ResponseChunk = 9,
+    /// Instance → host: the response is complete.
+    ResponseEnd = 10,
 }
 
 impl Kind {
@@ -39,6 +48,10 @@ impl Kind {
             4 => Kind::Log,
             5 => Kind::Ready,
             6 => Kind::InitError,
+            7 => Kind::Request,
+            8 => Kind::ResponseHead,
+            9 => Kind::ResponseChunk,
+            10 => Kind::ResponseEnd,
             _ => return None,
         })
     }

@@ -57,14 +57,24 @@ impl Runtimes {
     }
 
     /// The interpreter of `runtime`, if this node has it.
+    /// A custom runtime brings its own program and always has one.
     pub fn interpreter(&self, runtime: Runtime) -> Option<&Path> {
         match runtime {
             Runtime::Python3 => self.python3.as_deref(),
             Runtime::Nodejs => self.nodejs.as_deref(),
+            Runtime::Custom => Some(Path::new("(the function's command)")),
         }
     }
 
-    pub(crate) fn launch(&self, runtime: Runtime) -> Option<Launch> {
+    pub(crate) fn launch(&self, config: &crate::InstanceConfig) -> Option<Launch> {
+        let runtime = config.runtime;
+        if runtime == Runtime::Custom {
+            let (program, args) = config.command.split_first()?;
+            return Some(Launch {
+                program: crate::instance::resolve_program(&config.code_dir, program),
+                args: args.iter().map(Into::into).collect(),
+            });
+        }
         let program = self.interpreter(runtime)?.to_path_buf();
         let args = match runtime {
             // -I: ignore PYTHON* variables and the user site; -B: never write .pyc files
@@ -78,6 +88,7 @@ impl Runtimes {
                 self.shim_dir.join("bootstrap.py").into(),
             ],
             Runtime::Nodejs => vec![self.shim_dir.join("bootstrap.js").into()],
+            Runtime::Custom => unreachable!("handled above"),
         };
         Some(Launch { program, args })
     }

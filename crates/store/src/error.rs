@@ -9,6 +9,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("function `{0}` already exists")]
     Conflict(String),
+    #[error("invoke key `{0}` does not exist")]
+    KeyNotFound(String),
     #[error("code artifact {0} is not in the blob store")]
     BlobNotFound(String),
     #[error(transparent)]

@@ -15,4 +15,4 @@ pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::CodeCache;
 pub use error::StoreError;
-pub use meta::{MetaStore, PutMode, PutOutcome, SqliteStore};
+pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};

@@ -42,6 +42,21 @@ pub trait MetaStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(Function, PutOutcome), StoreError>;
     async fn delete_function(&self, name: &str) -> Result<(), StoreError>;
+    /// Stores an invoke key by its hash.
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// All invoke keys, oldest first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Deletes a key; `KeyNotFound` if there is none with that id.
+    async fn delete_key(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// A stored invoke key: never the key itself, only its sha256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    pub sha256: String,
+    pub created_at_ms: i64,
 }
 
 /// The embedded backend: one SQLite file in WAL mode.
@@ -180,6 +195,48 @@ impl MetaStore for SqliteStore {
         }
         Ok(())
     }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO invoke_keys (id, name, sha256, created_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.sha256)
+        .bind(key.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, sha256, created_at_ms FROM invoke_keys ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    sha256: r.try_get("sha256")?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM invoke_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::KeyNotFound(id.into()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +254,10 @@ mod tests {
             timeout_ms: 1000,
             env: Default::default(),
             description: String::new(),
+            kind: Default::default(),
+            command: Vec::new(),
+            url: None,
+            triggers: Vec::new(),
         }
     }
 
@@ -256,6 +317,27 @@ mod tests {
         assert!(matches!(
             store.delete_function("b").await,
             Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_by_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("meta.db"))
+            .await
+            .unwrap();
+        let key = KeyRecord {
+            id: "k1".into(),
+            name: "ci".into(),
+            sha256: "ab".repeat(32),
+            created_at_ms: 5,
+        };
+        store.create_key(&key).await.unwrap();
+        assert_eq!(store.list_keys().await.unwrap(), vec![key]);
+        store.delete_key("k1").await.unwrap();
+        assert!(matches!(
+            store.delete_key("k1").await,
+            Err(StoreError::KeyNotFound(_))
         ));
     }
 }

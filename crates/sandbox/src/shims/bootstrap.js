@@ -175,8 +175,25 @@ function main() {
     sock.end(() => process.exit(1));
     return;
   }
-  const initMs = Number(process.hrtime.bigint() - started) / 1e6;
-  send(READY, 0, JSON.stringify({ init_ms: initMs }), EMPTY);
+  const ready = () => {
+    const initMs = Number(process.hrtime.bigint() - started) / 1e6;
+    send(READY, 0, JSON.stringify({ init_ms: initMs }), EMPTY);
+  };
+  if (env.NIMBUS_TYPE === 'http') {
+    // An HTTP function: a (req, res) handler or an Express app, served on $PORT; the
+    // gateway proxies requests to it and this channel carries only logs.
+    const http = require('http');
+    const server = http.createServer({ noDelay: true, keepAliveTimeout: 120000 }, (req, res) => fn(req, res));
+    server.on('error', (e) => {
+      send(INIT_ERROR, 0, EMPTY, errorBody(e, 'Runtime.ListenError'));
+      sock.end(() => process.exit(1));
+    });
+    server.listen(Number(env.PORT), '127.0.0.1', ready);
+    sock.on('end', () => process.exit(0));
+    sock.on('error', () => process.exit(1));
+    return;
+  }
+  ready();
 
   let buf = EMPTY;
   sock.on('data', (chunk) => {

@@ -19,6 +19,7 @@ import time
 import traceback
 
 INVOKE, RESULT, ERROR, LOG, READY, INIT_ERROR = 1, 2, 3, 4, 5, 6
+REQUEST, RESPONSE_HEAD, RESPONSE_CHUNK, RESPONSE_END = 7, 8, 9, 10
 _HEADER = struct.Struct(">IBII")
 
 # Take the channel off fd 0 so a handler reading stdin gets EOF instead of protocol bytes.
@@ -43,6 +44,10 @@ def _send(kind, ident, meta, body):
             # Large bodies go out as they are rather than being copied into one buffer.
             _sock.sendall(head + meta)
             _sock.sendall(body)
+
+
+def _frame(kind, ident, meta, body):
+    return _HEADER.pack(9 + len(meta) + len(body), kind, ident, len(meta)) + meta + body
 
 
 def _recv():
@@ -139,7 +144,10 @@ def _error_body(exc, error_type=None, message=None):
 
 def _load_handler():
     handler = os.environ["NIMBUS_HANDLER"]
-    module_name, _, func_name = handler.rpartition(".")
+    if ":" in handler:
+        module_name, _, func_name = handler.partition(":")
+    else:
+        module_name, _, func_name = handler.rpartition(".")
     module_name = module_name.replace("/", ".")
     try:
         import importlib
@@ -207,6 +215,215 @@ def _run(handler, loop_holder, ident, meta, body):
         _current.reset(token)
 
 
+class _WebResponse:
+    """Collects a web app's response and sends it as head, chunk and end frames. Small
+    responses leave in one write."""
+
+    def __init__(self, ident):
+        self.ident = ident
+        self.head = None
+        self.pending = []
+        self.pending_bytes = 0
+
+    def start(self, status, headers):
+        self.head = json.dumps({"status": status, "headers": headers}).encode()
+
+    def chunk(self, data):
+        if not data:
+            return
+        if self.head is None:
+            raise RuntimeError("the app sent body bytes before its status and headers")
+        self.pending.append(_frame(RESPONSE_CHUNK, self.ident, b"", bytes(data)))
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= 65536:
+            self.flush()
+
+    def flush(self):
+        frames = []
+        if self.head is not None:
+            frames.append(_frame(RESPONSE_HEAD, self.ident, self.head, b""))
+            self.head = b""  # sent; later chunks follow it
+        frames.extend(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        if frames:
+            with _send_lock:
+                _sock.sendall(b"".join(frames))
+
+    def end(self):
+        _stdout.flush_invocation(self.ident)
+        _stderr.flush_invocation(self.ident)
+        self.pending.append(_frame(RESPONSE_END, self.ident, b"", b""))
+        self.flush()
+
+
+def _header_pairs(m):
+    return [(k, v) for k, v in m["headers"]]
+
+
+def _serve_wsgi(app, ident, meta, body):
+    import io
+    from urllib.parse import unquote_to_bytes
+
+    m = json.loads(meta)
+    environ = {
+        "REQUEST_METHOD": m["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(m["path"]).decode("latin-1"),
+        "QUERY_STRING": m["query"],
+        "SERVER_NAME": m.get("server_name", "localhost"),
+        "SERVER_PORT": str(m.get("server_port", 80)),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": m.get("remote_addr", ""),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": m.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "nimbus.request_id": m["request_id"],
+    }
+    for name, value in _header_pairs(m):
+        key = name.upper().replace("-", "_")
+        if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+            environ[key] = value
+            continue
+        key = "HTTP_" + key
+        environ[key] = environ[key] + "," + value if key in environ else value
+    environ.setdefault("CONTENT_LENGTH", str(len(body)))
+    response = _WebResponse(ident)
+
+    def start_response(status, headers, exc_info=None):
+        # Once the head has left, an error can no longer change it (PEP 3333).
+        if exc_info and response.head == b"":
+            raise exc_info[1].with_traceback(exc_info[2])
+        response.start(int(status.split(" ", 1)[0]), [[k, v] for k, v in headers])
+        return response.chunk
+
+    token = _current.set(ident)
+    try:
+        try:
+            result = app(environ, start_response)
+            try:
+                for data in result:
+                    response.chunk(data)
+            finally:
+                close = getattr(result, "close", None)
+                if close:
+                    close()
+            if response.head is None:
+                raise RuntimeError("the WSGI app returned without calling start_response")
+        except Exception as e:
+            # Before the head left this is the answer; after, it cuts the response off.
+            _stdout.flush_invocation(ident)
+            _stderr.flush_invocation(ident)
+            if response.head == b"":
+                response.flush()
+            _send(ERROR, ident, b"", _error_body(e))
+            return
+        response.end()
+    finally:
+        _current.reset(token)
+
+
+async def _serve_asgi(app, ident, meta, body, state):
+    from urllib.parse import unquote
+
+    m = json.loads(meta)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": m["method"],
+        "scheme": m.get("scheme", "http"),
+        "path": unquote(m["path"]),
+        "raw_path": m["path"].encode("latin-1", "replace"),
+        "query_string": m["query"].encode("latin-1", "replace"),
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in _header_pairs(m)],
+        "client": (m.get("remote_addr", ""), int(m.get("remote_port", 0))),
+        "server": (m.get("server_name", "localhost"), int(m.get("server_port", 80))),
+        "state": dict(state),
+        "extensions": {},
+    }
+    response = _WebResponse(ident)
+    done = asyncio.Event()
+    sent_body = False
+
+    async def receive():
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # The request body is complete; the next event is the end of the exchange.
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]
+            response.start(int(message["status"]), headers)
+        elif kind == "http.response.body":
+            response.chunk(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    _current.set(ident)
+    try:
+        await app(scope, receive, send)
+        if response.head is None:
+            raise RuntimeError("the ASGI app returned without sending a response")
+    except Exception as e:
+        _stdout.flush_invocation(ident)
+        _stderr.flush_invocation(ident)
+        if response.head == b"":
+            response.flush()
+        _send(ERROR, ident, b"", _error_body(e))
+        return
+    finally:
+        done.set()
+    response.end()
+
+
+def _asgi_lifespan(loop, app):
+    """Runs the ASGI lifespan startup if the app supports it; an app without lifespan
+    support raises or never answers, and is served without it."""
+    state = {}
+    started = asyncio.Event()
+    outcome = {}
+    queue = asyncio.Queue()
+
+    async def receive():
+        return await queue.get()
+
+    async def send(message):
+        outcome["type"] = message["type"]
+        outcome["message"] = message.get("message", "")
+        started.set()
+
+    async def run():
+        try:
+            await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}, receive, send)
+        except Exception:
+            pass
+        finally:
+            started.set()
+
+    async def start():
+        loop.create_task(run())
+        await queue.put({"type": "lifespan.startup"})
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+
+    loop.run_until_complete(start())
+    if outcome.get("type") == "lifespan.startup.failed":
+        raise RuntimeError("ASGI lifespan startup failed: %s" % outcome.get("message"))
+    return state
+
+
 def main():
     global _FUNCTION_NAME, _FUNCTION_VERSION, _MEMORY_MB, _INSTANCE_ID, _CONTEXT_LOGGER
     global _stdout, _stderr
@@ -227,16 +444,26 @@ def main():
     _CONTEXT_LOGGER = logging.getLogger("nimbus.function")
     _CONTEXT_LOGGER.setLevel(logging.INFO)
 
+    kind_of_function = os.environ.get("NIMBUS_TYPE", "handler")
+    loop_holder = [None]
+    state = {}
     try:
         func = _load_handler()
+        if kind_of_function == "asgi":
+            global asyncio
+            import asyncio
+            loop_holder[0] = asyncio.new_event_loop()
+            state = _asgi_lifespan(loop_holder[0], func)
     except _InitFailure as f:
         cause = f.cause if f.cause is not None else f
         _send(INIT_ERROR, 0, b"", _error_body(cause, f.error_type, f.message))
         sys.exit(1)
+    except Exception as e:
+        _send(INIT_ERROR, 0, b"", _error_body(e))
+        sys.exit(1)
     init_ms = (time.perf_counter() - started) * 1000
     _send(READY, 0, json.dumps({"init_ms": init_ms}).encode(), b"")
 
-    loop_holder = [None]
     while True:
         frame = _recv()
         if frame is None:
@@ -244,6 +471,16 @@ def main():
         kind, ident, meta, body = frame
         if kind == INVOKE:
             _run(func, loop_holder, ident, meta, body)
+        elif kind == REQUEST and kind_of_function == "wsgi":
+            _serve_wsgi(func, ident, meta, body)
+        elif kind == REQUEST and kind_of_function == "asgi":
+            loop_holder[0].run_until_complete(_serve_asgi(func, ident, meta, body, state))
+        elif kind == REQUEST:
+            _send(ERROR, ident, b"", json.dumps({
+                "errorType": "Runtime.InvalidRequest",
+                "errorMessage": "a %s function does not serve web requests" % kind_of_function,
+                "stackTrace": [],
+            }).encode())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,354 @@
+//! The HTTP gateway: every path outside `/v1` is routed to a function.
+//!
+//! A request is matched against the route table, checked by the route's guard (client
+//! network, CORS preflight, invoke key, rate limit, body limit), and then served in one of
+//! three ways, by the function's type:
+//! - `handler`: the request becomes an API Gateway payload 2.0 event, the return value the
+//!   response (`event`);
+//! - `wsgi` / `asgi`: the request goes to the Python app over the instance channel and the
+//!   response streams back frame by frame (`web`);
+//! - `http`: the request is proxied to the instance's own HTTP server (`proxy`).
+
+pub mod event;
+pub mod guard;
+mod proxy;
+pub mod table;
+mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use model::{ErrorCode, FunctionType};
+use sandbox::Outcome;
+use serde_json::json;
+
+use crate::platform::{InvocationRecord, Platform, now_ms};
+use crate::routes::headers;
+use crate::{ApiError, AppState};
+use table::Route;
+
+/// Headers that carry an invoke key (`x-api-key` as API Gateway clients send it).
+const KEY_HEADERS: [&str; 2] = ["x-nimbus-key", "x-api-key"];
+
+/// A request header that asks for a `server-timing` breakdown.
+const DEBUG_HEADER: &str = "x-nimbus-debug";
+
+/// What a routed request carries to the part that serves it.
+pub(crate) struct Routed {
+    pub request_id: String,
+    pub function: String,
+    pub method: Method,
+    /// The path as the function sees it (a function URL's prefix removed).
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer: Option<SocketAddr>,
+    pub route_key: String,
+    pub path_params: Vec<(String, String)>,
+    pub routed_ms: f64,
+}
+
+/// Timings of a gateway request, for `server-timing`.
+#[derive(Default)]
+pub(crate) struct Timing {
+    pub routing_ms: f64,
+    pub init_ms: Option<f64>,
+    pub handler_ms: f64,
+}
+
+impl Timing {
+    fn header(&self) -> HeaderValue {
+        let mut parts = vec![
+            format!("routing;dur={:.3}", self.routing_ms),
+            "queue;dur=0".to_string(),
+        ];
+        if let Some(init) = self.init_ms {
+            parts.push(format!("init;dur={init:.3}"));
+        }
+        parts.push(format!("handler;dur={:.3}", self.handler_ms));
+        HeaderValue::from_str(&parts.join(", ")).expect("timings are ascii")
+    }
+}
+
+/// The gateway's entry point, installed as the router's fallback.
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let debug = request.headers().contains_key(DEBUG_HEADER);
+    let mut response = match serve(&state.platform, request, request_id.clone()).await {
+        Ok((response, timing)) => {
+            let mut response = response;
+            if debug {
+                response
+                    .headers_mut()
+                    .insert("server-timing", timing.header());
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(headers::REQUEST_ID, v);
+    }
+    response
+}
+
+/// A gateway refusal that needs a header besides the error body.
+fn refusal(error: ApiError, name: header::HeaderName, value: String) -> Response {
+    let mut r = error.into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().insert(name, v);
+    }
+    r
+}
+
+async fn serve(
+    platform: &Arc<Platform>,
+    request: Request,
+    request_id: String,
+) -> Result<(Response, Timing), Response> {
+    let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let table = platform.routes();
+    let path = parts.uri.path();
+    let Some(found) = table.find(path) else {
+        return Err(ApiError::new(
+            ErrorCode::RouteNotFound,
+            format!(
+                "no route matches {path}; `nimbus describe FUNCTION` shows a function's routes"
+            ),
+        )
+        .into_response());
+    };
+
+    // A CORS preflight is answered by the gateway; browsers send no credentials with it.
+    let preflight = parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight && let Some(route) = found.routes.iter().find(|r| r.guard.cors.is_some()) {
+        check_network(route, peer).map_err(IntoResponse::into_response)?;
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Some(h) = route.guard.preflight(&parts.headers) {
+            r.headers_mut().extend(h);
+        }
+        return Ok((r, Timing::default()));
+    }
+
+    let Some(route) = found
+        .routes
+        .iter()
+        .find(|r| r.allows(parts.method.as_str()))
+    else {
+        let mut allowed: Vec<&str> = found
+            .routes
+            .iter()
+            .flat_map(|r| r.methods.iter().map(String::as_str))
+            .collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        return Err(refusal(
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on {path}; allowed: {}",
+                    parts.method,
+                    allowed.join(", ")
+                ),
+            ),
+            header::ALLOW,
+            allowed.join(", "),
+        ));
+    };
+    check_network(route, peer).map_err(IntoResponse::into_response)?;
+    check_key(platform, route, &parts.headers).map_err(IntoResponse::into_response)?;
+    if let Err(retry_after_s) = route.guard.take_token() {
+        return Err(refusal(
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "the rate limit of {} is exhausted; retry in {retry_after_s} s",
+                    route.route_key
+                ),
+            ),
+            header::RETRY_AFTER,
+            retry_after_s.to_string(),
+        ));
+    }
+    let limit = route.guard.body_limit_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+
+    let path_params: Vec<(String, String)> = route
+        .params
+        .iter()
+        .cloned()
+        .zip(found.values.iter().map(|v| event::percent_decode_path(v)))
+        .collect();
+    let fn_path = match &route.strip_prefix {
+        Some(prefix) => {
+            let rest = &path[prefix.len().min(path.len())..];
+            if rest.is_empty() {
+                "/".to_string()
+            } else {
+                rest.to_string()
+            }
+        }
+        None => path.to_string(),
+    };
+    let routed = Routed {
+        request_id,
+        function: route.function.clone(),
+        method: parts.method.clone(),
+        path: fn_path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts.headers.clone(),
+        body,
+        peer,
+        route_key: route.route_key.clone(),
+        path_params,
+        routed_ms: received.elapsed().as_secs_f64() * 1000.0,
+    };
+    let (mut response, timing) = match route.kind {
+        FunctionType::Handler => invoke_handler(platform, routed).await,
+        FunctionType::Wsgi | FunctionType::Asgi => web::serve(platform, routed).await,
+        FunctionType::Http => proxy::serve(platform, routed).await,
+    }
+    .map_err(IntoResponse::into_response)?;
+    route.guard.decorate(&parts.headers, response.headers_mut());
+    Ok((response, timing))
+}
+
+fn too_large(limit: usize) -> Response {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than this route's limit of {limit} bytes"),
+    )
+    .into_response()
+}
+
+fn check_network(route: &Route, peer: Option<SocketAddr>) -> Result<(), ApiError> {
+    match peer {
+        Some(p) if !route.guard.admits(p.ip()) => Err(ApiError::new(
+            ErrorCode::IpDenied,
+            format!("requests from {} are not allowed on this route", p.ip()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_key(platform: &Platform, route: &Route, headers: &HeaderMap) -> Result<(), ApiError> {
+    if route.guard.auth == model::http::Auth::Anonymous {
+        return Ok(());
+    }
+    let presented = KEY_HEADERS
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| v.to_str().ok());
+    match presented {
+        None => Err(ApiError::new(
+            ErrorCode::KeyRequired,
+            "this route needs an invoke key in the x-nimbus-key header; create one with `nimbus keys create`",
+        )),
+        Some(key) if platform.key_is_valid(key) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::KeyInvalid,
+            "the invoke key is not valid",
+        )),
+    }
+}
+
+/// A handler-style function behind a route: payload 2.0 event in, response out.
+async fn invoke_handler(
+    platform: &Arc<Platform>,
+    r: Routed,
+) -> Result<(Response, Timing), ApiError> {
+    let event = event::build(&event::RequestFacts {
+        method: &r.method,
+        path: &r.path,
+        query: &r.query,
+        headers: &r.headers,
+        body: &r.body,
+        peer: r.peer,
+        request_id: &r.request_id,
+        route_key: &r.route_key,
+        path_params: r.path_params,
+        now_ms: now_ms(),
+    });
+    let (record, outcome) = platform
+        .invoke(&r.function, Bytes::from(event), r.request_id)
+        .await?;
+    let timing = Timing {
+        routing_ms: r.routed_ms,
+        init_ms: record.init_ms,
+        handler_ms: record.duration_ms,
+    };
+    let response = match outcome {
+        Outcome::Success { content_type, body } => event::response(content_type, body),
+        Outcome::Error(e) => function_failed(&e, &record.request_id),
+    };
+    Ok((response, timing))
+}
+
+/// The gateway's answer when the function failed: 502 (504 on timeout) with a JSON body
+/// that names the failure but, unlike the invoke API, not its message or stack trace: a
+/// route may be public, and an exception's text can carry internals.
+pub(crate) fn function_failed(e: &sandbox::FunctionError, request_id: &str) -> Response {
+    let (code, status) = if e.error_type == "FunctionTimeout" {
+        (ErrorCode::FunctionTimedOut, StatusCode::GATEWAY_TIMEOUT)
+    } else {
+        (ErrorCode::FunctionFailed, StatusCode::BAD_GATEWAY)
+    };
+    let body = json!({
+        "code": code.as_str(),
+        "message": "the function failed; its logs have the details",
+        "errorType": e.error_type,
+        "requestId": request_id,
+    });
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&e.error_type) {
+        r.headers_mut().insert(headers::ERROR_TYPE, v);
+    }
+    r
+}
+
+/// Records a finished gateway request in the node's recent invocations.
+pub(crate) fn record(
+    platform: &Platform,
+    request_id: String,
+    function: String,
+    timing: (bool, Option<f64>, f64, u64),
+    error: Option<sandbox::FunctionError>,
+    logs: sandbox::Logs,
+) {
+    let (cold_start, init_ms, duration_ms, instance_id) = timing;
+    platform.remember(Arc::new(InvocationRecord {
+        request_id,
+        function,
+        started_at_ms: now_ms() - duration_ms as i64,
+        cold_start,
+        init_ms,
+        duration_ms,
+        instance_id,
+        error,
+        logs,
+    }));
+}

@@ -1,0 +1,251 @@
+//! HTTP functions (custom runtimes, Node HTTP handlers): the request is proxied to the
+//! instance's own server on its loopback port, over a kept-alive connection that lives with
+//! the instance, and the response streams back as it comes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use sandbox::{Acquired, Lease};
+
+use super::{Routed, Timing, function_failed, record};
+use crate::ApiError;
+use crate::platform::Platform;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Hop-by-hop headers: they describe one connection and are not forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn forwardable(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(&name.as_str())
+}
+
+pub(crate) async fn serve(
+    platform: &Arc<Platform>,
+    r: Routed,
+) -> Result<(Response<Body>, Timing), ApiError> {
+    let resolved = platform.resolve(&r.function).await?;
+    let mut lease = match platform.pool().acquire(&resolved.instance).await? {
+        Acquired::Ready(lease) => lease,
+        Acquired::Failed(e) => {
+            let response = function_failed(&e, &r.request_id);
+            record(
+                platform,
+                r.request_id,
+                r.function,
+                (true, None, 0.0, 0),
+                Some(e),
+                Default::default(),
+            );
+            return Ok((
+                response,
+                Timing {
+                    routing_ms: r.routed_ms,
+                    ..Timing::default()
+                },
+            ));
+        }
+    };
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + lease.timeout();
+    let call = lease.begin_external();
+    let request = upstream_request(&r)?;
+    let reused = lease
+        .attachment()
+        .take()
+        .and_then(|a| a.downcast::<Sender>().ok());
+    let exchange = async {
+        let mut sender = match reused {
+            Some(s) if !s.is_closed() => *s,
+            _ => connect(lease.port().expect("an HTTP instance has a port")).await?,
+        };
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((sender, response))
+    };
+    let result = tokio::time::timeout_at(deadline, exchange).await;
+    let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let timing = Timing {
+        routing_ms: r.routed_ms,
+        init_ms: lease.init_ms(),
+        handler_ms,
+    };
+    let meta = (
+        lease.cold_start,
+        lease.init_ms(),
+        handler_ms,
+        lease.instance_id(),
+    );
+    let (sender, upstream) = match result {
+        Ok(Ok(ok)) => ok,
+        failed => {
+            let error = match failed {
+                Err(_) => lease.timed_out(),
+                Ok(Err(e)) => {
+                    let why = format!("the function's server did not answer: {e}");
+                    let report = if lease.is_dead() {
+                        lease.crash_report(&why).await
+                    } else {
+                        why
+                    };
+                    sandbox::FunctionError::new("Runtime.ExitError", report)
+                }
+                Ok(Ok(_)) => unreachable!(),
+            };
+            let logs = lease.end_external(call);
+            // Whatever state its server is in, this instance is not trusted again.
+            lease.discard();
+            let response = function_failed(&error, &r.request_id);
+            record(platform, r.request_id, r.function, meta, Some(error), logs);
+            return Ok((response, timing));
+        }
+    };
+    *lease.attachment() = Some(Box::new(sender));
+    let (parts, body) = upstream.into_parts();
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if forwardable(name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    let stream = Proxied {
+        body,
+        lease: Some(lease),
+        call,
+        platform: platform.clone(),
+        request_id: r.request_id,
+        function: r.function,
+        deadline,
+        started,
+    };
+    *response.body_mut() = Body::from_stream(futures_util::stream::unfold(stream, Proxied::next));
+    Ok((response, timing))
+}
+
+fn upstream_request(r: &Routed) -> Result<Request<Full<Bytes>>, ApiError> {
+    let uri = if r.query.is_empty() {
+        r.path.clone()
+    } else {
+        format!("{}?{}", r.path, r.query)
+    };
+    let mut request = Request::builder()
+        .method(r.method.clone())
+        .uri(uri)
+        .body(Full::new(r.body.clone()))
+        .map_err(|e| ApiError::invalid(format!("the request cannot be forwarded: {e}")))?;
+    let headers: &mut HeaderMap = request.headers_mut();
+    for (name, value) in &r.headers {
+        if forwardable(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(peer) = r.peer
+        && let Ok(v) = HeaderValue::from_str(&peer.ip().to_string())
+    {
+        headers.append("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(&r.request_id) {
+        headers.insert(crate::routes::headers::REQUEST_ID, v);
+    }
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    Ok(request)
+}
+
+async fn connect(port: u16) -> Result<Sender, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connecting to its port {port}: {e}"))?;
+    // Small request/response pairs must not wait on Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// The body of a proxied response; it holds the lease until the upstream body ends.
+struct Proxied {
+    body: hyper::body::Incoming,
+    lease: Option<Lease>,
+    call: u32,
+    platform: Arc<Platform>,
+    request_id: String,
+    function: String,
+    deadline: tokio::time::Instant,
+    started: Instant,
+}
+
+impl Proxied {
+    async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Proxied)> {
+        self.lease.as_ref()?;
+        loop {
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await;
+            let failure = match frame {
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => return Some((Ok(data), self)),
+                    Err(_) => continue, // trailers are not forwarded
+                },
+                Ok(None) => {
+                    self.finish(None, false);
+                    return None;
+                }
+                Ok(Some(Err(e))) => {
+                    sandbox::FunctionError::new("Runtime.ResponseAborted", e.to_string())
+                }
+                Err(_) => self.lease.as_ref().expect("checked above").timed_out(),
+            };
+            let message = format!("{}: {}", failure.error_type, failure.error_message);
+            self.finish(Some(failure), true);
+            return Some((Err(std::io::Error::other(message)), self));
+        }
+    }
+
+    fn finish(&mut self, error: Option<sandbox::FunctionError>, discard: bool) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        let logs = lease.end_external(self.call);
+        let timing = (
+            lease.cold_start,
+            lease.init_ms(),
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            lease.instance_id(),
+        );
+        if discard {
+            lease.discard();
+        }
+        record(
+            &self.platform,
+            self.request_id.clone(),
+            self.function.clone(),
+            timing,
+            error,
+            logs,
+        );
+    }
+}

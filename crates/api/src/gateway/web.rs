@@ -1,0 +1,223 @@
+//! WSGI and ASGI functions: the request goes over the instance channel as one frame, the
+//! response comes back as a head and a stream of body chunks, passed on as they arrive.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use sandbox::{Acquired, Lease, StreamEvent, WebReply};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{Routed, Timing, function_failed, record};
+use crate::ApiError;
+use crate::platform::{Platform, now_ms};
+
+/// The response head a shim sends: `{status, headers: [[name, value], …]}`.
+#[derive(Deserialize)]
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+/// Header bytes as WSGI/ASGI carry them: each char is one latin-1 byte.
+fn latin1(s: &str) -> Vec<u8> {
+    s.chars()
+        .map(|c| if (c as u32) < 256 { c as u8 } else { b'?' })
+        .collect()
+}
+
+pub(crate) async fn serve(
+    platform: &Arc<Platform>,
+    r: Routed,
+) -> Result<(Response<Body>, Timing), ApiError> {
+    let resolved = platform.resolve(&r.function).await?;
+    let lease = match platform.pool().acquire(&resolved.instance).await? {
+        Acquired::Ready(lease) => lease,
+        Acquired::Failed(e) => {
+            let response = function_failed(&e, &r.request_id);
+            record(
+                platform,
+                r.request_id,
+                r.function,
+                (true, None, 0.0, 0),
+                Some(e),
+                Default::default(),
+            );
+            return Ok((
+                response,
+                Timing {
+                    routing_ms: r.routed_ms,
+                    ..Timing::default()
+                },
+            ));
+        }
+    };
+    let host = r
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let (server_name, server_port) = match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().unwrap_or(80)),
+        _ => (host, 80),
+    };
+    let headers: Vec<(&str, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                v.as_bytes().iter().map(|&b| b as char).collect(),
+            )
+        })
+        .collect();
+    let meta = serde_json::to_vec(&json!({
+        "request_id": r.request_id,
+        "deadline_ms": now_ms() + lease.timeout().as_millis() as i64,
+        "method": r.method.as_str(),
+        "path": r.path,
+        "query": r.query,
+        "headers": headers,
+        "remote_addr": r.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+        "remote_port": r.peer.map(|p| p.port()).unwrap_or(0),
+        "server_name": server_name,
+        "server_port": server_port,
+        "scheme": "http",
+    }))
+    .expect("request meta serializes");
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + lease.timeout();
+    let reply = lease.web_request(&meta, &r.body).await;
+    let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let timing = Timing {
+        routing_ms: r.routed_ms,
+        init_ms: lease.init_ms(),
+        handler_ms,
+    };
+    let meta_of = |lease: &Lease| {
+        (
+            lease.cold_start,
+            lease.init_ms(),
+            handler_ms,
+            lease.instance_id(),
+        )
+    };
+    let (head, body) = match reply {
+        WebReply::Head { head, body } => (head, body),
+        WebReply::Error(e, logs) => {
+            let response = function_failed(&e, &r.request_id);
+            record(
+                platform,
+                r.request_id,
+                r.function,
+                meta_of(&lease),
+                Some(e),
+                logs,
+            );
+            return Ok((response, timing));
+        }
+    };
+    let head: Head = match serde_json::from_slice(&head) {
+        Ok(h) => h,
+        Err(e) => {
+            let error = sandbox::FunctionError::new(
+                "Runtime.InvalidResponse",
+                format!("unreadable response head: {e}"),
+            );
+            let response = function_failed(&error, &r.request_id);
+            record(
+                platform,
+                r.request_id,
+                r.function,
+                meta_of(&lease),
+                Some(error),
+                Default::default(),
+            );
+            return Ok((response, timing));
+        }
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in &head.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_bytes(&latin1(value)),
+        ) {
+            response.headers_mut().append(n, v);
+        }
+    }
+    let stream = Streamed {
+        rx: body,
+        lease: Some(lease),
+        platform: platform.clone(),
+        request_id: r.request_id,
+        function: r.function,
+        deadline,
+        started,
+    };
+    *response.body_mut() = Body::from_stream(futures_util::stream::unfold(stream, Streamed::next));
+    Ok((response, timing))
+}
+
+/// The body of a streamed response. It holds the lease until the app has sent its last
+/// chunk, so the instance is not reused while it still writes.
+struct Streamed {
+    rx: mpsc::Receiver<StreamEvent>,
+    lease: Option<Lease>,
+    platform: Arc<Platform>,
+    request_id: String,
+    function: String,
+    deadline: tokio::time::Instant,
+    started: Instant,
+}
+
+impl Streamed {
+    async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Streamed)> {
+        let lease = self.lease.as_ref()?;
+        let event = tokio::time::timeout_at(self.deadline, self.rx.recv()).await;
+        let failure = match event {
+            Ok(Some(StreamEvent::Chunk(bytes))) => return Some((Ok(bytes), self)),
+            Ok(Some(StreamEvent::End(logs))) => {
+                lease.finish_stream();
+                self.finish(None, logs);
+                return None;
+            }
+            Ok(Some(StreamEvent::Abort(why))) => {
+                sandbox::FunctionError::new("Runtime.ResponseAborted", why)
+            }
+            Ok(None) => sandbox::FunctionError::new(
+                "Runtime.ExitError",
+                "the instance went away mid-response",
+            ),
+            Err(_) => lease.timed_out(),
+        };
+        let message = format!("{}: {}", failure.error_type, failure.error_message);
+        self.finish(Some(failure), Default::default());
+        // An error mid-body can only be signalled by cutting the response off.
+        Some((Err(std::io::Error::other(message)), self))
+    }
+
+    fn finish(&mut self, error: Option<sandbox::FunctionError>, logs: sandbox::Logs) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let timing = (
+            lease.cold_start,
+            lease.init_ms(),
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            lease.instance_id(),
+        );
+        record(
+            &self.platform,
+            self.request_id.clone(),
+            self.function.clone(),
+            timing,
+            error,
+            logs,
+        );
+    }
+}
