@@ -38,7 +38,7 @@ pub struct FunctionInput {
     /// custom runtimes).
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<String>, example = "handler")]
-    pub kind: FunctionType,
+    pub kind: Option<FunctionType>,
     /// A custom runtime's command; `$PORT` is replaced by the port it must serve on.
     #[serde(default)]
     pub command: Vec<String>,
@@ -78,7 +78,7 @@ impl FunctionInput {
             timeout_ms: self.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
             env: self.env,
             description: self.description,
-            kind: self.kind,
+            kind: self.kind.unwrap_or(FunctionType::default_for(runtime)),
             command: self.command,
             url: self.url,
             triggers: self.triggers,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use model::http::{RouteOptions, Trigger};
+use model::http::{HttpTrigger, RouteOptions, Trigger};
 use model::{FunctionSpec, FunctionType, Runtime, limits};
 use serde::Deserialize;
 
@@ -26,13 +26,13 @@ struct FunctionEntry {
     #[serde(default)]
     handler: String,
     #[serde(default, rename = "type")]
-    kind: FunctionType,
+    kind: Option<FunctionType>,
     #[serde(default)]
     command: Vec<String>,
     #[serde(default)]
     url: Option<RouteOptions>,
     #[serde(default)]
-    triggers: Vec<Trigger>,
+    triggers: Vec<TriggerEntry>,
     #[serde(default = "default_code")]
     code: String,
     memory_mb: Option<u32>,
@@ -41,6 +41,13 @@ struct FunctionEntry {
     env: BTreeMap<String, Scalar>,
     #[serde(default)]
     description: String,
+}
+
+/// `- http: {...}`: YAML has no other way to name a trigger's kind than a one-key map.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerEntry {
+    http: HttpTrigger,
 }
 
 fn default_code() -> String {
@@ -84,7 +91,16 @@ pub fn load(dir: &Path) -> Result<Vec<Planned>, String> {
 }
 
 fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
-    let manifest: Manifest = serde_norway::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    let manifest: Manifest = serde_norway::from_str(text).map_err(|e| {
+        let e = e.to_string();
+        // `{path: /items/{id}}` is the most common slip: braces end a YAML flow mapping.
+        let hint = if e.contains("flow mapping") {
+            "; quote route paths that contain {parameters}: path: \"/items/{id}\""
+        } else {
+            ""
+        };
+        format!("{file}: {e}{hint}")
+    })?;
     if manifest.functions.is_empty() {
         return Err(format!("{file}: functions: no functions declared"));
     }
@@ -113,10 +129,14 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 .map(|(k, v)| (k, v.into_string()))
                 .collect(),
             description: entry.description,
-            kind: entry.kind,
+            kind: entry.kind.unwrap_or(FunctionType::default_for(runtime)),
             command: entry.command,
             url: entry.url,
-            triggers: entry.triggers,
+            triggers: entry
+                .triggers
+                .into_iter()
+                .map(|t| Trigger::Http(t.http))
+                .collect(),
         };
         for e in spec.validate() {
             let field = if e.field == "name" {
@@ -193,6 +213,10 @@ mod tests {
             ),
             ("functions: {}\n", "no functions declared"),
             ("functions: [\n", "nimbus.yaml:"),
+            (
+                "functions:\n  h:\n    runtime: python3\n    handler: a.b\n    triggers:\n      - http: {path: /x/{id}}\n",
+                "quote route paths that contain {parameters}",
+            ),
         ];
         for (yaml, expect) in cases {
             let err = check(yaml).err().unwrap_or_default();

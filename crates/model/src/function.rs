@@ -80,6 +80,15 @@ impl FunctionType {
         }
     }
 
+    /// The type a function of `runtime` has when none is given: a custom runtime is
+    /// always an HTTP server; the others run handlers.
+    pub fn default_for(runtime: Runtime) -> FunctionType {
+        match runtime {
+            Runtime::Custom => FunctionType::Http,
+            Runtime::Python3 | Runtime::Nodejs => FunctionType::Handler,
+        }
+    }
+
     /// Whether the function answers HTTP requests itself (rather than events).
     pub fn is_web(self) -> bool {
         self != FunctionType::Handler

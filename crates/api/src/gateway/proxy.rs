@@ -128,7 +128,7 @@ pub(crate) async fn serve(
         }
     }
     let stream = Proxied {
-        body,
+        body: Some(body),
         lease: Some(lease),
         call,
         platform: platform.clone(),
@@ -190,7 +190,8 @@ async fn connect(port: u16) -> Result<Sender, String> {
 
 /// The body of a proxied response; it holds the lease until the upstream body ends.
 struct Proxied {
-    body: hyper::body::Incoming,
+    /// `None` only once handed to the background drain.
+    body: Option<hyper::body::Incoming>,
     lease: Option<Lease>,
     call: u32,
     platform: Arc<Platform>,
@@ -204,10 +205,22 @@ impl Proxied {
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Proxied)> {
         self.lease.as_ref()?;
         loop {
-            let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await;
+            let body = self.body.as_mut()?;
+            let frame = tokio::time::timeout_at(self.deadline, body.frame()).await;
             let failure = match frame {
                 Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => return Some((Ok(data), self)),
+                    Ok(data) => {
+                        // The server may stop polling once it sent the announced length;
+                        // finish now so the instance is returned, not found busy.
+                        if self
+                            .body
+                            .as_ref()
+                            .is_some_and(hyper::body::Body::is_end_stream)
+                        {
+                            self.finish(None, false);
+                        }
+                        return Some((Ok(data), self));
+                    }
                     Err(_) => continue, // trailers are not forwarded
                 },
                 Ok(None) => {
@@ -222,6 +235,13 @@ impl Proxied {
             let message = format!("{}: {}", failure.error_type, failure.error_message);
             self.finish(Some(failure), true);
             return Some((Err(std::io::Error::other(message)), self));
+        }
+    }
+
+    async fn drain(self) {
+        let mut rest = self;
+        while let Some((_, next)) = rest.next().await {
+            rest = next;
         }
     }
 
@@ -247,5 +267,26 @@ impl Proxied {
             error,
             logs,
         );
+    }
+}
+
+impl Drop for Proxied {
+    /// The client stopped reading before the end: read the rest in the background (bounded
+    /// by the deadline) so the connection and the instance can be reused.
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let rest = Proxied {
+            body: self.body.take(),
+            lease: Some(lease),
+            call: self.call,
+            platform: self.platform.clone(),
+            request_id: std::mem::take(&mut self.request_id),
+            function: std::mem::take(&mut self.function),
+            deadline: self.deadline,
+            started: self.started,
+        };
+        tokio::spawn(rest.drain());
     }
 }

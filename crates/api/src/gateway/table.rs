@@ -59,8 +59,14 @@ impl RouteTable {
     }
 
     fn insert(&mut self, (pattern, route): (String, Route)) -> Result<(), String> {
-        let segments = parse_route(&pattern).map_err(|e| format!("route {pattern}: {e}"))?;
-        let shape = route_shape(&segments);
+        // A function URL's root with a trailing slash is literal; every other pattern is
+        // parsed (and was validated at deploy).
+        let (shape, matcher_path) = if pattern.len() > 1 && pattern.ends_with('/') {
+            (pattern.clone(), pattern.clone())
+        } else {
+            let segments = parse_route(&pattern).map_err(|e| format!("route {pattern}: {e}"))?;
+            (route_shape(&segments), matcher_path(&segments))
+        };
         if let Some((_, group)) = self.groups.iter_mut().find(|(s, _)| *s == shape) {
             if let Some(other) = group
                 .iter()
@@ -75,14 +81,12 @@ impl RouteTable {
             return Ok(());
         }
         let index = self.groups.len();
-        self.matcher
-            .insert(matcher_path(&segments), index)
-            .map_err(|e| {
-                format!(
-                    "route `{}` of function `{}` cannot be added: {e}",
-                    route.route_key, route.function
-                )
-            })?;
+        self.matcher.insert(matcher_path, index).map_err(|e| {
+            format!(
+                "route `{}` of function `{}` cannot be added: {e}",
+                route.route_key, route.function
+            )
+        })?;
         self.groups.push((shape, vec![route]));
         Ok(())
     }

@@ -201,6 +201,15 @@ impl Streamed {
         Some((Err(std::io::Error::other(message)), self))
     }
 
+    /// Reads the rest of the response without a client, so the instance finishes its
+    /// call and goes back to the pool warm.
+    async fn drain(self) {
+        let mut rest = self;
+        while let Some((_, next)) = rest.next().await {
+            rest = next;
+        }
+    }
+
     fn finish(&mut self, error: Option<sandbox::FunctionError>, logs: sandbox::Logs) {
         let Some(lease) = self.lease.take() else {
             return;
@@ -219,5 +228,26 @@ impl Streamed {
             error,
             logs,
         );
+    }
+}
+
+impl Drop for Streamed {
+    /// The client stopped reading: it went away, or hyper had all the bytes the response's
+    /// content-length announced before the app's end frame came. Either way the app is
+    /// left to finish in the background (bounded by the deadline) instead of being killed.
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let rest = Streamed {
+            rx: std::mem::replace(&mut self.rx, mpsc::channel(1).1),
+            lease: Some(lease),
+            platform: self.platform.clone(),
+            request_id: std::mem::take(&mut self.request_id),
+            function: std::mem::take(&mut self.function),
+            deadline: self.deadline,
+            started: self.started,
+        };
+        tokio::spawn(rest.drain());
     }
 }
