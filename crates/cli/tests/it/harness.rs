@@ -31,10 +31,16 @@ impl Server {
     }
 
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(data_dir, &[], env)
+    }
+
+    /// Starts a server with extra `nimbus server` arguments and environment.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = Command::new(NIMBUS)
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .envs(env.iter().copied())
             .env("NIMBUS_LOG", "warn")
             .stdout(Stdio::piped())
@@ -65,6 +71,11 @@ impl Server {
             token,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A request to the gateway, without the admin token.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -169,4 +180,50 @@ pub fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+/// A Python with Flask and FastAPI installed, for the web-framework tests: a virtualenv in
+/// `target/test-venv`, made here from the package registry if `.ci/run` has not made it.
+pub fn web_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv");
+            let python = venv.join("bin/python3");
+            let ready = |py: &Path| {
+                Command::new(py)
+                    .args(["-c", "import flask, fastapi"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if ready(&python) {
+                return python;
+            }
+            // Built aside and renamed into place, so a concurrent test process never sees a
+            // half-installed environment.
+            let staging = venv.with_extension(format!("staging-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
+            let base = if Path::new("/usr/bin/python3").exists() {
+                "/usr/bin/python3"
+            } else {
+                "python3"
+            };
+            let made = Command::new(base)
+                .args(["-m", "venv"])
+                .arg(&staging)
+                .status()
+                .unwrap();
+            assert!(made.success(), "python3 -m venv failed");
+            let pip = Command::new(staging.join("bin/python3"))
+                .args(["-m", "pip", "install", "-q", "flask", "fastapi"])
+                .status()
+                .unwrap();
+            assert!(pip.success(), "installing flask and fastapi failed");
+            if std::fs::rename(&staging, &venv).is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            assert!(ready(&python), "the test virtualenv has no flask/fastapi");
+            python
+        })
+        .clone()
 }

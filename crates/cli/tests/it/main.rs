@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `nimbus server` on a free port, driven over HTTP and through
 //! the CLI, running real Python and Node.js instances.
 
+mod gateway;
 mod harness;
 
 use std::io::Write;
