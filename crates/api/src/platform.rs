@@ -319,6 +319,7 @@ impl Platform {
             timeout_ms: spec.timeout_ms,
             kind: spec.kind,
             command: spec.command.clone(),
+            concurrency: spec.concurrency,
         };
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();

@@ -50,6 +50,9 @@ pub struct FunctionInput {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub triggers: Vec<Trigger>,
+    /// Calls one instance takes at once.
+    #[schema(minimum = 1, maximum = 200, default = 1)]
+    pub concurrency: Option<u32>,
 }
 
 impl FunctionInput {
@@ -82,6 +85,7 @@ impl FunctionInput {
             command: self.command,
             url: self.url,
             triggers: self.triggers,
+            concurrency: self.concurrency.unwrap_or(1),
         })
     }
 }
@@ -106,6 +110,7 @@ pub struct FunctionView {
     pub url: Option<RouteOptions>,
     #[schema(value_type = Vec<Object>)]
     pub triggers: Vec<Trigger>,
+    pub concurrency: u32,
     /// Increases by one on every change.
     pub revision: u64,
     pub created_at_ms: i64,
@@ -128,6 +133,7 @@ impl From<Function> for FunctionView {
             command: s.command,
             url: s.url,
             triggers: s.triggers,
+            concurrency: s.concurrency,
             revision: f.revision,
             created_at_ms: f.created_at_ms,
             updated_at_ms: f.updated_at_ms,

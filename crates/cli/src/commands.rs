@@ -68,6 +68,7 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
             "command": spec.command,
             "url": spec.url,
             "triggers": spec.triggers,
+            "concurrency": spec.concurrency,
         });
         let res = client
             .send(

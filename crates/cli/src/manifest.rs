@@ -33,6 +33,7 @@ struct FunctionEntry {
     url: Option<RouteOptions>,
     #[serde(default)]
     triggers: Vec<TriggerEntry>,
+    concurrency: Option<u32>,
     #[serde(default = "default_code")]
     code: String,
     memory_mb: Option<u32>,
@@ -137,6 +138,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 .into_iter()
                 .map(|t| Trigger::Http(t.http))
                 .collect(),
+            concurrency: entry.concurrency.unwrap_or(1),
         };
         for e in spec.validate() {
             let field = if e.field == "name" {

@@ -120,6 +120,13 @@ pub struct FunctionSpec {
     pub url: Option<RouteOptions>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
+    /// Calls one instance takes at once; 1 (the default) isolates calls as Lambda does.
+    #[serde(default = "one")]
+    pub concurrency: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A stored function: the spec plus what the store adds.
@@ -295,6 +302,10 @@ impl FunctionSpec {
             validate_handler(self.runtime, self.kind, &self.handler),
         );
         push("type", self.validate_kind());
+        push(
+            "concurrency",
+            range(self.concurrency, 1, limits::CONCURRENCY_MAX),
+        );
         push("command", self.validate_command());
         push(
             "code_sha256",
@@ -442,6 +453,7 @@ mod tests {
             command: Vec::new(),
             url: None,
             triggers: Vec::new(),
+            concurrency: 1,
         }
     }
 
@@ -492,6 +504,8 @@ mod tests {
                 "env",
             ),
             (|s| s.kind = FunctionType::Http, "type"),
+            (|s| s.concurrency = 0, "concurrency"),
+            (|s| s.concurrency = 201, "concurrency"),
             (|s| s.command = vec!["./server".into()], "command"),
             (
                 |s| {

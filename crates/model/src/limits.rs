@@ -53,6 +53,9 @@ pub const RECENT_INVOCATIONS_MAX: usize = 256;
 /// Largest single frame on the instance channel: a payload plus its metadata.
 pub const FRAME_BYTES_MAX: usize = PAYLOAD_BYTES_MAX + 64 * 1024;
 
+/// Calls one instance may take at once (Function Compute allows up to 200).
+pub const CONCURRENCY_MAX: u32 = 200;
+
 /// Longest route pattern of an HTTP trigger.
 pub const ROUTE_LEN_MAX: usize = 256;
 

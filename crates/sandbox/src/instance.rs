@@ -472,6 +472,10 @@ fn instance_env(id: u64, c: &InstanceConfig, port: Option<u16>) -> Vec<(String, 
         ("NIMBUS_INSTANCE_ID".into(), format!("{}-{id}", c.function)),
         ("NIMBUS_MEMORY_MB".into(), c.memory_mb.to_string()),
         ("NIMBUS_TIMEOUT_MS".into(), c.timeout_ms.to_string()),
+        (
+            "NIMBUS_CONCURRENCY".into(),
+            c.concurrency.max(1).to_string(),
+        ),
         ("AWS_LAMBDA_FUNCTION_NAME".into(), c.function.clone()),
         (
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),

@@ -39,6 +39,8 @@ pub struct InstanceConfig {
     pub kind: FunctionType,
     /// A custom runtime's command.
     pub command: Vec<String>,
+    /// Calls one instance takes at once.
+    pub concurrency: u32,
 }
 
 /// A function's own failure, in the shape Lambda uses so existing tooling understands it.

@@ -1,14 +1,14 @@
-//! The warm pool: reuses idle instances, starts new ones within a node-wide cap, retires
-//! instances that crashed, timed out, went stale or sat idle too long.
+//! The warm pool: hands out instances with a free slot, starts new ones within a node-wide
+//! cap, retires instances that crashed, timed out, went stale or sat idle too long.
 //!
-//! Each instance serves one invocation at a time for now (per-function concurrency and the
-//! full scheduler come with issue 4). All pool decisions happen under one short lock that
-//! is never held across an await.
+//! An instance takes up to `concurrency` calls at once (the function's setting; 1 by
+//! default, as on Lambda). All pool decisions happen under one short lock that is never
+//! held across an await. The queueing and throttling scheduler comes with issue 4.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,12 +39,13 @@ impl Default for PoolConfig {
     }
 }
 
-/// A live instance together with its slot of the node-wide cap. Dropping it, wherever that
-/// happens (retired, or inside a cancelled invocation), kills the process and frees the slot.
+/// A live instance with its slot of the node-wide cap. When the last reference goes (the
+/// pool's and every lease's), the process is killed and the slot freed.
 struct Member {
     instance: Instance,
-    /// What a caller keeps with the instance for its next use (the gateway's connection).
-    attachment: Option<Box<dyn Any + Send + Sync>>,
+    /// What callers keep with the instance between calls (the gateway's connections),
+    /// at most one per concurrent call.
+    attachments: Mutex<Vec<Box<dyn Any + Send>>>,
     _slot: Slot,
 }
 
@@ -62,21 +63,24 @@ impl Drop for Slot {
     }
 }
 
-struct Idle {
-    member: Member,
-    since: Instant,
+struct Entry {
+    member: Arc<Member>,
+    /// Calls running on the instance now.
+    in_flight: usize,
+    /// When `in_flight` last dropped to zero.
+    idle_since: Instant,
 }
 
 struct FunctionPool {
-    /// Hash of the `InstanceConfig` the idle instances were started with.
+    /// Hash of the `InstanceConfig` the instances were started with.
     config_key: u64,
-    idle: Vec<Idle>,
+    entries: Vec<Entry>,
 }
 
 #[derive(Default)]
 struct State {
     functions: HashMap<String, FunctionPool>,
-    /// Instances alive (idle, busy, or starting), counted against `instances_max`.
+    /// Instances alive (busy, idle, or starting), counted against `instances_max`.
     live: usize,
     /// Process ids of every live instance, so shutdown can kill what is busy too.
     pids: HashMap<u64, i32>,
@@ -138,16 +142,16 @@ impl Pool {
         })
     }
 
-    /// Takes a warm instance of `config` or starts one. The instance is the caller's until
-    /// the lease is dropped, when it goes back to the pool (or is stopped, if it died).
+    /// Takes a slot on a warm instance of `config` or starts one. The slot is the caller's
+    /// until the lease is dropped.
     pub async fn acquire(
         self: &Arc<Self>,
         config: &InstanceConfig,
     ) -> Result<Acquired, SandboxError> {
         let key = config_key(config);
-        let (member, cold_start) = match self.checkout(&config.function, key)? {
+        let (member, cold_start) = match self.checkout(config, key)? {
             Some(member) => (member, false),
-            None => match self.start(config).await? {
+            None => match self.start(config, key).await? {
                 Ok(member) => (member, true),
                 Err(error) => return Ok(Acquired::Failed(error)),
             },
@@ -156,37 +160,38 @@ impl Pool {
             pool: self.clone(),
             function: config.function.clone(),
             key,
+            concurrency: config.concurrency.max(1) as usize,
             member: Some(member),
             cold_start,
             timeout: Duration::from_millis(config.timeout_ms as u64),
-            busy: std::sync::atomic::AtomicBool::new(false),
+            busy: AtomicBool::new(false),
         }))
     }
 
-    /// Stops the idle instances of `function`, e.g. after it was updated or deleted.
+    /// Stops the instances of `function` once their calls finish, e.g. after it was
+    /// updated or deleted.
     pub fn evict(&self, function: &str) {
         let removed = self.state.lock().unwrap().functions.remove(function);
-        if let Some(pool) = removed {
-            for idle in pool.idle {
-                self.retire(idle.member);
-            }
-        }
+        // Idle instances die here; busy ones when their last lease is dropped.
+        drop(removed);
     }
 
     /// Refuses new invocations and kills every instance, busy or idle.
     pub fn shutdown(&self) {
-        let (idle, pids) = {
+        let (entries, pids) = {
             let mut state = self.state.lock().unwrap();
             state.closed = true;
-            let idle: Vec<Idle> = state.functions.drain().flat_map(|(_, p)| p.idle).collect();
-            (idle, state.pids.values().copied().collect::<Vec<_>>())
+            let entries: Vec<Entry> = state
+                .functions
+                .drain()
+                .flat_map(|(_, p)| p.entries)
+                .collect();
+            (entries, state.pids.values().copied().collect::<Vec<_>>())
         };
         for pid in pids {
             kill_group(pid);
         }
-        for idle in idle {
-            self.retire(idle.member);
-        }
+        drop(entries);
     }
 
     /// Number of live instances (for tests and, later, metrics).
@@ -194,8 +199,17 @@ impl Pool {
         self.state.lock().unwrap().live
     }
 
-    fn checkout(&self, function: &str, key: u64) -> Result<Option<Member>, SandboxError> {
-        let mut stale = Vec::new();
+    /// A slot on a warm instance with room, the most recently used first: it is the
+    /// likeliest to be hot in caches, and it lets the others age out.
+    fn checkout(
+        &self,
+        config: &InstanceConfig,
+        key: u64,
+    ) -> Result<Option<Arc<Member>>, SandboxError> {
+        let concurrency = config.concurrency.max(1) as usize;
+        // Entries leaving the pool are dropped after the lock is released: dropping the
+        // last reference to an instance takes the lock again (to free its slot).
+        let mut gone = Vec::new();
         let found = {
             let mut state = self.state.lock().unwrap();
             if state.closed {
@@ -203,58 +217,70 @@ impl Pool {
             }
             let pool = state
                 .functions
-                .entry(function.to_string())
+                .entry(config.function.clone())
                 .or_insert(FunctionPool {
                     config_key: key,
-                    idle: Vec::new(),
+                    entries: Vec::new(),
                 });
             if pool.config_key != key {
-                // The function changed: its idle instances run old code or config.
+                // The function changed: its instances run old code or config.
                 pool.config_key = key;
-                stale.append(&mut pool.idle);
+                gone.append(&mut pool.entries);
             }
-            let mut found = None;
-            // Most recently used first: it is the likeliest to be hot in caches, and it lets
-            // the least recently used ones age out.
-            while let Some(idle) = pool.idle.pop() {
-                if idle.member.instance.is_dead() {
-                    stale.push(idle);
-                } else {
-                    found = Some(idle.member);
-                    break;
-                }
-            }
-            found
+            let (dead, alive): (Vec<Entry>, Vec<Entry>) = pool
+                .entries
+                .drain(..)
+                .partition(|e| e.member.instance.is_dead());
+            pool.entries = alive;
+            gone.extend(dead);
+            let entry = pool
+                .entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.in_flight < concurrency);
+            entry.map(|e| {
+                e.in_flight += 1;
+                e.member.clone()
+            })
         };
-        for idle in stale {
-            self.retire(idle.member);
-        }
+        drop(gone);
         Ok(found)
     }
 
-    fn checkin(&self, function: &str, key: u64, member: Member) {
-        if !member.instance.is_dead() {
+    /// Gives a slot back. `retire` takes the instance out of the pool: it died, timed out,
+    /// or was left mid-call with no room for another.
+    fn checkin(&self, function: &str, key: u64, member: Arc<Member>, retire: bool) {
+        let gone = {
             let mut state = self.state.lock().unwrap();
-            let closed = state.closed;
-            if let Some(pool) = state.functions.get_mut(function)
-                && pool.config_key == key
-                && !closed
-            {
-                pool.idle.push(Idle {
-                    member,
-                    since: Instant::now(),
-                });
+            let Some(pool) = state.functions.get_mut(function) else {
                 return;
+            };
+            let Some(i) = pool
+                .entries
+                .iter()
+                .position(|e| Arc::ptr_eq(&e.member, &member))
+            else {
+                return;
+            };
+            let entry = &mut pool.entries[i];
+            entry.in_flight -= 1;
+            if entry.in_flight == 0 {
+                entry.idle_since = Instant::now();
             }
-        }
-        self.retire(member);
+            (retire || pool.config_key != key || member.instance.is_dead())
+                .then(|| pool.entries.remove(i))
+        };
+        drop(gone);
+        drop(member);
     }
 
-    /// Starts an instance, holding a slot of the node-wide cap while it lives.
+    /// Starts an instance, holding a slot of the node-wide cap while it lives, and adds it
+    /// to the pool with this caller's call in flight.
     async fn start(
         &self,
         config: &InstanceConfig,
-    ) -> Result<Result<Member, FunctionError>, SandboxError> {
+        key: u64,
+    ) -> Result<Result<Arc<Member>, FunctionError>, SandboxError> {
         let launch = self
             .runtimes
             .launch(config)
@@ -277,28 +303,32 @@ impl Pool {
             Err(StartError::Platform(e)) => return Err(e),
             Err(StartError::Function(e)) => return Ok(Err(e)),
         };
-        let member = Member {
+        let member = Arc::new(Member {
             instance,
-            attachment: None,
+            attachments: Mutex::new(Vec::new()),
             _slot: slot,
-        };
-        let closed = {
-            let mut state = self.state.lock().unwrap();
-            state.pids.insert(id, member.instance.pid);
-            state.closed
-        };
-        if closed {
-            self.retire(member);
+        });
+        let mut state = self.state.lock().unwrap();
+        state.pids.insert(id, member.instance.pid);
+        if state.closed {
             return Err(SandboxError::ShuttingDown);
+        }
+        let pool = state
+            .functions
+            .entry(config.function.clone())
+            .or_insert(FunctionPool {
+                config_key: key,
+                entries: Vec::new(),
+            });
+        if pool.config_key == key {
+            pool.entries.push(Entry {
+                member: member.clone(),
+                in_flight: 1,
+                idle_since: Instant::now(),
+            });
         }
         tracing::debug!(function = %config.function, instance = id, init_ms = member.instance.init.as_millis() as u64, "instance started");
         Ok(Ok(member))
-    }
-
-    fn retire(&self, member: Member) {
-        tracing::debug!(instance = member.instance.id, "instance stopped");
-        // Dropping kills the process group and frees the slot.
-        drop(member);
     }
 }
 
@@ -319,34 +349,36 @@ pub enum WebReply {
     Error(FunctionError, Logs),
 }
 
-/// Exclusive use of one instance. Dropping the lease returns the instance to the pool.
+/// One call slot on one instance. Dropping the lease gives the slot back.
 pub struct Lease {
     pool: Arc<Pool>,
     function: String,
     key: u64,
-    member: Option<Member>,
+    concurrency: usize,
+    member: Option<Arc<Member>>,
     /// Whether the instance was started for this lease.
     pub cold_start: bool,
     timeout: Duration,
-    /// Set while a call is unfinished. A lease dropped then (its caller went away) stops
-    /// the instance: a busy instance must never be handed to the next caller.
-    busy: std::sync::atomic::AtomicBool,
+    /// Set while a call is unfinished. A lease dropped then (its caller went away) on an
+    /// instance of concurrency 1 retires the instance: a busy instance must never be
+    /// handed to the next caller.
+    busy: AtomicBool,
 }
 
 impl Lease {
-    fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Release);
-    }
-
-    /// Marks a streamed web response as complete, so the instance can be reused.
-    pub fn finish_stream(&self) {
-        self.set_busy(false);
-    }
-
     fn member(&self) -> &Member {
         self.member
             .as_ref()
             .expect("a lease holds its instance until dropped")
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+    }
+
+    /// Marks a streamed web response as complete, so the slot can be reused.
+    pub fn finish_stream(&self) {
+        self.set_busy(false);
     }
 
     pub fn instance_id(&self) -> u64 {
@@ -437,8 +469,9 @@ impl Lease {
         }
     }
 
-    /// The error of a call that ran past the timeout; the instance is killed, because the
-    /// handler may be stuck anywhere and only that frees it.
+    /// The error of a call that ran past the timeout. The instance is killed, because the
+    /// handler may be stuck anywhere and only that frees it; calls sharing the instance
+    /// fail with it.
     pub fn timed_out(&self) -> FunctionError {
         self.member().instance.kill();
         FunctionError::new(
@@ -451,7 +484,7 @@ impl Lease {
     }
 
     /// Starts a call made over HTTP (HTTP instances): the instance's output is attributed
-    /// to it until `end_external`.
+    /// to it until `end_external` (exactly, while it is the only call in flight).
     pub fn begin_external(&self) -> u32 {
         self.set_busy(true);
         self.member().instance.begin_external()
@@ -468,31 +501,40 @@ impl Lease {
         self.member().instance.crash_report(why.to_string()).await
     }
 
-    /// Stops the instance now instead of returning it to the pool.
+    /// Takes the instance out of the pool and kills it now.
     pub fn discard(&mut self) {
         if let Some(member) = self.member.take() {
-            self.pool.retire(member);
+            member.instance.kill();
+            self.pool.checkin(&self.function, self.key, member, true);
         }
     }
 
-    /// Caller data kept with the instance between leases.
-    pub fn attachment(&mut self) -> &mut Option<Box<dyn Any + Send + Sync>> {
-        &mut self
-            .member
-            .as_mut()
-            .expect("a lease holds its instance until dropped")
-            .attachment
+    /// Takes something a previous caller kept with this instance (a connection).
+    pub fn take_attachment<T: Any + Send>(&self) -> Option<T> {
+        let mut list = self.member().attachments.lock().unwrap();
+        let i = list.iter().position(|a| a.is::<T>())?;
+        list.swap_remove(i).downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// Keeps something with this instance for a later caller; at most one per call slot.
+    pub fn put_attachment<T: Any + Send>(&self, value: T) {
+        let mut list = self.member().attachments.lock().unwrap();
+        if list.len() < self.concurrency {
+            list.push(Box::new(value));
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(member) = self.member.take() {
-            if self.busy.load(Ordering::Acquire) {
-                self.pool.retire(member);
-            } else {
-                self.pool.checkin(&self.function, self.key, member);
+            let abandoned = self.busy.load(Ordering::Acquire);
+            // With room for other calls, an abandoned call just finishes on its own.
+            let retire = abandoned && self.concurrency == 1;
+            if retire {
+                member.instance.kill();
             }
+            self.pool.checkin(&self.function, self.key, member, retire);
         }
     }
 }
@@ -510,23 +552,22 @@ async fn reap_idle(pool: std::sync::Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let expired: Vec<Idle> = {
+        let expired: Vec<Entry> = {
             let mut state = pool.state.lock().unwrap();
             let idle_timeout = pool.config.idle_timeout;
             let mut expired = Vec::new();
             for fp in state.functions.values_mut() {
-                let (old, keep): (Vec<Idle>, Vec<Idle>) = fp
-                    .idle
+                let (old, keep): (Vec<Entry>, Vec<Entry>) = fp
+                    .entries
                     .drain(..)
-                    .partition(|i| i.since.elapsed() >= idle_timeout);
-                fp.idle = keep;
+                    .partition(|e| e.in_flight == 0 && e.idle_since.elapsed() >= idle_timeout);
+                fp.entries = keep;
                 expired.extend(old);
             }
             expired
         };
-        for idle in expired {
-            pool.retire(idle.member);
-        }
+        // Dropped outside the lock: the last reference kills the process.
+        drop(expired);
     }
 }
 
@@ -597,6 +638,7 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             timeout_ms,
             kind: model::FunctionType::Handler,
             command: Vec::new(),
+            concurrency: 1,
         }
     }
 
@@ -750,6 +792,60 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
         let _ = busy.await;
         assert_eq!(pool.live_instances(), 0);
         assert!(pool.invoke(&c, "r3", b"{}").await.is_ok());
+    }
+
+    /// Four 300 ms calls on one instance of concurrency 4 overlap: they finish together,
+    /// and each call's output stays its own.
+    #[tokio::test]
+    async fn concurrent_calls_share_one_instance() {
+        let py = "import time, asyncio\ndef handler(event, context):\n    print('start', context.aws_request_id)\n    time.sleep(0.3)\n    print('end', context.aws_request_id)\n    return event\nasync def ahandler(event, context):\n    await asyncio.sleep(0.3)\n    print('async', context.aws_request_id)\n    return event\n";
+        let js = "exports.handler = async (event, context) => { console.log('start', context.awsRequestId); await new Promise((r) => setTimeout(r, 300)); console.log('end', context.awsRequestId); return event; };\n";
+        let (tmp, pool) = setup(&[("main.py", py), ("index.js", js)]);
+        for (runtime, handler) in [
+            (Runtime::Python3, "main.handler"),
+            (Runtime::Python3, "main.ahandler"),
+            (Runtime::Nodejs, "index.handler"),
+        ] {
+            let mut c = config(&tmp, runtime, handler, 5000);
+            c.concurrency = 4;
+            // Start the instance first, so the four calls find it warm.
+            pool.invoke(&c, "warm", b"{}").await.unwrap();
+            let started = Instant::now();
+            let calls: Vec<_> = (0..4)
+                .map(|i| {
+                    let (pool, c) = (pool.clone(), c.clone());
+                    tokio::spawn(async move {
+                        pool.invoke(&c, &format!("r{i}"), format!("{{\"i\":{i}}}").as_bytes())
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut instances = std::collections::HashSet::new();
+            for (i, call) in calls.into_iter().enumerate() {
+                let inv = call.await.unwrap();
+                assert_eq!(body(&inv), format!("{{\"i\":{i}}}"), "{handler}");
+                instances.insert(inv.instance_id);
+                for line in &inv.logs.lines {
+                    assert!(
+                        line.message.ends_with(&format!("r{i}")),
+                        "{handler}: {line:?} in r{i}"
+                    );
+                }
+                assert!(!inv.logs.lines.is_empty(), "{handler}");
+            }
+            let elapsed = started.elapsed();
+            assert_eq!(
+                instances.len(),
+                1,
+                "{handler}: the calls spread over {instances:?}"
+            );
+            assert!(
+                elapsed < Duration::from_millis(1000),
+                "{handler}: {elapsed:?}: the calls ran one after another"
+            );
+            pool.evict("f");
+        }
     }
 
     #[tokio::test]

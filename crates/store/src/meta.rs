@@ -258,6 +258,7 @@ mod tests {
             command: Vec::new(),
             url: None,
             triggers: Vec::new(),
+            concurrency: 1,
         }
     }
 

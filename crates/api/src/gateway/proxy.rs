@@ -65,13 +65,10 @@ pub(crate) async fn serve(
     let deadline = tokio::time::Instant::now() + lease.timeout();
     let call = lease.begin_external();
     let request = upstream_request(&r)?;
-    let reused = lease
-        .attachment()
-        .take()
-        .and_then(|a| a.downcast::<Sender>().ok());
+    let reused = lease.take_attachment::<Sender>();
     let exchange = async {
         let mut sender = match reused {
-            Some(s) if !s.is_closed() => *s,
+            Some(s) if !s.is_closed() => s,
             _ => connect(lease.port().expect("an HTTP instance has a port")).await?,
         };
         sender.ready().await.map_err(|e| e.to_string())?;
@@ -118,7 +115,6 @@ pub(crate) async fn serve(
             return Ok((response, timing));
         }
     };
-    *lease.attachment() = Some(Box::new(sender));
     let (parts, body) = upstream.into_parts();
     let mut response = Response::new(Body::empty());
     *response.status_mut() = parts.status;
@@ -129,6 +125,7 @@ pub(crate) async fn serve(
     }
     let stream = Proxied {
         body: Some(body),
+        sender: Some(sender),
         lease: Some(lease),
         call,
         platform: platform.clone(),
@@ -192,6 +189,8 @@ async fn connect(port: u16) -> Result<Sender, String> {
 struct Proxied {
     /// `None` only once handed to the background drain.
     body: Option<hyper::body::Incoming>,
+    /// The connection, kept with the instance for the next call once this body is read.
+    sender: Option<Sender>,
     lease: Option<Lease>,
     call: u32,
     platform: Arc<Platform>,
@@ -250,6 +249,11 @@ impl Proxied {
             return;
         };
         let logs = lease.end_external(self.call);
+        if let Some(sender) = self.sender.take()
+            && !discard
+        {
+            lease.put_attachment(sender);
+        }
         let timing = (
             lease.cold_start,
             lease.init_ms(),
@@ -279,6 +283,7 @@ impl Drop for Proxied {
         };
         let rest = Proxied {
             body: self.body.take(),
+            sender: self.sender.take(),
             lease: Some(lease),
             call: self.call,
             platform: self.platform.clone(),

@@ -233,6 +233,7 @@ mod tests {
                 command: vec![],
                 url: None,
                 triggers,
+                concurrency: 1,
             },
             revision: 1,
             created_at_ms: 0,

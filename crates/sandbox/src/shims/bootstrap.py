@@ -188,6 +188,43 @@ def _encode_result(result):
     return b"json", json.dumps(result, separators=(",", ":")).encode()
 
 
+def _await(loop_holder, ident, awaitable):
+    """Runs an async handler's coroutine: on this thread's loop when calls run one at a
+    time, else on the shared background loop (the call's id travels with it)."""
+    global asyncio
+    import asyncio
+
+    if _BACKGROUND_LOOP is not None:
+        async def with_ident():
+            _current.set(ident)
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(with_ident(), _BACKGROUND_LOOP).result()
+    if loop_holder[0] is None:
+        loop_holder[0] = asyncio.new_event_loop()
+    return loop_holder[0].run_until_complete(awaitable)
+
+
+def _run_on(loop, coroutine):
+    """Runs a coroutine to completion on `loop`, which may be running on another thread."""
+    if loop.is_running():
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+    return loop.run_until_complete(coroutine)
+
+
+def _start_background_loop():
+    """An event loop on its own thread, shared by concurrent async calls."""
+    global asyncio
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="nimbus-asyncio", daemon=True).start()
+    return loop
+
+
+_BACKGROUND_LOOP = None
+
+
 def _run(handler, loop_holder, ident, meta, body):
     token = _current.set(ident)
     try:
@@ -195,10 +232,7 @@ def _run(handler, loop_holder, ident, meta, body):
             ctx = Context(json.loads(meta))
             result = handler(_decode_event(body), ctx)
             if inspect.isawaitable(result):
-                if loop_holder[0] is None:
-                    import asyncio
-                    loop_holder[0] = asyncio.new_event_loop()
-                result = loop_holder[0].run_until_complete(result)
+                result = _await(loop_holder, ident, result)
             try:
                 kind, data = _encode_result(result)
             except (TypeError, ValueError) as e:
@@ -418,7 +452,7 @@ def _asgi_lifespan(loop, app):
         except asyncio.TimeoutError:
             pass
 
-    loop.run_until_complete(start())
+    _run_on(loop, start())
     if outcome.get("type") == "lifespan.startup.failed":
         raise RuntimeError("ASGI lifespan startup failed: %s" % outcome.get("message"))
     return state
@@ -444,7 +478,17 @@ def main():
     _CONTEXT_LOGGER = logging.getLogger("nimbus.function")
     _CONTEXT_LOGGER.setLevel(logging.INFO)
 
+    global _BACKGROUND_LOOP
     kind_of_function = os.environ.get("NIMBUS_TYPE", "handler")
+    concurrency = max(1, int(os.environ.get("NIMBUS_CONCURRENCY", "1")))
+    executor = None
+    if concurrency > 1:
+        # Calls run at once: handlers and WSGI apps on a thread each, coroutines on one
+        # shared event loop.
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nimbus-call")
+        _BACKGROUND_LOOP = _start_background_loop()
     loop_holder = [None]
     state = {}
     try:
@@ -452,7 +496,7 @@ def main():
         if kind_of_function == "asgi":
             global asyncio
             import asyncio
-            loop_holder[0] = asyncio.new_event_loop()
+            loop_holder[0] = _BACKGROUND_LOOP or asyncio.new_event_loop()
             state = _asgi_lifespan(loop_holder[0], func)
     except _InitFailure as f:
         cause = f.cause if f.cause is not None else f
@@ -469,10 +513,16 @@ def main():
         if frame is None:
             return
         kind, ident, meta, body = frame
-        if kind == INVOKE:
+        if kind == INVOKE and executor:
+            executor.submit(_run, func, loop_holder, ident, meta, body)
+        elif kind == INVOKE:
             _run(func, loop_holder, ident, meta, body)
+        elif kind == REQUEST and kind_of_function == "wsgi" and executor:
+            executor.submit(_serve_wsgi, func, ident, meta, body)
         elif kind == REQUEST and kind_of_function == "wsgi":
             _serve_wsgi(func, ident, meta, body)
+        elif kind == REQUEST and kind_of_function == "asgi" and executor:
+            asyncio.run_coroutine_threadsafe(_serve_asgi(func, ident, meta, body, state), loop_holder[0])
         elif kind == REQUEST and kind_of_function == "asgi":
             loop_holder[0].run_until_complete(_serve_asgi(func, ident, meta, body, state))
         elif kind == REQUEST:
