@@ -17,11 +17,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench-invoke") => bench_invoke(&args[1..]),
+        Some("bench-gateway") => bench_gateway(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\n\
-                 Builds the release binary, starts a server and the asyncio baseline, and\n\
-                 prints p50/p99 latency and throughput of both, with their ratio."
+                "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
+                 \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\n\
+                 bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
+                 function against a minimal asyncio server. bench-gateway: wrk against routes\n\
+                 through the gateway and against the same servers run directly."
             );
             std::process::exit(2);
         }
@@ -237,4 +240,209 @@ async fn run(target: &Target, conns: usize, duration: Duration) -> anyhow::Resul
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
     })
+}
+
+/// What wrk measured.
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs wrk (from Debian's `wrk` package) and reads its summary.
+fn wrk(url: &str, connections: usize, seconds: u64) -> anyhow::Result<Wrk> {
+    let threads = connections.clamp(1, 2);
+    let out = Command::new("wrk")
+        .args([
+            "--latency",
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+        ])
+        .args(["-d", &format!("{seconds}s"), url])
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let ms = |v: &str| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => f64::NAN,
+        }
+    };
+    if text.contains("Non-2xx") {
+        bail!("{url} answered errors under load:\n{text}");
+    }
+    Ok(Wrk {
+        rps: field("Requests/sec:")
+            .context("no Requests/sec in wrk output")?
+            .parse()?,
+        p50_ms: ms(field("50%").context("no p50")?),
+        p99_ms: ms(field("99%").context("no p99")?),
+    })
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {port}")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Gateway throughput and p99 against the same servers run directly.
+fn bench_gateway(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "nimbus"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("building nimbus failed");
+    }
+    // Flask and gunicorn in a virtualenv of the benchmark's own.
+    let venv = root.join("target/bench-venv");
+    let python = venv.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", "import flask, gunicorn"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        let base = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        Command::new(base)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+        let ok = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "flask", "gunicorn"])
+            .status()?;
+        if !ok.success() {
+            bail!("installing flask and gunicorn failed");
+        }
+    }
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (_server, endpoint) = start(
+        Command::new(&nimbus)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--python3")
+            .arg(&python)
+            .env("NIMBUS_LOG", "warn"),
+        "nimbus listening on ",
+    )?;
+    for project in [
+        "bench/gateway-noop",
+        "examples/flask-app",
+        "examples/custom-java",
+    ] {
+        let ok = Command::new(&nimbus)
+            .arg("deploy")
+            .arg(root.join(project))
+            .env("NIMBUS_ENDPOINT", &endpoint)
+            .env("NIMBUS_DATA_DIR", &data)
+            .status()?;
+        if !ok.success() {
+            bail!("deploying {project} failed");
+        }
+    }
+    // The same Flask app under gunicorn (4 sync workers on 2 cores), the same Java server.
+    let gunicorn_port = free_port()?;
+    let _gunicorn = Guard(
+        Command::new(venv.join("bin/gunicorn"))
+            .args([
+                "-w",
+                "4",
+                "-b",
+                &format!("127.0.0.1:{gunicorn_port}"),
+                "app:app",
+            ])
+            .current_dir(root.join("examples/flask-app"))
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let java_port = free_port()?;
+    let _java = Guard(
+        Command::new("java")
+            .args([
+                "-Dsun.net.httpserver.nodelay=true",
+                "-XX:TieredStopAtLevel=1",
+                "Server.java",
+            ])
+            .arg(java_port.to_string())
+            .current_dir(root.join("examples/custom-java"))
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(gunicorn_port)?;
+    wait_port(java_port)?;
+
+    let cases = [
+        ("no-op python route", format!("{endpoint}/noop"), None),
+        (
+            "flask hello",
+            format!("{endpoint}/hello/bench"),
+            Some(format!("http://127.0.0.1:{gunicorn_port}/hello/bench")),
+        ),
+        (
+            "java custom runtime",
+            format!("{endpoint}/java/bench"),
+            Some(format!("http://127.0.0.1:{java_port}/java/bench")),
+        ),
+    ];
+    println!(
+        "{:<22} {:<9} {:>5} {:>10} {:>8} {:>8}",
+        "case", "via", "conns", "req/s", "p50_ms", "p99_ms"
+    );
+    for conns in [1, opts.connections] {
+        for (name, through, direct) in &cases {
+            // A short warm-up starts the instances the measured run will use.
+            wrk(through, conns, 2)?;
+            let via = wrk(through, conns, opts.seconds)?;
+            println!(
+                "{name:<22} {:<9} {conns:>5} {:>10.0} {:>8.3} {:>8.3}",
+                "nimbus", via.rps, via.p50_ms, via.p99_ms
+            );
+            if let Some(direct) = direct {
+                wrk(direct, conns, 2)?;
+                let d = wrk(direct, conns, opts.seconds)?;
+                println!(
+                    "{name:<22} {:<9} {conns:>5} {:>10.0} {:>8.3} {:>8.3}",
+                    "direct", d.rps, d.p50_ms, d.p99_ms
+                );
+                println!(
+                    "  -> {name} at {conns} conn(s): nimbus/direct throughput {:.2}x, p99 {:+.3} ms",
+                    via.rps / d.rps,
+                    via.p99_ms - d.p99_ms
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }
