@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use model::http::{RouteOptions, Trigger};
-use model::{Function, FunctionSpec, FunctionType, limits};
+use model::{Function, FunctionSpec, FunctionType};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -53,6 +53,22 @@ pub struct FunctionInput {
     /// Calls one instance takes at once.
     #[schema(minimum = 1, maximum = 200, default = 1)]
     pub concurrency: Option<u32>,
+    /// Instances kept ready with no traffic.
+    pub min_instances: Option<u32>,
+    /// Most instances at once (default 10).
+    pub max_instances: Option<u32>,
+    /// Idle time after which an instance is stopped (default 600000).
+    pub idle_timeout_ms: Option<u32>,
+    /// How long a call waits for a slot before it is throttled (default 1000).
+    pub queue_timeout_ms: Option<u32>,
+    /// `module.function` run once per instance before its first call.
+    #[serde(default)]
+    pub initializer: String,
+    pub initializer_timeout_ms: Option<u32>,
+    /// `module.function` run before an instance is stopped.
+    #[serde(default)]
+    pub pre_stop: String,
+    pub pre_stop_timeout_ms: Option<u32>,
 }
 
 impl FunctionInput {
@@ -72,45 +88,39 @@ impl FunctionInput {
             .runtime
             .parse()
             .map_err(|e: String| ApiError::invalid(format!("runtime: {e}")))?;
+        let d = FunctionSpec::new(&name, runtime, &self.handler, &self.code_sha256);
         Ok(FunctionSpec {
-            name,
-            runtime,
-            handler: self.handler,
-            code_sha256: self.code_sha256,
-            memory_mb: self.memory_mb.unwrap_or(limits::MEMORY_MB_DEFAULT),
-            timeout_ms: self.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
+            memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             env: self.env,
             description: self.description,
-            kind: self.kind.unwrap_or(FunctionType::default_for(runtime)),
+            kind: self.kind.unwrap_or(d.kind),
             command: self.command,
             url: self.url,
             triggers: self.triggers,
-            concurrency: self.concurrency.unwrap_or(1),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            min_instances: self.min_instances.unwrap_or(d.min_instances),
+            max_instances: self.max_instances.unwrap_or(d.max_instances),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            queue_timeout_ms: self.queue_timeout_ms.unwrap_or(d.queue_timeout_ms),
+            initializer: self.initializer,
+            initializer_timeout_ms: self
+                .initializer_timeout_ms
+                .unwrap_or(d.initializer_timeout_ms),
+            pre_stop: self.pre_stop,
+            pre_stop_timeout_ms: self.pre_stop_timeout_ms.unwrap_or(d.pre_stop_timeout_ms),
+            ..d
         })
     }
 }
 
-/// A stored function.
+/// A stored function: its complete configuration (every default filled in) and what the
+/// store adds.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FunctionView {
-    pub name: String,
-    pub runtime: String,
-    pub handler: String,
-    pub code_sha256: String,
-    pub memory_mb: u32,
-    pub timeout_ms: u32,
-    pub env: BTreeMap<String, String>,
-    pub description: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub url: Option<RouteOptions>,
-    #[schema(value_type = Vec<Object>)]
-    pub triggers: Vec<Trigger>,
-    pub concurrency: u32,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub spec: FunctionSpec,
     /// Increases by one on every change.
     pub revision: u64,
     pub created_at_ms: i64,
@@ -119,21 +129,8 @@ pub struct FunctionView {
 
 impl From<Function> for FunctionView {
     fn from(f: Function) -> Self {
-        let s = f.spec;
         FunctionView {
-            name: s.name,
-            runtime: s.runtime.to_string(),
-            handler: s.handler,
-            code_sha256: s.code_sha256,
-            memory_mb: s.memory_mb,
-            timeout_ms: s.timeout_ms,
-            env: s.env,
-            description: s.description,
-            kind: s.kind.as_str().to_string(),
-            command: s.command,
-            url: s.url,
-            triggers: s.triggers,
-            concurrency: s.concurrency,
+            spec: f.spec,
             revision: f.revision,
             created_at_ms: f.created_at_ms,
             updated_at_ms: f.updated_at_ms,

@@ -56,20 +56,11 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
         }
         spec.code_sha256 = store::sha256_hex(&zip);
         upload_if_missing(client, &spec.code_sha256, zip).await?;
-        let body = serde_json::json!({
-            "runtime": spec.runtime.as_str(),
-            "handler": spec.handler,
-            "code_sha256": spec.code_sha256,
-            "memory_mb": spec.memory_mb,
-            "timeout_ms": spec.timeout_ms,
-            "env": spec.env,
-            "description": spec.description,
-            "type": spec.kind,
-            "command": spec.command,
-            "url": spec.url,
-            "triggers": spec.triggers,
-            "concurrency": spec.concurrency,
-        });
+        // The resolved spec is the request: every setting explicit, the name in the path.
+        let mut body = serde_json::to_value(&spec)?;
+        if let Some(o) = body.as_object_mut() {
+            o.remove("name");
+        }
         let res = client
             .send(
                 client

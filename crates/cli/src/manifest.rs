@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use model::http::{HttpTrigger, RouteOptions, Trigger};
-use model::{FunctionSpec, FunctionType, Runtime, limits};
+use model::{FunctionSpec, FunctionType, Runtime};
 use serde::Deserialize;
 
 pub const FILE_NAME: &str = "nimbus.yaml";
@@ -34,6 +34,16 @@ struct FunctionEntry {
     #[serde(default)]
     triggers: Vec<TriggerEntry>,
     concurrency: Option<u32>,
+    min_instances: Option<u32>,
+    max_instances: Option<u32>,
+    idle_timeout_ms: Option<u32>,
+    queue_timeout_ms: Option<u32>,
+    #[serde(default)]
+    initializer: String,
+    initializer_timeout_ms: Option<u32>,
+    #[serde(default)]
+    pre_stop: String,
+    pre_stop_timeout_ms: Option<u32>,
     #[serde(default = "default_code")]
     code: String,
     memory_mb: Option<u32>,
@@ -116,21 +126,18 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 continue;
             }
         };
+        // The code hash is filled in once the code is zipped; a placeholder until then.
+        let d = FunctionSpec::new(&name, runtime, &entry.handler, &"0".repeat(64));
         let spec = FunctionSpec {
-            name: name.clone(),
-            runtime,
-            handler: entry.handler,
-            // Filled in once the code is zipped; a placeholder that passes validation.
-            code_sha256: "0".repeat(64),
-            memory_mb: entry.memory_mb.unwrap_or(limits::MEMORY_MB_DEFAULT),
-            timeout_ms: entry.timeout_ms.unwrap_or(limits::TIMEOUT_MS_DEFAULT),
+            memory_mb: entry.memory_mb.unwrap_or(d.memory_mb),
+            timeout_ms: entry.timeout_ms.unwrap_or(d.timeout_ms),
             env: entry
                 .env
                 .into_iter()
                 .map(|(k, v)| (k, v.into_string()))
                 .collect(),
             description: entry.description,
-            kind: entry.kind.unwrap_or(FunctionType::default_for(runtime)),
+            kind: entry.kind.unwrap_or(d.kind),
             command: entry.command,
             url: entry.url,
             triggers: entry
@@ -138,7 +145,18 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 .into_iter()
                 .map(|t| Trigger::Http(t.http))
                 .collect(),
-            concurrency: entry.concurrency.unwrap_or(1),
+            concurrency: entry.concurrency.unwrap_or(d.concurrency),
+            min_instances: entry.min_instances.unwrap_or(d.min_instances),
+            max_instances: entry.max_instances.unwrap_or(d.max_instances),
+            idle_timeout_ms: entry.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            queue_timeout_ms: entry.queue_timeout_ms.unwrap_or(d.queue_timeout_ms),
+            initializer: entry.initializer,
+            initializer_timeout_ms: entry
+                .initializer_timeout_ms
+                .unwrap_or(d.initializer_timeout_ms),
+            pre_stop: entry.pre_stop,
+            pre_stop_timeout_ms: entry.pre_stop_timeout_ms.unwrap_or(d.pre_stop_timeout_ms),
+            ..d
         };
         for e in spec.validate() {
             let field = if e.field == "name" {
@@ -183,7 +201,10 @@ mod tests {
         let s = &plan[0].spec;
         assert_eq!(
             (s.memory_mb, s.timeout_ms),
-            (limits::MEMORY_MB_DEFAULT, limits::TIMEOUT_MS_DEFAULT)
+            (
+                model::limits::MEMORY_MB_DEFAULT,
+                model::limits::TIMEOUT_MS_DEFAULT
+            )
         );
         assert_eq!(s.env["PORT"], "8080");
         assert_eq!(s.env["DEBUG"], "true");

@@ -123,10 +123,76 @@ pub struct FunctionSpec {
     /// Calls one instance takes at once; 1 (the default) isolates calls as Lambda does.
     #[serde(default = "one")]
     pub concurrency: u32,
+    /// Instances kept ready with no traffic (provisioned).
+    #[serde(default)]
+    pub min_instances: u32,
+    /// Most instances at once; past it, calls wait `queue_timeout_ms`, then are throttled.
+    #[serde(default = "max_instances_default")]
+    pub max_instances: u32,
+    /// An instance idle this long is stopped, down to `min_instances`.
+    #[serde(default = "idle_timeout_default")]
+    pub idle_timeout_ms: u32,
+    /// How long a call may wait for a free slot before it is throttled (429).
+    #[serde(default = "queue_timeout_default")]
+    pub queue_timeout_ms: u32,
+    /// `module.function` run once per instance before its first call (FC's initializer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub initializer: String,
+    #[serde(default = "initializer_timeout_default")]
+    pub initializer_timeout_ms: u32,
+    /// `module.function` run when an instance is stopped, before it is killed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pre_stop: String,
+    #[serde(default = "pre_stop_timeout_default")]
+    pub pre_stop_timeout_ms: u32,
 }
 
 fn one() -> u32 {
     1
+}
+fn max_instances_default() -> u32 {
+    limits::MAX_INSTANCES_DEFAULT
+}
+fn idle_timeout_default() -> u32 {
+    limits::IDLE_TIMEOUT_MS_DEFAULT
+}
+fn queue_timeout_default() -> u32 {
+    limits::QUEUE_TIMEOUT_MS_DEFAULT
+}
+fn initializer_timeout_default() -> u32 {
+    limits::INITIALIZER_TIMEOUT_MS_DEFAULT
+}
+fn pre_stop_timeout_default() -> u32 {
+    limits::PRE_STOP_TIMEOUT_MS_DEFAULT
+}
+
+impl FunctionSpec {
+    /// A spec with every optional setting at its default.
+    pub fn new(name: &str, runtime: Runtime, handler: &str, code_sha256: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            runtime,
+            handler: handler.into(),
+            code_sha256: code_sha256.into(),
+            memory_mb: limits::MEMORY_MB_DEFAULT,
+            timeout_ms: limits::TIMEOUT_MS_DEFAULT,
+            env: BTreeMap::new(),
+            description: String::new(),
+            kind: FunctionType::default_for(runtime),
+            command: Vec::new(),
+            url: None,
+            triggers: Vec::new(),
+            concurrency: 1,
+            min_instances: 0,
+            max_instances: limits::MAX_INSTANCES_DEFAULT,
+            idle_timeout_ms: limits::IDLE_TIMEOUT_MS_DEFAULT,
+            queue_timeout_ms: limits::QUEUE_TIMEOUT_MS_DEFAULT,
+            initializer: String::new(),
+            initializer_timeout_ms: limits::INITIALIZER_TIMEOUT_MS_DEFAULT,
+            pre_stop: String::new(),
+            pre_stop_timeout_ms: limits::PRE_STOP_TIMEOUT_MS_DEFAULT,
+        }
+    }
 }
 
 /// A stored function: the spec plus what the store adds.
@@ -308,6 +374,64 @@ impl FunctionSpec {
         );
         push("command", self.validate_command());
         push(
+            "max_instances",
+            range(self.max_instances, 1, limits::INSTANCES_PER_FUNCTION_MAX),
+        );
+        push(
+            "min_instances",
+            if self.min_instances > self.max_instances {
+                Err(format!(
+                    "{} is more than max_instances ({})",
+                    self.min_instances, self.max_instances
+                ))
+            } else {
+                Ok(())
+            },
+        );
+        push(
+            "idle_timeout_ms",
+            range(
+                self.idle_timeout_ms,
+                limits::IDLE_TIMEOUT_MS_MIN,
+                limits::IDLE_TIMEOUT_MS_MAX,
+            ),
+        );
+        push(
+            "queue_timeout_ms",
+            range(self.queue_timeout_ms, 0, limits::QUEUE_TIMEOUT_MS_MAX),
+        );
+        push(
+            "initializer_timeout_ms",
+            range(
+                self.initializer_timeout_ms,
+                1,
+                limits::INITIALIZER_TIMEOUT_MS_MAX,
+            ),
+        );
+        push(
+            "pre_stop_timeout_ms",
+            range(self.pre_stop_timeout_ms, 1, limits::PRE_STOP_TIMEOUT_MS_MAX),
+        );
+        for (field, hook) in [
+            ("initializer", &self.initializer),
+            ("pre_stop", &self.pre_stop),
+        ] {
+            if hook.is_empty() {
+                continue;
+            }
+            push(
+                field,
+                if self.runtime == Runtime::Custom {
+                    Err(
+                        "custom runtimes have no hooks; do the work before listening on $PORT"
+                            .into(),
+                    )
+                } else {
+                    validate_handler(self.runtime, FunctionType::Handler, hook)
+                },
+            );
+        }
+        push(
             "code_sha256",
             if self.code_sha256.len() == 64
                 && self
@@ -440,21 +564,7 @@ mod tests {
     use super::*;
 
     fn spec() -> FunctionSpec {
-        FunctionSpec {
-            name: "hello".into(),
-            runtime: Runtime::Python3,
-            handler: "main.handler".into(),
-            code_sha256: "a".repeat(64),
-            memory_mb: 128,
-            timeout_ms: 3000,
-            env: BTreeMap::new(),
-            description: String::new(),
-            kind: FunctionType::Handler,
-            command: Vec::new(),
-            url: None,
-            triggers: Vec::new(),
-            concurrency: 1,
-        }
+        FunctionSpec::new("hello", Runtime::Python3, "main.handler", &"a".repeat(64))
     }
 
     fn fields(s: &FunctionSpec) -> Vec<String> {
@@ -506,6 +616,11 @@ mod tests {
             (|s| s.kind = FunctionType::Http, "type"),
             (|s| s.concurrency = 0, "concurrency"),
             (|s| s.concurrency = 201, "concurrency"),
+            (|s| s.min_instances = 11, "min_instances"),
+            (|s| s.max_instances = 0, "max_instances"),
+            (|s| s.idle_timeout_ms = 10, "idle_timeout_ms"),
+            (|s| s.queue_timeout_ms = 60_001, "queue_timeout_ms"),
+            (|s| s.initializer = "nodot".into(), "initializer"),
             (|s| s.command = vec!["./server".into()], "command"),
             (
                 |s| {

@@ -53,6 +53,32 @@ pub const RECENT_INVOCATIONS_MAX: usize = 256;
 /// Largest single frame on the instance channel: a payload plus its metadata.
 pub const FRAME_BYTES_MAX: usize = PAYLOAD_BYTES_MAX + 64 * 1024;
 
+/// Instances of one function; the node-wide cap (`nimbus server --instances-max`) also holds.
+pub const INSTANCES_PER_FUNCTION_MAX: u32 = 1_000;
+pub const MAX_INSTANCES_DEFAULT: u32 = 10;
+
+/// How long an idle instance is kept before it is stopped (scale to zero).
+pub const IDLE_TIMEOUT_MS_MIN: u32 = 1_000;
+pub const IDLE_TIMEOUT_MS_MAX: u32 = 86_400_000;
+pub const IDLE_TIMEOUT_MS_DEFAULT: u32 = 600_000;
+
+/// How long an invocation may wait for a slot before it is throttled.
+pub const QUEUE_TIMEOUT_MS_MAX: u32 = 60_000;
+pub const QUEUE_TIMEOUT_MS_DEFAULT: u32 = 1_000;
+
+/// Invocations of one function waiting for a slot at once; past this they are throttled
+/// at once rather than queued.
+pub const QUEUE_LENGTH_MAX: usize = 1_000;
+
+/// The initializer's and pre-stop hook's own time limits.
+pub const INITIALIZER_TIMEOUT_MS_MAX: u32 = 300_000;
+pub const INITIALIZER_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+pub const PRE_STOP_TIMEOUT_MS_MAX: u32 = 60_000;
+pub const PRE_STOP_TIMEOUT_MS_DEFAULT: u32 = 3_000;
+
+/// Lifecycle events kept in memory per node.
+pub const EVENTS_MAX: usize = 1_000;
+
 /// Calls one instance may take at once (Function Compute allows up to 200).
 pub const CONCURRENCY_MAX: u32 = 200;
 

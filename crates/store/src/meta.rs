@@ -245,21 +245,9 @@ mod tests {
     use model::Runtime;
 
     fn spec(name: &str, handler: &str) -> FunctionSpec {
-        FunctionSpec {
-            name: name.into(),
-            runtime: Runtime::Python3,
-            handler: handler.into(),
-            code_sha256: "0".repeat(64),
-            memory_mb: 128,
-            timeout_ms: 1000,
-            env: Default::default(),
-            description: String::new(),
-            kind: Default::default(),
-            command: Vec::new(),
-            url: None,
-            triggers: Vec::new(),
-            concurrency: 1,
-        }
+        let mut s = FunctionSpec::new(name, Runtime::Python3, handler, &"0".repeat(64));
+        s.timeout_ms = 1000;
+        s
     }
 
     #[tokio::test]

@@ -221,19 +221,13 @@ mod tests {
             .collect();
         Function {
             spec: model::FunctionSpec {
-                name: name.into(),
-                runtime: model::Runtime::Python3,
-                handler: "main.handler".into(),
-                code_sha256: "0".repeat(64),
-                memory_mb: 128,
-                timeout_ms: 1000,
-                env: Default::default(),
-                description: String::new(),
-                kind: FunctionType::Handler,
-                command: vec![],
-                url: None,
                 triggers,
-                concurrency: 1,
+                ..model::FunctionSpec::new(
+                    name,
+                    model::Runtime::Python3,
+                    "main.handler",
+                    &"0".repeat(64),
+                )
             },
             revision: 1,
             created_at_ms: 0,
