@@ -16,6 +16,8 @@ use store::StoreError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Sent as `Retry-After` when set.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
     }
 
@@ -54,7 +57,20 @@ impl IntoResponse for ApiError {
             code: self.code.as_str(),
             message: self.message,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        if self.code == ErrorCode::Throttled {
+            // Clients written for Lambda look for the error type, not our code.
+            response.headers_mut().insert(
+                crate::routes::headers::ERROR_TYPE,
+                axum::http::HeaderValue::from_static("Throttled"),
+            );
+        }
+        response
     }
 }
 
@@ -91,11 +107,19 @@ impl From<StoreError> for ApiError {
 
 impl From<SandboxError> for ApiError {
     fn from(e: SandboxError) -> Self {
+        if let SandboxError::Throttled { retry_after_s, .. } = &e {
+            let retry = *retry_after_s;
+            return ApiError {
+                retry_after_s: Some(retry),
+                ..ApiError::new(ErrorCode::Throttled, e.to_string())
+            };
+        }
         let code = match &e {
             SandboxError::RuntimeUnavailable(_) => ErrorCode::RuntimeUnavailable,
-            SandboxError::CapacityExhausted(_) | SandboxError::ShuttingDown => {
+            SandboxError::NodeFull { .. } | SandboxError::ShuttingDown => {
                 ErrorCode::CapacityExhausted
             }
+            SandboxError::Throttled { .. } => unreachable!("handled above"),
             SandboxError::Spawn(_) => {
                 tracing::error!(error = %e, "instance start failed");
                 ErrorCode::InstanceStartFailed

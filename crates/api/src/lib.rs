@@ -47,6 +47,7 @@ pub struct AppState {
         routes::create_key,
         routes::list_keys,
         routes::delete_key,
+        routes::list_events,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/{name}/invocations", post(routes::invoke))
         .route("/invocations/{request_id}", get(routes::get_invocation))
         .route("/keys", get(routes::list_keys).post(routes::create_key))
+        .route("/events", get(routes::list_events))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

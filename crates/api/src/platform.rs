@@ -35,6 +35,7 @@ pub struct InvocationRecord {
     pub instance_id: u64,
     pub error: Option<FunctionError>,
     pub logs: Logs,
+    pub timings: sandbox::Timings,
 }
 
 /// The most recent invocations of this node, oldest dropped first.
@@ -88,6 +89,11 @@ impl Platform {
     /// start; writes through this node keep both current afterwards.
     pub async fn load(&self) -> Result<(), ApiError> {
         self.rebuild_routes().await?;
+        for f in self.meta.list_functions().await? {
+            if f.spec.min_instances > 0 {
+                self.provision(&f.spec.name).await?;
+            }
+        }
         let keys = self.meta.list_keys().await?;
         *self.keys.write().unwrap() = keys.into_iter().map(|k| k.sha256).collect();
         Ok(())
@@ -205,8 +211,9 @@ impl Platform {
         }
         let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
         if outcome != PutOutcome::Unchanged {
-            self.forget(&spec.name);
+            self.forget(&spec.name, false);
             self.rebuild_routes().await?;
+            self.provision(&spec.name).await?;
         }
         Ok((function, outcome))
     }
@@ -222,15 +229,27 @@ impl Platform {
     pub async fn delete_function(&self, name: &str) -> Result<(), ApiError> {
         let _write = self.writes.lock().await;
         self.meta.delete_function(name).await?;
-        self.forget(name);
+        self.forget(name, true);
         self.rebuild_routes().await
     }
 
-    /// Drops the cached resolution and the idle instances of `name`.
-    fn forget(&self, name: &str) {
+    /// Drops the cached resolution and the instances of `name` (as their calls finish).
+    fn forget(&self, name: &str, deleted: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.functions.write().unwrap().remove(name);
-        self.pool.evict(name);
+        self.pool.evict(name, deleted);
+    }
+
+    /// Tells the pool a function's latest configuration, so it keeps `min_instances` ready.
+    async fn provision(&self, name: &str) -> Result<(), ApiError> {
+        let resolved = self.resolve(name).await?;
+        self.pool.provision(&resolved.instance);
+        Ok(())
+    }
+
+    /// Recent lifecycle events of this node's instances, newest first.
+    pub fn events(&self, function: Option<&str>, limit: usize) -> Vec<sandbox::LifecycleEvent> {
+        self.pool.events(function, limit)
     }
 
     /// Invokes `name` synchronously with `event`. A function failure is in the returned
@@ -280,6 +299,7 @@ impl Platform {
                 Outcome::Success { .. } => None,
             },
             logs: invocation.logs,
+            timings: invocation.timings,
         });
         self.remember(record.clone());
         Ok((record, invocation.outcome))
@@ -320,6 +340,16 @@ impl Platform {
             kind: spec.kind,
             command: spec.command.clone(),
             concurrency: spec.concurrency,
+            initializer: spec.initializer.clone(),
+            initializer_timeout_ms: spec.initializer_timeout_ms,
+            pre_stop: spec.pre_stop.clone(),
+            pre_stop_timeout_ms: spec.pre_stop_timeout_ms,
+            policy: sandbox::Policy {
+                min_instances: spec.min_instances,
+                max_instances: spec.max_instances,
+                idle_timeout_ms: spec.idle_timeout_ms,
+                queue_timeout_ms: spec.queue_timeout_ms,
+            },
         };
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();

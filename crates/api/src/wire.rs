@@ -187,6 +187,35 @@ pub struct InvocationView {
     pub logs: Vec<LogLineView>,
     /// Lines dropped because the invocation's log limit was reached.
     pub logs_dropped: u64,
+    /// Where the time went: queue, and on a cold start sandbox, code and initializer.
+    pub timings: TimingsView,
+}
+
+/// Milliseconds spent in each phase of an invocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimingsView {
+    pub queue_ms: f64,
+    pub sandbox_ms: f64,
+    pub code_ms: f64,
+    pub initializer_ms: f64,
+    pub handler_ms: f64,
+}
+
+/// One lifecycle event of an instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub time_ms: i64,
+    pub function: String,
+    pub instance_id: u64,
+    /// `started`, `stopped` or `throttled`.
+    pub event: String,
+    pub reason: String,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventView>,
 }
 
 impl From<&InvocationRecord> for InvocationView {
@@ -220,6 +249,13 @@ impl From<&InvocationRecord> for InvocationView {
                 })
                 .collect(),
             logs_dropped: r.logs.dropped,
+            timings: TimingsView {
+                queue_ms: r.timings.queue_ms,
+                sandbox_ms: r.timings.sandbox_ms,
+                code_ms: r.timings.code_ms,
+                initializer_ms: r.timings.initializer_ms,
+                handler_ms: r.timings.handler_ms,
+            },
         }
     }
 }

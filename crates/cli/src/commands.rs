@@ -36,6 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(k) => keys(&client, k, cli.output).await,
+        Command::Events { function, limit } => {
+            events(&client, function.as_deref(), *limit, cli.output).await
+        }
         Command::Server(_) => unreachable!("the server is not a client command"),
     }
 }
@@ -301,6 +304,40 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
                 .await?;
             println!("deleted invoke key {id}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(
+    client: &Client,
+    function: Option<&str>,
+    limit: usize,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/events?limit={limit}");
+    if let Some(f) = function {
+        // Function names are [A-Za-z0-9_-]: nothing to escape.
+        path.push_str(&format!("&function={f}"));
+    }
+    let req = client.request(Method::GET, &path);
+    let list: Value = client.json(req).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<14} {:<20} {:>8} {:<10} REASON",
+        "TIME_MS", "FUNCTION", "INSTANCE", "EVENT"
+    );
+    for e in list["events"].as_array().into_iter().flatten() {
+        println!(
+            "{:<14} {:<20} {:>8} {:<10} {}",
+            e["time_ms"],
+            e["function"].as_str().unwrap_or(""),
+            e["instance_id"],
+            e["event"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

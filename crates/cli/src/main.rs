@@ -72,6 +72,13 @@ pub enum Command {
     Describe { name: String },
     /// Delete a function.
     Rm { name: String },
+    /// Show lifecycle events of instances (started, stopped, throttled), newest first.
+    Events {
+        /// Only this function's events.
+        function: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Manage invoke keys for HTTP routes with `auth: key`.
     #[command(subcommand)]
     Keys(KeysCommand),

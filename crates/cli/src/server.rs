@@ -25,9 +25,9 @@ pub struct ServerArgs {
     /// Most function instances alive on this node at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     instances_max: u32,
-    /// Stop an instance after it has been idle this long.
-    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
-    idle_timeout_ms: u64,
+    /// Most memory for function instances on this node (the sum of their `memory_mb`).
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(64..=4_194_304))]
+    memory_max_mb: u64,
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
@@ -79,7 +79,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         runtimes,
         sandbox::PoolConfig {
             instances_max: args.instances_max as usize,
-            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            memory_max_mb: args.memory_max_mb,
         },
     );
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
@@ -127,7 +127,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         served = serve => served.context("serving")?,
         _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
     }
-    pool.shutdown();
+    pool.shutdown().await;
     tracing::info!("stopped; all instances killed");
     Ok(ExitCode::SUCCESS)
 }

@@ -58,11 +58,14 @@ pub enum ErrorCode {
     FunctionFailed,
     /// The gateway's answer when a function behind a route ran past its timeout.
     FunctionTimedOut,
+    /// The function has no free instance and may not start another; retry after the
+    /// `Retry-After` seconds.
+    Throttled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -87,6 +90,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::FunctionFailed,
         ErrorCode::FunctionTimedOut,
+        ErrorCode::Throttled,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -125,6 +129,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => ("rate_limited", 429),
             ErrorCode::FunctionFailed => ("function_failed", 502),
             ErrorCode::FunctionTimedOut => ("function_timeout", 504),
+            ErrorCode::Throttled => ("throttled", 429),
         }
     }
 }

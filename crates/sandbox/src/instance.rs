@@ -112,6 +112,8 @@ pub(crate) struct Instance {
     pub pid: i32,
     /// Time from spawn to ready: process start plus code load.
     pub init: Duration,
+    /// The part of `init` the runtime spent loading the function's code (as it reports).
+    pub code_ms: f64,
     /// The loopback port of an HTTP instance.
     pub port: Option<u16>,
     writer: Option<tokio::sync::Mutex<OwnedWriteHalf>>,
@@ -213,6 +215,7 @@ impl Instance {
             id,
             pid,
             init: Duration::ZERO,
+            code_ms: 0.0,
             port,
             writer,
             shared: shared.clone(),
@@ -222,7 +225,7 @@ impl Instance {
         };
         match reader {
             Some(mut reader) => {
-                instance.await_ready_frame(&mut reader).await?;
+                instance.code_ms = instance.await_ready_frame(&mut reader).await?;
                 let exit = instance.exit.clone();
                 let stderr_done = instance.stderr_done.lock().unwrap().take();
                 tokio::spawn(read_frames(reader, shared, exit, stderr_done));
@@ -237,7 +240,7 @@ impl Instance {
     async fn await_ready_frame(
         &self,
         reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
-    ) -> Result<(), StartError> {
+    ) -> Result<f64, StartError> {
         let first = tokio::time::timeout(
             Duration::from_millis(limits::INSTANCE_START_MS_MAX),
             reader.next(),
@@ -245,8 +248,16 @@ impl Instance {
         .await;
         let why = match first {
             Ok(Ok(Some(Frame {
-                kind: Kind::Ready, ..
-            }))) => return Ok(()),
+                kind: Kind::Ready,
+                meta,
+                ..
+            }))) => {
+                let init_ms = serde_json::from_slice::<serde_json::Value>(&meta)
+                    .ok()
+                    .and_then(|m| m["init_ms"].as_f64())
+                    .unwrap_or(0.0);
+                return Ok(init_ms);
+            }
             Ok(Ok(Some(Frame {
                 kind: Kind::InitError,
                 body,
@@ -400,6 +411,49 @@ impl Instance {
                     .map(|p| p.logs);
                 (Reply::Timeout, logs.unwrap_or_default())
             }
+        }
+    }
+
+    /// Runs a lifecycle hook (`Kind::Initialize` or `Kind::PreStop`) named `handler`;
+    /// `Ok` carries its duration in milliseconds.
+    pub async fn hook(
+        &self,
+        kind: Kind,
+        handler: &str,
+        timeout: Duration,
+    ) -> Result<f64, FunctionError> {
+        if self.writer.is_none() {
+            return Ok(0.0);
+        }
+        let meta = serde_json::to_vec(&serde_json::json!({
+            "handler": handler,
+            "request_id": format!("{}-{}", if kind == Kind::Initialize { "init" } else { "pre-stop" }, self.id),
+            "deadline_ms": crate::logs::now_ms() + timeout.as_millis() as i64,
+        }))
+        .expect("meta serializes");
+        let started = Instant::now();
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.register(id, Waiter::Once(tx));
+        let (reply, logs) = self.exchange(kind, id, &meta, b"", timeout, rx).await;
+        for line in &logs.lines {
+            tracing::debug!(instance = self.id, stream = %line.stream, message = %line.message, "hook output");
+        }
+        match reply {
+            Reply::Result { .. } => Ok(started.elapsed().as_secs_f64() * 1000.0),
+            Reply::Error(e) => Err(e),
+            Reply::Timeout => Err(FunctionError::new(
+                "Timeout",
+                format!(
+                    "`{handler}` did not finish within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+            Reply::Crashed(report) => Err(FunctionError::new("Runtime.ExitError", report)),
+            Reply::Head(_) => Err(FunctionError::new(
+                "Runtime.InvalidResponse",
+                "a hook answered with a web response",
+            )),
         }
     }
 

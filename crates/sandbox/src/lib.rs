@@ -41,6 +41,74 @@ pub struct InstanceConfig {
     pub command: Vec<String>,
     /// Calls one instance takes at once.
     pub concurrency: u32,
+    /// `module.function` run once per instance before its first call; empty for none.
+    pub initializer: String,
+    pub initializer_timeout_ms: u32,
+    /// `module.function` run before an instance is stopped; empty for none.
+    pub pre_stop: String,
+    pub pre_stop_timeout_ms: u32,
+    /// How many instances; not part of what an instance is.
+    pub policy: Policy,
+}
+
+/// Scaling settings of a function: how many instances and how long calls wait, not what
+/// an instance is. `Hash` and `Eq` ignore them, so changing them never restarts instances.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub idle_timeout_ms: u32,
+    pub queue_timeout_ms: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_instances: 0,
+            max_instances: model::limits::MAX_INSTANCES_DEFAULT,
+            idle_timeout_ms: model::limits::IDLE_TIMEOUT_MS_DEFAULT,
+            queue_timeout_ms: model::limits::QUEUE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+impl std::hash::Hash for Policy {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl PartialEq for Policy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Policy {}
+
+/// Where the time of an invocation went, in milliseconds. On a warm call only `queue_ms`
+/// and `handler_ms` are non-zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Waiting for a free slot.
+    pub queue_ms: f64,
+    /// Starting the process and the runtime, up to loading the function's code.
+    pub sandbox_ms: f64,
+    /// Loading the function's code (imports), as the runtime measured it.
+    pub code_ms: f64,
+    /// The initializer hook.
+    pub initializer_ms: f64,
+    /// The handler itself.
+    pub handler_ms: f64,
+}
+
+/// Something that happened to an instance, for `GET /v1/events`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LifecycleEvent {
+    pub time_ms: i64,
+    pub function: String,
+    pub instance_id: u64,
+    /// `started`, `stopped` or `throttled`.
+    pub event: &'static str,
+    pub reason: String,
 }
 
 /// A function's own failure, in the shape Lambda uses so existing tooling understands it.
@@ -105,6 +173,7 @@ pub struct Invocation {
     pub duration_ms: f64,
     pub instance_id: u64,
     pub logs: Logs,
+    pub timings: Timings,
 }
 
 /// The platform could not run the invocation at all.
@@ -112,10 +181,27 @@ pub struct Invocation {
 pub enum SandboxError {
     #[error("runtime `{0}` is not available on this node: its interpreter was not found")]
     RuntimeUnavailable(Runtime),
-    #[error("this node already runs its maximum of {0} instances")]
-    CapacityExhausted(usize),
     #[error("starting the instance failed: {0}")]
     Spawn(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error(
+        "function `{function}` has all {max_instances} instances busy and no slot freed within {waited_ms} ms; retry later or raise max_instances"
+    )]
+    Throttled {
+        function: String,
+        max_instances: u32,
+        waited_ms: u64,
+        retry_after_s: u64,
+    },
+    #[error(
+        "this node has no room for another instance ({live} of {instances_max} instances, {memory_mb} of {memory_max_mb} MB) and none freed within {waited_ms} ms"
+    )]
+    NodeFull {
+        live: usize,
+        instances_max: usize,
+        memory_mb: u64,
+        memory_max_mb: u64,
+        waited_ms: u64,
+    },
 }

@@ -1,65 +1,107 @@
-//! The warm pool: hands out instances with a free slot, starts new ones within a node-wide
-//! cap, retires instances that crashed, timed out, went stale or sat idle too long.
+//! The scheduler and warm pool of a node.
 //!
-//! An instance takes up to `concurrency` calls at once (the function's setting; 1 by
-//! default, as on Lambda). All pool decisions happen under one short lock that is never
-//! held across an await. The queueing and throttling scheduler comes with issue 4.
+//! A call takes a free slot on a warm instance (each takes up to `concurrency` calls at
+//! once); otherwise a new instance is started if the function is below `max_instances`
+//! and the node has room (idle instances of other functions are stopped to make it);
+//! otherwise the call waits, in a bounded queue for at most `queue_timeout_ms`, for a slot
+//! to free; otherwise it is throttled. Instances idle longer than `idle_timeout_ms` are
+//! stopped down to `min_instances`, which are started ahead of traffic. Every decision
+//! happens under one short lock that is never held across an await, and every start and
+//! stop is recorded as a lifecycle event with its reason.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use model::limits;
+use tokio::sync::{Notify, mpsc};
 
 use crate::instance::{Instance, Reply, StartError, StreamEvent, kill_group};
 use crate::logs::now_ms;
+use crate::protocol::Kind;
 use crate::{
-    ContentType, FunctionError, InstanceConfig, Invocation, Logs, Outcome, Runtimes, SandboxError,
+    ContentType, FunctionError, InstanceConfig, Invocation, LifecycleEvent, Logs, Outcome,
+    Runtimes, SandboxError, Timings,
 };
 
-/// Bounds of the pool.
+/// Bounds of the node.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     /// Most instances alive on this node at once, busy or idle.
     pub instances_max: usize,
-    /// An instance idle this long is stopped (scale to zero).
-    pub idle_timeout: Duration,
+    /// Most memory (sum of the instances' `memory_mb`) on this node at once.
+    pub memory_max_mb: u64,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             instances_max: 64,
-            idle_timeout: Duration::from_secs(600),
+            memory_max_mb: 16 * 1024,
         }
     }
 }
 
-/// A live instance with its slot of the node-wide cap. When the last reference goes (the
-/// pool's and every lease's), the process is killed and the slot freed.
+/// A live instance with its share of the node's capacity. When the last reference goes
+/// (the pool's and every lease's), the process is killed, the capacity freed, and the stop
+/// recorded with the reason last given.
 struct Member {
     instance: Instance,
+    function: String,
     /// What callers keep with the instance between calls (the gateway's connections),
     /// at most one per concurrent call.
     attachments: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// The pre-stop hook and its time limit.
+    pre_stop: Option<(String, Duration)>,
+    /// Why the instance is being stopped, for its lifecycle event.
+    stop_reason: Mutex<Option<String>>,
     _slot: Slot,
 }
 
-/// One unit of `State::live`, released on drop.
+impl Member {
+    fn stopping(&self, reason: impl Into<String>) {
+        let mut r = self.stop_reason.lock().unwrap();
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let reason = self.stop_reason.lock().unwrap().take().unwrap_or_else(|| {
+            if self.instance.is_dead() {
+                "its process exited".into()
+            } else {
+                "released".into()
+            }
+        });
+        self._slot
+            .shared
+            .record(&self.function, self.instance.id, "stopped", reason);
+    }
+}
+
+/// One instance's share of `State::live` and `State::memory_mb`, released on drop.
 struct Slot {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     instance_id: u64,
+    memory_mb: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap();
-        state.live -= 1;
-        state.pids.remove(&self.instance_id);
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.live -= 1;
+            state.memory_mb -= self.memory_mb;
+            state.pids.remove(&self.instance_id);
+        }
+        self.shared.freed.notify_waiters();
     }
 }
 
@@ -74,7 +116,19 @@ struct Entry {
 struct FunctionPool {
     /// Hash of the `InstanceConfig` the instances were started with.
     config_key: u64,
+    /// The latest configuration, for starting provisioned instances.
+    config: InstanceConfig,
     entries: Vec<Entry>,
+    /// Instances being started, counted against `max_instances`.
+    starting: usize,
+    /// Calls waiting for a slot.
+    waiting: usize,
+}
+
+impl FunctionPool {
+    fn instances(&self) -> usize {
+        self.entries.len() + self.starting
+    }
 }
 
 #[derive(Default)]
@@ -82,16 +136,54 @@ struct State {
     functions: HashMap<String, FunctionPool>,
     /// Instances alive (busy, idle, or starting), counted against `instances_max`.
     live: usize,
+    memory_mb: u64,
     /// Process ids of every live instance, so shutdown can kill what is busy too.
     pids: HashMap<u64, i32>,
     closed: bool,
+}
+
+/// What the pool and every instance's slot share.
+struct Shared {
+    state: Mutex<State>,
+    /// Woken whenever a slot or capacity frees, so waiting calls look again.
+    freed: Notify,
+    events: Mutex<VecDeque<LifecycleEvent>>,
+}
+
+impl Shared {
+    fn record(&self, function: &str, instance_id: u64, event: &'static str, reason: String) {
+        tracing::debug!(function, instance = instance_id, event, %reason, "lifecycle");
+        let mut events = self.events.lock().unwrap();
+        if events.len() >= limits::EVENTS_MAX {
+            events.pop_front();
+        }
+        events.push_back(LifecycleEvent {
+            time_ms: now_ms(),
+            function: function.to_string(),
+            instance_id,
+            event,
+            reason,
+        });
+    }
+}
+
+/// What a look at the pool decided for one call.
+enum Decision {
+    /// A slot on a warm instance.
+    Warm(Arc<Member>),
+    /// Start an instance: the function's count and the node's capacity are reserved.
+    Start(Slot),
+    /// An idle instance of another function was stopped for room: look again.
+    Evict,
+    /// Nothing free: wait for a slot, or give up at the deadline with this error.
+    Wait(SandboxError),
 }
 
 /// Runs invocations on warm or new instances.
 pub struct Pool {
     runtimes: Runtimes,
     config: PoolConfig,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     next_instance: AtomicU64,
 }
 
@@ -100,10 +192,14 @@ impl Pool {
         let pool = Arc::new(Pool {
             runtimes,
             config,
-            state: Arc::new(Mutex::new(State::default())),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                freed: Notify::new(),
+                events: Mutex::new(VecDeque::new()),
+            }),
             next_instance: AtomicU64::new(1),
         });
-        tokio::spawn(reap_idle(Arc::downgrade(&pool)));
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
     }
 
@@ -120,7 +216,7 @@ impl Pool {
     ) -> Result<Invocation, SandboxError> {
         let lease = match self.acquire(config).await? {
             Acquired::Ready(lease) => lease,
-            Acquired::Failed(error) => {
+            Acquired::Failed(error, timings) => {
                 return Ok(Invocation {
                     outcome: Outcome::Error(error),
                     cold_start: true,
@@ -128,6 +224,7 @@ impl Pool {
                     duration_ms: 0.0,
                     instance_id: 0,
                     logs: Default::default(),
+                    timings,
                 });
             }
         };
@@ -139,47 +236,280 @@ impl Pool {
             duration_ms,
             instance_id: lease.instance_id(),
             logs,
+            timings: Timings {
+                handler_ms: duration_ms,
+                ..lease.timings
+            },
         })
     }
 
-    /// Takes a slot on a warm instance of `config` or starts one. The slot is the caller's
-    /// until the lease is dropped.
+    /// Takes a slot on a warm instance of `config`, or starts one, or waits for one; the
+    /// slot is the caller's until the lease is dropped.
     pub async fn acquire(
         self: &Arc<Self>,
         config: &InstanceConfig,
     ) -> Result<Acquired, SandboxError> {
         let key = config_key(config);
-        let (member, cold_start) = match self.checkout(config, key)? {
-            Some(member) => (member, false),
-            None => match self.start(config, key).await? {
-                Ok(member) => (member, true),
-                Err(error) => return Ok(Acquired::Failed(error)),
-            },
+        let queued = Instant::now();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(config.policy.queue_timeout_ms as u64);
+        let mut waiting = false;
+        let outcome = loop {
+            // Registered before looking, so a slot freed in between is not missed.
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.decide(config, key, &mut waiting) {
+                Ok(Decision::Warm(member)) => break Ok(Ok((member, false, Timings::default()))),
+                Ok(Decision::Start(slot)) => {
+                    let started = self
+                        .start(config, key, slot, "a call found no free instance".into(), 1)
+                        .await;
+                    break started.map(|r| r.map(|(m, t)| (m, true, t)));
+                }
+                Ok(Decision::Evict) => continue,
+                Ok(Decision::Wait(give_up)) => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        if let SandboxError::Throttled { .. } = &give_up {
+                            self.shared.record(
+                                &config.function,
+                                0,
+                                "throttled",
+                                give_up.to_string(),
+                            );
+                        }
+                        break Err(give_up);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
         };
-        Ok(Acquired::Ready(Lease {
-            pool: self.clone(),
+        if waiting {
+            self.with_function(&config.function, |f| f.waiting -= 1);
+        }
+        let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
+        match outcome? {
+            Ok((member, cold_start, timings)) => Ok(Acquired::Ready(Lease {
+                pool: self.clone(),
+                function: config.function.clone(),
+                key,
+                concurrency: config.concurrency.max(1) as usize,
+                member: Some(member),
+                cold_start,
+                timeout: Duration::from_millis(config.timeout_ms as u64),
+                busy: AtomicBool::new(false),
+                timings: Timings {
+                    queue_ms,
+                    ..timings
+                },
+            })),
+            Err(error) => Ok(Acquired::Failed(
+                error,
+                Timings {
+                    queue_ms,
+                    ..Timings::default()
+                },
+            )),
+        }
+    }
+
+    /// One look at the pool for a call of `config`.
+    fn decide(
+        &self,
+        config: &InstanceConfig,
+        key: u64,
+        waiting: &mut bool,
+    ) -> Result<Decision, SandboxError> {
+        // Instances leaving the pool are dropped after the lock is released: dropping the
+        // last reference to one takes the lock again (to free its capacity).
+        let mut gone = Vec::new();
+        let decision = self.decide_locked(config, key, waiting, &mut gone);
+        drop(gone);
+        decision
+    }
+
+    fn decide_locked(
+        &self,
+        config: &InstanceConfig,
+        key: u64,
+        waiting: &mut bool,
+        gone: &mut Vec<Entry>,
+    ) -> Result<Decision, SandboxError> {
+        let concurrency = config.concurrency.max(1) as usize;
+        let mut state = self.shared.state.lock().unwrap();
+        if state.closed {
+            return Err(SandboxError::ShuttingDown);
+        }
+        let (live, memory_mb) = (state.live, state.memory_mb);
+        let fp = function_pool(&mut state, config, key);
+        if fp.config_key != key {
+            // The function changed: its instances run old code or config.
+            fp.config_key = key;
+            for e in &fp.entries {
+                e.member.stopping("the function was updated");
+            }
+            gone.append(&mut fp.entries);
+        }
+        fp.config = config.clone();
+        let (dead, alive): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut fp.entries)
+            .into_iter()
+            .partition(|e| e.member.instance.is_dead());
+        fp.entries = alive;
+        gone.extend(dead);
+        if let Some(e) = fp
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|e| e.in_flight < concurrency)
+        {
+            e.in_flight += 1;
+            return Ok(Decision::Warm(e.member.clone()));
+        }
+        let max = config.policy.max_instances.max(1) as usize;
+        let throttled = || SandboxError::Throttled {
             function: config.function.clone(),
-            key,
-            concurrency: config.concurrency.max(1) as usize,
-            member: Some(member),
-            cold_start,
-            timeout: Duration::from_millis(config.timeout_ms as u64),
-            busy: AtomicBool::new(false),
-        }))
+            max_instances: config.policy.max_instances,
+            waited_ms: config.policy.queue_timeout_ms as u64,
+            retry_after_s: (config.policy.queue_timeout_ms as u64)
+                .div_ceil(1000)
+                .max(1),
+        };
+        if fp.instances() < max {
+            if let Some(slot) = self.reserve(&mut state, config) {
+                return Ok(Decision::Start(slot));
+            }
+            // The node is full: stop the longest-idle instance of another function that
+            // is above its minimum, if there is one.
+            let victim = state
+                .functions
+                .iter_mut()
+                .filter(|(name, p)| {
+                    **name != config.function
+                        && p.entries.len() > p.config.policy.min_instances as usize
+                })
+                .flat_map(|(name, p)| {
+                    p.entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.in_flight == 0)
+                        .map(move |(i, e)| (name.clone(), i, e.idle_since))
+                })
+                .min_by_key(|(_, _, since)| *since);
+            if let Some((name, i, _)) = victim {
+                let entry = state
+                    .functions
+                    .get_mut(&name)
+                    .expect("found above")
+                    .entries
+                    .remove(i);
+                entry.member.stopping("evicted to make room on the node");
+                gone.push(entry);
+                return Ok(Decision::Evict);
+            }
+        }
+        let fp = state
+            .functions
+            .get_mut(&config.function)
+            .expect("made above");
+        if !*waiting {
+            if fp.waiting >= limits::QUEUE_LENGTH_MAX || config.policy.queue_timeout_ms == 0 {
+                drop(state);
+                let e = throttled();
+                self.shared
+                    .record(&config.function, 0, "throttled", e.to_string());
+                return Err(e);
+            }
+            fp.waiting += 1;
+            *waiting = true;
+        }
+        let give_up = if fp.instances() < max {
+            SandboxError::NodeFull {
+                live,
+                instances_max: self.config.instances_max,
+                memory_mb,
+                memory_max_mb: self.config.memory_max_mb,
+                waited_ms: config.policy.queue_timeout_ms as u64,
+            }
+        } else {
+            throttled()
+        };
+        Ok(Decision::Wait(give_up))
+    }
+
+    /// Reserves node capacity and the function's count for a new instance, if there is room.
+    fn reserve(&self, state: &mut State, config: &InstanceConfig) -> Option<Slot> {
+        let memory_mb = config.memory_mb as u64;
+        if state.live >= self.config.instances_max
+            || state.memory_mb + memory_mb > self.config.memory_max_mb
+        {
+            return None;
+        }
+        state.live += 1;
+        state.memory_mb += memory_mb;
+        state.functions.get_mut(&config.function)?.starting += 1;
+        let instance_id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            shared: self.shared.clone(),
+            instance_id,
+            memory_mb,
+        })
+    }
+
+    fn with_function(&self, function: &str, f: impl FnOnce(&mut FunctionPool)) {
+        if let Some(fp) = self
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .functions
+            .get_mut(function)
+        {
+            f(fp);
+        }
     }
 
     /// Stops the instances of `function` once their calls finish, e.g. after it was
-    /// updated or deleted.
-    pub fn evict(&self, function: &str) {
-        let removed = self.state.lock().unwrap().functions.remove(function);
-        // Idle instances die here; busy ones when their last lease is dropped.
-        drop(removed);
+    /// updated or deleted; `forget` also drops what the pool knows of it (its minimum).
+    pub fn evict(&self, function: &str, forget: bool) {
+        let gone: Vec<Entry> = {
+            let mut state = self.shared.state.lock().unwrap();
+            if forget {
+                state
+                    .functions
+                    .remove(function)
+                    .map(|f| f.entries)
+                    .unwrap_or_default()
+            } else {
+                state
+                    .functions
+                    .get_mut(function)
+                    .map(|f| std::mem::take(&mut f.entries))
+                    .unwrap_or_default()
+            }
+        };
+        for e in &gone {
+            e.member.stopping(if forget {
+                "the function was deleted"
+            } else {
+                "the function was updated"
+            });
+        }
+        self.stop_gracefully(gone);
     }
 
-    /// Refuses new invocations and kills every instance, busy or idle.
-    pub fn shutdown(&self) {
+    /// Keeps `config.policy.min_instances` instances of the function started (0 to stop).
+    pub fn provision(&self, config: &InstanceConfig) {
+        let mut state = self.shared.state.lock().unwrap();
+        let key = config_key(config);
+        let fp = function_pool(&mut state, config, key);
+        fp.config = config.clone();
+    }
+
+    /// Refuses new calls, lets idle instances run their pre-stop hook (bounded), then kills
+    /// every instance, busy or idle.
+    pub async fn shutdown(&self) {
         let (entries, pids) = {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.shared.state.lock().unwrap();
             state.closed = true;
             let entries: Vec<Entry> = state
                 .functions
@@ -188,70 +518,53 @@ impl Pool {
                 .collect();
             (entries, state.pids.values().copied().collect::<Vec<_>>())
         };
+        let mut hooks = tokio::task::JoinSet::new();
+        for e in &entries {
+            e.member.stopping("the server stopped");
+            if e.in_flight == 0 {
+                hooks.spawn(run_pre_stop(e.member.clone()));
+            }
+        }
+        hooks.join_all().await;
         for pid in pids {
             kill_group(pid);
         }
         drop(entries);
     }
 
-    /// Number of live instances (for tests and, later, metrics).
+    /// Number of live instances.
     pub fn live_instances(&self) -> usize {
-        self.state.lock().unwrap().live
+        self.shared.state.lock().unwrap().live
     }
 
-    /// A slot on a warm instance with room, the most recently used first: it is the
-    /// likeliest to be hot in caches, and it lets the others age out.
-    fn checkout(
-        &self,
-        config: &InstanceConfig,
-        key: u64,
-    ) -> Result<Option<Arc<Member>>, SandboxError> {
-        let concurrency = config.concurrency.max(1) as usize;
-        // Entries leaving the pool are dropped after the lock is released: dropping the
-        // last reference to an instance takes the lock again (to free its slot).
-        let mut gone = Vec::new();
-        let found = {
-            let mut state = self.state.lock().unwrap();
-            if state.closed {
-                return Err(SandboxError::ShuttingDown);
-            }
-            let pool = state
-                .functions
-                .entry(config.function.clone())
-                .or_insert(FunctionPool {
-                    config_key: key,
-                    entries: Vec::new(),
-                });
-            if pool.config_key != key {
-                // The function changed: its instances run old code or config.
-                pool.config_key = key;
-                gone.append(&mut pool.entries);
-            }
-            let (dead, alive): (Vec<Entry>, Vec<Entry>) = pool
-                .entries
-                .drain(..)
-                .partition(|e| e.member.instance.is_dead());
-            pool.entries = alive;
-            gone.extend(dead);
-            let entry = pool
-                .entries
-                .iter_mut()
-                .rev()
-                .find(|e| e.in_flight < concurrency);
-            entry.map(|e| {
-                e.in_flight += 1;
-                e.member.clone()
-            })
-        };
-        drop(gone);
-        Ok(found)
+    /// Live instances of one function (started or starting).
+    pub fn instances_of(&self, function: &str) -> usize {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .functions
+            .get(function)
+            .map_or(0, |f| f.instances())
+    }
+
+    /// Recent lifecycle events, newest first, optionally of one function.
+    pub fn events(&self, function: Option<&str>, limit: usize) -> Vec<LifecycleEvent> {
+        let events = self.shared.events.lock().unwrap();
+        events
+            .iter()
+            .rev()
+            .filter(|e| function.is_none_or(|f| e.function == f))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Gives a slot back. `retire` takes the instance out of the pool: it died, timed out,
     /// or was left mid-call with no room for another.
     fn checkin(&self, function: &str, key: u64, member: Arc<Member>, retire: bool) {
         let gone = {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.shared.state.lock().unwrap();
             let Some(pool) = state.functions.get_mut(function) else {
                 return;
             };
@@ -270,73 +583,245 @@ impl Pool {
             (retire || pool.config_key != key || member.instance.is_dead())
                 .then(|| pool.entries.remove(i))
         };
+        // Dropped after the lock: dropping the last reference takes it again.
         drop(gone);
         drop(member);
+        self.shared.freed.notify_waiters();
     }
 
-    /// Starts an instance, holding a slot of the node-wide cap while it lives, and adds it
-    /// to the pool with this caller's call in flight.
+    /// Starts an instance into a reserved slot, runs its initializer, and adds it to the
+    /// pool with `in_flight` calls (1 for the caller that started it, 0 when provisioned).
     async fn start(
         &self,
         config: &InstanceConfig,
         key: u64,
-    ) -> Result<Result<Arc<Member>, FunctionError>, SandboxError> {
+        slot: Slot,
+        reason: String,
+        in_flight: usize,
+    ) -> Result<Result<(Arc<Member>, Timings), FunctionError>, SandboxError> {
+        let started = self.start_instance(config, slot, reason).await;
+        let (member, timings) = match started {
+            Ok(Ok(started)) => started,
+            other => {
+                self.with_function(&config.function, |fp| fp.starting -= 1);
+                self.shared.freed.notify_waiters();
+                return other;
+            }
+        };
+        let stopped = {
+            let mut state = self.shared.state.lock().unwrap();
+            state.pids.insert(member.instance.id, member.instance.pid);
+            let closed = state.closed;
+            let fp = function_pool(&mut state, config, key);
+            fp.starting -= 1;
+            if !closed && fp.config_key == key {
+                fp.entries.push(Entry {
+                    member: member.clone(),
+                    in_flight,
+                    idle_since: Instant::now(),
+                });
+            }
+            closed
+        };
+        self.shared.freed.notify_waiters();
+        if stopped {
+            member.stopping("the server stopped");
+            return Err(SandboxError::ShuttingDown);
+        }
+        Ok(Ok((member, timings)))
+    }
+
+    /// Spawns the process and runs the initializer. A failure kills the instance.
+    async fn start_instance(
+        &self,
+        config: &InstanceConfig,
+        slot: Slot,
+        reason: String,
+    ) -> Result<Result<(Arc<Member>, Timings), FunctionError>, SandboxError> {
         let launch = self
             .runtimes
             .launch(config)
             .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
-        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        let slot = {
-            let mut state = self.state.lock().unwrap();
-            if state.live >= self.config.instances_max {
-                return Err(SandboxError::CapacityExhausted(self.config.instances_max));
-            }
-            state.live += 1;
-            Slot {
-                state: self.state.clone(),
-                instance_id: id,
-            }
-        };
+        let id = slot.instance_id;
         // On a start failure `slot` is dropped here and the reservation released.
         let instance = match Instance::start(id, launch, config).await {
             Ok(instance) => instance,
             Err(StartError::Platform(e)) => return Err(e),
             Err(StartError::Function(e)) => return Ok(Err(e)),
         };
+        let init_ms = instance.init.as_secs_f64() * 1000.0;
+        let mut timings = Timings {
+            sandbox_ms: (init_ms - instance.code_ms).max(0.0),
+            code_ms: instance.code_ms,
+            ..Timings::default()
+        };
+        self.shared.record(
+            &config.function,
+            id,
+            "started",
+            format!("{reason}; ready in {init_ms:.1} ms"),
+        );
         let member = Arc::new(Member {
             instance,
+            function: config.function.clone(),
             attachments: Mutex::new(Vec::new()),
+            pre_stop: (!config.pre_stop.is_empty()).then(|| {
+                (
+                    config.pre_stop.clone(),
+                    Duration::from_millis(config.pre_stop_timeout_ms as u64),
+                )
+            }),
+            stop_reason: Mutex::new(None),
             _slot: slot,
         });
-        let mut state = self.state.lock().unwrap();
-        state.pids.insert(id, member.instance.pid);
-        if state.closed {
-            return Err(SandboxError::ShuttingDown);
+        if !config.initializer.is_empty() {
+            let timeout = Duration::from_millis(config.initializer_timeout_ms as u64);
+            match member
+                .instance
+                .hook(Kind::Initialize, &config.initializer, timeout)
+                .await
+            {
+                Ok(ms) => timings.initializer_ms = ms,
+                Err(e) => {
+                    // The next call starts a fresh instance and tries again.
+                    member.stopping("its initializer failed");
+                    member.instance.kill();
+                    return Ok(Err(FunctionError::new(
+                        "InitializationError",
+                        format!(
+                            "initializer `{}` failed: {}: {}",
+                            config.initializer, e.error_type, e.error_message
+                        ),
+                    )));
+                }
+            }
         }
-        let pool = state
-            .functions
-            .entry(config.function.clone())
-            .or_insert(FunctionPool {
-                config_key: key,
-                entries: Vec::new(),
-            });
-        if pool.config_key == key {
-            pool.entries.push(Entry {
-                member: member.clone(),
-                in_flight: 1,
-                idle_since: Instant::now(),
-            });
-        }
-        tracing::debug!(function = %config.function, instance = id, init_ms = member.instance.init.as_millis() as u64, "instance started");
-        Ok(Ok(member))
+        Ok(Ok((member, timings)))
     }
+
+    /// Runs the pre-stop hooks of idle instances leaving the pool, then lets them go.
+    fn stop_gracefully(&self, entries: Vec<Entry>) {
+        for e in entries {
+            if e.in_flight == 0 {
+                tokio::spawn(run_pre_stop(e.member));
+            }
+        }
+    }
+}
+
+/// The pool of `config`'s function, made if new.
+fn function_pool<'a>(
+    state: &'a mut State,
+    config: &InstanceConfig,
+    key: u64,
+) -> &'a mut FunctionPool {
+    if !state.functions.contains_key(&config.function) {
+        state.functions.insert(
+            config.function.clone(),
+            FunctionPool {
+                config_key: key,
+                config: config.clone(),
+                entries: Vec::new(),
+                starting: 0,
+                waiting: 0,
+            },
+        );
+    }
+    state
+        .functions
+        .get_mut(&config.function)
+        .expect("inserted above")
+}
+
+async fn run_pre_stop(member: Arc<Member>) {
+    if let Some((handler, timeout)) = &member.pre_stop
+        && let Err(e) = member.instance.hook(Kind::PreStop, handler, *timeout).await
+    {
+        tracing::warn!(function = %member.function, error = %e.error_message, "pre-stop hook failed");
+    }
+    drop(member);
+}
+
+/// Every half second: stops instances idle past their function's `idle_timeout_ms` (down
+/// to `min_instances`) and starts instances up to `min_instances`. Holds only a weak
+/// reference so the pool can be dropped.
+async fn maintain(pool: std::sync::Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut expired = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut state = pool.shared.state.lock().unwrap();
+            let closed = state.closed;
+            let names: Vec<String> = state.functions.keys().cloned().collect();
+            for name in names {
+                let fp = state.functions.get_mut(&name).expect("listed above");
+                let min = fp.config.policy.min_instances as usize;
+                let idle_timeout = Duration::from_millis(fp.config.policy.idle_timeout_ms as u64);
+                // The longest idle first, down to the minimum.
+                while fp.entries.len() > min {
+                    let oldest = fp
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.in_flight == 0 && e.idle_since.elapsed() >= idle_timeout)
+                        .min_by_key(|(_, e)| e.idle_since)
+                        .map(|(i, _)| i);
+                    let Some(i) = oldest else { break };
+                    let e = fp.entries.remove(i);
+                    e.member
+                        .stopping(format!("idle for {} ms", idle_timeout.as_millis()));
+                    expired.push(e);
+                }
+                let missing = min.saturating_sub(fp.instances());
+                let config = fp.config.clone();
+                if closed {
+                    continue;
+                }
+                for _ in 0..missing {
+                    match pool.reserve(&mut state, &config) {
+                        Some(slot) => to_start.push((config.clone(), slot)),
+                        None => break,
+                    }
+                }
+            }
+        }
+        pool.stop_gracefully(expired);
+        for (config, slot) in to_start {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let key = config_key(&config);
+                match pool
+                    .start(&config, key, slot, "min_instances".into(), 0)
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(function = %config.function, error = %e.error_message, "a provisioned instance failed to start")
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %config.function, error = %e, "a provisioned instance failed to start")
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn config_key(config: &InstanceConfig) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut h);
+    h.finish()
 }
 
 /// The outcome of `Pool::acquire`.
 pub enum Acquired {
     Ready(Lease),
-    /// A new instance could not load the function's code: an invocation outcome.
-    Failed(FunctionError),
+    /// A new instance could not load the function's code or run its initializer: an
+    /// invocation outcome.
+    Failed(FunctionError, Timings),
 }
 
 /// The first answer of a web app to a request.
@@ -363,6 +848,8 @@ pub struct Lease {
     /// instance of concurrency 1 retires the instance: a busy instance must never be
     /// handed to the next caller.
     busy: AtomicBool,
+    /// Queue wait and, when cold, the start-up parts; the caller adds the handler time.
+    pub timings: Timings,
 }
 
 impl Lease {
@@ -390,10 +877,11 @@ impl Lease {
         self.member().instance.port
     }
 
-    /// Milliseconds the instance took to start, when this lease started it.
+    /// Milliseconds the instance took to start (and initialize), when this lease started it.
     pub fn init_ms(&self) -> Option<f64> {
+        let t = &self.timings;
         self.cold_start
-            .then_some(self.member().instance.init.as_secs_f64() * 1000.0)
+            .then_some(t.sandbox_ms + t.code_ms + t.initializer_ms)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -433,6 +921,7 @@ impl Lease {
             )),
             Reply::Error(e) => Outcome::Error(e),
             Reply::Crashed(report) => {
+                self.member().stopping("it crashed during a call");
                 Outcome::Error(FunctionError::new("Runtime.ExitError", report))
             }
             Reply::Timeout => Outcome::Error(self.timed_out()),
@@ -456,6 +945,7 @@ impl Lease {
             Reply::Head(head) => WebReply::Head { head, body: stream },
             Reply::Error(e) => WebReply::Error(e, logs),
             Reply::Crashed(report) => {
+                self.member().stopping("it crashed during a call");
                 WebReply::Error(FunctionError::new("Runtime.ExitError", report), logs)
             }
             Reply::Timeout => WebReply::Error(self.timed_out(), logs),
@@ -473,6 +963,10 @@ impl Lease {
     /// handler may be stuck anywhere and only that frees it; calls sharing the instance
     /// fail with it.
     pub fn timed_out(&self) -> FunctionError {
+        self.member().stopping(format!(
+            "a call ran past its timeout of {} ms",
+            self.timeout.as_millis()
+        ));
         self.member().instance.kill();
         FunctionError::new(
             "FunctionTimeout",
@@ -502,8 +996,9 @@ impl Lease {
     }
 
     /// Takes the instance out of the pool and kills it now.
-    pub fn discard(&mut self) {
+    pub fn discard(&mut self, reason: &str) {
         if let Some(member) = self.member.take() {
+            member.stopping(reason.to_string());
             member.instance.kill();
             self.pool.checkin(&self.function, self.key, member, true);
         }
@@ -532,45 +1027,13 @@ impl Drop for Lease {
             // With room for other calls, an abandoned call just finishes on its own.
             let retire = abandoned && self.concurrency == 1;
             if retire {
+                member.stopping("its caller left in the middle of a call");
                 member.instance.kill();
             }
             self.pool.checkin(&self.function, self.key, member, retire);
         }
     }
 }
-
-fn config_key(config: &InstanceConfig) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    config.hash(&mut h);
-    h.finish()
-}
-
-/// Stops instances idle longer than the idle timeout. Holds only a weak reference so the
-/// pool can be dropped.
-async fn reap_idle(pool: std::sync::Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        let expired: Vec<Entry> = {
-            let mut state = pool.state.lock().unwrap();
-            let idle_timeout = pool.config.idle_timeout;
-            let mut expired = Vec::new();
-            for fp in state.functions.values_mut() {
-                let (old, keep): (Vec<Entry>, Vec<Entry>) = fp
-                    .entries
-                    .drain(..)
-                    .partition(|e| e.in_flight == 0 && e.idle_since.elapsed() >= idle_timeout);
-                fp.entries = keep;
-                expired.extend(old);
-            }
-            expired
-        };
-        // Dropped outside the lock: the last reference kills the process.
-        drop(expired);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +1102,11 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             kind: model::FunctionType::Handler,
             command: Vec::new(),
             concurrency: 1,
+            initializer: String::new(),
+            initializer_timeout_ms: 1000,
+            pre_stop: String::new(),
+            pre_stop_timeout_ms: 1000,
+            policy: crate::Policy::default(),
         }
     }
 
@@ -704,7 +1172,7 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
         assert!(x.error_message.contains("status 3"), "{x:?}");
         assert!(pool.invoke(&c, "r8", b"{}").await.unwrap().cold_start);
         assert_eq!(pool.live_instances(), 1);
-        pool.shutdown();
+        pool.shutdown().await;
         assert_eq!(pool.live_instances(), 0);
     }
 
@@ -746,10 +1214,11 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             runtimes,
             PoolConfig {
                 instances_max: 1,
-                idle_timeout: Duration::from_millis(300),
+                ..PoolConfig::default()
             },
         );
         let mut c = config(&tmp, Runtime::Python3, "main.handler", 1000);
+        c.policy.idle_timeout_ms = 300;
         pool.invoke(&c, "r1", b"{}").await.unwrap();
         assert_eq!(pool.live_instances(), 1);
         // A changed configuration never reuses the old instance, and the cap of one holds.
@@ -771,10 +1240,11 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             runtimes,
             PoolConfig {
                 instances_max: 1,
-                idle_timeout: Duration::from_secs(60),
+                ..PoolConfig::default()
             },
         );
-        let c = config(&tmp, Runtime::Python3, "main.handler", 2000);
+        let mut c = config(&tmp, Runtime::Python3, "main.handler", 2000);
+        c.policy.queue_timeout_ms = 100;
         let busy = {
             let pool = pool.clone();
             let c = c.clone();
@@ -782,10 +1252,22 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let err = pool.invoke(&c, "r2", b"{}").await.unwrap_err();
-        assert!(matches!(err, SandboxError::CapacityExhausted(1)), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "this node already runs its maximum of 1 instances"
+        assert!(
+            matches!(
+                err,
+                SandboxError::NodeFull {
+                    live: 1,
+                    instances_max: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "this node has no room for another instance (1 of 1 instances, 128 of 16384 MB)"
+            ),
+            "{err}"
         );
         // A cancelled invocation (a caller that went away) still frees its slot.
         busy.abort();
@@ -844,7 +1326,7 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
                 elapsed < Duration::from_millis(1000),
                 "{handler}: {elapsed:?}: the calls ran one after another"
             );
-            pool.evict("f");
+            pool.evict("f", true);
         }
     }
 

@@ -37,6 +37,11 @@ pub enum Kind {
     ResponseChunk = 9,
     /// Instance → host: the response is complete.
     ResponseEnd = 10,
+    /// Host → instance, once before the first call: run the initializer hook.
+    /// meta = JSON {handler, request_id, deadline_ms}; answered by `Result` or `Error`.
+    Initialize = 11,
+    /// Host → instance, before it is stopped: run the pre-stop hook (meta as above).
+    PreStop = 12,
 }
 
 impl Kind {
@@ -52,6 +57,8 @@ impl Kind {
             8 => Kind::ResponseHead,
             9 => Kind::ResponseChunk,
             10 => Kind::ResponseEnd,
+            11 => Kind::Initialize,
+            12 => Kind::PreStop,
             _ => return None,
         })
     }

@@ -36,7 +36,7 @@ use table::Route;
 const KEY_HEADERS: [&str; 2] = ["x-nimbus-key", "x-api-key"];
 
 /// A request header that asks for a `server-timing` breakdown.
-const DEBUG_HEADER: &str = "x-nimbus-debug";
+pub(crate) const DEBUG_HEADER: &str = "x-nimbus-debug";
 
 /// What a routed request carries to the part that serves it.
 pub(crate) struct Routed {
@@ -58,22 +58,35 @@ pub(crate) struct Routed {
 #[derive(Default)]
 pub(crate) struct Timing {
     pub routing_ms: f64,
-    pub init_ms: Option<f64>,
-    pub handler_ms: f64,
+    pub cold_start: bool,
+    pub timings: sandbox::Timings,
 }
 
 impl Timing {
     fn header(&self) -> HeaderValue {
-        let mut parts = vec![
-            format!("routing;dur={:.3}", self.routing_ms),
-            "queue;dur=0".to_string(),
-        ];
-        if let Some(init) = self.init_ms {
-            parts.push(format!("init;dur={init:.3}"));
-        }
-        parts.push(format!("handler;dur={:.3}", self.handler_ms));
-        HeaderValue::from_str(&parts.join(", ")).expect("timings are ascii")
+        server_timing(Some(self.routing_ms), self.cold_start, &self.timings)
     }
+}
+
+/// A `server-timing` header: where a call's time went. The start-up parts appear only on
+/// a cold start.
+pub(crate) fn server_timing(
+    routing_ms: Option<f64>,
+    cold_start: bool,
+    t: &sandbox::Timings,
+) -> HeaderValue {
+    let mut parts = Vec::new();
+    if let Some(r) = routing_ms {
+        parts.push(format!("routing;dur={r:.3}"));
+    }
+    parts.push(format!("queue;dur={:.3}", t.queue_ms));
+    if cold_start {
+        parts.push(format!("sandbox;dur={:.3}", t.sandbox_ms));
+        parts.push(format!("code;dur={:.3}", t.code_ms));
+        parts.push(format!("init;dur={:.3}", t.initializer_ms));
+    }
+    parts.push(format!("handler;dur={:.3}", t.handler_ms));
+    HeaderValue::from_str(&parts.join(", ")).expect("timings are ascii")
 }
 
 /// The gateway's entry point, installed as the router's fallback.
@@ -298,8 +311,8 @@ async fn invoke_handler(
         .await?;
     let timing = Timing {
         routing_ms: r.routed_ms,
-        init_ms: record.init_ms,
-        handler_ms: record.duration_ms,
+        cold_start: record.cold_start,
+        timings: record.timings,
     };
     let response = match outcome {
         Outcome::Success { content_type, body } => event::response(content_type, body),
@@ -350,5 +363,6 @@ pub(crate) fn record(
         instance_id,
         error,
         logs,
+        timings: sandbox::Timings::default(),
     }));
 }

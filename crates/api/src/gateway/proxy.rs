@@ -42,7 +42,7 @@ pub(crate) async fn serve(
     let resolved = platform.resolve(&r.function).await?;
     let mut lease = match platform.pool().acquire(&resolved.instance).await? {
         Acquired::Ready(lease) => lease,
-        Acquired::Failed(e) => {
+        Acquired::Failed(e, _) => {
             let response = function_failed(&e, &r.request_id);
             record(
                 platform,
@@ -56,6 +56,7 @@ pub(crate) async fn serve(
                 response,
                 Timing {
                     routing_ms: r.routed_ms,
+                    cold_start: true,
                     ..Timing::default()
                 },
             ));
@@ -82,8 +83,11 @@ pub(crate) async fn serve(
     let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
     let timing = Timing {
         routing_ms: r.routed_ms,
-        init_ms: lease.init_ms(),
-        handler_ms,
+        cold_start: lease.cold_start,
+        timings: sandbox::Timings {
+            handler_ms,
+            ..lease.timings
+        },
     };
     let meta = (
         lease.cold_start,
@@ -109,7 +113,7 @@ pub(crate) async fn serve(
             };
             let logs = lease.end_external(call);
             // Whatever state its server is in, this instance is not trusted again.
-            lease.discard();
+            lease.discard("its HTTP server failed");
             let response = function_failed(&error, &r.request_id);
             record(platform, r.request_id, r.function, meta, Some(error), logs);
             return Ok((response, timing));
@@ -261,7 +265,7 @@ impl Proxied {
             lease.instance_id(),
         );
         if discard {
-            lease.discard();
+            lease.discard("its HTTP response broke off");
         }
         record(
             &self.platform,

@@ -37,7 +37,7 @@ pub(crate) async fn serve(
     let resolved = platform.resolve(&r.function).await?;
     let lease = match platform.pool().acquire(&resolved.instance).await? {
         Acquired::Ready(lease) => lease,
-        Acquired::Failed(e) => {
+        Acquired::Failed(e, _) => {
             let response = function_failed(&e, &r.request_id);
             record(
                 platform,
@@ -51,6 +51,7 @@ pub(crate) async fn serve(
                 response,
                 Timing {
                     routing_ms: r.routed_ms,
+                    cold_start: true,
                     ..Timing::default()
                 },
             ));
@@ -95,8 +96,11 @@ pub(crate) async fn serve(
     let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
     let timing = Timing {
         routing_ms: r.routed_ms,
-        init_ms: lease.init_ms(),
-        handler_ms,
+        cold_start: lease.cold_start,
+        timings: sandbox::Timings {
+            handler_ms,
+            ..lease.timings
+        },
     };
     let meta_of = |lease: &Lease| {
         (

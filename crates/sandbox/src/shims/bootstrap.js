@@ -13,6 +13,7 @@ const util = require('util');
 const { AsyncLocalStorage } = require('async_hooks');
 
 const INVOKE = 1, RESULT = 2, ERROR = 3, LOG = 4, READY = 5, INIT_ERROR = 6;
+const INITIALIZE = 11, PRE_STOP = 12;
 const started = process.hrtime.bigint();
 const env = process.env;
 const FUNCTION_NAME = env.NIMBUS_FUNCTION_NAME || '';
@@ -75,8 +76,8 @@ function errorBody(err, type, message) {
   }));
 }
 
-function loadHandler() {
-  const handler = env.NIMBUS_HANDLER;
+function loadHandler(name) {
+  const handler = name || env.NIMBUS_HANDLER;
   const dot = handler.lastIndexOf('.');
   const moduleName = handler.slice(0, dot);
   const funcName = handler.slice(dot + 1);
@@ -166,6 +167,35 @@ function invoke(fn, id, meta, body) {
   });
 }
 
+// The initializer and pre-stop hooks: `(context)` returning a promise, or
+// `(context, callback)` as on Function Compute.
+function runHook(id, meta) {
+  current.run(id, () => {
+    let settled = false;
+    const finish = (err) => {
+      if (settled) return;
+      settled = true;
+      if (err !== null && err !== undefined) send(ERROR, id, EMPTY, errorBody(err));
+      else send(RESULT, id, 'json', Buffer.from('null'));
+    };
+    try {
+      const m = JSON.parse(meta.toString('utf8'));
+      let hook;
+      try {
+        hook = loadHandler(m.handler);
+      } catch (f) {
+        finish(f.cause instanceof Error ? f.cause : new Error(f.message));
+        return;
+      }
+      const out = hook(makeContext(m), (e) => finish(e));
+      if (out && typeof out.then === 'function') out.then(() => finish(null), (e) => finish(e || new Error('hook failed')));
+      else if (hook.length < 2) finish(null);
+    } catch (e) {
+      finish(e);
+    }
+  });
+}
+
 function main() {
   let fn;
   try {
@@ -179,21 +209,7 @@ function main() {
     const initMs = Number(process.hrtime.bigint() - started) / 1e6;
     send(READY, 0, JSON.stringify({ init_ms: initMs }), EMPTY);
   };
-  if (env.NIMBUS_TYPE === 'http') {
-    // An HTTP function: a (req, res) handler or an Express app, served on $PORT; the
-    // gateway proxies requests to it and this channel carries only logs.
-    const http = require('http');
-    const server = http.createServer({ noDelay: true, keepAliveTimeout: 120000 }, (req, res) => fn(req, res));
-    server.on('error', (e) => {
-      send(INIT_ERROR, 0, EMPTY, errorBody(e, 'Runtime.ListenError'));
-      sock.end(() => process.exit(1));
-    });
-    server.listen(Number(env.PORT), '127.0.0.1', ready);
-    sock.on('end', () => process.exit(0));
-    sock.on('error', () => process.exit(1));
-    return;
-  }
-  ready();
+  const http = env.NIMBUS_TYPE === 'http';
 
   let buf = EMPTY;
   sock.on('data', (chunk) => {
@@ -207,11 +223,25 @@ function main() {
       const meta = buf.subarray(13, 13 + metaLen);
       const body = buf.subarray(13 + metaLen, 4 + len);
       buf = buf.subarray(4 + len);
-      if (kind === INVOKE) invoke(fn, id, meta, body);
+      if (kind === INVOKE && !http) invoke(fn, id, meta, body);
+      else if (kind === INITIALIZE || kind === PRE_STOP) runHook(id, meta);
     }
   });
   sock.on('end', () => process.exit(0));
   sock.on('error', () => process.exit(1));
+
+  if (http) {
+    // An HTTP function: a (req, res) handler or an Express app, served on $PORT; the
+    // gateway proxies requests to it and this channel carries logs and hooks.
+    const server = require('http').createServer({ noDelay: true, keepAliveTimeout: 120000 }, (req, res) => fn(req, res));
+    server.on('error', (e) => {
+      send(INIT_ERROR, 0, EMPTY, errorBody(e, 'Runtime.ListenError'));
+      sock.end(() => process.exit(1));
+    });
+    server.listen(Number(env.PORT), '127.0.0.1', ready);
+  } else {
+    ready();
+  }
 }
 
 main();

@@ -20,6 +20,7 @@ import traceback
 
 INVOKE, RESULT, ERROR, LOG, READY, INIT_ERROR = 1, 2, 3, 4, 5, 6
 REQUEST, RESPONSE_HEAD, RESPONSE_CHUNK, RESPONSE_END = 7, 8, 9, 10
+INITIALIZE, PRE_STOP = 11, 12
 _HEADER = struct.Struct(">IBII")
 
 # Take the channel off fd 0 so a handler reading stdin gets EOF instead of protocol bytes.
@@ -142,8 +143,30 @@ def _error_body(exc, error_type=None, message=None):
     }).encode()
 
 
-def _load_handler():
-    handler = os.environ["NIMBUS_HANDLER"]
+def _run_hook(ident, meta):
+    """Runs the initializer or pre-stop hook named in `meta`: `def hook(context)`."""
+    token = _current.set(ident)
+    try:
+        try:
+            m = json.loads(meta)
+            hook = _load_handler(m["handler"])
+            result = hook(Context(m))
+            if inspect.isawaitable(result):
+                result = _await([None], ident, result)
+            reply = (RESULT, b"json", b"null")
+        except _InitFailure as f:
+            reply = (ERROR, b"", _error_body(f.cause or f, f.error_type, f.message))
+        except Exception as e:
+            reply = (ERROR, b"", _error_body(e))
+        _stdout.flush_invocation(ident)
+        _stderr.flush_invocation(ident)
+        _send(reply[0], ident, reply[1], reply[2])
+    finally:
+        _current.reset(token)
+
+
+def _load_handler(handler=None):
+    handler = handler or os.environ["NIMBUS_HANDLER"]
     if ":" in handler:
         module_name, _, func_name = handler.partition(":")
     else:
@@ -513,7 +536,9 @@ def main():
         if frame is None:
             return
         kind, ident, meta, body = frame
-        if kind == INVOKE and executor:
+        if kind in (INITIALIZE, PRE_STOP):
+            _run_hook(ident, meta)
+        elif kind == INVOKE and executor:
             executor.submit(_run, func, loop_holder, ident, meta, body)
         elif kind == INVOKE:
             _run(func, loop_holder, ident, meta, body)
