@@ -3,6 +3,7 @@
 
 mod gateway;
 mod harness;
+mod scheduler;
 
 use std::io::Write;
 
