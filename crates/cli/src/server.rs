@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// Most memory for function instances on this node (the sum of their `memory_mb`).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(64..=4_194_304))]
     memory_max_mb: u64,
+    /// Prewarmed runtime processes kept per runtime (Python, Node.js) to make cold starts
+    /// short; 0 turns them off.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    prewarm: u32,
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
@@ -80,6 +84,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         sandbox::PoolConfig {
             instances_max: args.instances_max as usize,
             memory_max_mb: args.memory_max_mb,
+            prewarm: args.prewarm as usize,
         },
     );
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));

@@ -121,6 +121,8 @@ pub(crate) struct Instance {
     exit: watch::Receiver<Option<String>>,
     stderr_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_call: AtomicU32,
+    /// The channel's read half until the reader task takes it.
+    reader: Mutex<Option<FrameReader<tokio::net::unix::OwnedReadHalf>>>,
 }
 
 /// Why an instance did not become ready.
@@ -135,11 +137,70 @@ fn platform(e: impl std::fmt::Display) -> StartError {
     StartError::Platform(SandboxError::Spawn(e.to_string()))
 }
 
+/// A runtime process started ahead of need ("stem cell"): the interpreter has booted and
+/// loaded the shim, and waits on its channel for the function it is to become. Taking one
+/// replaces an interpreter start (tens of milliseconds) with one frame.
+pub(crate) struct Stem {
+    child: Option<tokio::process::Child>,
+    host: Option<std::os::unix::net::UnixStream>,
+    pid: i32,
+}
+
+impl Stem {
+    /// Starts a stem of the runtime `launch` runs, in `dir`, with only the base environment.
+    pub fn spawn(launch: &Launch, dir: &std::path::Path) -> std::io::Result<Stem> {
+        let (host, guest) = std::os::unix::net::UnixStream::pair()?;
+        let child = tokio::process::Command::new(&launch.program)
+            .args(&launch.args)
+            .env_clear()
+            .envs(BASE_ENV.iter().copied())
+            .env("NIMBUS_STEM", "1")
+            .current_dir(dir)
+            .stdin(Stdio::from(OwnedFd::from(guest)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        Ok(Stem {
+            child: Some(child),
+            host: Some(host),
+            pid,
+        })
+    }
+
+    /// Whether the process is still there to be specialized.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Stem {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            kill_group(self.pid);
+        }
+    }
+}
+
+/// The environment every instance starts from; the function's own variables are added.
+const BASE_ENV: [(&str, &str); 3] = [
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/tmp"),
+    ("LANG", "C.UTF-8"),
+];
+
 impl Instance {
+    /// Starts an instance of `config`: from `stem` when one is given (a prewarmed runtime
+    /// process), else by spawning the runtime.
     pub async fn start(
         id: u64,
         launch: Launch,
         config: &InstanceConfig,
+        stem: Option<Stem>,
     ) -> Result<Instance, StartError> {
         let started = Instant::now();
         let serves_http = config.kind == FunctionType::Http;
@@ -148,6 +209,20 @@ impl Instance {
         } else {
             None
         };
+        if let Some(mut stem) = stem {
+            let child = stem.child.take().expect("a stem owns its process");
+            let host = stem.host.take().expect("a stem owns its channel");
+            let mut instance = Instance::attach(id, child, Some(host), port)?;
+            let env: Vec<(String, String)> = instance_env(id, config, port);
+            let meta = serde_json::to_vec(&serde_json::json!({
+                "env": env,
+                "cwd": config.code_dir,
+            }))
+            .expect("specialization serializes");
+            instance.send(Kind::Specialize, 0, &meta, b"").await;
+            instance.finish_start(started).await?;
+            return Ok(instance);
+        }
         let channel = config.runtime != Runtime::Custom;
         let (host, guest) = if channel {
             let (h, g) = std::os::unix::net::UnixStream::pair().map_err(platform)?;
@@ -176,14 +251,25 @@ impl Instance {
         // Its own process group, so killing the instance kills everything it forked.
         .process_group(0)
         .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             StartError::Platform(SandboxError::Spawn(format!(
                 "{}: {e}",
                 launch.program.display()
             )))
         })?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let mut instance = Instance::attach(id, child, host, port)?;
+        instance.finish_start(started).await?;
+        Ok(instance)
+    }
 
+    /// Wraps a running process: output pumps, exit watcher, channel halves.
+    fn attach(
+        id: u64,
+        mut child: tokio::process::Child,
+        host: Option<std::os::unix::net::UnixStream>,
+        port: Option<u16>,
+    ) -> Result<Instance, StartError> {
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
@@ -211,7 +297,7 @@ impl Instance {
             }
             None => (None, None),
         };
-        let mut instance = Instance {
+        Ok(Instance {
             id,
             pid,
             init: Duration::ZERO,
@@ -222,18 +308,25 @@ impl Instance {
             exit: exit_rx,
             stderr_done: Mutex::new(Some(stderr_done)),
             next_call: AtomicU32::new(1),
-        };
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// Waits until the instance is ready (its ready frame, or its port), then hands the
+    /// channel to the reader task.
+    async fn finish_start(&mut self, started: Instant) -> Result<(), StartError> {
+        let reader = self.reader.lock().unwrap().take();
         match reader {
             Some(mut reader) => {
-                instance.code_ms = instance.await_ready_frame(&mut reader).await?;
-                let exit = instance.exit.clone();
-                let stderr_done = instance.stderr_done.lock().unwrap().take();
-                tokio::spawn(read_frames(reader, shared, exit, stderr_done));
+                self.code_ms = self.await_ready_frame(&mut reader).await?;
+                let exit = self.exit.clone();
+                let stderr_done = self.stderr_done.lock().unwrap().take();
+                tokio::spawn(read_frames(reader, self.shared.clone(), exit, stderr_done));
             }
-            None => instance.await_port().await?,
+            None => self.await_port().await?,
         }
-        instance.init = started.elapsed();
-        Ok(instance)
+        self.init = started.elapsed();
+        Ok(())
     }
 
     /// Waits for the shim's first frame: ready, or the reason it could not load the code.
@@ -515,10 +608,8 @@ fn instance_env(id: u64, c: &InstanceConfig, port: Option<u16>) -> Vec<(String, 
     let mut env: Vec<(String, String)> =
         c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let code_dir = c.code_dir.display().to_string();
+    env.extend(BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env.extend([
-        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), "/tmp".into()),
-        ("LANG".into(), "C.UTF-8".into()),
         ("NIMBUS_FUNCTION_NAME".into(), c.function.clone()),
         ("NIMBUS_HANDLER".into(), c.handler.clone()),
         ("NIMBUS_TYPE".into(), c.kind.as_str().into()),

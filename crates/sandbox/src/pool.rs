@@ -20,13 +20,14 @@ use bytes::Bytes;
 use model::limits;
 use tokio::sync::{Notify, mpsc};
 
-use crate::instance::{Instance, Reply, StartError, StreamEvent, kill_group};
+use crate::instance::{Instance, Reply, StartError, Stem, StreamEvent, kill_group};
 use crate::logs::now_ms;
 use crate::protocol::Kind;
 use crate::{
     ContentType, FunctionError, InstanceConfig, Invocation, LifecycleEvent, Logs, Outcome,
     Runtimes, SandboxError, Timings,
 };
+use model::Runtime;
 
 /// Bounds of the node.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct PoolConfig {
     pub instances_max: usize,
     /// Most memory (sum of the instances' `memory_mb`) on this node at once.
     pub memory_max_mb: u64,
+    /// Prewarmed runtime processes ("stem cells") kept per runtime; 0 turns them off.
+    pub prewarm: usize,
 }
 
 impl Default for PoolConfig {
@@ -42,6 +45,7 @@ impl Default for PoolConfig {
         PoolConfig {
             instances_max: 64,
             memory_max_mb: 16 * 1024,
+            prewarm: 2,
         }
     }
 }
@@ -185,6 +189,8 @@ pub struct Pool {
     config: PoolConfig,
     shared: Arc<Shared>,
     next_instance: AtomicU64,
+    /// Prewarmed runtime processes, per runtime, taken by cold starts and refilled.
+    stems: Mutex<HashMap<Runtime, Vec<Stem>>>,
 }
 
 impl Pool {
@@ -198,9 +204,54 @@ impl Pool {
                 events: Mutex::new(VecDeque::new()),
             }),
             next_instance: AtomicU64::new(1),
+            stems: Mutex::new(HashMap::new()),
         });
+        for runtime in [Runtime::Python3, Runtime::Nodejs] {
+            pool.refill_stems(runtime);
+        }
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
+    }
+
+    /// Takes a prewarmed process of `runtime`, if one is alive, and starts its replacement.
+    fn take_stem(&self, runtime: Runtime) -> Option<Stem> {
+        let stem = {
+            let mut stems = self.stems.lock().unwrap();
+            let list = stems.get_mut(&runtime)?;
+            let mut found = None;
+            while let Some(mut stem) = list.pop() {
+                if stem.alive() {
+                    found = Some(stem);
+                    break;
+                }
+            }
+            found
+        };
+        if stem.is_some() {
+            self.refill_stems(runtime);
+        }
+        stem
+    }
+
+    /// Starts stems of `runtime` up to the configured number.
+    fn refill_stems(&self, runtime: Runtime) {
+        let Some(launch) = self.runtimes.interpreter_launch(runtime) else {
+            return;
+        };
+        let mut stems = self.stems.lock().unwrap();
+        if self.shared.state.lock().unwrap().closed {
+            return;
+        }
+        let list = stems.entry(runtime).or_default();
+        while list.len() < self.config.prewarm {
+            match Stem::spawn(&launch, std::path::Path::new("/")) {
+                Ok(stem) => list.push(stem),
+                Err(e) => {
+                    tracing::warn!(%runtime, error = %e, "starting a prewarmed runtime process failed");
+                    return;
+                }
+            }
+        }
     }
 
     pub fn runtimes(&self) -> &Runtimes {
@@ -254,14 +305,20 @@ impl Pool {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(config.policy.queue_timeout_ms as u64);
         let mut waiting = false;
+        // The queue wait ends when a slot is found or a start begins.
+        let mut queue_ms = 0.0;
         let outcome = loop {
             // Registered before looking, so a slot freed in between is not missed.
             let freed = self.shared.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             match self.decide(config, key, &mut waiting) {
-                Ok(Decision::Warm(member)) => break Ok(Ok((member, false, Timings::default()))),
+                Ok(Decision::Warm(member)) => {
+                    queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
+                    break Ok(Ok((member, false, Timings::default())));
+                }
                 Ok(Decision::Start(slot)) => {
+                    queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
                     let started = self
                         .start(config, key, slot, "a call found no free instance".into(), 1)
                         .await;
@@ -287,7 +344,9 @@ impl Pool {
         if waiting {
             self.with_function(&config.function, |f| f.waiting -= 1);
         }
-        let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
+        if queue_ms == 0.0 {
+            queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
+        }
         match outcome? {
             Ok((member, cold_start, timings)) => Ok(Acquired::Ready(Lease {
                 pool: self.clone(),
@@ -530,6 +589,7 @@ impl Pool {
             kill_group(pid);
         }
         drop(entries);
+        self.stems.lock().unwrap().clear();
     }
 
     /// Number of live instances.
@@ -644,7 +704,18 @@ impl Pool {
             .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
         let id = slot.instance_id;
         // On a start failure `slot` is dropped here and the reservation released.
-        let instance = match Instance::start(id, launch, config).await {
+        // A prewarmed process of the runtime, when there is one, skips the interpreter start.
+        let stem = if config.runtime == Runtime::Custom {
+            None
+        } else {
+            self.take_stem(config.runtime)
+        };
+        let from = if stem.is_some() {
+            "from a prewarmed process"
+        } else {
+            "spawned"
+        };
+        let instance = match Instance::start(id, launch, config, stem).await {
             Ok(instance) => instance,
             Err(StartError::Platform(e)) => return Err(e),
             Err(StartError::Function(e)) => return Ok(Err(e)),
@@ -659,7 +730,7 @@ impl Pool {
             &config.function,
             id,
             "started",
-            format!("{reason}; ready in {init_ms:.1} ms"),
+            format!("{reason}; {from}, ready in {init_ms:.1} ms"),
         );
         let member = Arc::new(Member {
             instance,

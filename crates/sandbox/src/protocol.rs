@@ -42,6 +42,9 @@ pub enum Kind {
     Initialize = 11,
     /// Host → instance, before it is stopped: run the pre-stop hook (meta as above).
     PreStop = 12,
+    /// Host → stem cell, once: become an instance. meta = JSON {env: [[k, v]], cwd}; the
+    /// instance answers with `Ready` or `InitError` as if just started.
+    Specialize = 13,
 }
 
 impl Kind {
@@ -59,6 +62,7 @@ impl Kind {
             10 => Kind::ResponseEnd,
             11 => Kind::Initialize,
             12 => Kind::PreStop,
+            13 => Kind::Specialize,
             _ => return None,
         })
     }

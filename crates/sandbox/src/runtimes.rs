@@ -75,6 +75,15 @@ impl Runtimes {
                 args: args.iter().map(Into::into).collect(),
             });
         }
+        self.interpreter_launch(runtime)
+    }
+
+    /// How to start `runtime`'s interpreter with its shim; none for custom runtimes, which
+    /// bring their own program.
+    pub(crate) fn interpreter_launch(&self, runtime: Runtime) -> Option<Launch> {
+        if runtime == Runtime::Custom {
+            return None;
+        }
         let program = self.interpreter(runtime)?.to_path_buf();
         let args = match runtime {
             // -I: ignore PYTHON* variables and the user site; -B: never write .pyc files

@@ -325,7 +325,7 @@ async fn functions_see_only_their_own_environment() {
         "functions:\n  envy:\n    runtime: python3\n    handler: main.handler\n    memory_mb: 192\n    env: {COLOR: blue, PORT: 8080}\n",
         &[(
             "main.py",
-            "import os\ndef handler(event, context):\n    return {'env': dict(os.environ), 'mem': context.memory_limit_in_mb, 'fn': context.function_name}\n",
+            "import os\ndef handler(event, context):\n    return {'env': dict(os.environ), 'cwd': os.getcwd(), 'mem': context.memory_limit_in_mb, 'fn': context.function_name}\n",
         )],
     );
     server.deploy(&dir).await;
@@ -339,6 +339,24 @@ async fn functions_see_only_their_own_environment() {
         "the server's environment leaked: {env:?}"
     );
     assert!(!env.contains_key("NODE_EXTRA_CA_CERTS"));
+    // The instance came from a prewarmed process: nothing of that shows.
+    assert!(!env.contains_key("NIMBUS_STEM"));
+    assert_eq!(body["cwd"], env["LAMBDA_TASK_ROOT"]);
+    let events: Value = server
+        .req(Method::GET, "/v1/events?function=envy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        events["events"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("from a prewarmed process"),
+        "{events}"
+    );
     assert_eq!(body["mem"], "192");
     assert_eq!(body["fn"], "envy");
 }

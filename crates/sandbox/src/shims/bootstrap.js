@@ -14,13 +14,19 @@ const { AsyncLocalStorage } = require('async_hooks');
 
 const INVOKE = 1, RESULT = 2, ERROR = 3, LOG = 4, READY = 5, INIT_ERROR = 6;
 const INITIALIZE = 11, PRE_STOP = 12;
-const started = process.hrtime.bigint();
+let started = process.hrtime.bigint();
 const env = process.env;
-const FUNCTION_NAME = env.NIMBUS_FUNCTION_NAME || '';
-const FUNCTION_VERSION = env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
-const MEMORY_MB = env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128';
-const INSTANCE_ID = env.NIMBUS_INSTANCE_ID || '';
-const CODE_DIR = env.NIMBUS_CODE_DIR || process.cwd();
+let FUNCTION_NAME, FUNCTION_VERSION, MEMORY_MB, INSTANCE_ID, CODE_DIR;
+
+// Reads the function's settings from the environment (again, after a stem cell was
+// specialized).
+function configure() {
+  FUNCTION_NAME = env.NIMBUS_FUNCTION_NAME || '';
+  FUNCTION_VERSION = env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
+  MEMORY_MB = env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128';
+  INSTANCE_ID = env.NIMBUS_INSTANCE_ID || '';
+  CODE_DIR = env.NIMBUS_CODE_DIR || process.cwd();
+}
 
 const sock = new net.Socket({ fd: 0, readable: true, writable: true });
 sock.setNoDelay && sock.setNoDelay(true);
@@ -244,4 +250,26 @@ function main() {
   }
 }
 
-main();
+if (env.NIMBUS_STEM === '1') {
+  // A prewarmed process ("stem cell"): wait for the one frame that says which function to
+  // become (its environment and working directory), then start as usual.
+  let pending = EMPTY;
+  const onFirstFrame = (chunk) => {
+    pending = Buffer.concat([pending, chunk]);
+    if (pending.length < 4 || pending.length < 4 + pending.readUInt32BE(0)) return;
+    sock.removeListener('data', onFirstFrame);
+    const metaLen = pending.readUInt32BE(9);
+    const spec = JSON.parse(pending.subarray(13, 13 + metaLen).toString('utf8'));
+    for (const k of Object.keys(env)) delete env[k];
+    for (const [k, v] of spec.env) env[k] = v;
+    process.chdir(spec.cwd);
+    started = process.hrtime.bigint();
+    configure();
+    main();
+  };
+  sock.on('data', onFirstFrame);
+  sock.on('end', () => process.exit(0));
+} else {
+  configure();
+  main();
+}

@@ -481,9 +481,23 @@ def _asgi_lifespan(loop, app):
     return state
 
 
+def _specialize():
+    """A prewarmed process ("stem cell") waits here for the function it is to become: its
+    environment and working directory arrive in one frame."""
+    frame = _recv()
+    if frame is None:
+        sys.exit(0)
+    spec = json.loads(frame[2])
+    os.environ.clear()
+    os.environ.update({k: v for k, v in spec["env"]})
+    os.chdir(spec["cwd"])
+
+
 def main():
     global _FUNCTION_NAME, _FUNCTION_VERSION, _MEMORY_MB, _INSTANCE_ID, _CONTEXT_LOGGER
     global _stdout, _stderr
+    if os.environ.get("NIMBUS_STEM") == "1":
+        _specialize()
     started = time.perf_counter()
     _FUNCTION_NAME = os.environ.get("NIMBUS_FUNCTION_NAME", "")
     _FUNCTION_VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
