@@ -18,10 +18,12 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("bench-invoke") => bench_invoke(&args[1..]),
         Some("bench-gateway") => bench_gateway(&args[1..]),
+        Some("bench-cold") => bench_cold(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
-                 \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\n\
+                 \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\
+                 \x20      cargo xtask bench-cold [--seconds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -443,6 +445,268 @@ fn bench_gateway(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn median_ms(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(samples, 0.5), percentile(samples, 0.99))
+}
+
+/// Times a command from start to exit, `runs` times; returns the median in ms.
+fn start_time_ms(program: &str, args: &[&str], runs: usize) -> anyhow::Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let status = Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .status()?;
+        if !status.success() {
+            bail!("{program} failed");
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median_ms(&mut samples).0)
+}
+
+/// One invoke through the API, timed from the client.
+fn invoke_ms(endpoint: &str, token: &str, function: &str, body: &str) -> anyhow::Result<f64> {
+    let addr = endpoint.trim_start_matches("http://");
+    let t = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "POST /v1/functions/{function}/invocations HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.1 200") || answer.contains("x-nimbus-error-type") {
+        bail!("{function} failed: {answer}");
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Cold and warm starts, throughput and bursts of no-op Python and Node.js functions, next
+/// to Google's functions-framework and the interpreters' own start times.
+fn bench_cold(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "nimbus"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("building nimbus failed");
+    }
+    let venv = root.join("target/bench-venv");
+    let python = venv.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", "import functions_framework"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        if !python.exists() {
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()?;
+        }
+        let ok = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "functions-framework"])
+            .status()?;
+        if !ok.success() {
+            bail!("installing functions-framework failed");
+        }
+    }
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-cold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    let (_server, endpoint) = start(
+        Command::new(&nimbus)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("NIMBUS_LOG", "warn"),
+        "nimbus listening on ",
+    )?;
+    let token = std::fs::read_to_string(data.join("admin.token"))?
+        .trim()
+        .to_string();
+    // Many functions over the same code: each one's first call is a cold start.
+    const COLD_FUNCTIONS: usize = 20;
+    let projects = data.join("projects");
+    let mut manifest = String::from("functions:\n");
+    for (runtime, handler, code) in [
+        ("python3", "main.handler", "py"),
+        ("nodejs", "index.handler", "node"),
+    ] {
+        let code = root.join("bench/cold").join(code);
+        for i in 0..COLD_FUNCTIONS {
+            manifest.push_str(&format!(
+                "  {runtime}-cold-{i}:\n    runtime: {runtime}\n    handler: {handler}\n    code: {}\n",
+                code.display()
+            ));
+        }
+        manifest.push_str(&format!(
+            "  {runtime}-idle:\n    runtime: {runtime}\n    handler: {handler}\n    code: {}\n    idle_timeout_ms: 1000\n",
+            code.display()
+        ));
+        manifest.push_str(&format!(
+            "  {runtime}-warm:\n    runtime: {runtime}\n    handler: {handler}\n    code: {}\n    max_instances: 64\n    triggers:\n      - http: {{path: /{runtime}-noop, methods: [GET], auth: anonymous}}\n",
+            code.display()
+        ));
+        manifest.push_str(&format!(
+            "  {runtime}-burst:\n    runtime: {runtime}\n    handler: {handler}\n    code: {}\n    max_instances: 32\n    queue_timeout_ms: 30000\n",
+            code.display()
+        ));
+    }
+    std::fs::create_dir_all(&projects)?;
+    std::fs::write(projects.join("nimbus.yaml"), manifest)?;
+    let deployed = Command::new(&nimbus)
+        .arg("deploy")
+        .arg(&projects)
+        .env("NIMBUS_ENDPOINT", &endpoint)
+        .env("NIMBUS_DATA_DIR", &data)
+        .stdout(Stdio::null())
+        .status()?;
+    if !deployed.success() {
+        bail!("deploying the benchmark functions failed");
+    }
+    println!("{:<34} {:>10} {:>10}", "measure", "p50_ms", "p99_ms");
+    let row = |name: &str, (p50, p99): (f64, f64)| println!("{name:<34} {p50:>10.2} {p99:>10.2}");
+    for runtime in ["python3", "nodejs"] {
+        // Cold: the first call of each fresh function, a little apart (as traffic arrives).
+        let mut cold = Vec::new();
+        for i in 0..COLD_FUNCTIONS {
+            cold.push(invoke_ms(
+                &endpoint,
+                &token,
+                &format!("{runtime}-cold-{i}"),
+                "{}",
+            )?);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        row(
+            &format!("{runtime} cold (first call)"),
+            median_ms(&mut cold),
+        );
+        // After scale to zero: idle past the timeout, then called again.
+        let mut rezero = Vec::new();
+        for _ in 0..5 {
+            rezero.push(invoke_ms(
+                &endpoint,
+                &token,
+                &format!("{runtime}-idle"),
+                "{}",
+            )?);
+            std::thread::sleep(Duration::from_millis(1800));
+        }
+        row(
+            &format!("{runtime} cold (after scale to zero)"),
+            median_ms(&mut rezero),
+        );
+        let mut warm = Vec::new();
+        invoke_ms(&endpoint, &token, &format!("{runtime}-warm"), "{}")?;
+        for _ in 0..200 {
+            warm.push(invoke_ms(
+                &endpoint,
+                &token,
+                &format!("{runtime}-warm"),
+                "{}",
+            )?);
+        }
+        row(
+            &format!("{runtime} warm (new connection)"),
+            median_ms(&mut warm),
+        );
+        // A burst from zero: 32 calls of 0.5 s at once need 32 instances.
+        let t = Instant::now();
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let (e, k, f) = (endpoint.clone(), token.clone(), format!("{runtime}-burst"));
+                std::thread::spawn(move || invoke_ms(&e, &k, &f, r#"{"sleep": 0.5}"#))
+            })
+            .collect();
+        for c in calls {
+            c.join().expect("a burst call panicked")?;
+        }
+        let spent = t.elapsed().as_secs_f64() - 0.5;
+        println!(
+            "{:<34} {:>10.0} instances/s (32 in {:.0} ms)",
+            format!("{runtime} burst from zero"),
+            32.0 / spent,
+            spent * 1000.0
+        );
+    }
+    println!();
+    println!(
+        "{:<34} {:>6} {:>10} {:>8} {:>8}",
+        "route throughput", "conns", "req/s", "p50_ms", "p99_ms"
+    );
+    let ff_port = free_port()?;
+    let ff_started = Instant::now();
+    let _ff = Guard(
+        Command::new(venv.join("bin/functions-framework"))
+            .args(["--target", "noop", "--source"])
+            .arg(root.join("bench/cold/ff/main.py"))
+            .args(["--port", &ff_port.to_string(), "--host", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let ff_url = format!("http://127.0.0.1:{ff_port}/");
+    let ff_cold_ms = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", ff_port)) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut out = String::new();
+            if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                break ff_started.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+        if ff_started.elapsed() > Duration::from_secs(30) {
+            bail!("functions-framework did not answer");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    for conns in [1, 16, 64] {
+        for (name, url) in [
+            (
+                "python3 via nimbus route",
+                format!("{endpoint}/python3-noop"),
+            ),
+            ("nodejs via nimbus route", format!("{endpoint}/nodejs-noop")),
+            ("functions-framework (python)", ff_url.clone()),
+        ] {
+            wrk(&url, conns, 2)?;
+            let w = wrk(&url, conns, opts.seconds)?;
+            println!(
+                "{name:<34} {conns:>6} {:>10.0} {:>8.3} {:>8.3}",
+                w.rps, w.p50_ms, w.p99_ms
+            );
+        }
+    }
+    println!();
+    println!("start-up floors and references (median of 10, ms):");
+    println!(
+        "  /usr/bin/python3 -c pass            {:>8.1}",
+        start_time_ms("/usr/bin/python3", &["-c", "pass"], 10)?
+    );
+    println!(
+        "  node -e 0 (clean environment)       {:>8.1}",
+        start_time_ms("node", &["-e", "0"], 10)?
+    );
+    println!("  functions-framework start to answer {ff_cold_ms:>8.1}");
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
