@@ -86,13 +86,7 @@ fn start(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Guard, String)> {
 fn bench_invoke(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let root = root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "nimbus"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building nimbus failed");
-    }
+    build_nimbus(&root)?;
     let nimbus = root.join("target/release/nimbus");
     let data = std::env::temp_dir().join(format!("nimbus-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -315,37 +309,10 @@ fn free_port() -> anyhow::Result<u16> {
 fn bench_gateway(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let root = root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "nimbus"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building nimbus failed");
-    }
+    build_nimbus(&root)?;
     // Flask and gunicorn in a virtualenv of the benchmark's own.
-    let venv = root.join("target/bench-venv");
+    let venv = bench_venv(&root, &["flask", "gunicorn"], "import flask, gunicorn")?;
     let python = venv.join("bin/python3");
-    let ready = Command::new(&python)
-        .args(["-c", "import flask, gunicorn"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let base = if Path::new("/usr/bin/python3").exists() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        };
-        Command::new(base)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()?;
-        let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "flask", "gunicorn"])
-            .status()?;
-        if !ok.success() {
-            bail!("installing flask and gunicorn failed");
-        }
-    }
     let nimbus = root.join("target/release/nimbus");
     let data = std::env::temp_dir().join(format!("nimbus-bench-gw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -501,33 +468,12 @@ fn invoke_ms(endpoint: &str, token: &str, function: &str, body: &str) -> anyhow:
 fn bench_cold(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let root = root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "nimbus"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building nimbus failed");
-    }
-    let venv = root.join("target/bench-venv");
-    let python = venv.join("bin/python3");
-    let ready = Command::new(&python)
-        .args(["-c", "import functions_framework"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        if !python.exists() {
-            Command::new("/usr/bin/python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()?;
-        }
-        let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "functions-framework"])
-            .status()?;
-        if !ok.success() {
-            bail!("installing functions-framework failed");
-        }
-    }
+    build_nimbus(&root)?;
+    let venv = bench_venv(
+        &root,
+        &["functions-framework"],
+        "import functions_framework",
+    )?;
     let nimbus = root.join("target/release/nimbus");
     let data = std::env::temp_dir().join(format!("nimbus-bench-cold-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -709,4 +655,49 @@ fn bench_cold(args: &[String]) -> anyhow::Result<()> {
     println!("  functions-framework start to answer {ff_cold_ms:>8.1}");
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+/// Builds the release binary the benchmarks run.
+fn build_nimbus(root: &Path) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "nimbus"])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building nimbus failed");
+    }
+    Ok(())
+}
+
+/// The benchmarks' own virtualenv (`target/bench-venv`), with `packages` installed from
+/// PyPI unless `check` already imports.
+fn bench_venv(root: &Path, packages: &[&str], check: &str) -> anyhow::Result<PathBuf> {
+    let venv = root.join("target/bench-venv");
+    let python = venv.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", check])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ready {
+        return Ok(venv);
+    }
+    if !python.exists() {
+        let base = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        Command::new(base)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+    }
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "-q"])
+        .args(packages)
+        .status()?;
+    if !ok.success() {
+        bail!("installing {} failed", packages.join(", "));
+    }
+    Ok(venv)
 }

@@ -71,6 +71,8 @@ enum Waiter {
     },
     /// A call whose HTTP exchange happens outside the channel; only its logs are kept here.
     External,
+    /// A `barrier`'s ping; not a call, so output is never attributed to it.
+    Barrier(oneshot::Sender<(Reply, Logs)>),
 }
 
 struct Pending {
@@ -92,10 +94,14 @@ impl Shared {
         let mut pending = self.pending.lock().unwrap();
         let target = if id != 0 {
             pending.get_mut(&id)
-        } else if pending.len() == 1 {
-            pending.values_mut().next()
         } else {
-            None
+            let mut calls = pending
+                .values_mut()
+                .filter(|p| !matches!(p.waiter, Waiter::Barrier(_)));
+            match (calls.next(), calls.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
         };
         match target {
             Some(p) => p.logs.push(stream, line),
@@ -550,6 +556,21 @@ impl Instance {
         }
     }
 
+    /// Waits until every frame the instance sent so far has been read (bounded): log lines
+    /// written during an HTTP call travel on the channel, its response on TCP, and this
+    /// puts them back in order.
+    pub async fn barrier(&self) {
+        if self.writer.is_none() {
+            return;
+        }
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.register(id, Waiter::Barrier(tx));
+        let _ = self
+            .exchange(Kind::Ping, id, b"", b"", Duration::from_secs(1), rx)
+            .await;
+    }
+
     /// Starts attributing output to a call that happens over HTTP (custom runtimes).
     pub fn begin_external(&self) -> u32 {
         let id = self.next_id();
@@ -725,7 +746,7 @@ async fn read_frames(
         .collect();
     for p in pending {
         match p.waiter {
-            Waiter::Once(tx) => {
+            Waiter::Once(tx) | Waiter::Barrier(tx) => {
                 let _ = tx.send((Reply::Crashed(report.clone()), p.logs));
             }
             Waiter::Stream { head: Some(tx), .. } => {
@@ -772,11 +793,11 @@ async fn answer(shared: &Shared, id: u32, reply: Reply) {
                 }
             },
             Some(Pending {
-                waiter: Waiter::Once(_),
+                waiter: Waiter::Once(_) | Waiter::Barrier(_),
                 ..
             }) => {
                 if let Some(Pending {
-                    waiter: Waiter::Once(tx),
+                    waiter: Waiter::Once(tx) | Waiter::Barrier(tx),
                     logs,
                 }) = pending.remove(&id)
                 {

@@ -1055,6 +1055,11 @@ impl Lease {
         self.member().instance.begin_external()
     }
 
+    /// Waits until the instance's earlier frames (its log lines) have been read.
+    pub async fn barrier(&self) {
+        self.member().instance.barrier().await;
+    }
+
     /// Ends such a call and returns its logs.
     pub fn end_external(&self, id: u32) -> Logs {
         self.set_busy(false);

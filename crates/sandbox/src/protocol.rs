@@ -45,6 +45,9 @@ pub enum Kind {
     /// Host → stem cell, once: become an instance. meta = JSON {env: [[k, v]], cwd}; the
     /// instance answers with `Ready` or `InitError` as if just started.
     Specialize = 13,
+    /// Host → instance: answer with an empty `Result`. Frames the instance sent before the
+    /// answer (log lines) have been read when it arrives: a barrier across the channel.
+    Ping = 14,
 }
 
 impl Kind {
@@ -63,6 +66,7 @@ impl Kind {
             11 => Kind::Initialize,
             12 => Kind::PreStop,
             13 => Kind::Specialize,
+            14 => Kind::Ping,
             _ => return None,
         })
     }

@@ -343,6 +343,37 @@ pub(crate) fn function_failed(e: &sandbox::FunctionError, request_id: &str) -> R
     r
 }
 
+/// A lease on an instance of the routed function, or, when a new instance could not load
+/// the function, the finished 502 answer (recorded like any failed call).
+pub(crate) async fn lease_for(
+    platform: &Arc<Platform>,
+    r: &Routed,
+) -> Result<Result<sandbox::Lease, (Response, Timing)>, ApiError> {
+    let resolved = platform.resolve(&r.function).await?;
+    match platform.pool().acquire(&resolved.instance).await? {
+        sandbox::Acquired::Ready(lease) => Ok(Ok(lease)),
+        sandbox::Acquired::Failed(e, timings) => {
+            let response = function_failed(&e, &r.request_id);
+            record(
+                platform,
+                r.request_id.clone(),
+                r.function.clone(),
+                (true, None, 0.0, 0),
+                Some(e),
+                Default::default(),
+            );
+            Ok(Err((
+                response,
+                Timing {
+                    routing_ms: r.routed_ms,
+                    cold_start: true,
+                    timings,
+                },
+            )))
+        }
+    }
+}
+
 /// Records a finished gateway request in the node's recent invocations.
 pub(crate) fn record(
     platform: &Platform,

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use sandbox::{Acquired, Lease};
+use sandbox::Lease;
 
-use super::{Routed, Timing, function_failed, record};
+use super::{Routed, Timing, function_failed, lease_for, record};
 use crate::ApiError;
 use crate::platform::Platform;
 
@@ -39,28 +39,9 @@ pub(crate) async fn serve(
     platform: &Arc<Platform>,
     r: Routed,
 ) -> Result<(Response<Body>, Timing), ApiError> {
-    let resolved = platform.resolve(&r.function).await?;
-    let mut lease = match platform.pool().acquire(&resolved.instance).await? {
-        Acquired::Ready(lease) => lease,
-        Acquired::Failed(e, _) => {
-            let response = function_failed(&e, &r.request_id);
-            record(
-                platform,
-                r.request_id,
-                r.function,
-                (true, None, 0.0, 0),
-                Some(e),
-                Default::default(),
-            );
-            return Ok((
-                response,
-                Timing {
-                    routing_ms: r.routed_ms,
-                    cold_start: true,
-                    ..Timing::default()
-                },
-            ));
-        }
+    let mut lease = match lease_for(platform, &r).await? {
+        Ok(lease) => lease,
+        Err(failed) => return Ok(failed),
     };
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + lease.timeout();
@@ -220,14 +201,14 @@ impl Proxied {
                             .as_ref()
                             .is_some_and(hyper::body::Body::is_end_stream)
                         {
-                            self.finish(None, false);
+                            self.finish(None, false).await;
                         }
                         return Some((Ok(data), self));
                     }
                     Err(_) => continue, // trailers are not forwarded
                 },
                 Ok(None) => {
-                    self.finish(None, false);
+                    self.finish(None, false).await;
                     return None;
                 }
                 Ok(Some(Err(e))) => {
@@ -236,7 +217,7 @@ impl Proxied {
                 Err(_) => self.lease.as_ref().expect("checked above").timed_out(),
             };
             let message = format!("{}: {}", failure.error_type, failure.error_message);
-            self.finish(Some(failure), true);
+            self.finish(Some(failure), true).await;
             return Some((Err(std::io::Error::other(message)), self));
         }
     }
@@ -248,10 +229,13 @@ impl Proxied {
         }
     }
 
-    fn finish(&mut self, error: Option<sandbox::FunctionError>, discard: bool) {
+    async fn finish(&mut self, error: Option<sandbox::FunctionError>, discard: bool) {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
+        if !discard {
+            lease.barrier().await;
+        }
         let logs = lease.end_external(self.call);
         if let Some(sender) = self.sender.take()
             && !discard

@@ -7,12 +7,12 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
-use sandbox::{Acquired, Lease, StreamEvent, WebReply};
+use sandbox::{Lease, StreamEvent, WebReply};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{Routed, Timing, function_failed, record};
+use super::{Routed, Timing, function_failed, lease_for, record};
 use crate::ApiError;
 use crate::platform::{Platform, now_ms};
 
@@ -34,28 +34,9 @@ pub(crate) async fn serve(
     platform: &Arc<Platform>,
     r: Routed,
 ) -> Result<(Response<Body>, Timing), ApiError> {
-    let resolved = platform.resolve(&r.function).await?;
-    let lease = match platform.pool().acquire(&resolved.instance).await? {
-        Acquired::Ready(lease) => lease,
-        Acquired::Failed(e, _) => {
-            let response = function_failed(&e, &r.request_id);
-            record(
-                platform,
-                r.request_id,
-                r.function,
-                (true, None, 0.0, 0),
-                Some(e),
-                Default::default(),
-            );
-            return Ok((
-                response,
-                Timing {
-                    routing_ms: r.routed_ms,
-                    cold_start: true,
-                    ..Timing::default()
-                },
-            ));
-        }
+    let lease = match lease_for(platform, &r).await? {
+        Ok(lease) => lease,
+        Err(failed) => return Ok(failed),
     };
     let host = r
         .headers

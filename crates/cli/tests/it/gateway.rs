@@ -342,13 +342,8 @@ async fn node_http_handler_and_java_custom_runtime() {
         );
         // The handler's console output is attributed to the request.
         let record: Value = server
-            .req(Method::GET, &format!("/v1/invocations/{request_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/invocations/{request_id}"))
+            .await;
         assert_eq!(
             record["logs"][0]["message"], "POST /path?x=1 (5 bytes)",
             "{record}"

@@ -89,6 +89,17 @@ impl Server {
             .bearer_auth(&self.token)
     }
 
+    /// An authenticated GET of the control API, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Invokes `name` over HTTP and returns the response.
     pub async fn invoke(&self, name: &str, event: &str) -> reqwest::Response {
         self.req(

@@ -46,13 +46,8 @@ async fn deploy_and_invoke_both_examples_with_warm_reuse() {
 
         // The call's own output is attributed to its request id.
         let record: Value = server
-            .req(Method::GET, &format!("/v1/invocations/{request_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/invocations/{request_id}"))
+            .await;
         assert_eq!(record["status"], "succeeded");
         assert_eq!(record["cold_start"], false);
         let lines: Vec<&str> = record["logs"]
@@ -342,14 +337,7 @@ async fn functions_see_only_their_own_environment() {
     // The instance came from a prewarmed process: nothing of that shows.
     assert!(!env.contains_key("NIMBUS_STEM"));
     assert_eq!(body["cwd"], env["LAMBDA_TASK_ROOT"]);
-    let events: Value = server
-        .req(Method::GET, "/v1/events?function=envy")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = server.get_json("/v1/events?function=envy").await;
     assert!(
         events["events"][0]["reason"]
             .as_str()

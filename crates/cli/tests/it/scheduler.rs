@@ -358,13 +358,8 @@ async fn cold_start_breakdown_and_pre_stop_on_shutdown() {
     let request_id = header(&cold, "x-nimbus-request-id").to_string();
     let pid = cold.json::<Value>().await.unwrap()["pid"].as_i64().unwrap();
     let record: Value = server
-        .req(Method::GET, &format!("/v1/invocations/{request_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/invocations/{request_id}"))
+        .await;
     assert!(
         record["timings"]["sandbox_ms"].as_f64().unwrap() > 0.0,
         "{record}"

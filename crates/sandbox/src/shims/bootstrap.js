@@ -13,7 +13,7 @@ const util = require('util');
 const { AsyncLocalStorage } = require('async_hooks');
 
 const INVOKE = 1, RESULT = 2, ERROR = 3, LOG = 4, READY = 5, INIT_ERROR = 6;
-const INITIALIZE = 11, PRE_STOP = 12;
+const INITIALIZE = 11, PRE_STOP = 12, PING = 14;
 let started = process.hrtime.bigint();
 const env = process.env;
 let FUNCTION_NAME, FUNCTION_VERSION, MEMORY_MB, INSTANCE_ID, CODE_DIR;
@@ -231,6 +231,7 @@ function main() {
       buf = buf.subarray(4 + len);
       if (kind === INVOKE && !http) invoke(fn, id, meta, body);
       else if (kind === INITIALIZE || kind === PRE_STOP) runHook(id, meta);
+      else if (kind === PING) send(RESULT, id, 'json', Buffer.from('null'));
     }
   });
   sock.on('end', () => process.exit(0));

@@ -20,7 +20,7 @@ import traceback
 
 INVOKE, RESULT, ERROR, LOG, READY, INIT_ERROR = 1, 2, 3, 4, 5, 6
 REQUEST, RESPONSE_HEAD, RESPONSE_CHUNK, RESPONSE_END = 7, 8, 9, 10
-INITIALIZE, PRE_STOP = 11, 12
+INITIALIZE, PRE_STOP, PING = 11, 12, 14
 _HEADER = struct.Struct(">IBII")
 
 # Take the channel off fd 0 so a handler reading stdin gets EOF instead of protocol bytes.
@@ -552,6 +552,8 @@ def main():
         kind, ident, meta, body = frame
         if kind in (INITIALIZE, PRE_STOP):
             _run_hook(ident, meta)
+        elif kind == PING:
+            _send(RESULT, ident, b"json", b"null")
         elif kind == INVOKE and executor:
             executor.submit(_run, func, loop_holder, ident, meta, body)
         elif kind == INVOKE:
