@@ -358,7 +358,13 @@ pub(crate) async fn lease_for(
                 platform,
                 r.request_id.clone(),
                 r.function.clone(),
-                (true, None, 0.0, 0),
+                CallMeta {
+                    cold_start: true,
+                    init_ms: None,
+                    duration_ms: 0.0,
+                    instance_id: 0,
+                    timings,
+                },
                 Some(e),
                 Default::default(),
             );
@@ -374,26 +380,50 @@ pub(crate) async fn lease_for(
     }
 }
 
+/// What is recorded of a gateway call besides its outcome and logs.
+pub(crate) struct CallMeta {
+    cold_start: bool,
+    init_ms: Option<f64>,
+    duration_ms: f64,
+    instance_id: u64,
+    timings: sandbox::Timings,
+}
+
+impl CallMeta {
+    /// A call on `lease` that took `duration_ms` in the function.
+    pub(crate) fn of(lease: &sandbox::Lease, duration_ms: f64) -> CallMeta {
+        CallMeta {
+            cold_start: lease.cold_start,
+            init_ms: lease.init_ms(),
+            duration_ms,
+            instance_id: lease.instance_id(),
+            timings: sandbox::Timings {
+                handler_ms: duration_ms,
+                ..lease.timings
+            },
+        }
+    }
+}
+
 /// Records a finished gateway request in the node's recent invocations.
 pub(crate) fn record(
     platform: &Platform,
     request_id: String,
     function: String,
-    timing: (bool, Option<f64>, f64, u64),
+    meta: CallMeta,
     error: Option<sandbox::FunctionError>,
     logs: sandbox::Logs,
 ) {
-    let (cold_start, init_ms, duration_ms, instance_id) = timing;
     platform.remember(Arc::new(InvocationRecord {
         request_id,
         function,
-        started_at_ms: now_ms() - duration_ms as i64,
-        cold_start,
-        init_ms,
-        duration_ms,
-        instance_id,
+        started_at_ms: now_ms() - meta.duration_ms as i64,
+        cold_start: meta.cold_start,
+        init_ms: meta.init_ms,
+        duration_ms: meta.duration_ms,
+        instance_id: meta.instance_id,
         error,
         logs,
-        timings: sandbox::Timings::default(),
+        timings: meta.timings,
     }));
 }

@@ -13,7 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use sandbox::Lease;
 
-use super::{Routed, Timing, function_failed, lease_for, record};
+use super::{CallMeta, Routed, Timing, function_failed, lease_for, record};
 use crate::ApiError;
 use crate::platform::Platform;
 
@@ -70,12 +70,6 @@ pub(crate) async fn serve(
             ..lease.timings
         },
     };
-    let meta = (
-        lease.cold_start,
-        lease.init_ms(),
-        handler_ms,
-        lease.instance_id(),
-    );
     let (sender, upstream) = match result {
         Ok(Ok(ok)) => ok,
         failed => {
@@ -96,7 +90,14 @@ pub(crate) async fn serve(
             // Whatever state its server is in, this instance is not trusted again.
             lease.discard("its HTTP server failed");
             let response = function_failed(&error, &r.request_id);
-            record(platform, r.request_id, r.function, meta, Some(error), logs);
+            record(
+                platform,
+                r.request_id,
+                r.function,
+                CallMeta::of(&lease, handler_ms),
+                Some(error),
+                logs,
+            );
             return Ok((response, timing));
         }
     };
@@ -242,12 +243,7 @@ impl Proxied {
         {
             lease.put_attachment(sender);
         }
-        let timing = (
-            lease.cold_start,
-            lease.init_ms(),
-            self.started.elapsed().as_secs_f64() * 1000.0,
-            lease.instance_id(),
-        );
+        let meta = CallMeta::of(&lease, self.started.elapsed().as_secs_f64() * 1000.0);
         if discard {
             lease.discard("its HTTP response broke off");
         }
@@ -255,7 +251,7 @@ impl Proxied {
             &self.platform,
             self.request_id.clone(),
             self.function.clone(),
-            timing,
+            meta,
             error,
             logs,
         );

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{Routed, Timing, function_failed, lease_for, record};
+use super::{CallMeta, Routed, Timing, function_failed, lease_for, record};
 use crate::ApiError;
 use crate::platform::{Platform, now_ms};
 
@@ -83,14 +83,6 @@ pub(crate) async fn serve(
             ..lease.timings
         },
     };
-    let meta_of = |lease: &Lease| {
-        (
-            lease.cold_start,
-            lease.init_ms(),
-            handler_ms,
-            lease.instance_id(),
-        )
-    };
     let (head, body) = match reply {
         WebReply::Head { head, body } => (head, body),
         WebReply::Error(e, logs) => {
@@ -99,7 +91,7 @@ pub(crate) async fn serve(
                 platform,
                 r.request_id,
                 r.function,
-                meta_of(&lease),
+                CallMeta::of(&lease, handler_ms),
                 Some(e),
                 logs,
             );
@@ -118,7 +110,7 @@ pub(crate) async fn serve(
                 platform,
                 r.request_id,
                 r.function,
-                meta_of(&lease),
+                CallMeta::of(&lease, handler_ms),
                 Some(error),
                 Default::default(),
             );
@@ -199,17 +191,12 @@ impl Streamed {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        let timing = (
-            lease.cold_start,
-            lease.init_ms(),
-            self.started.elapsed().as_secs_f64() * 1000.0,
-            lease.instance_id(),
-        );
+        let meta = CallMeta::of(&lease, self.started.elapsed().as_secs_f64() * 1000.0);
         record(
             &self.platform,
             self.request_id.clone(),
             self.function.clone(),
-            timing,
+            meta,
             error,
             logs,
         );

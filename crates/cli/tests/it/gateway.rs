@@ -348,6 +348,10 @@ async fn node_http_handler_and_java_custom_runtime() {
             record["logs"][0]["message"], "POST /path?x=1 (5 bytes)",
             "{record}"
         );
+        assert!(
+            record["timings"]["handler_ms"].as_f64().unwrap() > 0.0,
+            "{record}"
+        );
     }
 
     for (path, seen, hits) in [("/java/a/b", "/java/a/b", 1), ("/fn/java-hello/x", "/x", 2)] {
