@@ -74,6 +74,10 @@ pub struct RouteOptions {
 }
 
 /// `- http: {path, methods, ...}` in a manifest.
+///
+/// It repeats the fields of `RouteOptions` instead of flattening them in, because serde's
+/// `flatten` cannot be combined with `deny_unknown_fields`, and a misspelt protection
+/// (`alow:`) must be an error, not a route left open. `options()` gives the shared view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTrigger {
