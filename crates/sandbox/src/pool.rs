@@ -1151,6 +1151,13 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
 "#;
 
     fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Pool>) {
+        setup_with(files, PoolConfig::default())
+    }
+
+    fn setup_with(
+        files: &[(&str, &str)],
+        pool_config: PoolConfig,
+    ) -> (tempfile::TempDir, Arc<Pool>) {
         let tmp = tempfile::tempdir().unwrap();
         let code = tmp.path().join("code");
         std::fs::create_dir(&code).unwrap();
@@ -1158,7 +1165,7 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             std::fs::write(code.join(name), text).unwrap();
         }
         let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
-        (tmp, Pool::new(runtimes, PoolConfig::default()))
+        (tmp, Pool::new(runtimes, pool_config))
     }
 
     fn config(
@@ -1282,12 +1289,8 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
 
     #[tokio::test]
     async fn idle_instances_are_stopped_and_changes_retire_old_ones() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir(tmp.path().join("code")).unwrap();
-        std::fs::write(tmp.path().join("code/main.py"), PY).unwrap();
-        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
-        let pool = Pool::new(
-            runtimes,
+        let (tmp, pool) = setup_with(
+            &[("main.py", PY)],
             PoolConfig {
                 instances_max: 1,
                 ..PoolConfig::default()
@@ -1308,12 +1311,8 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
 
     #[tokio::test]
     async fn the_node_cap_refuses_clearly() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir(tmp.path().join("code")).unwrap();
-        std::fs::write(tmp.path().join("code/main.py"), PY).unwrap();
-        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
-        let pool = Pool::new(
-            runtimes,
+        let (tmp, pool) = setup_with(
+            &[("main.py", PY)],
             PoolConfig {
                 instances_max: 1,
                 ..PoolConfig::default()

@@ -92,6 +92,25 @@ async fn events(server: &Server, function: &str) -> Vec<Value> {
     list["events"].as_array().unwrap().clone()
 }
 
+/// The processes the calls ran in and their [start, end] intervals; every call must succeed.
+async fn runs(
+    answers: Vec<reqwest::Response>,
+) -> (std::collections::HashSet<i64>, Vec<(f64, f64)>) {
+    let mut pids = std::collections::HashSet::new();
+    let mut intervals = Vec::new();
+    for res in answers {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "x-nimbus-error-type"), "");
+        let body: Value = res.json().await.unwrap();
+        pids.insert(body["pid"].as_i64().unwrap());
+        intervals.push((
+            body["start"].as_f64().unwrap(),
+            body["end"].as_f64().unwrap(),
+        ));
+    }
+    (pids, intervals)
+}
+
 fn count(events: &[Value], event: &str, reason_part: &str) -> usize {
     events
         .iter()
@@ -110,19 +129,8 @@ async fn max_instances_bounds_parallelism_and_every_call_completes() {
             "    max_instances: 4\n    queue_timeout_ms: 20000\n",
         ))
         .await;
-    let answers = parallel(&server, "capped", 20, json!({"sleep": 0.2})).await;
-    let mut pids = std::collections::HashSet::new();
-    let mut intervals = Vec::new();
-    for res in answers {
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(header(&res, "x-nimbus-error-type"), "");
-        let body: Value = res.json().await.unwrap();
-        pids.insert(body["pid"].as_i64().unwrap());
-        intervals.push((
-            body["start"].as_f64().unwrap(),
-            body["end"].as_f64().unwrap(),
-        ));
-    }
+    let (pids, intervals) =
+        runs(parallel(&server, "capped", 20, json!({"sleep": 0.2})).await).await;
     assert!(pids.len() <= 4, "{} instances ran", pids.len());
     assert!(
         max_overlap(&intervals) <= 4,
@@ -185,17 +193,7 @@ async fn one_instance_takes_ten_calls_at_once() {
     // Warm it first so all ten calls find the instance.
     server.invoke("wide", r#"{"sleep": 0}"#).await;
     let started = Instant::now();
-    let answers = parallel(&server, "wide", 10, json!({"sleep": 0.5})).await;
-    let mut pids = std::collections::HashSet::new();
-    let mut intervals = Vec::new();
-    for res in answers {
-        let body: Value = res.json().await.unwrap();
-        pids.insert(body["pid"].as_i64().unwrap());
-        intervals.push((
-            body["start"].as_f64().unwrap(),
-            body["end"].as_f64().unwrap(),
-        ));
-    }
+    let (pids, intervals) = runs(parallel(&server, "wide", 10, json!({"sleep": 0.5})).await).await;
     assert_eq!(pids.len(), 1);
     assert_eq!(max_overlap(&intervals), 10, "the calls did not run at once");
     assert!(
