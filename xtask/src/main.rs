@@ -19,11 +19,13 @@ fn main() -> anyhow::Result<()> {
         Some("bench-invoke") => bench_invoke(&args[1..]),
         Some("bench-gateway") => bench_gateway(&args[1..]),
         Some("bench-cold") => bench_cold(&args[1..]),
+        Some("bench-async") => bench_async(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\
-                 \x20      cargo xtask bench-cold [--seconds N]\n\n\
+                 \x20      cargo xtask bench-cold [--seconds N]\n\
+                 \x20      cargo xtask bench-async [--connections N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -58,6 +60,56 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 /// Kills the child when dropped, so a failed run leaves no server behind.
 struct Guard(Child);
 
+/// A release `nimbus server` started for a benchmark, on a free port.
+struct Nimbus {
+    _process: Guard,
+    binary: PathBuf,
+    data: PathBuf,
+    endpoint: String,
+    token: String,
+}
+
+impl Nimbus {
+    /// Starts `binary` as a server on the data dir `data` with extra `flags`.
+    fn start(binary: &Path, data: &Path, flags: &[std::ffi::OsString]) -> anyhow::Result<Nimbus> {
+        std::fs::create_dir_all(data)?;
+        let (process, endpoint) = start(
+            Command::new(binary)
+                .args(["server", "--listen", "127.0.0.1:0"])
+                .args(flags)
+                .arg("--data-dir")
+                .arg(data)
+                .env("NIMBUS_LOG", "warn"),
+            "nimbus listening on ",
+        )?;
+        let token = std::fs::read_to_string(data.join("admin.token"))?
+            .trim()
+            .to_string();
+        Ok(Nimbus {
+            _process: process,
+            binary: binary.to_path_buf(),
+            data: data.to_path_buf(),
+            endpoint,
+            token,
+        })
+    }
+
+    /// Deploys the project in `dir` with the CLI.
+    fn deploy(&self, dir: &Path) -> anyhow::Result<()> {
+        let deployed = Command::new(&self.binary)
+            .arg("deploy")
+            .arg(dir)
+            .env("NIMBUS_ENDPOINT", &self.endpoint)
+            .env("NIMBUS_DATA_DIR", &self.data)
+            .stdout(Stdio::null())
+            .status()?;
+        if !deployed.success() {
+            bail!("deploying {} failed", dir.display());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -91,25 +143,9 @@ fn bench_invoke(args: &[String]) -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("nimbus-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
 
-    let (_server, endpoint) = start(
-        Command::new(&nimbus)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("NIMBUS_LOG", "warn"),
-        "nimbus listening on ",
-    )?;
-    let deployed = Command::new(&nimbus)
-        .args(["deploy"])
-        .arg(root.join("bench/noop"))
-        .env("NIMBUS_ENDPOINT", &endpoint)
-        .env("NIMBUS_DATA_DIR", &data)
-        .status()?;
-    if !deployed.success() {
-        bail!("deploying the no-op function failed");
-    }
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_string();
+    let server = Nimbus::start(&nimbus, &data, &[])?;
+    server.deploy(&root.join("bench/noop"))?;
+    let (endpoint, token) = (server.endpoint.clone(), server.token.clone());
     let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -177,6 +213,127 @@ impl Stats {
             name, conns, self.requests, self.rps, self.p50_ms, self.p99_ms
         );
     }
+}
+
+/// Asynchronous invocation: how many events per second are durably accepted, and how fast a
+/// no-op function drains them; next to synchronous invokes over the same connections.
+fn bench_async(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-async-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let server = Nimbus::start(&nimbus, &data, &[])?;
+    server.deploy(&root.join("bench/noop"))?;
+    let (endpoint, token) = (server.endpoint.clone(), server.token.clone());
+    let addr = endpoint.trim_start_matches("http://").to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    const EVENTS: usize = 20_000;
+    let conns = opts.connections;
+    let sync = rt.block_on(run(
+        &Target {
+            name: "sync invoke (same no-op)",
+            addr: addr.clone(),
+            path: "/v1/functions/noop/invocations".into(),
+            token: Some(token.clone()),
+        },
+        conns,
+        Duration::from_secs(3),
+    ))?;
+    let (accepted, accept_time, drain_time) = rt.block_on(async {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (addr, token) = (addr.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                let mut last = String::new();
+                for _ in 0..EVENTS / conns {
+                    let req = Request::post("/v1/functions/noop/invocations")
+                        .header("host", &addr)
+                        .header("authorization", format!("Bearer {token}"))
+                        .header("x-nimbus-invocation-type", "async")
+                        .body(Full::new(Bytes::from_static(b"{}")))?;
+                    let res = send.send_request(req).await?;
+                    let status = res.status();
+                    let body = res.into_body().collect().await?.to_bytes();
+                    if status.as_u16() != 202 {
+                        bail!("unexpected answer {status}: {body:?}");
+                    }
+                    let text = String::from_utf8_lossy(&body);
+                    last = text
+                        .split("\"request_id\":\"")
+                        .nth(1)
+                        .and_then(|t| t.split('"').next())
+                        .unwrap_or_default()
+                        .to_string();
+                }
+                anyhow::Ok(last)
+            }));
+        }
+        let mut lasts = Vec::new();
+        for t in tasks {
+            lasts.push(t.await??);
+        }
+        let accept_time = started.elapsed();
+        // Each connection's last event is among the last dispatched (arrival order).
+        for id in &lasts {
+            loop {
+                // A connection per poll: polls are few, and each stands alone.
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                let req = Request::get(format!("/v1/invocations/{id}"))
+                    .header("host", &addr)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))?;
+                let res = send.send_request(req).await?;
+                let body = res.into_body().collect().await?.to_bytes();
+                let text = String::from_utf8_lossy(&body);
+                if text.contains("\"status\":\"succeeded\"") {
+                    break;
+                }
+                if text.contains("\"status\":\"dead_lettered\"") {
+                    bail!("an event failed: {text}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        anyhow::Ok((conns * (EVENTS / conns), accept_time, started.elapsed()))
+    })?;
+    println!("{:<40} {:>12}", "measure", "value");
+    println!(
+        "{:<40} {:>12.0} req/s",
+        format!("sync invoke, {conns} connections"),
+        sync.rps
+    );
+    let accept_rate = accepted as f64 / accept_time.as_secs_f64();
+    println!(
+        "{:<40} {:>12.0} events/s ({accepted} in {:.2} s)",
+        format!("async accept (durable), {conns} connections"),
+        accept_rate,
+        accept_time.as_secs_f64()
+    );
+    println!(
+        "{:<40} {:>12.0} events/s (all done {:.2} s after the first submission)",
+        "async drain, no-op python",
+        accepted as f64 / drain_time.as_secs_f64(),
+        drain_time.as_secs_f64()
+    );
+    println!(
+        "  -> accept / sync invoke throughput = {:.2}x",
+        accept_rate / sync.rps
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }
 
 /// Runs `conns` keep-alive connections, each sending requests back to back, for `duration`
@@ -316,30 +473,15 @@ fn bench_gateway(args: &[String]) -> anyhow::Result<()> {
     let nimbus = root.join("target/release/nimbus");
     let data = std::env::temp_dir().join(format!("nimbus-bench-gw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let (_server, endpoint) = start(
-        Command::new(&nimbus)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .arg("--python3")
-            .arg(&python)
-            .env("NIMBUS_LOG", "warn"),
-        "nimbus listening on ",
-    )?;
+    let server = Nimbus::start(&nimbus, &data, &["--python3".into(), python.clone().into()])?;
     for project in [
         "bench/gateway-noop",
         "examples/flask-app",
         "examples/custom-java",
     ] {
-        let ok = Command::new(&nimbus)
-            .arg("deploy")
-            .arg(root.join(project))
-            .env("NIMBUS_ENDPOINT", &endpoint)
-            .env("NIMBUS_DATA_DIR", &data)
-            .status()?;
-        if !ok.success() {
-            bail!("deploying {project} failed");
-        }
+        server.deploy(&root.join(project))?;
     }
+    let endpoint = server.endpoint.clone();
     // The same Flask app under gunicorn (4 sync workers on 2 cores), the same Java server.
     let gunicorn_port = free_port()?;
     let _gunicorn = Guard(
@@ -477,17 +619,8 @@ fn bench_cold(args: &[String]) -> anyhow::Result<()> {
     let nimbus = root.join("target/release/nimbus");
     let data = std::env::temp_dir().join(format!("nimbus-bench-cold-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data)?;
-    let (_server, endpoint) = start(
-        Command::new(&nimbus)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("NIMBUS_LOG", "warn"),
-        "nimbus listening on ",
-    )?;
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_string();
+    let server = Nimbus::start(&nimbus, &data, &[])?;
+    let (endpoint, token) = (server.endpoint.clone(), server.token.clone());
     // Many functions over the same code: each one's first call is a cold start.
     const COLD_FUNCTIONS: usize = 20;
     let projects = data.join("projects");
@@ -518,16 +651,7 @@ fn bench_cold(args: &[String]) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&projects)?;
     std::fs::write(projects.join("nimbus.yaml"), manifest)?;
-    let deployed = Command::new(&nimbus)
-        .arg("deploy")
-        .arg(&projects)
-        .env("NIMBUS_ENDPOINT", &endpoint)
-        .env("NIMBUS_DATA_DIR", &data)
-        .stdout(Stdio::null())
-        .status()?;
-    if !deployed.success() {
-        bail!("deploying the benchmark functions failed");
-    }
+    server.deploy(&projects)?;
     println!("{:<34} {:>10} {:>10}", "measure", "p50_ms", "p99_ms");
     let row = |name: &str, (p50, p99): (f64, f64)| println!("{name:<34} {p50:>10.2} {p99:>10.2}");
     for runtime in ["python3", "nodejs"] {
@@ -575,24 +699,45 @@ fn bench_cold(args: &[String]) -> anyhow::Result<()> {
             &format!("{runtime} warm (new connection)"),
             median_ms(&mut warm),
         );
-        // A burst from zero: 32 calls of 0.5 s at once need 32 instances.
-        let t = Instant::now();
-        let calls: Vec<_> = (0..32)
-            .map(|_| {
-                let (e, k, f) = (endpoint.clone(), token.clone(), format!("{runtime}-burst"));
-                std::thread::spawn(move || invoke_ms(&e, &k, &f, r#"{"sleep": 0.5}"#))
-            })
-            .collect();
-        for c in calls {
-            c.join().expect("a burst call panicked")?;
+        burst(
+            &endpoint,
+            &token,
+            &format!("{runtime}-burst"),
+            &format!("{runtime} burst from zero"),
+        )?;
+    }
+    // The same cold starts and bursts without the sandbox, and without the fork server
+    // (which the sandbox does not use yet), each on a server of its own in this run.
+    for (label, flags) in [
+        ("no sandbox", &["--no-sandbox"][..]),
+        (
+            "no sandbox, no fork server",
+            &["--no-sandbox", "--no-fork-server"][..],
+        ),
+    ] {
+        let flags: Vec<std::ffi::OsString> = flags.iter().map(Into::into).collect();
+        let other = Nimbus::start(&nimbus, &data.join(label.replace([' ', ','], "-")), &flags)?;
+        other.deploy(&projects)?;
+        let (endpoint, token) = (other.endpoint.clone(), other.token.clone());
+        for runtime in ["python3", "nodejs"] {
+            let mut cold = Vec::new();
+            for i in 0..COLD_FUNCTIONS {
+                cold.push(invoke_ms(
+                    &endpoint,
+                    &token,
+                    &format!("{runtime}-cold-{i}"),
+                    "{}",
+                )?);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            row(&format!("{runtime} cold, {label}"), median_ms(&mut cold));
+            burst(
+                &endpoint,
+                &token,
+                &format!("{runtime}-burst"),
+                &format!("{runtime} burst, {label}"),
+            )?;
         }
-        let spent = t.elapsed().as_secs_f64() - 0.5;
-        println!(
-            "{:<34} {:>10.0} instances/s (32 in {:.0} ms)",
-            format!("{runtime} burst from zero"),
-            32.0 / spent,
-            spent * 1000.0
-        );
     }
     println!();
     println!(
@@ -654,6 +799,32 @@ fn bench_cold(args: &[String]) -> anyhow::Result<()> {
     );
     println!("  functions-framework start to answer {ff_cold_ms:>8.1}");
     let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// A burst from zero: 32 calls of 0.5 s at once need 32 instances; prints how many
+/// instances per second the server started.
+fn burst(endpoint: &str, token: &str, function: &str, label: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let (e, k, f) = (
+                endpoint.to_string(),
+                token.to_string(),
+                function.to_string(),
+            );
+            std::thread::spawn(move || invoke_ms(&e, &k, &f, r#"{"sleep": 0.5}"#))
+        })
+        .collect();
+    for c in calls {
+        c.join().expect("a burst call panicked")?;
+    }
+    let spent = t.elapsed().as_secs_f64() - 0.5;
+    println!(
+        "{label:<34} {:>10.0} instances/s (32 in {:.0} ms)",
+        32.0 / spent,
+        spent * 1000.0
+    );
     Ok(())
 }
 

@@ -94,6 +94,15 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             StoreError::Archive(e) => ApiError::new(ErrorCode::InvalidArchive, e.to_string()),
+            StoreError::VersionNotFound(f, v) => ApiError::new(
+                ErrorCode::VersionNotFound,
+                format!("function `{f}` has no version {v}; `nimbus versions {f}` lists them"),
+            ),
+            StoreError::AliasNotFound(f, a) => ApiError::new(
+                ErrorCode::AliasNotFound,
+                format!("function `{f}` has no alias `{a}`; `nimbus alias ls {f}` lists them"),
+            ),
+            e @ StoreError::VersionInUse(..) => ApiError::new(ErrorCode::InUse, e.to_string()),
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::new(

@@ -5,11 +5,15 @@
 //! operations themselves live in `platform`, which knows neither, so triggers and other
 //! front ends call the same code.
 
+pub mod async_invoke;
 mod auth;
 mod error;
 pub mod gateway;
 mod platform;
+pub mod releases;
 pub mod routes;
+pub mod trace;
+mod webhook;
 mod wire;
 
 use std::sync::Arc;
@@ -48,6 +52,16 @@ pub struct AppState {
         routes::list_keys,
         routes::delete_key,
         routes::list_events,
+        routes::list_dead_letters,
+        routes::redrive,
+        releases::publish,
+        releases::list_versions,
+        releases::get_version,
+        releases::delete_version,
+        releases::put_alias,
+        releases::list_aliases,
+        releases::get_alias,
+        releases::delete_alias,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -86,9 +100,26 @@ pub fn router(state: AppState) -> Router {
                 .delete(routes::delete_function),
         )
         .route("/functions/{name}/invocations", post(routes::invoke))
+        .route(
+            "/functions/{name}/versions",
+            get(releases::list_versions).post(releases::publish),
+        )
+        .route(
+            "/functions/{name}/versions/{version}",
+            get(releases::get_version).delete(releases::delete_version),
+        )
+        .route("/functions/{name}/aliases", get(releases::list_aliases))
+        .route(
+            "/functions/{name}/aliases/{alias}",
+            get(releases::get_alias)
+                .put(releases::put_alias)
+                .delete(releases::delete_alias),
+        )
         .route("/invocations/{request_id}", get(routes::get_invocation))
         .route("/keys", get(routes::list_keys).post(routes::create_key))
         .route("/events", get(routes::list_events))
+        .route("/dlq", get(routes::list_dead_letters))
+        .route("/dlq/redrive", post(routes::redrive))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use model::{ErrorCode, Function, FunctionSpec, limits};
+use model::{ErrorCode, Function, FunctionSpec, Qualifier, limits};
 use sandbox::{FunctionError, InstanceConfig, Logs, Outcome, Pool};
 use store::{ArchiveInfo, BlobStore, CodeCache, KeyRecord, MetaStore, PutMode, PutOutcome};
 
@@ -23,11 +23,27 @@ pub(crate) struct Resolved {
     pub instance: InstanceConfig,
 }
 
+/// A call through an alias whose canary has a guard: its outcome counts towards rollback.
+pub(crate) struct GuardedCall {
+    function: String,
+    alias: String,
+    guard: model::Guard,
+    canary_version: u32,
+}
+
+/// Outcomes of guarded canaries in their window: (time, succeeded), oldest first.
+type CanaryOutcomes = HashMap<(String, String), VecDeque<(i64, bool)>>;
+
+/// Outcomes kept per guarded canary at most, whatever its window.
+const CANARY_OUTCOMES_MAX: usize = 100_000;
+
 /// One finished invocation, kept in memory for `GET /v1/invocations/{id}`. It holds no
 /// result body: results go to the caller and are not retained.
 pub struct InvocationRecord {
     pub request_id: String,
     pub function: String,
+    /// `$LATEST` or the number of the version that ran.
+    pub version: String,
     pub started_at_ms: i64,
     pub cold_start: bool,
     pub init_ms: Option<f64>,
@@ -62,6 +78,11 @@ pub struct Platform {
     /// Serializes function writes, so a route conflict check and the write it guards are
     /// not interleaved with another deploy.
     writes: tokio::sync::Mutex<()>,
+    /// Aliases per function, filled from the store on a miss, dropped on every alias write.
+    aliases: RwLock<HashMap<String, Arc<Vec<model::Alias>>>>,
+    canaries: Mutex<CanaryOutcomes>,
+    /// Asynchronous invocation, once `enable_async` has started it.
+    asynq: std::sync::OnceLock<Arc<crate::async_invoke::AsyncInvoker>>,
 }
 
 impl Platform {
@@ -82,7 +103,70 @@ impl Platform {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             keys: RwLock::new(HashSet::new()),
             writes: tokio::sync::Mutex::new(()),
+            aliases: RwLock::new(HashMap::new()),
+            canaries: Mutex::new(HashMap::new()),
+            asynq: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts asynchronous invocation on `queue`: recovers what a previous run left, then
+    /// dispatches in the background.
+    pub async fn enable_async(
+        self: &Arc<Self>,
+        queue: Arc<dyn store::AsyncQueue>,
+        config: crate::async_invoke::AsyncConfig,
+    ) -> Result<(), ApiError> {
+        let invoker = crate::async_invoke::AsyncInvoker::start(self, queue, config).await?;
+        let _ = self.asynq.set(invoker);
+        Ok(())
+    }
+
+    fn asynq(&self) -> Result<&Arc<crate::async_invoke::AsyncInvoker>, ApiError> {
+        self.asynq.get().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "asynchronous invocation is not enabled on this server",
+            )
+        })
+    }
+
+    /// Accepts an event for asynchronous invocation of `target` once it is stored: its
+    /// request id, and whether an earlier submission with the same key is the answer.
+    pub async fn submit_async(
+        &self,
+        target: &str,
+        payload: Bytes,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), ApiError> {
+        // An unknown function or qualifier is refused now, not after the 202.
+        self.resolve(target).await?;
+        self.asynq()?.submit(target, payload, idempotency_key).await
+    }
+
+    /// A stored asynchronous invocation.
+    pub async fn async_invocation(&self, id: &str) -> Result<Option<store::AsyncRecord>, ApiError> {
+        match self.asynq.get() {
+            Some(a) => Ok(a.queue.get(id).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Dead-lettered invocations, oldest first.
+    pub async fn dead_letters(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<store::AsyncRecord>, ApiError> {
+        Ok(self
+            .asynq()?
+            .queue
+            .list(store::AsyncStatus::DeadLettered, function, limit)
+            .await?)
+    }
+
+    /// Queues dead letters again; how many were.
+    pub async fn redrive(&self, ids: &[String]) -> Result<u64, ApiError> {
+        self.asynq()?.redrive(ids).await
     }
 
     /// Loads what the gateway needs from the store: routes and invoke keys. Called once at
@@ -233,10 +317,18 @@ impl Platform {
         self.rebuild_routes().await
     }
 
-    /// Drops the cached resolution and the instances of `name` (as their calls finish).
+    /// Drops the cached resolution and the instances of `name` (as their calls finish);
+    /// a deleted function's versions and aliases go too.
     fn forget(&self, name: &str, deleted: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.functions.write().unwrap().remove(name);
+        let prefix = format!("{name}:");
+        self.functions
+            .write()
+            .unwrap()
+            .retain(|k, _| k != name && !(deleted && k.starts_with(&prefix)));
+        if deleted {
+            self.aliases.write().unwrap().remove(name);
+        }
         self.pool.evict(name, deleted);
     }
 
@@ -252,14 +344,37 @@ impl Platform {
         self.pool.events(function, limit)
     }
 
-    /// Invokes `name` synchronously with `event`. A function failure is in the returned
-    /// record's outcome; `Err` means the platform could not run it.
+    /// Invokes `target` (`fn`, `fn:3` or `fn:alias`) synchronously with `event`; through an
+    /// alias with a canary, `affinity` (a caller's key) keeps choosing the same version. A
+    /// function failure is in the returned record's outcome; `Err` means the platform could
+    /// not run it.
     pub async fn invoke(
         &self,
-        name: &str,
+        target: &str,
         event: Bytes,
         request_id: String,
+        affinity: Option<&str>,
+        traceparent: String,
     ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
+        let call = sandbox::CallContext {
+            attempt: 1,
+            traceparent: Some(traceparent),
+        };
+        self.invoke_attempt(target, event, request_id, affinity, call)
+            .await
+            .map(|(record, outcome, _)| (record, outcome))
+    }
+
+    /// As `invoke`, for the `attempt`-th delivery of an event; also returns the spec of the
+    /// version that ran (its retry policy and destinations apply).
+    pub(crate) async fn invoke_attempt(
+        &self,
+        target: &str,
+        event: Bytes,
+        request_id: String,
+        affinity: Option<&str>,
+        call: sandbox::CallContext,
+    ) -> Result<(Arc<InvocationRecord>, Outcome, Arc<Resolved>), ApiError> {
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -270,25 +385,31 @@ impl Platform {
                 ),
             ));
         }
-        let resolved = self.resolve(name).await?;
+        let (resolved, guarded) = self.resolve_call(target, affinity, &request_id).await?;
         let started_at_ms = now_ms();
         // The invocation runs in its own task: a caller that disconnects does not cancel a
         // function midway (it completes, as on Lambda), and its instance stays warm.
         let pool = self.pool.clone();
         let id = request_id.clone();
         let run = resolved.clone();
-        let invocation = tokio::spawn(async move { pool.invoke(&run.instance, &id, &event).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "invocation task failed");
-                ApiError::new(
-                    ErrorCode::Internal,
-                    "the invocation task failed; the server log has details",
-                )
-            })??;
+        let invocation =
+            tokio::spawn(async move { pool.invoke_with(&run.instance, &id, &event, &call).await })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "invocation task failed");
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        "the invocation task failed; the server log has details",
+                    )
+                })??;
+        if let Some(call) = guarded {
+            let ok = matches!(invocation.outcome, Outcome::Success { .. });
+            self.count_canary_call(call, ok).await;
+        }
         let record = Arc::new(InvocationRecord {
             request_id,
             function: resolved.function.spec.name.clone(),
+            version: resolved.instance.version.clone(),
             started_at_ms,
             cold_start: invocation.cold_start,
             init_ms: invocation.init_ms,
@@ -302,7 +423,7 @@ impl Platform {
             timings: invocation.timings,
         });
         self.remember(record.clone());
-        Ok((record, invocation.outcome))
+        Ok((record, invocation.outcome, resolved))
     }
 
     /// A recent invocation of this node.
@@ -321,16 +442,84 @@ impl Platform {
         recent.by_id.insert(record.request_id.clone(), record);
     }
 
-    pub(crate) async fn resolve(&self, name: &str) -> Result<Arc<Resolved>, ApiError> {
-        if let Some(r) = self.functions.read().unwrap().get(name) {
+    /// Resolves `target` for one call: an alias picks its version here (by `affinity`, or
+    /// at random by the request id), and a guarded canary's pick is returned for counting.
+    pub(crate) async fn resolve_call(
+        &self,
+        target: &str,
+        affinity: Option<&str>,
+        request_id: &str,
+    ) -> Result<(Arc<Resolved>, Option<GuardedCall>), ApiError> {
+        let (name, qualifier) = Qualifier::split(target).map_err(ApiError::invalid)?;
+        let alias = match qualifier {
+            Qualifier::Latest => {
+                return Ok((self.resolve_version_or_latest(name, None).await?, None));
+            }
+            Qualifier::Version(v) => return Ok((self.resolve_version(name, v).await?, None)),
+            Qualifier::Alias(alias) => self.alias(name, &alias).await?,
+        };
+        // A point in 0..10000: the same key lands on the same point while weights stay.
+        let point = model::hash::stable_hash(&[
+            name.as_bytes(),
+            alias.name.as_bytes(),
+            affinity.unwrap_or(request_id).as_bytes(),
+        ]);
+        let version = alias.pick((point % 10_000) as u32);
+        let guarded = alias.canary.as_ref().and_then(|c| {
+            Some(GuardedCall {
+                function: name.to_string(),
+                alias: alias.name.clone(),
+                guard: c
+                    .guard
+                    .clone()
+                    .filter(|_| c.version == version && c.percent > 0.0)?,
+                canary_version: c.version,
+            })
+        });
+        Ok((self.resolve_version(name, version).await?, guarded))
+    }
+
+    /// `$LATEST` of `name`, or the version a qualified target names (an alias resolves to
+    /// its main version here; calls pick between main and canary in `resolve_call`).
+    pub(crate) async fn resolve(&self, target: &str) -> Result<Arc<Resolved>, ApiError> {
+        if !target.contains(':') {
+            return self.resolve_version_or_latest(target, None).await;
+        }
+        let (resolved, _) = self.resolve_call(target, None, "").await?;
+        Ok(resolved)
+    }
+
+    async fn resolve_version(&self, name: &str, version: u32) -> Result<Arc<Resolved>, ApiError> {
+        self.resolve_version_or_latest(name, Some(version)).await
+    }
+
+    async fn resolve_version_or_latest(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Resolved>, ApiError> {
+        let key = match version {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
+        };
+        if let Some(r) = self.functions.read().unwrap().get(&key) {
             return Ok(r.clone());
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let function = self.meta.get_function(name).await?;
+        let function = match version {
+            None => self.meta.get_function(name).await?,
+            // A version is the function's record with the snapshot's spec.
+            Some(v) => {
+                let mut function = self.meta.get_function(name).await?;
+                function.spec = self.meta.get_version(name, v).await?.spec;
+                function
+            }
+        };
         let code_dir = self.code.ensure(&function.spec.code_sha256).await?;
         let spec = &function.spec;
         let instance = InstanceConfig {
             function: spec.name.clone(),
+            version: version.map_or_else(|| "$LATEST".to_string(), |v| v.to_string()),
             runtime: spec.runtime,
             handler: spec.handler.clone(),
             code_dir,
@@ -344,6 +533,9 @@ impl Platform {
             initializer_timeout_ms: spec.initializer_timeout_ms,
             pre_stop: spec.pre_stop.clone(),
             pre_stop_timeout_ms: spec.pre_stop_timeout_ms,
+            network: spec.network,
+            ephemeral_storage_mb: spec.ephemeral_storage_mb,
+            cpu_millicores: spec.cpu_millicores,
             policy: sandbox::Policy {
                 min_instances: spec.min_instances,
                 max_instances: spec.max_instances,
@@ -355,11 +547,211 @@ impl Platform {
         let mut cache = self.functions.write().unwrap();
         // Only cache what no write has overtaken since it was read.
         if self.epoch.load(Ordering::Acquire) == epoch {
-            cache
-                .entry(name.to_string())
-                .or_insert_with(|| resolved.clone());
+            cache.entry(key).or_insert_with(|| resolved.clone());
         }
         Ok(resolved)
+    }
+
+    /// One alias of a function, from the cache or the store.
+    async fn alias(&self, function: &str, alias: &str) -> Result<model::Alias, ApiError> {
+        let cached = self.aliases.read().unwrap().get(function).cloned();
+        let all = match cached {
+            Some(all) => all,
+            None => {
+                self.meta.get_function(function).await?;
+                let all = Arc::new(self.meta.list_aliases(function).await?);
+                self.aliases
+                    .write()
+                    .unwrap()
+                    .insert(function.to_string(), all.clone());
+                all
+            }
+        };
+        all.iter()
+            .find(|a| a.name == alias)
+            .cloned()
+            .ok_or_else(|| store::StoreError::AliasNotFound(function.into(), alias.into()).into())
+    }
+
+    /// Counts a guarded canary's call; past its error bound, rolls the canary back.
+    async fn count_canary_call(&self, call: GuardedCall, ok: bool) {
+        let now = now_ms();
+        let tripped = {
+            let mut all = self.canaries.lock().unwrap();
+            let key = (call.function.clone(), call.alias.clone());
+            let outcomes = all.entry(key.clone()).or_default();
+            outcomes.push_back((now, ok));
+            while outcomes.len() > CANARY_OUTCOMES_MAX
+                || outcomes
+                    .front()
+                    .is_some_and(|(t, _)| now - t > call.guard.window_ms as i64)
+            {
+                outcomes.pop_front();
+            }
+            let calls = outcomes.len();
+            let errors = outcomes.iter().filter(|(_, ok)| !ok).count();
+            let rate = errors as f64 / calls as f64;
+            if calls >= call.guard.min_calls as usize && rate > call.guard.max_error_rate {
+                all.remove(&key);
+                Some(format!(
+                    "canary version {} of alias `{}` rolled back: {errors} of its last {calls} calls failed ({:.0}% > {:.0}%)",
+                    call.canary_version,
+                    call.alias,
+                    rate * 100.0,
+                    call.guard.max_error_rate * 100.0
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = tripped
+            && let Err(e) = self.roll_back(&call, &reason).await
+        {
+            tracing::error!(error = ?e, "rolling back a canary failed");
+        }
+    }
+
+    async fn roll_back(&self, call: &GuardedCall, reason: &str) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
+        let mut alias = self.alias(&call.function, &call.alias).await?;
+        let Some(canary) = alias.canary.as_mut() else {
+            return Ok(());
+        };
+        if canary.version != call.canary_version || canary.percent == 0.0 {
+            return Ok(());
+        }
+        canary.percent = 0.0;
+        canary.rolled_back = Some(reason.to_string());
+        alias.updated_at_ms = now_ms();
+        self.meta.put_alias(&call.function, &alias).await?;
+        self.aliases.write().unwrap().remove(&call.function);
+        tracing::warn!(function = %call.function, "{reason}");
+        self.pool
+            .record_event(&call.function, "rolled_back", reason.to_string());
+        Ok(())
+    }
+
+    /// Publishes `$LATEST` of `name` as a new version, or returns the newest version when
+    /// nothing changed since (`false`).
+    pub async fn publish(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<(model::Version, bool), ApiError> {
+        if description.len() > limits::DESCRIPTION_LEN_MAX {
+            return Err(ApiError::invalid(format!(
+                "description is longer than {} bytes",
+                limits::DESCRIPTION_LEN_MAX
+            )));
+        }
+        let _write = self.writes.lock().await;
+        let (version, created) = self
+            .meta
+            .publish_version(name, description, now_ms())
+            .await?;
+        if created {
+            self.pool.record_event(
+                name,
+                "published",
+                format!("version {} published", version.version),
+            );
+        }
+        Ok((version, created))
+    }
+
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<model::Version>, ApiError> {
+        self.meta.get_function(name).await?;
+        Ok(self.meta.list_versions(name).await?)
+    }
+
+    pub async fn get_version(&self, name: &str, version: u32) -> Result<model::Version, ApiError> {
+        Ok(self.meta.get_version(name, version).await?)
+    }
+
+    /// Deletes a version no alias or trigger points at.
+    pub async fn delete_version(&self, name: &str, version: u32) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
+        self.refuse_if_routed(name, &version.to_string(), &format!("version {version}"))
+            .await?;
+        self.meta.delete_version(name, version).await?;
+        self.functions
+            .write()
+            .unwrap()
+            .remove(&format!("{name}:{version}"));
+        Ok(())
+    }
+
+    /// Creates or moves an alias.
+    pub async fn put_alias(&self, name: &str, mut alias: model::Alias) -> Result<(), ApiError> {
+        alias.validate().map_err(ApiError::invalid)?;
+        let _write = self.writes.lock().await;
+        self.meta.get_function(name).await?;
+        alias.updated_at_ms = now_ms();
+        self.meta.put_alias(name, &alias).await?;
+        self.aliases.write().unwrap().remove(name);
+        self.canaries
+            .lock()
+            .unwrap()
+            .remove(&(name.to_string(), alias.name.clone()));
+        let canary = alias
+            .canary
+            .as_ref()
+            .map(|c| format!(", canary version {} at {}%", c.version, c.percent))
+            .unwrap_or_default();
+        self.pool.record_event(
+            name,
+            "alias_moved",
+            format!(
+                "alias `{}` -> version {}{canary}",
+                alias.name, alias.version
+            ),
+        );
+        Ok(())
+    }
+
+    pub async fn list_aliases(&self, name: &str) -> Result<Vec<model::Alias>, ApiError> {
+        self.meta.get_function(name).await?;
+        Ok(self.meta.list_aliases(name).await?)
+    }
+
+    pub async fn get_alias(&self, name: &str, alias: &str) -> Result<model::Alias, ApiError> {
+        self.alias(name, alias).await
+    }
+
+    /// Deletes an alias no trigger points at.
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
+        self.refuse_if_routed(name, alias, &format!("alias `{alias}`"))
+            .await?;
+        self.meta.delete_alias(name, alias).await?;
+        self.aliases.write().unwrap().remove(name);
+        Ok(())
+    }
+
+    /// `in_use` when a route of `name` calls `qualifier` (called `what` in the message).
+    async fn refuse_if_routed(
+        &self,
+        name: &str,
+        qualifier: &str,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let function = self.meta.get_function(name).await?;
+        let routed = function
+            .spec
+            .triggers
+            .iter()
+            .map(|model::http::Trigger::Http(t)| t)
+            .find(|t| t.qualifier.as_deref() == Some(qualifier));
+        match routed {
+            Some(route) => Err(ApiError::new(
+                ErrorCode::InUse,
+                format!(
+                    "{what} of `{name}` is in use by the route {}; point it elsewhere first",
+                    route.path
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

@@ -24,13 +24,22 @@ pub mod headers {
     pub const ERROR_TYPE: &str = "x-nimbus-error-type";
     pub const LOG_TYPE: &str = "x-nimbus-log-type";
     pub const LOG_RESULT: &str = "x-nimbus-log-result";
+    /// The version that ran: `$LATEST` or a number.
+    pub const VERSION: &str = "x-nimbus-version";
+    /// A caller's key: through an alias with a canary, the same key keeps getting the same
+    /// version while the weights stay.
+    pub const AFFINITY: &str = "x-nimbus-affinity";
+    /// `async` (or Lambda's `Event`): answer 202 once the event is stored, run it later.
+    pub const INVOCATION_TYPE: &str = "x-nimbus-invocation-type";
+    /// Repeated asynchronous submissions with the same key (within the retention) run once.
+    pub const IDEMPOTENCY_KEY: &str = "x-nimbus-idempotency-key";
 }
 
 /// How much of an invocation's log tail `x-nimbus-log-type: tail` returns (as on Lambda).
 const LOG_TAIL_BYTES_MAX: usize = 4 * 1024;
 
 /// Reads a request body of at most `limit` bytes, answering 413 past it.
-async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -45,7 +54,7 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiErr
     })
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
@@ -211,9 +220,41 @@ pub async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let event = read_body(body, limits::PAYLOAD_BYTES_MAX, "event").await?;
+    let is_async = req_headers.get(headers::INVOCATION_TYPE).is_some_and(|v| {
+        v.as_bytes().eq_ignore_ascii_case(b"async") || v.as_bytes().eq_ignore_ascii_case(b"event")
+    });
+    if is_async {
+        let key = req_headers
+            .get(headers::IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let (id, duplicate) = s.platform.submit_async(&name, event, key).await?;
+        let mut r = (
+            StatusCode::ACCEPTED,
+            Json(Submitted {
+                request_id: id.clone(),
+                duplicate,
+            }),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        return Ok(r);
+    }
+    let affinity = req_headers
+        .get(headers::AFFINITY)
+        .and_then(|v| v.to_str().ok());
+    let traceparent = crate::trace::for_call(&req_headers);
     let (record, outcome) = s
         .platform
-        .invoke(&name, event, uuid::Uuid::new_v4().to_string())
+        .invoke(
+            &name,
+            event,
+            uuid::Uuid::new_v4().to_string(),
+            affinity,
+            traceparent.clone(),
+        )
         .await?;
     let mut response = match outcome {
         Outcome::Success { content_type, body } => {
@@ -250,6 +291,12 @@ pub async fn invoke(
         HeaderValue::from_static(if record.cold_start { "true" } else { "false" }),
     );
     h.insert(headers::DURATION_MS, num(record.duration_ms));
+    if let Ok(v) = HeaderValue::from_str(&record.version) {
+        h.insert(headers::VERSION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        h.insert(crate::trace::TRACEPARENT, v);
+    }
     if let Some(init) = record.init_ms {
         h.insert(headers::INIT_DURATION_MS, num(init));
     }
@@ -286,15 +333,22 @@ fn log_tail(record: &crate::platform::InvocationRecord) -> HeaderValue {
     HeaderValue::from_str(&encoded).expect("base64 is a valid header")
 }
 
-/// A recent invocation on this node, with its logs.
+/// An invocation: an asynchronous one with its status, attempts and result or error (and
+/// its last attempt if it ran on this node), or a recent synchronous one with its logs.
 #[utoipa::path(get, path = "/v1/invocations/{request_id}", tag = "invoke",
     params(("request_id" = String, Path)),
-    responses((status = 200, body = InvocationView), (status = 404, body = ErrorBody, description = "invocation_not_found")))]
+    responses((status = 200, body = InvocationView), (status = 200, body = AsyncInvocationView, description = "an asynchronous invocation"),
+        (status = 404, body = ErrorBody, description = "invocation_not_found")))]
 pub async fn get_invocation(
     State(s): State<AppState>,
     Path(request_id): Path<String>,
-) -> Result<Json<InvocationView>, ApiError> {
-    let record = s.platform.recent_invocation(&request_id).ok_or_else(|| {
+) -> Result<Response, ApiError> {
+    let recent = s.platform.recent_invocation(&request_id);
+    if let Some(a) = s.platform.async_invocation(&request_id).await? {
+        let view = AsyncInvocationView::new(a, recent.as_deref().map(InvocationView::from));
+        return Ok(Json(view).into_response());
+    }
+    let record = recent.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvocationNotFound,
             format!(
@@ -303,7 +357,52 @@ pub async fn get_invocation(
             ),
         )
     })?;
-    Ok(Json(InvocationView::from(record.as_ref())))
+    Ok(Json(InvocationView::from(record.as_ref())).into_response())
+}
+
+/// Dead-lettered asynchronous invocations, oldest first.
+#[utoipa::path(get, path = "/v1/dlq", tag = "invoke",
+    params(("function" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = Vec<AsyncInvocationView>)))]
+pub async fn list_dead_letters(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+) -> Result<Json<Vec<AsyncInvocationView>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).min(1_000);
+    let letters = s
+        .platform
+        .dead_letters(q.function.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        letters
+            .into_iter()
+            .map(|a| AsyncInvocationView::new(a, None))
+            .collect(),
+    ))
+}
+
+/// Queues dead letters again: `{"ids": [...]}` or `{"function": "name"}` (all of its).
+#[utoipa::path(post, path = "/v1/dlq/redrive", tag = "invoke", request_body = RedriveInput,
+    responses((status = 200, body = RedriveResult), (status = 400, body = ErrorBody)))]
+pub async fn redrive(
+    State(s): State<AppState>,
+    body: Body,
+) -> Result<Json<RedriveResult>, ApiError> {
+    let bytes = read_body(body, 1024 * 1024, "request").await?;
+    let input: RedriveInput = parse_json(&bytes)?;
+    let ids = match (input.ids, input.function) {
+        (Some(ids), None) => ids,
+        (None, Some(f)) => s
+            .platform
+            .dead_letters(Some(&f), 10_000)
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect(),
+        _ => return Err(ApiError::invalid("give either `ids` or `function`")),
+    };
+    let redriven = s.platform.redrive(&ids).await?;
+    Ok(Json(RedriveResult { redriven }))
 }
 
 pub async fn not_found() -> ApiError {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use model::http::{RouteOptions, Trigger};
-use model::{Function, FunctionSpec, FunctionType};
+use model::{Function, FunctionSpec, FunctionType, Network};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -69,6 +69,25 @@ pub struct FunctionInput {
     #[serde(default)]
     pub pre_stop: String,
     pub pre_stop_timeout_ms: Option<u32>,
+    /// `outbound` (default) or `none`: no network at all when sandboxed.
+    #[schema(value_type = Option<String>, example = "outbound")]
+    pub network: Option<Network>,
+    /// Size of the private `/tmp` (default 512).
+    #[schema(minimum = 16, maximum = 10240, default = 512)]
+    pub ephemeral_storage_mb: Option<u32>,
+    /// Hard CPU limit in thousandths of a core; 0 (default) shares CPU in proportion to
+    /// memory.
+    pub cpu_millicores: Option<u32>,
+    /// Retries of an asynchronous invocation after function errors (default 2, 0 to 8).
+    pub max_retries: Option<u32>,
+    /// Asynchronous events older than this are given up (default 21600000).
+    pub max_event_age_ms: Option<u32>,
+    /// `{"function": "name"}`, `{"webhook": "https://..."}` or `"dlq"`.
+    #[schema(value_type = Option<Object>)]
+    pub on_success: Option<model::Destination>,
+    /// As `on_success`; without one, failures go to the dead-letter queue.
+    #[schema(value_type = Option<Object>)]
+    pub on_failure: Option<model::Destination>,
 }
 
 impl FunctionInput {
@@ -109,6 +128,13 @@ impl FunctionInput {
                 .unwrap_or(d.initializer_timeout_ms),
             pre_stop: self.pre_stop,
             pre_stop_timeout_ms: self.pre_stop_timeout_ms.unwrap_or(d.pre_stop_timeout_ms),
+            network: self.network.unwrap_or(d.network),
+            ephemeral_storage_mb: self.ephemeral_storage_mb.unwrap_or(d.ephemeral_storage_mb),
+            cpu_millicores: self.cpu_millicores.unwrap_or(d.cpu_millicores),
+            max_retries: self.max_retries.unwrap_or(d.max_retries),
+            max_event_age_ms: self.max_event_age_ms.unwrap_or(d.max_event_age_ms),
+            on_success: self.on_success,
+            on_failure: self.on_failure,
             ..d
         })
     }
@@ -176,6 +202,8 @@ pub struct FunctionErrorView {
 pub struct InvocationView {
     pub request_id: String,
     pub function: String,
+    /// `$LATEST` or the number of the version that ran.
+    pub version: String,
     /// `succeeded` or `failed`.
     pub status: &'static str,
     pub error: Option<FunctionErrorView>,
@@ -223,6 +251,7 @@ impl From<&InvocationRecord> for InvocationView {
         InvocationView {
             request_id: r.request_id.clone(),
             function: r.function.clone(),
+            version: r.version.clone(),
             status: if r.error.is_some() {
                 "failed"
             } else {
@@ -296,4 +325,90 @@ pub struct KeyCreated {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyView>,
+}
+
+/// The answer to an asynchronous submission (202).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    pub request_id: String,
+    /// An earlier submission with the same idempotency key is this one.
+    pub duplicate: bool,
+}
+
+/// An asynchronous invocation and where it stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AsyncInvocationView {
+    pub request_id: String,
+    pub function: String,
+    /// Always `async`.
+    pub invocation_type: &'static str,
+    /// queued, running, retrying, succeeded, failed, expired or dead_lettered.
+    pub status: &'static str,
+    pub attempts: u32,
+    /// Attempts in which the function failed.
+    pub function_errors: u32,
+    pub enqueued_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// When the next attempt is due, while retrying.
+    pub next_attempt_at_ms: Option<i64>,
+    pub version: Option<String>,
+    /// The function's result, once it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The last failure (`errorType`, `errorMessage`).
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    /// The event as submitted.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// The last attempt, with its logs, when it ran on this node recently.
+    pub last_attempt: Option<InvocationView>,
+}
+
+impl AsyncInvocationView {
+    pub fn new(a: store::AsyncRecord, last_attempt: Option<InvocationView>) -> Self {
+        let parse = |b: &[u8]| {
+            serde_json::from_slice(b).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+            })
+        };
+        let succeeded = a.status == store::AsyncStatus::Succeeded;
+        let outcome = a.result.as_deref().map(parse);
+        AsyncInvocationView {
+            request_id: a.id,
+            function: a.function,
+            invocation_type: "async",
+            status: a.status.as_str(),
+            attempts: a.attempts,
+            function_errors: a.function_errors,
+            enqueued_at_ms: a.enqueued_at_ms,
+            updated_at_ms: a.updated_at_ms,
+            next_attempt_at_ms: (a.status == store::AsyncStatus::Retrying)
+                .then_some(a.next_attempt_at_ms),
+            version: a.version,
+            result: if succeeded { outcome.clone() } else { None },
+            error: if succeeded { None } else { outcome },
+            payload: parse(&a.payload),
+            last_attempt,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DlqQuery {
+    pub function: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Body of `POST /v1/dlq/redrive`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveInput {
+    pub ids: Option<Vec<String>>,
+    pub function: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedriveResult {
+    pub redriven: u64,
 }

@@ -11,7 +11,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::{Cli, Command, KeysCommand, Output, manifest, package};
+use crate::{
+    AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, Output, manifest,
+    package,
+};
 
 /// Archives larger than this get a progress bar while uploading.
 const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
@@ -19,13 +22,89 @@ const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli)?;
     match &cli.command {
-        Command::Deploy { dir } => deploy(&client, dir).await,
+        Command::Deploy { dir, publish } => deploy(&client, dir, *publish).await,
+        Command::Publish { name, description } => {
+            let v = publish(&client, name, description).await?;
+            println!("{}", describe_version(name, &v));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Versions { name, version } => versions(&client, name, *version, cli.output).await,
+        Command::VersionRm { name, version } => {
+            client
+                .send(client.request(
+                    Method::DELETE,
+                    &format!("/v1/functions/{name}/versions/{version}"),
+                ))
+                .await?;
+            println!("deleted version {version} of {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alias(a) => alias(&client, a, cli.output).await,
         Command::Invoke {
             name,
+            affinity,
+            is_async,
+            idempotency_key,
             data,
             data_file,
             logs,
-        } => invoke(&client, name, data.as_deref(), data_file.as_deref(), *logs).await,
+        } => {
+            let event = Event {
+                data: data.as_deref(),
+                file: data_file.as_deref(),
+            };
+            if *is_async {
+                return submit(&client, name, event, idempotency_key.as_deref()).await;
+            }
+            invoke(&client, name, affinity.as_deref(), event, *logs).await
+        }
+        Command::Invocation {
+            cmd: InvocationCommand::Show { id },
+        }
+        | Command::Dlq(DlqCommand::Show { id }) => {
+            let v: Value = client
+                .json(client.request(Method::GET, &format!("/v1/invocations/{id}")))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(DlqCommand::Ls { function }) => {
+            let path = match function {
+                Some(f) => format!("/v1/dlq?function={f}"),
+                None => "/v1/dlq".to_string(),
+            };
+            let list: Value = client.json(client.request(Method::GET, &path)).await?;
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<38} {:<24} {:<8} ERROR",
+                    "REQUEST_ID", "FUNCTION", "ATTEMPTS"
+                );
+                for a in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<38} {:<24} {:<8} {}",
+                        a["request_id"].as_str().unwrap_or(""),
+                        a["function"].as_str().unwrap_or(""),
+                        a["attempts"],
+                        a["error"]["errorType"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(DlqCommand::Redrive { ids, function }) => {
+            let body = match function {
+                Some(f) => serde_json::json!({ "function": f }),
+                None if ids.is_empty() => bail!("name the dead letters to redrive, or --function"),
+                None => serde_json::json!({ "ids": ids }),
+            };
+            let r: Value = client
+                .json(client.request(Method::POST, "/v1/dlq/redrive").json(&body))
+                .await?;
+            println!("redrove {}", r["redriven"]);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ls => ls(&client, cli.output).await,
         Command::Describe { name } => describe(&client, name, cli.output).await,
         Command::Rm { name } => {
@@ -43,9 +122,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
+async fn deploy(client: &Client, dir: &Path, publish_too: bool) -> anyhow::Result<ExitCode> {
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
     for planned in plan {
+        let aliases = planned.aliases.clone();
         let mut spec = planned.spec;
         let zip = package::zip_dir(&planned.code_dir)
             .with_context(|| format!("packaging {}", planned.code_dir.display()))?;
@@ -85,8 +165,205 @@ async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
             f["handler"].as_str().unwrap_or(""),
             f["revision"]
         );
+        if publish_too {
+            let v = publish(client, &spec.name, "").await?;
+            println!("{}", describe_version(&spec.name, &v));
+            let version = v["version"].as_u64().unwrap_or(0) as u32;
+            for (alias, how) in &aliases {
+                move_alias(client, &spec.name, alias, version, how).await?;
+            }
+        } else if !aliases.is_empty() {
+            println!(
+                "(aliases of {} move with `nimbus deploy --publish`)",
+                spec.name
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(client: &Client, name: &str, description: &str) -> anyhow::Result<Value> {
+    let res = client
+        .send(
+            client
+                .request(Method::POST, &format!("/v1/functions/{name}/versions"))
+                .json(&serde_json::json!({ "description": description })),
+        )
+        .await?;
+    let created = res.status() == StatusCode::CREATED;
+    let mut v: Value = res.json().await?;
+    v["created"] = Value::Bool(created);
+    Ok(v)
+}
+
+fn describe_version(name: &str, v: &Value) -> String {
+    if v["created"] == Value::Bool(true) {
+        format!("published {name}:{}", v["version"])
+    } else {
+        format!("{name} is unchanged since version {}", v["version"])
+    }
+}
+
+/// Moves `alias` to `version` as the manifest says: fully, or as a canary next to the
+/// version it has now.
+async fn move_alias(
+    client: &Client,
+    name: &str,
+    alias: &str,
+    version: u32,
+    how: &manifest::AliasEntry,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/functions/{name}/aliases/{alias}");
+    let current = client.request(Method::GET, &path).send().await;
+    let current: Option<Value> = match current {
+        Ok(res) if res.status() == StatusCode::OK => Some(res.json().await?),
+        _ => None,
+    };
+    let main = current
+        .as_ref()
+        .and_then(|c| c["version"].as_u64())
+        .map(|v| v as u32);
+    let body = match (how.canary_percent, main) {
+        (Some(percent), Some(main)) if main != version => serde_json::json!({
+            "version": main,
+            "canary": {"version": version, "percent": percent, "guard": how.guard},
+        }),
+        _ => serde_json::json!({ "version": version }),
+    };
+    client
+        .send(client.request(Method::PUT, &path).json(&body))
+        .await?;
+    match &body["canary"] {
+        Value::Null => println!("alias {name}:{alias} -> version {version}"),
+        c => println!(
+            "alias {name}:{alias} -> version {} with version {version} at {}%",
+            body["version"], c["percent"]
+        ),
+    }
+    Ok(())
+}
+
+async fn versions(
+    client: &Client,
+    name: &str,
+    version: Option<u32>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let path = match version {
+        Some(v) => format!("/v1/functions/{name}/versions/{v}"),
+        None => format!("/v1/functions/{name}/versions"),
+    };
+    let value: Value = client.json(client.request(Method::GET, &path)).await?;
+    if output == Output::Json || version.is_some() {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8} {:<14} {:<16} DESCRIPTION",
+        "VERSION", "CODE", "CREATED_MS"
+    );
+    for v in value.as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<14} {:<16} {}",
+            v["version"],
+            v["code_sha256"]
+                .as_str()
+                .unwrap_or("")
+                .get(..12)
+                .unwrap_or(""),
+            v["created_at_ms"],
+            v["description"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn alias(client: &Client, cmd: &AliasCommand, output: Output) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AliasCommand::Set {
+            name,
+            alias,
+            version,
+            canary,
+            max_error_rate,
+            window_ms,
+            min_calls,
+        } => {
+            let canary = match canary {
+                None => Value::Null,
+                Some(text) => {
+                    let (v, p) = text.split_once('=').ok_or_else(|| {
+                        anyhow::anyhow!("--canary takes VERSION=PERCENT, e.g. 3=10; got `{text}`")
+                    })?;
+                    let v: u32 = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("--canary: `{v}` is not a version number"))?;
+                    let p: f64 = p
+                        .trim_end_matches('%')
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("--canary: `{p}` is not a percent"))?;
+                    let guard = max_error_rate.map(|rate| {
+                        serde_json::json!({"max_error_rate": rate, "window_ms": window_ms, "min_calls": min_calls})
+                    });
+                    serde_json::json!({"version": v, "percent": p, "guard": guard})
+                }
+            };
+            if max_error_rate.is_some() && canary.is_null() {
+                bail!("--max-error-rate guards a canary; add --canary VERSION=PERCENT");
+            }
+            let body = serde_json::json!({"version": version, "canary": canary});
+            let a: Value = client
+                .json(
+                    client
+                        .request(
+                            Method::PUT,
+                            &format!("/v1/functions/{name}/aliases/{alias}"),
+                        )
+                        .json(&body),
+                )
+                .await?;
+            println!("alias {name}:{alias} -> {}", alias_target(&a));
+        }
+        AliasCommand::Ls { name } => {
+            let list: Value = client
+                .json(client.request(Method::GET, &format!("/v1/functions/{name}/aliases")))
+                .await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<20} TARGET", "ALIAS");
+                for a in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {}",
+                        a["name"].as_str().unwrap_or(""),
+                        alias_target(a)
+                    );
+                }
+            }
+        }
+        AliasCommand::Rm { name, alias } => {
+            client
+                .send(client.request(
+                    Method::DELETE,
+                    &format!("/v1/functions/{name}/aliases/{alias}"),
+                ))
+                .await?;
+            println!("deleted alias {name}:{alias}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `version 1`, or `version 1, canary 2 at 10%` (with a rollback's reason).
+fn alias_target(a: &Value) -> String {
+    let mut text = format!("version {}", a["version"]);
+    if let Some(c) = a["canary"].as_object() {
+        text.push_str(&format!(", canary {} at {}%", c["version"], c["percent"]));
+        if let Some(why) = c.get("rolled_back").and_then(Value::as_str) {
+            text.push_str(&format!(" ({why})"));
+        }
+    }
+    text
 }
 
 async fn upload_if_missing(client: &Client, sha: &str, zip: Vec<u8>) -> anyhow::Result<()> {
@@ -133,14 +410,39 @@ async fn upload_if_missing(client: &Client, sha: &str, zip: Vec<u8>) -> anyhow::
     Ok(())
 }
 
-async fn invoke(
+/// Where `nimbus invoke` takes its event from.
+struct Event<'a> {
+    data: Option<&'a str>,
+    file: Option<&'a Path>,
+}
+
+/// `nimbus invoke --async`: stores the event and prints its request id.
+async fn submit(
     client: &Client,
     name: &str,
-    data: Option<&str>,
-    data_file: Option<&Path>,
-    show_logs: bool,
+    event: Event<'_>,
+    idempotency_key: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let event: Vec<u8> = match (data, data_file) {
+    let body = read_event(&event)?;
+    let mut req = client
+        .request(Method::POST, &format!("/v1/functions/{name}/invocations"))
+        .header("x-nimbus-invocation-type", "async")
+        .body(body);
+    if let Some(key) = idempotency_key {
+        req = req.header("x-nimbus-idempotency-key", key);
+    }
+    let v: Value = client.json(req).await?;
+    let id = v["request_id"].as_str().unwrap_or_default();
+    if v["duplicate"] == Value::Bool(true) {
+        println!("{id} (already submitted with this idempotency key)");
+    } else {
+        println!("{id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_event(event: &Event<'_>) -> anyhow::Result<Vec<u8>> {
+    Ok(match (event.data, event.file) {
         (Some(d), _) => d.as_bytes().to_vec(),
         (None, Some(p)) if p == Path::new("-") => {
             let mut buf = Vec::new();
@@ -149,12 +451,25 @@ async fn invoke(
         }
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         (None, None) => Vec::new(),
-    };
+    })
+}
+
+async fn invoke(
+    client: &Client,
+    name: &str,
+    affinity: Option<&str>,
+    event: Event<'_>,
+    show_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let event = read_event(&event)?;
     let mut req = client
         .request(Method::POST, &format!("/v1/functions/{name}/invocations"))
         .body(event);
     if show_logs {
         req = req.header("x-nimbus-log-type", "tail");
+    }
+    if let Some(key) = affinity {
+        req = req.header("x-nimbus-affinity", key);
     }
     let res = client.send(req).await?;
     let error_type = res

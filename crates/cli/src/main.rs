@@ -52,10 +52,42 @@ pub enum Command {
         /// Project directory holding nimbus.yaml.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Also publish each function as a version and move the aliases its manifest
+        /// declares to it.
+        #[arg(long)]
+        publish: bool,
     },
-    /// Invoke a function synchronously and print its result.
+    /// Publish a function's current code and configuration as a new, immutable version.
+    Publish {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a function's versions, or show one.
+    Versions {
+        name: String,
+        /// Show this version's full configuration.
+        version: Option<u32>,
+    },
+    /// Delete a version (refused while an alias or route points at it).
+    #[command(name = "version-rm")]
+    VersionRm { name: String, version: u32 },
+    /// Manage aliases: names that point at a version, with an optional canary.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Invoke a function (`NAME`, `NAME:VERSION` or `NAME:ALIAS`) and print its result.
     Invoke {
         name: String,
+        /// Through an alias with a canary, the same key always gets the same version.
+        #[arg(long)]
+        affinity: Option<String>,
+        /// Queue the event durably and return at once with its request id
+        /// (`nimbus invocation show ID` tells how it went).
+        #[arg(long = "async")]
+        is_async: bool,
+        /// With --async: submissions with the same key run once.
+        #[arg(long, requires = "is_async")]
+        idempotency_key: Option<String>,
         /// The event, usually JSON.
         #[arg(long, short, conflicts_with = "data_file")]
         data: Option<String>,
@@ -79,9 +111,66 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Show an invocation: an asynchronous one's status, attempts and result or error.
+    Invocation {
+        #[command(subcommand)]
+        cmd: InvocationCommand,
+    },
+    /// The dead-letter queue of asynchronous invocations that failed for good.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Manage invoke keys for HTTP routes with `auth: key`.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum InvocationCommand {
+    /// Show one invocation by request id.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    Ls {
+        /// Only this function's.
+        function: Option<String>,
+    },
+    /// Show one dead letter (its event, attempts and last error).
+    Show { id: String },
+    /// Queue dead letters again: by id, or all of a function's.
+    Redrive {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        function: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AliasCommand {
+    /// Point ALIAS of NAME at VERSION; `--canary 3=10` sends 10% of calls to version 3.
+    Set {
+        name: String,
+        alias: String,
+        version: u32,
+        /// VERSION=PERCENT: a second version and its share of calls.
+        #[arg(long)]
+        canary: Option<String>,
+        /// Roll the canary back when more than this share of its calls fail (0 to 1).
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        /// The window the error rate is measured over.
+        #[arg(long, default_value_t = 60_000)]
+        window_ms: u32,
+        /// Calls in the window before the error rate counts.
+        #[arg(long, default_value_t = 20)]
+        min_calls: u32,
+    },
+    /// List a function's aliases.
+    Ls { name: String },
+    /// Delete an alias.
+    Rm { name: String, alias: String },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +195,12 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // The sandbox helper runs before anything else (no threads, no async runtime): the
+    // server starts each jailed instance through `nimbus __jail`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == sandbox::JAIL_HELPER_ARG) {
+        sandbox::jail::helper_main(&args[2..]);
+    }
     let cli = Cli::parse();
     // reqwest is built without a default crypto provider (see DEPENDENCIES.md): pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();

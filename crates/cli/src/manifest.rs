@@ -44,6 +44,13 @@ struct FunctionEntry {
     #[serde(default)]
     pre_stop: String,
     pre_stop_timeout_ms: Option<u32>,
+    network: Option<model::Network>,
+    ephemeral_storage_mb: Option<u32>,
+    cpu_millicores: Option<u32>,
+    max_retries: Option<u32>,
+    max_event_age_ms: Option<u32>,
+    on_success: Option<model::Destination>,
+    on_failure: Option<model::Destination>,
     #[serde(default = "default_code")]
     code: String,
     memory_mb: Option<u32>,
@@ -52,6 +59,18 @@ struct FunctionEntry {
     env: BTreeMap<String, Scalar>,
     #[serde(default)]
     description: String,
+    /// Aliases that `nimbus deploy --publish` moves to the version it publishes.
+    #[serde(default)]
+    aliases: BTreeMap<String, AliasEntry>,
+}
+
+/// How `deploy --publish` moves an alias: all the way to the new version, or, with
+/// `canary_percent`, by giving the new version that share next to the alias's current one.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AliasEntry {
+    pub canary_percent: Option<f64>,
+    pub guard: Option<model::Guard>,
 }
 
 /// `- http: {...}`: YAML has no other way to name a trigger's kind than a one-key map.
@@ -91,6 +110,7 @@ impl Scalar {
 pub struct Planned {
     pub spec: FunctionSpec,
     pub code_dir: PathBuf,
+    pub aliases: BTreeMap<String, AliasEntry>,
 }
 
 /// Reads `dir/nimbus.yaml` and returns the functions to deploy, or every problem found.
@@ -156,6 +176,13 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 .unwrap_or(d.initializer_timeout_ms),
             pre_stop: entry.pre_stop,
             pre_stop_timeout_ms: entry.pre_stop_timeout_ms.unwrap_or(d.pre_stop_timeout_ms),
+            network: entry.network.unwrap_or(d.network),
+            ephemeral_storage_mb: entry.ephemeral_storage_mb.unwrap_or(d.ephemeral_storage_mb),
+            cpu_millicores: entry.cpu_millicores.unwrap_or(d.cpu_millicores),
+            max_retries: entry.max_retries.unwrap_or(d.max_retries),
+            max_event_age_ms: entry.max_event_age_ms.unwrap_or(d.max_event_age_ms),
+            on_success: entry.on_success,
+            on_failure: entry.on_failure,
             ..d
         };
         for e in spec.validate() {
@@ -173,7 +200,23 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 entry.code
             ));
         }
-        plan.push(Planned { spec, code_dir });
+        for (alias, a) in &entry.aliases {
+            if let Err(e) = model::version::validate_alias_name(alias) {
+                problems.push(format!("{file}: {key}.aliases: {e}"));
+            }
+            if let Some(p) = a.canary_percent
+                && !(0.0..=100.0).contains(&p)
+            {
+                problems.push(format!(
+                    "{file}: {key}.aliases.{alias}.canary_percent: {p} must be 0 to 100"
+                ));
+            }
+        }
+        plan.push(Planned {
+            spec,
+            code_dir,
+            aliases: entry.aliases,
+        });
     }
     if problems.is_empty() {
         Ok(plan)

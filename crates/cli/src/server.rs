@@ -32,6 +32,38 @@ pub struct ServerArgs {
     /// short; 0 turns them off.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
     prewarm: u32,
+    /// Start Python instances by spawning an interpreter each, not by forking them from a
+    /// fork server that has loaded the runtime once (for measuring what the fork server saves).
+    #[arg(long)]
+    no_fork_server: bool,
+    /// Run instances as plain processes, without namespaces, uids or cgroups.
+    #[arg(long, conflicts_with = "require_sandbox")]
+    no_sandbox: bool,
+    /// Refuse to start unless every sandbox protection (namespaces, per-function uids,
+    /// cgroups) is available.
+    #[arg(long)]
+    require_sandbox: bool,
+    /// First uid (and gid) of the range functions run as, one per function, when the server
+    /// runs as root.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1000..=4_000_000_000))]
+    uid_base: u32,
+    /// Number of uids in that range.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    uid_count: u32,
+    /// Largest asynchronous event, in KB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=6144))]
+    async_payload_max_kb: u64,
+    /// How long finished asynchronous invocations (results, dead letters) and idempotency
+    /// keys are kept, in hours.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+    async_retention_hours: u64,
+    /// Delay before the first retry of a failed asynchronous invocation; each further
+    /// retry doubles it.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=300_000))]
+    async_retry_base_ms: u64,
+    /// Most asynchronous events waiting per function; past it submissions get 429.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    async_queue_per_function_max: u64,
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
@@ -79,19 +111,76 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             None => tracing::warn!(%runtime, "runtime unavailable: interpreter not found"),
         }
     }
+    let isolation = if args.no_sandbox {
+        tracing::warn!("sandbox off (--no-sandbox): instances run as plain processes of this user");
+        None
+    } else {
+        let helper = std::env::current_exe().context("finding the nimbus binary")?;
+        // Interpreters outside the system directories (a virtualenv) must be visible in
+        // the jail.
+        let extra_dirs = model::Runtime::ALL
+            .into_iter()
+            .filter(|r| *r != model::Runtime::Custom)
+            .filter_map(|r| runtimes.interpreter(r).map(Path::to_path_buf))
+            .collect::<Vec<_>>();
+        let isolation = sandbox::Isolation::probe(sandbox::IsolationConfig {
+            helper,
+            data_dir: data_dir.clone(),
+            code_root: data_dir.join("code"),
+            uid_base: args.uid_base,
+            uid_count: args.uid_count,
+            interpreters: extra_dirs,
+        });
+        for p in isolation.report() {
+            if p.active {
+                tracing::info!(protection = p.name, "sandbox: {} on: {}", p.name, p.detail);
+            } else {
+                tracing::warn!(protection = p.name, "sandbox: {} OFF: {}", p.name, p.detail);
+            }
+        }
+        if args.require_sandbox && !isolation.complete() {
+            let missing: Vec<String> = isolation
+                .report()
+                .into_iter()
+                .filter(|p| !p.active)
+                .map(|p| format!("{} ({})", p.name, p.detail))
+                .collect();
+            bail!(
+                "--require-sandbox: not every protection is available: {}",
+                missing.join("; ")
+            );
+        }
+        isolation.jails().then(|| Arc::new(isolation))
+    };
     let pool = sandbox::Pool::new(
         runtimes,
         sandbox::PoolConfig {
             instances_max: args.instances_max as usize,
             memory_max_mb: args.memory_max_mb,
             prewarm: args.prewarm as usize,
+            fork_server: !args.no_fork_server,
+            isolation: isolation.clone(),
         },
     );
+    let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
     platform
         .load()
         .await
         .map_err(|e| anyhow::anyhow!("loading routes and keys: {e}"))?;
+    platform
+        .enable_async(
+            queue,
+            api::async_invoke::AsyncConfig {
+                payload_max_bytes: args.async_payload_max_kb as usize * 1024,
+                retention_ms: args.async_retention_hours * 3_600_000,
+                retry_base_ms: args.async_retry_base_ms,
+                queue_per_function_max: args.async_queue_per_function_max as usize,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting asynchronous invocation: {e}"))?;
     let app = api::router(api::AppState {
         platform,
         token: token.into(),
@@ -133,6 +222,9 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
     }
     pool.shutdown().await;
+    if let Some(isolation) = &isolation {
+        isolation.shutdown();
+    }
     tracing::info!("stopped; all instances killed");
     Ok(ExitCode::SUCCESS)
 }

@@ -61,11 +61,19 @@ pub enum ErrorCode {
     /// The function has no free instance and may not start another; retry after the
     /// `Retry-After` seconds.
     Throttled,
+    /// The function has no such published version.
+    VersionNotFound,
+    /// The function has no such alias.
+    AliasNotFound,
+    /// The version or alias is still pointed at (by an alias or a trigger).
+    InUse,
+    /// The asynchronous queue of the function or the node is full; retry later.
+    QueueFull,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -91,6 +99,10 @@ impl ErrorCode {
         ErrorCode::FunctionFailed,
         ErrorCode::FunctionTimedOut,
         ErrorCode::Throttled,
+        ErrorCode::VersionNotFound,
+        ErrorCode::AliasNotFound,
+        ErrorCode::InUse,
+        ErrorCode::QueueFull,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -130,6 +142,10 @@ impl ErrorCode {
             ErrorCode::FunctionFailed => ("function_failed", 502),
             ErrorCode::FunctionTimedOut => ("function_timeout", 504),
             ErrorCode::Throttled => ("throttled", 429),
+            ErrorCode::VersionNotFound => ("version_not_found", 404),
+            ErrorCode::AliasNotFound => ("alias_not_found", 404),
+            ErrorCode::InUse => ("in_use", 409),
+            ErrorCode::QueueFull => ("queue_full", 429),
         }
     }
 }

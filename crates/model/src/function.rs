@@ -145,6 +145,133 @@ pub struct FunctionSpec {
     pub pre_stop: String,
     #[serde(default = "pre_stop_timeout_default")]
     pub pre_stop_timeout_ms: u32,
+    /// `outbound` (the host's network) or `none` (no network at all) when sandboxed.
+    #[serde(default)]
+    pub network: Network,
+    /// Size of the instance's private `/tmp`.
+    #[serde(default = "ephemeral_storage_default")]
+    pub ephemeral_storage_mb: u32,
+    /// A hard CPU limit in thousandths of a core; 0 (the default) gives a CPU share
+    /// proportional to `memory_mb`, as on Lambda and Function Compute.
+    #[serde(default)]
+    pub cpu_millicores: u32,
+    /// Retries of an asynchronous invocation after function errors.
+    #[serde(default = "max_retries_default")]
+    pub max_retries: u32,
+    /// An asynchronous event older than this is given up (expired).
+    #[serde(default = "max_event_age_default")]
+    pub max_event_age_ms: u32,
+    /// Where an asynchronous invocation's record goes when it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+    /// Where it goes when it failed for good (retries used up or too old); without one,
+    /// the built-in dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+}
+
+/// Where an asynchronous invocation's record is sent: another function (`name` or
+/// `name:qualifier`), a webhook, or the built-in dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "DestinationRepr", into = "DestinationRepr")]
+pub enum Destination {
+    Function(String),
+    Webhook(String),
+    Dlq,
+}
+
+/// How a destination is written, in JSON and YAML alike: `{function: name}`,
+/// `{webhook: url}` or `dlq` (YAML has no tagless form for an enum with data).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum DestinationRepr {
+    Function { function: String },
+    Webhook { webhook: String },
+    Word(String),
+}
+
+impl TryFrom<DestinationRepr> for Destination {
+    type Error = String;
+    fn try_from(r: DestinationRepr) -> Result<Self, String> {
+        match r {
+            DestinationRepr::Function { function } => Ok(Destination::Function(function)),
+            DestinationRepr::Webhook { webhook } => Ok(Destination::Webhook(webhook)),
+            DestinationRepr::Word(w) if w == "dlq" => Ok(Destination::Dlq),
+            DestinationRepr::Word(w) => Err(format!(
+                "`{w}` is not a destination; use {{function: NAME}}, {{webhook: URL}} or dlq"
+            )),
+        }
+    }
+}
+
+impl From<Destination> for DestinationRepr {
+    fn from(d: Destination) -> Self {
+        match d {
+            Destination::Function(function) => DestinationRepr::Function { function },
+            Destination::Webhook(webhook) => DestinationRepr::Webhook { webhook },
+            Destination::Dlq => DestinationRepr::Word("dlq".into()),
+        }
+    }
+}
+
+impl Destination {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Destination::Function(target) => {
+                let (name, _) = crate::Qualifier::split(target)?;
+                validate_name(name).map_err(|e| format!("function `{name}` {e}"))
+            }
+            Destination::Webhook(url) => {
+                if url.len() > limits::WEBHOOK_URL_LEN_MAX {
+                    return Err(format!(
+                        "the webhook URL is longer than {} bytes",
+                        limits::WEBHOOK_URL_LEN_MAX
+                    ));
+                }
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "webhook `{url}` must be an http:// or https:// URL"
+                    ))
+                }
+            }
+            Destination::Dlq => Ok(()),
+        }
+    }
+}
+
+fn max_retries_default() -> u32 {
+    limits::MAX_RETRIES_DEFAULT
+}
+fn max_event_age_default() -> u32 {
+    limits::MAX_EVENT_AGE_MS_DEFAULT
+}
+
+/// What network an instance has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Outbound,
+    None,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "outbound" => Ok(Network::Outbound),
+            "none" => Ok(Network::None),
+            other => Err(format!(
+                "`{other}` is not a network mode; use outbound or none"
+            )),
+        }
+    }
+}
+
+fn ephemeral_storage_default() -> u32 {
+    limits::EPHEMERAL_STORAGE_MB_DEFAULT
 }
 
 fn one() -> u32 {
@@ -191,6 +318,13 @@ impl FunctionSpec {
             initializer_timeout_ms: limits::INITIALIZER_TIMEOUT_MS_DEFAULT,
             pre_stop: String::new(),
             pre_stop_timeout_ms: limits::PRE_STOP_TIMEOUT_MS_DEFAULT,
+            network: Network::Outbound,
+            ephemeral_storage_mb: limits::EPHEMERAL_STORAGE_MB_DEFAULT,
+            cpu_millicores: 0,
+            max_retries: limits::MAX_RETRIES_DEFAULT,
+            max_event_age_ms: limits::MAX_EVENT_AGE_MS_DEFAULT,
+            on_success: None,
+            on_failure: None,
         }
     }
 }
@@ -452,6 +586,50 @@ impl FunctionSpec {
             range(self.memory_mb, limits::MEMORY_MB_MIN, limits::MEMORY_MB_MAX),
         );
         push(
+            "ephemeral_storage_mb",
+            range(
+                self.ephemeral_storage_mb,
+                limits::EPHEMERAL_STORAGE_MB_MIN,
+                limits::EPHEMERAL_STORAGE_MB_MAX,
+            ),
+        );
+        push(
+            "max_retries",
+            range(self.max_retries, 0, limits::MAX_RETRIES_MAX),
+        );
+        push(
+            "max_event_age_ms",
+            range(
+                self.max_event_age_ms,
+                limits::MAX_EVENT_AGE_MS_MIN,
+                limits::MAX_EVENT_AGE_MS_MAX,
+            ),
+        );
+        for (field, d) in [
+            ("on_success", &self.on_success),
+            ("on_failure", &self.on_failure),
+        ] {
+            if let Some(d) = d {
+                push(field, d.validate());
+            }
+        }
+        if self.network == Network::None && self.kind == FunctionType::Http {
+            push(
+                "network",
+                Err("`none` cannot serve type `http`: the gateway reaches an HTTP function over the loopback network; use `outbound`".into()),
+            );
+        }
+        if self.cpu_millicores != 0 {
+            push(
+                "cpu_millicores",
+                range(
+                    self.cpu_millicores,
+                    limits::CPU_MILLICORES_MIN,
+                    limits::CPU_MILLICORES_MAX,
+                ),
+            );
+        }
+        push(
             "timeout_ms",
             range(
                 self.timeout_ms,
@@ -592,6 +770,9 @@ mod tests {
             (|s| s.handler = "main.9".into(), "handler"),
             (|s| s.code_sha256 = "xyz".into(), "code_sha256"),
             (|s| s.memory_mb = 1, "memory_mb"),
+            (|s| s.ephemeral_storage_mb = 8, "ephemeral_storage_mb"),
+            (|s| s.cpu_millicores = 10, "cpu_millicores"),
+            (|s| s.cpu_millicores = 9_000, "cpu_millicores"),
             (|s| s.timeout_ms = 0, "timeout_ms"),
             (|s| s.timeout_ms = 900_001, "timeout_ms"),
             (|s| s.description = "d".repeat(257), "description"),
@@ -640,6 +821,7 @@ mod tests {
                         deny: vec![],
                         body_limit_bytes: None,
                         rate_limit: None,
+                        qualifier: None,
                     })]
                 },
                 "triggers[0].http.path",

@@ -97,6 +97,9 @@ pub struct HttpTrigger {
     pub body_limit_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The version (`3`) or alias (`prod`) the route calls; none calls `$LATEST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
 }
 
 impl HttpTrigger {
@@ -268,6 +271,14 @@ pub(crate) fn validate_options(field: &str, o: &RouteOptions, errors: &mut Vec<F
 }
 
 pub(crate) fn validate_trigger(field: &str, t: &HttpTrigger, errors: &mut Vec<FieldError>) {
+    if let Some(q) = &t.qualifier
+        && let Err(message) = q.parse::<crate::Qualifier>()
+    {
+        errors.push(FieldError {
+            field: format!("{field}.qualifier"),
+            message,
+        });
+    }
     if let Err(message) = parse_route(&t.path) {
         errors.push(FieldError {
             field: format!("{field}.path"),

@@ -6,10 +6,15 @@
 
 mod error;
 mod function;
+pub mod hash;
 pub mod http;
 pub mod limits;
 
 pub use error::ErrorCode;
+pub mod version;
+
 pub use function::{
-    FieldError, Function, FunctionSpec, FunctionType, Runtime, is_reserved_env, validate_name,
+    Destination, FieldError, Function, FunctionSpec, FunctionType, Network, Runtime,
+    is_reserved_env, validate_name,
 };
+pub use version::{Alias, Canary, Guard, Qualifier, Version};

@@ -29,6 +29,36 @@ pub const MEMORY_MB_MIN: u32 = 64;
 pub const MEMORY_MB_MAX: u32 = 10_240;
 pub const MEMORY_MB_DEFAULT: u32 = 128;
 
+/// Size of an instance's private `/tmp` (as Lambda's `ephemeral_storage`).
+pub const EPHEMERAL_STORAGE_MB_MIN: u32 = 16;
+pub const EPHEMERAL_STORAGE_MB_MAX: u32 = 10_240;
+pub const EPHEMERAL_STORAGE_MB_DEFAULT: u32 = 512;
+
+/// Retries of an asynchronous invocation after function errors (as Lambda's
+/// MaximumRetryAttempts).
+pub const MAX_RETRIES_MAX: u32 = 8;
+pub const MAX_RETRIES_DEFAULT: u32 = 2;
+/// How old an asynchronous event may get before it is given up (Lambda allows 60 s to
+/// 6 h; shorter ages are allowed here for short-lived events).
+pub const MAX_EVENT_AGE_MS_MIN: u32 = 1_000;
+pub const MAX_EVENT_AGE_MS_MAX: u32 = 21_600_000;
+pub const MAX_EVENT_AGE_MS_DEFAULT: u32 = 21_600_000;
+/// Largest asynchronous event by default (Lambda's limit); the server can set another.
+pub const ASYNC_PAYLOAD_BYTES_DEFAULT: usize = 256 * 1024;
+/// Asynchronous events waiting per function and per node; past them submissions get 429.
+pub const ASYNC_QUEUE_PER_FUNCTION_MAX: usize = 100_000;
+pub const ASYNC_QUEUE_PER_NODE_MAX: usize = 1_000_000;
+/// Longest webhook URL of a destination.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2048;
+
+/// Processes and threads one sandboxed instance may have at once (`pids.max`): room for a
+/// JVM or 200 handler threads, not for a fork bomb.
+pub const PROCESSES_PER_INSTANCE_MAX: u32 = 512;
+
+/// An explicit CPU limit in thousandths of a core; 0 means a share proportional to memory.
+pub const CPU_MILLICORES_MIN: u32 = 50;
+pub const CPU_MILLICORES_MAX: u32 = 8_000;
+
 /// Wall-clock limit of one invocation.
 pub const TIMEOUT_MS_MIN: u32 = 1;
 pub const TIMEOUT_MS_MAX: u32 = 900_000;

@@ -10,7 +10,7 @@
 //! learns it, with the exit status and the tail of stderr.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,8 +23,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cgroup::InstanceCgroup;
+use crate::isolation::Isolation;
 use crate::protocol::{self, Frame, FrameReader, Kind};
 use crate::runtimes::Launch;
+use crate::zygote::{Forked, Zygote};
 use crate::{FunctionError, InstanceConfig, Logs, SandboxError};
 
 /// Lines of stderr kept per instance to explain a crash.
@@ -122,6 +125,7 @@ pub(crate) struct Instance {
     pub code_ms: f64,
     /// The loopback port of an HTTP instance.
     pub port: Option<u16>,
+    pub memory_mb: u32,
     writer: Option<tokio::sync::Mutex<OwnedWriteHalf>>,
     shared: Arc<Shared>,
     exit: watch::Receiver<Option<String>>,
@@ -129,6 +133,8 @@ pub(crate) struct Instance {
     next_call: AtomicU32,
     /// The channel's read half until the reader task takes it.
     reader: Mutex<Option<FrameReader<tokio::net::unix::OwnedReadHalf>>>,
+    /// The instance's cgroups when sandboxed; dropped after the process group is killed.
+    cgroup: Option<InstanceCgroup>,
 }
 
 /// Why an instance did not become ready.
@@ -145,11 +151,21 @@ fn platform(e: impl std::fmt::Display) -> StartError {
 
 /// A runtime process started ahead of need ("stem cell"): the interpreter has booted and
 /// loaded the shim, and waits on its channel for the function it is to become. Taking one
-/// replaces an interpreter start (tens of milliseconds) with one frame.
+/// replaces an interpreter start (tens of milliseconds) with one frame. A stem is spawned,
+/// or forked by the Python fork server (`zygote`); dropping it closes its channel, on which
+/// an unspecialized stem exits by itself.
 pub(crate) struct Stem {
-    child: Option<tokio::process::Child>,
+    origin: Option<Origin>,
     host: Option<std::os::unix::net::UnixStream>,
-    pid: i32,
+    /// A jailed stem's helper, which mounts the function's code when told (see `jail`).
+    warden: Option<OwnedFd>,
+    /// A jailed stem's cgroups, which get the function's limits when it is specialized.
+    cgroup: Option<InstanceCgroup>,
+}
+
+enum Origin {
+    Spawned(tokio::process::Child),
+    Forked(Forked),
 }
 
 impl Stem {
@@ -168,32 +184,213 @@ impl Stem {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
         Ok(Stem {
-            child: Some(child),
+            origin: Some(Origin::Spawned(child)),
             host: Some(host),
-            pid,
+            warden: None,
+            cgroup: None,
+        })
+    }
+
+    /// Starts a stem in a jail of `isolation` with `network`; it has no code and runs as
+    /// root inside the jail until it is specialized.
+    pub fn spawn_jailed(
+        launch: &Launch,
+        isolation: &Isolation,
+        network: model::Network,
+    ) -> std::io::Result<Stem> {
+        let cgroup = isolation.stem_cgroup()?;
+        let wrapped = isolation.wrap_stem(launch, network, cgroup.as_ref());
+        let (host, guest) = std::os::unix::net::UnixStream::pair()?;
+        let (warden, warden_guest) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let child = tokio::process::Command::new(&wrapped.program)
+            .args(&wrapped.args)
+            .env_clear()
+            .envs(BASE_ENV.iter().copied())
+            .env("NIMBUS_STEM", "1")
+            .current_dir("/")
+            .stdin(Stdio::from(warden_guest))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        // The helper passes the runtime's channel on as the runtime's stdin.
+        crate::zygote::send_with_fds(&warden, b"channel", &[guest.as_fd()])?;
+        Ok(Stem {
+            origin: Some(Origin::Spawned(child)),
+            host: Some(host),
+            warden: Some(warden),
+            cgroup,
+        })
+    }
+
+    /// Asks the fork server for a stem.
+    pub fn fork(zygote: &Zygote) -> std::io::Result<Stem> {
+        let (host, forked) = zygote.fork()?;
+        Ok(Stem {
+            origin: Some(Origin::Forked(forked)),
+            host: Some(host),
+            warden: None,
+            cgroup: None,
         })
     }
 
     /// Whether the process is still there to be specialized.
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        match &mut self.origin {
+            Some(Origin::Spawned(child)) => matches!(child.try_wait(), Ok(None)),
+            Some(Origin::Forked(forked)) => matches!(
+                forked.status.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ),
+            None => false,
+        }
+    }
+
+    /// The process as an instance runs it (for a forked stem, once the zygote said its
+    /// pid), its channel, and a jailed stem's warden.
+    #[allow(clippy::type_complexity)]
+    async fn launched(
+        mut self,
+    ) -> Result<
+        (
+            Launched,
+            std::os::unix::net::UnixStream,
+            Option<(OwnedFd, Option<InstanceCgroup>)>,
+        ),
+        StartError,
+    > {
+        let host = self.host.take().expect("a stem owns its channel");
+        let launched = match self.origin.take().expect("a stem owns its process") {
+            Origin::Spawned(child) => Launched::spawned(child),
+            Origin::Forked(forked) => Launched::forked(forked).await?,
+        };
+        let warden = self.warden.take().map(|w| (w, self.cgroup.take()));
+        Ok((launched, host, warden))
     }
 }
 
 impl Drop for Stem {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            kill_group(self.pid);
+        match &mut self.origin {
+            Some(Origin::Spawned(child)) => {
+                if let Some(pid) = child.id() {
+                    kill_group(pid as i32);
+                }
+            }
+            Some(Origin::Forked(forked)) => {
+                if let Ok(pid) = forked.pid.try_recv() {
+                    kill_group(pid);
+                }
+            }
+            None => {}
         }
     }
 }
 
+/// Sends a jailed stem's helper its specialization and waits (bounded) for its answer.
+async fn tell_warden(
+    warden: OwnedFd,
+    spec: &crate::jail::Specialization,
+) -> Result<(), StartError> {
+    let message = serde_json::to_vec(spec).expect("a specialization serializes");
+    let answer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        rustix::net::sockopt::set_socket_timeout(
+            &warden,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_millis(limits::INSTANCE_START_MS_MAX)),
+        )?;
+        // A signal for the server (SIGCHLD of any instance) interrupts these; retry.
+        loop {
+            match rustix::net::send(&warden, &message, rustix::net::SendFlags::NOSIGNAL) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other.map(drop)?,
+            };
+        }
+        let mut buf = [0u8; 1024];
+        let n = loop {
+            match rustix::net::recv(&warden, &mut buf[..], rustix::net::RecvFlags::empty()) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other?.0,
+            }
+        };
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+    .map_err(platform)?
+    .map_err(platform)?;
+    if answer == "ok" {
+        Ok(())
+    } else {
+        Err(platform(format!(
+            "specializing a jailed stem failed: {answer}"
+        )))
+    }
+}
+
+/// A started process as an instance sees it: its pid, its output pipes, and how it learns
+/// of its exit (a spawned process is the server's child; a forked one is the zygote's).
+struct Launched {
+    pid: i32,
+    stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    stderr: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    exit: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>,
+}
+
+impl Launched {
+    fn spawned(mut child: tokio::process::Child) -> Launched {
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Launched {
+            pid,
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            exit: Box::pin(async move {
+                match child.wait().await {
+                    Ok(s) => describe_exit(s),
+                    Err(e) => format!("Runtime exited; its status is unknown: {e}"),
+                }
+            }),
+        }
+    }
+
+    async fn forked(forked: Forked) -> Result<Launched, StartError> {
+        let limit = Duration::from_millis(limits::INSTANCE_START_MS_MAX);
+        let pid = match tokio::time::timeout(limit, forked.pid).await {
+            Ok(Ok(pid)) => pid,
+            _ => return Err(platform("the Python fork server did not fork an instance")),
+        };
+        let pipe = |fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(platform);
+        let stdout = pipe(forked.stdout)?;
+        let stderr = pipe(forked.stderr)?;
+        let status = forked.status;
+        Ok(Launched {
+            pid,
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            exit: Box::pin(async move {
+                use std::os::unix::process::ExitStatusExt;
+                match status.await {
+                    Ok(raw) => describe_exit(std::process::ExitStatus::from_raw(raw)),
+                    Err(_) => {
+                        crate::zygote::orphan_exit(pid).await;
+                        "Runtime exited; its status is unknown (its fork server had exited)".into()
+                    }
+                }
+            }),
+        })
+    }
+}
+
 /// The environment every instance starts from; the function's own variables are added.
-const BASE_ENV: [(&str, &str); 3] = [
+pub(crate) const BASE_ENV: [(&str, &str); 3] = [
     ("PATH", "/usr/local/bin:/usr/bin:/bin"),
     ("HOME", "/tmp"),
     ("LANG", "C.UTF-8"),
@@ -207,6 +404,7 @@ impl Instance {
         launch: Launch,
         config: &InstanceConfig,
         stem: Option<Stem>,
+        isolation: Option<&Isolation>,
     ) -> Result<Instance, StartError> {
         let started = Instant::now();
         let serves_http = config.kind == FunctionType::Http;
@@ -215,14 +413,35 @@ impl Instance {
         } else {
             None
         };
-        if let Some(mut stem) = stem {
-            let child = stem.child.take().expect("a stem owns its process");
-            let host = stem.host.take().expect("a stem owns its channel");
-            let mut instance = Instance::attach(id, child, Some(host), port)?;
-            let env: Vec<(String, String)> = instance_env(id, config, port);
+        if let Some(stem) = stem {
+            let (launched, host, warden) = stem.launched().await?;
+            let mut instance = Instance::attach(id, launched, Some(host), port)?;
+            instance.memory_mb = config.memory_mb;
+            let mut code_dir = config.code_dir.clone();
+            let mut uid = None;
+            if let Some((warden, cgroup)) = warden {
+                // A jailed stem: its cgroups get the function's limits and its helper
+                // mounts the code, before the runtime loads any of it.
+                let iso = isolation.ok_or_else(|| platform("a jailed stem without a sandbox"))?;
+                if let Some(cgroup) = &cgroup {
+                    cgroup
+                        .limit(&crate::isolation::limits_of(config))
+                        .map_err(platform)?;
+                }
+                let (spec, function_uid) = iso
+                    .specialization(config)
+                    .ok_or_else(|| platform("the code is not in the code cache"))?;
+                tell_warden(warden, &spec).await?;
+                instance.cgroup = cgroup;
+                code_dir = PathBuf::from(crate::jail::TASK_ROOT);
+                uid = function_uid;
+            }
+            let env: Vec<(String, String)> = instance_env(id, config, &code_dir, port);
             let meta = serde_json::to_vec(&serde_json::json!({
                 "env": env,
-                "cwd": config.code_dir,
+                "cwd": code_dir,
+                "uid": uid,
+                "gid": uid,
             }))
             .expect("specialization serializes");
             instance.send(Kind::Specialize, 0, &meta, b"").await;
@@ -236,6 +455,20 @@ impl Instance {
         } else {
             (None, None)
         };
+        // Sandboxed, the helper starts the runtime in its jail, where the code is at
+        // /var/task, and puts it in cgroups made here.
+        let jail = isolation.filter(|i| i.jails());
+        let cgroup = match jail {
+            Some(iso) => iso.cgroup(config).map_err(platform)?,
+            None => None,
+        };
+        let (launch, code_dir_seen) = match jail {
+            Some(iso) => (
+                iso.wrap(&launch, config, cgroup.as_ref()),
+                PathBuf::from(crate::jail::TASK_ROOT),
+            ),
+            None => (launch, config.code_dir.clone()),
+        };
         let mut cmd = tokio::process::Command::new(&launch.program);
         let port_text = port.map(|p| p.to_string()).unwrap_or_default();
         cmd.args(launch.args.iter().map(|a| {
@@ -246,8 +479,12 @@ impl Instance {
             }
         }))
         .env_clear()
-        .envs(instance_env(id, config, port))
-        .current_dir(&config.code_dir)
+        .envs(instance_env(id, config, &code_dir_seen, port))
+        .current_dir(if jail.is_some() {
+            std::path::Path::new("/")
+        } else {
+            &config.code_dir
+        })
         .stdin(match guest {
             Some(fd) => Stdio::from(fd),
             None => Stdio::null(),
@@ -263,7 +500,12 @@ impl Instance {
                 launch.program.display()
             )))
         })?;
-        let mut instance = Instance::attach(id, child, host, port)?;
+        // The command holds the instance's end of the channel; with it closed here, a
+        // runtime that dies before it is ready is seen at once, not at the start timeout.
+        drop(cmd);
+        let mut instance = Instance::attach(id, Launched::spawned(child), host, port)?;
+        instance.cgroup = cgroup;
+        instance.memory_mb = config.memory_mb;
         instance.finish_start(started).await?;
         Ok(instance)
     }
@@ -271,27 +513,26 @@ impl Instance {
     /// Wraps a running process: output pumps, exit watcher, channel halves.
     fn attach(
         id: u64,
-        mut child: tokio::process::Child,
+        launched: Launched,
         host: Option<std::os::unix::net::UnixStream>,
         port: Option<u16>,
     ) -> Result<Instance, StartError> {
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let Launched {
+            pid,
+            stdout,
+            stderr,
+            exit,
+        } = launched;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
             stderr_tail: Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)),
         });
         let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
         tokio::spawn(pump_output(stdout, "stdout", shared.clone()));
         let stderr_done = tokio::spawn(pump_output(stderr, "stderr", shared.clone()));
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = exit_tx.send(Some(match status {
-                Ok(s) => describe_exit(s),
-                Err(e) => format!("Runtime exited; its status is unknown: {e}"),
-            }));
+            let _ = exit_tx.send(Some(exit.await));
         });
 
         let (reader, writer) = match host {
@@ -315,6 +556,8 @@ impl Instance {
             stderr_done: Mutex::new(Some(stderr_done)),
             next_call: AtomicU32::new(1),
             reader: Mutex::new(reader),
+            cgroup: None,
+            memory_mb: 0,
         })
     }
 
@@ -589,6 +832,11 @@ impl Instance {
             .unwrap_or_default()
     }
 
+    /// Whether the kernel stopped a process of this instance for exceeding its memory.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(InstanceCgroup::oom_killed)
+    }
+
     /// Kills the whole process group now.
     pub fn kill(&self) {
         self.shared.dead.store(true, Ordering::Release);
@@ -625,10 +873,15 @@ fn free_port() -> std::io::Result<u16> {
 
 /// The environment of an instance: the function's own variables plus the documented
 /// runtime ones. Nothing of the server's environment leaks in.
-fn instance_env(id: u64, c: &InstanceConfig, port: Option<u16>) -> Vec<(String, String)> {
+fn instance_env(
+    id: u64,
+    c: &InstanceConfig,
+    code_dir: &std::path::Path,
+    port: Option<u16>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let code_dir = c.code_dir.display().to_string();
+    let code_dir = code_dir.display().to_string();
     env.extend(BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env.extend([
         ("NIMBUS_FUNCTION_NAME".into(), c.function.clone()),
@@ -647,7 +900,8 @@ fn instance_env(id: u64, c: &InstanceConfig, port: Option<u16>) -> Vec<(String, 
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
             c.memory_mb.to_string(),
         ),
-        ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION".into(), c.version.clone()),
+        ("NIMBUS_FUNCTION_VERSION".into(), c.version.clone()),
         ("LAMBDA_TASK_ROOT".into(), code_dir),
         ("_HANDLER".into(), c.handler.clone()),
     ]);

@@ -6,11 +6,18 @@
 //! failure (exception, timeout, crash, bad code) is an `Outcome::Error`, never a
 //! `SandboxError`; the latter means the platform could not run the function at all.
 
+#![deny(unsafe_code)]
+
+mod cgroup;
 mod instance;
+mod isolation;
+pub mod jail;
 mod logs;
 mod pool;
 pub mod protocol;
 mod runtimes;
+mod sys;
+mod zygote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,8 +27,9 @@ use model::{FunctionType, Runtime};
 use serde::{Deserialize, Serialize};
 
 pub use instance::StreamEvent;
+pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};
-pub use pool::{Acquired, Lease, Pool, PoolConfig, WebReply};
+pub use pool::{Acquired, CallContext, Lease, Pool, PoolConfig, WebReply};
 pub use runtimes::Runtimes;
 
 /// Everything needed to start an instance, resolved from the stored function. Two
@@ -29,6 +37,8 @@ pub use runtimes::Runtimes;
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct InstanceConfig {
     pub function: String,
+    /// `$LATEST` or a published version's number: instances of two versions never mix.
+    pub version: String,
     pub runtime: Runtime,
     pub handler: String,
     /// The unpacked, read-only code tree.
@@ -47,8 +57,23 @@ pub struct InstanceConfig {
     /// `module.function` run before an instance is stopped; empty for none.
     pub pre_stop: String,
     pub pre_stop_timeout_ms: u32,
+    pub network: model::Network,
+    pub ephemeral_storage_mb: u32,
+    pub cpu_millicores: u32,
     /// How many instances; not part of what an instance is.
     pub policy: Policy,
+}
+
+impl InstanceConfig {
+    /// The pool its instances belong to: the function's name for `$LATEST`, `name:N` for a
+    /// published version, so versions keep their own instances and limits.
+    pub fn pool_id(&self) -> std::borrow::Cow<'_, str> {
+        if self.version == "$LATEST" {
+            std::borrow::Cow::Borrowed(&self.function)
+        } else {
+            std::borrow::Cow::Owned(format!("{}:{}", self.function, self.version))
+        }
+    }
 }
 
 /// Scaling settings of a function: how many instances and how long calls wait, not what
@@ -205,3 +230,6 @@ pub enum SandboxError {
         waited_ms: u64,
     },
 }
+
+/// The first argument that makes the `nimbus` binary the sandbox helper.
+pub const JAIL_HELPER_ARG: &str = "__jail";

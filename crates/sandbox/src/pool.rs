@@ -21,13 +21,33 @@ use model::limits;
 use tokio::sync::{Notify, mpsc};
 
 use crate::instance::{Instance, Reply, StartError, Stem, StreamEvent, kill_group};
+use crate::isolation::Isolation;
 use crate::logs::now_ms;
 use crate::protocol::Kind;
+use crate::zygote::Zygote;
 use crate::{
     ContentType, FunctionError, InstanceConfig, Invocation, LifecycleEvent, Logs, Outcome,
     Runtimes, SandboxError, Timings,
 };
-use model::Runtime;
+use model::{Network, Runtime};
+
+/// What a handler's context carries besides its request id.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// Which delivery of an asynchronous event this is (1 for a synchronous call).
+    pub attempt: u32,
+    /// The W3C `traceparent` of the call.
+    pub traceparent: Option<String>,
+}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        CallContext {
+            attempt: 1,
+            traceparent: None,
+        }
+    }
+}
 
 /// Bounds of the node.
 #[derive(Clone, Debug)]
@@ -38,6 +58,11 @@ pub struct PoolConfig {
     pub memory_max_mb: u64,
     /// Prewarmed runtime processes ("stem cells") kept per runtime; 0 turns them off.
     pub prewarm: usize,
+    /// Whether Python instances are forked from a fork server ("zygote") instead of
+    /// spawned; off only to measure what it saves.
+    pub fork_server: bool,
+    /// The sandbox of every instance; none runs instances as plain processes.
+    pub isolation: Option<Arc<Isolation>>,
 }
 
 impl Default for PoolConfig {
@@ -46,6 +71,8 @@ impl Default for PoolConfig {
             instances_max: 64,
             memory_max_mb: 16 * 1024,
             prewarm: 2,
+            fork_server: true,
+            isolation: None,
         }
     }
 }
@@ -56,6 +83,8 @@ impl Default for PoolConfig {
 struct Member {
     instance: Instance,
     function: String,
+    /// `$LATEST` or the version number the instance runs.
+    version: String,
     /// What callers keep with the instance between calls (the gateway's connections),
     /// at most one per concurrent call.
     attachments: Mutex<Vec<Box<dyn Any + Send>>>,
@@ -190,8 +219,14 @@ pub struct Pool {
     shared: Arc<Shared>,
     next_instance: AtomicU64,
     /// Prewarmed runtime processes, per runtime, taken by cold starts and refilled.
-    stems: Mutex<HashMap<Runtime, Vec<Stem>>>,
+    stems: Mutex<HashMap<(Runtime, Network), Vec<Stem>>>,
+    /// The Python fork server and when it was started; replaced when it dies, at most once
+    /// per `ZYGOTE_RESTART_INTERVAL`.
+    zygote: Mutex<Option<(Zygote, Instant)>>,
 }
+
+/// How often a dying fork server is restarted at most; in between, instances are spawned.
+const ZYGOTE_RESTART_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Pool {
     pub fn new(runtimes: Runtimes, config: PoolConfig) -> Arc<Pool> {
@@ -205,19 +240,61 @@ impl Pool {
             }),
             next_instance: AtomicU64::new(1),
             stems: Mutex::new(HashMap::new()),
+            zygote: Mutex::new(None),
         });
         for runtime in [Runtime::Python3, Runtime::Nodejs] {
-            pool.refill_stems(runtime);
+            pool.refill_stems(runtime, Network::Outbound);
         }
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
     }
 
+    /// A stem forked by the Python fork server, which is started or restarted as needed;
+    /// none when the fork server is off or cannot be had right now.
+    fn fork_stem(&self) -> Option<Stem> {
+        if !self.config.fork_server {
+            return None;
+        }
+        let mut zygote = self.zygote.lock().unwrap();
+        let usable = zygote.as_ref().is_some_and(|(z, _)| z.alive());
+        if !usable {
+            if zygote
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < ZYGOTE_RESTART_INTERVAL)
+            {
+                return None;
+            }
+            let launch = self.runtimes.interpreter_launch(Runtime::Python3)?;
+            match Zygote::spawn(&launch) {
+                Ok(z) => *zygote = Some((z, Instant::now())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting the Python fork server failed");
+                    return None;
+                }
+            }
+        }
+        let (z, _) = zygote.as_ref()?;
+        match Stem::fork(z) {
+            Ok(stem) => Some(stem),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Python fork server did not take a request");
+                None
+            }
+        }
+    }
+
     /// Takes a prewarmed process of `runtime`, if one is alive, and starts its replacement.
-    fn take_stem(&self, runtime: Runtime) -> Option<Stem> {
+    /// With none left, a Python instance is forked on the spot.
+    fn take_stem(&self, runtime: Runtime, network: Network) -> Option<Stem> {
+        // Unjailed, every process has the host's network: one kind of stem.
+        let network = if self.jailed() {
+            network
+        } else {
+            Network::Outbound
+        };
         let stem = {
             let mut stems = self.stems.lock().unwrap();
-            let list = stems.get_mut(&runtime)?;
+            let list = stems.entry((runtime, network)).or_default();
             let mut found = None;
             while let Some(mut stem) = list.pop() {
                 if stem.alive() {
@@ -227,14 +304,24 @@ impl Pool {
             }
             found
         };
+        // Stems without network are made once a function asks for one.
+        self.refill_stems(runtime, network);
         if stem.is_some() {
-            self.refill_stems(runtime);
+            return stem;
         }
-        stem
+        if runtime == Runtime::Python3 && !self.jailed() {
+            return self.fork_stem();
+        }
+        None
     }
 
-    /// Starts stems of `runtime` up to the configured number.
-    fn refill_stems(&self, runtime: Runtime) {
+    /// Whether instances start in jails (and stems are jailed, without the fork server).
+    fn jailed(&self) -> bool {
+        self.config.isolation.as_ref().is_some_and(|i| i.jails())
+    }
+
+    /// Starts stems of `runtime` with `network` up to the configured number.
+    fn refill_stems(&self, runtime: Runtime, network: Network) {
         let Some(launch) = self.runtimes.interpreter_launch(runtime) else {
             return;
         };
@@ -242,9 +329,22 @@ impl Pool {
         if self.shared.state.lock().unwrap().closed {
             return;
         }
-        let list = stems.entry(runtime).or_default();
+        let list = stems.entry((runtime, network)).or_default();
         while list.len() < self.config.prewarm {
-            match Stem::spawn(&launch, std::path::Path::new("/")) {
+            let jail = self.config.isolation.as_deref().filter(|i| i.jails());
+            let forked = match (runtime, jail) {
+                (Runtime::Python3, None) => self.fork_stem(),
+                _ => None,
+            };
+            if let Some(stem) = forked {
+                list.push(stem);
+                continue;
+            }
+            let started = match jail {
+                Some(iso) => Stem::spawn_jailed(&launch, iso, network),
+                None => Stem::spawn(&launch, std::path::Path::new("/")),
+            };
+            match started {
                 Ok(stem) => list.push(stem),
                 Err(e) => {
                     tracing::warn!(%runtime, error = %e, "starting a prewarmed runtime process failed");
@@ -265,6 +365,19 @@ impl Pool {
         request_id: &str,
         event: &[u8],
     ) -> Result<Invocation, SandboxError> {
+        self.invoke_with(config, request_id, event, &CallContext::default())
+            .await
+    }
+
+    /// As `invoke`, with what the handler's context says beyond the request id: which
+    /// delivery of an asynchronous event this is, and the trace it belongs to.
+    pub async fn invoke_with(
+        self: &Arc<Self>,
+        config: &InstanceConfig,
+        request_id: &str,
+        event: &[u8],
+        call: &CallContext,
+    ) -> Result<Invocation, SandboxError> {
         let lease = match self.acquire(config).await? {
             Acquired::Ready(lease) => lease,
             Acquired::Failed(error, timings) => {
@@ -279,7 +392,7 @@ impl Pool {
                 });
             }
         };
-        let (outcome, logs, duration_ms) = lease.invoke(request_id, event).await;
+        let (outcome, logs, duration_ms) = lease.invoke_with(request_id, event, call).await;
         Ok(Invocation {
             outcome,
             cold_start: lease.cold_start,
@@ -342,7 +455,7 @@ impl Pool {
             }
         };
         if waiting {
-            self.with_function(&config.function, |f| f.waiting -= 1);
+            self.with_function(&config.pool_id(), |f| f.waiting -= 1);
         }
         if queue_ms == 0.0 {
             queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
@@ -350,7 +463,7 @@ impl Pool {
         match outcome? {
             Ok((member, cold_start, timings)) => Ok(Acquired::Ready(Lease {
                 pool: self.clone(),
-                function: config.function.clone(),
+                function: config.pool_id().into_owned(),
                 key,
                 concurrency: config.concurrency.max(1) as usize,
                 member: Some(member),
@@ -443,7 +556,7 @@ impl Pool {
                 .functions
                 .iter_mut()
                 .filter(|(name, p)| {
-                    **name != config.function
+                    **name != config.pool_id()
                         && p.entries.len() > p.config.policy.min_instances as usize
                 })
                 .flat_map(|(name, p)| {
@@ -468,7 +581,7 @@ impl Pool {
         }
         let fp = state
             .functions
-            .get_mut(&config.function)
+            .get_mut(config.pool_id().as_ref())
             .expect("made above");
         if !*waiting {
             if fp.waiting >= limits::QUEUE_LENGTH_MAX || config.policy.queue_timeout_ms == 0 {
@@ -505,7 +618,7 @@ impl Pool {
         }
         state.live += 1;
         state.memory_mb += memory_mb;
-        state.functions.get_mut(&config.function)?.starting += 1;
+        state.functions.get_mut(config.pool_id().as_ref())?.starting += 1;
         let instance_id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             shared: self.shared.clone(),
@@ -527,17 +640,25 @@ impl Pool {
         }
     }
 
-    /// Stops the instances of `function` once their calls finish, e.g. after it was
-    /// updated or deleted; `forget` also drops what the pool knows of it (its minimum).
+    /// Stops the instances of `function` once their calls finish: after an update those of
+    /// `$LATEST` (published versions never change), after a delete (`forget`) all of them,
+    /// and what the pool knows of it (its minimum).
     pub fn evict(&self, function: &str, forget: bool) {
         let gone: Vec<Entry> = {
             let mut state = self.shared.state.lock().unwrap();
             if forget {
-                state
+                // A deleted function's versions go too (their pools are `function:N`).
+                let prefix = format!("{function}:");
+                let ids: Vec<String> = state
                     .functions
-                    .remove(function)
-                    .map(|f| f.entries)
-                    .unwrap_or_default()
+                    .keys()
+                    .filter(|k| *k == function || k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                ids.iter()
+                    .filter_map(|id| state.functions.remove(id))
+                    .flat_map(|f| f.entries)
+                    .collect()
             } else {
                 state
                     .functions
@@ -590,6 +711,7 @@ impl Pool {
         }
         drop(entries);
         self.stems.lock().unwrap().clear();
+        self.zygote.lock().unwrap().take();
     }
 
     /// Number of live instances.
@@ -606,6 +728,12 @@ impl Pool {
             .functions
             .get(function)
             .map_or(0, |f| f.instances())
+    }
+
+    /// Records a lifecycle event that is not an instance's (a version published, an alias
+    /// moved, a canary rolled back), next to the instances' own.
+    pub fn record_event(&self, function: &str, event: &'static str, reason: String) {
+        self.shared.record(function, 0, event, reason);
     }
 
     /// Recent lifecycle events, newest first, optionally of one function.
@@ -663,7 +791,7 @@ impl Pool {
         let (member, timings) = match started {
             Ok(Ok(started)) => started,
             other => {
-                self.with_function(&config.function, |fp| fp.starting -= 1);
+                self.with_function(&config.pool_id(), |fp| fp.starting -= 1);
                 self.shared.freed.notify_waiters();
                 return other;
             }
@@ -708,14 +836,25 @@ impl Pool {
         let stem = if config.runtime == Runtime::Custom {
             None
         } else {
-            self.take_stem(config.runtime)
+            self.take_stem(config.runtime, config.network)
         };
-        let from = if stem.is_some() {
+        let mut from = if stem.is_some() {
             "from a prewarmed process"
         } else {
             "spawned"
         };
-        let instance = match Instance::start(id, launch, config, stem).await {
+        let isolation = self.config.isolation.as_deref();
+        let mut started = Instance::start(id, launch.clone(), config, stem, isolation).await;
+        if from != "spawned"
+            && let Err(StartError::Platform(e)) = &started
+        {
+            // The prewarmed process was lost (its fork server died before forking it, its
+            // jail could not be specialized); that is no reason to fail the call.
+            tracing::warn!(function = %config.function, error = %e, "a prewarmed process could not be used; spawning");
+            from = "spawned (a prewarmed process failed)";
+            started = Instance::start(id, launch, config, None, isolation).await;
+        }
+        let instance = match started {
             Ok(instance) => instance,
             Err(StartError::Platform(e)) => return Err(e),
             Err(StartError::Function(e)) => return Ok(Err(e)),
@@ -735,6 +874,7 @@ impl Pool {
         let member = Arc::new(Member {
             instance,
             function: config.function.clone(),
+            version: config.version.clone(),
             attachments: Mutex::new(Vec::new()),
             pre_stop: (!config.pre_stop.is_empty()).then(|| {
                 (
@@ -786,9 +926,10 @@ fn function_pool<'a>(
     config: &InstanceConfig,
     key: u64,
 ) -> &'a mut FunctionPool {
-    if !state.functions.contains_key(&config.function) {
+    let id = config.pool_id();
+    if !state.functions.contains_key(id.as_ref()) {
         state.functions.insert(
-            config.function.clone(),
+            id.clone().into_owned(),
             FunctionPool {
                 config_key: key,
                 config: config.clone(),
@@ -800,7 +941,7 @@ fn function_pool<'a>(
     }
     state
         .functions
-        .get_mut(&config.function)
+        .get_mut(id.as_ref())
         .expect("inserted above")
 }
 
@@ -943,6 +1084,11 @@ impl Lease {
         self.member().instance.id
     }
 
+    /// `$LATEST` or the number of the version the instance runs.
+    pub fn version(&self) -> &str {
+        &self.member().version
+    }
+
     /// The loopback port of an HTTP instance.
     pub fn port(&self) -> Option<u16> {
         self.member().instance.port
@@ -966,10 +1112,23 @@ impl Lease {
 
     /// Runs one event invocation: the outcome, its logs and its duration in milliseconds.
     pub async fn invoke(&self, request_id: &str, event: &[u8]) -> (Outcome, Logs, f64) {
+        self.invoke_with(request_id, event, &CallContext::default())
+            .await
+    }
+
+    /// As `invoke`, with the rest of the handler's context.
+    pub async fn invoke_with(
+        &self,
+        request_id: &str,
+        event: &[u8],
+        call: &CallContext,
+    ) -> (Outcome, Logs, f64) {
         let instance = &self.member().instance;
         let meta = serde_json::to_vec(&serde_json::json!({
             "request_id": request_id,
             "deadline_ms": now_ms() + self.timeout.as_millis() as i64,
+            "attempt": call.attempt,
+            "traceparent": call.traceparent,
         }))
         .expect("meta serializes");
         let started = Instant::now();
@@ -991,10 +1150,7 @@ impl Lease {
                 "the runtime answered an invocation with a web response",
             )),
             Reply::Error(e) => Outcome::Error(e),
-            Reply::Crashed(report) => {
-                self.member().stopping("it crashed during a call");
-                Outcome::Error(FunctionError::new("Runtime.ExitError", report))
-            }
+            Reply::Crashed(report) => Outcome::Error(self.crashed(report)),
             Reply::Timeout => Outcome::Error(self.timed_out()),
         };
         (outcome, logs, duration_ms)
@@ -1015,10 +1171,7 @@ impl Lease {
         match reply {
             Reply::Head(head) => WebReply::Head { head, body: stream },
             Reply::Error(e) => WebReply::Error(e, logs),
-            Reply::Crashed(report) => {
-                self.member().stopping("it crashed during a call");
-                WebReply::Error(FunctionError::new("Runtime.ExitError", report), logs)
-            }
+            Reply::Crashed(report) => WebReply::Error(self.crashed(report), logs),
             Reply::Timeout => WebReply::Error(self.timed_out(), logs),
             Reply::Result { .. } => WebReply::Error(
                 FunctionError::new(
@@ -1033,6 +1186,24 @@ impl Lease {
     /// The error of a call that ran past the timeout. The instance is killed, because the
     /// handler may be stuck anywhere and only that frees it; calls sharing the instance
     /// fail with it.
+    /// The error of a call whose instance died: out of memory when the kernel says so,
+    /// else the exit report.
+    fn crashed(&self, report: String) -> FunctionError {
+        let member = self.member();
+        if member.instance.oom_killed() {
+            member.stopping("it ran out of memory");
+            return FunctionError::new(
+                "FunctionOutOfMemory",
+                format!(
+                    "the function used more than its memory_mb ({} MB) and was stopped; raise memory_mb or use less",
+                    member.instance.memory_mb
+                ),
+            );
+        }
+        member.stopping("it crashed during a call");
+        FunctionError::new("Runtime.ExitError", report)
+    }
+
     pub fn timed_out(&self) -> FunctionError {
         self.member().stopping(format!(
             "a call ran past its timeout of {} ms",
@@ -1176,6 +1347,7 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
     ) -> InstanceConfig {
         InstanceConfig {
             function: "f".into(),
+            version: "$LATEST".into(),
             runtime,
             handler: handler.into(),
             code_dir: tmp.path().join("code"),
@@ -1189,6 +1361,9 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             initializer_timeout_ms: 1000,
             pre_stop: String::new(),
             pre_stop_timeout_ms: 1000,
+            network: model::Network::Outbound,
+            ephemeral_storage_mb: 64,
+            cpu_millicores: 0,
             policy: crate::Policy::default(),
         }
     }
@@ -1205,6 +1380,62 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
             Outcome::Error(e) => e,
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn python_instances_are_forked_by_a_fork_server_that_comes_back() {
+        const CODE: &str = "import os, random\n\
+def handler(event, context):\n    \
+if event.get('exit'):\n        os._exit(3)\n    \
+return [os.getpid(), os.getppid(), os.getpgid(0), random.random()]\n";
+        let no_stems = PoolConfig {
+            prewarm: 0,
+            ..PoolConfig::default()
+        };
+        let (tmp, pool) = setup_with(&[("main.py", CODE)], no_stems);
+        let named = |name: &str| InstanceConfig {
+            function: name.into(),
+            ..config(&tmp, Runtime::Python3, "main.handler", 2000)
+        };
+        let run = |c: InstanceConfig| {
+            let pool = pool.clone();
+            async move {
+                let inv = pool.invoke(&c, "r", b"{}").await.unwrap();
+                let v: (i32, i32, i32, f64) = serde_json::from_str(&body(&inv)).unwrap();
+                v
+            }
+        };
+        let (pid_a, zygote, group_a, random_a) = run(named("a")).await;
+        let (pid_b, zygote_b, _, random_b) = run(named("b")).await;
+        // Both are children of one process that is not the server: the fork server.
+        assert_ne!(zygote, std::process::id() as i32);
+        assert_eq!(zygote, zygote_b);
+        assert_ne!(pid_a, pid_b);
+        // Each instance leads its own process group, so killing it kills only its tree.
+        assert_eq!(group_a, pid_a);
+        // Python reseeds `random` in a forked child; instances must not share a sequence.
+        assert_ne!(random_a, random_b);
+
+        // The zygote reports the exit status of a child that is not the server's.
+        let x = pool
+            .invoke(&named("a"), "r", br#"{"exit":1}"#)
+            .await
+            .unwrap();
+        let x = error(&x);
+        assert_eq!(x.error_type, "Runtime.ExitError");
+        assert!(x.error_message.contains("status 3"), "{x:?}");
+
+        // Without its fork server, instances still start (spawned), and after the restart
+        // interval a new fork server forks them again.
+        kill_group(zygote);
+        let (_, parent, _, _) = run(named("c")).await;
+        assert_ne!(parent, zygote);
+        tokio::time::sleep(ZYGOTE_RESTART_INTERVAL + Duration::from_millis(100)).await;
+        let (_, parent, _, _) = run(named("d")).await;
+        assert!(parent != zygote && parent != std::process::id() as i32);
+        // The surviving instance of the old fork server keeps answering.
+        let (pid, _, _, _) = run(named("b")).await;
+        assert_eq!(pid, pid_b);
     }
 
     #[tokio::test]

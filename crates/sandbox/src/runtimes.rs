@@ -18,9 +18,12 @@ pub struct Runtimes {
 }
 
 /// How to start one instance of a runtime.
+#[derive(Clone)]
 pub(crate) struct Launch {
     pub program: PathBuf,
     pub args: Vec<std::ffi::OsString>,
+    /// The directory of the runtime shim the arguments name (none for custom runtimes).
+    pub shim_dir: Option<PathBuf>,
 }
 
 impl Runtimes {
@@ -73,6 +76,7 @@ impl Runtimes {
             return Some(Launch {
                 program: crate::instance::resolve_program(&config.code_dir, program),
                 args: args.iter().map(Into::into).collect(),
+                shim_dir: None,
             });
         }
         self.interpreter_launch(runtime)
@@ -99,7 +103,11 @@ impl Runtimes {
             Runtime::Nodejs => vec![self.shim_dir.join("bootstrap.js").into()],
             Runtime::Custom => unreachable!("handled above"),
         };
-        Some(Launch { program, args })
+        Some(Launch {
+            program,
+            args,
+            shim_dir: Some(self.shim_dir.clone()),
+        })
     }
 }
 

@@ -11,6 +11,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("invoke key `{0}` does not exist")]
     KeyNotFound(String),
+    #[error("function `{0}` has no version {1}")]
+    VersionNotFound(String, u32),
+    #[error("function `{0}` has no alias `{1}`")]
+    AliasNotFound(String, String),
+    #[error("version {1} of `{0}` is in use by {2}; move or delete that first")]
+    VersionInUse(String, u32, String),
     #[error("code artifact {0} is not in the blob store")]
     BlobNotFound(String),
     #[error(transparent)]

@@ -10,9 +10,11 @@ mod blobs;
 mod code_cache;
 mod error;
 mod meta;
+mod queue;
 
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::CodeCache;
 pub use error::StoreError;
 pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
+pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};

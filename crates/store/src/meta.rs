@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use model::{Function, FunctionSpec};
+use model::{Alias, Function, FunctionSpec, Version};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -48,6 +48,23 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     /// Deletes a key; `KeyNotFound` if there is none with that id.
     async fn delete_key(&self, id: &str) -> Result<(), StoreError>;
+    /// Snapshots the function's current spec as its next version; when the newest version
+    /// already has that spec, returns it instead (`false`).
+    async fn publish_version(
+        &self,
+        function: &str,
+        description: &str,
+        now_ms: i64,
+    ) -> Result<(Version, bool), StoreError>;
+    /// A function's versions, oldest first.
+    async fn list_versions(&self, function: &str) -> Result<Vec<Version>, StoreError>;
+    async fn get_version(&self, function: &str, version: u32) -> Result<Version, StoreError>;
+    /// Deletes a version no alias points at (`VersionInUse` names the one that does).
+    async fn delete_version(&self, function: &str, version: u32) -> Result<(), StoreError>;
+    /// Creates or moves an alias; its versions must exist.
+    async fn put_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError>;
+    async fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError>;
+    async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), StoreError>;
 }
 
 /// A stored invoke key: never the key itself, only its sha256.
@@ -59,9 +76,11 @@ pub struct KeyRecord {
     pub created_at_ms: i64,
 }
 
-/// The embedded backend: one SQLite file in WAL mode.
+/// The embedded backend: one SQLite file in WAL mode. Transactions that write begin
+/// `IMMEDIATE`: a deferred one that reads first cannot take the write lock once another
+/// connection has committed (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not cover).
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 const NAMESPACE: &str = "default";
@@ -86,6 +105,27 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// A function's aliases, by name, read on `conn` (inside a transaction or not).
+    async fn aliases_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        function: &str,
+    ) -> Result<Vec<Alias>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT config FROM aliases WHERE namespace = ? AND function = ? ORDER BY name",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let config: String = r.try_get("config")?;
+                serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     fn row_to_function(row: &sqlx::sqlite::SqliteRow) -> Result<Function, StoreError> {
         let spec: String = row.try_get("spec")?;
         let spec: FunctionSpec =
@@ -97,6 +137,17 @@ impl SqliteStore {
             updated_at_ms: row.try_get("updated_at_ms")?,
         })
     }
+}
+
+fn row_to_version(function: &str, row: &sqlx::sqlite::SqliteRow) -> Result<Version, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    Ok(Version {
+        function: function.into(),
+        version: row.try_get::<i64, _>("version")? as u32,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        description: row.try_get("description")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
 }
 
 #[async_trait]
@@ -185,13 +236,194 @@ impl MetaStore for SqliteStore {
     }
 
     async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
+        // Its versions and aliases go with it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
             .bind(NAMESPACE)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(name.into()));
+        }
+        for sql in [
+            "DELETE FROM versions WHERE namespace = ? AND function = ?",
+            "DELETE FROM aliases WHERE namespace = ? AND function = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(NAMESPACE)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn publish_version(
+        &self,
+        function: &str,
+        description: &str,
+        now_ms: i64,
+    ) -> Result<(Version, bool), StoreError> {
+        // One transaction: two publishes at once get two numbers or one shared version.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT spec, last_version FROM functions WHERE namespace = ? AND name = ?",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(function.into()))?;
+        let spec: String = row.try_get("spec")?;
+        let last: i64 = row.try_get("last_version")?;
+        let newest = sqlx::query(
+            "SELECT version, spec, description, created_at_ms FROM versions
+             WHERE namespace = ? AND function = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(newest) = newest
+            && newest.try_get::<String, _>("spec")? == spec
+        {
+            return Ok((row_to_version(function, &newest)?, false));
+        }
+        let version = last + 1;
+        sqlx::query(
+            "INSERT INTO versions (namespace, function, version, spec, description, created_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .bind(version)
+        .bind(&spec)
+        .bind(description)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE functions SET last_version = ? WHERE namespace = ? AND name = ?")
+            .bind(version)
+            .bind(NAMESPACE)
+            .bind(function)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let spec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((
+            Version {
+                function: function.into(),
+                version: version as u32,
+                spec,
+                description: description.into(),
+                created_at_ms: now_ms,
+            },
+            true,
+        ))
+    }
+
+    async fn list_versions(&self, function: &str) -> Result<Vec<Version>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, spec, description, created_at_ms FROM versions
+             WHERE namespace = ? AND function = ? ORDER BY version",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| row_to_version(function, r)).collect()
+    }
+
+    async fn get_version(&self, function: &str, version: u32) -> Result<Version, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, spec, description, created_at_ms FROM versions
+             WHERE namespace = ? AND function = ? AND version = ?",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::VersionNotFound(function.into(), version))?;
+        row_to_version(function, &row)
+    }
+
+    async fn delete_version(&self, function: &str, version: u32) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for alias in self.aliases_in(&mut tx, function).await? {
+            if alias.versions().any(|v| v == version) {
+                return Err(StoreError::VersionInUse(
+                    function.into(),
+                    version,
+                    format!("alias `{}`", alias.name),
+                ));
+            }
+        }
+        let done = sqlx::query(
+            "DELETE FROM versions WHERE namespace = ? AND function = ? AND version = ?",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .bind(version as i64)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionNotFound(function.into(), version));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for v in alias.versions() {
+            let exists = sqlx::query(
+                "SELECT 1 FROM versions WHERE namespace = ? AND function = ? AND version = ?",
+            )
+            .bind(NAMESPACE)
+            .bind(function)
+            .bind(v as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_none() {
+                return Err(StoreError::VersionNotFound(function.into(), v));
+            }
+        }
+        let json = serde_json::to_string(alias).expect("an alias always serializes");
+        sqlx::query(
+            "INSERT INTO aliases (namespace, function, name, config, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (namespace, function, name) DO UPDATE
+                SET config = excluded.config, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(NAMESPACE)
+        .bind(function)
+        .bind(&alias.name)
+        .bind(&json)
+        .bind(alias.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.aliases_in(&mut conn, function).await
+    }
+
+    async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("DELETE FROM aliases WHERE namespace = ? AND function = ? AND name = ?")
+                .bind(NAMESPACE)
+                .bind(function)
+                .bind(alias)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AliasNotFound(function.into(), alias.into()));
         }
         Ok(())
     }
@@ -248,6 +480,93 @@ mod tests {
         let mut s = FunctionSpec::new(name, Runtime::Python3, handler, &"0".repeat(64));
         s.timeout_ms = 1000;
         s
+    }
+
+    #[tokio::test]
+    async fn versions_are_numbered_once_and_aliases_guard_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("m.db")).await.unwrap();
+        store
+            .put_function(&spec("f", "main.a"), PutMode::Create, 1)
+            .await
+            .unwrap();
+        let (v1, new) = store.publish_version("f", "first", 2).await.unwrap();
+        assert_eq!((v1.version, new), (1, true));
+        // Unchanged: the same version comes back.
+        let (again, new) = store.publish_version("f", "again", 3).await.unwrap();
+        assert_eq!(
+            (again.version, new, again.description.as_str()),
+            (1, false, "first")
+        );
+        store
+            .put_function(&spec("f", "main.b"), PutMode::Upsert, 4)
+            .await
+            .unwrap();
+        let (v2, _) = store.publish_version("f", "", 5).await.unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(
+            store.get_version("f", 1).await.unwrap().spec.handler,
+            "main.a"
+        );
+
+        let alias = Alias {
+            name: "prod".into(),
+            version: 1,
+            canary: Some(model::Canary {
+                version: 2,
+                percent: 10.0,
+                guard: None,
+                rolled_back: None,
+            }),
+            description: String::new(),
+            updated_at_ms: 6,
+        };
+        store.put_alias("f", &alias).await.unwrap();
+        let bad = Alias {
+            version: 9,
+            canary: None,
+            ..alias.clone()
+        };
+        assert!(matches!(
+            store.put_alias("f", &bad).await,
+            Err(StoreError::VersionNotFound(_, 9))
+        ));
+        let refused = store.delete_version("f", 2).await.unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "version 2 of `f` is in use by alias `prod`; move or delete that first"
+        );
+        store.delete_alias("f", "prod").await.unwrap();
+        store.delete_version("f", 2).await.unwrap();
+        // A deleted number is not given out again.
+        store
+            .put_function(&spec("f", "main.c"), PutMode::Upsert, 7)
+            .await
+            .unwrap();
+        let (v3, _) = store.publish_version("f", "", 8).await.unwrap();
+        assert_eq!(v3.version, 3);
+        let listed: Vec<u32> = store
+            .list_versions("f")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(listed, [1, 3]);
+        // Deleting the function deletes its versions and aliases.
+        store
+            .put_alias(
+                "f",
+                &Alias {
+                    canary: None,
+                    ..alias
+                },
+            )
+            .await
+            .unwrap();
+        store.delete_function("f").await.unwrap();
+        assert!(store.list_versions("f").await.unwrap().is_empty());
+        assert!(store.list_aliases("f").await.unwrap().is_empty());
     }
 
     #[tokio::test]

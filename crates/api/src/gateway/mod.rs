@@ -306,19 +306,43 @@ async fn invoke_handler(
         path_params: r.path_params,
         now_ms: now_ms(),
     });
+    let affinity = r
+        .headers
+        .get(crate::routes::headers::AFFINITY)
+        .and_then(|v| v.to_str().ok());
+    let traceparent = crate::trace::for_call(&r.headers);
     let (record, outcome) = platform
-        .invoke(&r.function, Bytes::from(event), r.request_id)
+        .invoke(
+            &r.function,
+            Bytes::from(event),
+            r.request_id.clone(),
+            affinity,
+            traceparent.clone(),
+        )
         .await?;
     let timing = Timing {
         routing_ms: r.routed_ms,
         cold_start: record.cold_start,
         timings: record.timings,
     };
-    let response = match outcome {
+    let mut response = match outcome {
         Outcome::Success { content_type, body } => event::response(content_type, body),
         Outcome::Error(e) => function_failed(&e, &record.request_id),
     };
+    version_header(&mut response, &record.version);
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        response.headers_mut().insert(crate::trace::TRACEPARENT, v);
+    }
     Ok((response, timing))
+}
+
+/// Says which version answered (`x-nimbus-version`), as the invoke API does.
+pub(crate) fn version_header(response: &mut Response, version: &str) {
+    if let Ok(v) = HeaderValue::from_str(version) {
+        response
+            .headers_mut()
+            .insert(crate::routes::headers::VERSION, v);
+    }
 }
 
 /// The gateway's answer when the function failed: 502 (504 on timeout) with a JSON body
@@ -349,7 +373,13 @@ pub(crate) async fn lease_for(
     platform: &Arc<Platform>,
     r: &Routed,
 ) -> Result<Result<sandbox::Lease, (Response, Timing)>, ApiError> {
-    let resolved = platform.resolve(&r.function).await?;
+    let affinity = r
+        .headers
+        .get(crate::routes::headers::AFFINITY)
+        .and_then(|v| v.to_str().ok());
+    let (resolved, _) = platform
+        .resolve_call(&r.function, affinity, &r.request_id)
+        .await?;
     match platform.pool().acquire(&resolved.instance).await? {
         sandbox::Acquired::Ready(lease) => Ok(Ok(lease)),
         sandbox::Acquired::Failed(e, timings) => {
@@ -359,6 +389,7 @@ pub(crate) async fn lease_for(
                 r.request_id.clone(),
                 r.function.clone(),
                 CallMeta {
+                    version: None,
                     cold_start: true,
                     init_ms: None,
                     duration_ms: 0.0,
@@ -382,6 +413,8 @@ pub(crate) async fn lease_for(
 
 /// What is recorded of a gateway call besides its outcome and logs.
 pub(crate) struct CallMeta {
+    /// The version that ran, when known (a start that failed has none).
+    version: Option<String>,
     cold_start: bool,
     init_ms: Option<f64>,
     duration_ms: f64,
@@ -393,6 +426,7 @@ impl CallMeta {
     /// A call on `lease` that took `duration_ms` in the function.
     pub(crate) fn of(lease: &sandbox::Lease, duration_ms: f64) -> CallMeta {
         CallMeta {
+            version: Some(lease.version().to_string()),
             cold_start: lease.cold_start,
             init_ms: lease.init_ms(),
             duration_ms,
@@ -414,9 +448,16 @@ pub(crate) fn record(
     error: Option<sandbox::FunctionError>,
     logs: sandbox::Logs,
 ) {
+    // A route to a version or alias names it after the function.
+    let (function, qualifier) = match function.split_once(':') {
+        Some((f, q)) => (f.to_string(), q.to_string()),
+        None => (function, "$LATEST".to_string()),
+    };
+    let version = meta.version.unwrap_or(qualifier);
     platform.remember(Arc::new(InvocationRecord {
         request_id,
         function,
+        version,
         started_at_ms: now_ms() - meta.duration_ms as i64,
         cold_start: meta.cold_start,
         init_ms: meta.init_ms,

@@ -109,6 +109,7 @@ pub(crate) async fn serve(
             response.headers_mut().append(name.clone(), value.clone());
         }
     }
+    super::version_header(&mut response, lease.version());
     let stream = Proxied {
         body: Some(body),
         sender: Some(sender),

@@ -143,7 +143,12 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
     let mut routes = Vec::new();
     for trigger in &spec.triggers {
         let Trigger::Http(t) = trigger;
-        routes.push(trigger_route(spec.name.clone(), spec.kind, t)?);
+        // A route to a version or alias calls `name:qualifier`.
+        let target = match &t.qualifier {
+            Some(q) => format!("{}:{q}", spec.name),
+            None => spec.name.clone(),
+        };
+        routes.push(trigger_route(target, spec.kind, t)?);
     }
     if let Some(options) = &spec.url {
         let guard = Arc::new(Guard::compile(options, &[])?);
@@ -216,6 +221,7 @@ mod tests {
                     deny: vec![],
                     body_limit_bytes: None,
                     rate_limit: None,
+                    qualifier: None,
                 })
             })
             .collect();

@@ -127,6 +127,7 @@ pub(crate) async fn serve(
             response.headers_mut().append(n, v);
         }
     }
+    super::version_header(&mut response, lease.version());
     let stream = Streamed {
         rx: body,
         lease: Some(lease),

@@ -36,8 +36,24 @@ impl Server {
 
     /// Starts a server with extra `nimbus server` arguments and environment.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_through(&[], data_dir, args, env)
+    }
+
+    /// Starts a server through `wrapper` (a command that runs the rest of its arguments,
+    /// such as `setpriv` to run it as another user).
+    pub fn start_through(
+        wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut child = Command::new(NIMBUS)
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, [rest, &[NIMBUS]].concat()),
+            None => (NIMBUS, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(wrapper_args)
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)

@@ -1,8 +1,11 @@
 //! End-to-end tests: the real `nimbus server` on a free port, driven over HTTP and through
 //! the CLI, running real Python and Node.js instances.
 
+mod asynq;
 mod gateway;
 mod harness;
+mod releases;
+mod sandbox;
 mod scheduler;
 
 use std::io::Write;
@@ -279,28 +282,23 @@ async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let code = "import os\ndef handler(event, context):\n    return {'pid': os.getpid()}\n";
-    let pid = {
+    {
         let server = Server::start(&data);
         server
             .deploy(&python_project(tmp.path(), "keeper", 3000, code))
             .await;
-        let body: Value = server.invoke("keeper", "{}").await.json().await.unwrap();
-        let pid = body["pid"].as_i64().unwrap();
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let res = server.invoke("keeper", "{}").await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let server_pid = server.child.id();
+        // The check below can see runtime processes: here they are.
+        assert!(!runtime_processes(&data, server_pid).is_empty());
+        assert!(!server_cgroups(server_pid).is_empty());
         let status = server.stop();
         assert!(status.success(), "{status:?}");
-        pid
-    };
-    // The graceful stop killed the instance process.
-    let gone = (0..50).any(|_| {
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        if alive {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        !alive
-    });
-    assert!(gone, "instance {pid} outlived the server");
+        // The graceful stop killed every runtime process: instances, prewarmed ones, the
+        // Python fork server and what it forked.
+        assert_no_runtime_processes(&data, server_pid);
+    }
 
     let server = Server::start(&data);
     let res = server.invoke("keeper", "{}").await;
@@ -334,17 +332,11 @@ async fn functions_see_only_their_own_environment() {
         "the server's environment leaked: {env:?}"
     );
     assert!(!env.contains_key("NODE_EXTRA_CA_CERTS"));
-    // The instance came from a prewarmed process: nothing of that shows.
+    // An instance from a prewarmed process shows nothing of that.
     assert!(!env.contains_key("NIMBUS_STEM"));
+    // The code is where Lambda has it, in the jail.
+    assert_eq!(body["cwd"], "/var/task");
     assert_eq!(body["cwd"], env["LAMBDA_TASK_ROOT"]);
-    let events: Value = server.get_json("/v1/events?function=envy").await;
-    assert!(
-        events["events"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("from a prewarmed process"),
-        "{events}"
-    );
     assert_eq!(body["mem"], "192");
     assert_eq!(body["fn"], "envy");
 }
@@ -381,4 +373,156 @@ async fn bad_manifests_and_unknown_functions_fail_in_one_line() {
         "{}",
         run.stderr
     );
+}
+
+/// Live (not zombie) runtime processes of the server `server_pid` with data dir `data`:
+/// those whose command line names the data dir (the shims live there) or that are in the
+/// server's instance cgroups (jailed runtimes see their shim at /var/runtime).
+pub fn runtime_processes(data: &std::path::Path, server_pid: u32) -> Vec<String> {
+    let needle = data.to_string_lossy().into_owned();
+    let cgroup = format!("/nimbus-{server_pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let groups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let ours = cmdline.contains(&needle) || groups.contains(&cgroup);
+            (ours && !stat.contains(") Z ")).then_some(cmdline)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no runtime process of the stopped server is left, and checks that
+/// its cgroups are gone too.
+pub fn assert_no_runtime_processes(data: &std::path::Path, server_pid: u32) {
+    let clean = (0..100).any(|_| {
+        let left = runtime_processes(data, server_pid);
+        if !left.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        left.is_empty()
+    });
+    assert!(
+        clean,
+        "runtime processes outlived the server: {:?}",
+        runtime_processes(data, server_pid)
+    );
+    let cgroups = server_cgroups(server_pid);
+    let detail: Vec<String> = cgroups.iter().map(|c| describe_cgroup(c)).collect();
+    assert!(
+        cgroups.is_empty(),
+        "cgroups outlived the server: {detail:#?}"
+    );
+}
+
+/// A cgroup directory with its instance directories, their processes and those processes'
+/// states: what a failure needs to tell why a cgroup stayed.
+fn describe_cgroup(dir: &str) -> String {
+    let mut out = String::from(dir);
+    let mut dirs = vec![std::path::PathBuf::from(dir)];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        dirs.extend(
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    for d in dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        let states: Vec<String> = procs
+            .split_whitespace()
+            .map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                format!("{pid}: {}", stat.chars().take(60).collect::<String>())
+            })
+            .collect();
+        out.push_str(&format!("\n  {}: {states:?}", d.display()));
+    }
+    out
+}
+
+/// The cgroup directories the server `server_pid` made, in every hierarchy.
+pub fn server_cgroups(server_pid: u32) -> Vec<String> {
+    let name = format!("nimbus-{server_pid}-");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - cgroup"))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .flat_map(|mount| walkdir_find(std::path::Path::new(&mount), &name, 4))
+        .collect()
+}
+
+/// Directories whose names start with `name` up to `depth` levels below `dir`.
+fn walkdir_find(dir: &std::path::Path, name: &str, depth: usize) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_string_lossy().starts_with(name) {
+            found.push(e.path().display().to_string());
+        } else if depth > 0 {
+            found.extend(walkdir_find(&e.path(), name, depth - 1));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_callers_trace_continues_into_the_function() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "traced",
+        "functions:\n  py:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - http: {path: /traced, methods: [GET], auth: anonymous}\n  js:\n    runtime: nodejs\n    handler: index.handler\n",
+        &[
+            (
+                "main.py",
+                "def handler(event, context):\n    return {'traceparent': context.traceparent}\n",
+            ),
+            (
+                "index.js",
+                "exports.handler = async (event, context) => ({ traceparent: context.traceparent });\n",
+            ),
+        ],
+    );
+    server.deploy(&dir).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for path in [
+        "/v1/functions/py/invocations",
+        "/v1/functions/js/invocations",
+    ] {
+        let res = server
+            .req(Method::POST, path)
+            .header("traceparent", incoming)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let answered = header(&res, "traceparent").to_string();
+        let body: Value = res.json().await.unwrap();
+        // The same trace, a span of its own, and the function saw what the answer says.
+        assert!(
+            answered.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{answered}"
+        );
+        assert_ne!(answered, incoming);
+        assert_eq!(body["traceparent"], answered.as_str(), "{path}");
+    }
+    // Through a route, and without a trace: a new one starts.
+    let res = server.get("/traced").send().await.unwrap();
+    let answered = header(&res, "traceparent").to_string();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(answered.len(), 55, "{answered}");
+    assert_eq!(body["traceparent"], answered.as_str());
 }

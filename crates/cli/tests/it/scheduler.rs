@@ -248,7 +248,8 @@ async fn min_instances_stay_ready_and_extra_ones_are_stopped_when_idle() {
 #[tokio::test]
 async fn a_killed_instance_fails_only_its_own_call() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"));
+    // The function reports through files on the host, which its sandbox would hide.
+    let server = Server::start_with(&tmp.path().join("data"), &["--no-sandbox"], &[]);
     server
         .deploy(&deploy_dir(tmp.path(), "victim", "    max_instances: 2\n"))
         .await;
@@ -291,7 +292,8 @@ async fn a_killed_instance_fails_only_its_own_call() {
 async fn the_initializer_runs_once_per_instance_and_a_failure_is_retried() {
     let tmp = tempfile::tempdir().unwrap();
     let marker = tmp.path().join("init-marker");
-    let server = Server::start(&tmp.path().join("data"));
+    // The function reports through files on the host, which its sandbox would hide.
+    let server = Server::start_with(&tmp.path().join("data"), &["--no-sandbox"], &[]);
     let settings = format!(
         "    initializer: main.init\n    env: {{INIT_MARKER: \"{}\"}}\n",
         marker.display()
@@ -328,7 +330,8 @@ async fn the_initializer_runs_once_per_instance_and_a_failure_is_retried() {
 async fn cold_start_breakdown_and_pre_stop_on_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let stop_marker = tmp.path().join("stopped");
-    let server = Server::start(&tmp.path().join("data"));
+    // The function reports through files on the host, which its sandbox would hide.
+    let server = Server::start_with(&tmp.path().join("data"), &["--no-sandbox"], &[]);
     let settings = format!(
         "    pre_stop: main.stop\n    env: {{STOP_MARKER: \"{}\"}}\n",
         stop_marker.display()

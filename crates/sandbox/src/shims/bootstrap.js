@@ -123,6 +123,8 @@ function makeContext(meta) {
     awsRequestId: meta.request_id,
     requestId: meta.request_id,
     attempt: meta.attempt || 1,
+    // The call's W3C trace context, to pass on to what the function calls.
+    traceparent: meta.traceparent || null,
     functionName: FUNCTION_NAME,
     functionVersion: FUNCTION_VERSION,
     memoryLimitInMB: MEMORY_MB,
@@ -264,6 +266,12 @@ if (env.NIMBUS_STEM === '1') {
     for (const k of Object.keys(env)) delete env[k];
     for (const [k, v] of spec.env) env[k] = v;
     process.chdir(spec.cwd);
+    if (spec.uid != null) {
+      // A sandboxed stem runs as root until now; the function runs as its own uid.
+      process.setgroups([]);
+      process.setgid(spec.gid);
+      process.setuid(spec.uid);
+    }
     started = process.hrtime.bigint();
     configure();
     main();

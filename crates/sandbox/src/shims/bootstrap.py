@@ -23,14 +23,24 @@ REQUEST, RESPONSE_HEAD, RESPONSE_CHUNK, RESPONSE_END = 7, 8, 9, 10
 INITIALIZE, PRE_STOP, PING = 11, 12, 14
 _HEADER = struct.Struct(">IBII")
 
-# Take the channel off fd 0 so a handler reading stdin gets EOF instead of protocol bytes.
-_fd = os.dup(0)
-_null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_null, 0)
-os.close(_null)
-_sock = socket.socket(fileno=_fd)
-_rfile = _sock.makefile("rb", buffering=256 * 1024)
 _send_lock = threading.Lock()
+_sock = _rfile = None
+
+
+def _take_stdin():
+    """Moves the socket on fd 0 to a new descriptor and puts /dev/null in its place, so a
+    handler reading stdin gets EOF instead of protocol bytes."""
+    fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return socket.socket(fileno=fd)
+
+
+def _open_channel():
+    global _sock, _rfile
+    _sock = _take_stdin()
+    _rfile = _sock.makefile("rb", buffering=256 * 1024)
 
 # The invocation a piece of code runs for; log lines are attributed with it.
 _current = contextvars.ContextVar("nimbus_invocation", default=0)
@@ -120,6 +130,8 @@ class Context:
         self.aws_request_id = self.request_id = meta["request_id"]
         self._deadline_ms = meta["deadline_ms"]
         self.attempt = meta.get("attempt", 1)
+        # The call's W3C trace context, to pass on to what the function calls.
+        self.traceparent = meta.get("traceparent")
         self.function_name = _FUNCTION_NAME
         self.function_version = _FUNCTION_VERSION
         self.memory_limit_in_mb = _MEMORY_MB
@@ -491,12 +503,18 @@ def _specialize():
     os.environ.clear()
     os.environ.update({k: v for k, v in spec["env"]})
     os.chdir(spec["cwd"])
+    if spec.get("uid") is not None:
+        # A sandboxed stem runs as root until now; the function runs as its own uid.
+        os.setgroups([])
+        os.setresgid(spec["gid"], spec["gid"], spec["gid"])
+        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
 
 
-def main():
+def main(stem=False):
     global _FUNCTION_NAME, _FUNCTION_VERSION, _MEMORY_MB, _INSTANCE_ID, _CONTEXT_LOGGER
     global _stdout, _stderr
-    if os.environ.get("NIMBUS_STEM") == "1":
+    _open_channel()
+    if stem or os.environ.get("NIMBUS_STEM") == "1":
         _specialize()
     started = time.perf_counter()
     _FUNCTION_NAME = os.environ.get("NIMBUS_FUNCTION_NAME", "")
@@ -574,5 +592,107 @@ def main():
             }).encode())
 
 
+# What instances commonly import, loaded once in the fork server so that every forked
+# instance starts with it (copy-on-write) instead of importing it again.
+_PRELOAD = (
+    "asyncio", "base64", "concurrent.futures", "datetime", "decimal", "hashlib", "hmac", "io",
+    "logging.handlers", "random", "re", "urllib.parse", "uuid",
+)
+_FORKED, _EXITED = 1, 2
+_REPORT = struct.Struct("=Iii")
+
+
+def _zygote():
+    """The Python fork server ("zygote"). It has imported this shim and the common standard
+    library once; for each request on its control socket (fd 0, SOCK_SEQPACKET) it forks a
+    child that becomes a prewarmed instance process. A request is a 4-byte token with three
+    descriptors attached (the instance's channel, stdout and stderr); the answer is
+    (FORKED, token, pid). When a child exits the zygote reaps it and reports
+    (EXITED, pid, wait status), since only a parent can learn a child's exit status."""
+    import gc
+    import importlib
+    import select
+    import signal
+
+    control = _take_stdin()
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    # Wake the select loop on SIGCHLD through a pipe (the handler itself does nothing).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    # Objects that exist now are never collected again: the collector would otherwise touch
+    # them in every child and copy the pages they share with the zygote.
+    gc.collect()
+    gc.freeze()
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            control.sendall(_REPORT.pack(_EXITED, pid, status))
+
+    def become_instance(fds):
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(wake_r)
+        os.close(wake_w)
+        control.close()
+        # Its own process group, as a spawned instance has, so killing the instance kills
+        # whatever it forks and nothing of the zygote.
+        os.setpgid(0, 0)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        main(stem=True)
+
+    while True:
+        readable, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
+            reap()
+        if control not in readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, 64, 3)
+        if not message:
+            # The server is gone. Instances end when their channels close.
+            os._exit(0)
+        if len(message) != 4 or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        (token,) = struct.unpack("=I", message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                become_instance(fds)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                # Never return into the zygote's loop; skip the zygote's exit handlers.
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        control.sendall(_REPORT.pack(_FORKED, token, pid))
+
+
 if __name__ == "__main__":
-    main()
+    if os.environ.get("NIMBUS_ZYGOTE") == "1":
+        _zygote()
+    else:
+        main()

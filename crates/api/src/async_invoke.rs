@@ -1,0 +1,775 @@
+//! Durable asynchronous invocation: an accepted event is committed to the queue before the
+//! 202 answer, dispatched within each function's capacity, retried with backoff, and
+//! finished at its destination. Nothing accepted is lost: after a crash, attempts that were
+//! running are delivered again (at least once), with the attempt number in the context.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use model::{Destination, ErrorCode, limits};
+use sandbox::Outcome;
+use serde_json::json;
+use store::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent, StoreError};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::ApiError;
+use crate::platform::{Platform, now_ms};
+
+/// Settings of the node's asynchronous invocation.
+#[derive(Clone, Debug)]
+pub struct AsyncConfig {
+    pub payload_max_bytes: usize,
+    /// How long finished invocations (results, dead letters) and idempotency keys are kept.
+    pub retention_ms: u64,
+    /// The first retry's delay; each further one doubles it (with ±20% jitter).
+    pub retry_base_ms: u64,
+    pub queue_per_function_max: usize,
+    pub queue_per_node_max: usize,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            payload_max_bytes: limits::ASYNC_PAYLOAD_BYTES_DEFAULT,
+            retention_ms: 24 * 3600 * 1000,
+            retry_base_ms: 1_000,
+            queue_per_function_max: limits::ASYNC_QUEUE_PER_FUNCTION_MAX,
+            queue_per_node_max: limits::ASYNC_QUEUE_PER_NODE_MAX,
+        }
+    }
+}
+
+/// Submissions are committed in batches of at most this many (one transaction each).
+const COMMIT_BATCH_MAX: usize = 512;
+/// Submissions waiting for the writer; past this, submitters wait (backpressure).
+const SUBMIT_BUFFER: usize = 4_096;
+/// Due invocations started per target and dispatch round at most.
+const DISPATCH_WINDOW: usize = 256;
+/// How long the dispatcher lets finished attempts gather before the next round.
+const DISPATCH_COALESCE: Duration = Duration::from_millis(1);
+/// The longest a retry waits, whatever the attempt.
+const RETRY_DELAY_MAX_MS: u64 = 300_000;
+/// Result bytes kept with a finished invocation.
+const RESULT_BYTES_MAX: usize = 256 * 1024;
+
+type Submission = (NewEvent, oneshot::Sender<Result<Accepted, String>>);
+type Ending = ((String, Finish), oneshot::Sender<Result<(), String>>);
+
+/// The node's asynchronous invoker.
+pub(crate) struct AsyncInvoker {
+    pub(crate) queue: Arc<dyn AsyncQueue>,
+    pub(crate) config: AsyncConfig,
+    submit: mpsc::Sender<Submission>,
+    /// Attempts' ends, recorded in batches like submissions.
+    finish: mpsc::Sender<Ending>,
+    /// Unfinished invocations per function name (all its versions), for the queue limits.
+    pending: Mutex<HashMap<String, usize>>,
+    pending_total: AtomicUsize,
+    /// Unfinished invocations per target (`name`, `name:qualifier`): the targets the
+    /// dispatcher looks at.
+    waiting: Mutex<HashMap<String, usize>>,
+    /// Attempts running per target.
+    running: Mutex<HashMap<String, usize>>,
+    wake: Notify,
+}
+
+impl AsyncInvoker {
+    /// Recovers what a previous run left running, then starts the writer, the dispatcher
+    /// and the retention sweeper.
+    pub(crate) async fn start(
+        platform: &Arc<Platform>,
+        queue: Arc<dyn AsyncQueue>,
+        config: AsyncConfig,
+    ) -> Result<Arc<AsyncInvoker>, StoreError> {
+        let recovered = queue.recover(now_ms()).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "asynchronous attempts that were running when the server stopped are delivered again"
+            );
+        }
+        let mut pending = HashMap::new();
+        let mut waiting = HashMap::new();
+        let mut total = 0;
+        for (target, n) in queue.pending().await? {
+            *pending.entry(function_of(&target).to_string()).or_insert(0) += n;
+            waiting.insert(target, n);
+            total += n;
+        }
+        let (submit, rx) = mpsc::channel(SUBMIT_BUFFER);
+        let (finish, finishes) = mpsc::channel(SUBMIT_BUFFER);
+        let invoker = Arc::new(AsyncInvoker {
+            queue,
+            config,
+            submit,
+            finish,
+            pending: Mutex::new(pending),
+            pending_total: AtomicUsize::new(total),
+            waiting: Mutex::new(waiting),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(write_batches(Arc::downgrade(&invoker), rx));
+        tokio::spawn(write_finishes(Arc::downgrade(&invoker), finishes));
+        tokio::spawn(dispatch(Arc::downgrade(platform), Arc::downgrade(&invoker)));
+        tokio::spawn(sweep(Arc::downgrade(&invoker)));
+        Ok(invoker)
+    }
+
+    /// Accepts an event for `target` once it is durably stored; answers its id and whether
+    /// it repeats an earlier submission with the same idempotency key.
+    pub(crate) async fn submit(
+        &self,
+        target: &str,
+        payload: Bytes,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), ApiError> {
+        if payload.len() > self.config.payload_max_bytes {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the event is {} bytes; asynchronous events are limited to {}",
+                    payload.len(),
+                    self.config.payload_max_bytes
+                ),
+            ));
+        }
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(ApiError::invalid("an idempotency key is 1 to 256 bytes"));
+        }
+        let function = function_of(target).to_string();
+        {
+            // Reserve the place before the write, so concurrent submissions cannot overshoot.
+            let mut pending = self.pending.lock().unwrap();
+            let mine = pending.entry(function.clone()).or_insert(0);
+            if *mine >= self.config.queue_per_function_max {
+                return Err(queue_full(format!(
+                    "`{function}` has {} asynchronous events waiting, its limit",
+                    *mine
+                )));
+            }
+            if self.pending_total.load(Ordering::Acquire) >= self.config.queue_per_node_max {
+                return Err(queue_full(format!(
+                    "this node has {} asynchronous events waiting, its limit",
+                    self.config.queue_per_node_max
+                )));
+            }
+            *mine += 1;
+            self.pending_total.fetch_add(1, Ordering::AcqRel);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let event = NewEvent {
+            id: id.clone(),
+            function: target.to_string(),
+            payload: payload.to_vec(),
+            idempotency_key,
+            now_ms: now_ms(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let stored = match self.submit.send((event, tx)).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("the writer stopped".into())),
+            Err(_) => Err("the writer stopped".into()),
+        };
+        let accepted = match stored {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(&function);
+                tracing::error!(error = %e, "storing an asynchronous event failed");
+                return Err(ApiError::new(
+                    ErrorCode::StorageError,
+                    "the event could not be stored; it was not accepted",
+                ));
+            }
+        };
+        match accepted {
+            Accepted::New => {
+                *self
+                    .waiting
+                    .lock()
+                    .unwrap()
+                    .entry(target.to_string())
+                    .or_insert(0) += 1;
+                self.wake.notify_one();
+                Ok((id, false))
+            }
+            Accepted::Duplicate(earlier) => {
+                self.release(&function);
+                Ok((earlier, true))
+            }
+        }
+    }
+
+    /// An invocation of `target` finished for good.
+    fn finished(&self, target: &str) {
+        let mut waiting = self.waiting.lock().unwrap();
+        if let Some(n) = waiting.get_mut(target) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(target);
+            }
+        }
+        drop(waiting);
+        self.release(function_of(target));
+    }
+
+    /// Gives back the place of an invocation that finished (or was never stored).
+    fn release(&self, function: &str) {
+        let mut pending = self.pending.lock().unwrap();
+        if let Some(n) = pending.get_mut(function) {
+            *n = n.saturating_sub(1);
+        }
+        let _ = self
+            .pending_total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Redrives dead letters: they count as waiting again.
+    pub(crate) async fn redrive(&self, ids: &[String]) -> Result<u64, ApiError> {
+        let mut targets = Vec::new();
+        for id in ids {
+            if let Some(r) = self.queue.get(id).await?
+                && r.status == AsyncStatus::DeadLettered
+            {
+                targets.push(r.function);
+            }
+        }
+        let n = self.queue.redrive(ids, now_ms()).await?;
+        {
+            let mut pending = self.pending.lock().unwrap();
+            let mut waiting = self.waiting.lock().unwrap();
+            for t in targets.iter().take(n as usize) {
+                *pending.entry(function_of(t).to_string()).or_insert(0) += 1;
+                *waiting.entry(t.clone()).or_insert(0) += 1;
+                self.pending_total.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+}
+
+fn queue_full(message: String) -> ApiError {
+    ApiError::new(ErrorCode::QueueFull, format!("{message}; retry later"))
+}
+
+/// The function name of a target (`name:qualifier` -> `name`).
+fn function_of(target: &str) -> &str {
+    target.split_once(':').map_or(target, |(f, _)| f)
+}
+
+/// Commits submissions in batches.
+async fn write_batches(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Submission>) {
+    in_batches(rx, |events: Vec<NewEvent>| {
+        let invoker = invoker.clone();
+        async move {
+            let inv = invoker.upgrade()?;
+            Some(inv.queue.enqueue(&events).await.map_err(|e| e.to_string()))
+        }
+    })
+    .await
+}
+
+/// Records attempts' ends in batches.
+async fn write_finishes(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Ending>) {
+    in_batches(rx, |ends: Vec<(String, Finish)>| {
+        let invoker = invoker.clone();
+        async move {
+            let inv = invoker.upgrade()?;
+            let n = ends.len();
+            let done = inv.queue.finish_many(&ends, now_ms()).await;
+            Some(done.map(|()| vec![(); n]).map_err(|e| e.to_string()))
+        }
+    })
+    .await
+}
+
+/// Serves requests in batches: whatever arrived while the last batch was written goes into
+/// the next (one transaction), so many concurrent requests share one commit. `write`
+/// answers one result per request, or `None` once the invoker is gone.
+async fn in_batches<T, R, F, Fut>(
+    mut rx: mpsc::Receiver<(T, oneshot::Sender<Result<R, String>>)>,
+    write: F,
+) where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Option<Result<Vec<R>, String>>>,
+{
+    let mut items = Vec::with_capacity(COMMIT_BATCH_MAX);
+    let mut replies = Vec::with_capacity(COMMIT_BATCH_MAX);
+    while let Some((item, reply)) = rx.recv().await {
+        items.push(item);
+        replies.push(reply);
+        while items.len() < COMMIT_BATCH_MAX {
+            match rx.try_recv() {
+                Ok((item, reply)) => {
+                    items.push(item);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(result) = write(std::mem::take(&mut items)).await else {
+            return;
+        };
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Starts due invocations, fairly between functions and never more at once per target
+/// than its instances can take.
+async fn dispatch(platform: Weak<Platform>, invoker: Weak<AsyncInvoker>) {
+    loop {
+        let (Some(platform), Some(inv)) = (platform.upgrade(), invoker.upgrade()) else {
+            return;
+        };
+        let started = match dispatch_round(&platform, &inv).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = ?e, "dispatching asynchronous invocations failed");
+                0
+            }
+        };
+        // Wait for news (a submission, a finished attempt) or the next retry's time. After a
+        // wake-up, a moment more lets several attempts finish, so one round (two queries)
+        // starts many instead of one.
+        drop(platform);
+        let woken = inv.wake.notified();
+        if tokio::time::timeout(Duration::from_millis(100), woken)
+            .await
+            .is_ok()
+            && started > 0
+        {
+            tokio::time::sleep(DISPATCH_COALESCE).await;
+        }
+    }
+}
+
+async fn dispatch_round(
+    platform: &Arc<Platform>,
+    inv: &Arc<AsyncInvoker>,
+) -> Result<usize, ApiError> {
+    let targets: Vec<String> = inv.waiting.lock().unwrap().keys().cloned().collect();
+    // Each target is asked for as many due events as it has free slots: one function's
+    // backlog never holds back another's, and none gets more at once than its instances
+    // can take (`max_instances × concurrency`).
+    let mut wants = Vec::new();
+    for target in targets {
+        let capacity = match platform.resolve(&target).await {
+            Ok(r) => {
+                let p = &r.instance.policy;
+                (p.max_instances.max(1) * r.instance.concurrency.max(1)) as usize
+            }
+            // A target that no longer resolves still gets one attempt at a time, which
+            // fails it properly.
+            Err(_) => 1,
+        };
+        let running = inv
+            .running
+            .lock()
+            .unwrap()
+            .get(&target)
+            .copied()
+            .unwrap_or(0);
+        let free = capacity.saturating_sub(running).min(DISPATCH_WINDOW);
+        if free > 0 {
+            wants.push((target, free));
+        }
+    }
+    if wants.is_empty() {
+        return Ok(0);
+    }
+    let records = inv.queue.claim(&wants, now_ms()).await?;
+    let n = records.len();
+    for record in records {
+        *inv.running
+            .lock()
+            .unwrap()
+            .entry(record.function.clone())
+            .or_insert(0) += 1;
+        let (platform, inv) = (platform.clone(), inv.clone());
+        let slot = Slot {
+            inv: inv.clone(),
+            target: record.function.clone(),
+        };
+        tokio::spawn(async move { attempt(&platform, &inv, record, slot).await });
+    }
+    Ok(n)
+}
+
+/// A running attempt's place in its target's capacity; given back when dropped.
+struct Slot {
+    inv: Arc<AsyncInvoker>,
+    target: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(n) = self.inv.running.lock().unwrap().get_mut(&self.target) {
+            *n = n.saturating_sub(1);
+        }
+        self.inv.wake.notify_one();
+    }
+}
+
+/// Runs one attempt and records what became of it. The slot is given back as soon as the
+/// function has answered: recording the end (a commit) need not hold up the next attempt,
+/// since the row stays `running`, and so not due, until it is recorded.
+async fn attempt(
+    platform: &Arc<Platform>,
+    inv: &Arc<AsyncInvoker>,
+    record: AsyncRecord,
+    slot: Slot,
+) {
+    let now = now_ms();
+    // An event that waited past its age is given up unrun (as Lambda does).
+    if let Ok(resolved) = platform.resolve(&record.function).await {
+        let spec = &resolved.function.spec;
+        if now - record.enqueued_at_ms > spec.max_event_age_ms as i64 {
+            drop(slot);
+            let error = serde_json::to_vec(&json!({
+                "errorType": "EventAgeExceeded",
+                "errorMessage": format!("the event waited longer than max_event_age_ms ({})", spec.max_event_age_ms),
+            }))
+            .expect("an error serializes");
+            let version = resolved.instance.version.clone();
+            let status = fail(
+                platform,
+                inv,
+                spec.on_failure.as_ref(),
+                &record,
+                "EventAgeExceeded",
+                &error,
+                &version,
+            )
+            .await;
+            let finish = Finish::Done {
+                status,
+                result: Some(error),
+                version: None,
+                function_error: false,
+            };
+            record_end(inv, &record, finish).await;
+            return;
+        }
+    }
+    let outcome = platform
+        .invoke_attempt(
+            &record.function,
+            Bytes::from(record.payload.clone()),
+            record.id.clone(),
+            None,
+            sandbox::CallContext {
+                attempt: record.attempts,
+                traceparent: None,
+            },
+        )
+        .await;
+    drop(slot);
+    let finish = match outcome {
+        Ok((rec, Outcome::Success { body, .. }, resolved)) => {
+            let result = body[..body.len().min(RESULT_BYTES_MAX)].to_vec();
+            let spec = &resolved.function.spec;
+            if let Some(d) = &spec.on_success {
+                deliver(
+                    platform,
+                    inv,
+                    d,
+                    &record,
+                    "Success",
+                    Ok(&result),
+                    &rec.version,
+                )
+                .await;
+            }
+            Finish::Done {
+                status: AsyncStatus::Succeeded,
+                result: Some(result),
+                version: Some(rec.version.clone()),
+                function_error: false,
+            }
+        }
+        Ok((rec, Outcome::Error(e), resolved)) => {
+            let spec = &resolved.function.spec;
+            let error = serde_json::to_vec(&json!({
+                "errorType": e.error_type,
+                "errorMessage": e.error_message,
+                "stackTrace": e.stack_trace,
+            }))
+            .expect("an error serializes");
+            let errors = record.function_errors + 1;
+            let too_old = now - record.enqueued_at_ms > spec.max_event_age_ms as i64;
+            if errors > spec.max_retries || too_old {
+                let condition = if too_old {
+                    "EventAgeExceeded"
+                } else {
+                    "RetriesExhausted"
+                };
+                let status = fail(
+                    platform,
+                    inv,
+                    spec.on_failure.as_ref(),
+                    &record,
+                    condition,
+                    &error,
+                    &rec.version,
+                )
+                .await;
+                Finish::Done {
+                    status,
+                    result: Some(error),
+                    version: Some(rec.version.clone()),
+                    function_error: true,
+                }
+            } else {
+                Finish::Retry {
+                    at_ms: now
+                        + retry_delay_ms(inv.config.retry_base_ms, errors, &record.id) as i64,
+                    function_error: true,
+                    result: Some(error),
+                }
+            }
+        }
+        // The platform could not run it (throttled, no capacity, a start that failed):
+        // not the function's fault, so it does not count; the event's age still bounds it.
+        Err(e) => {
+            let error =
+                serde_json::to_vec(&json!({"errorType": "Platform", "errorMessage": e.message}))
+                    .expect("an error serializes");
+            let policy = platform.resolve(&record.function).await.ok();
+            let max_age = policy
+                .as_ref()
+                .map_or(limits::MAX_EVENT_AGE_MS_DEFAULT, |r| {
+                    r.function.spec.max_event_age_ms
+                });
+            if now - record.enqueued_at_ms > max_age as i64 || policy.is_none() {
+                let on_failure = policy
+                    .as_ref()
+                    .and_then(|r| r.function.spec.on_failure.clone());
+                let status = fail(
+                    platform,
+                    inv,
+                    on_failure.as_ref(),
+                    &record,
+                    "EventAgeExceeded",
+                    &error,
+                    "",
+                )
+                .await;
+                Finish::Done {
+                    status,
+                    result: Some(error),
+                    version: None,
+                    function_error: false,
+                }
+            } else {
+                Finish::Retry {
+                    at_ms: now
+                        + retry_delay_ms(
+                            inv.config.retry_base_ms,
+                            record.attempts.min(8),
+                            &record.id,
+                        ) as i64,
+                    function_error: false,
+                    result: Some(error),
+                }
+            }
+        }
+    };
+    record_end(inv, &record, finish).await;
+}
+
+/// Records an attempt's end (batched with others); a final end frees the event's place.
+async fn record_end(inv: &Arc<AsyncInvoker>, record: &AsyncRecord, finish: Finish) {
+    let final_status = matches!(finish, Finish::Done { .. });
+    let (tx, rx) = oneshot::channel();
+    let recorded = match inv
+        .finish
+        .send(((record.id.clone(), finish.clone()), tx))
+        .await
+    {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("the writer stopped".into())),
+        Err(_) => Err("the writer stopped".into()),
+    };
+    if let Err(e) = recorded {
+        // The attempt stays `running` in the store and is delivered again after a restart.
+        tracing::error!(error = %e, id = %record.id, "recording an asynchronous attempt failed");
+        return;
+    }
+    if final_status {
+        inv.finished(&record.function);
+    }
+}
+
+/// A failed invocation's end: its failure destination, or the dead-letter queue.
+async fn fail(
+    platform: &Arc<Platform>,
+    inv: &Arc<AsyncInvoker>,
+    destination: Option<&Destination>,
+    record: &AsyncRecord,
+    condition: &str,
+    error: &[u8],
+    version: &str,
+) -> AsyncStatus {
+    match destination {
+        None | Some(Destination::Dlq) => AsyncStatus::DeadLettered,
+        Some(d) => {
+            if deliver(platform, inv, d, record, condition, Err(error), version).await {
+                if condition == "EventAgeExceeded" {
+                    AsyncStatus::Expired
+                } else {
+                    AsyncStatus::Failed
+                }
+            } else {
+                // A destination that cannot take it: keep it where it can be redriven.
+                AsyncStatus::DeadLettered
+            }
+        }
+    }
+}
+
+/// Sends the Lambda-shaped destination record; true when the destination took it.
+async fn deliver(
+    platform: &Arc<Platform>,
+    inv: &Arc<AsyncInvoker>,
+    destination: &Destination,
+    record: &AsyncRecord,
+    condition: &str,
+    outcome: Result<&[u8], &[u8]>,
+    version: &str,
+) -> bool {
+    let parse = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(b).into_owned()))
+    };
+    let (response, function_error) = match outcome {
+        Ok(body) => (parse(body), None),
+        Err(error) => (parse(error), Some("Unhandled")),
+    };
+    let body = json!({
+        "version": "1.0",
+        "timestamp": chrono_like(now_ms()),
+        "requestContext": {
+            "requestId": record.id,
+            "functionArn": format!("arn:nimbus:function:default:{}", record.function),
+            "condition": condition,
+            "approximateInvokeCount": record.attempts,
+        },
+        "requestPayload": parse(&record.payload),
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": version,
+            "functionError": function_error,
+        },
+        "responsePayload": response,
+    });
+    let body = serde_json::to_vec(&body).expect("a record serializes");
+    match destination {
+        Destination::Dlq => true,
+        Destination::Function(target) => match inv.submit(target, Bytes::from(body), None).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(destination = %target, error = ?e, "a destination function did not take the record");
+                false
+            }
+        },
+        Destination::Webhook(url) => {
+            let _ = platform;
+            match crate::webhook::post(url, body).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(destination = %url, error = %e, "a webhook did not take the record");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// The delay before retry `n` (1-based): base × 2^(n-1), capped, ±20% jitter derived from
+/// the invocation id and `n` (spreads retries of a burst without a random source).
+fn retry_delay_ms(base_ms: u64, n: u32, id: &str) -> u64 {
+    let delay = base_ms
+        .saturating_mul(1u64 << (n.saturating_sub(1)).min(20))
+        .min(RETRY_DELAY_MAX_MS);
+    let h = model::hash::stable_hash(&[id.as_bytes(), &n.to_le_bytes()]);
+    let jitter = (h % 401) as i64 - 200; // -200..=200 per mille of 20%
+    (delay as i64 + delay as i64 * jitter / 1000).max(1) as u64
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds.
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Deletes finished invocations past their retention, once a minute.
+async fn sweep(invoker: Weak<AsyncInvoker>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let Some(inv) = invoker.upgrade() else { return };
+        let before = now_ms() - inv.config.retention_ms as i64;
+        if let Err(e) = inv.queue.purge(before).await {
+            tracing::warn!(error = %e, "purging old asynchronous invocations failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_with_bounded_jitter() {
+        let d1 = retry_delay_ms(1000, 1, "a");
+        let d2 = retry_delay_ms(1000, 2, "a");
+        let d3 = retry_delay_ms(1000, 3, "a");
+        assert!((800..=1200).contains(&d1), "{d1}");
+        assert!((1600..=2400).contains(&d2), "{d2}");
+        assert!((3200..=4800).contains(&d3), "{d3}");
+        assert!(retry_delay_ms(1000, 30, "a") <= RETRY_DELAY_MAX_MS * 12 / 10);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(chrono_like(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(chrono_like(1_795_490_360_937), "2026-11-24T03:19:20.937Z");
+    }
+}

@@ -1,0 +1,80 @@
+//! W3C trace context: every call belongs to a trace. A caller's `traceparent` is continued
+//! (same trace id, a new span for the call); without a valid one a new trace starts. The
+//! function sees the call's `traceparent` in its context and the answer carries it back.
+
+use axum::http::HeaderMap;
+
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The `traceparent` of a call made with `headers`.
+pub fn for_call(headers: &HeaderMap) -> String {
+    let incoming = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    let (trace_id, flags) = match incoming.and_then(parse) {
+        Some((trace_id, flags)) => (trace_id.to_string(), flags.to_string()),
+        None => (random_hex(16), "01".to_string()),
+    };
+    format!("00-{trace_id}-{}-{flags}", random_hex(8))
+}
+
+/// The trace id and flags of a valid version-00 `traceparent`.
+fn parse(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    (version == "00"
+        && parts.next().is_none()
+        && hex(trace_id, 32)
+        && nonzero(trace_id)
+        && hex(parent_id, 16)
+        && nonzero(parent_id)
+        && hex(flags, 2))
+    .then_some((trace_id, flags))
+}
+
+/// `n` random bytes in lowercase hex (from the OS, through uuid's v4 generator).
+fn random_hex(n: usize) -> String {
+    let mut out = String::with_capacity(n * 2);
+    while out.len() < n * 2 {
+        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    out.truncate(n * 2);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_is_continued_and_anything_else_starts_a_trace() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let t = for_call(&h);
+        assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{t}");
+        assert!(t.ends_with("-01"));
+        assert_ne!(&t[36..52], "00f067aa0ba902b7");
+        assert!(parse(&t).is_some());
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            h.insert(TRACEPARENT, bad.parse().unwrap());
+            let t = for_call(&h);
+            assert!(parse(&t).is_some() && !t.contains("4bf92f"), "{bad} -> {t}");
+        }
+    }
+}

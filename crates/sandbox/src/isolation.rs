@@ -1,0 +1,367 @@
+//! Which protections this node gives instances, found out once at start-up, and how a
+//! sandboxed instance is launched (through the `nimbus __jail` helper, see `jail`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::InstanceConfig;
+use crate::cgroup::{Cgroups, InstanceCgroup, Limits};
+use crate::jail::{JailSpec, RUNTIME_ROOT, Specialization, TASK_ROOT};
+use crate::runtimes::Launch;
+
+/// How to set up isolation on this node.
+#[derive(Clone, Debug)]
+pub struct IsolationConfig {
+    /// The `nimbus` binary, started as `nimbus __jail` for every sandboxed instance.
+    pub helper: PathBuf,
+    /// The server's data dir; the jail's mount point is made in it.
+    pub data_dir: PathBuf,
+    /// The directory of unpacked code trees (`CodeCache`), one per code hash.
+    pub code_root: PathBuf,
+    /// Per-function uids are `uid_base .. uid_base + uid_count` (when running as root).
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// The runtimes' interpreters; one installed outside the system directories (in a
+    /// virtualenv, by pyenv) has its prefix shown read-only in every jail.
+    pub interpreters: Vec<PathBuf>,
+}
+
+/// The protections in force on this node.
+#[derive(Debug)]
+pub struct Isolation {
+    config: IsolationConfig,
+    root_dir: PathBuf,
+    /// Namespaces and the private root work (the helper ran a probe successfully).
+    namespaces: Result<(), String>,
+    /// Running as root: instances get per-function uids.
+    identity: Result<(), String>,
+    cgroups: Result<Cgroups, String>,
+}
+
+/// One protection and whether it is active, for the start-up report.
+pub struct Protection {
+    pub name: &'static str,
+    pub active: bool,
+    pub detail: String,
+}
+
+impl Isolation {
+    /// Finds out what works here: creates the jail mount point, runs the helper once on
+    /// `/bin/true`, and sets up this server's cgroups.
+    pub fn probe(config: IsolationConfig) -> Isolation {
+        let root_dir = config.data_dir.join("jail-root");
+        let identity = if rustix::process::geteuid().is_root() {
+            Ok(())
+        } else {
+            Err(
+                "the server does not run as root: instances run as its uid, in a user namespace"
+                    .to_string(),
+            )
+        };
+        // Stems mount the code root before any function is deployed.
+        let _ = std::fs::create_dir_all(&config.code_root);
+        let namespaces = match std::fs::create_dir_all(&root_dir) {
+            Err(e) => Err(format!("cannot create {}: {e}", root_dir.display())),
+            Ok(()) => probe_jail(&config, &root_dir),
+        };
+        let cgroups = if identity.is_ok() {
+            Cgroups::detect()
+        } else {
+            Err("cgroups need root".to_string())
+        };
+        Isolation {
+            config,
+            root_dir,
+            namespaces,
+            identity,
+            cgroups,
+        }
+    }
+
+    /// What is active and what is not, with the reason.
+    pub fn report(&self) -> Vec<Protection> {
+        let row = |name, r: &Result<String, String>| Protection {
+            name,
+            active: r.is_ok(),
+            detail: match r {
+                Ok(s) | Err(s) => s.clone(),
+            },
+        };
+        vec![
+            row(
+                "namespaces",
+                &self.namespaces.clone().map(|()| {
+                    let user = if self.identity.is_ok() { "" } else { "user, " };
+                    format!("{user}mount, pid, ipc, uts, and net for network: none; private root, read-only code, size-limited /tmp")
+                }),
+            ),
+            row(
+                "identity",
+                &self.identity.clone().map(|()| {
+                    format!(
+                        "a uid per function from {}..{}",
+                        self.config.uid_base,
+                        self.config.uid_base as u64 + self.config.uid_count as u64
+                    )
+                }),
+            ),
+            row(
+                "resources",
+                &self
+                    .cgroups
+                    .as_ref()
+                    .map(|c| c.describe())
+                    .map_err(Clone::clone),
+            ),
+        ]
+    }
+
+    /// Whether every protection is active.
+    pub fn complete(&self) -> bool {
+        self.namespaces.is_ok() && self.identity.is_ok() && self.cgroups.is_ok()
+    }
+
+    /// Whether instances run in jails at all (namespaces work).
+    pub fn jails(&self) -> bool {
+        self.namespaces.is_ok()
+    }
+
+    /// The uid (and gid) of a function's instances: stable for a name on every node.
+    fn uid_of(&self, function: &str) -> Option<u32> {
+        self.identity.as_ref().ok()?;
+        let hash = model::hash::stable_hash(&[function.as_bytes()]);
+        Some(self.config.uid_base + (hash % self.config.uid_count.max(1) as u64) as u32)
+    }
+
+    /// The instance's cgroups, when cgroups work here.
+    pub(crate) fn cgroup(
+        &self,
+        config: &InstanceConfig,
+    ) -> std::io::Result<Option<InstanceCgroup>> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(None);
+        };
+        cgroups.create(&limits_of(config)).map(Some)
+    }
+
+    /// A stem's cgroups: a bound on the bare runtime until it gets its function's limits.
+    pub(crate) fn stem_cgroup(&self) -> std::io::Result<Option<InstanceCgroup>> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(None);
+        };
+        let limits = Limits {
+            memory_mb: STEM_MEMORY_MB,
+            cpu_millicores: 0,
+        };
+        cgroups.create(&limits).map(Some)
+    }
+
+    /// Directories the runtimes need beyond the system ones.
+    fn extra_dirs(&self) -> Vec<PathBuf> {
+        let mut extra_dirs: Vec<PathBuf> = self
+            .config
+            .interpreters
+            .iter()
+            .filter_map(|p| outside_system_dirs(p))
+            .collect();
+        extra_dirs.sort();
+        extra_dirs.dedup();
+        extra_dirs
+    }
+
+    /// Wraps an interpreter launch for a stem: a jail with the runtime but no code and no
+    /// uid yet (see `specialization`), in `cgroup`.
+    pub(crate) fn wrap_stem(
+        &self,
+        launch: &Launch,
+        network: model::Network,
+        cgroup: Option<&InstanceCgroup>,
+    ) -> Launch {
+        let spec = JailSpec {
+            root_dir: self.root_dir.clone(),
+            code_dir: None,
+            code_root: Some(self.config.code_root.clone()),
+            shim_dir: launch.shim_dir.clone().unwrap_or_default(),
+            extra_dirs: self.extra_dirs(),
+            uid: None,
+            gid: None,
+            tmp_mb: model::limits::EPHEMERAL_STORAGE_MB_MIN,
+            network: network == model::Network::Outbound,
+            cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
+        };
+        helper_launch(&self.config.helper, &spec, launch, |arg| {
+            let path = Path::new(arg);
+            match &launch.shim_dir {
+                Some(shim) => match path.strip_prefix(shim) {
+                    Ok(rest) => Path::new(RUNTIME_ROOT).join(rest).into(),
+                    Err(_) => arg.clone(),
+                },
+                None => arg.clone(),
+            }
+        })
+    }
+
+    /// What a jailed stem's helper is told to make it an instance of `config`, and the uid
+    /// the runtime then drops to; none when the code is not in the code root.
+    pub(crate) fn specialization(
+        &self,
+        config: &InstanceConfig,
+    ) -> Option<(Specialization, Option<u32>)> {
+        if config.code_dir.parent() != Some(self.config.code_root.as_path()) {
+            return None;
+        }
+        let code = config.code_dir.file_name()?.to_str()?.to_string();
+        Some((
+            Specialization {
+                code,
+                tmp_mb: config.ephemeral_storage_mb,
+            },
+            self.uid_of(&config.function),
+        ))
+    }
+
+    /// Wraps `launch` in the helper: the program and arguments it gets, with host paths of
+    /// the code and the shim replaced by where they appear inside the jail.
+    pub(crate) fn wrap(
+        &self,
+        launch: &Launch,
+        config: &InstanceConfig,
+        cgroup: Option<&InstanceCgroup>,
+    ) -> Launch {
+        let uid = self.uid_of(&config.function);
+        let extra_dirs = self.extra_dirs();
+        let spec = JailSpec {
+            root_dir: self.root_dir.clone(),
+            code_dir: Some(config.code_dir.clone()),
+            code_root: None,
+            shim_dir: launch
+                .shim_dir
+                .clone()
+                .unwrap_or_else(|| config.code_dir.clone()),
+            extra_dirs,
+            uid,
+            gid: uid,
+            tmp_mb: config.ephemeral_storage_mb,
+            network: config.network == model::Network::Outbound,
+            cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
+        };
+        let inside = |arg: &OsString| -> OsString {
+            let path = Path::new(arg);
+            if let Ok(rest) = path.strip_prefix(&config.code_dir) {
+                return Path::new(TASK_ROOT).join(rest).into();
+            }
+            if let Some(shim) = &launch.shim_dir
+                && let Ok(rest) = path.strip_prefix(shim)
+            {
+                return Path::new(RUNTIME_ROOT).join(rest).into();
+            }
+            arg.clone()
+        };
+        helper_launch(&self.config.helper, &spec, launch, inside)
+    }
+
+    /// Removes this server's cgroup directories once the instances' are gone.
+    pub fn shutdown(&self) {
+        if let Ok(c) = &self.cgroups {
+            // Instance cgroups are removed in the background right after their processes
+            // die; give them a moment before the parent directories go.
+            // Bounded: 5 s for the last processes to die and their cgroups to go.
+            let mut left = Vec::new();
+            for _ in 0..250 {
+                left = c.remove();
+                if left.is_empty() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            tracing::warn!(
+                ?left,
+                "the server's cgroup directories could not be removed"
+            );
+        }
+    }
+}
+
+/// Memory a stem may use before it is specialized (a bare Node.js takes about 40 MB).
+const STEM_MEMORY_MB: u32 = 256;
+
+/// The cgroup limits of an instance of `config`.
+pub(crate) fn limits_of(config: &InstanceConfig) -> Limits {
+    Limits {
+        memory_mb: config.memory_mb,
+        cpu_millicores: config.cpu_millicores,
+    }
+}
+
+/// `helper __jail SPEC PROGRAM ARGS...`, with `inside` mapping host paths to jail paths.
+fn helper_launch(
+    helper: &Path,
+    spec: &JailSpec,
+    launch: &Launch,
+    inside: impl Fn(&OsString) -> OsString,
+) -> Launch {
+    let mut args: Vec<OsString> = vec![
+        crate::JAIL_HELPER_ARG.into(),
+        serde_json::to_string(spec)
+            .expect("a jail spec serializes")
+            .into(),
+        inside(&launch.program.clone().into_os_string()),
+    ];
+    args.extend(launch.args.iter().map(inside));
+    Launch {
+        program: helper.to_path_buf(),
+        args,
+        shim_dir: None,
+    }
+}
+
+/// The installation prefix of an interpreter outside the system directories (`/x/venv`
+/// for `/x/venv/bin/python`), which the jail must show for it to run.
+fn outside_system_dirs(program: &Path) -> Option<PathBuf> {
+    let system = ["/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/etc/"];
+    let text = program.to_str()?;
+    if system.iter().any(|s| text.starts_with(s)) {
+        return None;
+    }
+    let bin = program.parent()?;
+    let prefix = if bin.file_name().is_some_and(|n| n == "bin") {
+        bin.parent()?
+    } else {
+        bin
+    };
+    Some(prefix.to_path_buf())
+}
+
+/// Runs the helper once on `/bin/true`: namespaces, mounts and pivot_root must all work.
+fn probe_jail(config: &IsolationConfig, root_dir: &Path) -> Result<(), String> {
+    let scratch = root_dir.with_file_name("jail-probe");
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let spec = JailSpec {
+        root_dir: root_dir.to_path_buf(),
+        code_dir: Some(scratch.clone()),
+        code_root: None,
+        shim_dir: scratch,
+        extra_dirs: Vec::new(),
+        uid: None,
+        gid: None,
+        tmp_mb: 1,
+        network: false,
+        cgroup_procs: Vec::new(),
+    };
+    let out = std::process::Command::new(&config.helper)
+        .arg(crate::JAIL_HELPER_ARG)
+        .arg(serde_json::to_string(&spec).expect("a jail spec serializes"))
+        .arg("/bin/true")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", config.helper.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let why = String::from_utf8_lossy(&out.stderr);
+        Err(why
+            .lines()
+            .last()
+            .unwrap_or("the sandbox helper failed")
+            .to_string())
+    }
+}

@@ -1,0 +1,494 @@
+//! The durable queue of asynchronous invocations: the `AsyncQueue` trait (the cluster mode
+//! will put NATS JetStream behind it) and its SQLite implementation, a table in the same
+//! database as the functions.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use crate::{SqliteStore, StoreError};
+
+/// An event submitted for asynchronous invocation.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub id: String,
+    /// The target: `name` or `name:qualifier`.
+    pub function: String,
+    pub payload: Vec<u8>,
+    pub idempotency_key: Option<String>,
+    pub now_ms: i64,
+}
+
+/// What became of a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    New,
+    /// The same idempotency key was submitted before: the earlier invocation's id.
+    Duplicate(String),
+}
+
+/// Where an asynchronous invocation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Expired,
+    DeadLettered,
+}
+
+impl AsyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncStatus::Queued => "queued",
+            AsyncStatus::Running => "running",
+            AsyncStatus::Retrying => "retrying",
+            AsyncStatus::Succeeded => "succeeded",
+            AsyncStatus::Failed => "failed",
+            AsyncStatus::Expired => "expired",
+            AsyncStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    fn parse(s: &str) -> Result<AsyncStatus, StoreError> {
+        Ok(match s {
+            "queued" => AsyncStatus::Queued,
+            "running" => AsyncStatus::Running,
+            "retrying" => AsyncStatus::Retrying,
+            "succeeded" => AsyncStatus::Succeeded,
+            "failed" => AsyncStatus::Failed,
+            "expired" => AsyncStatus::Expired,
+            "dead_lettered" => AsyncStatus::DeadLettered,
+            other => return Err(StoreError::Corrupt(format!("invocation status `{other}`"))),
+        })
+    }
+
+    /// Whether the invocation is done (no attempt is coming).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            AsyncStatus::Queued | AsyncStatus::Running | AsyncStatus::Retrying
+        )
+    }
+}
+
+/// One stored asynchronous invocation.
+#[derive(Clone, Debug)]
+pub struct AsyncRecord {
+    pub id: String,
+    pub function: String,
+    pub payload: Vec<u8>,
+    pub status: AsyncStatus,
+    /// Attempts started; a re-delivered attempt (after a crash) counts again.
+    pub attempts: u32,
+    /// Attempts in which the function failed.
+    pub function_errors: u32,
+    pub enqueued_at_ms: i64,
+    pub next_attempt_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// The result of a success, or the error (JSON) of the last failure.
+    pub result: Option<Vec<u8>>,
+    pub version: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug)]
+pub enum Finish {
+    /// For good: succeeded, failed, expired or dead-lettered.
+    Done {
+        status: AsyncStatus,
+        result: Option<Vec<u8>>,
+        version: Option<String>,
+        /// The last attempt was a function error.
+        function_error: bool,
+    },
+    /// Another attempt at `at_ms`; `function_error` counts it against `max_retries`.
+    Retry {
+        at_ms: i64,
+        function_error: bool,
+        result: Option<Vec<u8>>,
+    },
+}
+
+/// The durable queue of asynchronous invocations.
+#[async_trait]
+pub trait AsyncQueue: Send + Sync + 'static {
+    /// Stores a batch of submissions in one transaction (one commit for many events).
+    async fn enqueue(&self, events: &[NewEvent]) -> Result<Vec<Accepted>, StoreError>;
+    /// Starts up to `limit` due invocations (queued, or retrying whose time has come) of
+    /// each `(target, limit)` in arrival order: marks them running and counts their
+    /// attempt, in one transaction.
+    async fn claim(
+        &self,
+        wants: &[(String, usize)],
+        now_ms: i64,
+    ) -> Result<Vec<AsyncRecord>, StoreError>;
+    async fn finish(&self, id: &str, how: &Finish, now_ms: i64) -> Result<(), StoreError> {
+        self.finish_many(&[(id.to_string(), how.clone())], now_ms)
+            .await
+    }
+    /// Records the ends of several attempts in one transaction.
+    async fn finish_many(&self, ends: &[(String, Finish)], now_ms: i64) -> Result<(), StoreError>;
+    /// After a restart: attempts that were running are due again (at-least-once).
+    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<AsyncRecord>, StoreError>;
+    /// Invocations with `status`, optionally of one function, oldest first.
+    async fn list(
+        &self,
+        status: AsyncStatus,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AsyncRecord>, StoreError>;
+    /// Queues dead-lettered invocations again, as new (attempts and errors reset).
+    async fn redrive(&self, ids: &[String], now_ms: i64) -> Result<u64, StoreError>;
+    /// Invocations not finished, per function target.
+    async fn pending(&self) -> Result<Vec<(String, usize)>, StoreError>;
+    /// Deletes finished invocations last changed before `before_ms`.
+    async fn purge(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// The columns of an `AsyncRecord`, as a literal so queries stay static strings.
+macro_rules! columns {
+    () => {
+        "id, function, payload, status, attempts, function_errors, enqueued_at_ms, \
+         next_attempt_at_ms, updated_at_ms, result, version"
+    };
+}
+
+fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<AsyncRecord, StoreError> {
+    Ok(AsyncRecord {
+        id: r.try_get("id")?,
+        function: r.try_get("function")?,
+        payload: r.try_get("payload")?,
+        status: AsyncStatus::parse(r.try_get("status")?)?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        function_errors: r.try_get::<i64, _>("function_errors")? as u32,
+        enqueued_at_ms: r.try_get("enqueued_at_ms")?,
+        next_attempt_at_ms: r.try_get("next_attempt_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+        result: r.try_get("result")?,
+        version: r.try_get("version")?,
+    })
+}
+
+/// One attempt's end, inside a transaction.
+async fn finish_in(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    how: &Finish,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    match how {
+        Finish::Done {
+            status,
+            result,
+            version,
+            function_error,
+        } => {
+            sqlx::query(
+                "UPDATE async_invocations
+                     SET status = ?, result = ?, version = ?, updated_at_ms = ?,
+                         function_errors = function_errors + ?
+                     WHERE id = ?",
+            )
+            .bind(status.as_str())
+            .bind(result)
+            .bind(version)
+            .bind(now_ms)
+            .bind(i64::from(*function_error))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Finish::Retry {
+            at_ms,
+            function_error,
+            result,
+        } => {
+            sqlx::query(
+                "UPDATE async_invocations
+                     SET status = 'retrying', next_attempt_at_ms = ?, result = ?,
+                         function_errors = function_errors + ?, updated_at_ms = ?
+                     WHERE id = ?",
+            )
+            .bind(at_ms)
+            .bind(result)
+            .bind(i64::from(*function_error))
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl AsyncQueue for SqliteStore {
+    async fn enqueue(&self, events: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            if let Some(key) = &e.idempotency_key {
+                let earlier = sqlx::query(
+                    "SELECT id FROM async_invocations WHERE function = ? AND idempotency_key = ?",
+                )
+                .bind(&e.function)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = earlier {
+                    out.push(Accepted::Duplicate(row.try_get("id")?));
+                    continue;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO async_invocations (id, function, payload, status, attempts,
+                    function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
+                    idempotency_key)
+                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?)",
+            )
+            .bind(&e.id)
+            .bind(&e.function)
+            .bind(&e.payload)
+            .bind(e.now_ms)
+            .bind(e.now_ms)
+            .bind(e.now_ms)
+            .bind(&e.idempotency_key)
+            .execute(&mut *tx)
+            .await?;
+            out.push(Accepted::New);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        wants: &[(String, usize)],
+        now_ms: i64,
+    ) -> Result<Vec<AsyncRecord>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::new();
+        for (target, limit) in wants {
+            let rows = sqlx::query(concat!(
+                "UPDATE async_invocations
+                 SET status = 'running', attempts = attempts + 1, updated_at_ms = ?
+                 WHERE id IN (
+                    SELECT id FROM async_invocations
+                    WHERE function = ? AND status IN ('queued', 'retrying')
+                      AND next_attempt_at_ms <= ?
+                    ORDER BY enqueued_at_ms, rowid LIMIT ?)
+                 RETURNING ",
+                columns!()
+            ))
+            .bind(now_ms)
+            .bind(target)
+            .bind(now_ms)
+            .bind(*limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                out.push(row_to_record(row)?);
+            }
+        }
+        tx.commit().await?;
+        // RETURNING gives no order; arrival order is what the dispatcher starts them in.
+        out.sort_by_key(|r| r.enqueued_at_ms);
+        Ok(out)
+    }
+
+    async fn finish_many(&self, ends: &[(String, Finish)], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (id, how) in ends {
+            finish_in(&mut tx, id, how, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE async_invocations SET status = 'queued', next_attempt_at_ms = ?,
+                updated_at_ms = ?
+             WHERE status = 'running'",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<AsyncRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM async_invocations WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn list(
+        &self,
+        status: AsyncStatus,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AsyncRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM async_invocations
+             WHERE status = ? AND (? IS NULL OR function = ? OR function LIKE ? || ':%')
+             ORDER BY rowid LIMIT ?"
+        ))
+        .bind(status.as_str())
+        .bind(function)
+        .bind(function)
+        .bind(function)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn redrive(&self, ids: &[String], now_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut n = 0;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE async_invocations
+                 SET status = 'queued', attempts = 0, function_errors = 0, result = NULL,
+                     enqueued_at_ms = ?, next_attempt_at_ms = ?, updated_at_ms = ?
+                 WHERE id = ? AND status = 'dead_lettered'",
+            )
+            .bind(now_ms)
+            .bind(now_ms)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            n += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn pending(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT function, COUNT(*) AS n FROM async_invocations
+             WHERE status IN ('queued', 'running', 'retrying') GROUP BY function",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("function")?, r.try_get::<i64, _>("n")? as usize)))
+            .collect()
+    }
+
+    async fn purge(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM async_invocations
+             WHERE status NOT IN ('queued', 'running', 'retrying') AND updated_at_ms < ?",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, target: &str, key: Option<&str>, now_ms: i64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            function: target.into(),
+            payload: b"{}".to_vec(),
+            idempotency_key: key.map(String::from),
+            now_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_in_arrival_order_and_survives_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = SqliteStore::open(&tmp.path().join("q.db")).await.unwrap();
+        let accepted = q
+            .enqueue(&[
+                event("a", "f", Some("k"), 1),
+                event("b", "f", None, 2),
+                event("c", "g", None, 3),
+                event("d", "f", Some("k"), 4),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(accepted[3], Accepted::Duplicate("a".into()));
+        // Two of f's, in arrival order; g's one.
+        let claimed = q
+            .claim(&[("f".into(), 2), ("g".into(), 5)], 10)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(
+            claimed
+                .iter()
+                .all(|r| r.attempts == 1 && r.status == AsyncStatus::Running)
+        );
+        // Nothing is claimed twice.
+        assert!(q.claim(&[("f".into(), 9)], 10).await.unwrap().is_empty());
+        let retry = Finish::Retry {
+            at_ms: 100,
+            function_error: true,
+            result: None,
+        };
+        q.finish("a", &retry, 11).await.unwrap();
+        assert!(q.claim(&[("f".into(), 9)], 50).await.unwrap().is_empty());
+        assert_eq!(q.claim(&[("f".into(), 9)], 100).await.unwrap()[0].id, "a");
+        // A crash: whatever ran is queued again and its next attempt counts.
+        assert_eq!(q.recover(200).await.unwrap(), 3);
+        let again = q.claim(&[("f".into(), 9)], 200).await.unwrap();
+        let attempts: Vec<(&str, u32)> =
+            again.iter().map(|r| (r.id.as_str(), r.attempts)).collect();
+        assert_eq!(attempts, [("a", 3), ("b", 2)]);
+        let dead = Finish::Done {
+            status: AsyncStatus::DeadLettered,
+            result: Some(b"{\"errorType\":\"E\"}".to_vec()),
+            version: None,
+            function_error: true,
+        };
+        q.finish("b", &dead, 201).await.unwrap();
+        let letters = q
+            .list(AsyncStatus::DeadLettered, Some("f"), 10)
+            .await
+            .unwrap();
+        assert_eq!((letters.len(), letters[0].function_errors), (1, 1));
+        assert_eq!(q.redrive(&["b".into()], 300).await.unwrap(), 1);
+        let b = q.get("b").await.unwrap().unwrap();
+        assert_eq!((b.status, b.attempts), (AsyncStatus::Queued, 0));
+        assert_eq!(q.pending().await.unwrap().len(), 2);
+        // Finished rows go after their retention; waiting ones stay.
+        q.finish(
+            "a",
+            &Finish::Done {
+                status: AsyncStatus::Succeeded,
+                result: None,
+                version: Some("$LATEST".into()),
+                function_error: false,
+            },
+            400,
+        )
+        .await
+        .unwrap();
+        assert_eq!(q.purge(500).await.unwrap(), 1);
+        assert!(q.get("a").await.unwrap().is_none());
+        assert!(q.get("b").await.unwrap().is_some());
+    }
+}
