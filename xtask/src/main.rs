@@ -20,12 +20,14 @@ fn main() -> anyhow::Result<()> {
         Some("bench-gateway") => bench_gateway(&args[1..]),
         Some("bench-cold") => bench_cold(&args[1..]),
         Some("bench-async") => bench_async(&args[1..]),
+        Some("bench-telemetry") => bench_telemetry(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-cold [--seconds N]\n\
-                 \x20      cargo xtask bench-async [--connections N]\n\n\
+                 \x20      cargo xtask bench-async [--connections N]\n\
+                 \x20      cargo xtask bench-telemetry [--seconds N] [--connections N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -192,6 +194,107 @@ fn bench_invoke(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warm throughput of a silent and a logging-heavy function with telemetry on and off, and
+/// the server's CPU per call at a fixed 1,000 calls/s: what records, logs and metrics cost.
+fn bench_telemetry(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let base = std::env::temp_dir().join(format!("nimbus-bench-tel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let modes: [(&str, Vec<std::ffi::OsString>); 2] = [
+        ("telemetry on", Vec::new()),
+        ("telemetry off", vec!["--no-telemetry".into()]),
+    ];
+    let mut servers = Vec::new();
+    for (i, (_, flags)) in modes.iter().enumerate() {
+        let server = Nimbus::start(&nimbus, &base.join(i.to_string()), flags)?;
+        server.deploy(&root.join("bench/noop"))?;
+        server.deploy(&root.join("bench/chatty"))?;
+        servers.push(server);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let duration = Duration::from_secs(opts.seconds);
+    println!(
+        "{:<14} {:<8} {:<22} {:>9} {:>8} {:>8} {:>12}",
+        "server", "function", "load", "req/s", "p50_ms", "p99_ms", "cpu_us/call"
+    );
+    // results[function][load][mode] = (rps, cpu µs per call)
+    let mut results = std::collections::BTreeMap::new();
+    for function in ["noop", "chatty"] {
+        for load in ["max", "1000/s"] {
+            // Alternate the servers so drift on the machine hits both alike.
+            for ((mode, _), server) in modes.iter().zip(&servers) {
+                let target = Target {
+                    name: "",
+                    addr: server.endpoint.trim_start_matches("http://").to_string(),
+                    path: format!("/v1/functions/{function}/invocations"),
+                    token: Some(server.token.clone()),
+                };
+                let pid = server._process.0.id();
+                let cpu_before = cpu_ms(pid)?;
+                let stats = match load {
+                    "max" => rt.block_on(run(&target, opts.connections, duration))?,
+                    _ => rt.block_on(run_paced(&target, 8, duration, Some(1_000.0)))?,
+                };
+                // `run` warms up for a second before it measures; the CPU counts it too.
+                let calls = stats.requests as f64 * (1.0 + 1.0 / opts.seconds as f64);
+                let cpu_us = (cpu_ms(pid)? - cpu_before) * 1000.0 / calls;
+                println!(
+                    "{:<14} {:<8} {:<22} {:>9.0} {:>8.3} {:>8.3} {:>12.1}",
+                    mode,
+                    function,
+                    if load == "max" {
+                        format!("closed loop, {} conns", opts.connections)
+                    } else {
+                        "1,000 calls/s, 8 conns".to_string()
+                    },
+                    stats.rps,
+                    stats.p50_ms,
+                    stats.p99_ms,
+                    cpu_us
+                );
+                results.insert((function, load, *mode), (stats.rps, cpu_us));
+            }
+        }
+    }
+    println!();
+    for function in ["noop", "chatty"] {
+        let on = results[&(function, "max", "telemetry on")];
+        let off = results[&(function, "max", "telemetry off")];
+        let on_r = results[&(function, "1000/s", "telemetry on")];
+        let off_r = results[&(function, "1000/s", "telemetry off")];
+        println!(
+            "{function}: max throughput on/off = {:.3} ({:+.1}%); at 1,000/s the server spends \
+             {:.0} vs {:.0} µs CPU per call: telemetry costs {:.1}% of a core = {:.1}% of the \
+             server's CPU",
+            on.0 / off.0,
+            (on.0 / off.0 - 1.0) * 100.0,
+            on_r.1,
+            off_r.1,
+            (on_r.1 - off_r.1) * 1000.0 / 1e6 * 100.0,
+            (on_r.1 / off_r.1 - 1.0) * 100.0
+        );
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// CPU time (user + system) a process has used, in milliseconds.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ").context("reading /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Ok(ticks * 10.0)
+}
+
 struct Target {
     name: &'static str,
     addr: String,
@@ -339,12 +442,28 @@ fn bench_async(args: &[String]) -> anyhow::Result<()> {
 /// Runs `conns` keep-alive connections, each sending requests back to back, for `duration`
 /// after a one-second warm-up; returns latency percentiles and throughput.
 async fn run(target: &Target, conns: usize, duration: Duration) -> anyhow::Result<Stats> {
+    run_paced(target, conns, duration, None).await
+}
+
+/// As `run`; with `rate`, the connections together send that many calls a second on a
+/// fixed schedule (open loop: a slow answer does not slow the schedule down).
+async fn run_paced(
+    target: &Target,
+    conns: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<Stats> {
     let warmup = Duration::from_secs(1);
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let addr = target.addr.clone();
         let path = target.path.clone();
         let token = target.token.clone();
+        let mut tick = rate.map(|r| {
+            let mut t = tokio::time::interval(Duration::from_secs_f64(conns as f64 / r));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            t
+        });
         tasks.push(tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(&addr).await?;
             tcp.set_nodelay(true)?;
@@ -354,6 +473,9 @@ async fn run(target: &Target, conns: usize, duration: Duration) -> anyhow::Resul
             let start = Instant::now();
             let mut measure_start = None;
             while start.elapsed() < warmup + duration {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
                 let mut req = Request::post(&path)
                     .header("host", &addr)
                     .header("content-type", "application/json");

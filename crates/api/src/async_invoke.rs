@@ -479,6 +479,7 @@ async fn attempt(
                 attempt: record.attempts,
                 traceparent: None,
             },
+            "async",
         )
         .await;
     drop(slot);

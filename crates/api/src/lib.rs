@@ -9,7 +9,10 @@ pub mod async_invoke;
 mod auth;
 mod error;
 pub mod gateway;
+pub mod metrics;
+pub mod observe;
 mod platform;
+pub mod recorder;
 pub mod releases;
 pub mod routes;
 pub mod trace;
@@ -31,6 +34,8 @@ pub struct AppState {
     pub platform: Arc<Platform>,
     /// The admin bearer token.
     pub token: Arc<str>,
+    /// The price table of usage estimates.
+    pub prices: observe::Prices,
 }
 
 /// The OpenAPI description of the control API.
@@ -51,7 +56,11 @@ pub struct AppState {
         routes::create_key,
         routes::list_keys,
         routes::delete_key,
-        routes::list_events,
+        observe::events,
+        observe::logs,
+        observe::records,
+        observe::stats,
+        observe::usage,
         routes::list_dead_letters,
         routes::redrive,
         releases::publish,
@@ -99,7 +108,13 @@ pub fn router(state: AppState) -> Router {
                 .put(routes::put_function)
                 .delete(routes::delete_function),
         )
-        .route("/functions/{name}/invocations", post(routes::invoke))
+        .route(
+            "/functions/{name}/invocations",
+            post(routes::invoke).get(observe::records),
+        )
+        .route("/functions/{name}/logs", get(observe::logs))
+        .route("/functions/{name}/stats", get(observe::stats))
+        .route("/usage", get(observe::usage))
         .route(
             "/functions/{name}/versions",
             get(releases::list_versions).post(releases::publish),
@@ -117,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/invocations/{request_id}", get(routes::get_invocation))
         .route("/keys", get(routes::list_keys).post(routes::create_key))
-        .route("/events", get(routes::list_events))
+        .route("/events", get(observe::events))
         .route("/dlq", get(routes::list_dead_letters))
         .route("/dlq/redrive", post(routes::redrive))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
@@ -132,8 +147,17 @@ pub fn router(state: AppState) -> Router {
             .to_pretty_json()
             .expect("the OpenAPI document serializes"),
     );
+    // Prometheus scrapes with the admin token (`authorization: {credentials: ...}`): the
+    // metrics name every function.
+    let metrics = Router::new()
+        .route("/metrics", get(observe::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(routes::healthz))
+        .merge(metrics)
         .route(
             "/v1/openapi.json",
             get(move || {

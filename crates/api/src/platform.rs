@@ -42,6 +42,12 @@ const CANARY_OUTCOMES_MAX: usize = 100_000;
 pub struct InvocationRecord {
     pub request_id: String,
     pub function: String,
+    /// What started the call: `api`, `http` or `async`.
+    pub trigger: &'static str,
+    /// Which delivery of an asynchronous event this was (1 for every other call).
+    pub attempt: u32,
+    /// The function's memory setting, for metering.
+    pub memory_mb: u32,
     /// `$LATEST` or the number of the version that ran.
     pub version: String,
     pub started_at_ms: i64,
@@ -83,6 +89,8 @@ pub struct Platform {
     canaries: Mutex<CanaryOutcomes>,
     /// Asynchronous invocation, once `enable_async` has started it.
     asynq: std::sync::OnceLock<Arc<crate::async_invoke::AsyncInvoker>>,
+    /// Records, logs, events and metrics, once `enable_telemetry` has started them.
+    recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
 }
 
 impl Platform {
@@ -106,7 +114,53 @@ impl Platform {
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts recording every call, log line and lifecycle event in `store`.
+    pub fn enable_telemetry(
+        &self,
+        store: Arc<dyn store::TelemetryStore>,
+        config: crate::recorder::RecorderConfig,
+    ) {
+        let recorder = crate::recorder::Recorder::start(store, self.pool.clone(), config);
+        // Weak: the pool outlives nothing it would keep alive this way.
+        let weak = Arc::downgrade(&recorder);
+        self.pool.set_event_sink(Box::new(move |e| {
+            if let Some(r) = weak.upgrade() {
+                r.event(e);
+            }
+        }));
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// The recorder, or `telemetry_off` when the server runs without one.
+    pub(crate) fn recorder(&self) -> Result<&Arc<crate::recorder::Recorder>, ApiError> {
+        self.recorder.get().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::TelemetryOff,
+                "this server runs without telemetry (--no-telemetry); restart it without that flag",
+            )
+        })
+    }
+
+    /// Writes what the recorder holds; called at shutdown, after the last call finished.
+    pub async fn flush_telemetry(&self) {
+        if let Some(r) = self.recorder.get() {
+            r.flush().await;
+        }
+    }
+
+    /// The Prometheus metrics, with gauges read now.
+    pub async fn metrics(&self) -> Result<(String, Vec<u8>), ApiError> {
+        let recorder = self.recorder()?;
+        recorder.metrics.set_instances(&self.pool.occupancy());
+        if let Some(asynq) = self.asynq.get() {
+            let pending = asynq.queue.pending().await?;
+            recorder.metrics.set_queue_depth(&pending);
+        }
+        Ok(recorder.metrics.render())
     }
 
     /// Starts asynchronous invocation on `queue`: recovers what a previous run left, then
@@ -295,6 +349,19 @@ impl Platform {
         }
         let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
         if outcome != PutOutcome::Unchanged {
+            let (event, what) = match outcome {
+                PutOutcome::Created => ("created", "created"),
+                _ => ("updated", "updated"),
+            };
+            self.pool.record_event(
+                &spec.name,
+                event,
+                format!(
+                    "function {what}, revision {}, code {}",
+                    function.revision,
+                    &spec.code_sha256[..12.min(spec.code_sha256.len())]
+                ),
+            );
             self.forget(&spec.name, false);
             self.rebuild_routes().await?;
             self.provision(&spec.name).await?;
@@ -313,6 +380,8 @@ impl Platform {
     pub async fn delete_function(&self, name: &str) -> Result<(), ApiError> {
         let _write = self.writes.lock().await;
         self.meta.delete_function(name).await?;
+        self.pool
+            .record_event(name, "deleted", "function deleted".into());
         self.forget(name, true);
         self.rebuild_routes().await
     }
@@ -339,8 +408,13 @@ impl Platform {
         Ok(())
     }
 
-    /// Recent lifecycle events of this node's instances, newest first.
-    pub fn events(&self, function: Option<&str>, limit: usize) -> Vec<sandbox::LifecycleEvent> {
+    /// Recent lifecycle events of this node's instances kept in memory, newest first: what
+    /// a server without telemetry can still show.
+    pub fn recent_events(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Vec<sandbox::LifecycleEvent> {
         self.pool.events(function, limit)
     }
 
@@ -360,7 +434,7 @@ impl Platform {
             attempt: 1,
             traceparent: Some(traceparent),
         };
-        self.invoke_attempt(target, event, request_id, affinity, call)
+        self.invoke_attempt(target, event, request_id, affinity, call, "api")
             .await
             .map(|(record, outcome, _)| (record, outcome))
     }
@@ -374,7 +448,9 @@ impl Platform {
         request_id: String,
         affinity: Option<&str>,
         call: sandbox::CallContext,
+        trigger: &'static str,
     ) -> Result<(Arc<InvocationRecord>, Outcome, Arc<Resolved>), ApiError> {
+        let attempt = call.attempt;
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -409,6 +485,9 @@ impl Platform {
         let record = Arc::new(InvocationRecord {
             request_id,
             function: resolved.function.spec.name.clone(),
+            trigger,
+            attempt,
+            memory_mb: resolved.instance.memory_mb,
             version: resolved.instance.version.clone(),
             started_at_ms,
             cold_start: invocation.cold_start,
@@ -432,6 +511,9 @@ impl Platform {
     }
 
     pub(crate) fn remember(&self, record: Arc<InvocationRecord>) {
+        if let Some(recorder) = self.recorder.get() {
+            recorder.call(record.clone());
+        }
         let mut recent = self.recent.lock().unwrap();
         if recent.order.len() >= limits::RECENT_INVOCATIONS_MAX
             && let Some(old) = recent.order.pop_front()

@@ -467,37 +467,3 @@ pub async fn delete_key(
     s.platform.delete_key(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// Query of `GET /v1/events`.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-pub struct EventsQuery {
-    /// Only this function's events.
-    pub function: Option<String>,
-    /// At most this many, newest first (default 100).
-    pub limit: Option<usize>,
-}
-
-/// Lifecycle events of this node's instances (started, stopped, throttled, with reasons),
-/// newest first.
-#[utoipa::path(get, path = "/v1/events", tag = "invoke",
-    params(EventsQuery),
-    responses((status = 200, body = EventList)))]
-pub async fn list_events(
-    State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
-) -> Json<EventList> {
-    let limit = q.limit.unwrap_or(100).min(limits::EVENTS_MAX);
-    let events = s.platform.events(q.function.as_deref(), limit);
-    Json(EventList {
-        events: events
-            .into_iter()
-            .map(|e| EventView {
-                time_ms: e.time_ms,
-                function: e.function,
-                instance_id: e.instance_id,
-                event: e.event.to_string(),
-                reason: e.reason,
-            })
-            .collect(),
-    })
-}

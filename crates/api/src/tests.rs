@@ -30,9 +30,14 @@ async fn harness() -> Harness {
     let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
     let pool = sandbox::Pool::new(runtimes, Default::default());
     let platform = Arc::new(Platform::new(meta, blobs, code, pool));
+    let telemetry = store::SqliteTelemetry::open(&tmp.path().join("telemetry"))
+        .await
+        .unwrap();
+    platform.enable_telemetry(Arc::new(telemetry), Default::default());
     let app = router(AppState {
         platform,
         token: TOKEN.into(),
+        prices: Default::default(),
     });
     Harness { _tmp: tmp, app }
 }
@@ -94,6 +99,18 @@ async fn requires_the_token_except_for_openapi_and_health() {
             .unwrap();
         assert_eq!(res.status(), expect, "{auth:?}");
     }
+    let res = h
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "/metrics");
     for open in ["/v1/openapi.json", "/healthz"] {
         let res = h
             .app
@@ -103,6 +120,56 @@ async fn requires_the_token_except_for_openapi_and_health() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{open}");
     }
+}
+
+#[tokio::test]
+async fn observability_queries_check_their_arguments_and_see_lifecycle_events() {
+    let h = harness().await;
+    let sha = h
+        .upload(&[("main.py", "def handler(e, c):\n    return 1\n")])
+        .await;
+    let f = serde_json::json!({"name": "f", "runtime": "python3", "handler": "main.handler", "code_sha256": sha});
+    let (status, _) = h.call("POST", "/v1/functions", f.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let bad: &[(&str, &str)] = &[
+        ("/v1/functions/f/logs?since=yesterday", "since"),
+        ("/v1/functions/f/logs?level=loud", "level"),
+        ("/v1/functions/f/logs?regex=(", "regex"),
+        ("/v1/functions/f/stats?window=2y", "window"),
+        ("/v1/functions/f/stats?window=1d&step=1s", "step"),
+        ("/v1/usage?by=week", "by"),
+    ];
+    for (uri, field) in bad {
+        let (status, json) = h.call("GET", uri, Body::empty()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {json}");
+        assert_eq!(json["code"], "invalid_request");
+        assert!(json["message"].as_str().unwrap().contains(field), "{json}");
+    }
+    let (status, json) = h
+        .call("GET", "/v1/functions/nope/logs", Body::empty())
+        .await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("function_not_found"))
+    );
+    let (status, json) = h.call("GET", "/v1/functions/f/logs", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["lines"], serde_json::json!([]));
+    let (_, json) = h.call("GET", "/v1/events?function=f", Body::empty()).await;
+    assert_eq!(json["events"][0]["event"], "created", "{json}");
+    let (status, json) = h
+        .call(
+            "GET",
+            "/v1/functions/f/stats?window=1h&step=1m",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["series"].as_array().unwrap().len(), 60);
+    assert_eq!(json["totals"]["invocations"], 0);
+    let (status, json) = h.call("GET", "/v1/usage", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["total"]["requests"], 0);
 }
 
 #[tokio::test]

@@ -229,23 +229,6 @@ pub struct TimingsView {
     pub handler_ms: f64,
 }
 
-/// One lifecycle event of an instance.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub time_ms: i64,
-    pub function: String,
-    pub instance_id: u64,
-    /// `started`, `stopped` or `throttled`.
-    pub event: String,
-    pub reason: String,
-}
-
-/// `GET /v1/events`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventList {
-    pub events: Vec<EventView>,
-}
-
 impl From<&InvocationRecord> for InvocationView {
     fn from(r: &InvocationRecord) -> Self {
         InvocationView {

@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::client::Client;
+use crate::observe;
 use crate::{
     AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, Output, manifest,
     package,
@@ -115,9 +116,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(k) => keys(&client, k, cli.output).await,
-        Command::Events { function, limit } => {
-            events(&client, function.as_deref(), *limit, cli.output).await
+        Command::Events {
+            function,
+            event,
+            since,
+            grep,
+            limit,
+        } => {
+            let a = observe::EventsArgs {
+                function: function.as_deref(),
+                event: event.as_deref(),
+                since: since.as_deref(),
+                grep: grep.as_deref(),
+                limit: *limit,
+            };
+            observe::events(&client, a, cli.output).await
         }
+        Command::Logs {
+            function,
+            since,
+            until,
+            level,
+            grep,
+            regex,
+            request_id,
+            limit,
+            before,
+            follow,
+        } => {
+            let a = observe::LogsArgs {
+                function,
+                since: since.as_deref(),
+                until: until.as_deref(),
+                level: level.as_deref(),
+                grep: grep.as_deref(),
+                regex: regex.as_deref(),
+                request_id: request_id.as_deref(),
+                limit: *limit,
+                before: *before,
+                follow: *follow,
+            };
+            observe::logs(&client, a, cli.output).await
+        }
+        Command::Stats {
+            function,
+            window,
+            step,
+        } => observe::stats(&client, function, window, step, cli.output).await,
+        Command::Usage { since, until, by } => {
+            observe::usage(&client, since, until.as_deref(), by, cli.output).await
+        }
+        Command::Invocation {
+            cmd:
+                InvocationCommand::Ls {
+                    function,
+                    since,
+                    limit,
+                },
+        } => observe::invocations(&client, function, since.as_deref(), *limit, cli.output).await,
         Command::Server(_) => unreachable!("the server is not a client command"),
     }
 }
@@ -619,40 +675,6 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
                 .await?;
             println!("deleted invoke key {id}");
         }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn events(
-    client: &Client,
-    function: Option<&str>,
-    limit: usize,
-    output: Output,
-) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/v1/events?limit={limit}");
-    if let Some(f) = function {
-        // Function names are [A-Za-z0-9_-]: nothing to escape.
-        path.push_str(&format!("&function={f}"));
-    }
-    let req = client.request(Method::GET, &path);
-    let list: Value = client.json(req).await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<14} {:<20} {:>8} {:<10} REASON",
-        "TIME_MS", "FUNCTION", "INSTANCE", "EVENT"
-    );
-    for e in list["events"].as_array().into_iter().flatten() {
-        println!(
-            "{:<14} {:<20} {:>8} {:<10} {}",
-            e["time_ms"],
-            e["function"].as_str().unwrap_or(""),
-            e["instance_id"],
-            e["event"].as_str().unwrap_or(""),
-            e["reason"].as_str().unwrap_or("")
-        );
     }
     Ok(ExitCode::SUCCESS)
 }

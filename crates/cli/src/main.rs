@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod manifest;
+mod observe;
 mod package;
 mod server;
 
@@ -104,12 +105,72 @@ pub enum Command {
     Describe { name: String },
     /// Delete a function.
     Rm { name: String },
-    /// Show lifecycle events of instances (started, stopped, throttled), newest first.
+    /// Show lifecycle events (instances started and stopped, throttles, deploys, releases).
     Events {
         /// Only this function's events.
         function: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// Only this kind (started, stopped, throttled, created, updated, deleted,
+        /// published, alias_moved, rolled_back).
+        #[arg(long)]
+        event: Option<String>,
+        /// From this time: 15m, 2h, 7d (before now), RFC 3339, or Unix ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events whose reason contains this text.
+        #[arg(long)]
+        grep: Option<String>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// Show a function's log lines (oldest first, the newest `--limit`); `--follow` streams
+    /// new ones.
+    Logs {
+        function: String,
+        /// From this time: 15m, 2h, 7d (before now), RFC 3339, or Unix ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time, in the same forms.
+        #[arg(long)]
+        until: Option<String>,
+        /// This level and above: debug, info, warn, error, fatal.
+        #[arg(long)]
+        level: Option<String>,
+        /// Lines containing this text.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Lines matching this regular expression (`(?i)` for any case).
+        #[arg(long)]
+        regex: Option<String>,
+        /// Only this call's lines.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Older lines than this cursor (printed after a full page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Show a function's statistics: totals and sparklines over a window.
+    Stats {
+        function: String,
+        #[arg(long, default_value = "1h")]
+        window: String,
+        #[arg(long, default_value = "1m")]
+        step: String,
+    },
+    /// Show metered usage (requests, GB-seconds, provisioned time) and an estimated cost.
+    Usage {
+        /// From this time: 30d, 12h (before now), RFC 3339, or Unix ms.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by `function` or `day`.
+        #[arg(long, default_value = "function", value_parser = ["function", "day"])]
+        by: String,
     },
     /// Show an invocation: an asynchronous one's status, attempts and result or error.
     Invocation {
@@ -128,6 +189,14 @@ pub enum Command {
 pub enum InvocationCommand {
     /// Show one invocation by request id.
     Show { id: String },
+    /// List a function's invocation records, newest first.
+    Ls {
+        function: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]

@@ -64,6 +64,33 @@ pub struct ServerArgs {
     /// Most asynchronous events waiting per function; past it submissions get 429.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     async_queue_per_function_max: u64,
+    /// Keep no invocation records, logs, lifecycle history or metrics (a baseline for
+    /// measuring what they cost).
+    #[arg(long)]
+    no_telemetry: bool,
+    /// How long invocation records (statistics, usage) are kept, in hours.
+    #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=744))]
+    records_retention_hours: u64,
+    /// How long log lines and lifecycle events are kept, in hours.
+    #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=744))]
+    logs_retention_hours: u64,
+    /// Log bytes kept per function, in KB; past it the oldest lines are dropped (and
+    /// counted).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    logs_function_max_kb: u64,
+    /// Billed duration is rounded up to a multiple of this many milliseconds (1 as Lambda
+    /// today, 100 as Lambda until 2020).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    billing_granularity_ms: u32,
+    /// Price of a million requests in usage estimates (default: AWS Lambda's).
+    #[arg(long, default_value_t = 0.20)]
+    price_per_million_requests: f64,
+    /// Price of a GB-second of compute in usage estimates.
+    #[arg(long, default_value_t = 0.000_016_666_7)]
+    price_per_gb_second: f64,
+    /// Price of a GB-second of provisioned (`min_instances`) time in usage estimates.
+    #[arg(long, default_value_t = 0.000_004_166_7)]
+    price_per_provisioned_gb_second: f64,
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
@@ -164,6 +191,22 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
+    if !args.no_telemetry {
+        let telemetry = store::SqliteTelemetry::open(&data_dir.join("telemetry.db"))
+            .await
+            .context("opening the telemetry database")?;
+        platform.enable_telemetry(
+            Arc::new(telemetry),
+            api::recorder::RecorderConfig {
+                billing_granularity_ms: args.billing_granularity_ms,
+                retention: store::telemetry::Retention {
+                    records_max_age_ms: args.records_retention_hours as i64 * 3_600_000,
+                    logs_max_age_ms: args.logs_retention_hours as i64 * 3_600_000,
+                    log_bytes_per_function_max: args.logs_function_max_kb as i64 * 1024,
+                },
+            },
+        );
+    }
     platform
         .load()
         .await
@@ -181,9 +224,29 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting asynchronous invocation: {e}"))?;
+    for (flag, price) in [
+        (
+            "--price-per-million-requests",
+            args.price_per_million_requests,
+        ),
+        ("--price-per-gb-second", args.price_per_gb_second),
+        (
+            "--price-per-provisioned-gb-second",
+            args.price_per_provisioned_gb_second,
+        ),
+    ] {
+        if !(price.is_finite() && price >= 0.0) {
+            anyhow::bail!("{flag} must be a price of zero or more, not {price}");
+        }
+    }
     let app = api::router(api::AppState {
-        platform,
+        platform: platform.clone(),
         token: token.into(),
+        prices: api::observe::Prices {
+            per_million_requests: args.price_per_million_requests,
+            per_gb_second: args.price_per_gb_second,
+            per_provisioned_gb_second: args.price_per_provisioned_gb_second,
+        },
     });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -222,6 +285,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
     }
     pool.shutdown().await;
+    platform.flush_telemetry().await;
     if let Some(isolation) = &isolation {
         isolation.shutdown();
     }

@@ -69,11 +69,13 @@ pub enum ErrorCode {
     InUse,
     /// The asynchronous queue of the function or the node is full; retry later.
     QueueFull,
+    /// The server runs without telemetry, so it has no logs, statistics or usage.
+    TelemetryOff,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -103,6 +105,7 @@ impl ErrorCode {
         ErrorCode::AliasNotFound,
         ErrorCode::InUse,
         ErrorCode::QueueFull,
+        ErrorCode::TelemetryOff,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -146,6 +149,7 @@ impl ErrorCode {
             ErrorCode::AliasNotFound => ("alias_not_found", 404),
             ErrorCode::InUse => ("in_use", 409),
             ErrorCode::QueueFull => ("queue_full", 429),
+            ErrorCode::TelemetryOff => ("telemetry_off", 501),
         }
     }
 }

@@ -130,3 +130,28 @@ pub const HTTP_READY_MS_MAX: u64 = 10_000;
 
 /// Invoke keys that can exist at once.
 pub const INVOKE_KEYS_MAX: usize = 1_000;
+
+/// Records and events waiting for the telemetry writer. Past it they are dropped and
+/// counted (`nimbus_telemetry_dropped_total`): a stalled disk must not stall invocations
+/// or grow the server's memory without bound.
+pub const TELEMETRY_QUEUE_MAX: usize = 65_536;
+
+/// Items the telemetry writer puts in one transaction.
+pub const TELEMETRY_BATCH_MAX: usize = 4_096;
+
+/// Log lines, events or records one query returns at most.
+pub const TELEMETRY_PAGE_MAX: u32 = 1_000;
+
+/// Points of one statistics series at most (a day in minutes).
+pub const STATS_POINTS_MAX: i64 = 1_440;
+
+/// The longest statistics or usage window: the default record retention.
+pub const STATS_WINDOW_MAX_MS: i64 = 31 * 24 * 3_600_000;
+
+/// Live log lines buffered per follower; a follower that falls further behind is told how
+/// many it missed.
+pub const FOLLOW_BUFFER_LINES: usize = 4_096;
+
+/// Regular expressions in log queries are at most this long (the engine is linear-time;
+/// the bound keeps compilation cheap).
+pub const LOG_REGEX_BYTES_MAX: usize = 1_024;

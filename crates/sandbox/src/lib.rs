@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use instance::StreamEvent;
 pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};
-pub use pool::{Acquired, CallContext, Lease, Pool, PoolConfig, WebReply};
+pub use pool::{Acquired, CallContext, EventSink, Lease, Occupancy, Pool, PoolConfig, WebReply};
 pub use runtimes::Runtimes;
 
 /// Everything needed to start an instance, resolved from the stored function. Two

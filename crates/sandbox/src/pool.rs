@@ -181,23 +181,42 @@ struct Shared {
     /// Woken whenever a slot or capacity frees, so waiting calls look again.
     freed: Notify,
     events: Mutex<VecDeque<LifecycleEvent>>,
+    /// Where events go besides the in-memory list: the platform's recorder.
+    sink: std::sync::OnceLock<EventSink>,
 }
+
+/// Receives every lifecycle event as it happens; it must not block.
+pub type EventSink = Box<dyn Fn(&LifecycleEvent) + Send + Sync>;
 
 impl Shared {
     fn record(&self, function: &str, instance_id: u64, event: &'static str, reason: String) {
         tracing::debug!(function, instance = instance_id, event, %reason, "lifecycle");
-        let mut events = self.events.lock().unwrap();
-        if events.len() >= limits::EVENTS_MAX {
-            events.pop_front();
-        }
-        events.push_back(LifecycleEvent {
+        let e = LifecycleEvent {
             time_ms: now_ms(),
             function: function.to_string(),
             instance_id,
             event,
             reason,
-        });
+        };
+        if let Some(sink) = self.sink.get() {
+            sink(&e);
+        }
+        let mut events = self.events.lock().unwrap();
+        if events.len() >= limits::EVENTS_MAX {
+            events.pop_front();
+        }
+        events.push_back(e);
     }
+}
+
+/// One function's instances on this node, for statistics and metering.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub function: String,
+    pub instances: u32,
+    /// `min_instances` of its pools (one per version with instances kept).
+    pub provisioned: u32,
+    pub provisioned_mb: u64,
 }
 
 /// What a look at the pool decided for one call.
@@ -237,6 +256,7 @@ impl Pool {
                 state: Mutex::new(State::default()),
                 freed: Notify::new(),
                 events: Mutex::new(VecDeque::new()),
+                sink: std::sync::OnceLock::new(),
             }),
             next_instance: AtomicU64::new(1),
             stems: Mutex::new(HashMap::new()),
@@ -466,6 +486,7 @@ impl Pool {
                 function: config.pool_id().into_owned(),
                 key,
                 concurrency: config.concurrency.max(1) as usize,
+                memory_mb: config.memory_mb,
                 member: Some(member),
                 cold_start,
                 timeout: Duration::from_millis(config.timeout_ms as u64),
@@ -734,6 +755,30 @@ impl Pool {
     /// moved, a canary rolled back), next to the instances' own.
     pub fn record_event(&self, function: &str, event: &'static str, reason: String) {
         self.shared.record(function, 0, event, reason);
+    }
+
+    /// Sends every lifecycle event from now on to `sink` as well; only the first call counts.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.shared.sink.set(sink);
+    }
+
+    /// Per function (all its versions together): the instances alive or starting, and the
+    /// provisioned minimum with the memory of one such instance, summed as MB.
+    pub fn occupancy(&self) -> Vec<Occupancy> {
+        let state = self.shared.state.lock().unwrap();
+        let mut by: HashMap<&str, Occupancy> = HashMap::new();
+        for fp in state.functions.values() {
+            let o = by
+                .entry(fp.config.function.as_str())
+                .or_insert_with(|| Occupancy {
+                    function: fp.config.function.clone(),
+                    ..Default::default()
+                });
+            o.instances += fp.instances() as u32;
+            o.provisioned += fp.config.policy.min_instances;
+            o.provisioned_mb += fp.config.policy.min_instances as u64 * fp.config.memory_mb as u64;
+        }
+        by.into_values().collect()
     }
 
     /// Recent lifecycle events, newest first, optionally of one function.
@@ -1052,6 +1097,8 @@ pub struct Lease {
     function: String,
     key: u64,
     concurrency: usize,
+    /// The function's memory setting, for metering.
+    pub memory_mb: u32,
     member: Option<Arc<Member>>,
     /// Whether the instance was started for this lease.
     pub cold_start: bool,

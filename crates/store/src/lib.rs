@@ -1,4 +1,5 @@
-//! Persistence for Nimbus: function metadata, code blobs, and the unpacked-code cache.
+//! Persistence for Nimbus: function metadata, code blobs, the unpacked-code cache, the
+//! asynchronous queue, and telemetry (invocation records, logs, events).
 //!
 //! Each concern sits behind a trait (`MetaStore`, `BlobStore`) with the embedded backend
 //! (SQLite in WAL mode, the local filesystem) implemented here; the cluster backends
@@ -11,6 +12,7 @@ mod code_cache;
 mod error;
 mod meta;
 mod queue;
+pub mod telemetry;
 
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
@@ -18,3 +20,4 @@ pub use code_cache::CodeCache;
 pub use error::StoreError;
 pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
+pub use telemetry::{SqliteTelemetry, TelemetryStore};

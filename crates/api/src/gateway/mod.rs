@@ -390,6 +390,7 @@ pub(crate) async fn lease_for(
                 r.function.clone(),
                 CallMeta {
                     version: None,
+                    memory_mb: resolved.instance.memory_mb,
                     cold_start: true,
                     init_ms: None,
                     duration_ms: 0.0,
@@ -415,6 +416,7 @@ pub(crate) async fn lease_for(
 pub(crate) struct CallMeta {
     /// The version that ran, when known (a start that failed has none).
     version: Option<String>,
+    memory_mb: u32,
     cold_start: bool,
     init_ms: Option<f64>,
     duration_ms: f64,
@@ -427,6 +429,7 @@ impl CallMeta {
     pub(crate) fn of(lease: &sandbox::Lease, duration_ms: f64) -> CallMeta {
         CallMeta {
             version: Some(lease.version().to_string()),
+            memory_mb: lease.memory_mb,
             cold_start: lease.cold_start,
             init_ms: lease.init_ms(),
             duration_ms,
@@ -457,6 +460,9 @@ pub(crate) fn record(
     platform.remember(Arc::new(InvocationRecord {
         request_id,
         function,
+        trigger: "http",
+        attempt: 1,
+        memory_mb: meta.memory_mb,
         version,
         started_at_ms: now_ms() - meta.duration_ms as i64,
         cold_start: meta.cold_start,

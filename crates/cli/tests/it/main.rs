@@ -4,6 +4,7 @@
 mod asynq;
 mod gateway;
 mod harness;
+mod observe;
 mod releases;
 mod sandbox;
 mod scheduler;

@@ -1,0 +1,393 @@
+//! The recorder: takes every finished call's record with its log lines, and every lifecycle
+//! event, off the invocation path; writes them to the telemetry store in batches; feeds
+//! live log followers and the Prometheus metrics; samples instances per minute for
+//! statistics and provisioned-time metering; and prunes by age and size.
+//!
+//! A call costs the hot path one `try_send` on a bounded channel. Everything else happens
+//! on the writer task, whose one transaction per batch keeps up with tens of thousands of
+//! records a second.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use model::limits;
+use store::TelemetryStore;
+use store::telemetry::{Batch, EventRow, LogRow, MinuteSample, RecordRow, Retention};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::platform::{InvocationRecord, now_ms};
+
+/// How the recorder meters and how long it keeps things.
+#[derive(Clone, Copy, Debug)]
+pub struct RecorderConfig {
+    /// Billed duration is rounded up to a multiple of this (1 ms as on Lambda today;
+    /// 100 ms as Lambda billed until 2020 and Function Compute still can).
+    pub billing_granularity_ms: u32,
+    pub retention: Retention,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            billing_granularity_ms: 1,
+            retention: Retention {
+                records_max_age_ms: 7 * 24 * 3_600_000,
+                logs_max_age_ms: 7 * 24 * 3_600_000,
+                log_bytes_per_function_max: 64 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+/// What the writer task receives.
+enum Item {
+    Call(Arc<InvocationRecord>),
+    Event(sandbox::LifecycleEvent),
+    /// Answered once everything sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The front of the recorder, shared by the platform and the API.
+pub struct Recorder {
+    tx: mpsc::Sender<Item>,
+    follow: broadcast::Sender<Arc<LogRow>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: Arc<dyn TelemetryStore>,
+    pub(crate) config: RecorderConfig,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Starts the writer task on the current runtime. `pool` is sampled for instances.
+    pub fn start(
+        store: Arc<dyn TelemetryStore>,
+        pool: Arc<sandbox::Pool>,
+        config: RecorderConfig,
+    ) -> Arc<Recorder> {
+        let (tx, rx) = mpsc::channel(limits::TELEMETRY_QUEUE_MAX);
+        let (follow, _) = broadcast::channel(limits::FOLLOW_BUFFER_LINES);
+        let metrics = Arc::new(Metrics::new());
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            store: store.clone(),
+            pool,
+            follow: follow.clone(),
+            metrics: metrics.clone(),
+            config,
+            dropped: dropped.clone(),
+            minutes: HashMap::new(),
+            written_since_prune: HashMap::new(),
+        };
+        tokio::spawn(writer.run(rx));
+        Arc::new(Recorder {
+            tx,
+            follow,
+            metrics,
+            store,
+            config,
+            dropped,
+        })
+    }
+
+    /// Queues a finished call for recording; never waits.
+    pub fn call(&self, record: Arc<InvocationRecord>) {
+        self.send(Item::Call(record));
+    }
+
+    /// Queues a lifecycle event; never waits (it is called under the pool's locks).
+    pub fn event(&self, event: &sandbox::LifecycleEvent) {
+        self.send(Item::Event(event.clone()));
+    }
+
+    fn send(&self, item: Item) {
+        if self.tx.try_send(item).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.telemetry_dropped.inc();
+        }
+    }
+
+    /// Waits (at most 5 s) until everything queued before this call is written, so a query
+    /// that follows sees it.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Item::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
+    }
+
+    /// Live log lines from now on.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<LogRow>> {
+        self.follow.subscribe()
+    }
+
+    /// Records and events dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The billed milliseconds of a call: the function's own time (code load, initializer
+    /// and handler) rounded up to the granularity, at least one unit. Starting the sandbox
+    /// is the platform's time and is not billed.
+    pub fn billed_ms(&self, r: &InvocationRecord) -> i64 {
+        billed_ms(r, self.config.billing_granularity_ms)
+    }
+}
+
+pub(crate) fn billed_ms(r: &InvocationRecord, granularity_ms: u32) -> i64 {
+    let g = granularity_ms.max(1) as f64;
+    let t = &r.timings;
+    let ms = if r.cold_start {
+        t.code_ms + t.initializer_ms + r.duration_ms
+    } else {
+        r.duration_ms
+    };
+    ((ms / g).ceil().max(1.0) * g) as i64
+}
+
+/// The writer task's state.
+struct Writer {
+    store: Arc<dyn TelemetryStore>,
+    pool: Arc<sandbox::Pool>,
+    follow: broadcast::Sender<Arc<LogRow>>,
+    metrics: Arc<Metrics>,
+    config: RecorderConfig,
+    dropped: Arc<AtomicU64>,
+    /// Instance samples not yet written, per function and minute. Each write adds to the
+    /// stored minute, so writing part of a minute early loses nothing.
+    minutes: HashMap<(String, i64), MinuteSample>,
+    /// Log bytes per function since the last prune: a function writing a tenth of its cap
+    /// triggers one early.
+    written_since_prune: HashMap<String, i64>,
+}
+
+/// How often instances are sampled, and how often the samples are written.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const SAMPLES_WRITTEN_EVERY: u32 = 10;
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
+        let mut items = Vec::with_capacity(limits::TELEMETRY_BATCH_MAX);
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sample_ms = now_ms();
+        let mut ticks = 0u32;
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut items, limits::TELEMETRY_BATCH_MAX) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let flushes = self.write(&mut items).await;
+                    if self.prune_due(last_prune) {
+                        self.prune().await;
+                        last_prune = tokio::time::Instant::now();
+                    }
+                    // A flush is answered once the samples so far are stored and the caps
+                    // applied, so a query after it sees the node as it is.
+                    if !flushes.is_empty() {
+                        self.write_samples().await;
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    self.sample(now - last_sample_ms, now);
+                    last_sample_ms = now;
+                    ticks += 1;
+                    if ticks.is_multiple_of(SAMPLES_WRITTEN_EVERY) {
+                        self.write_samples().await;
+                    }
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        self.prune().await;
+                        last_prune = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+        self.write_samples().await;
+    }
+
+    fn prune_due(&self, last_prune: tokio::time::Instant) -> bool {
+        let early = self.config.retention.log_bytes_per_function_max / 10;
+        last_prune.elapsed() >= PRUNE_EVERY || self.written_since_prune.values().any(|b| *b > early)
+    }
+
+    /// Writes one batch; returns the flushes that were waiting for it.
+    async fn write(&mut self, items: &mut Vec<Item>) -> Vec<oneshot::Sender<()>> {
+        let mut batch = Batch::default();
+        let mut flushes = Vec::new();
+        let granularity = self.config.billing_granularity_ms;
+        for item in items.drain(..) {
+            match item {
+                Item::Call(r) => {
+                    let billed = billed_ms(&r, granularity);
+                    self.metrics.observe(&r, billed);
+                    for line in &r.logs.lines {
+                        let level = level_name(&line.stream);
+                        *self
+                            .written_since_prune
+                            .entry(r.function.clone())
+                            .or_default() += line.message.len() as i64;
+                        batch.logs.push(LogRow {
+                            seq: 0,
+                            time_ms: line.time_ms,
+                            function: r.function.clone(),
+                            version: r.version.clone(),
+                            request_id: r.request_id.clone(),
+                            instance_id: r.instance_id,
+                            severity: store::telemetry::severity_of(&level),
+                            level,
+                            message: line.message.clone(),
+                        });
+                    }
+                    if !r.logs.lines.is_empty() {
+                        self.metrics
+                            .log_lines
+                            .with_label_values(&[&r.function])
+                            .inc_by(r.logs.lines.len() as u64);
+                    }
+                    batch.records.push(record_row(&r, billed));
+                }
+                Item::Event(e) => {
+                    self.metrics.event(&e);
+                    batch.events.push(EventRow {
+                        seq: 0,
+                        time_ms: e.time_ms,
+                        function: e.function,
+                        instance_id: e.instance_id,
+                        event: e.event.to_string(),
+                        reason: e.reason,
+                    });
+                }
+                Item::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Err(e) = self.store.write(&batch).await {
+            let lost = (batch.records.len() + batch.events.len()) as u64;
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+            self.metrics.telemetry_dropped.inc_by(lost);
+            tracing::warn!(error = %e, lost, "writing telemetry failed; the batch is lost");
+        }
+        if self.follow.receiver_count() > 0 {
+            for line in batch.logs {
+                let _ = self.follow.send(Arc::new(line));
+            }
+        }
+        flushes
+    }
+
+    /// Adds `elapsed_ms` of the pool's present state to the current minute's samples.
+    fn sample(&mut self, elapsed_ms: i64, now: i64) {
+        let minute_ms = now - now.rem_euclid(60_000);
+        let occupancy = self.pool.occupancy();
+        self.metrics.set_instances(&occupancy);
+        for o in occupancy {
+            if o.instances == 0 && o.provisioned == 0 {
+                continue;
+            }
+            let m = self
+                .minutes
+                .entry((o.function.clone(), minute_ms))
+                .or_insert_with(|| MinuteSample {
+                    function: o.function.clone(),
+                    minute_ms,
+                    instances_max: 0,
+                    provisioned_instance_ms: 0,
+                    provisioned_mb_ms: 0,
+                });
+            m.instances_max = m.instances_max.max(o.instances);
+            m.provisioned_instance_ms += o.provisioned as i64 * elapsed_ms;
+            m.provisioned_mb_ms += o.provisioned_mb as i64 * elapsed_ms;
+        }
+    }
+
+    async fn write_samples(&mut self) {
+        if self.minutes.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            minutes: self.minutes.drain().map(|(_, m)| m).collect(),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.write(&batch).await {
+            tracing::warn!(error = %e, "writing instance samples failed");
+        }
+    }
+
+    async fn prune(&mut self) {
+        self.written_since_prune.clear();
+        match self.store.prune(now_ms(), &self.config.retention).await {
+            Ok(report) => {
+                for (function, lines) in &report.logs_dropped {
+                    self.metrics
+                        .log_lines_dropped
+                        .with_label_values(&[function])
+                        .inc_by(*lines);
+                    tracing::info!(
+                        function,
+                        lines,
+                        "log cap reached: the oldest lines were dropped"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning telemetry failed"),
+        }
+    }
+}
+
+/// The stored level of a line: the logger's level, or the stream it was written to.
+fn level_name(stream: &str) -> String {
+    match stream {
+        "stdout" | "stderr" => stream.to_string(),
+        "WARNING" | "warning" | "warn" => "WARN".into(),
+        other => other.to_ascii_uppercase(),
+    }
+}
+
+fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
+    let t = &r.timings;
+    RecordRow {
+        seq: 0,
+        request_id: r.request_id.clone(),
+        function: r.function.clone(),
+        version: r.version.clone(),
+        trigger: r.trigger.to_string(),
+        attempt: r.attempt,
+        started_at_ms: r.started_at_ms,
+        queue_ms: t.queue_ms,
+        init_ms: if r.cold_start {
+            t.sandbox_ms + t.code_ms + t.initializer_ms
+        } else {
+            0.0
+        },
+        handler_ms: r.duration_ms,
+        duration_ms: t.queue_ms
+            + if r.cold_start {
+                t.sandbox_ms + t.code_ms + t.initializer_ms
+            } else {
+                0.0
+            }
+            + r.duration_ms,
+        cold: r.cold_start,
+        status: if r.error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        }
+        .into(),
+        error_type: r.error.as_ref().map(|e| e.error_type.clone()),
+        billed_ms,
+        memory_mb: r.memory_mb,
+        instance_id: r.instance_id,
+    }
+}
