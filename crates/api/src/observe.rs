@@ -161,7 +161,9 @@ impl From<&LogRow> for LogEntryView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LogPage {
     pub lines: Vec<LogEntryView>,
-    /// Pass as `before` for the next (older) page; absent on the last page.
+    /// Pass as `before` for the next (older) page; absent on the last page. A page can
+    /// hold fewer lines than asked, even none, when a filter matched little of a long
+    /// history: the cursor then says where to go on.
     pub next_before: Option<i64>,
     /// Lines of this function dropped so far to keep it under its log cap.
     pub dropped_lines: u64,
@@ -205,7 +207,7 @@ pub async fn logs(
     }
     recorder.flush().await;
     let limit = page_limit(q.limit);
-    let rows = recorder
+    let (rows, next_before) = recorder
         .store
         .logs(&LogQuery {
             function: Some(name.clone()),
@@ -213,15 +215,12 @@ pub async fn logs(
             since_ms,
             until_ms,
             contains: q.q,
-            regex: q.regex,
+            regex,
             request_id: q.request_id,
             before_seq: q.before,
             limit,
         })
         .await?;
-    let next_before = (rows.len() as u32 == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
     Ok(Json(LogPage {
         lines: rows.iter().map(LogEntryView::from).collect(),
         next_before,

@@ -39,9 +39,37 @@ pub struct RecordRow {
     pub instance_id: u64,
 }
 
-/// One line a function wrote.
+/// The lines one call wrote, stored together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogChunk {
+    pub function: String,
+    pub version: String,
+    pub request_id: String,
+    pub instance_id: u64,
+    pub lines: Vec<ChunkLine>,
+}
+
+/// One line of a chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkLine {
+    pub time_ms: i64,
+    pub severity: i32,
+    pub level: String,
+    pub message: String,
+}
+
+/// Lines per chunk at most: a line's cursor is `chunk seq × LINES_PER_CHUNK_MAX + index`.
+/// (A call keeps at most 256 KB of lines, so at most ~43,000 of them.)
+pub const LINES_PER_CHUNK_MAX: i64 = 65_536;
+
+/// Chunks one query reads at most before it answers with what it found and a cursor:
+/// a filter that matches nothing must not scan a function's whole history in one go.
+const CHUNKS_PER_QUERY_MAX: i64 = 20_000;
+
+/// One line a function wrote, as queries return it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogRow {
+    /// The line's cursor: newer lines have larger ones (0 for a live, unstored line).
     pub seq: i64,
     pub time_ms: i64,
     pub function: String,
@@ -80,7 +108,7 @@ pub struct MinuteSample {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub records: Vec<RecordRow>,
-    pub logs: Vec<LogRow>,
+    pub logs: Vec<LogChunk>,
     pub events: Vec<EventRow>,
     pub minutes: Vec<MinuteSample>,
 }
@@ -103,8 +131,8 @@ pub struct LogQuery {
     pub until_ms: Option<i64>,
     /// Substring of the message (case-sensitive).
     pub contains: Option<String>,
-    /// Regular expression on the message (Rust `regex` syntax); checked by the caller.
-    pub regex: Option<String>,
+    /// Regular expression on the message.
+    pub regex: Option<regex::Regex>,
     pub request_id: Option<String>,
     pub before_seq: Option<i64>,
     pub limit: u32,
@@ -198,7 +226,9 @@ pub trait TelemetryStore: Send + Sync {
     async fn write(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Removes what is past `retention` at `now_ms`.
     async fn prune(&self, now_ms: i64, retention: &Retention) -> Result<PruneReport, StoreError>;
-    async fn logs(&self, q: &LogQuery) -> Result<Vec<LogRow>, StoreError>;
+    /// Lines matching `q`, newest first, and the cursor to pass as `before_seq` for more
+    /// (`None` when there are no more).
+    async fn logs(&self, q: &LogQuery) -> Result<(Vec<LogRow>, Option<i64>), StoreError>;
     /// Log lines of `function` dropped so far to keep under its cap.
     async fn logs_dropped(&self, function: &str) -> Result<u64, StoreError>;
     async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>, StoreError>;
@@ -267,9 +297,6 @@ pub fn quantile_ms(histogram: &[(i64, u64)], q: f64) -> Option<f64> {
     None
 }
 
-/// Rows per multi-row INSERT: SQLite takes at most 32,766 bound values per statement.
-const ROWS_PER_INSERT: usize = 1_000;
-
 /// Telemetry in its own SQLite database (WAL).
 pub struct SqliteTelemetry {
     pool: SqlitePool,
@@ -284,8 +311,7 @@ impl SqliteTelemetry {
             // Telemetry may lose its last batch on power loss; it must never make a call
             // wait for fsync.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .with_regexp();
+            .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -338,54 +364,106 @@ impl TelemetryStore for SqliteTelemetry {
         if batch.is_empty() {
             return Ok(());
         }
+        // Rows go in as one JSON array per table, unpacked by `jsonb_each`: one statement text
+        // whatever the batch size, so it is prepared once and stays in the cache.
+        let records = serde_json::to_string(
+            &batch
+                .records
+                .iter()
+                .map(|r| {
+                    serde_json::json!([
+                        r.request_id,
+                        r.function,
+                        r.version,
+                        r.trigger,
+                        r.attempt,
+                        r.started_at_ms,
+                        r.queue_ms,
+                        r.init_ms,
+                        r.handler_ms,
+                        r.duration_ms,
+                        r.cold as i64,
+                        r.status,
+                        r.error_type,
+                        r.billed_ms,
+                        r.memory_mb,
+                        r.instance_id,
+                        duration_bucket(r.handler_ms),
+                    ])
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let logs = serde_json::to_string(
+            &batch
+                .logs
+                .iter()
+                .filter(|c| !c.lines.is_empty())
+                .map(|c| {
+                    let lines: Vec<_> = c
+                        .lines
+                        .iter()
+                        .take(LINES_PER_CHUNK_MAX as usize)
+                        .map(|l| (l.time_ms, l.severity, &l.level, &l.message))
+                        .collect();
+                    let first = c.lines.iter().map(|l| l.time_ms).min().unwrap_or(0);
+                    let last = c.lines.iter().map(|l| l.time_ms).max().unwrap_or(0);
+                    let severity = c.lines.iter().map(|l| l.severity).max().unwrap_or(0);
+                    let bytes: usize = c.lines.iter().map(|l| l.message.len()).sum();
+                    serde_json::json!([
+                        c.function,
+                        c.version,
+                        c.request_id,
+                        c.instance_id,
+                        first,
+                        last,
+                        severity,
+                        lines.len(),
+                        bytes,
+                        lines,
+                    ])
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let events = serde_json::to_string(
+            &batch
+                .events
+                .iter()
+                .map(|e| (e.time_ms, &e.function, e.instance_id, &e.event, &e.reason))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut bytes: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for c in &batch.logs {
+            let n: usize = c.lines.iter().map(|l| l.message.len()).sum();
+            *bytes.entry(&c.function).or_default() += n as i64;
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
-            let mut b = QueryBuilder::<Sqlite>::new(
+        if !batch.records.is_empty() {
+            sqlx::query(
                 "INSERT INTO invocation_records (request_id, function, version, trigger, \
                  attempt, started_at_ms, queue_ms, init_ms, handler_ms, duration_ms, cold, \
-                 status, error_type, billed_ms, memory_mb, instance_id, duration_bucket) ",
-            );
-            b.push_values(chunk, |mut row, r| {
-                row.push_bind(&r.request_id)
-                    .push_bind(&r.function)
-                    .push_bind(&r.version)
-                    .push_bind(&r.trigger)
-                    .push_bind(r.attempt as i64)
-                    .push_bind(r.started_at_ms)
-                    .push_bind(r.queue_ms)
-                    .push_bind(r.init_ms)
-                    .push_bind(r.handler_ms)
-                    .push_bind(r.duration_ms)
-                    .push_bind(r.cold as i64)
-                    .push_bind(&r.status)
-                    .push_bind(&r.error_type)
-                    .push_bind(r.billed_ms)
-                    .push_bind(r.memory_mb as i64)
-                    .push_bind(r.instance_id as i64)
-                    .push_bind(duration_bucket(r.handler_ms));
-            });
-            b.build().execute(&mut *tx).await?;
+                 status, error_type, billed_ms, memory_mb, instance_id, duration_bucket) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
+                 value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, \
+                 value->>12, value->>13, value->>14, value->>15, value->>16 \
+                 FROM jsonb_each(?)",
+            )
+            .bind(&records)
+            .execute(&mut *tx)
+            .await?;
         }
-        let mut bytes: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-        for chunk in batch.logs.chunks(ROWS_PER_INSERT) {
-            let mut b = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO log_lines (time_ms, function, version, request_id, instance_id, \
-                 severity, level, message) ",
-            );
-            b.push_values(chunk, |mut row, l| {
-                row.push_bind(l.time_ms)
-                    .push_bind(&l.function)
-                    .push_bind(&l.version)
-                    .push_bind(&l.request_id)
-                    .push_bind(l.instance_id as i64)
-                    .push_bind(l.severity)
-                    .push_bind(&l.level)
-                    .push_bind(&l.message);
-            });
-            b.build().execute(&mut *tx).await?;
-            for l in chunk {
-                *bytes.entry(&l.function).or_default() += l.message.len() as i64;
-            }
+        if batch.logs.iter().any(|c| !c.lines.is_empty()) {
+            sqlx::query(
+                "INSERT INTO log_chunks (function, version, request_id, instance_id, \
+                 first_ms, last_ms, max_severity, line_count, bytes, lines) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
+                 value->>6, value->>7, value->>8, json(value->9) FROM jsonb_each(?)",
+            )
+            .bind(&logs)
+            .execute(&mut *tx)
+            .await?;
         }
         for (function, n) in bytes {
             sqlx::query(
@@ -397,18 +475,15 @@ impl TelemetryStore for SqliteTelemetry {
             .execute(&mut *tx)
             .await?;
         }
-        for chunk in batch.events.chunks(ROWS_PER_INSERT) {
-            let mut b = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO lifecycle_events (time_ms, function, instance_id, event, reason) ",
-            );
-            b.push_values(chunk, |mut row, e| {
-                row.push_bind(e.time_ms)
-                    .push_bind(&e.function)
-                    .push_bind(e.instance_id as i64)
-                    .push_bind(&e.event)
-                    .push_bind(&e.reason);
-            });
-            b.build().execute(&mut *tx).await?;
+        if !batch.events.is_empty() {
+            sqlx::query(
+                "INSERT INTO lifecycle_events (time_ms, function, instance_id, event, reason) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4 \
+                 FROM jsonb_each(?)",
+            )
+            .bind(&events)
+            .execute(&mut *tx)
+            .await?;
         }
         for m in &batch.minutes {
             sqlx::query(
@@ -446,27 +521,44 @@ impl TelemetryStore for SqliteTelemetry {
             .execute(&mut *tx)
             .await?;
         let logs_cutoff = now_ms - retention.logs_max_age_ms;
-        report.events_expired = sqlx::query("DELETE FROM lifecycle_events WHERE time_ms < ?")
-            .bind(logs_cutoff)
+        // Rows arrive about in time order: everything before the first row that is young
+        // enough goes (found by walking the rowid from the oldest, a short walk when pruning
+        // runs every minute).
+        let first_young_event: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM lifecycle_events WHERE time_ms >= ? ORDER BY seq LIMIT 1",
+        )
+        .bind(logs_cutoff)
+        .fetch_optional(&mut *tx)
+        .await?;
+        report.events_expired = sqlx::query("DELETE FROM lifecycle_events WHERE seq < ?")
+            .bind(first_young_event.unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let expired = sqlx::query(
-            "SELECT function, count(*) AS n, sum(length(CAST(message AS BLOB))) AS bytes \
-             FROM log_lines WHERE time_ms < ? GROUP BY function",
+        let first_young_chunk: i64 = sqlx::query_scalar::<_, i64>(
+            "SELECT seq FROM log_chunks WHERE last_ms >= ? ORDER BY seq LIMIT 1",
         )
         .bind(logs_cutoff)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(i64::MAX);
+        let expired = sqlx::query(
+            "SELECT function, sum(line_count) AS n, sum(bytes) AS bytes \
+             FROM log_chunks WHERE seq < ? GROUP BY function",
+        )
+        .bind(first_young_chunk)
         .fetch_all(&mut *tx)
         .await?;
+        if !expired.is_empty() {
+            sqlx::query("DELETE FROM log_chunks WHERE seq < ?")
+                .bind(first_young_chunk)
+                .execute(&mut *tx)
+                .await?;
+        }
         for row in &expired {
             let function: String = row.try_get("function")?;
             let n: i64 = row.try_get("n")?;
             let bytes: i64 = row.try_get("bytes")?;
-            sqlx::query("DELETE FROM log_lines WHERE function = ? AND time_ms < ?")
-                .bind(&function)
-                .bind(logs_cutoff)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query("UPDATE log_accounts SET bytes = max(bytes - ?, 0) WHERE function = ?")
                 .bind(bytes)
                 .bind(&function)
@@ -474,7 +566,7 @@ impl TelemetryStore for SqliteTelemetry {
                 .await?;
             report.logs_expired += n as u64;
         }
-        // Functions over their cap lose their oldest lines down to 90% of it, so the next
+        // Functions over their cap lose their oldest calls' lines down to 90% of it, so the next
         // few writes do not each trigger another pass.
         let over = sqlx::query("SELECT function, bytes FROM log_accounts WHERE bytes > ?")
             .bind(retention.log_bytes_per_function_max)
@@ -487,8 +579,8 @@ impl TelemetryStore for SqliteTelemetry {
             let (mut freed, mut lines, mut last_seq) = (0i64, 0u64, None);
             while freed < to_free {
                 let oldest = sqlx::query(
-                    "SELECT seq, length(CAST(message AS BLOB)) AS n FROM log_lines \
-                     WHERE function = ? AND seq > ? ORDER BY seq LIMIT 10000",
+                    "SELECT seq, bytes AS n, line_count FROM log_chunks \
+                     WHERE function = ? AND seq > ? ORDER BY seq LIMIT 1000",
                 )
                 .bind(&function)
                 .bind(last_seq.unwrap_or(i64::MIN))
@@ -500,14 +592,14 @@ impl TelemetryStore for SqliteTelemetry {
                 for r in &oldest {
                     last_seq = Some(r.try_get::<i64, _>("seq")?);
                     freed += r.try_get::<i64, _>("n")?;
-                    lines += 1;
+                    lines += r.try_get::<i64, _>("line_count")? as u64;
                     if freed >= to_free {
                         break;
                     }
                 }
             }
             if let Some(last) = last_seq {
-                sqlx::query("DELETE FROM log_lines WHERE function = ? AND seq <= ?")
+                sqlx::query("DELETE FROM log_chunks WHERE function = ? AND seq <= ?")
                     .bind(&function)
                     .bind(last)
                     .execute(&mut *tx)
@@ -528,47 +620,80 @@ impl TelemetryStore for SqliteTelemetry {
         Ok(report)
     }
 
-    async fn logs(&self, q: &LogQuery) -> Result<Vec<LogRow>, StoreError> {
-        let mut b = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, time_ms, function, version, request_id, instance_id, severity, level, \
-             message FROM log_lines WHERE severity >= ",
-        );
-        b.push_bind(q.min_severity);
-        if let Some(f) = &q.function {
-            b.push(" AND function = ").push_bind(f);
+    async fn logs(&self, q: &LogQuery) -> Result<(Vec<LogRow>, Option<i64>), StoreError> {
+        let limit = q.limit.max(1) as usize;
+        let mut out = Vec::with_capacity(limit);
+        // The cursor names a line: its chunk, and the lines of that chunk before it.
+        let mut before = q.before_seq.unwrap_or(i64::MAX);
+        let mut scanned = 0;
+        loop {
+            let chunk_before = before / LINES_PER_CHUNK_MAX
+                + i64::from(before % LINES_PER_CHUNK_MAX != 0 || before == i64::MAX);
+            let mut b = QueryBuilder::<Sqlite>::new(
+                "SELECT seq, function, version, request_id, instance_id, lines FROM log_chunks \
+                 WHERE max_severity >= ",
+            );
+            b.push_bind(q.min_severity);
+            if let Some(f) = &q.function {
+                b.push(" AND function = ").push_bind(f);
+            }
+            if let Some(id) = &q.request_id {
+                b.push(" AND request_id = ").push_bind(id);
+            }
+            if let Some(since) = q.since_ms {
+                b.push(" AND last_ms >= ").push_bind(since);
+            }
+            if let Some(until) = q.until_ms {
+                b.push(" AND first_ms < ").push_bind(until);
+            }
+            let page = 200;
+            b.push(" AND seq < ").push_bind(chunk_before);
+            b.push(" ORDER BY seq DESC LIMIT ").push_bind(page);
+            let chunks = b.build().fetch_all(&self.pool).await?;
+            for c in &chunks {
+                let seq: i64 = c.try_get("seq")?;
+                scanned += 1;
+                let lines: String = c.try_get("lines")?;
+                let lines: Vec<(i64, i32, String, String)> = serde_json::from_str(&lines)
+                    .map_err(|e| StoreError::Corrupt(format!("log chunk {seq}: {e}")))?;
+                for (index, (time_ms, severity, level, message)) in
+                    lines.into_iter().enumerate().rev()
+                {
+                    let cursor = seq * LINES_PER_CHUNK_MAX + index as i64;
+                    if cursor >= before
+                        || severity < q.min_severity
+                        || q.since_ms.is_some_and(|s| time_ms < s)
+                        || q.until_ms.is_some_and(|u| time_ms >= u)
+                        || q.contains.as_ref().is_some_and(|c| !message.contains(c))
+                        || q.regex.as_ref().is_some_and(|r| !r.is_match(&message))
+                    {
+                        continue;
+                    }
+                    out.push(LogRow {
+                        seq: cursor,
+                        time_ms,
+                        function: c.try_get("function")?,
+                        version: c.try_get("version")?,
+                        request_id: c.try_get("request_id")?,
+                        instance_id: c.try_get::<i64, _>("instance_id")? as u64,
+                        severity,
+                        level,
+                        message,
+                    });
+                    if out.len() == limit {
+                        return Ok((out, Some(cursor)));
+                    }
+                }
+                before = seq * LINES_PER_CHUNK_MAX;
+            }
+            if (chunks.len() as i64) < page {
+                return Ok((out, None));
+            }
+            if scanned >= CHUNKS_PER_QUERY_MAX {
+                // Enough read for one answer; the caller continues from here.
+                return Ok((out, Some(before)));
+            }
         }
-        if let Some(id) = &q.request_id {
-            b.push(" AND request_id = ").push_bind(id);
-        }
-        push_time_filters(&mut b, "time_ms", q.since_ms, q.until_ms);
-        if let Some(s) = &q.contains {
-            b.push(" AND instr(message, ").push_bind(s).push(") > 0");
-        }
-        if let Some(re) = &q.regex {
-            b.push(" AND message REGEXP ").push_bind(re);
-        }
-        if let Some(before) = q.before_seq {
-            b.push(" AND seq < ").push_bind(before);
-        }
-        b.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(q.limit as i64);
-        let rows = b.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRow {
-                    seq: r.try_get("seq")?,
-                    time_ms: r.try_get("time_ms")?,
-                    function: r.try_get("function")?,
-                    version: r.try_get("version")?,
-                    request_id: r.try_get("request_id")?,
-                    instance_id: r.try_get::<i64, _>("instance_id")? as u64,
-                    severity: r.try_get("severity")?,
-                    level: r.try_get("level")?,
-                    message: r.try_get("message")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
     }
 
     async fn logs_dropped(&self, function: &str) -> Result<u64, StoreError> {
@@ -807,17 +932,19 @@ mod tests {
         }
     }
 
-    fn line(function: &str, seq_hint: i64, level: &str, message: &str) -> LogRow {
-        LogRow {
-            seq: 0,
-            time_ms: 1_000 + seq_hint,
+    /// A call that wrote one line.
+    fn line(function: &str, seq_hint: i64, level: &str, message: &str) -> LogChunk {
+        LogChunk {
             function: function.into(),
             version: "$LATEST".into(),
             request_id: format!("req-{}", seq_hint % 3),
             instance_id: 7,
-            severity: severity_of(level),
-            level: level.into(),
-            message: message.into(),
+            lines: vec![ChunkLine {
+                time_ms: 1_000 + seq_hint,
+                severity: severity_of(level),
+                level: level.into(),
+                message: message.into(),
+            }],
         }
     }
 
@@ -862,14 +989,14 @@ mod tests {
             f(&mut q);
             q
         };
-        let all = t.logs(&q(&|_| {})).await.unwrap();
+        let all = t.logs(&q(&|_| {})).await.unwrap().0;
         assert_eq!(all.len(), 30);
         assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
-        let errors = t.logs(&q(&|q| q.min_severity = 40)).await.unwrap();
+        let errors = t.logs(&q(&|q| q.min_severity = 40)).await.unwrap().0;
         assert_eq!(errors.len(), 10);
-        let info_up = t.logs(&q(&|q| q.min_severity = 20)).await.unwrap();
+        let info_up = t.logs(&q(&|q| q.min_severity = 20)).await.unwrap().0;
         assert_eq!(info_up.len(), 20);
-        let late = t.logs(&q(&|q| q.since_ms = Some(1_020))).await.unwrap();
+        let late = t.logs(&q(&|q| q.since_ms = Some(1_020))).await.unwrap().0;
         assert_eq!(late.len(), 10);
         let window = t
             .logs(&q(&|q| {
@@ -877,22 +1004,28 @@ mod tests {
                 q.until_ms = Some(1_010)
             }))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(window.len(), 5);
         let text = t
             .logs(&q(&|q| q.contains = Some("line 1".into())))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(text.len(), 11, "line 1 and line 10-19");
         let re = t
-            .logs(&q(&|q| q.regex = Some(r"order-\d{3}$".into())))
+            .logs(&q(&|q| {
+                q.regex = Some(regex::Regex::new(r"order-\d{3}$").unwrap())
+            }))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(re.len(), 15, "i*7 >= 100 from i = 15");
         let req = t
             .logs(&q(&|q| q.request_id = Some("req-1".into())))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(req.len(), 10);
         let page = t
             .logs(&q(&|q| {
@@ -901,17 +1034,27 @@ mod tests {
             }))
             .await
             .unwrap();
-        assert_eq!(page, all[4..8].to_vec());
+        assert_eq!(page.0, all[4..8].to_vec());
+        assert_eq!(page.1, Some(all[7].seq), "a cursor for the next page");
+        let last = t
+            .logs(&q(&|q| q.before_seq = Some(all[27].seq)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (last.0.len(), last.1),
+            (2, None),
+            "the last page has no cursor"
+        );
     }
 
     #[tokio::test]
     async fn the_log_cap_drops_the_oldest_lines_and_counts_them() {
         let (_dir, t) = open().await;
         let mut batch = Batch::default();
+        batch.logs.push(line("g", 0, "INFO", "0123456789"));
         for i in 0..100 {
             batch.logs.push(line("f", i, "INFO", &format!("{i:0>10}")));
         }
-        batch.logs.push(line("g", 0, "INFO", "0123456789"));
         t.write(&batch).await.unwrap();
         let retention = Retention {
             records_max_age_ms: i64::MAX / 2,
@@ -928,7 +1071,8 @@ mod tests {
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(left.len(), 45);
         assert_eq!(left.last().unwrap().message, "0000000055");
         assert_eq!(t.logs_dropped("f").await.unwrap(), 55);

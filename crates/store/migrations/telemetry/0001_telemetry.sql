@@ -1,3 +1,6 @@
+-- Every index costs each insert: log chunks and events have none on time. Rows arrive about in
+-- time order, so `seq` (the rowid) stands in for time when old rows are pruned.
+--
 -- Telemetry lives in its own database file: its steady stream of batched writes never
 -- waits on the metadata and queue database's write lock, nor the other way round.
 
@@ -24,23 +27,26 @@ CREATE TABLE invocation_records (
     duration_bucket INTEGER NOT NULL
 );
 CREATE INDEX records_by_function ON invocation_records (function, started_at_ms);
-CREATE INDEX records_by_request ON invocation_records (request_id);
 CREATE INDEX records_by_time ON invocation_records (started_at_ms);
 
-CREATE TABLE log_lines (
-    seq         INTEGER PRIMARY KEY,
-    time_ms     INTEGER NOT NULL,
-    function    TEXT    NOT NULL,
-    version     TEXT    NOT NULL,
-    request_id  TEXT    NOT NULL,
-    instance_id INTEGER NOT NULL,
-    severity    INTEGER NOT NULL,
-    level       TEXT    NOT NULL,
-    message     TEXT    NOT NULL
+-- One row per call with all its lines (a JSON array of [time_ms, severity, level, message]):
+-- a call costs one row and two index entries however much it logs. Queries unpack the
+-- chunks they read; the chunk's bounds (times, highest severity) let them skip most.
+CREATE TABLE log_chunks (
+    seq          INTEGER PRIMARY KEY,
+    function     TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    request_id   TEXT    NOT NULL,
+    instance_id  INTEGER NOT NULL,
+    first_ms     INTEGER NOT NULL,
+    last_ms      INTEGER NOT NULL,
+    max_severity INTEGER NOT NULL,
+    line_count   INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    lines        TEXT    NOT NULL
 );
-CREATE INDEX logs_by_function ON log_lines (function, seq);
-CREATE INDEX logs_by_request ON log_lines (request_id);
-CREATE INDEX logs_by_time ON log_lines (time_ms);
+CREATE INDEX chunks_by_function ON log_chunks (function, seq);
+CREATE INDEX chunks_by_request ON log_chunks (request_id);
 
 -- Bytes of stored log messages per function, and lines dropped to keep under the cap.
 CREATE TABLE log_accounts (
@@ -58,7 +64,6 @@ CREATE TABLE lifecycle_events (
     reason      TEXT    NOT NULL
 );
 CREATE INDEX events_by_function ON lifecycle_events (function, seq);
-CREATE INDEX events_by_time ON lifecycle_events (time_ms);
 
 -- Per function and minute: the most instances seen, and provisioned (min_instances) time.
 CREATE TABLE instance_minutes (
