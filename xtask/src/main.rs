@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-cold [--seconds N]\n\
                  \x20      cargo xtask bench-async [--connections N]\n\
-                 \x20      cargo xtask bench-telemetry [--seconds N] [--connections N]\n\n\
+                 \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -40,12 +40,15 @@ fn main() -> anyhow::Result<()> {
 struct Options {
     seconds: u64,
     connections: usize,
+    /// Times each comparison is repeated; medians are reported.
+    rounds: usize,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut o = Options {
         seconds: 5,
         connections: 16,
+        rounds: 3,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -53,6 +56,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         match a.as_str() {
             "--seconds" => o.seconds = v.parse()?,
             "--connections" => o.connections = v.parse()?,
+            "--rounds" => o.rounds = v.parse::<usize>()?.max(1),
             other => bail!("unknown option {other}"),
         }
     }
@@ -203,7 +207,7 @@ fn bench_telemetry(args: &[String]) -> anyhow::Result<()> {
     let nimbus = root.join("target/release/nimbus");
     let base = std::env::temp_dir().join(format!("nimbus-bench-tel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let modes: [(&str, Vec<std::ffi::OsString>); 2] = [
+    let modes: [(&'static str, Vec<std::ffi::OsString>); 2] = [
         ("telemetry on", Vec::new()),
         ("telemetry off", vec!["--no-telemetry".into()]),
     ];
@@ -222,55 +226,75 @@ fn bench_telemetry(args: &[String]) -> anyhow::Result<()> {
         "{:<14} {:<8} {:<22} {:>9} {:>8} {:>8} {:>12}",
         "server", "function", "load", "req/s", "p50_ms", "p99_ms", "cpu_us/call"
     );
-    // results[function][load][mode] = (rps, cpu µs per call)
-    let mut results = std::collections::BTreeMap::new();
-    for function in ["noop", "chatty"] {
-        for load in ["1000/s", "max"] {
-            // Alternate the servers so drift on the machine hits both alike.
-            for ((mode, _), server) in modes.iter().zip(&servers) {
-                let target = Target {
-                    name: "",
-                    addr: server.endpoint.trim_start_matches("http://").to_string(),
-                    path: format!("/v1/functions/{function}/invocations"),
-                    token: Some(server.token.clone()),
-                };
-                // What the last run left to write must not count against this one: a log
-                // query waits for the recorder to catch up (the server without telemetry
-                // answers it at once), then the machine settles for a second.
-                let _ = std::process::Command::new(&nimbus)
-                    .args(["logs", function, "--limit", "1"])
-                    .env("NIMBUS_ENDPOINT", &server.endpoint)
-                    .env("NIMBUS_TOKEN", &server.token)
-                    .output()?;
-                std::thread::sleep(Duration::from_secs(1));
-                let pid = server._process.0.id();
-                let cpu_before = cpu_ms(pid)?;
-                let stats = match load {
-                    "max" => rt.block_on(run(&target, opts.connections, duration))?,
-                    _ => rt.block_on(run_paced(&target, 8, duration, Some(1_000.0)))?,
-                };
-                // `run` warms up for a second before it measures; the CPU counts it too.
-                let calls = stats.requests as f64 * (1.0 + 1.0 / opts.seconds as f64);
-                let cpu_us = (cpu_ms(pid)? - cpu_before) * 1000.0 / calls;
-                println!(
-                    "{:<14} {:<8} {:<22} {:>9.0} {:>8.3} {:>8.3} {:>12.1}",
-                    mode,
-                    function,
-                    if load == "max" {
-                        format!("closed loop, {} conns", opts.connections)
-                    } else {
-                        "1,000 calls/s, 8 conns".to_string()
-                    },
-                    stats.rps,
-                    stats.p50_ms,
-                    stats.p99_ms,
-                    cpu_us
-                );
-                results.insert((function, load, *mode), (stats.rps, cpu_us));
+    // results[(function, load, mode)] = every round's (rps, cpu µs per call)
+    let mut results: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
+    for round in 0..opts.rounds {
+        for function in ["noop", "chatty"] {
+            for load in ["1000/s", "max"] {
+                // Alternate the servers so drift on the machine hits both alike; the
+                // second half of the rounds starts with the other server.
+                let mut order: Vec<usize> = vec![0, 1];
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for i in order {
+                    let (mode, server) = (modes[i].0, &servers[i]);
+                    let target = Target {
+                        name: "",
+                        addr: server.endpoint.trim_start_matches("http://").to_string(),
+                        path: format!("/v1/functions/{function}/invocations"),
+                        token: Some(server.token.clone()),
+                    };
+                    // What the last run left to write must not count against this one: a
+                    // log query waits for the recorder to catch up (the server without
+                    // telemetry answers it at once), then the machine settles a second.
+                    let _ = std::process::Command::new(&nimbus)
+                        .args(["logs", function, "--limit", "1"])
+                        .env("NIMBUS_ENDPOINT", &server.endpoint)
+                        .env("NIMBUS_TOKEN", &server.token)
+                        .output()?;
+                    std::thread::sleep(Duration::from_secs(1));
+                    let pid = server._process.0.id();
+                    let cpu_before = cpu_ms(pid)?;
+                    let stats = match load {
+                        "max" => rt.block_on(run(&target, opts.connections, duration))?,
+                        _ => rt.block_on(run_paced(&target, 8, duration, Some(1_000.0)))?,
+                    };
+                    // `run` warms up for a second before it measures; the CPU counts it too.
+                    let calls = stats.requests as f64 * (1.0 + 1.0 / opts.seconds as f64);
+                    let cpu_us = (cpu_ms(pid)? - cpu_before) * 1000.0 / calls;
+                    println!(
+                        "{:<14} {:<8} {:<22} {:>9.0} {:>8.3} {:>8.3} {:>12.1}",
+                        mode,
+                        function,
+                        if load == "max" {
+                            format!("closed loop, {} conns", opts.connections)
+                        } else {
+                            "1,000 calls/s, 8 conns".to_string()
+                        },
+                        stats.rps,
+                        stats.p50_ms,
+                        stats.p99_ms,
+                        cpu_us
+                    );
+                    results
+                        .entry((function, load, mode))
+                        .or_default()
+                        .push((stats.rps, cpu_us));
+                }
             }
         }
     }
-    println!();
+    let median = |v: &Vec<(f64, f64)>| {
+        let mut rps: Vec<f64> = v.iter().map(|r| r.0).collect();
+        let mut cpu: Vec<f64> = v.iter().map(|r| r.1).collect();
+        rps.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        (rps[rps.len() / 2], cpu[cpu.len() / 2])
+    };
+    let results: std::collections::BTreeMap<_, (f64, f64)> =
+        results.iter().map(|(k, v)| (*k, median(v))).collect();
+    println!("\nmedians of {} rounds:", opts.rounds);
     for function in ["noop", "chatty"] {
         let on = results[&(function, "max", "telemetry on")];
         let off = results[&(function, "max", "telemetry off")];

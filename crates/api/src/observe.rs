@@ -63,6 +63,23 @@ fn parse_time(field: &str, value: &str, now: i64) -> Result<i64, ApiError> {
     )))
 }
 
+/// The `since` and `until` of a query, as Unix milliseconds.
+fn time_range(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let now = now_ms();
+    let since = since.map(|v| parse_time("since", v, now)).transpose()?;
+    let until = until.map(|v| parse_time("until", v, now)).transpose()?;
+    Ok((since, until))
+}
+
+/// The cursor of the next page: the last row's, when the page is full.
+fn next_cursor(seqs: impl ExactSizeIterator<Item = i64>, limit: u32) -> Option<i64> {
+    let full = seqs.len() as u32 == limit;
+    seqs.last().filter(|_| full)
+}
+
 fn parse_duration_ms(field: &str, value: &str) -> Result<i64, ApiError> {
     humantime::parse_duration(value)
         .map(|d| d.as_millis() as i64)
@@ -182,17 +199,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let recorder = s.platform.recorder()?.clone();
     s.platform.get_function(&name).await?;
-    let now = now_ms();
-    let since_ms = q
-        .since
-        .as_deref()
-        .map(|v| parse_time("since", v, now))
-        .transpose()?;
-    let until_ms = q
-        .until
-        .as_deref()
-        .map(|v| parse_time("until", v, now))
-        .transpose()?;
+    let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let min_severity = parse_level(q.level.as_deref())?;
     let regex = check_regex(q.regex.as_deref())?;
     if q.follow {
@@ -339,29 +346,19 @@ pub async fn events(
             next_before: None,
         }));
     };
-    let now = now_ms();
+    let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let query = EventQuery {
         function: q.function,
         event: q.event,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|v| parse_time("since", v, now))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|v| parse_time("until", v, now))
-            .transpose()?,
+        since_ms,
+        until_ms,
         contains: q.q,
         before_seq: q.before,
         limit,
     };
     recorder.flush().await;
     let rows = recorder.store.events(&query).await?;
-    let next_before = (rows.len() as u32 == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
+    let next_before = next_cursor(rows.iter().map(|r| r.seq), limit);
     Ok(Json(EventList {
         events: rows
             .into_iter()
@@ -430,29 +427,19 @@ pub async fn records(
 ) -> Result<Json<RecordList>, ApiError> {
     let recorder = s.platform.recorder()?;
     s.platform.get_function(&name).await?;
-    let now = now_ms();
     let limit = page_limit(q.limit);
+    let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let query = RecordQuery {
         function: Some(name),
         request_id: q.request_id,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|v| parse_time("since", v, now))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|v| parse_time("until", v, now))
-            .transpose()?,
+        since_ms,
+        until_ms,
         before_seq: q.before,
         limit,
     };
     recorder.flush().await;
     let rows = recorder.store.records(&query).await?;
-    let next_before = (rows.len() as u32 == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
+    let next_before = next_cursor(rows.iter().map(|r| r.seq), limit);
     Ok(Json(RecordList {
         invocations: rows
             .into_iter()
@@ -676,14 +663,11 @@ pub async fn usage(
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
     let recorder = s.platform.recorder()?;
-    let now = now_ms();
-    let since_ms = parse_time("since", q.since.as_deref().unwrap_or("30d"), now)?;
-    let until_ms = q
-        .until
-        .as_deref()
-        .map(|v| parse_time("until", v, now))
-        .transpose()?
-        .unwrap_or(now + 1);
+    let (since_ms, until_ms) = time_range(
+        Some(q.since.as_deref().unwrap_or("30d")),
+        q.until.as_deref(),
+    )?;
+    let (since_ms, until_ms) = (since_ms.unwrap_or(0), until_ms.unwrap_or(now_ms() + 1));
     let by = match q.by.as_deref().unwrap_or("function") {
         "function" => UsageBy::Function,
         "day" => UsageBy::Day,

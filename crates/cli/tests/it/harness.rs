@@ -128,6 +128,34 @@ impl Server {
         .unwrap()
     }
 
+    /// Invokes `name` once per event, all at once; the answers come back in order.
+    pub async fn invoke_all(
+        &self,
+        name: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Vec<reqwest::Response> {
+        // Spawned, so the requests are really in flight together (a request future does
+        // nothing until polled).
+        let calls: Vec<_> = events
+            .into_iter()
+            .map(|event| {
+                tokio::spawn(
+                    self.req(
+                        reqwest::Method::POST,
+                        &format!("/v1/functions/{name}/invocations"),
+                    )
+                    .body(event.to_string())
+                    .send(),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await.unwrap().unwrap());
+        }
+        out
+    }
+
     /// Runs the CLI against this server.
     pub async fn cli(&self, args: &[&str]) -> Run {
         let out = tokio::process::Command::new(NIMBUS)

@@ -45,26 +45,6 @@ async fn call(server: &Server, name: &str, event: Value) -> reqwest::Response {
         .unwrap()
 }
 
-/// Calls `name` once per event, all at once; answers in order.
-async fn all_at_once(server: &Server, name: &str, events: Vec<Value>) -> Vec<reqwest::Response> {
-    let calls: Vec<_> = events
-        .into_iter()
-        .map(|e| {
-            tokio::spawn(
-                server
-                    .req(Method::POST, &format!("/v1/functions/{name}/invocations"))
-                    .body(e.to_string())
-                    .send(),
-            )
-        })
-        .collect();
-    let mut out = Vec::new();
-    for c in calls {
-        out.push(c.await.unwrap().unwrap());
-    }
-    out
-}
-
 /// The messages of a function's stored lines matching `query`, oldest first.
 async fn messages(server: &Server, name: &str, query: &str) -> Vec<String> {
     let page = server
@@ -121,7 +101,7 @@ async fn logs_belong_to_their_request_and_filter_by_level_time_and_text() {
     let before_ms = now_ms();
     for name in ["shared", "single"] {
         let events = (0..10).map(|n| json!({"n": n, "sleep": 0.2})).collect();
-        let answers = all_at_once(&server, name, events).await;
+        let answers = server.invoke_all(name, events).await;
         check_attribution(&server, name, answers).await;
     }
     let shared = |q: &'static str| messages(&server, "shared", q);

@@ -43,23 +43,7 @@ fn deploy_dir(root: &Path, name: &str, settings: &str) -> std::path::PathBuf {
 
 /// Calls `name` `n` times at once with `event`; answers in call order.
 async fn parallel(server: &Server, name: &str, n: usize, event: Value) -> Vec<reqwest::Response> {
-    // Spawned, so the requests are really in flight together (a request future does
-    // nothing until polled).
-    let calls: Vec<_> = (0..n)
-        .map(|_| {
-            tokio::spawn(
-                server
-                    .req(Method::POST, &format!("/v1/functions/{name}/invocations"))
-                    .body(event.to_string())
-                    .send(),
-            )
-        })
-        .collect();
-    let mut out = Vec::new();
-    for c in calls {
-        out.push(c.await.unwrap().unwrap());
-    }
-    out
+    server.invoke_all(name, vec![event; n]).await
 }
 
 /// The most calls that ran at the same moment, from their [start, end] intervals.
