@@ -264,10 +264,12 @@ impl Isolation {
     pub fn shutdown(&self) {
         if let Ok(c) = &self.cgroups {
             // Instance cgroups are removed in the background right after their processes
-            // die; give them a moment before the parent directories go.
-            // Bounded: 5 s for the last processes to die and their cgroups to go.
+            // die; give them a moment before the parent directories go. A removed child
+            // goes offline asynchronously (after an RCU grace period), and until then its
+            // parent is busy: on a loaded host that can take a while.
+            // Bounded: 10 s for the last processes to die and their cgroups to go.
             let mut left = Vec::new();
-            for _ in 0..250 {
+            for _ in 0..500 {
                 left = c.remove();
                 if left.is_empty() {
                     return;

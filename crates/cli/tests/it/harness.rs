@@ -183,13 +183,13 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not stop within 10 s of SIGTERM");
+        panic!("server did not stop within 20 s of SIGTERM");
     }
 }
 
