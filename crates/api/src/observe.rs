@@ -308,6 +308,19 @@ pub struct EventView {
     pub reason: String,
 }
 
+impl From<telemetry::EventRow> for EventView {
+    fn from(e: telemetry::EventRow) -> Self {
+        EventView {
+            seq: e.seq,
+            time_ms: e.time_ms,
+            function: e.function,
+            instance_id: e.instance_id,
+            event: e.event,
+            reason: e.reason,
+        }
+    }
+}
+
 /// `GET /v1/events`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventList {
@@ -334,14 +347,7 @@ pub async fn events(
             events: events
                 .into_iter()
                 .filter(|e| q.event.as_deref().is_none_or(|k| k == e.event))
-                .map(|e| EventView {
-                    seq: 0,
-                    time_ms: e.time_ms,
-                    function: e.function,
-                    instance_id: e.instance_id,
-                    event: e.event.to_string(),
-                    reason: e.reason,
-                })
+                .map(|e| EventView::from(crate::recorder::event_row(e)))
                 .collect(),
             next_before: None,
         }));
@@ -360,17 +366,7 @@ pub async fn events(
     let rows = recorder.store.events(&query).await?;
     let next_before = next_cursor(rows.iter().map(|r| r.seq), limit);
     Ok(Json(EventList {
-        events: rows
-            .into_iter()
-            .map(|e| EventView {
-                seq: e.seq,
-                time_ms: e.time_ms,
-                function: e.function,
-                instance_id: e.instance_id,
-                event: e.event,
-                reason: e.reason,
-            })
-            .collect(),
+        events: rows.into_iter().map(EventView::from).collect(),
         next_before,
     }))
 }

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use model::limits;
@@ -59,7 +58,6 @@ pub struct Recorder {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Arc<dyn TelemetryStore>,
     pub(crate) config: RecorderConfig,
-    dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -72,14 +70,12 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(limits::TELEMETRY_QUEUE_MAX);
         let (follow, _) = broadcast::channel(limits::FOLLOW_BUFFER_LINES);
         let metrics = Arc::new(Metrics::new());
-        let dropped = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             store: store.clone(),
             pool,
             follow: follow.clone(),
             metrics: metrics.clone(),
             config,
-            dropped: dropped.clone(),
             minutes: HashMap::new(),
             written_since_prune: HashMap::new(),
         };
@@ -90,7 +86,6 @@ impl Recorder {
             metrics,
             store,
             config,
-            dropped,
         })
     }
 
@@ -106,7 +101,6 @@ impl Recorder {
 
     fn send(&self, item: Item) {
         if self.tx.try_send(item).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics.telemetry_dropped.inc();
         }
     }
@@ -127,20 +121,11 @@ impl Recorder {
     pub fn follow(&self) -> broadcast::Receiver<Arc<LogRow>> {
         self.follow.subscribe()
     }
-
-    /// Records and events dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// The billed milliseconds of a call: the function's own time (code load, initializer
-    /// and handler) rounded up to the granularity, at least one unit. Starting the sandbox
-    /// is the platform's time and is not billed.
-    pub fn billed_ms(&self, r: &InvocationRecord) -> i64 {
-        billed_ms(r, self.config.billing_granularity_ms)
-    }
 }
 
+/// The billed milliseconds of a call: the function's own time (code load, initializer and
+/// handler) rounded up to the granularity, at least one unit. Starting the sandbox is the
+/// platform's time and is not billed.
 pub(crate) fn billed_ms(r: &InvocationRecord, granularity_ms: u32) -> i64 {
     let g = granularity_ms.max(1) as f64;
     let t = &r.timings;
@@ -159,7 +144,6 @@ struct Writer {
     follow: broadcast::Sender<Arc<LogRow>>,
     metrics: Arc<Metrics>,
     config: RecorderConfig,
-    dropped: Arc<AtomicU64>,
     /// Instance samples not yet written, per function and minute. Each write adds to the
     /// stored minute, so writing part of a minute early loses nothing.
     minutes: HashMap<(String, i64), MinuteSample>,
@@ -293,21 +277,13 @@ impl Writer {
                 }
                 Item::Event(e) => {
                     self.metrics.event(&e);
-                    batch.events.push(EventRow {
-                        seq: 0,
-                        time_ms: e.time_ms,
-                        function: e.function,
-                        instance_id: e.instance_id,
-                        event: e.event.to_string(),
-                        reason: e.reason,
-                    });
+                    batch.events.push(event_row(e));
                 }
                 Item::Flush(done) => flushes.push(done),
             }
         }
         if let Err(e) = self.store.write(&batch).await {
             let lost = (batch.records.len() + batch.events.len()) as u64;
-            self.dropped.fetch_add(lost, Ordering::Relaxed);
             self.metrics.telemetry_dropped.inc_by(lost);
             tracing::warn!(error = %e, lost, "writing telemetry failed; the batch is lost");
         }
@@ -399,8 +375,25 @@ fn level_name(stream: &str) -> String {
     }
 }
 
+/// A lifecycle event as it is stored.
+pub(crate) fn event_row(e: sandbox::LifecycleEvent) -> EventRow {
+    EventRow {
+        seq: 0,
+        time_ms: e.time_ms,
+        function: e.function,
+        instance_id: e.instance_id,
+        event: e.event.to_string(),
+        reason: e.reason,
+    }
+}
+
 fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
     let t = &r.timings;
+    let init_ms = if r.cold_start {
+        t.sandbox_ms + t.code_ms + t.initializer_ms
+    } else {
+        0.0
+    };
     RecordRow {
         seq: 0,
         request_id: r.request_id.clone(),
@@ -410,19 +403,9 @@ fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
         attempt: r.attempt,
         started_at_ms: r.started_at_ms,
         queue_ms: t.queue_ms,
-        init_ms: if r.cold_start {
-            t.sandbox_ms + t.code_ms + t.initializer_ms
-        } else {
-            0.0
-        },
+        init_ms,
         handler_ms: r.duration_ms,
-        duration_ms: t.queue_ms
-            + if r.cold_start {
-                t.sandbox_ms + t.code_ms + t.initializer_ms
-            } else {
-                0.0
-            }
-            + r.duration_ms,
+        duration_ms: t.queue_ms + init_ms + r.duration_ms,
         cold: r.cold_start,
         status: if r.error.is_some() {
             "failed"

@@ -85,22 +85,27 @@ pub struct SqliteStore {
 
 const NAMESPACE: &str = "default";
 
+/// A pool on the SQLite database at `path` (created if missing) in WAL mode. WAL with
+/// NORMAL is durable across process crashes and loses at most the last transactions on
+/// power loss; it keeps writes off fsync's critical path.
+pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(foreign_keys);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL with NORMAL is durable across process crashes and loses at most the last
-            // transactions on power loss; it keeps metadata writes off fsync's critical path.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = open_wal(path, true).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }

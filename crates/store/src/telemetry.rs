@@ -4,11 +4,8 @@
 //! the SQLite implementation here, in a database file of its own.
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::StoreError;
@@ -304,18 +301,7 @@ pub struct SqliteTelemetry {
 
 impl SqliteTelemetry {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Telemetry may lose its last batch on power loss; it must never make a call
-            // wait for fsync.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = crate::meta::open_wal(path, false).await?;
         sqlx::migrate!("./migrations/telemetry").run(&pool).await?;
         Ok(SqliteTelemetry { pool })
     }
