@@ -110,6 +110,9 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
 
     let data_dir = data_dir.unwrap_or_else(crate::default_data_dir);
     create_private_dir(&data_dir)?;
+    // Held until the process exits (a SIGKILL too): one server per data dir.
+    let _lock = lock_data_dir(&data_dir)?;
+    let node_id = node_id(&data_dir)?;
     let token = admin_token(&data_dir)?;
 
     let meta = Arc::new(
@@ -153,6 +156,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         let isolation = sandbox::Isolation::probe(sandbox::IsolationConfig {
             helper,
             data_dir: data_dir.clone(),
+            node_id: node_id.clone(),
             code_root: data_dir.join("code"),
             uid_base: args.uid_base,
             uid_count: args.uid_count,
@@ -310,6 +314,64 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating the data dir {}", dir.display()))
+}
+
+/// Takes the data dir's lock, or says which server holds it. Two servers on one data dir
+/// would dispatch the same queued events twice and remove each other's cgroups; the lock
+/// is also what lets a server treat cgroups named with its node id as a dead
+/// predecessor's.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("server.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        bail!(
+            "another nimbus server (pid {}) uses the data dir {}; stop it, or give this one its own --data-dir",
+            holder.trim(),
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// This data dir's node id: 16 hex digits made at first start. It names the node's cgroups
+/// (and, in cluster mode, the node), so a restarted server finds what its killed
+/// predecessor left even where pids have been reused.
+fn node_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 16 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Ok(id.trim().to_string());
+        }
+        Ok(id) => bail!(
+            "{} holds {:?}, not a node id of 16 hex digits; delete it to have a new one made",
+            path.display(),
+            id.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(id)
 }
 
 /// The admin token: made at first start and written with mode 0600, read afterwards.

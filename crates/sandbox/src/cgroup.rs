@@ -44,18 +44,16 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 impl Cgroups {
     /// Finds the hierarchies this server may create cgroups in, below its own cgroup, and
-    /// makes its directory `nimbus-<pid>` there; an error says why cgroups cannot be used.
-    pub fn detect() -> Result<Cgroups, String> {
+    /// makes its directory `nimbus-<node id>-<pid>` there; an error says why cgroups cannot
+    /// be used. `node_id` is the data dir's: the server holds the data dir's lock, so a
+    /// directory named with it belongs to a predecessor that is gone (killed, it could not
+    /// clean up), and is removed first.
+    pub fn detect(node_id: &str) -> Result<Cgroups, String> {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        // The pid names the server; the suffix keeps two servers with the same pid in
-        // different containers apart where they share a hierarchy (v1's root).
-        let suffix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("nimbus-{}-{suffix:08x}", std::process::id());
+        let name = format!("nimbus-{node_id}-{}", std::process::id());
         // (the hierarchy's mount point, this server's directory in it)
         let v1 = |controller: &str| -> Option<(PathBuf, PathBuf)> {
             let mount = mountinfo.lines().find_map(|l| {
@@ -83,9 +81,7 @@ impl Cgroups {
         };
         if let (Some(memory), Some(pids), Some(cpu)) = (v1("memory"), v1("pids"), v1("cpu")) {
             for (mount, dir) in [&memory, &pids, &cpu] {
-                if dir.parent() != Some(mount.as_path()) {
-                    remove_stale_siblings(dir);
-                }
+                remove_stale_siblings(dir, node_id, dir.parent() != Some(mount.as_path()));
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
@@ -95,10 +91,10 @@ impl Cgroups {
                 cpu: cpu.1,
             });
         }
-        Self::detect_v2(&own, &mountinfo, &name)
+        Self::detect_v2(&own, &mountinfo, &name, node_id)
     }
 
-    fn detect_v2(own: &str, mountinfo: &str, name: &str) -> Result<Cgroups, String> {
+    fn detect_v2(own: &str, mountinfo: &str, name: &str, node_id: &str) -> Result<Cgroups, String> {
         let mount = mountinfo
             .lines()
             .find_map(|l| {
@@ -140,7 +136,7 @@ impl Cgroups {
             std::fs::write(server.join("cgroup.subtree_control"), "+memory +pids +cpu"),
         )?;
         let base = server.join(name);
-        remove_stale_siblings(&base);
+        remove_stale_siblings(&base, node_id, server != mount);
         io("create", std::fs::create_dir_all(&base))?;
         io(
             "enable controllers",
@@ -290,26 +286,38 @@ fn describe_busy(dir: &Path, error: &std::io::Error) -> String {
     format!("{}: {error} (processes: {procs:?})", dir.display())
 }
 
-/// Removes the cgroups a killed server left next to `dir` (`nimbus-<pid>-*` of a pid that is
-/// gone), with whatever still runs in them: nothing of a dead server may keep running.
-/// Only called inside this server's own cgroup: at a hierarchy's root, shared with other
-/// containers, a pid that is gone here may be a live server elsewhere.
-fn remove_stale_siblings(dir: &Path) {
+/// Removes the cgroups a killed server left next to `dir`, with whatever still runs in them:
+/// nothing of a dead server may keep running. Those named with this node's id are always a
+/// predecessor's (the data dir's lock keeps a second server off it). Other servers'
+/// (`nimbus-<id>-<pid>` of a pid that is gone) are removed only inside this server's own
+/// cgroup (`own_cgroup`): at a hierarchy's root, shared with other containers, a pid that
+/// is gone here may be a live server elsewhere.
+fn remove_stale_siblings(dir: &Path, node_id: &str, own_cgroup: bool) {
     let Some(parent) = dir.parent() else { return };
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
+    let ours = format!("nimbus-{node_id}-");
+    let own = dir.file_name();
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("nimbus-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        // This server's own directory, made already where hierarchies are mounted together.
+        if Some(name.as_os_str()) == own {
             continue;
+        }
+        let Some(name) = name.to_str() else { continue };
+        let stale = if name.starts_with(&ours) {
+            true
+        } else if own_cgroup {
+            // The pid is the name's last part.
+            name.strip_prefix("nimbus-")
+                .and_then(|rest| rest.rsplit('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        } else {
+            false
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if !stale {
             continue;
         }
         let stale = entry.path();
@@ -330,6 +338,7 @@ fn remove_stale_siblings(dir: &Path) {
             // Dropping it kills what runs there and removes the directory.
             drop(group);
         }
+        kill_members(&stale);
         tracing::info!(cgroup = %stale.display(), "removing the cgroups of a server that is gone");
         std::thread::spawn(move || {
             for _ in 0..100 {

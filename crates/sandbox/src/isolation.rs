@@ -16,6 +16,8 @@ pub struct IsolationConfig {
     pub helper: PathBuf,
     /// The server's data dir; the jail's mount point is made in it.
     pub data_dir: PathBuf,
+    /// The data dir's node id; it names this server's cgroups (see `Cgroups::detect`).
+    pub node_id: String,
     /// The directory of unpacked code trees (`CodeCache`), one per code hash.
     pub code_root: PathBuf,
     /// Per-function uids are `uid_base .. uid_base + uid_count` (when running as root).
@@ -65,7 +67,7 @@ impl Isolation {
             Ok(()) => probe_jail(&config, &root_dir),
         };
         let cgroups = if identity.is_ok() {
-            Cgroups::detect()
+            Cgroups::detect(&config.node_id)
         } else {
             Err("cgroups need root".to_string())
         };

@@ -124,6 +124,8 @@ struct Slot {
     shared: Arc<Shared>,
     instance_id: u64,
     memory_mb: u64,
+    /// The epoch of the function pool whose `starting` counts this instance.
+    epoch: u64,
 }
 
 impl Drop for Slot {
@@ -147,6 +149,9 @@ struct Entry {
 }
 
 struct FunctionPool {
+    /// Which pool of this name this is: a function deleted and deployed again gets a new
+    /// pool, and a start or a wait counted in the old one must not be taken off the new.
+    epoch: u64,
     /// Hash of the `InstanceConfig` the instances were started with.
     config_key: u64,
     /// The latest configuration, for starting provisioned instances.
@@ -173,6 +178,8 @@ struct State {
     /// Process ids of every live instance, so shutdown can kill what is busy too.
     pids: HashMap<u64, i32>,
     closed: bool,
+    /// The next `FunctionPool::epoch`.
+    next_epoch: u64,
 }
 
 /// What the pool and every instance's slot share.
@@ -437,7 +444,8 @@ impl Pool {
         let queued = Instant::now();
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(config.policy.queue_timeout_ms as u64);
-        let mut waiting = false;
+        // The epoch of the pool whose `waiting` counts this call.
+        let mut waiting = None;
         // The queue wait ends when a slot is found or a start begins.
         let mut queue_ms = 0.0;
         let outcome = loop {
@@ -474,8 +482,8 @@ impl Pool {
                 Err(e) => break Err(e),
             }
         };
-        if waiting {
-            self.with_function(&config.pool_id(), |f| f.waiting -= 1);
+        if let Some(epoch) = waiting {
+            self.with_function(&config.pool_id(), epoch, |f| f.waiting -= 1);
         }
         if queue_ms == 0.0 {
             queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
@@ -511,7 +519,7 @@ impl Pool {
         &self,
         config: &InstanceConfig,
         key: u64,
-        waiting: &mut bool,
+        waiting: &mut Option<u64>,
     ) -> Result<Decision, SandboxError> {
         // Instances leaving the pool are dropped after the lock is released: dropping the
         // last reference to one takes the lock again (to free its capacity).
@@ -525,7 +533,7 @@ impl Pool {
         &self,
         config: &InstanceConfig,
         key: u64,
-        waiting: &mut bool,
+        waiting: &mut Option<u64>,
         gone: &mut Vec<Entry>,
     ) -> Result<Decision, SandboxError> {
         let concurrency = config.concurrency.max(1) as usize;
@@ -604,7 +612,7 @@ impl Pool {
             .functions
             .get_mut(config.pool_id().as_ref())
             .expect("made above");
-        if !*waiting {
+        if *waiting != Some(fp.epoch) {
             if fp.waiting >= limits::QUEUE_LENGTH_MAX || config.policy.queue_timeout_ms == 0 {
                 drop(state);
                 let e = throttled();
@@ -613,7 +621,7 @@ impl Pool {
                 return Err(e);
             }
             fp.waiting += 1;
-            *waiting = true;
+            *waiting = Some(fp.epoch);
         }
         let give_up = if fp.instances() < max {
             SandboxError::NodeFull {
@@ -637,18 +645,22 @@ impl Pool {
         {
             return None;
         }
+        let fp = state.functions.get_mut(config.pool_id().as_ref())?;
+        fp.starting += 1;
+        let epoch = fp.epoch;
         state.live += 1;
         state.memory_mb += memory_mb;
-        state.functions.get_mut(config.pool_id().as_ref())?.starting += 1;
         let instance_id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             shared: self.shared.clone(),
             instance_id,
             memory_mb,
+            epoch,
         })
     }
 
-    fn with_function(&self, function: &str, f: impl FnOnce(&mut FunctionPool)) {
+    /// Runs `f` on the pool of `function` if it is still the one of `epoch`.
+    fn with_function(&self, function: &str, epoch: u64, f: impl FnOnce(&mut FunctionPool)) {
         if let Some(fp) = self
             .shared
             .state
@@ -656,6 +668,7 @@ impl Pool {
             .unwrap()
             .functions
             .get_mut(function)
+            .filter(|fp| fp.epoch == epoch)
         {
             f(fp);
         }
@@ -832,11 +845,12 @@ impl Pool {
         reason: String,
         in_flight: usize,
     ) -> Result<Result<(Arc<Member>, Timings), FunctionError>, SandboxError> {
+        let epoch = slot.epoch;
         let started = self.start_instance(config, slot, reason).await;
         let (member, timings) = match started {
             Ok(Ok(started)) => started,
             other => {
-                self.with_function(&config.pool_id(), |fp| fp.starting -= 1);
+                self.with_function(&config.pool_id(), epoch, |fp| fp.starting -= 1);
                 self.shared.freed.notify_waiters();
                 return other;
             }
@@ -845,14 +859,25 @@ impl Pool {
             let mut state = self.shared.state.lock().unwrap();
             state.pids.insert(member.instance.id, member.instance.pid);
             let closed = state.closed;
-            let fp = function_pool(&mut state, config, key);
-            fp.starting -= 1;
-            if !closed && fp.config_key == key {
-                fp.entries.push(Entry {
-                    member: member.clone(),
-                    in_flight,
-                    idle_since: Instant::now(),
-                });
+            // The function may have been deleted while the instance started: then it
+            // joins no pool, serves the call that started it (accepted before the
+            // delete), and goes when that call is done.
+            match state
+                .functions
+                .get_mut(config.pool_id().as_ref())
+                .filter(|fp| fp.epoch == epoch)
+            {
+                Some(fp) => {
+                    fp.starting -= 1;
+                    if !closed && fp.config_key == key {
+                        fp.entries.push(Entry {
+                            member: member.clone(),
+                            in_flight,
+                            idle_since: Instant::now(),
+                        });
+                    }
+                }
+                None => member.stopping("the function was deleted"),
             }
             closed
         };
@@ -973,9 +998,11 @@ fn function_pool<'a>(
 ) -> &'a mut FunctionPool {
     let id = config.pool_id();
     if !state.functions.contains_key(id.as_ref()) {
+        state.next_epoch += 1;
         state.functions.insert(
             id.clone().into_owned(),
             FunctionPool {
+                epoch: state.next_epoch,
                 config_key: key,
                 config: config.clone(),
                 entries: Vec::new(),
@@ -1585,6 +1612,55 @@ return [os.getpid(), os.getppid(), os.getpgid(0), random.random()]\n";
         assert_eq!(pool.live_instances(), 1);
         tokio::time::sleep(Duration::from_millis(1600)).await;
         assert_eq!(pool.live_instances(), 0, "the idle instance was not reaped");
+    }
+
+    /// A function deleted while one of its instances starts (its initializer runs) and a
+    /// second call waits: both calls are served, the starting instance joins no pool and
+    /// goes, and the counts stay right (they once went below zero and aborted the server).
+    #[tokio::test]
+    async fn a_function_deleted_while_it_starts_leaves_clean_counts() {
+        const CODE: &str = "import time\n\
+def init(context):\n    time.sleep(0.4)\n\
+def handler(event, context):\n    return 'ok'\n";
+        let (tmp, pool) = setup(&[("main.py", CODE)]);
+        let mut c = config(&tmp, Runtime::Python3, "main.handler", 2000);
+        c.initializer = "main.init".into();
+        c.policy.max_instances = 1;
+        c.policy.queue_timeout_ms = 5000;
+        let calls: Vec<_> = (0..2)
+            .map(|i| {
+                let (pool, c) = (pool.clone(), c.clone());
+                tokio::spawn(async move { pool.invoke(&c, &format!("r{i}"), b"{}").await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(pool.instances_of("f"), 1, "one instance starts");
+        pool.evict("f", true);
+        for call in calls {
+            let inv = call.await.unwrap().unwrap();
+            assert_eq!(body(&inv), "ok");
+        }
+        // The first instance served its call outside any pool and is gone; the waiting
+        // call started one in the new pool. Every live instance is counted in a pool.
+        for _ in 0..100 {
+            if pool.live_instances() == pool.instances_of("f") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool.live_instances(), pool.instances_of("f"));
+        assert!(pool.instances_of("f") <= 1);
+        let events = pool.events(Some("f"), 10);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event == "stopped" && e.reason == "the function was deleted"),
+            "{events:?}"
+        );
+        // Later calls use one warm instance under the cap of one.
+        pool.invoke(&c, "r3", b"{}").await.unwrap();
+        assert!(!pool.invoke(&c, "r4", b"{}").await.unwrap().cold_start);
+        assert_eq!(pool.instances_of("f"), 1);
     }
 
     #[tokio::test]

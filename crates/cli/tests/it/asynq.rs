@@ -312,7 +312,7 @@ async fn an_idempotency_key_runs_an_event_once() {
 async fn a_killed_server_loses_no_accepted_event() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut server = server(&data);
+    let server = server(&data);
     let dir = functions(
         tmp.path(),
         "slow",
@@ -329,9 +329,7 @@ async fn a_killed_server_loses_no_accepted_event() {
     }
     // Some are done, some running, most queued: SIGKILL, no goodbye.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
-    drop(server);
+    server.kill();
     let server = Server::start_with(&data, &FAST_RETRIES, &[]);
     let mut redelivered = 0;
     for id in &ids {

@@ -179,6 +179,12 @@ impl Server {
         assert_eq!(run.code, 0, "deploy failed: {}{}", run.stdout, run.stderr);
     }
 
+    /// SIGKILLs the server (no goodbye) and waits for it to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the server to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
@@ -193,8 +199,21 @@ impl Server {
     }
 }
 
+/// A server a test did not stop (it ended early, or needs no stop check) is stopped
+/// gracefully all the same: killed, it would leave its cgroups for its successor on the
+/// data dir, and a test's data dir has none.
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            for _ in 0..400 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -293,7 +293,7 @@ async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
         let server_pid = server.child.id();
         // The check below can see runtime processes: here they are.
         assert!(!runtime_processes(&data, server_pid).is_empty());
-        assert!(!server_cgroups(server_pid).is_empty());
+        assert!(!server_cgroups(&data, server_pid).is_empty());
         let status = server.stop();
         assert!(status.success(), "{status:?}");
         // The graceful stop killed every runtime process: instances, prewarmed ones, the
@@ -307,6 +307,36 @@ async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
     assert_eq!(header(&res, "x-nimbus-cold-start"), "true");
     let run = server.cli(&["ls"]).await;
     assert!(run.stdout.contains("keeper"), "{}", run.stdout);
+
+    // A second server on the same data dir is refused while this one runs.
+    let killed = server.child.id();
+    let second = std::process::Command::new(crate::harness::NIMBUS)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("NIMBUS_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: another nimbus server (pid {killed}) uses the data dir"
+        )),
+        "{stderr}"
+    );
+
+    // Killed, a server cannot clean up: the next one on its data dir removes its cgroups,
+    // and so whatever still ran in them, even where the hierarchy is shared.
+    assert!(!server_cgroups(&data, killed).is_empty());
+    server.kill();
+    let server = Server::start(&data);
+    let gone = (0..250).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        server_cgroups(&data, killed).is_empty()
+    });
+    assert!(gone, "{:?}", server_cgroups(&data, killed));
+    assert!(!server_cgroups(&data, server.child.id()).is_empty());
+    assert!(server.stop().success());
 }
 
 #[tokio::test]
@@ -381,7 +411,7 @@ async fn bad_manifests_and_unknown_functions_fail_in_one_line() {
 /// server's instance cgroups (jailed runtimes see their shim at /var/runtime).
 pub fn runtime_processes(data: &std::path::Path, server_pid: u32) -> Vec<String> {
     let needle = data.to_string_lossy().into_owned();
-    let cgroup = format!("/nimbus-{server_pid}-");
+    let cgroup = format!("/{}/", cgroup_name(data, server_pid));
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
@@ -389,7 +419,11 @@ pub fn runtime_processes(data: &std::path::Path, server_pid: u32) -> Vec<String>
         .filter_map(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let groups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            // Ended with a slash, a process in the server's directory matches as one in an
+            // instance directory below it does.
+            let groups = std::fs::read_to_string(e.path().join("cgroup"))
+                .unwrap_or_default()
+                .replace('\n', "/\n");
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let ours = cmdline.contains(&needle) || groups.contains(&cgroup);
             (ours && !stat.contains(") Z ")).then_some(cmdline)
@@ -412,7 +446,7 @@ pub fn assert_no_runtime_processes(data: &std::path::Path, server_pid: u32) {
         "runtime processes outlived the server: {:?}",
         runtime_processes(data, server_pid)
     );
-    let cgroups = server_cgroups(server_pid);
+    let cgroups = server_cgroups(data, server_pid);
     let detail: Vec<String> = cgroups.iter().map(|c| describe_cgroup(c)).collect();
     assert!(
         cgroups.is_empty(),
@@ -447,9 +481,17 @@ fn describe_cgroup(dir: &str) -> String {
     out
 }
 
-/// The cgroup directories the server `server_pid` made, in every hierarchy.
-pub fn server_cgroups(server_pid: u32) -> Vec<String> {
-    let name = format!("nimbus-{server_pid}-");
+/// The name of the cgroup directories of the server `server_pid` on the data dir `data`:
+/// the data dir's node id keeps a server whose pid was used before apart from the earlier one.
+pub fn cgroup_name(data: &std::path::Path, server_pid: u32) -> String {
+    let id = std::fs::read_to_string(data.join("node.id")).unwrap();
+    format!("nimbus-{}-{server_pid}", id.trim())
+}
+
+/// The cgroup directories the server `server_pid` on the data dir `data` made, in every
+/// hierarchy.
+pub fn server_cgroups(data: &std::path::Path, server_pid: u32) -> Vec<String> {
+    let name = cgroup_name(data, server_pid);
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -459,7 +501,7 @@ pub fn server_cgroups(server_pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Directories whose names start with `name` up to `depth` levels below `dir`.
+/// Directories named `name` up to `depth` levels below `dir`.
 fn walkdir_find(dir: &std::path::Path, name: &str, depth: usize) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -469,7 +511,7 @@ fn walkdir_find(dir: &std::path::Path, name: &str, depth: usize) -> Vec<String> 
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        if e.file_name().to_string_lossy().starts_with(name) {
+        if e.file_name().to_string_lossy() == name {
             found.push(e.path().display().to_string());
         } else if depth > 0 {
             found.extend(walkdir_find(&e.path(), name, depth - 1));
