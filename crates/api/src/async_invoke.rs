@@ -120,12 +120,14 @@ impl AsyncInvoker {
     }
 
     /// Accepts an event for `target` once it is durably stored; answers its id and whether
-    /// it repeats an earlier submission with the same idempotency key.
+    /// it repeats an earlier submission with the same idempotency key. `traceparent` is the
+    /// submission's span: every attempt runs as a child of it.
     pub(crate) async fn submit(
         &self,
         target: &str,
         payload: Bytes,
         idempotency_key: Option<String>,
+        traceparent: Option<String>,
     ) -> Result<(String, bool), ApiError> {
         if payload.len() > self.config.payload_max_bytes {
             return Err(ApiError::new(
@@ -168,6 +170,7 @@ impl AsyncInvoker {
             function: target.to_string(),
             payload: payload.to_vec(),
             idempotency_key,
+            traceparent,
             now_ms: now_ms(),
         };
         let (tx, rx) = oneshot::channel();
@@ -477,7 +480,7 @@ async fn attempt(
             None,
             sandbox::CallContext {
                 attempt: record.attempts,
-                traceparent: None,
+                traceparent: Some(crate::trace::child_of(record.traceparent.as_deref())),
             },
             "async",
         )
@@ -685,7 +688,11 @@ async fn deliver(
     let body = serde_json::to_vec(&body).expect("a record serializes");
     match destination {
         Destination::Dlq => true,
-        Destination::Function(target) => match inv.submit(target, Bytes::from(body), None).await {
+        // The destination's call continues the event's trace.
+        Destination::Function(target) => match inv
+            .submit(target, Bytes::from(body), None, record.traceparent.clone())
+            .await
+        {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(destination = %target, error = ?e, "a destination function did not take the record");

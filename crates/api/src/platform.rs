@@ -185,16 +185,20 @@ impl Platform {
     }
 
     /// Accepts an event for asynchronous invocation of `target` once it is stored: its
-    /// request id, and whether an earlier submission with the same key is the answer.
+    /// request id, and whether an earlier submission with the same key is the answer. The
+    /// attempts run in the trace of `traceparent`, the submission's span.
     pub async fn submit_async(
         &self,
         target: &str,
         payload: Bytes,
         idempotency_key: Option<String>,
+        traceparent: String,
     ) -> Result<(String, bool), ApiError> {
         // An unknown function or qualifier is refused now, not after the 202.
         self.resolve(target).await?;
-        self.asynq()?.submit(target, payload, idempotency_key).await
+        self.asynq()?
+            .submit(target, payload, idempotency_key, Some(traceparent))
+            .await
     }
 
     /// A stored asynchronous invocation.

@@ -228,7 +228,11 @@ pub async fn invoke(
             .get(headers::IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let (id, duplicate) = s.platform.submit_async(&name, event, key).await?;
+        let traceparent = crate::trace::for_call(&req_headers);
+        let (id, duplicate) = s
+            .platform
+            .submit_async(&name, event, key, traceparent.clone())
+            .await?;
         let mut r = (
             StatusCode::ACCEPTED,
             Json(Submitted {
@@ -239,6 +243,9 @@ pub async fn invoke(
             .into_response();
         if let Ok(v) = HeaderValue::from_str(&id) {
             r.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            r.headers_mut().insert(crate::trace::TRACEPARENT, v);
         }
         return Ok(r);
     }

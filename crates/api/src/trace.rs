@@ -8,8 +8,13 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// The `traceparent` of a call made with `headers`.
 pub fn for_call(headers: &HeaderMap) -> String {
-    let incoming = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
-    let (trace_id, flags) = match incoming.and_then(parse) {
+    child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+}
+
+/// A new span's `traceparent`: in the trace of `parent` when that is a valid `traceparent`
+/// (an asynchronous event's attempt continues its submission's), else in a new trace.
+pub fn child_of(parent: Option<&str>) -> String {
+    let (trace_id, flags) = match parent.and_then(parse) {
         Some((trace_id, flags)) => (trace_id.to_string(), flags.to_string()),
         None => (random_hex(16), "01".to_string()),
     };

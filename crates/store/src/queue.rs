@@ -15,6 +15,8 @@ pub struct NewEvent {
     pub function: String,
     pub payload: Vec<u8>,
     pub idempotency_key: Option<String>,
+    /// The submission's W3C `traceparent`; attempts continue its trace.
+    pub traceparent: Option<String>,
     pub now_ms: i64,
 }
 
@@ -90,6 +92,8 @@ pub struct AsyncRecord {
     /// The result of a success, or the error (JSON) of the last failure.
     pub result: Option<Vec<u8>>,
     pub version: Option<String>,
+    /// The submission's W3C `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended.
@@ -152,7 +156,7 @@ pub trait AsyncQueue: Send + Sync + 'static {
 macro_rules! columns {
     () => {
         "id, function, payload, status, attempts, function_errors, enqueued_at_ms, \
-         next_attempt_at_ms, updated_at_ms, result, version"
+         next_attempt_at_ms, updated_at_ms, result, version, traceparent"
     };
 }
 
@@ -169,6 +173,7 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<AsyncRecord, StoreError>
         updated_at_ms: r.try_get("updated_at_ms")?,
         result: r.try_get("result")?,
         version: r.try_get("version")?,
+        traceparent: r.try_get("traceparent")?,
     })
 }
 
@@ -246,8 +251,8 @@ impl AsyncQueue for SqliteStore {
             sqlx::query(
                 "INSERT INTO async_invocations (id, function, payload, status, attempts,
                     function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
-                    idempotency_key)
-                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?)",
+                    idempotency_key, traceparent)
+                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?, ?)",
             )
             .bind(&e.id)
             .bind(&e.function)
@@ -256,6 +261,7 @@ impl AsyncQueue for SqliteStore {
             .bind(e.now_ms)
             .bind(e.now_ms)
             .bind(&e.idempotency_key)
+            .bind(&e.traceparent)
             .execute(&mut *tx)
             .await?;
             out.push(Accepted::New);
@@ -412,6 +418,7 @@ mod tests {
             function: target.into(),
             payload: b"{}".to_vec(),
             idempotency_key: key.map(String::from),
+            traceparent: None,
             now_ms,
         }
     }

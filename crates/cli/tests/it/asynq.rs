@@ -486,3 +486,53 @@ async fn a_failure_webhook_receives_the_record() {
     assert_eq!(record["responseContext"]["functionError"], "Unhandled");
     assert_eq!(record["responsePayload"]["errorType"], "KeyError");
 }
+
+/// An asynchronous call is traced like a synchronous one: the 202 answers the submission's
+/// span in the caller's trace, and every attempt runs as a new span of that trace.
+#[tokio::test]
+async fn attempts_continue_the_submitters_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = server(&tmp.path().join("data"));
+    let dir = functions(
+        tmp.path(),
+        "traced",
+        &[(
+            "traced",
+            "",
+            "def handler(event, context):\n    if context.attempt == 1:\n        raise RuntimeError('once')\n    return context.traceparent\n",
+        )],
+    );
+    server.deploy(&dir).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let res = server
+        .req(Method::POST, "/v1/functions/traced/invocations")
+        .header("x-nimbus-invocation-type", "async")
+        .header("traceparent", &incoming)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let accepted = crate::harness::header(&res, "traceparent").to_string();
+    let body: Value = res.json().await.unwrap();
+    let v = settled(
+        &server,
+        body["request_id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["attempts"], 2, "{v}");
+    let seen = v["result"].as_str().unwrap();
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!(parts[1], trace_id, "{seen}");
+    // A span of its own: neither the caller's nor the submission's.
+    assert!(
+        accepted.starts_with(&format!("00-{trace_id}-")),
+        "{accepted}"
+    );
+    assert_ne!(seen, incoming);
+    assert_ne!(seen, accepted);
+}
