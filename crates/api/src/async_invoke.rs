@@ -478,11 +478,11 @@ async fn attempt(
             Bytes::from(record.payload.clone()),
             record.id.clone(),
             None,
-            sandbox::CallContext {
+            crate::platform::Origin {
+                trigger: "async",
                 attempt: record.attempts,
-                traceparent: Some(crate::trace::child_of(record.traceparent.as_deref())),
+                trace: crate::trace::child_of(record.traceparent.as_deref()),
             },
-            "async",
         )
         .await;
     drop(slot);

@@ -11,6 +11,7 @@ mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod observe;
+pub mod otlp;
 mod platform;
 pub mod recorder;
 pub mod releases;

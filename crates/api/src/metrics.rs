@@ -32,6 +32,8 @@ pub struct Metrics {
     pub(crate) log_lines: IntCounterVec,
     pub(crate) log_lines_dropped: IntCounterVec,
     pub(crate) telemetry_dropped: IntCounter,
+    pub(crate) otlp_exported: IntCounter,
+    pub(crate) otlp_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -132,6 +134,22 @@ impl Metrics {
                 IntCounter::new(
                     "nimbus_telemetry_dropped_total",
                     "Records and events not stored because the writer fell behind.",
+                )
+                .expect("valid metric"),
+            ),
+            otlp_exported: register(
+                &registry,
+                IntCounter::new(
+                    "nimbus_otlp_spans_exported_total",
+                    "Spans the OTLP collector took.",
+                )
+                .expect("valid metric"),
+            ),
+            otlp_dropped: register(
+                &registry,
+                IntCounter::new(
+                    "nimbus_otlp_spans_dropped_total",
+                    "Spans not exported: the collector failed, or fell behind.",
                 )
                 .expect("valid metric"),
             ),

@@ -58,6 +58,18 @@ pub struct InvocationRecord {
     pub error: Option<FunctionError>,
     pub logs: Logs,
     pub timings: sandbox::Timings,
+    /// The call's span (web functions' calls have none yet).
+    pub trace: Option<crate::trace::Span>,
+}
+
+/// Where a call comes from.
+pub(crate) struct Origin {
+    /// `api`, `http` or `async`.
+    pub trigger: &'static str,
+    /// Which delivery of an asynchronous event this is (1 for every other call).
+    pub attempt: u32,
+    /// The call's span.
+    pub trace: crate::trace::Span,
 }
 
 /// The most recent invocations of this node, oldest dropped first.
@@ -123,8 +135,9 @@ impl Platform {
         &self,
         store: Arc<dyn store::TelemetryStore>,
         config: crate::recorder::RecorderConfig,
+        otlp: Option<crate::otlp::OtlpConfig>,
     ) {
-        let recorder = crate::recorder::Recorder::start(store, self.pool.clone(), config);
+        let recorder = crate::recorder::Recorder::start(store, self.pool.clone(), config, otlp);
         // Weak: the pool outlives nothing it would keep alive this way.
         let weak = Arc::downgrade(&recorder);
         self.pool.set_event_sink(Box::new(move |e| {
@@ -432,13 +445,14 @@ impl Platform {
         event: Bytes,
         request_id: String,
         affinity: Option<&str>,
-        traceparent: String,
+        trace: crate::trace::Span,
     ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
-        let call = sandbox::CallContext {
+        let origin = Origin {
+            trigger: "api",
             attempt: 1,
-            traceparent: Some(traceparent),
+            trace,
         };
-        self.invoke_attempt(target, event, request_id, affinity, call, "api")
+        self.invoke_attempt(target, event, request_id, affinity, origin)
             .await
             .map(|(record, outcome, _)| (record, outcome))
     }
@@ -451,10 +465,17 @@ impl Platform {
         event: Bytes,
         request_id: String,
         affinity: Option<&str>,
-        call: sandbox::CallContext,
-        trigger: &'static str,
+        origin: Origin,
     ) -> Result<(Arc<InvocationRecord>, Outcome, Arc<Resolved>), ApiError> {
-        let attempt = call.attempt;
+        let Origin {
+            trigger,
+            attempt,
+            trace,
+        } = origin;
+        let call = sandbox::CallContext {
+            attempt,
+            traceparent: Some(trace.traceparent.clone()),
+        };
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -504,9 +525,26 @@ impl Platform {
             },
             logs: invocation.logs,
             timings: invocation.timings,
+            trace: Some(trace),
         });
         self.remember(record.clone());
         Ok((record, invocation.outcome, resolved))
+    }
+
+    /// Exports the span of an accepted asynchronous event (started at `started_at_ms`), the
+    /// parent of its attempts' spans, when spans are exported.
+    pub(crate) fn record_accept(
+        &self,
+        target: &str,
+        request_id: &str,
+        started_at_ms: i64,
+        trace: crate::trace::Span,
+    ) {
+        if let Some(recorder) = self.recorder.get() {
+            recorder.span(|| {
+                crate::otlp::accept_span(target, request_id, started_at_ms, now_ms(), &trace)
+            });
+        }
     }
 
     /// A recent invocation of this node.

@@ -47,6 +47,8 @@ impl Default for RecorderConfig {
 enum Item {
     Call(Arc<InvocationRecord>),
     Event(sandbox::LifecycleEvent),
+    /// A span that is no call's (an accepted asynchronous event), for the OTLP exporter.
+    Span(crate::otlp::ExportSpan),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -58,19 +60,25 @@ pub struct Recorder {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Arc<dyn TelemetryStore>,
     pub(crate) config: RecorderConfig,
+    /// Whether spans are exported (an OTLP endpoint is set).
+    exporting: bool,
 }
 
 impl Recorder {
-    /// Starts the writer task on the current runtime. `pool` is sampled for instances.
+    /// Starts the writer task on the current runtime. `pool` is sampled for instances;
+    /// with `otlp`, calls' spans are exported too.
     pub fn start(
         store: Arc<dyn TelemetryStore>,
         pool: Arc<sandbox::Pool>,
         config: RecorderConfig,
+        otlp: Option<crate::otlp::OtlpConfig>,
     ) -> Arc<Recorder> {
         let (tx, rx) = mpsc::channel(limits::TELEMETRY_QUEUE_MAX);
         let (follow, _) = broadcast::channel(limits::FOLLOW_BUFFER_LINES);
         let metrics = Arc::new(Metrics::new());
+        let exporting = otlp.is_some();
         let writer = Writer {
+            exporter: otlp.map(|c| crate::otlp::Exporter::start(c, metrics.clone())),
             store: store.clone(),
             pool,
             follow: follow.clone(),
@@ -86,7 +94,15 @@ impl Recorder {
             metrics,
             store,
             config,
+            exporting,
         })
+    }
+
+    /// Queues a span for export, when spans are exported; never waits.
+    pub(crate) fn span(&self, make: impl FnOnce() -> crate::otlp::ExportSpan) {
+        if self.exporting {
+            self.send(Item::Span(make()));
+        }
     }
 
     /// Queues a finished call for recording; never waits.
@@ -150,6 +166,7 @@ struct Writer {
     /// Log bytes per function since the last prune: a function writing a tenth of its cap
     /// triggers one early.
     written_since_prune: HashMap<String, i64>,
+    exporter: Option<crate::otlp::Exporter>,
 }
 
 /// How long the writer waits for more items after the first of a batch: at 1,000 calls/s
@@ -236,9 +253,15 @@ impl Writer {
         let mut batch = Batch::default();
         let mut flushes = Vec::new();
         let granularity = self.config.billing_granularity_ms;
+        let mut spans = Vec::new();
         for item in items.drain(..) {
             match item {
                 Item::Call(r) => {
+                    if self.exporter.is_some()
+                        && let Some(trace) = &r.trace
+                    {
+                        spans.extend(crate::otlp::call_spans(&r, trace));
+                    }
                     let billed = billed_ms(&r, granularity);
                     self.metrics.observe(&r, billed);
                     if !r.logs.lines.is_empty() {
@@ -279,8 +302,12 @@ impl Writer {
                     self.metrics.event(&e);
                     batch.events.push(event_row(e));
                 }
+                Item::Span(s) => spans.push(s),
                 Item::Flush(done) => flushes.push(done),
             }
+        }
+        if let Some(exporter) = &self.exporter {
+            exporter.export(spans);
         }
         if let Err(e) = self.store.write(&batch).await {
             let lost = (batch.records.len() + batch.events.len()) as u64;

@@ -228,11 +228,14 @@ pub async fn invoke(
             .get(headers::IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let traceparent = crate::trace::for_call(&req_headers);
+        let trace = crate::trace::for_call(&req_headers);
+        let started_at_ms = crate::platform::now_ms();
         let (id, duplicate) = s
             .platform
-            .submit_async(&name, event, key, traceparent.clone())
+            .submit_async(&name, event, key, trace.traceparent.clone())
             .await?;
+        s.platform
+            .record_accept(&name, &id, started_at_ms, trace.clone());
         let mut r = (
             StatusCode::ACCEPTED,
             Json(Submitted {
@@ -244,7 +247,7 @@ pub async fn invoke(
         if let Ok(v) = HeaderValue::from_str(&id) {
             r.headers_mut().insert(headers::REQUEST_ID, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        if let Ok(v) = HeaderValue::from_str(&trace.traceparent) {
             r.headers_mut().insert(crate::trace::TRACEPARENT, v);
         }
         return Ok(r);
@@ -252,7 +255,8 @@ pub async fn invoke(
     let affinity = req_headers
         .get(headers::AFFINITY)
         .and_then(|v| v.to_str().ok());
-    let traceparent = crate::trace::for_call(&req_headers);
+    let trace = crate::trace::for_call(&req_headers);
+    let traceparent = trace.traceparent.clone();
     let (record, outcome) = s
         .platform
         .invoke(
@@ -260,7 +264,7 @@ pub async fn invoke(
             event,
             uuid::Uuid::new_v4().to_string(),
             affinity,
-            traceparent.clone(),
+            trace,
         )
         .await?;
     let mut response = match outcome {

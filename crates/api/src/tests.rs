@@ -33,7 +33,7 @@ async fn harness() -> Harness {
     let telemetry = store::SqliteTelemetry::open(&tmp.path().join("telemetry"))
         .await
         .unwrap();
-    platform.enable_telemetry(Arc::new(telemetry), Default::default());
+    platform.enable_telemetry(Arc::new(telemetry), Default::default(), None);
     let app = router(AppState {
         platform,
         token: TOKEN.into(),

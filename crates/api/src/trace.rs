@@ -6,23 +6,47 @@ use axum::http::HeaderMap;
 
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The `traceparent` of a call made with `headers`.
-pub fn for_call(headers: &HeaderMap) -> String {
+/// One call's span: its `traceparent` (what the function sees and the answer carries) and
+/// the span it continues, when the caller sent one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub traceparent: String,
+    pub parent_span_id: Option<String>,
+}
+
+impl Span {
+    /// The 32 hex digits of the trace.
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+
+    /// The 16 hex digits of this span.
+    pub fn span_id(&self) -> &str {
+        &self.traceparent[36..52]
+    }
+}
+
+/// The span of a call made with `headers`.
+pub fn for_call(headers: &HeaderMap) -> Span {
     child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
 }
 
-/// A new span's `traceparent`: in the trace of `parent` when that is a valid `traceparent`
-/// (an asynchronous event's attempt continues its submission's), else in a new trace.
-pub fn child_of(parent: Option<&str>) -> String {
-    let (trace_id, flags) = match parent.and_then(parse) {
-        Some((trace_id, flags)) => (trace_id.to_string(), flags.to_string()),
+/// A new span: in the trace of `parent` when that is a valid `traceparent` (an asynchronous
+/// event's attempt continues its submission's), else the root of a new trace.
+pub fn child_of(parent: Option<&str>) -> Span {
+    let parent = parent.and_then(parse);
+    let (trace_id, flags) = match parent {
+        Some((trace_id, _, flags)) => (trace_id.to_string(), flags.to_string()),
         None => (random_hex(16), "01".to_string()),
     };
-    format!("00-{trace_id}-{}-{flags}", random_hex(8))
+    Span {
+        traceparent: format!("00-{trace_id}-{}-{flags}", random_hex(8)),
+        parent_span_id: parent.map(|(_, span_id, _)| span_id.to_string()),
+    }
 }
 
-/// The trace id and flags of a valid version-00 `traceparent`.
-fn parse(value: &str) -> Option<(&str, &str)> {
+/// The trace id, parent span id and flags of a valid version-00 `traceparent`.
+fn parse(value: &str) -> Option<(&str, &str, &str)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -39,7 +63,7 @@ fn parse(value: &str) -> Option<(&str, &str)> {
         && hex(parent_id, 16)
         && nonzero(parent_id)
         && hex(flags, 2))
-    .then_some((trace_id, flags))
+    .then_some((trace_id, parent_id, flags))
 }
 
 /// `n` random bytes in lowercase hex (from the OS, through uuid's v4 generator).
@@ -65,11 +89,14 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let t = for_call(&h);
+        let span = for_call(&h);
+        let t = &span.traceparent;
         assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{t}");
         assert!(t.ends_with("-01"));
-        assert_ne!(&t[36..52], "00f067aa0ba902b7");
-        assert!(parse(&t).is_some());
+        assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span.span_id(), "00f067aa0ba902b7");
+        assert_eq!(span.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert!(parse(t).is_some());
         for bad in [
             "garbage",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -78,8 +105,10 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             h.insert(TRACEPARENT, bad.parse().unwrap());
-            let t = for_call(&h);
-            assert!(parse(&t).is_some() && !t.contains("4bf92f"), "{bad} -> {t}");
+            let span = for_call(&h);
+            let t = &span.traceparent;
+            assert!(parse(t).is_some() && !t.contains("4bf92f"), "{bad} -> {t}");
+            assert_eq!(span.parent_span_id, None);
         }
     }
 }

@@ -68,6 +68,13 @@ pub struct ServerArgs {
     /// measuring what they cost).
     #[arg(long)]
     no_telemetry: bool,
+    /// Export a span per call to this OpenTelemetry collector (OTLP/HTTP, e.g.
+    /// http://localhost:4318; spans go to <URL>/v1/traces).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The service.name of exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "nimbus")]
+    otlp_service_name: String,
     /// How long invocation records (statistics, usage) are kept, in hours.
     #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=744))]
     records_retention_hours: u64,
@@ -195,6 +202,21 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
+    let otlp = match &args.otlp_endpoint {
+        None => None,
+        Some(_) if args.no_telemetry => {
+            bail!(
+                "--otlp-endpoint needs telemetry: spans are exported by the recorder that --no-telemetry turns off"
+            )
+        }
+        Some(endpoint) => Some(
+            api::otlp::OtlpConfig::new(endpoint, &args.otlp_service_name)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    if let Some(otlp) = &otlp {
+        tracing::info!(endpoint = %otlp.endpoint, "exporting spans over OTLP/HTTP");
+    }
     if !args.no_telemetry {
         let telemetry = store::SqliteTelemetry::open(&data_dir.join("telemetry.db"))
             .await
@@ -209,6 +231,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                     log_bytes_per_function_max: args.logs_function_max_kb as i64 * 1024,
                 },
             },
+            otlp,
         );
     }
     platform

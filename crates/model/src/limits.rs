@@ -136,6 +136,12 @@ pub const INVOKE_KEYS_MAX: usize = 1_000;
 /// or grow the server's memory without bound.
 pub const TELEMETRY_QUEUE_MAX: usize = 65_536;
 
+/// Span batches waiting for the OTLP collector (a batch is one recorder write, at most
+/// `TELEMETRY_BATCH_MAX` calls). Past it batches are dropped and counted
+/// (`nimbus_otlp_spans_dropped_total`): a collector that is down must not grow the
+/// server's memory.
+pub const OTLP_QUEUE_BATCHES_MAX: usize = 64;
+
 /// Items the telemetry writer puts in one transaction.
 pub const TELEMETRY_BATCH_MAX: usize = 4_096;
 

@@ -310,14 +310,15 @@ async fn invoke_handler(
         .headers
         .get(crate::routes::headers::AFFINITY)
         .and_then(|v| v.to_str().ok());
-    let traceparent = crate::trace::for_call(&r.headers);
+    let trace = crate::trace::for_call(&r.headers);
+    let traceparent = trace.traceparent.clone();
     let (record, outcome) = platform
         .invoke(
             &r.function,
             Bytes::from(event),
             r.request_id.clone(),
             affinity,
-            traceparent.clone(),
+            trace,
         )
         .await?;
     let timing = Timing {
@@ -472,5 +473,6 @@ pub(crate) fn record(
         error,
         logs,
         timings: meta.timings,
+        trace: None,
     }));
 }

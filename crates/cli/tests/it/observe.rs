@@ -453,3 +453,172 @@ fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// A stand-in OpenTelemetry collector: an HTTP server on a real socket that keeps every
+/// span POSTed to /v1/traces.
+async fn collector() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let kept = kept.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/json");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                let resource = &v["resourceSpans"][0];
+                assert_eq!(
+                    resource["resource"]["attributes"][0],
+                    json!({"key": "service.name", "value": {"stringValue": "nimbus-test"}})
+                );
+                for s in resource["scopeSpans"][0]["spans"].as_array().unwrap() {
+                    kept.lock().unwrap().push(s.clone());
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, spans, task)
+}
+
+/// Waits (bounded) for a span matching `pred`.
+async fn span_where(spans: &std::sync::Mutex<Vec<Value>>, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..250 {
+        if let Some(s) = spans.lock().unwrap().iter().find(|s| pred(s)) {
+            return s.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no such span among {:#?}", spans.lock().unwrap());
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key)
+        .map_or(&Value::Null, |a| &a["value"])
+}
+
+/// Spans go to an OTLP/HTTP collector: a sync call continues the caller's trace with its
+/// phases below it, an async event's attempt is a child of its accept span, a failure has
+/// an error status, and a collector that is gone costs dropped spans, counted.
+#[tokio::test]
+async fn spans_are_exported_over_otlp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, spans, receiver) = collector().await;
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &[
+            "--otlp-endpoint",
+            &url,
+            "--otlp-service-name",
+            "nimbus-test",
+        ],
+        &[],
+    );
+    server.deploy(&deploy_dir(tmp.path(), "traced", "")).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let res = server
+        .req(Method::POST, "/v1/functions/traced/invocations")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(json!({"n": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let request_id = header(&res, "x-nimbus-request-id").to_string();
+    let span_id = header(&res, "traceparent")[36..52].to_string();
+
+    let span = span_where(&spans, |s| s["spanId"] == span_id.as_str()).await;
+    assert_eq!(span["traceId"], trace_id);
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["name"], "traced");
+    assert_eq!(span["kind"], 2);
+    assert_eq!(
+        attr(&span, "faas.invocation_id")["stringValue"],
+        request_id.as_str()
+    );
+    assert_eq!(attr(&span, "faas.coldstart")["boolValue"], true);
+    assert!(span.get("status").is_none(), "{span}");
+    let handler = span_where(&spans, |s| {
+        s["parentSpanId"] == span_id.as_str() && s["name"] == "handler"
+    })
+    .await;
+    let ns = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(ns(&handler, "startTimeUnixNano") >= ns(&span, "startTimeUnixNano"));
+    assert!(ns(&handler, "endTimeUnixNano") <= ns(&span, "endTimeUnixNano"));
+    span_where(&spans, |s| {
+        s["parentSpanId"] == span_id.as_str() && s["name"] == "sandbox"
+    })
+    .await;
+
+    // A failure, without a caller's trace: a root span with an error status.
+    let res = call_json(&server, "traced", json!({"fail": true})).await;
+    let failed_id = res[36..52].to_string();
+    let failed = span_where(&spans, |s| s["spanId"] == failed_id.as_str()).await;
+    assert!(failed.get("parentSpanId").is_none(), "{failed}");
+    assert_eq!(
+        failed["status"],
+        json!({"code": 2, "message": "ValueError"})
+    );
+
+    // Asynchronous: the accept span, then the attempt below it.
+    let res = server
+        .req(Method::POST, "/v1/functions/traced/invocations")
+        .header("x-nimbus-invocation-type", "async")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let accept_id = header(&res, "traceparent")[36..52].to_string();
+    let accept = span_where(&spans, |s| s["spanId"] == accept_id.as_str()).await;
+    assert_eq!(accept["name"], "traced accept");
+    let attempt = span_where(&spans, |s| s["parentSpanId"] == accept_id.as_str()).await;
+    assert_eq!(attempt["traceId"], accept["traceId"]);
+    assert_eq!(attr(&attempt, "nimbus.trigger")["stringValue"], "async");
+
+    // The collector goes away: spans are dropped and counted, calls are not slowed.
+    receiver.abort();
+    let _ = receiver.await;
+    let res = call(&server, "traced", json!({})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut dropped = 0.0;
+    for _ in 0..250 {
+        let text = server
+            .req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("nimbus_otlp_spans_dropped_total "))
+            .map_or(0.0, |v| v.parse().unwrap());
+        if dropped > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dropped > 0.0, "no span counted as dropped");
+}
+
+/// Calls `name` and returns the answer's `traceparent`.
+async fn call_json(server: &Server, name: &str, event: Value) -> String {
+    let res = call(server, name, event).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    header(&res, "traceparent").to_string()
+}
