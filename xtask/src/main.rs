@@ -213,7 +213,16 @@ fn bench_telemetry(args: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let collector = rt.block_on(async {
-        let sink = axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "{}" }));
+        // A collector reads the whole body (one that answers first closes the connection).
+        let sink = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    std::hint::black_box(body.len());
+                    "{}"
+                }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, sink).await });

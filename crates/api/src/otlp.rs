@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::limits;
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -23,6 +22,10 @@ use crate::trace::Span;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failing collector is reported at most this often in the server log.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// Spans per request (about 600 bytes each): collectors limit request bodies (the
+/// OpenTelemetry Collector to 20 MB, many proxies to 1-2 MB), and a recorder batch at full
+/// speed holds thousands of calls.
+const SPANS_PER_REQUEST_MAX: usize = 1_000;
 
 /// Where spans go.
 #[derive(Clone, Debug)]
@@ -88,9 +91,14 @@ fn new_span_id() -> String {
     id[..16].to_string()
 }
 
+/// A warm call that waited less than this in the queue is exported as one span: its phases
+/// would only repeat it (the handler's time is the call's), at three times the cost.
+const QUEUE_SPAN_MIN_MS: f64 = 1.0;
+
 /// The spans of one call: the call itself (a server span named after the function, with
-/// the FaaS semantic-convention attributes) and, below it, one span per phase that took
-/// time (queue, sandbox, code, initializer, handler), so a cold start shows where it went.
+/// the FaaS semantic-convention attributes) and, for a cold start or a call that waited,
+/// one span per phase that took time (queue, sandbox, code, initializer, handler) below
+/// it, so a slow start shows where its time went.
 pub fn call_spans(r: &InvocationRecord, trace: &Span) -> Vec<ExportSpan> {
     let t = &r.timings;
     let start_ns = ms_to_ns(r.started_at_ms as f64);
@@ -106,8 +114,9 @@ pub fn call_spans(r: &InvocationRecord, trace: &Span) -> Vec<ExportSpan> {
     let trace_id = trace.trace_id().to_string();
     let mut spans = Vec::with_capacity(phases.len() + 1);
     let mut at_ns = start_ns;
+    let phased = r.cold_start || t.queue_ms >= QUEUE_SPAN_MIN_MS;
     for (name, ms) in phases {
-        if ms <= 0.0 {
+        if !phased || ms <= 0.0 {
             continue;
         }
         let end_ns = at_ns + ms_to_ns(ms);
@@ -182,50 +191,71 @@ pub fn accept_span(
 }
 
 /// The OTLP/HTTP JSON body for `spans` (trace and span ids in hex, times and 64-bit
-/// integers as decimal strings, as the OTLP JSON mapping says).
-pub fn encode(service_name: &str, spans: &[ExportSpan]) -> Value {
-    let attr = |(key, value): &(&'static str, Attr)| {
-        let value = match value {
-            Attr::Str(s) => json!({ "stringValue": s }),
-            Attr::Int(i) => json!({ "intValue": i.to_string() }),
-            Attr::Bool(b) => json!({ "boolValue": b }),
-        };
-        json!({ "key": key, "value": value })
-    };
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut v = json!({
-                "traceId": s.trace_id,
-                "spanId": s.span_id,
-                "name": s.name,
-                "kind": s.kind,
-                "startTimeUnixNano": s.start_unix_ns.to_string(),
-                "endTimeUnixNano": s.end_unix_ns.to_string(),
-                "attributes": s.attributes.iter().map(attr).collect::<Vec<_>>(),
-            });
-            if let Some(parent) = &s.parent_span_id {
-                v["parentSpanId"] = json!(parent);
+/// integers as decimal strings, as the OTLP JSON mapping says). Written straight into
+/// bytes: building a `serde_json::Value` tree first cost more than the rest of a call's
+/// telemetry.
+pub fn encode(service_name: &str, spans: &[ExportSpan]) -> Vec<u8> {
+    use std::io::Write;
+    // Strings go through serde_json for their escaping; writing to a Vec cannot fail.
+    fn string(out: &mut Vec<u8>, s: &str) {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+    }
+    let mut out = Vec::with_capacity(256 + spans.len() * 640);
+    out.extend_from_slice(br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"#);
+    string(&mut out, service_name);
+    out.extend_from_slice(br#"}},{"key":"telemetry.sdk.name","value":{"stringValue":"nimbus"}}]},"scopeSpans":[{"scope":{"name":"nimbus","version":"#);
+    string(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(br#"},"spans":["#);
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Ids are hex digits (checked where they are made), so they need no escaping.
+        let _ = write!(
+            out,
+            r#"{{"traceId":"{}","spanId":"{}","#,
+            s.trace_id, s.span_id
+        );
+        if let Some(parent) = &s.parent_span_id {
+            let _ = write!(out, r#""parentSpanId":"{parent}","#);
+        }
+        out.extend_from_slice(br#""name":"#);
+        string(&mut out, &s.name);
+        let _ = write!(
+            out,
+            r#","kind":{},"startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":["#,
+            s.kind, s.start_unix_ns, s.end_unix_ns
+        );
+        for (j, (key, value)) in s.attributes.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
             }
-            if let Some(error) = &s.error {
-                // STATUS_CODE_ERROR; a success leaves the status unset, as the spec asks.
-                v["status"] = json!({ "code": 2, "message": error });
+            let _ = write!(out, r#"{{"key":"{key}","value":{{"#);
+            match value {
+                Attr::Str(v) => {
+                    out.extend_from_slice(br#""stringValue":"#);
+                    string(&mut out, v);
+                }
+                Attr::Int(v) => {
+                    let _ = write!(out, r#""intValue":"{v}""#);
+                }
+                Attr::Bool(v) => {
+                    let _ = write!(out, r#""boolValue":{v}"#);
+                }
             }
-            v
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": { "attributes": [
-                { "key": "service.name", "value": { "stringValue": service_name } },
-                { "key": "telemetry.sdk.name", "value": { "stringValue": "nimbus" } },
-            ]},
-            "scopeSpans": [{
-                "scope": { "name": "nimbus", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }],
-    })
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+        if let Some(error) = &s.error {
+            // STATUS_CODE_ERROR; a success leaves the status unset, as the spec asks.
+            out.extend_from_slice(br#","status":{"code":2,"message":"#);
+            string(&mut out, error);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}]}]}");
+    out
 }
 
 /// The sending side: batches go to a task that POSTs them one at a time.
@@ -269,23 +299,58 @@ async fn send_batches(
     };
     let url = format!("{}/v1/traces", config.endpoint);
     let mut last_warning: Option<tokio::time::Instant> = None;
-    while let Some(spans) = rx.recv().await {
-        let body = encode(&config.service_name, &spans);
-        let sent = client.post(&url).json(&body).send().await;
-        let failure = match sent {
-            Ok(res) if res.status().is_success() => None,
-            Ok(res) => Some(format!("the collector answered {}", res.status())),
-            Err(e) => Some(e.to_string()),
-        };
-        let n = spans.len() as u64;
-        match failure {
-            None => metrics.otlp_exported.inc_by(n),
-            Some(why) => {
-                metrics.otlp_dropped.inc_by(n);
-                if last_warning.is_none_or(|t| t.elapsed() >= WARN_INTERVAL) {
-                    last_warning = Some(tokio::time::Instant::now());
-                    tracing::warn!(%url, error = %why, "exporting spans failed; they are dropped (counted in nimbus_otlp_spans_dropped_total)");
-                }
+    while let Some(batch) = rx.recv().await {
+        for spans in batch.chunks(SPANS_PER_REQUEST_MAX) {
+            send(&client, &url, &config, spans, &metrics, &mut last_warning).await;
+        }
+    }
+}
+
+/// POSTs one request's worth of spans and counts the outcome.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    config: &OtlpConfig,
+    spans: &[ExportSpan],
+    metrics: &Metrics,
+    last_warning: &mut Option<tokio::time::Instant>,
+) {
+    let body = bytes::Bytes::from(encode(&config.service_name, spans));
+    let post = || {
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // A kept-alive connection the collector closed meanwhile fails the first try.
+    let sent = match post().await {
+        Err(e) if e.is_request() || e.is_connect() => post().await,
+        other => other,
+    };
+    let failure = match sent {
+        Ok(res) if res.status().is_success() => None,
+        Ok(res) => Some(format!("the collector answered {}", res.status())),
+        Err(e) => {
+            // reqwest's own message is generic; the cause is in its sources.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            Some(why)
+        }
+    };
+    let n = spans.len() as u64;
+    match failure {
+        None => metrics.otlp_exported.inc_by(n),
+        Some(why) => {
+            metrics.otlp_dropped.inc_by(n);
+            if last_warning.is_none_or(|t| t.elapsed() >= WARN_INTERVAL) {
+                *last_warning = Some(tokio::time::Instant::now());
+                tracing::warn!(%url, error = %why, "exporting spans failed; they are dropped (counted in nimbus_otlp_spans_dropped_total)");
             }
         }
     }
@@ -294,6 +359,7 @@ async fn send_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     #[test]
     fn a_cold_call_is_a_server_span_with_its_phases_below_it() {
@@ -346,7 +412,11 @@ mod tests {
                 .all(|s| s.parent_span_id.as_deref() == Some(trace.span_id()))
         );
 
-        let body = encode("nimbus", &spans);
+        let body: Value = serde_json::from_slice(&encode("nimbus \"test\"", &spans)).unwrap();
+        assert_eq!(
+            body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "nimbus \"test\""
+        );
         let json = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][4];
         assert_eq!(json["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["kind"], 2);
@@ -357,6 +427,28 @@ mod tests {
         assert!(
             attrs.contains(&json!({"key": "faas.max_memory", "value": {"intValue": "134217728"}}))
         );
+        assert_eq!(
+            body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["parentSpanId"],
+            trace.span_id()
+        );
+
+        // Warm, without waiting: one span.
+        let warm = InvocationRecord {
+            cold_start: false,
+            error: None,
+            timings: sandbox::Timings {
+                queue_ms: 0.1,
+                handler_ms: 2.0,
+                ..Default::default()
+            },
+            ..record
+        };
+        let spans = call_spans(&warm, &trace);
+        assert_eq!(spans.len(), 1);
+        let body: Value = serde_json::from_slice(&encode("nimbus", &spans)).unwrap();
+        let json = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert!(json.get("status").is_none(), "{json}");
+        assert_eq!(json["endTimeUnixNano"], "1700000000002100000");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub(crate) struct Routed {
     pub route_key: String,
     pub path_params: Vec<(String, String)>,
     pub routed_ms: f64,
+    /// The call's span: in the caller's trace when it sent a `traceparent`.
+    pub trace: crate::trace::Span,
 }
 
 /// Timings of a gateway request, for `server-timing`.
@@ -239,6 +241,7 @@ async fn serve(
         route_key: route.route_key.clone(),
         path_params,
         routed_ms: received.elapsed().as_secs_f64() * 1000.0,
+        trace: crate::trace::for_call(&parts.headers),
     };
     let (mut response, timing) = match route.kind {
         FunctionType::Handler => invoke_handler(platform, routed).await,
@@ -310,7 +313,7 @@ async fn invoke_handler(
         .headers
         .get(crate::routes::headers::AFFINITY)
         .and_then(|v| v.to_str().ok());
-    let trace = crate::trace::for_call(&r.headers);
+    let trace = r.trace.clone();
     let traceparent = trace.traceparent.clone();
     let (record, outcome) = platform
         .invoke(
@@ -335,6 +338,15 @@ async fn invoke_handler(
         response.headers_mut().insert(crate::trace::TRACEPARENT, v);
     }
     Ok((response, timing))
+}
+
+/// Answers the call's `traceparent`, as the invoke API does, unless the app set its own.
+pub(crate) fn traceparent_header(response: &mut Response, trace: &crate::trace::Span) {
+    if !response.headers().contains_key(crate::trace::TRACEPARENT)
+        && let Ok(v) = HeaderValue::from_str(&trace.traceparent)
+    {
+        response.headers_mut().insert(crate::trace::TRACEPARENT, v);
+    }
 }
 
 /// Says which version answered (`x-nimbus-version`), as the invoke API does.
@@ -400,6 +412,7 @@ pub(crate) async fn lease_for(
                 },
                 Some(e),
                 Default::default(),
+                Some(r.trace.clone()),
             );
             Ok(Err((
                 response,
@@ -451,6 +464,7 @@ pub(crate) fn record(
     meta: CallMeta,
     error: Option<sandbox::FunctionError>,
     logs: sandbox::Logs,
+    trace: Option<crate::trace::Span>,
 ) {
     // A route to a version or alias names it after the function.
     let (function, qualifier) = match function.split_once(':') {
@@ -473,6 +487,6 @@ pub(crate) fn record(
         error,
         logs,
         timings: meta.timings,
-        trace: None,
+        trace,
     }));
 }

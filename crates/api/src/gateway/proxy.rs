@@ -97,6 +97,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(error),
                 logs,
+                Some(r.trace.clone()),
             );
             return Ok((response, timing));
         }
@@ -110,6 +111,7 @@ pub(crate) async fn serve(
         }
     }
     super::version_header(&mut response, lease.version());
+    super::traceparent_header(&mut response, &r.trace);
     let stream = Proxied {
         body: Some(body),
         sender: Some(sender),
@@ -118,6 +120,7 @@ pub(crate) async fn serve(
         platform: platform.clone(),
         request_id: r.request_id,
         function: r.function,
+        trace: Some(r.trace),
         deadline,
         started,
     };
@@ -148,6 +151,10 @@ fn upstream_request(r: &Routed) -> Result<Request<Full<Bytes>>, ApiError> {
         headers.append("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // The app sees the call's own span, a child of the caller's.
+    if let Ok(v) = HeaderValue::from_str(&r.trace.traceparent) {
+        headers.insert(crate::trace::TRACEPARENT, v);
+    }
     if let Ok(v) = HeaderValue::from_str(&r.request_id) {
         headers.insert(crate::routes::headers::REQUEST_ID, v);
     }
@@ -183,6 +190,7 @@ struct Proxied {
     platform: Arc<Platform>,
     request_id: String,
     function: String,
+    trace: Option<crate::trace::Span>,
     deadline: tokio::time::Instant,
     started: Instant,
 }
@@ -255,6 +263,7 @@ impl Proxied {
             meta,
             error,
             logs,
+            self.trace.take(),
         );
     }
 }
@@ -274,6 +283,7 @@ impl Drop for Proxied {
             platform: self.platform.clone(),
             request_id: std::mem::take(&mut self.request_id),
             function: std::mem::take(&mut self.function),
+            trace: self.trace.take(),
             deadline: self.deadline,
             started: self.started,
         };

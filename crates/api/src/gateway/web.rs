@@ -47,15 +47,18 @@ pub(crate) async fn serve(
         Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().unwrap_or(80)),
         _ => (host, 80),
     };
+    // The app sees the call's own span as `traceparent`, a child of the caller's.
     let headers: Vec<(&str, String)> = r
         .headers
         .iter()
+        .filter(|(k, _)| k.as_str() != crate::trace::TRACEPARENT)
         .map(|(k, v)| {
             (
                 k.as_str(),
                 v.as_bytes().iter().map(|&b| b as char).collect(),
             )
         })
+        .chain([(crate::trace::TRACEPARENT, r.trace.traceparent.clone())])
         .collect();
     let meta = serde_json::to_vec(&json!({
         "request_id": r.request_id,
@@ -94,6 +97,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(e),
                 logs,
+                Some(r.trace.clone()),
             );
             return Ok((response, timing));
         }
@@ -113,6 +117,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(error),
                 Default::default(),
+                Some(r.trace.clone()),
             );
             return Ok((response, timing));
         }
@@ -128,12 +133,14 @@ pub(crate) async fn serve(
         }
     }
     super::version_header(&mut response, lease.version());
+    super::traceparent_header(&mut response, &r.trace);
     let stream = Streamed {
         rx: body,
         lease: Some(lease),
         platform: platform.clone(),
         request_id: r.request_id,
         function: r.function,
+        trace: Some(r.trace),
         deadline,
         started,
     };
@@ -149,6 +156,7 @@ struct Streamed {
     platform: Arc<Platform>,
     request_id: String,
     function: String,
+    trace: Option<crate::trace::Span>,
     deadline: tokio::time::Instant,
     started: Instant,
 }
@@ -200,6 +208,7 @@ impl Streamed {
             meta,
             error,
             logs,
+            self.trace.take(),
         );
     }
 }
@@ -218,6 +227,7 @@ impl Drop for Streamed {
             platform: self.platform.clone(),
             request_id: std::mem::take(&mut self.request_id),
             function: std::mem::take(&mut self.function),
+            trace: self.trace.take(),
             deadline: self.deadline,
             started: self.started,
         };

@@ -511,8 +511,9 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
 }
 
 /// Spans go to an OTLP/HTTP collector: a sync call continues the caller's trace with its
-/// phases below it, an async event's attempt is a child of its accept span, a failure has
-/// an error status, and a collector that is gone costs dropped spans, counted.
+/// phases below it, a failure has an error status, an async event's attempt is a child of
+/// its accept span, a web function's app sees its call's span, and a collector that is gone
+/// costs dropped spans, counted.
 #[tokio::test]
 async fn spans_are_exported_over_otlp() {
     let tmp = tempfile::tempdir().unwrap();
@@ -539,6 +540,14 @@ async fn spans_are_exported_over_otlp() {
     assert_eq!(res.status(), StatusCode::OK);
     let request_id = header(&res, "x-nimbus-request-id").to_string();
     let span_id = header(&res, "traceparent")[36..52].to_string();
+    let record = server
+        .get_json(&format!("/v1/invocations/{request_id}"))
+        .await;
+    assert_eq!(
+        record["traceparent"],
+        header(&res, "traceparent"),
+        "{record}"
+    );
 
     let span = span_where(&spans, |s| s["spanId"] == span_id.as_str()).await;
     assert_eq!(span["traceId"], trace_id);
@@ -588,6 +597,38 @@ async fn spans_are_exported_over_otlp() {
     let attempt = span_where(&spans, |s| s["parentSpanId"] == accept_id.as_str()).await;
     assert_eq!(attempt["traceId"], accept["traceId"]);
     assert_eq!(attr(&attempt, "nimbus.trigger")["stringValue"], "async");
+
+    // A web function (a Node.js HTTP server) sees the call's span as its request's
+    // traceparent, and the call is exported like any other.
+    let web = project(
+        tmp.path(),
+        "web",
+        "functions:\n  web:\n    runtime: nodejs\n    type: http\n    handler: server.handler\n    url: {auth: anonymous}\n",
+        &[(
+            "server.js",
+            "exports.handler = (req, res) => { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify({traceparent: req.headers.traceparent})); };\n",
+        )],
+    );
+    server.deploy(&web).await;
+    let res = server
+        .http
+        .get(server.url("/fn/web/"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let answered = header(&res, "traceparent").to_string();
+    let seen: Value = res.json().await.unwrap();
+    assert_eq!(seen["traceparent"], answered.as_str());
+    assert!(
+        answered.starts_with(&format!("00-{trace_id}-")),
+        "{answered}"
+    );
+    let web_span = span_where(&spans, |s| s["spanId"] == answered[36..52]).await;
+    assert_eq!(web_span["name"], "web");
+    assert_eq!(web_span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(attr(&web_span, "nimbus.trigger")["stringValue"], "http");
 
     // The collector goes away: spans are dropped and counted, calls are not slowed.
     receiver.abort();
