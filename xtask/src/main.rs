@@ -116,8 +116,20 @@ impl Nimbus {
     }
 }
 
+/// Stops the process with SIGTERM, and SIGKILL only if it is still there after 10 s: a
+/// Nimbus server killed outright leaves its cgroups behind.
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32)
+            && rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+        {
+            for _ in 0..200 {
+                if !matches!(self.0.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -256,16 +256,10 @@ impl Cgroups {
             if !dir.exists() {
                 continue;
             }
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for child in entries.filter_map(|e| e.ok()) {
-                    if !child.file_type().is_ok_and(|t| t.is_dir()) {
-                        continue;
-                    }
-                    let path = child.path();
-                    kill_members(&path);
-                    if let Err(e) = std::fs::remove_dir(&path) {
-                        left.push(describe_busy(&path, &e));
-                    }
+            for path in subdirs(dir) {
+                kill_members(&path);
+                if let Err(e) = std::fs::remove_dir(&path) {
+                    left.push(describe_busy(&path, &e));
                 }
             }
             kill_members(dir);
@@ -321,34 +315,39 @@ fn remove_stale_siblings(dir: &Path, node_id: &str, own_cgroup: bool) {
             continue;
         }
         let stale = entry.path();
-        let instances: Vec<PathBuf> = std::fs::read_dir(&stale)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for dir in instances {
-            let group = InstanceCgroup {
-                memory: dir.clone(),
-                v2: dir.join("cgroup.kill").exists(),
-                dirs: vec![dir],
-            };
-            // Dropping it kills what runs there and removes the directory.
-            drop(group);
-        }
-        kill_members(&stale);
         tracing::info!(cgroup = %stale.display(), "removing the cgroups of a server that is gone");
+        // A killed process leaves its cgroup a moment later, and one may fork while it
+        // dies: each round kills again what is there and removes what is empty, for up to
+        // 10 s, in the background (start-up does not wait for it).
         std::thread::spawn(move || {
-            for _ in 0..100 {
-                if std::fs::remove_dir(&stale).is_ok() {
+            for _ in 0..500 {
+                if std::fs::write(stale.join("cgroup.kill"), "1").is_err() {
+                    kill_members(&stale);
+                }
+                for dir in subdirs(&stale) {
+                    kill_members(&dir);
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                if std::fs::remove_dir(&stale).is_ok() || !stale.exists() {
                     return;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            tracing::warn!(cgroup = %stale.display(), "the cgroup of a server that is gone could not be removed");
         });
     }
+}
+
+/// The directories (child cgroups) in `dir`.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// SIGKILLs every process of the cgroup `dir`.
