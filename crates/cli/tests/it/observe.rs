@@ -292,9 +292,7 @@ async fn stats_count_a_scripted_mix_and_metrics_pass_promtool() {
     assert!(run.stdout.contains("throttles 5"), "{}", run.stdout);
     assert!(run.stdout.contains('█'), "a sparkline: {}", run.stdout);
 
-    let res = server.req(Method::GET, "/metrics").send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let text = res.text().await.unwrap();
+    let text = metrics(&server).await;
     for expected in [
         "nimbus_invocations_total{function=\"mix\",status=\"succeeded\"} 100",
         "nimbus_invocations_total{function=\"mix\",status=\"failed\"} 10",
@@ -431,14 +429,7 @@ async fn the_log_cap_drops_the_oldest_lines_first() {
     assert!(!kept.contains(&"start 0".to_string()));
     // Another function's lines are untouched.
     assert_eq!(messages(&server, "quiet", "").await.len(), 3);
-    let text = server
-        .req(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&server).await;
     assert!(
         text.contains(&format!(
             "nimbus_log_lines_dropped_total{{function=\"loud\"}} {dropped}"
@@ -637,15 +628,8 @@ async fn spans_are_exported_over_otlp() {
     assert_eq!(res.status(), StatusCode::OK);
     let mut dropped = 0.0;
     for _ in 0..250 {
-        let text = server
-            .req(Method::GET, "/metrics")
-            .send()
+        dropped = metrics(&server)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        dropped = text
             .lines()
             .find_map(|l| l.strip_prefix("nimbus_otlp_spans_dropped_total "))
             .map_or(0.0, |v| v.parse().unwrap());
@@ -655,6 +639,13 @@ async fn spans_are_exported_over_otlp() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(dropped > 0.0, "no span counted as dropped");
+}
+
+/// The server's Prometheus text.
+async fn metrics(server: &Server) -> String {
+    let res = server.req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.text().await.unwrap()
 }
 
 /// Calls `name` and returns the answer's `traceparent`.
