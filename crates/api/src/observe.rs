@@ -376,6 +376,8 @@ pub struct RecordsQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     pub request_id: Option<String>,
+    /// Only the calls of this W3C trace (32 hex digits).
+    pub trace_id: Option<String>,
     /// At most this many, newest first (default 100, at most 1,000).
     pub limit: Option<u32>,
     pub before: Option<i64>,
@@ -404,6 +406,8 @@ pub struct RecordView {
     pub billed_ms: i64,
     pub memory_mb: u32,
     pub instance_id: u64,
+    /// The call's W3C `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -425,9 +429,21 @@ pub async fn records(
     s.platform.get_function(&name).await?;
     let limit = page_limit(q.limit);
     let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
+    let trace_id = match q.trace_id {
+        Some(t) if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(t.to_ascii_lowercase())
+        }
+        Some(t) => {
+            return Err(ApiError::invalid(format!(
+                "trace_id {t:?} is not a trace id (32 hex digits, as in a traceparent)"
+            )));
+        }
+        None => None,
+    };
     let query = RecordQuery {
         function: Some(name),
         request_id: q.request_id,
+        trace_id,
         since_ms,
         until_ms,
         before_seq: q.before,
@@ -457,6 +473,7 @@ pub async fn records(
                 billed_ms: r.billed_ms,
                 memory_mb: r.memory_mb,
                 instance_id: r.instance_id,
+                traceparent: r.traceparent,
             })
             .collect(),
         next_before,

@@ -444,5 +444,6 @@ fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
         billed_ms,
         memory_mb: r.memory_mb,
         instance_id: r.instance_id,
+        traceparent: r.trace.as_ref().map(|t| t.traceparent.clone()),
     }
 }

@@ -171,9 +171,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 InvocationCommand::Ls {
                     function,
                     since,
+                    trace_id,
                     limit,
                 },
-        } => observe::invocations(&client, function, since.as_deref(), *limit, cli.output).await,
+        } => {
+            let filter = observe::RecordFilter {
+                since: since.as_deref(),
+                trace_id: trace_id.as_deref(),
+                limit: *limit,
+            };
+            observe::invocations(&client, function, filter, cli.output).await
+        }
         Command::Server(_) => unreachable!("the server is not a client command"),
     }
 }

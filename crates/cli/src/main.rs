@@ -194,6 +194,9 @@ pub enum InvocationCommand {
         function: String,
         #[arg(long)]
         since: Option<String>,
+        /// Only the calls of this W3C trace (the 32 hex digits of a traceparent).
+        #[arg(long)]
+        trace_id: Option<String>,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },

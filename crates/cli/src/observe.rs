@@ -344,16 +344,23 @@ pub async fn usage(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which invocation records to list.
+pub struct RecordFilter<'a> {
+    pub since: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+    pub limit: u32,
+}
+
 pub async fn invocations(
     client: &Client,
     function: &str,
-    since: Option<&str>,
-    limit: u32,
+    filter: RecordFilter<'_>,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     let q = query(&[
-        ("since", since.map(str::to_string)),
-        ("limit", Some(limit.to_string())),
+        ("since", filter.since.map(str::to_string)),
+        ("trace_id", filter.trace_id.map(str::to_string)),
+        ("limit", Some(filter.limit.to_string())),
     ]);
     let v: Value = client
         .json(

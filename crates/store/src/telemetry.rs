@@ -34,6 +34,8 @@ pub struct RecordRow {
     pub billed_ms: i64,
     pub memory_mb: u32,
     pub instance_id: u64,
+    /// The call's W3C `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// The lines one call wrote, stored together.
@@ -152,6 +154,8 @@ pub struct EventQuery {
 pub struct RecordQuery {
     pub function: Option<String>,
     pub request_id: Option<String>,
+    /// Only calls of this trace (32 lowercase hex digits).
+    pub trace_id: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub before_seq: Option<i64>,
@@ -326,6 +330,7 @@ fn record_from(r: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, sqlx::Error> {
         billed_ms: r.try_get("billed_ms")?,
         memory_mb: r.try_get::<i64, _>("memory_mb")? as u32,
         instance_id: r.try_get::<i64, _>("instance_id")? as u64,
+        traceparent: r.try_get("traceparent")?,
     })
 }
 
@@ -375,6 +380,7 @@ impl TelemetryStore for SqliteTelemetry {
                         r.memory_mb,
                         r.instance_id,
                         duration_bucket(r.handler_ms),
+                        r.traceparent,
                     ])
                 })
                 .collect::<Vec<_>>(),
@@ -430,10 +436,11 @@ impl TelemetryStore for SqliteTelemetry {
             sqlx::query(
                 "INSERT INTO invocation_records (request_id, function, version, trigger, \
                  attempt, started_at_ms, queue_ms, init_ms, handler_ms, duration_ms, cold, \
-                 status, error_type, billed_ms, memory_mb, instance_id, duration_bucket) \
+                 status, error_type, billed_ms, memory_mb, instance_id, duration_bucket, \
+                 traceparent) \
                  SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
                  value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, \
-                 value->>12, value->>13, value->>14, value->>15, value->>16 \
+                 value->>12, value->>13, value->>14, value->>15, value->>16, value->>17 \
                  FROM jsonb_each(?)",
             )
             .bind(&records)
@@ -735,6 +742,11 @@ impl TelemetryStore for SqliteTelemetry {
         if let Some(id) = &q.request_id {
             b.push(" AND request_id = ").push_bind(id);
         }
+        if let Some(trace) = &q.trace_id {
+            // A traceparent is `00-<trace id>-<span id>-<flags>`.
+            b.push(" AND substr(traceparent, 4, 32) = ")
+                .push_bind(trace);
+        }
         push_time_filters(&mut b, "started_at_ms", q.since_ms, q.until_ms);
         if let Some(before) = q.before_seq {
             b.push(" AND seq < ").push_bind(before);
@@ -915,6 +927,7 @@ mod tests {
             billed_ms: ms.ceil() as i64,
             memory_mb: 512,
             instance_id: 1,
+            traceparent: None,
         }
     }
 

@@ -563,6 +563,32 @@ async fn spans_are_exported_over_otlp() {
     })
     .await;
 
+    // The stored records lead from the trace back to the call.
+    let run = server
+        .cli(&[
+            "invocation",
+            "ls",
+            "traced",
+            "--trace-id",
+            trace_id,
+            "--output",
+            "json",
+        ])
+        .await;
+    let listed: Value = serde_json::from_str(&run.stdout).unwrap();
+    let listed = listed["invocations"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["request_id"], request_id.as_str());
+    assert_eq!(listed[0]["traceparent"], record["traceparent"]);
+    let run = server
+        .cli(&["invocation", "ls", "traced", "--trace-id", "nope"])
+        .await;
+    assert!(
+        run.stderr.contains("is not a trace id (32 hex digits"),
+        "{}",
+        run.stderr
+    );
+
     // A failure, without a caller's trace: a root span with an error status.
     let res = call_json(&server, "traced", json!({"fail": true})).await;
     let failed_id = res[36..52].to_string();
