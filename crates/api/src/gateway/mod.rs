@@ -456,6 +456,11 @@ impl CallMeta {
     }
 }
 
+/// The whole of a call's phases.
+fn total_ms(t: &sandbox::Timings) -> f64 {
+    t.queue_ms + t.sandbox_ms + t.code_ms + t.initializer_ms + t.handler_ms
+}
+
 /// Records a finished gateway request in the node's recent invocations.
 pub(crate) fn record(
     platform: &Platform,
@@ -479,7 +484,8 @@ pub(crate) fn record(
         attempt: 1,
         memory_mb: meta.memory_mb,
         version,
-        started_at_ms: now_ms() - meta.duration_ms as i64,
+        // The call began with its queue wait and (cold) start, before the handler ran.
+        started_at_ms: now_ms() - total_ms(&meta.timings).max(meta.duration_ms) as i64,
         cold_start: meta.cold_start,
         init_ms: meta.init_ms,
         duration_ms: meta.duration_ms,
