@@ -106,13 +106,20 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let reason = self.stop_reason.lock().unwrap().take().unwrap_or_else(|| {
-            if self.instance.is_dead() {
-                "its process exited".into()
-            } else {
-                "released".into()
-            }
-        });
+        // A poisoned lock (a panic elsewhere) must not turn this drop into a second panic,
+        // which would abort the server: the data is a reason string either way.
+        let reason = self
+            .stop_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| {
+                if self.instance.is_dead() {
+                    "its process exited".into()
+                } else {
+                    "released".into()
+                }
+            });
         self._slot
             .shared
             .record(&self.function, self.instance.id, "stopped", reason);
@@ -131,7 +138,13 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         {
-            let mut state = self.shared.state.lock().unwrap();
+            // Not a second panic on a poisoned lock (that would abort the server): this
+            // slot's share is given back whatever panicked while holding it.
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.live -= 1;
             state.memory_mb -= self.memory_mb;
             state.pids.remove(&self.instance_id);
@@ -208,7 +221,11 @@ impl Shared {
         if let Some(sink) = self.sink.get() {
             sink(&e);
         }
-        let mut events = self.events.lock().unwrap();
+        // Called from drops: a poisoned lock must not make a second panic.
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if events.len() >= limits::EVENTS_MAX {
             events.pop_front();
         }
