@@ -664,6 +664,7 @@ impl Platform {
                 min_instances: spec.min_instances,
                 max_instances: spec.max_instances,
                 idle_timeout_ms: spec.idle_timeout_ms,
+                keep_alive_max_ms: spec.keep_alive_max_ms,
                 queue_timeout_ms: spec.queue_timeout_ms,
             },
         };

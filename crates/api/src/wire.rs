@@ -59,6 +59,9 @@ pub struct FunctionInput {
     pub max_instances: Option<u32>,
     /// Idle time after which an instance is stopped (default 600000).
     pub idle_timeout_ms: Option<u32>,
+    /// Adaptive keep-alive: idle instances may be kept up to this long when calls come
+    /// back after longer gaps than `idle_timeout_ms` (0, the default, is off).
+    pub keep_alive_max_ms: Option<u32>,
     /// How long a call waits for a slot before it is throttled (default 1000).
     pub queue_timeout_ms: Option<u32>,
     /// `module.function` run once per instance before its first call.
@@ -121,6 +124,7 @@ impl FunctionInput {
             min_instances: self.min_instances.unwrap_or(d.min_instances),
             max_instances: self.max_instances.unwrap_or(d.max_instances),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            keep_alive_max_ms: self.keep_alive_max_ms.unwrap_or(d.keep_alive_max_ms),
             queue_timeout_ms: self.queue_timeout_ms.unwrap_or(d.queue_timeout_ms),
             initializer: self.initializer,
             initializer_timeout_ms: self

@@ -37,6 +37,7 @@ struct FunctionEntry {
     min_instances: Option<u32>,
     max_instances: Option<u32>,
     idle_timeout_ms: Option<u32>,
+    keep_alive_max_ms: Option<u32>,
     queue_timeout_ms: Option<u32>,
     #[serde(default)]
     initializer: String,
@@ -169,6 +170,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             min_instances: entry.min_instances.unwrap_or(d.min_instances),
             max_instances: entry.max_instances.unwrap_or(d.max_instances),
             idle_timeout_ms: entry.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            keep_alive_max_ms: entry.keep_alive_max_ms.unwrap_or(d.keep_alive_max_ms),
             queue_timeout_ms: entry.queue_timeout_ms.unwrap_or(d.queue_timeout_ms),
             initializer: entry.initializer,
             initializer_timeout_ms: entry

@@ -132,6 +132,11 @@ pub struct FunctionSpec {
     /// An instance idle this long is stopped, down to `min_instances`.
     #[serde(default = "idle_timeout_default")]
     pub idle_timeout_ms: u32,
+    /// Adaptive keep-alive, off when 0: when the function's calls keep coming back after
+    /// idle gaps longer than `idle_timeout_ms`, its idle instances are kept long enough for
+    /// the next one (the gaps' 90th percentile and a fifth more), up to this long.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_alive_max_ms: u32,
     /// How long a call may wait for a free slot before it is throttled (429).
     #[serde(default = "queue_timeout_default")]
     pub queue_timeout_ms: u32,
@@ -274,6 +279,10 @@ fn ephemeral_storage_default() -> u32 {
     limits::EPHEMERAL_STORAGE_MB_DEFAULT
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 fn one() -> u32 {
     1
 }
@@ -313,6 +322,7 @@ impl FunctionSpec {
             min_instances: 0,
             max_instances: limits::MAX_INSTANCES_DEFAULT,
             idle_timeout_ms: limits::IDLE_TIMEOUT_MS_DEFAULT,
+            keep_alive_max_ms: 0,
             queue_timeout_ms: limits::QUEUE_TIMEOUT_MS_DEFAULT,
             initializer: String::new(),
             initializer_timeout_ms: limits::INITIALIZER_TIMEOUT_MS_DEFAULT,
@@ -529,6 +539,19 @@ impl FunctionSpec {
                 limits::IDLE_TIMEOUT_MS_MIN,
                 limits::IDLE_TIMEOUT_MS_MAX,
             ),
+        );
+        push(
+            "keep_alive_max_ms",
+            if self.keep_alive_max_ms == 0 {
+                Ok(())
+            } else if self.keep_alive_max_ms <= self.idle_timeout_ms {
+                Err(format!(
+                    "{} is not more than idle_timeout_ms ({}); use 0 to turn adaptive keep-alive off",
+                    self.keep_alive_max_ms, self.idle_timeout_ms
+                ))
+            } else {
+                range(self.keep_alive_max_ms, 0, limits::IDLE_TIMEOUT_MS_MAX)
+            },
         );
         push(
             "queue_timeout_ms",
@@ -800,6 +823,8 @@ mod tests {
             (|s| s.min_instances = 11, "min_instances"),
             (|s| s.max_instances = 0, "max_instances"),
             (|s| s.idle_timeout_ms = 10, "idle_timeout_ms"),
+            (|s| s.keep_alive_max_ms = 5_000, "keep_alive_max_ms"),
+            (|s| s.keep_alive_max_ms = 86_400_001, "keep_alive_max_ms"),
             (|s| s.queue_timeout_ms = 60_001, "queue_timeout_ms"),
             (|s| s.initializer = "nodot".into(), "initializer"),
             (|s| s.command = vec!["./server".into()], "command"),

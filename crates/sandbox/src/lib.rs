@@ -12,6 +12,7 @@ mod cgroup;
 mod instance;
 mod isolation;
 pub mod jail;
+mod keepalive;
 mod logs;
 mod pool;
 pub mod protocol;
@@ -83,6 +84,8 @@ pub struct Policy {
     pub min_instances: u32,
     pub max_instances: u32,
     pub idle_timeout_ms: u32,
+    /// Adaptive keep-alive's bound; 0 is off (see `keepalive`).
+    pub keep_alive_max_ms: u32,
     pub queue_timeout_ms: u32,
 }
 
@@ -92,6 +95,7 @@ impl Default for Policy {
             min_instances: 0,
             max_instances: model::limits::MAX_INSTANCES_DEFAULT,
             idle_timeout_ms: model::limits::IDLE_TIMEOUT_MS_DEFAULT,
+            keep_alive_max_ms: 0,
             queue_timeout_ms: model::limits::QUEUE_TIMEOUT_MS_DEFAULT,
         }
     }

@@ -174,6 +174,8 @@ struct FunctionPool {
     starting: usize,
     /// Calls waiting for a slot.
     waiting: usize,
+    /// The idle gaps between calls, for adaptive keep-alive.
+    gaps: crate::keepalive::IdleGaps,
 }
 
 impl FunctionPool {
@@ -560,6 +562,7 @@ impl Pool {
         }
         let (live, memory_mb) = (state.live, state.memory_mb);
         let fp = function_pool(&mut state, config, key);
+        fp.gaps.call_arrived(Instant::now());
         if fp.config_key != key {
             // The function changed: its instances run old code or config.
             fp.config_key = key;
@@ -842,6 +845,9 @@ impl Pool {
             entry.in_flight -= 1;
             if entry.in_flight == 0 {
                 entry.idle_since = Instant::now();
+                if pool.starting == 0 && pool.entries.iter().all(|e| e.in_flight == 0) {
+                    pool.gaps.went_idle(Instant::now());
+                }
             }
             (retire || pool.config_key != key || member.instance.is_dead())
                 .then(|| pool.entries.remove(i))
@@ -1025,6 +1031,7 @@ fn function_pool<'a>(
                 entries: Vec::new(),
                 starting: 0,
                 waiting: 0,
+                gaps: Default::default(),
             },
         );
     }
@@ -1060,7 +1067,12 @@ async fn maintain(pool: std::sync::Weak<Pool>) {
             for name in names {
                 let fp = state.functions.get_mut(&name).expect("listed above");
                 let min = fp.config.policy.min_instances as usize;
-                let idle_timeout = Duration::from_millis(fp.config.policy.idle_timeout_ms as u64);
+                let policy = &fp.config.policy;
+                let idle_timeout = Duration::from_millis(
+                    fp.gaps
+                        .keep_alive_ms(policy.idle_timeout_ms, policy.keep_alive_max_ms),
+                );
+                let adapted = idle_timeout.as_millis() > policy.idle_timeout_ms as u128;
                 // The longest idle first, down to the minimum.
                 while fp.entries.len() > min {
                     let oldest = fp
@@ -1072,8 +1084,15 @@ async fn maintain(pool: std::sync::Weak<Pool>) {
                         .map(|(i, _)| i);
                     let Some(i) = oldest else { break };
                     let e = fp.entries.remove(i);
-                    e.member
-                        .stopping(format!("idle for {} ms", idle_timeout.as_millis()));
+                    e.member.stopping(if adapted {
+                        format!(
+                            "idle for {} ms (adaptive keep-alive past idle_timeout_ms {})",
+                            idle_timeout.as_millis(),
+                            fp.config.policy.idle_timeout_ms
+                        )
+                    } else {
+                        format!("idle for {} ms", idle_timeout.as_millis())
+                    });
                     expired.push(e);
                 }
                 let missing = min.saturating_sub(fp.instances());
@@ -1678,6 +1697,42 @@ def handler(event, context):\n    return 'ok'\n";
         pool.invoke(&c, "r3", b"{}").await.unwrap();
         assert!(!pool.invoke(&c, "r4", b"{}").await.unwrap().cold_start);
         assert_eq!(pool.instances_of("f"), 1);
+    }
+
+    /// Calls every 1.2 s against a 200 ms idle timeout: without adaptive keep-alive every
+    /// call starts cold; with it, once four gaps are known, the instance is kept for the next.
+    #[tokio::test]
+    async fn adaptive_keep_alive_bridges_a_steady_rhythm() {
+        let (tmp, pool) = setup(&[("main.py", PY)]);
+        let run = |name: &str, keep_alive_max_ms: u32| {
+            let pool = pool.clone();
+            let mut c = config(&tmp, Runtime::Python3, "main.handler", 2000);
+            c.function = name.into();
+            c.policy.idle_timeout_ms = 200;
+            c.policy.keep_alive_max_ms = keep_alive_max_ms;
+            async move {
+                let mut cold = Vec::new();
+                for i in 0..7 {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(1200)).await;
+                    }
+                    cold.push(pool.invoke(&c, "r", b"{}").await.unwrap().cold_start);
+                }
+                cold
+            }
+        };
+        let (fixed, adaptive) = tokio::join!(run("fixed", 0), run("adaptive", 5_000));
+        assert_eq!(fixed, [true; 7], "reaped after 200 ms every time");
+        // Calls 2-5 bring the four gaps; from the sixth on the instance waits for them.
+        assert_eq!(adaptive[..5], [true; 5]);
+        assert_eq!(adaptive[5..], [false, false], "{adaptive:?}");
+        let events = pool.events(Some("adaptive"), 50);
+        assert!(
+            !events
+                .iter()
+                .any(|e| e.reason.contains("adaptive keep-alive")),
+            "not reaped while the rhythm holds: {events:?}"
+        );
     }
 
     #[tokio::test]
