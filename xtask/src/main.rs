@@ -21,13 +21,15 @@ fn main() -> anyhow::Result<()> {
         Some("bench-cold") => bench_cold(&args[1..]),
         Some("bench-async") => bench_async(&args[1..]),
         Some("bench-telemetry") => bench_telemetry(&args[1..]),
+        Some("bench-keepalive") => bench_keepalive(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-gateway [--seconds N] [--connections N]\n\
                  \x20      cargo xtask bench-cold [--seconds N]\n\
                  \x20      cargo xtask bench-async [--connections N]\n\
-                 \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\n\
+                 \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\
+                 \x20      cargo xtask bench-keepalive [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -782,6 +784,16 @@ fn start_time_ms(program: &str, args: &[&str], runs: usize) -> anyhow::Result<f6
 
 /// One invoke through the API, timed from the client.
 fn invoke_ms(endpoint: &str, token: &str, function: &str, body: &str) -> anyhow::Result<f64> {
+    Ok(invoke_timed(endpoint, token, function, body)?.0)
+}
+
+/// One invoke through the API: the client-timed milliseconds and whether it started cold.
+fn invoke_timed(
+    endpoint: &str,
+    token: &str,
+    function: &str,
+    body: &str,
+) -> anyhow::Result<(f64, bool)> {
     let addr = endpoint.trim_start_matches("http://");
     let t = Instant::now();
     let mut stream = std::net::TcpStream::connect(addr)?;
@@ -794,10 +806,78 @@ fn invoke_ms(endpoint: &str, token: &str, function: &str, body: &str) -> anyhow:
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
     if !answer.starts_with("HTTP/1.1 200") || answer.contains("x-nimbus-error-type") {
         bail!("{function} failed: {answer}");
     }
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    Ok((ms, answer.contains("x-nimbus-cold-start: true")))
+}
+
+/// Calls arriving every 1.5 s at two no-op Python functions with a 1 s idle timeout, one
+/// with adaptive keep-alive: how many calls start cold, and their latency.
+fn bench_keepalive(args: &[String]) -> anyhow::Result<()> {
+    let mut opts = parse(args)?;
+    if !args.iter().any(|a| a == "--rounds") {
+        opts.rounds = 20;
+    }
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-ka-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let server = Nimbus::start(&nimbus, &data, &[])?;
+    let code = root.join("bench/cold/py");
+    let projects = data.join("projects");
+    std::fs::create_dir_all(&projects)?;
+    let function = |name: &str, extra: &str| {
+        format!(
+            "  {name}:\n    runtime: python3\n    handler: main.handler\n    code: {}\n    idle_timeout_ms: 1000\n{extra}",
+            code.display()
+        )
+    };
+    std::fs::write(
+        projects.join("nimbus.yaml"),
+        format!(
+            "functions:\n{}{}",
+            function("fixed", ""),
+            function("adaptive", "    keep_alive_max_ms: 10000\n")
+        ),
+    )?;
+    server.deploy(&projects)?;
+    const PERIOD: Duration = Duration::from_millis(1500);
+    let mut results: Vec<(&str, Vec<f64>, usize)> =
+        vec![("fixed", Vec::new(), 0), ("adaptive", Vec::new(), 0)];
+    for _ in 0..opts.rounds {
+        let started = Instant::now();
+        for (function, ms, cold) in &mut results {
+            let (t, c) = invoke_timed(&server.endpoint, &server.token, function, "{}")?;
+            ms.push(t);
+            *cold += c as usize;
+        }
+        std::thread::sleep(PERIOD.saturating_sub(started.elapsed()));
+    }
+    println!(
+        "{} calls each, one every {} ms, idle_timeout_ms 1000:",
+        opts.rounds,
+        PERIOD.as_millis()
+    );
+    println!(
+        "{:<36} {:>6} {:>10} {:>10}",
+        "function", "cold", "p50_ms", "mean_ms"
+    );
+    for (function, ms, cold) in &mut results {
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let (p50, _) = median_ms(ms);
+        let label = if *function == "adaptive" {
+            "adaptive (keep_alive_max_ms 10000)"
+        } else {
+            "fixed"
+        };
+        println!("{label:<36} {cold:>6} {p50:>10.2} {mean:>10.2}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }
 
 /// Cold and warm starts, throughput and bursts of no-op Python and Node.js functions, next
