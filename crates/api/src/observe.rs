@@ -430,14 +430,11 @@ pub async fn records(
     let limit = page_limit(q.limit);
     let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let trace_id = match q.trace_id {
-        Some(t) if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(t.to_ascii_lowercase())
-        }
-        Some(t) => {
-            return Err(ApiError::invalid(format!(
+        Some(t) => Some(crate::trace::trace_id(&t).ok_or_else(|| {
+            ApiError::invalid(format!(
                 "trace_id {t:?} is not a trace id (32 hex digits, as in a traceparent)"
-            )));
-        }
+            ))
+        })?),
         None => None,
     };
     let query = RecordQuery {

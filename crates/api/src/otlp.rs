@@ -99,7 +99,8 @@ const QUEUE_SPAN_MIN_MS: f64 = 1.0;
 /// the FaaS semantic-convention attributes) and, for a cold start or a call that waited,
 /// one span per phase that took time (queue, sandbox, code, initializer, handler) below
 /// it, so a slow start shows where its time went.
-pub fn call_spans(r: &InvocationRecord, trace: &Span) -> Vec<ExportSpan> {
+pub fn call_spans(r: &InvocationRecord) -> Vec<ExportSpan> {
+    let trace = &r.trace;
     let t = &r.timings;
     let start_ns = ms_to_ns(r.started_at_ms as f64);
     let phases = [
@@ -391,9 +392,9 @@ mod tests {
                 initializer_ms: 1.0,
                 handler_ms: 2.0,
             },
-            trace: Some(trace.clone()),
+            trace: trace.clone(),
         };
-        let spans = call_spans(&record, &trace);
+        let spans = call_spans(&record);
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -443,7 +444,7 @@ mod tests {
             },
             ..record
         };
-        let spans = call_spans(&warm, &trace);
+        let spans = call_spans(&warm);
         assert_eq!(spans.len(), 1);
         let body: Value = serde_json::from_slice(&encode("nimbus", &spans)).unwrap();
         let json = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];

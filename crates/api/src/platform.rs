@@ -58,8 +58,8 @@ pub struct InvocationRecord {
     pub error: Option<FunctionError>,
     pub logs: Logs,
     pub timings: sandbox::Timings,
-    /// The call's span (web functions' calls have none yet).
-    pub trace: Option<crate::trace::Span>,
+    /// The call's span.
+    pub trace: crate::trace::Span,
 }
 
 /// Where a call comes from.
@@ -525,7 +525,7 @@ impl Platform {
             },
             logs: invocation.logs,
             timings: invocation.timings,
-            trace: Some(trace),
+            trace,
         });
         self.remember(record.clone());
         Ok((record, invocation.outcome, resolved))

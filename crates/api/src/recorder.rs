@@ -257,10 +257,8 @@ impl Writer {
         for item in items.drain(..) {
             match item {
                 Item::Call(r) => {
-                    if self.exporter.is_some()
-                        && let Some(trace) = &r.trace
-                    {
-                        spans.extend(crate::otlp::call_spans(&r, trace));
+                    if self.exporter.is_some() {
+                        spans.extend(crate::otlp::call_spans(&r));
                     }
                     let billed = billed_ms(&r, granularity);
                     self.metrics.observe(&r, billed);
@@ -444,6 +442,6 @@ fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
         billed_ms,
         memory_mb: r.memory_mb,
         instance_id: r.instance_id,
-        traceparent: r.trace.as_ref().map(|t| t.traceparent.clone()),
+        traceparent: Some(r.trace.traceparent.clone()),
     }
 }

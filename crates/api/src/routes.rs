@@ -256,7 +256,6 @@ pub async fn invoke(
         .get(headers::AFFINITY)
         .and_then(|v| v.to_str().ok());
     let trace = crate::trace::for_call(&req_headers);
-    let traceparent = trace.traceparent.clone();
     let (record, outcome) = s
         .platform
         .invoke(
@@ -305,7 +304,7 @@ pub async fn invoke(
     if let Ok(v) = HeaderValue::from_str(&record.version) {
         h.insert(headers::VERSION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+    if let Ok(v) = HeaderValue::from_str(&record.trace.traceparent) {
         h.insert(crate::trace::TRACEPARENT, v);
     }
     if let Some(init) = record.init_ms {

@@ -8,7 +8,9 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// One call's span: its `traceparent` (what the function sees and the answer carries) and
 /// the span it continues, when the caller sent one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Default` is an empty placeholder, only for moving a span out of a struct being dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Span {
     pub traceparent: String,
     pub parent_span_id: Option<String>,
@@ -43,6 +45,12 @@ pub fn child_of(parent: Option<&str>) -> Span {
         traceparent: format!("00-{trace_id}-{}-{flags}", random_hex(8)),
         parent_span_id: parent.map(|(_, span_id, _)| span_id.to_string()),
     }
+}
+
+/// A trace id as a user gives it (32 hex digits, either case), lowercased as traceparents
+/// carry it.
+pub fn trace_id(s: &str) -> Option<String> {
+    (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
 /// The trace id, parent span id and flags of a valid version-00 `traceparent`.
@@ -110,5 +118,11 @@ mod tests {
             assert!(parse(t).is_some() && !t.contains("4bf92f"), "{bad} -> {t}");
             assert_eq!(span.parent_span_id, None);
         }
+        assert_eq!(
+            trace_id("4BF92F3577B34DA6A3CE929D0E0E4736").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("4bf92f35"), None);
+        assert_eq!(trace_id("zbf92f3577b34da6a3ce929d0e0e4736"), None);
     }
 }

@@ -222,7 +222,7 @@ pub struct InvocationView {
     /// Where the time went: queue, and on a cold start sandbox, code and initializer.
     pub timings: TimingsView,
     /// The call's W3C `traceparent` (its span, in the caller's trace when it sent one).
-    pub traceparent: Option<String>,
+    pub traceparent: String,
 }
 
 /// Milliseconds spent in each phase of an invocation.
@@ -256,7 +256,7 @@ impl From<&InvocationRecord> for InvocationView {
             duration_ms: r.duration_ms,
             instance_id: r.instance_id,
             started_at_ms: r.started_at_ms,
-            traceparent: r.trace.as_ref().map(|t| t.traceparent.clone()),
+            traceparent: r.trace.traceparent.clone(),
             logs: r
                 .logs
                 .lines

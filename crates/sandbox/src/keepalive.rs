@@ -31,6 +31,11 @@ impl IdleGaps {
         self.idle_since = Some(now);
     }
 
+    /// Whether no call has run since the function went idle.
+    pub fn is_idle(&self) -> bool {
+        self.idle_since.is_some()
+    }
+
     /// A call arrived at `now`: the gap since the function went idle, if it was, is kept.
     pub fn call_arrived(&mut self, now: Instant) {
         if let Some(since) = self.idle_since.take() {

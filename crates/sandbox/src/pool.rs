@@ -562,7 +562,10 @@ impl Pool {
         }
         let (live, memory_mb) = (state.live, state.memory_mb);
         let fp = function_pool(&mut state, config, key);
-        fp.gaps.call_arrived(Instant::now());
+        // Idle gaps are only tracked for functions that adapt their keep-alive.
+        if config.policy.keep_alive_max_ms > 0 && fp.gaps.is_idle() {
+            fp.gaps.call_arrived(Instant::now());
+        }
         if fp.config_key != key {
             // The function changed: its instances run old code or config.
             fp.config_key = key;
@@ -845,7 +848,10 @@ impl Pool {
             entry.in_flight -= 1;
             if entry.in_flight == 0 {
                 entry.idle_since = Instant::now();
-                if pool.starting == 0 && pool.entries.iter().all(|e| e.in_flight == 0) {
+                if pool.config.policy.keep_alive_max_ms > 0
+                    && pool.starting == 0
+                    && pool.entries.iter().all(|e| e.in_flight == 0)
+                {
                     pool.gaps.went_idle(Instant::now());
                 }
             }

@@ -313,15 +313,13 @@ async fn invoke_handler(
         .headers
         .get(crate::routes::headers::AFFINITY)
         .and_then(|v| v.to_str().ok());
-    let trace = r.trace.clone();
-    let traceparent = trace.traceparent.clone();
     let (record, outcome) = platform
         .invoke(
             &r.function,
             Bytes::from(event),
             r.request_id.clone(),
             affinity,
-            trace,
+            r.trace,
         )
         .await?;
     let timing = Timing {
@@ -334,9 +332,7 @@ async fn invoke_handler(
         Outcome::Error(e) => function_failed(&e, &record.request_id),
     };
     version_header(&mut response, &record.version);
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
-        response.headers_mut().insert(crate::trace::TRACEPARENT, v);
-    }
+    traceparent_header(&mut response, &record.trace);
     Ok((response, timing))
 }
 
@@ -412,7 +408,7 @@ pub(crate) async fn lease_for(
                 },
                 Some(e),
                 Default::default(),
-                Some(r.trace.clone()),
+                r.trace.clone(),
             );
             Ok(Err((
                 response,
@@ -469,7 +465,7 @@ pub(crate) fn record(
     meta: CallMeta,
     error: Option<sandbox::FunctionError>,
     logs: sandbox::Logs,
-    trace: Option<crate::trace::Span>,
+    trace: crate::trace::Span,
 ) {
     // A route to a version or alias names it after the function.
     let (function, qualifier) = match function.split_once(':') {

@@ -97,7 +97,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(error),
                 logs,
-                Some(r.trace.clone()),
+                r.trace.clone(),
             );
             return Ok((response, timing));
         }
@@ -120,7 +120,7 @@ pub(crate) async fn serve(
         platform: platform.clone(),
         request_id: r.request_id,
         function: r.function,
-        trace: Some(r.trace),
+        trace: r.trace,
         deadline,
         started,
     };
@@ -190,7 +190,7 @@ struct Proxied {
     platform: Arc<Platform>,
     request_id: String,
     function: String,
-    trace: Option<crate::trace::Span>,
+    trace: crate::trace::Span,
     deadline: tokio::time::Instant,
     started: Instant,
 }
@@ -263,7 +263,7 @@ impl Proxied {
             meta,
             error,
             logs,
-            self.trace.take(),
+            std::mem::take(&mut self.trace),
         );
     }
 }
@@ -283,7 +283,7 @@ impl Drop for Proxied {
             platform: self.platform.clone(),
             request_id: std::mem::take(&mut self.request_id),
             function: std::mem::take(&mut self.function),
-            trace: self.trace.take(),
+            trace: std::mem::take(&mut self.trace),
             deadline: self.deadline,
             started: self.started,
         };

@@ -97,7 +97,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(e),
                 logs,
-                Some(r.trace.clone()),
+                r.trace.clone(),
             );
             return Ok((response, timing));
         }
@@ -117,7 +117,7 @@ pub(crate) async fn serve(
                 CallMeta::of(&lease, handler_ms),
                 Some(error),
                 Default::default(),
-                Some(r.trace.clone()),
+                r.trace.clone(),
             );
             return Ok((response, timing));
         }
@@ -140,7 +140,7 @@ pub(crate) async fn serve(
         platform: platform.clone(),
         request_id: r.request_id,
         function: r.function,
-        trace: Some(r.trace),
+        trace: r.trace,
         deadline,
         started,
     };
@@ -156,7 +156,7 @@ struct Streamed {
     platform: Arc<Platform>,
     request_id: String,
     function: String,
-    trace: Option<crate::trace::Span>,
+    trace: crate::trace::Span,
     deadline: tokio::time::Instant,
     started: Instant,
 }
@@ -208,7 +208,7 @@ impl Streamed {
             meta,
             error,
             logs,
-            self.trace.take(),
+            std::mem::take(&mut self.trace),
         );
     }
 }
@@ -227,7 +227,7 @@ impl Drop for Streamed {
             platform: self.platform.clone(),
             request_id: std::mem::take(&mut self.request_id),
             function: std::mem::take(&mut self.function),
-            trace: self.trace.take(),
+            trace: std::mem::take(&mut self.trace),
             deadline: self.deadline,
             started: self.started,
         };
