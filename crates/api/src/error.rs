@@ -1,7 +1,8 @@
-//! The API's error: a stable code from `model::ErrorCode` plus a message that helps.
+//! The API's error: the core's error (a stable code from `model::ErrorCode` plus a message
+//! that helps) as an HTTP answer: the code's status and a `{code, message}` body.
 //!
-//! Internal faults are logged once here, with their cause, and the client gets the code and
-//! a plain message, never a server stack trace.
+//! Internal faults are logged once where they are mapped (in the core), and the client
+//! gets the code and a plain message, never a server stack trace.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -74,66 +75,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<platform::Error> for ApiError {
+    fn from(e: platform::Error) -> Self {
+        ApiError {
+            code: e.code,
+            message: e.message,
+            retry_after_s: e.retry_after_s,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(name) => ApiError::new(
-                ErrorCode::FunctionNotFound,
-                format!("function `{name}` does not exist; `nimbus ls` lists the deployed ones"),
-            ),
-            StoreError::Conflict(name) => ApiError::new(
-                ErrorCode::FunctionExists,
-                format!(
-                    "function `{name}` already exists; update it with PUT /v1/functions/{name}"
-                ),
-            ),
-            StoreError::BlobNotFound(sha) => ApiError::new(
-                ErrorCode::CodeNotFound,
-                format!(
-                    "no code archive with sha256 {sha} was uploaded; POST it to /v1/code first"
-                ),
-            ),
-            StoreError::Archive(e) => ApiError::new(ErrorCode::InvalidArchive, e.to_string()),
-            StoreError::VersionNotFound(f, v) => ApiError::new(
-                ErrorCode::VersionNotFound,
-                format!("function `{f}` has no version {v}; `nimbus versions {f}` lists them"),
-            ),
-            StoreError::AliasNotFound(f, a) => ApiError::new(
-                ErrorCode::AliasNotFound,
-                format!("function `{f}` has no alias `{a}`; `nimbus alias ls {f}` lists them"),
-            ),
-            e @ StoreError::VersionInUse(..) => ApiError::new(ErrorCode::InUse, e.to_string()),
-            other => {
-                tracing::error!(error = %other, "store failure");
-                ApiError::new(
-                    ErrorCode::StorageError,
-                    "the metadata or code store failed; the server log has details",
-                )
-            }
-        }
+        platform::Error::from(e).into()
     }
 }
 
 impl From<SandboxError> for ApiError {
     fn from(e: SandboxError) -> Self {
-        if let SandboxError::Throttled { retry_after_s, .. } = &e {
-            let retry = *retry_after_s;
-            return ApiError {
-                retry_after_s: Some(retry),
-                ..ApiError::new(ErrorCode::Throttled, e.to_string())
-            };
-        }
-        let code = match &e {
-            SandboxError::RuntimeUnavailable(_) => ErrorCode::RuntimeUnavailable,
-            SandboxError::NodeFull { .. } | SandboxError::ShuttingDown => {
-                ErrorCode::CapacityExhausted
-            }
-            SandboxError::Throttled { .. } => unreachable!("handled above"),
-            SandboxError::Spawn(_) => {
-                tracing::error!(error = %e, "instance start failed");
-                ErrorCode::InstanceStartFailed
-            }
-        };
-        ApiError::new(code, e.to_string())
+        platform::Error::from(e).into()
     }
 }

@@ -2,22 +2,16 @@
 //! document.
 //!
 //! Boundary: this crate is the only one that knows HTTP and the JSON wire shapes. The
-//! operations themselves live in `platform`, which knows neither, so triggers and other
-//! front ends call the same code.
+//! operations themselves live in the `platform` crate, which knows neither, so triggers
+//! and other front doors call the same code.
 
-pub mod async_invoke;
 mod auth;
 mod error;
 pub mod gateway;
-pub mod metrics;
 pub mod observe;
-pub mod otlp;
-mod platform;
-pub mod recorder;
 pub mod releases;
 pub mod routes;
-pub mod trace;
-mod webhook;
+mod trace;
 mod wire;
 
 use std::sync::Arc;
@@ -27,12 +21,15 @@ use axum::routing::{get, head, post};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
-pub use platform::{InvocationRecord, Platform};
+pub use gateway::Gateway;
+use platform::Platform;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub platform: Arc<Platform>,
+    /// The HTTP trigger: routes derived from the platform's catalog.
+    pub gateway: Arc<Gateway>,
     /// The admin bearer token.
     pub token: Arc<str>,
     /// The price table of usage estimates.

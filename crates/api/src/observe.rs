@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use store::telemetry::{self, EventQuery, LogQuery, LogRow, RecordQuery, UsageBy};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::platform::now_ms;
 use crate::{ApiError, AppState};
+use platform::now_ms;
 
 /// Prices of the usage estimate, per unit, in any one currency.
 #[derive(Clone, Copy, Debug, Serialize, ToSchema)]
@@ -347,7 +347,7 @@ pub async fn events(
             events: events
                 .into_iter()
                 .filter(|e| q.event.as_deref().is_none_or(|k| k == e.event))
-                .map(|e| EventView::from(crate::recorder::event_row(e)))
+                .map(|e| EventView::from(platform::recorder::event_row(e)))
                 .collect(),
             next_before: None,
         }));
@@ -430,7 +430,7 @@ pub async fn records(
     let limit = page_limit(q.limit);
     let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let trace_id = match q.trace_id {
-        Some(t) => Some(crate::trace::trace_id(&t).ok_or_else(|| {
+        Some(t) => Some(platform::trace::trace_id(&t).ok_or_else(|| {
             ApiError::invalid(format!(
                 "trace_id {t:?} is not a trace id (32 hex digits, as in a traceparent)"
             ))

@@ -229,7 +229,7 @@ pub async fn invoke(
             .and_then(|v| v.to_str().ok())
             .map(String::from);
         let trace = crate::trace::for_call(&req_headers);
-        let started_at_ms = crate::platform::now_ms();
+        let started_at_ms = platform::now_ms();
         let (id, duplicate) = s
             .platform
             .submit_async(&name, event, key, trace.traceparent.clone())
@@ -252,20 +252,18 @@ pub async fn invoke(
         }
         return Ok(r);
     }
-    let affinity = req_headers
+    let mut call = platform::Call::new(
+        name,
+        model::TriggerKind::Api,
+        crate::trace::for_call(&req_headers),
+    );
+    call.affinity = req_headers
         .get(headers::AFFINITY)
-        .and_then(|v| v.to_str().ok());
-    let trace = crate::trace::for_call(&req_headers);
-    let (record, outcome) = s
-        .platform
-        .invoke(
-            &name,
-            event,
-            uuid::Uuid::new_v4().to_string(),
-            affinity,
-            trace,
-        )
-        .await?;
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let platform::Invoked {
+        record, outcome, ..
+    } = s.platform.invoke(call, event).await?;
     let mut response = match outcome {
         Outcome::Success { content_type, body } => {
             let ct = match content_type {
@@ -329,7 +327,7 @@ fn num(ms: f64) -> HeaderValue {
     HeaderValue::from_str(&format!("{ms:.3}")).expect("a number is a valid header")
 }
 
-fn log_tail(record: &crate::platform::InvocationRecord) -> HeaderValue {
+fn log_tail(record: &platform::InvocationRecord) -> HeaderValue {
     let mut text = String::new();
     for line in &record.logs.lines {
         text.push_str(&line.message);

@@ -8,7 +8,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use crate::{AppState, Platform, router};
+use platform::Platform;
+
+use crate::{AppState, Gateway, router};
 
 const TOKEN: &str = "test-token";
 
@@ -34,8 +36,13 @@ async fn harness() -> Harness {
         .await
         .unwrap();
     platform.enable_telemetry(Arc::new(telemetry), Default::default(), None);
+    let gateway = Gateway::new();
+    platform.add_trigger(gateway.clone());
+    platform.load().await.unwrap();
+    platform.start_triggers().await.unwrap();
     let app = router(AppState {
         platform,
+        gateway,
         token: TOKEN.into(),
         prices: Default::default(),
     });

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ApiError;
-use crate::platform::InvocationRecord;
+use platform::InvocationRecord;
 
 /// A function's configuration as sent by clients. Omitted optional fields take defaults.
 #[derive(Debug, Deserialize, ToSchema)]

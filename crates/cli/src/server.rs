@@ -201,7 +201,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
-    let platform = Arc::new(api::Platform::new(meta, blobs, code, pool.clone()));
+    let platform = Arc::new(platform::Platform::new(meta, blobs, code, pool.clone()));
     let otlp = match &args.otlp_endpoint {
         None => None,
         Some(_) if args.no_telemetry => {
@@ -210,7 +210,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             )
         }
         Some(endpoint) => Some(
-            api::otlp::OtlpConfig::new(endpoint, &args.otlp_service_name)
+            platform::otlp::OtlpConfig::new(endpoint, &args.otlp_service_name)
                 .map_err(anyhow::Error::msg)?,
         ),
     };
@@ -223,7 +223,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             .context("opening the telemetry database")?;
         platform.enable_telemetry(
             Arc::new(telemetry),
-            api::recorder::RecorderConfig {
+            platform::recorder::RecorderConfig {
                 billing_granularity_ms: args.billing_granularity_ms,
                 retention: store::telemetry::Retention {
                     records_max_age_ms: args.records_retention_hours as i64 * 3_600_000,
@@ -234,14 +234,14 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             otlp,
         );
     }
-    platform
-        .load()
-        .await
-        .map_err(|e| anyhow::anyhow!("loading routes and keys: {e}"))?;
+    // The triggers: the gateway (routes) and the durable queue. Both check deploys from
+    // now on and start after the platform has loaded.
+    let gateway = api::Gateway::new();
+    platform.add_trigger(gateway.clone());
     platform
         .enable_async(
             queue,
-            api::async_invoke::AsyncConfig {
+            platform::async_invoke::AsyncConfig {
                 payload_max_bytes: args.async_payload_max_kb as usize * 1024,
                 retention_ms: args.async_retention_hours * 3_600_000,
                 retry_base_ms: args.async_retry_base_ms,
@@ -251,6 +251,14 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting asynchronous invocation: {e}"))?;
+    platform
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading functions and keys: {e}"))?;
+    platform
+        .start_triggers()
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the triggers: {e}"))?;
     for (flag, price) in [
         (
             "--price-per-million-requests",
@@ -268,6 +276,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     }
     let app = api::router(api::AppState {
         platform: platform.clone(),
+        gateway,
         token: token.into(),
         prices: api::observe::Prices {
             per_million_requests: args.price_per_million_requests,
@@ -311,6 +320,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         served = serve => served.context("serving")?,
         _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
     }
+    platform.stop_triggers().await;
     pool.shutdown().await;
     platform.flush_telemetry().await;
     if let Some(isolation) = &isolation {

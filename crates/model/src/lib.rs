@@ -9,8 +9,10 @@ mod function;
 pub mod hash;
 pub mod http;
 pub mod limits;
+pub mod trigger;
 
 pub use error::ErrorCode;
+pub use trigger::TriggerKind;
 pub mod version;
 
 pub use function::{

@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use model::{FunctionType, Runtime, limits};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cgroup::InstanceCgroup;
+use crate::executor::{Reply, StartError, StreamEvent};
 use crate::isolation::Isolation;
 use crate::protocol::{self, Frame, FrameReader, Kind};
 use crate::runtimes::Launch;
@@ -39,30 +39,6 @@ const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 /// Body chunks buffered between an instance and a slow HTTP client; past this the instance
 /// waits (backpressure) instead of the server buffering without bound.
 const STREAM_CHUNKS_BUFFERED: usize = 16;
-
-/// The first answer to a call.
-pub(crate) enum Reply {
-    /// A handler's value. `content_type` is the shim's tag: json, text or bytes.
-    Result {
-        content_type: Bytes,
-        body: Bytes,
-    },
-    /// A web app's response head (JSON `{status, headers}`); the body follows as a stream.
-    Head(Bytes),
-    Error(FunctionError),
-    /// The instance died before answering.
-    Crashed(String),
-    Timeout,
-}
-
-/// What follows a `Reply::Head`.
-pub enum StreamEvent {
-    Chunk(Bytes),
-    /// The response is complete; the call's logs come with it.
-    End(Logs),
-    /// The instance failed midway; the response must be cut off.
-    Abort(String),
-}
 
 enum Waiter {
     /// A call that answers once (an invocation).
@@ -135,14 +111,6 @@ pub(crate) struct Instance {
     reader: Mutex<Option<FrameReader<tokio::net::unix::OwnedReadHalf>>>,
     /// The instance's cgroups when sandboxed; dropped after the process group is killed.
     cgroup: Option<InstanceCgroup>,
-}
-
-/// Why an instance did not become ready.
-pub(crate) enum StartError {
-    /// The platform could not start it (no interpreter, spawn failed).
-    Platform(SandboxError),
-    /// The function's code failed to load: an invocation outcome.
-    Function(FunctionError),
 }
 
 fn platform(e: impl std::fmt::Display) -> StartError {

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod executor;
 mod instance;
 mod isolation;
 pub mod jail;
@@ -18,6 +19,7 @@ mod pool;
 pub mod protocol;
 mod runtimes;
 mod sys;
+pub mod web;
 mod zygote;
 
 use std::collections::BTreeMap;
@@ -27,7 +29,7 @@ use bytes::Bytes;
 use model::{FunctionType, Runtime};
 use serde::{Deserialize, Serialize};
 
-pub use instance::StreamEvent;
+pub use executor::StreamEvent;
 pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};
 pub use pool::{Acquired, CallContext, EventSink, Lease, Occupancy, Pool, PoolConfig, WebReply};

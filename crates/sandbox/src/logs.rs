@@ -3,6 +3,9 @@
 use model::limits;
 use serde::Serialize;
 
+/// The longest line `push_always` keeps: a failure with its stack trace.
+const ERROR_LINE_BYTES_MAX: usize = 16 * 1024;
+
 /// One line a function wrote: to stdout/stderr, through its logger, or via `console.*`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogLine {
@@ -35,6 +38,22 @@ impl Logs {
             time_ms: now_ms(),
             stream: stream.to_string(),
             message: String::from_utf8_lossy(message).into_owned(),
+        });
+    }
+
+    /// Keeps a line the platform itself writes (a function's failure), even past the cap:
+    /// the line that says why a call failed must not be the one dropped. Its message is cut
+    /// at `ERROR_LINE_BYTES_MAX`.
+    pub fn push_always(&mut self, stream: &str, message: &str) {
+        let mut end = message.len().min(ERROR_LINE_BYTES_MAX);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.bytes += stream.len() + end;
+        self.lines.push(LogLine {
+            time_ms: now_ms(),
+            stream: stream.to_string(),
+            message: message[..end].to_string(),
         });
     }
 

@@ -8,11 +8,17 @@
 //! stopped down to `min_instances`, which are started ahead of traffic. Every decision
 //! happens under one short lock that is never held across an await, and every start and
 //! stop is recorded as a lifecycle event with its reason.
+//!
+//! The decisions themselves are plain functions in `decide`, over the state this lock
+//! guards, with the time passed in; this module applies them: it turns reservations into
+//! slots, starts instances through the `Executor`, and stops what leaves the pool after
+//! the lock is released. It knows no process: pids, stems and the fork server are the
+//! process executor's.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,16 +26,26 @@ use bytes::Bytes;
 use model::limits;
 use tokio::sync::{Notify, mpsc};
 
-use crate::instance::{Instance, Reply, StartError, Stem, StreamEvent, kill_group};
+use crate::executor::process::ProcessExecutor;
+use crate::executor::{Executor, Handle, Reply, StartError, Stopper, StreamEvent};
 use crate::isolation::Isolation;
 use crate::logs::now_ms;
+use crate::pool::decide::{Capacity, Leaving, Liveness, Reservation};
 use crate::protocol::Kind;
-use crate::zygote::Zygote;
 use crate::{
     ContentType, FunctionError, InstanceConfig, Invocation, LifecycleEvent, Logs, Outcome,
     Runtimes, SandboxError, Timings,
 };
-use model::{Network, Runtime};
+
+mod decide;
+#[cfg(test)]
+mod seam_tests;
+
+/// The time the pool's decisions are made at: tokio's clock, which is the system's
+/// monotonic clock except in tests that pause it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// What a handler's context carries besides its request id.
 #[derive(Clone, Debug)]
@@ -78,10 +94,10 @@ impl Default for PoolConfig {
 }
 
 /// A live instance with its share of the node's capacity. When the last reference goes
-/// (the pool's and every lease's), the process is killed, the capacity freed, and the stop
-/// recorded with the reason last given.
+/// (the pool's and every lease's), the instance is stopped (a process is killed), the
+/// capacity freed, and the stop recorded with the reason last given.
 struct Member {
-    instance: Instance,
+    instance: Handle,
     function: String,
     /// `$LATEST` or the version number the instance runs.
     version: String,
@@ -126,7 +142,7 @@ impl Drop for Member {
     }
 }
 
-/// One instance's share of `State::live` and `State::memory_mb`, released on drop.
+/// One instance's share of the node (`decide::State::live` and `memory_mb`), released on drop.
 struct Slot {
     shared: Arc<Shared>,
     instance_id: u64,
@@ -145,61 +161,34 @@ impl Drop for Slot {
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.live -= 1;
-            state.memory_mb -= self.memory_mb;
-            state.pids.remove(&self.instance_id);
+            state.sched.live -= 1;
+            state.sched.memory_mb -= self.memory_mb;
+            state.stoppers.remove(&self.instance_id);
         }
         self.shared.freed.notify_waiters();
     }
 }
 
-struct Entry {
-    member: Arc<Member>,
-    /// Calls running on the instance now.
-    in_flight: usize,
-    /// When `in_flight` last dropped to zero.
-    idle_since: Instant,
-}
-
-struct FunctionPool {
-    /// Which pool of this name this is: a function deleted and deployed again gets a new
-    /// pool, and a start or a wait counted in the old one must not be taken off the new.
-    epoch: u64,
-    /// Hash of the `InstanceConfig` the instances were started with.
-    config_key: u64,
-    /// The latest configuration, for starting provisioned instances.
-    config: InstanceConfig,
-    entries: Vec<Entry>,
-    /// Instances being started, counted against `max_instances`.
-    starting: usize,
-    /// Calls waiting for a slot.
-    waiting: usize,
-    /// The idle gaps between calls, for adaptive keep-alive.
-    gaps: crate::keepalive::IdleGaps,
-}
-
-impl FunctionPool {
-    fn instances(&self) -> usize {
-        self.entries.len() + self.starting
+impl Liveness for Arc<Member> {
+    fn is_dead(&self) -> bool {
+        self.instance.is_dead()
     }
 }
 
+/// An instance in a function's pool.
+type Entry = decide::Entry<Arc<Member>>;
+
+/// What the pool's lock guards: the scheduler's state, and how to stop every live
+/// instance, busy or idle, so shutdown can kill what is busy too.
 #[derive(Default)]
-struct State {
-    functions: HashMap<String, FunctionPool>,
-    /// Instances alive (busy, idle, or starting), counted against `instances_max`.
-    live: usize,
-    memory_mb: u64,
-    /// Process ids of every live instance, so shutdown can kill what is busy too.
-    pids: HashMap<u64, i32>,
-    closed: bool,
-    /// The next `FunctionPool::epoch`.
-    next_epoch: u64,
+struct Locked {
+    sched: decide::State<Arc<Member>>,
+    stoppers: HashMap<u64, Stopper>,
 }
 
 /// What the pool and every instance's slot share.
 struct Shared {
-    state: Mutex<State>,
+    state: Mutex<Locked>,
     /// Woken whenever a slot or capacity frees, so waiting calls look again.
     freed: Notify,
     events: Mutex<VecDeque<LifecycleEvent>>,
@@ -245,8 +234,9 @@ pub struct Occupancy {
     pub provisioned_mb: u64,
 }
 
-/// What a look at the pool decided for one call.
-enum Decision {
+/// What a look at the pool decided for one call (`decide::Decision` with its reservation
+/// made a slot).
+enum Look {
     /// A slot on a warm instance.
     Warm(Arc<Member>),
     /// Start an instance: the function's count and the node's capacity are reserved.
@@ -262,142 +252,35 @@ pub struct Pool {
     runtimes: Runtimes,
     config: PoolConfig,
     shared: Arc<Shared>,
-    next_instance: AtomicU64,
-    /// Prewarmed runtime processes, per runtime, taken by cold starts and refilled.
-    stems: Mutex<HashMap<(Runtime, Network), Vec<Stem>>>,
-    /// The Python fork server and when it was started; replaced when it dies, at most once
-    /// per `ZYGOTE_RESTART_INTERVAL`.
-    zygote: Mutex<Option<(Zygote, Instant)>>,
+    /// What starts instances: runtime processes, for now the only kind.
+    executor: Arc<dyn Executor>,
 }
-
-/// How often a dying fork server is restarted at most; in between, instances are spawned.
-const ZYGOTE_RESTART_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Pool {
     pub fn new(runtimes: Runtimes, config: PoolConfig) -> Arc<Pool> {
+        let executor = Arc::new(ProcessExecutor::new(runtimes.clone(), &config));
+        Pool::with_executor(runtimes, config, executor)
+    }
+
+    /// A pool whose instances `executor` starts.
+    pub(crate) fn with_executor(
+        runtimes: Runtimes,
+        config: PoolConfig,
+        executor: Arc<dyn Executor>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             runtimes,
             config,
+            executor,
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(Locked::default()),
                 freed: Notify::new(),
                 events: Mutex::new(VecDeque::new()),
                 sink: std::sync::OnceLock::new(),
             }),
-            next_instance: AtomicU64::new(1),
-            stems: Mutex::new(HashMap::new()),
-            zygote: Mutex::new(None),
         });
-        for runtime in [Runtime::Python3, Runtime::Nodejs] {
-            pool.refill_stems(runtime, Network::Outbound);
-        }
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
-    }
-
-    /// A stem forked by the Python fork server, which is started or restarted as needed;
-    /// none when the fork server is off or cannot be had right now.
-    fn fork_stem(&self) -> Option<Stem> {
-        if !self.config.fork_server {
-            return None;
-        }
-        let mut zygote = self.zygote.lock().unwrap();
-        let usable = zygote.as_ref().is_some_and(|(z, _)| z.alive());
-        if !usable {
-            if zygote
-                .as_ref()
-                .is_some_and(|(_, at)| at.elapsed() < ZYGOTE_RESTART_INTERVAL)
-            {
-                return None;
-            }
-            let launch = self.runtimes.interpreter_launch(Runtime::Python3)?;
-            match Zygote::spawn(&launch) {
-                Ok(z) => *zygote = Some((z, Instant::now())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "starting the Python fork server failed");
-                    return None;
-                }
-            }
-        }
-        let (z, _) = zygote.as_ref()?;
-        match Stem::fork(z) {
-            Ok(stem) => Some(stem),
-            Err(e) => {
-                tracing::warn!(error = %e, "the Python fork server did not take a request");
-                None
-            }
-        }
-    }
-
-    /// Takes a prewarmed process of `runtime`, if one is alive, and starts its replacement.
-    /// With none left, a Python instance is forked on the spot.
-    fn take_stem(&self, runtime: Runtime, network: Network) -> Option<Stem> {
-        // Unjailed, every process has the host's network: one kind of stem.
-        let network = if self.jailed() {
-            network
-        } else {
-            Network::Outbound
-        };
-        let stem = {
-            let mut stems = self.stems.lock().unwrap();
-            let list = stems.entry((runtime, network)).or_default();
-            let mut found = None;
-            while let Some(mut stem) = list.pop() {
-                if stem.alive() {
-                    found = Some(stem);
-                    break;
-                }
-            }
-            found
-        };
-        // Stems without network are made once a function asks for one.
-        self.refill_stems(runtime, network);
-        if stem.is_some() {
-            return stem;
-        }
-        if runtime == Runtime::Python3 && !self.jailed() {
-            return self.fork_stem();
-        }
-        None
-    }
-
-    /// Whether instances start in jails (and stems are jailed, without the fork server).
-    fn jailed(&self) -> bool {
-        self.config.isolation.as_ref().is_some_and(|i| i.jails())
-    }
-
-    /// Starts stems of `runtime` with `network` up to the configured number.
-    fn refill_stems(&self, runtime: Runtime, network: Network) {
-        let Some(launch) = self.runtimes.interpreter_launch(runtime) else {
-            return;
-        };
-        let mut stems = self.stems.lock().unwrap();
-        if self.shared.state.lock().unwrap().closed {
-            return;
-        }
-        let list = stems.entry((runtime, network)).or_default();
-        while list.len() < self.config.prewarm {
-            let jail = self.config.isolation.as_deref().filter(|i| i.jails());
-            let forked = match (runtime, jail) {
-                (Runtime::Python3, None) => self.fork_stem(),
-                _ => None,
-            };
-            if let Some(stem) = forked {
-                list.push(stem);
-                continue;
-            }
-            let started = match jail {
-                Some(iso) => Stem::spawn_jailed(&launch, iso, network),
-                None => Stem::spawn(&launch, std::path::Path::new("/")),
-            };
-            match started {
-                Ok(stem) => list.push(stem),
-                Err(e) => {
-                    tracing::warn!(%runtime, error = %e, "starting a prewarmed runtime process failed");
-                    return;
-                }
-            }
-        }
     }
 
     pub fn runtimes(&self) -> &Runtimes {
@@ -473,19 +356,19 @@ impl Pool {
             tokio::pin!(freed);
             freed.as_mut().enable();
             match self.decide(config, key, &mut waiting) {
-                Ok(Decision::Warm(member)) => {
+                Ok(Look::Warm(member)) => {
                     queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
                     break Ok(Ok((member, false, Timings::default())));
                 }
-                Ok(Decision::Start(slot)) => {
+                Ok(Look::Start(slot)) => {
                     queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
                     let started = self
                         .start(config, key, slot, "a call found no free instance".into(), 1)
                         .await;
                     break started.map(|r| r.map(|(m, t)| (m, true, t)));
                 }
-                Ok(Decision::Evict) => continue,
-                Ok(Decision::Wait(give_up)) => {
+                Ok(Look::Evict) => continue,
+                Ok(Look::Wait(give_up)) => {
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         if let SandboxError::Throttled { .. } = &give_up {
                             self.shared.record(
@@ -514,6 +397,7 @@ impl Pool {
                 key,
                 concurrency: config.concurrency.max(1) as usize,
                 memory_mb: config.memory_mb,
+                kind: config.kind,
                 member: Some(member),
                 cold_start,
                 timeout: Duration::from_millis(config.timeout_ms as u64),
@@ -539,159 +423,68 @@ impl Pool {
         config: &InstanceConfig,
         key: u64,
         waiting: &mut Option<u64>,
-    ) -> Result<Decision, SandboxError> {
+    ) -> Result<Look, SandboxError> {
+        let mut gone = Vec::new();
+        let decided = {
+            let mut state = self.shared.state.lock().unwrap();
+            decide::admit(
+                &mut state.sched,
+                self.capacity(),
+                config,
+                key,
+                waiting,
+                now(),
+                &mut gone,
+            )
+            .map(|decision| match decision {
+                decide::Decision::Warm(member) => Look::Warm(member),
+                decide::Decision::Start(r) => Look::Start(self.slot(r)),
+                decide::Decision::Evict => Look::Evict,
+                decide::Decision::Wait(give_up) => Look::Wait(give_up),
+            })
+        };
+        if let Err(e @ SandboxError::Throttled { .. }) = &decided {
+            self.shared
+                .record(&config.function, 0, "throttled", e.to_string());
+        }
         // Instances leaving the pool are dropped after the lock is released: dropping the
         // last reference to one takes the lock again (to free its capacity).
-        let mut gone = Vec::new();
-        let decision = self.decide_locked(config, key, waiting, &mut gone);
-        drop(gone);
-        decision
+        drop(stopping(gone));
+        decided
     }
 
-    fn decide_locked(
-        &self,
-        config: &InstanceConfig,
-        key: u64,
-        waiting: &mut Option<u64>,
-        gone: &mut Vec<Entry>,
-    ) -> Result<Decision, SandboxError> {
-        let concurrency = config.concurrency.max(1) as usize;
-        let mut state = self.shared.state.lock().unwrap();
-        if state.closed {
-            return Err(SandboxError::ShuttingDown);
+    /// The node's bounds, for the decisions.
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            instances_max: self.config.instances_max,
+            memory_max_mb: self.config.memory_max_mb,
         }
-        let (live, memory_mb) = (state.live, state.memory_mb);
-        let fp = function_pool(&mut state, config, key);
-        // Idle gaps are only tracked for functions that adapt their keep-alive.
-        if config.policy.keep_alive_max_ms > 0 && fp.gaps.is_idle() {
-            fp.gaps.call_arrived(Instant::now());
-        }
-        if fp.config_key != key {
-            // The function changed: its instances run old code or config.
-            fp.config_key = key;
-            for e in &fp.entries {
-                e.member.stopping("the function was updated");
-            }
-            gone.append(&mut fp.entries);
-        }
-        fp.config = config.clone();
-        let (dead, alive): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut fp.entries)
-            .into_iter()
-            .partition(|e| e.member.instance.is_dead());
-        fp.entries = alive;
-        gone.extend(dead);
-        if let Some(e) = fp
-            .entries
-            .iter_mut()
-            .rev()
-            .find(|e| e.in_flight < concurrency)
-        {
-            e.in_flight += 1;
-            return Ok(Decision::Warm(e.member.clone()));
-        }
-        let max = config.policy.max_instances.max(1) as usize;
-        let throttled = || SandboxError::Throttled {
-            function: config.function.clone(),
-            max_instances: config.policy.max_instances,
-            waited_ms: config.policy.queue_timeout_ms as u64,
-            retry_after_s: (config.policy.queue_timeout_ms as u64)
-                .div_ceil(1000)
-                .max(1),
-        };
-        if fp.instances() < max {
-            if let Some(slot) = self.reserve(&mut state, config) {
-                return Ok(Decision::Start(slot));
-            }
-            // The node is full: stop the longest-idle instance of another function that
-            // is above its minimum, if there is one.
-            let victim = state
-                .functions
-                .iter_mut()
-                .filter(|(name, p)| {
-                    **name != config.pool_id()
-                        && p.entries.len() > p.config.policy.min_instances as usize
-                })
-                .flat_map(|(name, p)| {
-                    p.entries
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, e)| e.in_flight == 0)
-                        .map(move |(i, e)| (name.clone(), i, e.idle_since))
-                })
-                .min_by_key(|(_, _, since)| *since);
-            if let Some((name, i, _)) = victim {
-                let entry = state
-                    .functions
-                    .get_mut(&name)
-                    .expect("found above")
-                    .entries
-                    .remove(i);
-                entry.member.stopping("evicted to make room on the node");
-                gone.push(entry);
-                return Ok(Decision::Evict);
-            }
-        }
-        let fp = state
-            .functions
-            .get_mut(config.pool_id().as_ref())
-            .expect("made above");
-        if *waiting != Some(fp.epoch) {
-            if fp.waiting >= limits::QUEUE_LENGTH_MAX || config.policy.queue_timeout_ms == 0 {
-                drop(state);
-                let e = throttled();
-                self.shared
-                    .record(&config.function, 0, "throttled", e.to_string());
-                return Err(e);
-            }
-            fp.waiting += 1;
-            *waiting = Some(fp.epoch);
-        }
-        let give_up = if fp.instances() < max {
-            SandboxError::NodeFull {
-                live,
-                instances_max: self.config.instances_max,
-                memory_mb,
-                memory_max_mb: self.config.memory_max_mb,
-                waited_ms: config.policy.queue_timeout_ms as u64,
-            }
-        } else {
-            throttled()
-        };
-        Ok(Decision::Wait(give_up))
     }
 
-    /// Reserves node capacity and the function's count for a new instance, if there is room.
-    fn reserve(&self, state: &mut State, config: &InstanceConfig) -> Option<Slot> {
-        let memory_mb = config.memory_mb as u64;
-        if state.live >= self.config.instances_max
-            || state.memory_mb + memory_mb > self.config.memory_max_mb
-        {
-            return None;
-        }
-        let fp = state.functions.get_mut(config.pool_id().as_ref())?;
-        fp.starting += 1;
-        let epoch = fp.epoch;
-        state.live += 1;
-        state.memory_mb += memory_mb;
-        let instance_id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        Some(Slot {
+    /// The slot that owns a reservation from now on: its drop gives the room back.
+    fn slot(&self, r: Reservation) -> Slot {
+        Slot {
             shared: self.shared.clone(),
-            instance_id,
-            memory_mb,
-            epoch,
-        })
+            instance_id: r.instance_id,
+            memory_mb: r.memory_mb,
+            epoch: r.epoch,
+        }
     }
 
     /// Runs `f` on the pool of `function` if it is still the one of `epoch`.
-    fn with_function(&self, function: &str, epoch: u64, f: impl FnOnce(&mut FunctionPool)) {
+    fn with_function(
+        &self,
+        function: &str,
+        epoch: u64,
+        f: impl FnOnce(&mut decide::FunctionPool<Arc<Member>>),
+    ) {
         if let Some(fp) = self
             .shared
             .state
             .lock()
             .unwrap()
-            .functions
-            .get_mut(function)
-            .filter(|fp| fp.epoch == epoch)
+            .sched
+            .function_of(function, epoch)
         {
             f(fp);
         }
@@ -701,29 +494,11 @@ impl Pool {
     /// `$LATEST` (published versions never change), after a delete (`forget`) all of them,
     /// and what the pool knows of it (its minimum).
     pub fn evict(&self, function: &str, forget: bool) {
-        let gone: Vec<Entry> = {
-            let mut state = self.shared.state.lock().unwrap();
-            if forget {
-                // A deleted function's versions go too (their pools are `function:N`).
-                let prefix = format!("{function}:");
-                let ids: Vec<String> = state
-                    .functions
-                    .keys()
-                    .filter(|k| *k == function || k.starts_with(&prefix))
-                    .cloned()
-                    .collect();
-                ids.iter()
-                    .filter_map(|id| state.functions.remove(id))
-                    .flat_map(|f| f.entries)
-                    .collect()
-            } else {
-                state
-                    .functions
-                    .get_mut(function)
-                    .map(|f| std::mem::take(&mut f.entries))
-                    .unwrap_or_default()
-            }
-        };
+        let gone = decide::remove(
+            &mut self.shared.state.lock().unwrap().sched,
+            function,
+            forget,
+        );
         for e in &gone {
             e.member.stopping(if forget {
                 "the function was deleted"
@@ -738,22 +513,26 @@ impl Pool {
     pub fn provision(&self, config: &InstanceConfig) {
         let mut state = self.shared.state.lock().unwrap();
         let key = config_key(config);
-        let fp = function_pool(&mut state, config, key);
+        let fp = state.sched.function_pool(config, key);
         fp.config = config.clone();
     }
 
     /// Refuses new calls, lets idle instances run their pre-stop hook (bounded), then kills
     /// every instance, busy or idle.
     pub async fn shutdown(&self) {
-        let (entries, pids) = {
+        let (entries, stoppers) = {
             let mut state = self.shared.state.lock().unwrap();
-            state.closed = true;
+            state.sched.closed = true;
             let entries: Vec<Entry> = state
+                .sched
                 .functions
                 .drain()
                 .flat_map(|(_, p)| p.entries)
                 .collect();
-            (entries, state.pids.values().copied().collect::<Vec<_>>())
+            (
+                entries,
+                state.stoppers.values().cloned().collect::<Vec<_>>(),
+            )
         };
         let mut hooks = tokio::task::JoinSet::new();
         for e in &entries {
@@ -763,17 +542,16 @@ impl Pool {
             }
         }
         hooks.join_all().await;
-        for pid in pids {
-            kill_group(pid);
+        for stop in stoppers {
+            stop();
         }
         drop(entries);
-        self.stems.lock().unwrap().clear();
-        self.zygote.lock().unwrap().take();
+        self.executor.shutdown();
     }
 
     /// Number of live instances.
     pub fn live_instances(&self) -> usize {
-        self.shared.state.lock().unwrap().live
+        self.shared.state.lock().unwrap().sched.live
     }
 
     /// Live instances of one function (started or starting).
@@ -782,6 +560,7 @@ impl Pool {
             .state
             .lock()
             .unwrap()
+            .sched
             .functions
             .get(function)
             .map_or(0, |f| f.instances())
@@ -803,7 +582,7 @@ impl Pool {
     pub fn occupancy(&self) -> Vec<Occupancy> {
         let state = self.shared.state.lock().unwrap();
         let mut by: HashMap<&str, Occupancy> = HashMap::new();
-        for fp in state.functions.values() {
+        for fp in state.sched.functions.values() {
             let o = by
                 .entry(fp.config.function.as_str())
                 .or_insert_with(|| Occupancy {
@@ -832,32 +611,14 @@ impl Pool {
     /// Gives a slot back. `retire` takes the instance out of the pool: it died, timed out,
     /// or was left mid-call with no room for another.
     fn checkin(&self, function: &str, key: u64, member: Arc<Member>, retire: bool) {
-        let gone = {
-            let mut state = self.shared.state.lock().unwrap();
-            let Some(pool) = state.functions.get_mut(function) else {
-                return;
-            };
-            let Some(i) = pool
-                .entries
-                .iter()
-                .position(|e| Arc::ptr_eq(&e.member, &member))
-            else {
-                return;
-            };
-            let entry = &mut pool.entries[i];
-            entry.in_flight -= 1;
-            if entry.in_flight == 0 {
-                entry.idle_since = Instant::now();
-                if pool.config.policy.keep_alive_max_ms > 0
-                    && pool.starting == 0
-                    && pool.entries.iter().all(|e| e.in_flight == 0)
-                {
-                    pool.gaps.went_idle(Instant::now());
-                }
-            }
-            (retire || pool.config_key != key || member.instance.is_dead())
-                .then(|| pool.entries.remove(i))
-        };
+        let gone = decide::checkin(
+            &mut self.shared.state.lock().unwrap().sched,
+            function,
+            key,
+            |m| Arc::ptr_eq(m, &member),
+            retire,
+            now(),
+        );
         // Dropped after the lock: dropping the last reference takes it again.
         drop(gone);
         drop(member);
@@ -884,32 +645,27 @@ impl Pool {
                 return other;
             }
         };
-        let stopped = {
+        let arrival = {
             let mut state = self.shared.state.lock().unwrap();
-            state.pids.insert(member.instance.id, member.instance.pid);
-            let closed = state.closed;
-            // The function may have been deleted while the instance started: then it
-            // joins no pool, serves the call that started it (accepted before the
-            // delete), and goes when that call is done.
-            match state
-                .functions
-                .get_mut(config.pool_id().as_ref())
-                .filter(|fp| fp.epoch == epoch)
-            {
-                Some(fp) => {
-                    fp.starting -= 1;
-                    if !closed && fp.config_key == key {
-                        fp.entries.push(Entry {
-                            member: member.clone(),
-                            in_flight,
-                            idle_since: Instant::now(),
-                        });
-                    }
-                }
-                None => member.stopping("the function was deleted"),
-            }
-            closed
+            state
+                .stoppers
+                .insert(member.instance.id, member.instance.stopper());
+            // The clone may be dropped under the lock (the instance joins no pool); that
+            // is not the last reference, so no drop takes the lock again.
+            decide::arrived(
+                &mut state.sched,
+                config,
+                key,
+                epoch,
+                member.clone(),
+                in_flight,
+                now(),
+            )
         };
+        if arrival.deleted {
+            member.stopping("the function was deleted");
+        }
+        let stopped = arrival.closed;
         self.shared.freed.notify_waiters();
         if stopped {
             member.stopping("the server stopped");
@@ -918,60 +674,40 @@ impl Pool {
         Ok(Ok((member, timings)))
     }
 
-    /// Spawns the process and runs the initializer. A failure kills the instance.
+    /// Starts an instance through the executor and runs its initializer. A failure kills
+    /// the instance.
     async fn start_instance(
         &self,
         config: &InstanceConfig,
         slot: Slot,
         reason: String,
     ) -> Result<Result<(Arc<Member>, Timings), FunctionError>, SandboxError> {
-        let launch = self
-            .runtimes
-            .launch(config)
-            .ok_or(SandboxError::RuntimeUnavailable(config.runtime))?;
         let id = slot.instance_id;
         // On a start failure `slot` is dropped here and the reservation released.
-        // A prewarmed process of the runtime, when there is one, skips the interpreter start.
-        let stem = if config.runtime == Runtime::Custom {
-            None
-        } else {
-            self.take_stem(config.runtime, config.network)
-        };
-        let mut from = if stem.is_some() {
-            "from a prewarmed process"
-        } else {
-            "spawned"
-        };
-        let isolation = self.config.isolation.as_deref();
-        let mut started = Instance::start(id, launch.clone(), config, stem, isolation).await;
-        if from != "spawned"
-            && let Err(StartError::Platform(e)) = &started
-        {
-            // The prewarmed process was lost (its fork server died before forking it, its
-            // jail could not be specialized); that is no reason to fail the call.
-            tracing::warn!(function = %config.function, error = %e, "a prewarmed process could not be used; spawning");
-            from = "spawned (a prewarmed process failed)";
-            started = Instance::start(id, launch, config, None, isolation).await;
-        }
-        let instance = match started {
-            Ok(instance) => instance,
+        let started = match self.executor.start(id, config).await {
+            Ok(started) => started,
             Err(StartError::Platform(e)) => return Err(e),
             Err(StartError::Function(e)) => return Ok(Err(e)),
         };
-        let init_ms = instance.init.as_secs_f64() * 1000.0;
+        let init_ms = started.init.as_secs_f64() * 1000.0;
         let mut timings = Timings {
-            sandbox_ms: (init_ms - instance.code_ms).max(0.0),
-            code_ms: instance.code_ms,
+            sandbox_ms: (init_ms - started.code_ms).max(0.0),
+            code_ms: started.code_ms,
             ..Timings::default()
         };
         self.shared.record(
             &config.function,
             id,
             "started",
-            format!("{reason}; {from}, ready in {init_ms:.1} ms"),
+            format!("{reason}; {}, ready in {init_ms:.1} ms", started.how),
         );
         let member = Arc::new(Member {
-            instance,
+            instance: Handle {
+                id,
+                port: started.port,
+                memory_mb: config.memory_mb,
+                running: started.instance,
+            },
             function: config.function.clone(),
             version: config.version.clone(),
             attachments: Mutex::new(Vec::new()),
@@ -1019,32 +755,17 @@ impl Pool {
     }
 }
 
-/// The pool of `config`'s function, made if new.
-fn function_pool<'a>(
-    state: &'a mut State,
-    config: &InstanceConfig,
-    key: u64,
-) -> &'a mut FunctionPool {
-    let id = config.pool_id();
-    if !state.functions.contains_key(id.as_ref()) {
-        state.next_epoch += 1;
-        state.functions.insert(
-            id.clone().into_owned(),
-            FunctionPool {
-                epoch: state.next_epoch,
-                config_key: key,
-                config: config.clone(),
-                entries: Vec::new(),
-                starting: 0,
-                waiting: 0,
-                gaps: Default::default(),
-            },
-        );
-    }
-    state
-        .functions
-        .get_mut(id.as_ref())
-        .expect("inserted above")
+/// Gives each instance leaving the pool its reason to stop, and hands them on to be
+/// stopped (after the pool's lock is released).
+fn stopping(gone: Vec<Leaving<Arc<Member>>>) -> Vec<Entry> {
+    gone.into_iter()
+        .map(|l| {
+            if let Some(reason) = l.reason {
+                l.entry.member.stopping(reason);
+            }
+            l.entry
+        })
+        .collect()
 }
 
 async fn run_pre_stop(member: Arc<Member>) {
@@ -1064,56 +785,17 @@ async fn maintain(pool: std::sync::Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let mut expired = Vec::new();
-        let mut to_start = Vec::new();
-        {
-            let mut state = pool.shared.state.lock().unwrap();
-            let closed = state.closed;
-            let names: Vec<String> = state.functions.keys().cloned().collect();
-            for name in names {
-                let fp = state.functions.get_mut(&name).expect("listed above");
-                let min = fp.config.policy.min_instances as usize;
-                let policy = &fp.config.policy;
-                let idle_timeout = Duration::from_millis(
-                    fp.gaps
-                        .keep_alive_ms(policy.idle_timeout_ms, policy.keep_alive_max_ms),
-                );
-                let adapted = idle_timeout.as_millis() > policy.idle_timeout_ms as u128;
-                // The longest idle first, down to the minimum.
-                while fp.entries.len() > min {
-                    let oldest = fp
-                        .entries
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, e)| e.in_flight == 0 && e.idle_since.elapsed() >= idle_timeout)
-                        .min_by_key(|(_, e)| e.idle_since)
-                        .map(|(i, _)| i);
-                    let Some(i) = oldest else { break };
-                    let e = fp.entries.remove(i);
-                    e.member.stopping(if adapted {
-                        format!(
-                            "idle for {} ms (adaptive keep-alive past idle_timeout_ms {})",
-                            idle_timeout.as_millis(),
-                            fp.config.policy.idle_timeout_ms
-                        )
-                    } else {
-                        format!("idle for {} ms", idle_timeout.as_millis())
-                    });
-                    expired.push(e);
-                }
-                let missing = min.saturating_sub(fp.instances());
-                let config = fp.config.clone();
-                if closed {
-                    continue;
-                }
-                for _ in 0..missing {
-                    match pool.reserve(&mut state, &config) {
-                        Some(slot) => to_start.push((config.clone(), slot)),
-                        None => break,
-                    }
-                }
-            }
-        }
+        let decided = decide::tick(
+            &mut pool.shared.state.lock().unwrap().sched,
+            pool.capacity(),
+            now(),
+        );
+        let expired = stopping(decided.expired);
+        let to_start: Vec<(InstanceConfig, Slot)> = decided
+            .to_start
+            .into_iter()
+            .map(|(config, r)| (config, pool.slot(r)))
+            .collect();
         pool.stop_gracefully(expired);
         for (config, slot) in to_start {
             let pool = pool.clone();
@@ -1168,6 +850,8 @@ pub struct Lease {
     concurrency: usize,
     /// The function's memory setting, for metering.
     pub memory_mb: u32,
+    /// How the function takes calls: a web function takes events through the adapter.
+    kind: model::FunctionType,
     member: Option<Arc<Member>>,
     /// Whether the instance was started for this lease.
     pub cold_start: bool,
@@ -1239,6 +923,15 @@ impl Lease {
         event: &[u8],
         call: &CallContext,
     ) -> (Outcome, Logs, f64) {
+        match self.kind {
+            model::FunctionType::Handler => {}
+            model::FunctionType::Wsgi | model::FunctionType::Asgi => {
+                return self.invoke_web(request_id, event, call, false).await;
+            }
+            model::FunctionType::Http => {
+                return self.invoke_web(request_id, event, call, true).await;
+            }
+        }
         let instance = &self.member().instance;
         let meta = serde_json::to_vec(&serde_json::json!({
             "request_id": request_id,
@@ -1358,6 +1051,13 @@ impl Lease {
         self.member().instance.crash_report(why.to_string()).await
     }
 
+    /// Kills the instance after a failure that leaves it in an unknown state; the lease
+    /// stays for the call's bookkeeping, and the pool drops the dead instance.
+    pub(crate) fn kill_after_failure(&self, reason: &str) {
+        self.member().stopping(reason.to_string());
+        self.member().instance.kill();
+    }
+
     /// Takes the instance out of the pool and kills it now.
     pub fn discard(&mut self, reason: &str) {
         if let Some(member) = self.member.take() {
@@ -1400,6 +1100,8 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::process::ZYGOTE_RESTART_INTERVAL;
+    use crate::instance::kill_group;
     use bytes::Bytes;
     use model::Runtime;
 

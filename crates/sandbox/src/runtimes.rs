@@ -126,3 +126,126 @@ fn find(name: &str, preferred: &[&str]) -> Option<PathBuf> {
                 .find(|p| is_exec(p))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use model::Runtime;
+
+    use crate::{FunctionError, InstanceConfig, Outcome, Pool, PoolConfig, Runtimes};
+
+    /// A pool on this machine's interpreters, with `files` as the function's code.
+    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Pool>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let code = tmp.path().join("code");
+        for (name, text) in files {
+            let path = code.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        std::fs::create_dir_all(&code).unwrap();
+        let runtimes = Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        (tmp, Pool::new(runtimes, PoolConfig::default()))
+    }
+
+    fn node(tmp: &tempfile::TempDir, handler: &str) -> InstanceConfig {
+        InstanceConfig {
+            function: "f".into(),
+            version: "$LATEST".into(),
+            runtime: Runtime::Nodejs,
+            handler: handler.into(),
+            code_dir: tmp.path().join("code"),
+            env: Default::default(),
+            memory_mb: 128,
+            timeout_ms: 2000,
+            kind: model::FunctionType::Handler,
+            command: Vec::new(),
+            concurrency: 1,
+            initializer: String::new(),
+            initializer_timeout_ms: 1000,
+            pre_stop: String::new(),
+            pre_stop_timeout_ms: 1000,
+            network: model::Network::Outbound,
+            ephemeral_storage_mb: 64,
+            cpu_millicores: 0,
+            policy: crate::Policy::default(),
+        }
+    }
+
+    /// The load error of `handler`: the outcome of calling it, which must be an error.
+    async fn load_error(pool: &Arc<Pool>, tmp: &tempfile::TempDir, handler: &str) -> FunctionError {
+        let inv = pool.invoke(&node(tmp, handler), "r", b"{}").await.unwrap();
+        match inv.outcome {
+            Outcome::Error(e) => e,
+            other => panic!("{handler}: expected a load error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn node_load_errors_name_the_missing_module_or_the_place_of_the_syntax_error() {
+        let (tmp, pool) = setup(&[
+            (
+                "index.js",
+                "const _ = require('lodash');\nexports.handler = async () => _.VERSION;\n",
+            ),
+            (
+                "chain.js",
+                "require('./lib/db');\nexports.handler = async () => 1;\n",
+            ),
+            ("lib/db.js", "module.exports = require('pg');\n"),
+            (
+                "broken.js",
+                "exports.handler = async () => {\n  return {;\n};\n",
+            ),
+            (
+                "parses.js",
+                "const config = JSON.parse('{');\nexports.handler = async () => config;\n",
+            ),
+        ]);
+
+        // A dependency without node_modules: the message names it and the file that
+        // required it, not the handler module as if that were missing.
+        let e = load_error(&pool, &tmp, "index.handler").await;
+        assert_eq!(e.error_type, "Runtime.ImportModuleError", "{e:?}");
+        assert!(
+            e.error_message.contains("Cannot find module 'lodash'"),
+            "{e:?}"
+        );
+        assert!(e.error_message.contains("required by index.js"), "{e:?}");
+        assert!(
+            !e.error_message.contains("Cannot find module 'index'"),
+            "{e:?}"
+        );
+
+        // A dependency of a dependency: the chain of the user's files, innermost first.
+        let e = load_error(&pool, &tmp, "chain.handler").await;
+        assert_eq!(e.error_type, "Runtime.ImportModuleError", "{e:?}");
+        assert!(
+            e.error_message
+                .contains("Cannot find module 'pg' (required by lib/db.js, required by chain.js)"),
+            "{e:?}"
+        );
+
+        // The handler's own file missing names the handler module.
+        let e = load_error(&pool, &tmp, "nope.handler").await;
+        assert_eq!(e.error_type, "Runtime.ImportModuleError", "{e:?}");
+        assert!(
+            e.error_message.contains("Cannot find module 'nope'"),
+            "{e:?}"
+        );
+
+        // A syntax error names the file, line and column.
+        let e = load_error(&pool, &tmp, "broken.handler").await;
+        assert_eq!(e.error_type, "Runtime.UserCodeSyntaxError", "{e:?}");
+        assert!(e.error_message.contains("Unexpected token ';'"), "{e:?}");
+        assert!(e.error_message.contains("(broken.js:2:11)"), "{e:?}");
+
+        // A SyntaxError thrown by code run at load time names the line that threw it.
+        let e = load_error(&pool, &tmp, "parses.handler").await;
+        assert_eq!(e.error_type, "Runtime.UserCodeSyntaxError", "{e:?}");
+        assert!(e.error_message.contains("(parses.js:1:"), "{e:?}");
+
+        assert_eq!(pool.live_instances(), 0);
+    }
+}

@@ -17,7 +17,7 @@ pub mod telemetry;
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::CodeCache;
-pub use error::StoreError;
+pub use error::{DatabaseFault, StoreError};
 pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};

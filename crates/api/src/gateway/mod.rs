@@ -8,6 +8,11 @@
 //! - `wsgi` / `asgi`: the request goes to the Python app over the instance channel and the
 //!   response streams back frame by frame (`web`);
 //! - `http`: the request is proxied to the instance's own HTTP server (`proxy`).
+//!
+//! Every call goes through the core's one invoke path (`Platform::invoke`, or
+//! `Platform::begin` and a `Session` for a streamed response), which records it once. The
+//! gateway is the HTTP trigger: its route table is derived from the platform's catalog of
+//! functions, and it refuses a deploy whose routes conflict.
 
 pub mod event;
 pub mod guard;
@@ -16,7 +21,7 @@ pub mod table;
 mod web;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -27,10 +32,72 @@ use model::{ErrorCode, FunctionType};
 use sandbox::Outcome;
 use serde_json::json;
 
-use crate::platform::{InvocationRecord, Platform, now_ms};
+use platform::{Begun, Call, Platform, Session, now_ms};
+use table::{Route, RouteTable};
+
 use crate::routes::headers;
 use crate::{ApiError, AppState};
-use table::Route;
+
+/// The HTTP trigger: the route table, rebuilt from the platform's catalog whenever its
+/// revision moved on. The check is made per request, so a route is served as soon as the
+/// deploy that made it has answered.
+#[derive(Default)]
+pub struct Gateway {
+    /// The table and the catalog revision it was built from.
+    table: RwLock<(u64, Arc<RouteTable>)>,
+}
+
+impl Gateway {
+    pub fn new() -> Arc<Gateway> {
+        Arc::new(Gateway::default())
+    }
+
+    /// The routes of the platform's current catalog.
+    pub fn routes(&self, platform: &Platform) -> Arc<RouteTable> {
+        let catalog = platform.catalog();
+        {
+            let table = self.table.read().unwrap();
+            if table.0 == catalog.revision {
+                return table.1.clone();
+            }
+        }
+        let built = RouteTable::build(&catalog.functions).unwrap_or_else(|e| {
+            // Deploys refuse conflicts, so this only happens to data written around them.
+            tracing::error!(error = %e, "stored routes conflict; the gateway serves none of them");
+            RouteTable::default()
+        });
+        let mut table = self.table.write().unwrap();
+        if table.0 < catalog.revision {
+            *table = (catalog.revision, Arc::new(built));
+        }
+        table.1.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl platform::Trigger for Gateway {
+    fn kind(&self) -> model::TriggerKind {
+        model::TriggerKind::Http
+    }
+
+    /// Two routes that would match the same request conflict; the deploy is refused.
+    fn validate(&self, functions: &[model::Function]) -> Result<(), platform::Error> {
+        RouteTable::build(functions)
+            .map(|_| ())
+            .map_err(|conflict| platform::Error::new(ErrorCode::RouteConflict, conflict))
+    }
+
+    /// The server's listener is already taking requests; routes follow the catalog.
+    async fn start(
+        self: Arc<Self>,
+        _: Arc<Platform>,
+        _: platform::Changes,
+    ) -> Result<(), platform::Error> {
+        Ok(())
+    }
+
+    async fn stop(&self) {}
+}
 
 /// Headers that carry an invoke key (`x-api-key` as API Gateway clients send it).
 const KEY_HEADERS: [&str; 2] = ["x-nimbus-key", "x-api-key"];
@@ -95,7 +162,7 @@ pub(crate) fn server_timing(
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let debug = request.headers().contains_key(DEBUG_HEADER);
-    let mut response = match serve(&state.platform, request, request_id.clone()).await {
+    let mut response = match serve(&state, request, request_id.clone()).await {
         Ok((response, timing)) => {
             let mut response = response;
             if debug {
@@ -123,17 +190,18 @@ fn refusal(error: ApiError, name: header::HeaderName, value: String) -> Response
 }
 
 async fn serve(
-    platform: &Arc<Platform>,
+    state: &AppState,
     request: Request,
     request_id: String,
 ) -> Result<(Response, Timing), Response> {
+    let platform = &state.platform;
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let table = platform.routes();
+    let table = state.gateway.routes(platform);
     let path = parts.uri.path();
     let Some(found) = table.find(path) else {
         return Err(ApiError::new(
@@ -297,6 +365,7 @@ async fn invoke_handler(
     platform: &Arc<Platform>,
     r: Routed,
 ) -> Result<(Response, Timing), ApiError> {
+    let call = call_of(&r);
     let event = event::build(&event::RequestFacts {
         method: &r.method,
         path: &r.path,
@@ -309,19 +378,9 @@ async fn invoke_handler(
         path_params: r.path_params,
         now_ms: now_ms(),
     });
-    let affinity = r
-        .headers
-        .get(crate::routes::headers::AFFINITY)
-        .and_then(|v| v.to_str().ok());
-    let (record, outcome) = platform
-        .invoke(
-            &r.function,
-            Bytes::from(event),
-            r.request_id.clone(),
-            affinity,
-            r.trace,
-        )
-        .await?;
+    let platform::Invoked {
+        record, outcome, ..
+    } = platform.invoke(call, Bytes::from(event)).await?;
     let timing = Timing {
         routing_ms: r.routed_ms,
         cold_start: record.cold_start,
@@ -376,119 +435,42 @@ pub(crate) fn function_failed(e: &sandbox::FunctionError, request_id: &str) -> R
     r
 }
 
-/// A lease on an instance of the routed function, or, when a new instance could not load
-/// the function, the finished 502 answer (recorded like any failed call).
-pub(crate) async fn lease_for(
+/// The core's call for a routed request.
+fn call_of(r: &Routed) -> Call {
+    Call {
+        target: r.function.clone(),
+        request_id: r.request_id.clone(),
+        affinity: r
+            .headers
+            .get(crate::routes::headers::AFFINITY)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        trigger: model::TriggerKind::Http,
+        attempt: 1,
+        trace: r.trace.clone(),
+    }
+}
+
+/// A session on an instance of the routed function, or, when a new instance could not
+/// load the function, the finished 502 answer (the core recorded the call).
+pub(crate) async fn begin(
     platform: &Arc<Platform>,
     r: &Routed,
-) -> Result<Result<sandbox::Lease, (Response, Timing)>, ApiError> {
-    let affinity = r
-        .headers
-        .get(crate::routes::headers::AFFINITY)
-        .and_then(|v| v.to_str().ok());
-    let (resolved, _) = platform
-        .resolve_call(&r.function, affinity, &r.request_id)
-        .await?;
-    match platform.pool().acquire(&resolved.instance).await? {
-        sandbox::Acquired::Ready(lease) => Ok(Ok(lease)),
-        sandbox::Acquired::Failed(e, timings) => {
-            let response = function_failed(&e, &r.request_id);
-            record(
-                platform,
-                r.request_id.clone(),
-                r.function.clone(),
-                CallMeta {
-                    version: None,
-                    memory_mb: resolved.instance.memory_mb,
-                    cold_start: true,
-                    init_ms: None,
-                    duration_ms: 0.0,
-                    instance_id: 0,
-                    timings,
-                },
-                Some(e),
-                Default::default(),
-                r.trace.clone(),
-            );
+) -> Result<Result<Session, (Response, Timing)>, ApiError> {
+    match platform.begin(call_of(r)).await? {
+        Begun::Ready(session) => Ok(Ok(session)),
+        Begun::Failed(record, _) => {
+            let error = record.error.as_ref().expect("a failed start has its error");
+            let mut response = function_failed(error, &r.request_id);
+            version_header(&mut response, &record.version);
             Ok(Err((
                 response,
                 Timing {
                     routing_ms: r.routed_ms,
                     cold_start: true,
-                    timings,
+                    timings: record.timings,
                 },
             )))
         }
     }
-}
-
-/// What is recorded of a gateway call besides its outcome and logs.
-pub(crate) struct CallMeta {
-    /// The version that ran, when known (a start that failed has none).
-    version: Option<String>,
-    memory_mb: u32,
-    cold_start: bool,
-    init_ms: Option<f64>,
-    duration_ms: f64,
-    instance_id: u64,
-    timings: sandbox::Timings,
-}
-
-impl CallMeta {
-    /// A call on `lease` that took `duration_ms` in the function.
-    pub(crate) fn of(lease: &sandbox::Lease, duration_ms: f64) -> CallMeta {
-        CallMeta {
-            version: Some(lease.version().to_string()),
-            memory_mb: lease.memory_mb,
-            cold_start: lease.cold_start,
-            init_ms: lease.init_ms(),
-            duration_ms,
-            instance_id: lease.instance_id(),
-            timings: sandbox::Timings {
-                handler_ms: duration_ms,
-                ..lease.timings
-            },
-        }
-    }
-}
-
-/// The whole of a call's phases.
-fn total_ms(t: &sandbox::Timings) -> f64 {
-    t.queue_ms + t.sandbox_ms + t.code_ms + t.initializer_ms + t.handler_ms
-}
-
-/// Records a finished gateway request in the node's recent invocations.
-pub(crate) fn record(
-    platform: &Platform,
-    request_id: String,
-    function: String,
-    meta: CallMeta,
-    error: Option<sandbox::FunctionError>,
-    logs: sandbox::Logs,
-    trace: crate::trace::Span,
-) {
-    // A route to a version or alias names it after the function.
-    let (function, qualifier) = match function.split_once(':') {
-        Some((f, q)) => (f.to_string(), q.to_string()),
-        None => (function, "$LATEST".to_string()),
-    };
-    let version = meta.version.unwrap_or(qualifier);
-    platform.remember(Arc::new(InvocationRecord {
-        request_id,
-        function,
-        trigger: "http",
-        attempt: 1,
-        memory_mb: meta.memory_mb,
-        version,
-        // The call began with its queue wait and (cold) start, before the handler ran.
-        started_at_ms: now_ms() - total_ms(&meta.timings).max(meta.duration_ms) as i64,
-        cold_start: meta.cold_start,
-        init_ms: meta.init_ms,
-        duration_ms: meta.duration_ms,
-        instance_id: meta.instance_id,
-        error,
-        logs,
-        timings: meta.timings,
-        trace,
-    }));
 }

@@ -9,50 +9,32 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use sandbox::Lease;
+use platform::{Platform, Session};
 
-use super::{CallMeta, Routed, Timing, function_failed, lease_for, record};
+use super::{Routed, Timing, function_failed};
 use crate::ApiError;
-use crate::platform::Platform;
 
-type Sender = SendRequest<Full<Bytes>>;
-
-/// Hop-by-hop headers: they describe one connection and are not forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+type Sender = sandbox::web::HttpConnection;
 
 fn forwardable(name: &HeaderName) -> bool {
-    !HOP_BY_HOP.contains(&name.as_str())
+    !sandbox::web::HOP_BY_HOP.contains(&name.as_str())
 }
 
 pub(crate) async fn serve(
     platform: &Arc<Platform>,
     r: Routed,
 ) -> Result<(Response<Body>, Timing), ApiError> {
-    let mut lease = match lease_for(platform, &r).await? {
-        Ok(lease) => lease,
+    let session = match super::begin(platform, &r).await? {
+        Ok(session) => session,
         Err(failed) => return Ok(failed),
     };
+    let lease = session.lease();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + lease.timeout();
     let call = lease.begin_external();
     let request = upstream_request(&r)?;
-    let reused = lease.take_attachment::<Sender>();
     let exchange = async {
-        let mut sender = match reused {
-            Some(s) if !s.is_closed() => s,
-            _ => connect(lease.port().expect("an HTTP instance has a port")).await?,
-        };
+        let mut sender = lease.connection().await?;
         sender.ready().await.map_err(|e| e.to_string())?;
         let response = sender
             .send_request(request)
@@ -64,10 +46,10 @@ pub(crate) async fn serve(
     let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
     let timing = Timing {
         routing_ms: r.routed_ms,
-        cold_start: lease.cold_start,
+        cold_start: session.cold_start(),
         timings: sandbox::Timings {
             handler_ms,
-            ..lease.timings
+            ..session.timings()
         },
     };
     let (sender, upstream) = match result {
@@ -87,18 +69,9 @@ pub(crate) async fn serve(
                 Ok(Ok(_)) => unreachable!(),
             };
             let logs = lease.end_external(call);
-            // Whatever state its server is in, this instance is not trusted again.
-            lease.discard("its HTTP server failed");
             let response = function_failed(&error, &r.request_id);
-            record(
-                platform,
-                r.request_id,
-                r.function,
-                CallMeta::of(&lease, handler_ms),
-                Some(error),
-                logs,
-                r.trace.clone(),
-            );
+            // Whatever state its server is in, this instance is not trusted again.
+            session.discard("its HTTP server failed", error, logs);
             return Ok((response, timing));
         }
     };
@@ -110,19 +83,14 @@ pub(crate) async fn serve(
             response.headers_mut().append(name.clone(), value.clone());
         }
     }
-    super::version_header(&mut response, lease.version());
+    super::version_header(&mut response, session.version());
     super::traceparent_header(&mut response, &r.trace);
     let stream = Proxied {
         body: Some(body),
         sender: Some(sender),
-        lease: Some(lease),
+        session: Some(session),
         call,
-        platform: platform.clone(),
-        request_id: r.request_id,
-        function: r.function,
-        trace: r.trace,
         deadline,
-        started,
     };
     *response.body_mut() = Body::from_stream(futures_util::stream::unfold(stream, Proxied::next));
     Ok((response, timing))
@@ -164,40 +132,21 @@ fn upstream_request(r: &Routed) -> Result<Request<Full<Bytes>>, ApiError> {
     Ok(request)
 }
 
-async fn connect(port: u16) -> Result<Sender, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connecting to its port {port}: {e}"))?;
-    // Small request/response pairs must not wait on Nagle's algorithm.
-    let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 /// The body of a proxied response; it holds the lease until the upstream body ends.
 struct Proxied {
     /// `None` only once handed to the background drain.
     body: Option<hyper::body::Incoming>,
     /// The connection, kept with the instance for the next call once this body is read.
     sender: Option<Sender>,
-    lease: Option<Lease>,
+    /// `None` once finished.
+    session: Option<Session>,
     call: u32,
-    platform: Arc<Platform>,
-    request_id: String,
-    function: String,
-    trace: crate::trace::Span,
     deadline: tokio::time::Instant,
-    started: Instant,
 }
 
 impl Proxied {
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Proxied)> {
-        self.lease.as_ref()?;
+        self.session.as_ref()?;
         loop {
             let body = self.body.as_mut()?;
             let frame = tokio::time::timeout_at(self.deadline, body.frame()).await;
@@ -211,23 +160,28 @@ impl Proxied {
                             .as_ref()
                             .is_some_and(hyper::body::Body::is_end_stream)
                         {
-                            self.finish(None, false).await;
+                            self.finish(None).await;
                         }
                         return Some((Ok(data), self));
                     }
                     Err(_) => continue, // trailers are not forwarded
                 },
                 Ok(None) => {
-                    self.finish(None, false).await;
+                    self.finish(None).await;
                     return None;
                 }
                 Ok(Some(Err(e))) => {
                     sandbox::FunctionError::new("Runtime.ResponseAborted", e.to_string())
                 }
-                Err(_) => self.lease.as_ref().expect("checked above").timed_out(),
+                Err(_) => self
+                    .session
+                    .as_ref()
+                    .expect("checked above")
+                    .lease()
+                    .timed_out(),
             };
             let message = format!("{}: {}", failure.error_type, failure.error_message);
-            self.finish(Some(failure), true).await;
+            self.finish(Some(failure)).await;
             return Some((Err(std::io::Error::other(message)), self));
         }
     }
@@ -239,32 +193,28 @@ impl Proxied {
         }
     }
 
-    async fn finish(&mut self, error: Option<sandbox::FunctionError>, discard: bool) {
-        let Some(mut lease) = self.lease.take() else {
+    /// Ends the call: a failure (`error`) discards the instance, whose connection is in an
+    /// unknown state; a success keeps the connection with the instance for the next call.
+    async fn finish(&mut self, error: Option<sandbox::FunctionError>) {
+        let Some(session) = self.session.take() else {
             return;
         };
-        if !discard {
+        let lease = session.lease();
+        if error.is_none() {
             lease.barrier().await;
         }
         let logs = lease.end_external(self.call);
-        if let Some(sender) = self.sender.take()
-            && !discard
-        {
-            lease.put_attachment(sender);
+        match error {
+            None => {
+                if let Some(sender) = self.sender.take() {
+                    lease.put_attachment(sender);
+                }
+                session.finish(None, logs);
+            }
+            Some(error) => {
+                session.discard("its HTTP response broke off", error, logs);
+            }
         }
-        let meta = CallMeta::of(&lease, self.started.elapsed().as_secs_f64() * 1000.0);
-        if discard {
-            lease.discard("its HTTP response broke off");
-        }
-        record(
-            &self.platform,
-            self.request_id.clone(),
-            self.function.clone(),
-            meta,
-            error,
-            logs,
-            std::mem::take(&mut self.trace),
-        );
     }
 }
 
@@ -272,20 +222,15 @@ impl Drop for Proxied {
     /// The client stopped reading before the end: read the rest in the background (bounded
     /// by the deadline) so the connection and the instance can be reused.
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        let Some(session) = self.session.take() else {
             return;
         };
         let rest = Proxied {
             body: self.body.take(),
             sender: self.sender.take(),
-            lease: Some(lease),
+            session: Some(session),
             call: self.call,
-            platform: self.platform.clone(),
-            request_id: std::mem::take(&mut self.request_id),
-            function: std::mem::take(&mut self.function),
-            trace: std::mem::take(&mut self.trace),
             deadline: self.deadline,
-            started: self.started,
         };
         tokio::spawn(rest.drain());
     }

@@ -7,37 +7,24 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
-use sandbox::{Lease, StreamEvent, WebReply};
-use serde::Deserialize;
+use platform::{Platform, Session, now_ms};
+use sandbox::web::{WebHead, latin1};
+use sandbox::{StreamEvent, WebReply};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{CallMeta, Routed, Timing, function_failed, lease_for, record};
+use super::{Routed, Timing, function_failed};
 use crate::ApiError;
-use crate::platform::{Platform, now_ms};
-
-/// The response head a shim sends: `{status, headers: [[name, value], …]}`.
-#[derive(Deserialize)]
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-/// Header bytes as WSGI/ASGI carry them: each char is one latin-1 byte.
-fn latin1(s: &str) -> Vec<u8> {
-    s.chars()
-        .map(|c| if (c as u32) < 256 { c as u8 } else { b'?' })
-        .collect()
-}
 
 pub(crate) async fn serve(
     platform: &Arc<Platform>,
     r: Routed,
 ) -> Result<(Response<Body>, Timing), ApiError> {
-    let lease = match lease_for(platform, &r).await? {
-        Ok(lease) => lease,
+    let session = match super::begin(platform, &r).await? {
+        Ok(session) => session,
         Err(failed) => return Ok(failed),
     };
+    let lease = session.lease();
     let host = r
         .headers
         .get("host")
@@ -80,29 +67,21 @@ pub(crate) async fn serve(
     let handler_ms = started.elapsed().as_secs_f64() * 1000.0;
     let timing = Timing {
         routing_ms: r.routed_ms,
-        cold_start: lease.cold_start,
+        cold_start: session.cold_start(),
         timings: sandbox::Timings {
             handler_ms,
-            ..lease.timings
+            ..session.timings()
         },
     };
     let (head, body) = match reply {
         WebReply::Head { head, body } => (head, body),
         WebReply::Error(e, logs) => {
             let response = function_failed(&e, &r.request_id);
-            record(
-                platform,
-                r.request_id,
-                r.function,
-                CallMeta::of(&lease, handler_ms),
-                Some(e),
-                logs,
-                r.trace.clone(),
-            );
+            session.finish(Some(e), logs);
             return Ok((response, timing));
         }
     };
-    let head: Head = match serde_json::from_slice(&head) {
+    let head: WebHead = match serde_json::from_slice(&head) {
         Ok(h) => h,
         Err(e) => {
             let error = sandbox::FunctionError::new(
@@ -110,15 +89,7 @@ pub(crate) async fn serve(
                 format!("unreadable response head: {e}"),
             );
             let response = function_failed(&error, &r.request_id);
-            record(
-                platform,
-                r.request_id,
-                r.function,
-                CallMeta::of(&lease, handler_ms),
-                Some(error),
-                Default::default(),
-                r.trace.clone(),
-            );
+            session.finish(Some(error), Default::default());
             return Ok((response, timing));
         }
     };
@@ -132,17 +103,12 @@ pub(crate) async fn serve(
             response.headers_mut().append(n, v);
         }
     }
-    super::version_header(&mut response, lease.version());
+    super::version_header(&mut response, session.version());
     super::traceparent_header(&mut response, &r.trace);
     let stream = Streamed {
         rx: body,
-        lease: Some(lease),
-        platform: platform.clone(),
-        request_id: r.request_id,
-        function: r.function,
-        trace: r.trace,
+        session: Some(session),
         deadline,
-        started,
     };
     *response.body_mut() = Body::from_stream(futures_util::stream::unfold(stream, Streamed::next));
     Ok((response, timing))
@@ -152,18 +118,14 @@ pub(crate) async fn serve(
 /// chunk, so the instance is not reused while it still writes.
 struct Streamed {
     rx: mpsc::Receiver<StreamEvent>,
-    lease: Option<Lease>,
-    platform: Arc<Platform>,
-    request_id: String,
-    function: String,
-    trace: crate::trace::Span,
+    /// `None` once finished.
+    session: Option<Session>,
     deadline: tokio::time::Instant,
-    started: Instant,
 }
 
 impl Streamed {
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Streamed)> {
-        let lease = self.lease.as_ref()?;
+        let lease = self.session.as_ref()?.lease();
         let event = tokio::time::timeout_at(self.deadline, self.rx.recv()).await;
         let failure = match event {
             Ok(Some(StreamEvent::Chunk(bytes))) => return Some((Ok(bytes), self)),
@@ -197,19 +159,9 @@ impl Streamed {
     }
 
     fn finish(&mut self, error: Option<sandbox::FunctionError>, logs: sandbox::Logs) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        let meta = CallMeta::of(&lease, self.started.elapsed().as_secs_f64() * 1000.0);
-        record(
-            &self.platform,
-            self.request_id.clone(),
-            self.function.clone(),
-            meta,
-            error,
-            logs,
-            std::mem::take(&mut self.trace),
-        );
+        if let Some(session) = self.session.take() {
+            session.finish(error, logs);
+        }
     }
 }
 
@@ -218,18 +170,13 @@ impl Drop for Streamed {
     /// content-length announced before the app's end frame came. Either way the app is
     /// left to finish in the background (bounded by the deadline) instead of being killed.
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        let Some(session) = self.session.take() else {
             return;
         };
         let rest = Streamed {
             rx: std::mem::replace(&mut self.rx, mpsc::channel(1).1),
-            lease: Some(lease),
-            platform: self.platform.clone(),
-            request_id: std::mem::take(&mut self.request_id),
-            function: std::mem::take(&mut self.function),
-            trace: std::mem::take(&mut self.trace),
+            session: Some(session),
             deadline: self.deadline,
-            started: self.started,
         };
         tokio::spawn(rest.drain());
     }

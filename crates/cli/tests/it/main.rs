@@ -4,6 +4,8 @@
 mod asynq;
 mod gateway;
 mod harness;
+mod invoke_path;
+mod node_errors;
 mod observe;
 mod releases;
 mod sandbox;

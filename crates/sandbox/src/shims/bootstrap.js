@@ -82,18 +82,70 @@ function errorBody(err, type, message) {
   }));
 }
 
+// A path for messages: relative to the code directory when inside it, as the user knows
+// their files by those names.
+function shown(file) {
+  const rel = path.relative(CODE_DIR, file);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
+}
+
+// Where a SyntaxError is in the user's code: `file:line:column`, or '' when unknown. Node
+// puts `file:line`, the source line and a caret under the column at the top of the stack
+// of a SyntaxError thrown while compiling a module; a SyntaxError thrown by running code
+// (JSON.parse at load time) has only ordinary frames, and the first in the user's code is
+// the place.
+function syntaxErrorPlace(e) {
+  const lines = String(e.stack || '').split('\n');
+  const top = /^(.+):(\d+)$/.exec(lines[0]);
+  if (top) {
+    const caret = lines[2] === undefined ? -1 : lines[2].indexOf('^');
+    return `${shown(top[1])}:${top[2]}${caret >= 0 ? `:${caret + 1}` : ''}`;
+  }
+  for (const line of lines) {
+    const frame = /^at (?:.* \()?(\/.*):(\d+):(\d+)\)?$/.exec(line.trim());
+    if (frame && shown(frame[1]) !== frame[1]) return `${shown(frame[1])}:${frame[2]}:${frame[3]}`;
+  }
+  return '';
+}
+
 function loadHandler(name) {
   const handler = name || env.NIMBUS_HANDLER;
   const dot = handler.lastIndexOf('.');
   const moduleName = handler.slice(0, dot);
   const funcName = handler.slice(dot + 1);
+  const file = path.resolve(CODE_DIR, moduleName);
   let mod;
   try {
-    mod = require(path.resolve(CODE_DIR, moduleName));
+    mod = require(file);
   } catch (e) {
-    if (e instanceof SyntaxError) throw { cause: e, type: 'Runtime.UserCodeSyntaxError', message: `${e.name}: ${e.message}` };
-    if (e && e.code === 'MODULE_NOT_FOUND' && String(e.message).includes(path.resolve(CODE_DIR, moduleName))) {
-      throw { cause: e, type: 'Runtime.ImportModuleError', message: `Error: Cannot find module '${moduleName}'` };
+    if (e instanceof SyntaxError) {
+      const place = syntaxErrorPlace(e);
+      throw {
+        cause: e,
+        type: 'Runtime.UserCodeSyntaxError',
+        message: `Syntax error in module '${moduleName}': ${e.message}${place ? ` (${place})` : ''}`,
+      };
+    }
+    if (e && e.code === 'MODULE_NOT_FOUND') {
+      // The first line of the message names the module that was not found; the rest is
+      // Node's "Require stack", which names the handler file too and so must not be what
+      // decides whether the handler itself is missing.
+      const missing = String(e.message).split('\n')[0];
+      if (missing === `Cannot find module '${file}'`) {
+        throw {
+          cause: e,
+          type: 'Runtime.ImportModuleError',
+          message: `Unable to import module '${moduleName}': Cannot find module '${moduleName}' (no ${moduleName}.js or ${moduleName}/index.js in the function's code)`,
+        };
+      }
+      // A dependency is missing: name it and the user's files that required it, innermost
+      // first (the stack ends with this shim, which is not theirs).
+      const from = (e.requireStack || []).filter((f) => f !== __filename).map(shown);
+      throw {
+        cause: e,
+        type: 'Runtime.ImportModuleError',
+        message: `Unable to import module '${moduleName}': ${missing}${from.length ? ` (required by ${from.join(', required by ')})` : ''}`,
+      };
     }
     throw { cause: e };
   }

@@ -4,7 +4,7 @@
 //! running are delivered again (at least once), with the attempt number in the context.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use serde_json::json;
 use store::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ApiError;
-use crate::platform::{Platform, now_ms};
+use crate::trigger::{Changes, Trigger};
+use crate::{Call, Error, Invoked, Platform, now_ms};
 
 /// Settings of the node's asynchronous invocation.
 #[derive(Clone, Debug)]
@@ -74,13 +74,14 @@ pub(crate) struct AsyncInvoker {
     /// Attempts running per target.
     running: Mutex<HashMap<String, usize>>,
     wake: Notify,
+    /// Set by `Trigger::stop`: the dispatcher claims no more events.
+    stopped: AtomicBool,
 }
 
 impl AsyncInvoker {
-    /// Recovers what a previous run left running, then starts the writer, the dispatcher
-    /// and the retention sweeper.
-    pub(crate) async fn start(
-        platform: &Arc<Platform>,
+    /// Recovers what a previous run left running, then starts the writers and the
+    /// retention sweeper; the dispatcher starts with the trigger.
+    pub(crate) async fn open(
         queue: Arc<dyn AsyncQueue>,
         config: AsyncConfig,
     ) -> Result<Arc<AsyncInvoker>, StoreError> {
@@ -111,10 +112,10 @@ impl AsyncInvoker {
             waiting: Mutex::new(waiting),
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            stopped: AtomicBool::new(false),
         });
         tokio::spawn(write_batches(Arc::downgrade(&invoker), rx));
         tokio::spawn(write_finishes(Arc::downgrade(&invoker), finishes));
-        tokio::spawn(dispatch(Arc::downgrade(platform), Arc::downgrade(&invoker)));
         tokio::spawn(sweep(Arc::downgrade(&invoker)));
         Ok(invoker)
     }
@@ -128,9 +129,9 @@ impl AsyncInvoker {
         payload: Bytes,
         idempotency_key: Option<String>,
         traceparent: Option<String>,
-    ) -> Result<(String, bool), ApiError> {
+    ) -> Result<(String, bool), Error> {
         if payload.len() > self.config.payload_max_bytes {
-            return Err(ApiError::new(
+            return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "the event is {} bytes; asynchronous events are limited to {}",
@@ -142,7 +143,7 @@ impl AsyncInvoker {
         if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > 256)
         {
-            return Err(ApiError::invalid("an idempotency key is 1 to 256 bytes"));
+            return Err(Error::invalid("an idempotency key is 1 to 256 bytes"));
         }
         let function = function_of(target).to_string();
         {
@@ -185,7 +186,7 @@ impl AsyncInvoker {
             Err(e) => {
                 self.release(&function);
                 tracing::error!(error = %e, "storing an asynchronous event failed");
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorCode::StorageError,
                     "the event could not be stored; it was not accepted",
                 ));
@@ -234,7 +235,7 @@ impl AsyncInvoker {
     }
 
     /// Redrives dead letters: they count as waiting again.
-    pub(crate) async fn redrive(&self, ids: &[String]) -> Result<u64, ApiError> {
+    pub(crate) async fn redrive(&self, ids: &[String]) -> Result<u64, Error> {
         let mut targets = Vec::new();
         for id in ids {
             if let Some(r) = self.queue.get(id).await?
@@ -258,8 +259,8 @@ impl AsyncInvoker {
     }
 }
 
-fn queue_full(message: String) -> ApiError {
-    ApiError::new(ErrorCode::QueueFull, format!("{message}; retry later"))
+fn queue_full(message: String) -> Error {
+    Error::new(ErrorCode::QueueFull, format!("{message}; retry later"))
 }
 
 /// The function name of a target (`name:qualifier` -> `name`).
@@ -335,6 +336,25 @@ async fn in_batches<T, R, F, Fut>(
     }
 }
 
+/// The durable queue is the trigger of asynchronous calls: it dispatches due events.
+#[async_trait::async_trait]
+impl Trigger for AsyncInvoker {
+    fn kind(&self) -> model::TriggerKind {
+        model::TriggerKind::Async
+    }
+
+    async fn start(self: Arc<Self>, platform: Arc<Platform>, _: Changes) -> Result<(), Error> {
+        // Targets are resolved per round, so function changes need no feed here.
+        tokio::spawn(dispatch(Arc::downgrade(&platform), Arc::downgrade(&self)));
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
 /// Starts due invocations, fairly between functions and never more at once per target
 /// than its instances can take.
 async fn dispatch(platform: Weak<Platform>, invoker: Weak<AsyncInvoker>) {
@@ -342,6 +362,9 @@ async fn dispatch(platform: Weak<Platform>, invoker: Weak<AsyncInvoker>) {
         let (Some(platform), Some(inv)) = (platform.upgrade(), invoker.upgrade()) else {
             return;
         };
+        if inv.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let started = match dispatch_round(&platform, &inv).await {
             Ok(n) => n,
             Err(e) => {
@@ -364,10 +387,7 @@ async fn dispatch(platform: Weak<Platform>, invoker: Weak<AsyncInvoker>) {
     }
 }
 
-async fn dispatch_round(
-    platform: &Arc<Platform>,
-    inv: &Arc<AsyncInvoker>,
-) -> Result<usize, ApiError> {
+async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Result<usize, Error> {
     let targets: Vec<String> = inv.waiting.lock().unwrap().keys().cloned().collect();
     // Each target is asked for as many due events as it has free slots: one function's
     // backlog never holds back another's, and none gets more at once than its instances
@@ -472,19 +492,25 @@ async fn attempt(
             return;
         }
     }
+    let call = Call {
+        target: record.function.clone(),
+        request_id: record.id.clone(),
+        affinity: None,
+        trigger: model::TriggerKind::Async,
+        attempt: record.attempts,
+        trace: crate::trace::child_of(record.traceparent.as_deref()),
+    };
     let outcome = platform
-        .invoke_attempt(
-            &record.function,
-            Bytes::from(record.payload.clone()),
-            record.id.clone(),
-            None,
-            crate::platform::Origin {
-                trigger: "async",
-                attempt: record.attempts,
-                trace: crate::trace::child_of(record.traceparent.as_deref()),
-            },
-        )
-        .await;
+        .invoke(call, Bytes::from(record.payload.clone()))
+        .await
+        .map(|i| {
+            let Invoked {
+                record,
+                outcome,
+                resolved,
+            } = i;
+            (record, outcome, resolved)
+        });
     drop(slot);
     let finish = match outcome {
         Ok((rec, Outcome::Success { body, .. }, resolved)) => {

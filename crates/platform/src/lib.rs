@@ -1,9 +1,25 @@
-//! The platform's operations, free of HTTP: deploy code, manage functions, invoke them.
+//! Nimbus's core: the platform's operations and its one invoke path, with no HTTP in it.
 //!
-//! `Platform` is what the HTTP handlers (and, later, triggers) call. It keeps an in-memory
-//! cache of resolved functions so the invoke path reads no database: a function is loaded
-//! from the store once, its code unpacked once, and the cache is updated by every write
-//! that goes through this node.
+//! `Platform` deploys code, manages functions, versions, aliases and keys, and runs every
+//! call through one entry (`invoke`, or `begin` for a call that streams): the `/v1` API,
+//! the HTTP gateway, the asynchronous queue and every trigger to come are front doors over
+//! it. It keeps an in-memory cache of resolved functions so the invoke path reads no
+//! database: a function is loaded from the store once, its code unpacked once, and the
+//! cache is updated by every write that goes through this node.
+//!
+//! Boundary: this crate has no HTTP server and no HTTP types (Cargo enforces it: axum and
+//! hyper are not among its dependencies). Its errors carry an `ErrorCode`; a front door
+//! decides what that looks like on its wire.
+
+pub mod async_invoke;
+mod error;
+mod invoke;
+pub mod metrics;
+pub mod otlp;
+pub mod recorder;
+pub mod trace;
+pub mod trigger;
+mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,24 +27,19 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use model::{ErrorCode, Function, FunctionSpec, Qualifier, limits};
-use sandbox::{FunctionError, InstanceConfig, Logs, Outcome, Pool};
+use sandbox::{InstanceConfig, Pool};
 use store::{ArchiveInfo, BlobStore, CodeCache, KeyRecord, MetaStore, PutMode, PutOutcome};
+use tokio::sync::watch;
 
-use crate::ApiError;
-use crate::gateway::table::RouteTable;
+pub use error::Error;
+pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
+use invoke::{GuardedCall, Recent};
+pub use trigger::{Catalog, Changes, Trigger};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
-pub(crate) struct Resolved {
+pub struct Resolved {
     pub function: Function,
     pub instance: InstanceConfig,
-}
-
-/// A call through an alias whose canary has a guard: its outcome counts towards rollback.
-pub(crate) struct GuardedCall {
-    function: String,
-    alias: String,
-    guard: model::Guard,
-    canary_version: u32,
 }
 
 /// Outcomes of guarded canaries in their window: (time, succeeded), oldest first.
@@ -36,48 +47,6 @@ type CanaryOutcomes = HashMap<(String, String), VecDeque<(i64, bool)>>;
 
 /// Outcomes kept per guarded canary at most, whatever its window.
 const CANARY_OUTCOMES_MAX: usize = 100_000;
-
-/// One finished invocation, kept in memory for `GET /v1/invocations/{id}`. It holds no
-/// result body: results go to the caller and are not retained.
-pub struct InvocationRecord {
-    pub request_id: String,
-    pub function: String,
-    /// What started the call: `api`, `http` or `async`.
-    pub trigger: &'static str,
-    /// Which delivery of an asynchronous event this was (1 for every other call).
-    pub attempt: u32,
-    /// The function's memory setting, for metering.
-    pub memory_mb: u32,
-    /// `$LATEST` or the number of the version that ran.
-    pub version: String,
-    pub started_at_ms: i64,
-    pub cold_start: bool,
-    pub init_ms: Option<f64>,
-    pub duration_ms: f64,
-    pub instance_id: u64,
-    pub error: Option<FunctionError>,
-    pub logs: Logs,
-    pub timings: sandbox::Timings,
-    /// The call's span.
-    pub trace: crate::trace::Span,
-}
-
-/// Where a call comes from.
-pub(crate) struct Origin {
-    /// `api`, `http` or `async`.
-    pub trigger: &'static str,
-    /// Which delivery of an asynchronous event this is (1 for every other call).
-    pub attempt: u32,
-    /// The call's span.
-    pub trace: crate::trace::Span,
-}
-
-/// The most recent invocations of this node, oldest dropped first.
-#[derive(Default)]
-struct Recent {
-    order: VecDeque<String>,
-    by_id: HashMap<String, Arc<InvocationRecord>>,
-}
 
 /// Node-wide platform state and operations.
 pub struct Platform {
@@ -89,8 +58,10 @@ pub struct Platform {
     /// Bumped by every write; a cache fill that raced with a write is discarded.
     epoch: AtomicU64,
     recent: Mutex<Recent>,
-    /// The gateway's routes, rebuilt after every function write.
-    routes: RwLock<Arc<RouteTable>>,
+    /// Every function as stored, republished after each write: the triggers' change feed.
+    catalog: watch::Sender<Arc<Catalog>>,
+    /// The event sources: they check their specs at deploy and follow `catalog`.
+    triggers: RwLock<Vec<Arc<dyn Trigger>>>,
     /// sha256 (hex) of every invoke key, for the gateway's key check.
     keys: RwLock<HashSet<String>>,
     /// Serializes function writes, so a route conflict check and the write it guards are
@@ -120,7 +91,8 @@ impl Platform {
             functions: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
-            routes: RwLock::new(Arc::new(RouteTable::default())),
+            catalog: watch::Sender::new(Arc::new(Catalog::default())),
+            triggers: RwLock::new(Vec::new()),
             keys: RwLock::new(HashSet::new()),
             writes: tokio::sync::Mutex::new(()),
             aliases: RwLock::new(HashMap::new()),
@@ -149,9 +121,9 @@ impl Platform {
     }
 
     /// The recorder, or `telemetry_off` when the server runs without one.
-    pub(crate) fn recorder(&self) -> Result<&Arc<crate::recorder::Recorder>, ApiError> {
+    pub fn recorder(&self) -> Result<&Arc<crate::recorder::Recorder>, Error> {
         self.recorder.get().ok_or_else(|| {
-            ApiError::new(
+            Error::new(
                 ErrorCode::TelemetryOff,
                 "this server runs without telemetry (--no-telemetry); restart it without that flag",
             )
@@ -166,7 +138,7 @@ impl Platform {
     }
 
     /// The Prometheus metrics, with gauges read now.
-    pub async fn metrics(&self) -> Result<(String, Vec<u8>), ApiError> {
+    pub async fn metrics(&self) -> Result<(String, Vec<u8>), Error> {
         let recorder = self.recorder()?;
         recorder.metrics.set_instances(&self.pool.occupancy());
         if let Some(asynq) = self.asynq.get() {
@@ -176,21 +148,24 @@ impl Platform {
         Ok(recorder.metrics.render())
     }
 
-    /// Starts asynchronous invocation on `queue`: recovers what a previous run left, then
-    /// dispatches in the background.
+    /// Opens asynchronous invocation on `queue`: recovers what a previous run left and
+    /// accepts submissions from now on. The queue is a trigger: it dispatches once
+    /// `start_triggers` starts it.
     pub async fn enable_async(
-        self: &Arc<Self>,
+        &self,
         queue: Arc<dyn store::AsyncQueue>,
         config: crate::async_invoke::AsyncConfig,
-    ) -> Result<(), ApiError> {
-        let invoker = crate::async_invoke::AsyncInvoker::start(self, queue, config).await?;
-        let _ = self.asynq.set(invoker);
+    ) -> Result<(), Error> {
+        let invoker = crate::async_invoke::AsyncInvoker::open(queue, config).await?;
+        if self.asynq.set(invoker.clone()).is_ok() {
+            self.add_trigger(invoker);
+        }
         Ok(())
     }
 
-    fn asynq(&self) -> Result<&Arc<crate::async_invoke::AsyncInvoker>, ApiError> {
+    fn asynq(&self) -> Result<&Arc<crate::async_invoke::AsyncInvoker>, Error> {
         self.asynq.get().ok_or_else(|| {
-            ApiError::new(
+            Error::new(
                 ErrorCode::Internal,
                 "asynchronous invocation is not enabled on this server",
             )
@@ -206,7 +181,7 @@ impl Platform {
         payload: Bytes,
         idempotency_key: Option<String>,
         traceparent: String,
-    ) -> Result<(String, bool), ApiError> {
+    ) -> Result<(String, bool), Error> {
         // An unknown function or qualifier is refused now, not after the 202.
         self.resolve(target).await?;
         self.asynq()?
@@ -215,7 +190,7 @@ impl Platform {
     }
 
     /// A stored asynchronous invocation.
-    pub async fn async_invocation(&self, id: &str) -> Result<Option<store::AsyncRecord>, ApiError> {
+    pub async fn async_invocation(&self, id: &str) -> Result<Option<store::AsyncRecord>, Error> {
         match self.asynq.get() {
             Some(a) => Ok(a.queue.get(id).await?),
             None => Ok(None),
@@ -227,7 +202,7 @@ impl Platform {
         &self,
         function: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<store::AsyncRecord>, ApiError> {
+    ) -> Result<Vec<store::AsyncRecord>, Error> {
         Ok(self
             .asynq()?
             .queue
@@ -236,14 +211,15 @@ impl Platform {
     }
 
     /// Queues dead letters again; how many were.
-    pub async fn redrive(&self, ids: &[String]) -> Result<u64, ApiError> {
+    pub async fn redrive(&self, ids: &[String]) -> Result<u64, Error> {
         self.asynq()?.redrive(ids).await
     }
 
-    /// Loads what the gateway needs from the store: routes and invoke keys. Called once at
-    /// start; writes through this node keep both current afterwards.
-    pub async fn load(&self) -> Result<(), ApiError> {
-        self.rebuild_routes().await?;
+    /// Loads what the triggers and the gateway need from the store: the catalog of
+    /// functions and the invoke keys, and keeps `min_instances` ready. Called once at start;
+    /// writes through this node keep both current afterwards.
+    pub async fn load(&self) -> Result<(), Error> {
+        self.publish_catalog().await?;
         for f in self.meta.list_functions().await? {
             if f.spec.min_instances > 0 {
                 self.provision(&f.spec.name).await?;
@@ -254,32 +230,59 @@ impl Platform {
         Ok(())
     }
 
-    async fn rebuild_routes(&self) -> Result<(), ApiError> {
+    /// Republishes every function as stored, as the next revision of the change feed.
+    async fn publish_catalog(&self) -> Result<(), Error> {
         let functions = self.meta.list_functions().await?;
-        let table = RouteTable::build(&functions).unwrap_or_else(|e| {
-            // Deploys refuse conflicts, so this only happens to data written around them.
-            tracing::error!(error = %e, "stored routes conflict; the gateway serves none of them");
-            RouteTable::default()
+        self.catalog.send_modify(|c| {
+            *c = Arc::new(Catalog {
+                revision: c.revision + 1,
+                functions,
+            })
         });
-        *self.routes.write().unwrap() = Arc::new(table);
         Ok(())
     }
 
-    /// The current route table.
-    pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.read().unwrap().clone()
+    /// The functions as last published: what triggers derive their state from.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// Adds an event source: from now on it checks every deploy's specs. It starts taking
+    /// events with `start_triggers`.
+    pub fn add_trigger(&self, trigger: Arc<dyn Trigger>) {
+        self.triggers.write().unwrap().push(trigger);
+    }
+
+    /// Starts every trigger added so far, each with its own view of the change feed.
+    pub async fn start_triggers(self: &Arc<Self>) -> Result<(), Error> {
+        let triggers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
+        for t in triggers {
+            t.clone()
+                .start(self.clone(), self.catalog.subscribe())
+                .await?;
+            tracing::debug!(kind = %t.kind(), "trigger started");
+        }
+        Ok(())
+    }
+
+    /// Stops every trigger: no new events are taken; calls under way finish.
+    pub async fn stop_triggers(&self) {
+        let triggers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
+        for t in triggers {
+            t.stop().await;
+        }
     }
 
     /// Creates an invoke key. The key is returned once; only its hash is stored.
-    pub async fn create_key(&self, name: &str) -> Result<(KeyRecord, String), ApiError> {
+    pub async fn create_key(&self, name: &str) -> Result<(KeyRecord, String), Error> {
         if name.is_empty() || name.len() > limits::NAME_LEN_MAX {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "name: must be 1 to {} characters",
                 limits::NAME_LEN_MAX
             )));
         }
         if self.keys.read().unwrap().len() >= limits::INVOKE_KEYS_MAX {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "there are already {} invoke keys; delete unused ones first",
                 limits::INVOKE_KEYS_MAX
             )));
@@ -300,14 +303,14 @@ impl Platform {
         Ok((record, secret))
     }
 
-    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, ApiError> {
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, Error> {
         Ok(self.meta.list_keys().await?)
     }
 
-    pub async fn delete_key(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_key(&self, id: &str) -> Result<(), Error> {
         let keys = self.meta.list_keys().await?;
         self.meta.delete_key(id).await.map_err(|e| match e {
-            store::StoreError::KeyNotFound(id) => ApiError::new(
+            store::StoreError::KeyNotFound(id) => Error::new(
                 ErrorCode::KeyNotFound,
                 format!("invoke key `{id}` does not exist; `nimbus keys ls` lists them"),
             ),
@@ -329,11 +332,11 @@ impl Platform {
     }
 
     /// Checks and stores an uploaded code archive.
-    pub async fn upload_code(&self, zip: Vec<u8>) -> Result<(String, ArchiveInfo), ApiError> {
+    pub async fn upload_code(&self, zip: Vec<u8>) -> Result<(String, ArchiveInfo), Error> {
         Ok(self.code.accept(zip).await?)
     }
 
-    pub async fn code_exists(&self, sha256: &str) -> Result<bool, ApiError> {
+    pub async fn code_exists(&self, sha256: &str) -> Result<bool, Error> {
         Ok(self.blobs.exists(sha256).await?)
     }
 
@@ -342,17 +345,18 @@ impl Platform {
         &self,
         spec: FunctionSpec,
         mode: PutMode,
-    ) -> Result<(Function, PutOutcome), ApiError> {
+    ) -> Result<(Function, PutOutcome), Error> {
         let errors = spec.validate();
         if !errors.is_empty() {
             let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(ApiError::invalid(all.join("; ")));
+            return Err(Error::invalid(all.join("; ")));
         }
         if !self.blobs.exists(&spec.code_sha256).await? {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
         }
         let _write = self.writes.lock().await;
-        // The routes as they would be after this write must not conflict.
+        // Every trigger's specs, as they would be after this write, must hold together
+        // (two routes on one path conflict, for one).
         let mut functions = self.meta.list_functions().await?;
         functions.retain(|f| f.spec.name != spec.name);
         functions.push(Function {
@@ -361,8 +365,9 @@ impl Platform {
             created_at_ms: 0,
             updated_at_ms: 0,
         });
-        if let Err(conflict) = RouteTable::build(&functions) {
-            return Err(ApiError::new(ErrorCode::RouteConflict, conflict));
+        let triggers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
+        for t in triggers {
+            t.validate(&functions)?;
         }
         let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
         if outcome != PutOutcome::Unchanged {
@@ -380,27 +385,27 @@ impl Platform {
                 ),
             );
             self.forget(&spec.name, false);
-            self.rebuild_routes().await?;
+            self.publish_catalog().await?;
             self.provision(&spec.name).await?;
         }
         Ok((function, outcome))
     }
 
-    pub async fn get_function(&self, name: &str) -> Result<Function, ApiError> {
+    pub async fn get_function(&self, name: &str) -> Result<Function, Error> {
         Ok(self.meta.get_function(name).await?)
     }
 
-    pub async fn list_functions(&self) -> Result<Vec<Function>, ApiError> {
+    pub async fn list_functions(&self) -> Result<Vec<Function>, Error> {
         Ok(self.meta.list_functions().await?)
     }
 
-    pub async fn delete_function(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete_function(&self, name: &str) -> Result<(), Error> {
         let _write = self.writes.lock().await;
         self.meta.delete_function(name).await?;
         self.pool
             .record_event(name, "deleted", "function deleted".into());
         self.forget(name, true);
-        self.rebuild_routes().await
+        self.publish_catalog().await
     }
 
     /// Drops the cached resolution and the instances of `name` (as their calls finish);
@@ -419,7 +424,7 @@ impl Platform {
     }
 
     /// Tells the pool a function's latest configuration, so it keeps `min_instances` ready.
-    async fn provision(&self, name: &str) -> Result<(), ApiError> {
+    async fn provision(&self, name: &str) -> Result<(), Error> {
         let resolved = self.resolve(name).await?;
         self.pool.provision(&resolved.instance);
         Ok(())
@@ -435,137 +440,6 @@ impl Platform {
         self.pool.events(function, limit)
     }
 
-    /// Invokes `target` (`fn`, `fn:3` or `fn:alias`) synchronously with `event`; through an
-    /// alias with a canary, `affinity` (a caller's key) keeps choosing the same version. A
-    /// function failure is in the returned record's outcome; `Err` means the platform could
-    /// not run it.
-    pub async fn invoke(
-        &self,
-        target: &str,
-        event: Bytes,
-        request_id: String,
-        affinity: Option<&str>,
-        trace: crate::trace::Span,
-    ) -> Result<(Arc<InvocationRecord>, Outcome), ApiError> {
-        let origin = Origin {
-            trigger: "api",
-            attempt: 1,
-            trace,
-        };
-        self.invoke_attempt(target, event, request_id, affinity, origin)
-            .await
-            .map(|(record, outcome, _)| (record, outcome))
-    }
-
-    /// As `invoke`, for the `attempt`-th delivery of an event; also returns the spec of the
-    /// version that ran (its retry policy and destinations apply).
-    pub(crate) async fn invoke_attempt(
-        &self,
-        target: &str,
-        event: Bytes,
-        request_id: String,
-        affinity: Option<&str>,
-        origin: Origin,
-    ) -> Result<(Arc<InvocationRecord>, Outcome, Arc<Resolved>), ApiError> {
-        let Origin {
-            trigger,
-            attempt,
-            trace,
-        } = origin;
-        let call = sandbox::CallContext {
-            attempt,
-            traceparent: Some(trace.traceparent.clone()),
-        };
-        if event.len() > limits::PAYLOAD_BYTES_MAX {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the event is {} bytes; the limit is {}",
-                    event.len(),
-                    limits::PAYLOAD_BYTES_MAX
-                ),
-            ));
-        }
-        let (resolved, guarded) = self.resolve_call(target, affinity, &request_id).await?;
-        let started_at_ms = now_ms();
-        // The invocation runs in its own task: a caller that disconnects does not cancel a
-        // function midway (it completes, as on Lambda), and its instance stays warm.
-        let pool = self.pool.clone();
-        let id = request_id.clone();
-        let run = resolved.clone();
-        let invocation =
-            tokio::spawn(async move { pool.invoke_with(&run.instance, &id, &event, &call).await })
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "invocation task failed");
-                    ApiError::new(
-                        ErrorCode::Internal,
-                        "the invocation task failed; the server log has details",
-                    )
-                })??;
-        if let Some(call) = guarded {
-            let ok = matches!(invocation.outcome, Outcome::Success { .. });
-            self.count_canary_call(call, ok).await;
-        }
-        let record = Arc::new(InvocationRecord {
-            request_id,
-            function: resolved.function.spec.name.clone(),
-            trigger,
-            attempt,
-            memory_mb: resolved.instance.memory_mb,
-            version: resolved.instance.version.clone(),
-            started_at_ms,
-            cold_start: invocation.cold_start,
-            init_ms: invocation.init_ms,
-            duration_ms: invocation.duration_ms,
-            instance_id: invocation.instance_id,
-            error: match &invocation.outcome {
-                Outcome::Error(e) => Some(e.clone()),
-                Outcome::Success { .. } => None,
-            },
-            logs: invocation.logs,
-            timings: invocation.timings,
-            trace,
-        });
-        self.remember(record.clone());
-        Ok((record, invocation.outcome, resolved))
-    }
-
-    /// Exports the span of an accepted asynchronous event (started at `started_at_ms`), the
-    /// parent of its attempts' spans, when spans are exported.
-    pub(crate) fn record_accept(
-        &self,
-        target: &str,
-        request_id: &str,
-        started_at_ms: i64,
-        trace: crate::trace::Span,
-    ) {
-        if let Some(recorder) = self.recorder.get() {
-            recorder.span(|| {
-                crate::otlp::accept_span(target, request_id, started_at_ms, now_ms(), &trace)
-            });
-        }
-    }
-
-    /// A recent invocation of this node.
-    pub fn recent_invocation(&self, request_id: &str) -> Option<Arc<InvocationRecord>> {
-        self.recent.lock().unwrap().by_id.get(request_id).cloned()
-    }
-
-    pub(crate) fn remember(&self, record: Arc<InvocationRecord>) {
-        if let Some(recorder) = self.recorder.get() {
-            recorder.call(record.clone());
-        }
-        let mut recent = self.recent.lock().unwrap();
-        if recent.order.len() >= limits::RECENT_INVOCATIONS_MAX
-            && let Some(old) = recent.order.pop_front()
-        {
-            recent.by_id.remove(&old);
-        }
-        recent.order.push_back(record.request_id.clone());
-        recent.by_id.insert(record.request_id.clone(), record);
-    }
-
     /// Resolves `target` for one call: an alias picks its version here (by `affinity`, or
     /// at random by the request id), and a guarded canary's pick is returned for counting.
     pub(crate) async fn resolve_call(
@@ -573,8 +447,8 @@ impl Platform {
         target: &str,
         affinity: Option<&str>,
         request_id: &str,
-    ) -> Result<(Arc<Resolved>, Option<GuardedCall>), ApiError> {
-        let (name, qualifier) = Qualifier::split(target).map_err(ApiError::invalid)?;
+    ) -> Result<(Arc<Resolved>, Option<GuardedCall>), Error> {
+        let (name, qualifier) = Qualifier::split(target).map_err(Error::invalid)?;
         let alias = match qualifier {
             Qualifier::Latest => {
                 return Ok((self.resolve_version_or_latest(name, None).await?, None));
@@ -605,7 +479,7 @@ impl Platform {
 
     /// `$LATEST` of `name`, or the version a qualified target names (an alias resolves to
     /// its main version here; calls pick between main and canary in `resolve_call`).
-    pub(crate) async fn resolve(&self, target: &str) -> Result<Arc<Resolved>, ApiError> {
+    pub(crate) async fn resolve(&self, target: &str) -> Result<Arc<Resolved>, Error> {
         if !target.contains(':') {
             return self.resolve_version_or_latest(target, None).await;
         }
@@ -613,7 +487,7 @@ impl Platform {
         Ok(resolved)
     }
 
-    async fn resolve_version(&self, name: &str, version: u32) -> Result<Arc<Resolved>, ApiError> {
+    async fn resolve_version(&self, name: &str, version: u32) -> Result<Arc<Resolved>, Error> {
         self.resolve_version_or_latest(name, Some(version)).await
     }
 
@@ -621,7 +495,7 @@ impl Platform {
         &self,
         name: &str,
         version: Option<u32>,
-    ) -> Result<Arc<Resolved>, ApiError> {
+    ) -> Result<Arc<Resolved>, Error> {
         let key = match version {
             Some(v) => format!("{name}:{v}"),
             None => name.to_string(),
@@ -678,7 +552,7 @@ impl Platform {
     }
 
     /// One alias of a function, from the cache or the store.
-    async fn alias(&self, function: &str, alias: &str) -> Result<model::Alias, ApiError> {
+    async fn alias(&self, function: &str, alias: &str) -> Result<model::Alias, Error> {
         let cached = self.aliases.read().unwrap().get(function).cloned();
         let all = match cached {
             Some(all) => all,
@@ -699,7 +573,9 @@ impl Platform {
     }
 
     /// Counts a guarded canary's call; past its error bound, rolls the canary back.
-    async fn count_canary_call(&self, call: GuardedCall, ok: bool) {
+    /// The rollback (a store write) runs in a task of its own: the call that tripped the
+    /// guard is not held up by it.
+    pub(crate) fn count_canary_call(self: &Arc<Self>, call: GuardedCall, ok: bool) {
         let now = now_ms();
         let tripped = {
             let mut all = self.canaries.lock().unwrap();
@@ -729,14 +605,17 @@ impl Platform {
                 None
             }
         };
-        if let Some(reason) = tripped
-            && let Err(e) = self.roll_back(&call, &reason).await
-        {
-            tracing::error!(error = ?e, "rolling back a canary failed");
+        if let Some(reason) = tripped {
+            let platform = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = platform.roll_back(&call, &reason).await {
+                    tracing::error!(error = ?e, "rolling back a canary failed");
+                }
+            });
         }
     }
 
-    async fn roll_back(&self, call: &GuardedCall, reason: &str) -> Result<(), ApiError> {
+    async fn roll_back(&self, call: &GuardedCall, reason: &str) -> Result<(), Error> {
         let _write = self.writes.lock().await;
         let mut alias = self.alias(&call.function, &call.alias).await?;
         let Some(canary) = alias.canary.as_mut() else {
@@ -762,9 +641,9 @@ impl Platform {
         &self,
         name: &str,
         description: &str,
-    ) -> Result<(model::Version, bool), ApiError> {
+    ) -> Result<(model::Version, bool), Error> {
         if description.len() > limits::DESCRIPTION_LEN_MAX {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "description is longer than {} bytes",
                 limits::DESCRIPTION_LEN_MAX
             )));
@@ -784,17 +663,17 @@ impl Platform {
         Ok((version, created))
     }
 
-    pub async fn list_versions(&self, name: &str) -> Result<Vec<model::Version>, ApiError> {
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<model::Version>, Error> {
         self.meta.get_function(name).await?;
         Ok(self.meta.list_versions(name).await?)
     }
 
-    pub async fn get_version(&self, name: &str, version: u32) -> Result<model::Version, ApiError> {
+    pub async fn get_version(&self, name: &str, version: u32) -> Result<model::Version, Error> {
         Ok(self.meta.get_version(name, version).await?)
     }
 
     /// Deletes a version no alias or trigger points at.
-    pub async fn delete_version(&self, name: &str, version: u32) -> Result<(), ApiError> {
+    pub async fn delete_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let _write = self.writes.lock().await;
         self.refuse_if_routed(name, &version.to_string(), &format!("version {version}"))
             .await?;
@@ -807,8 +686,8 @@ impl Platform {
     }
 
     /// Creates or moves an alias.
-    pub async fn put_alias(&self, name: &str, mut alias: model::Alias) -> Result<(), ApiError> {
-        alias.validate().map_err(ApiError::invalid)?;
+    pub async fn put_alias(&self, name: &str, mut alias: model::Alias) -> Result<(), Error> {
+        alias.validate().map_err(Error::invalid)?;
         let _write = self.writes.lock().await;
         self.meta.get_function(name).await?;
         alias.updated_at_ms = now_ms();
@@ -834,17 +713,17 @@ impl Platform {
         Ok(())
     }
 
-    pub async fn list_aliases(&self, name: &str) -> Result<Vec<model::Alias>, ApiError> {
+    pub async fn list_aliases(&self, name: &str) -> Result<Vec<model::Alias>, Error> {
         self.meta.get_function(name).await?;
         Ok(self.meta.list_aliases(name).await?)
     }
 
-    pub async fn get_alias(&self, name: &str, alias: &str) -> Result<model::Alias, ApiError> {
+    pub async fn get_alias(&self, name: &str, alias: &str) -> Result<model::Alias, Error> {
         self.alias(name, alias).await
     }
 
     /// Deletes an alias no trigger points at.
-    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<(), ApiError> {
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<(), Error> {
         let _write = self.writes.lock().await;
         self.refuse_if_routed(name, alias, &format!("alias `{alias}`"))
             .await?;
@@ -854,12 +733,7 @@ impl Platform {
     }
 
     /// `in_use` when a route of `name` calls `qualifier` (called `what` in the message).
-    async fn refuse_if_routed(
-        &self,
-        name: &str,
-        qualifier: &str,
-        what: &str,
-    ) -> Result<(), ApiError> {
+    async fn refuse_if_routed(&self, name: &str, qualifier: &str, what: &str) -> Result<(), Error> {
         let function = self.meta.get_function(name).await?;
         let routed = function
             .spec
@@ -868,7 +742,7 @@ impl Platform {
             .map(|model::http::Trigger::Http(t)| t)
             .find(|t| t.qualifier.as_deref() == Some(qualifier));
         match routed {
-            Some(route) => Err(ApiError::new(
+            Some(route) => Err(Error::new(
                 ErrorCode::InUse,
                 format!(
                     "{what} of `{name}` is in use by the route {}; point it elsewhere first",
@@ -880,7 +754,8 @@ impl Platform {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -19,7 +19,7 @@ use store::telemetry::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::platform::{InvocationRecord, now_ms};
+use crate::{InvocationRecord, now_ms};
 
 /// How the recorder meters and how long it keeps things.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +57,9 @@ enum Item {
 pub struct Recorder {
     tx: mpsc::Sender<Item>,
     follow: broadcast::Sender<Arc<LogRow>>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) store: Arc<dyn TelemetryStore>,
-    pub(crate) config: RecorderConfig,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn TelemetryStore>,
+    pub config: RecorderConfig,
     /// Whether spans are exported (an OTLP endpoint is set).
     exporting: bool,
 }
@@ -401,7 +401,7 @@ fn level_name(stream: &str) -> String {
 }
 
 /// A lifecycle event as it is stored.
-pub(crate) fn event_row(e: sandbox::LifecycleEvent) -> EventRow {
+pub fn event_row(e: sandbox::LifecycleEvent) -> EventRow {
     EventRow {
         seq: 0,
         time_ms: e.time_ms,

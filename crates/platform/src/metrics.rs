@@ -10,7 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::platform::InvocationRecord;
+use crate::InvocationRecord;
 
 /// Handler durations from 1 ms to 15 minutes (the longest timeout).
 const DURATION_BUCKETS_S: &[f64] = &[

@@ -14,8 +14,8 @@ use std::time::Duration;
 use model::limits;
 use tokio::sync::mpsc;
 
+use crate::InvocationRecord;
 use crate::metrics::Metrics;
-use crate::platform::InvocationRecord;
 use crate::trace::Span;
 
 /// How long a collector may take to take a batch.
@@ -134,7 +134,7 @@ pub fn call_spans(r: &InvocationRecord) -> Vec<ExportSpan> {
         });
         at_ns = end_ns;
     }
-    let faas_trigger = if r.trigger == "async" {
+    let faas_trigger = if r.trigger == model::TriggerKind::Async {
         "other"
     } else {
         "http"
@@ -370,7 +370,7 @@ mod tests {
         let record = InvocationRecord {
             request_id: "r1".into(),
             function: "hello".into(),
-            trigger: "api",
+            trigger: model::TriggerKind::Api,
             attempt: 1,
             memory_mb: 128,
             version: "$LATEST".into(),

@@ -1,0 +1,46 @@
+//! What starts invocations: the kinds of trigger, as every invocation record names them.
+//!
+//! The typed specs a function declares (`triggers:` in `nimbus.yaml`) are the closed enum
+//! `http::Trigger`; each spec has a kind, and so does every call, including the calls no
+//! spec declares (the invoke API, an asynchronous event's attempt).
+
+use serde::{Deserialize, Serialize};
+
+/// The source of a call. New event sources add a variant here and a `Trigger`
+/// implementation in the core; records store `as_str`, so names never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    /// `POST /v1/functions/{name}/invocations` (and the CLI's `nimbus invoke`).
+    Api,
+    /// A route of the HTTP gateway, or a function URL.
+    Http,
+    /// An attempt of an asynchronous event from the durable queue.
+    Async,
+}
+
+impl TriggerKind {
+    /// The stable name stored in records and shown by `nimbus invocation ls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Api => "api",
+            TriggerKind::Http => "http",
+            TriggerKind::Async => "async",
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl crate::http::Trigger {
+    /// The kind of calls this spec starts.
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            crate::http::Trigger::Http(_) => TriggerKind::Http,
+        }
+    }
+}

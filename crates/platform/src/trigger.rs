@@ -1,0 +1,53 @@
+//! The trigger seam: what an event source implements to turn its events into calls.
+//!
+//! A trigger checks its kind's specs whenever a deploy would change them (two routes on
+//! one path conflict; a cron expression must parse), starts taking events once the
+//! platform has loaded, follows function changes through the change feed (a `watch` of
+//! the catalog: every write publishes the functions as stored, under a new revision), and
+//! stops. Its calls go through `Platform::begin`/`invoke` like every other call, with
+//! their `TriggerKind` in the record.
+//!
+//! The specs themselves are the closed enum `model::http::Trigger`, typed in `model`;
+//! kinds live one module (or crate, where a client library must be fenced) each. The
+//! gateway (`api::gateway`) and the asynchronous queue (`async_invoke`) are the first two.
+
+use std::sync::Arc;
+
+use model::{Function, TriggerKind};
+use tokio::sync::watch;
+
+use crate::{Error, Platform};
+
+/// Every function as stored, at one revision of the change feed.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Grows with every publication; a trigger that derived its state from an older one
+    /// derives it again.
+    pub revision: u64,
+    pub functions: Vec<Function>,
+}
+
+/// A trigger's view of the change feed.
+pub type Changes = watch::Receiver<Arc<Catalog>>;
+
+/// An event source.
+#[async_trait::async_trait]
+pub trait Trigger: Send + Sync + 'static {
+    /// The kind of the calls it starts.
+    fn kind(&self) -> TriggerKind;
+
+    /// Checks the specs of this kind across `functions`, as they would be after a write;
+    /// an error refuses the write and says what to change.
+    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
+        let _ = functions;
+        Ok(())
+    }
+
+    /// Starts taking events. Called once, after the platform has loaded its state; the
+    /// trigger follows function changes on `changes` from then on.
+    async fn start(self: Arc<Self>, platform: Arc<Platform>, changes: Changes)
+    -> Result<(), Error>;
+
+    /// Stops taking events; calls under way finish.
+    async fn stop(&self);
+}

@@ -1,0 +1,229 @@
+//! Tests of the pool through the executor seam: fake instances and paused time, so what
+//! the pool does with its decisions (starts, evictions, waits, throttles, reaping,
+//! provisioning, shutdown) is checked without a process.
+
+use super::*;
+use crate::Policy;
+use crate::executor::fake::FakeExecutor;
+
+fn fake_pool(config: PoolConfig) -> (tempfile::TempDir, Arc<FakeExecutor>, Arc<Pool>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtimes = Runtimes::install(tmp.path(), None, None).unwrap();
+    let executor = Arc::new(FakeExecutor {
+        start_ms: 20,
+        ..Default::default()
+    });
+    let pool = Pool::with_executor(runtimes, config, Arc::new(executor.clone()));
+    (tmp, executor, pool)
+}
+
+fn function(name: &str, policy: Policy) -> InstanceConfig {
+    InstanceConfig {
+        function: name.into(),
+        version: "$LATEST".into(),
+        runtime: model::Runtime::Python3,
+        handler: "main.handler".into(),
+        code_dir: "/nonexistent".into(),
+        env: Default::default(),
+        memory_mb: 128,
+        timeout_ms: 1000,
+        kind: model::FunctionType::Handler,
+        command: Vec::new(),
+        concurrency: 1,
+        initializer: String::new(),
+        initializer_timeout_ms: 1000,
+        pre_stop: String::new(),
+        pre_stop_timeout_ms: 1000,
+        network: model::Network::Outbound,
+        ephemeral_storage_mb: 64,
+        cpu_millicores: 0,
+        policy,
+    }
+}
+
+fn policy(queue_timeout_ms: u32) -> Policy {
+    Policy {
+        idle_timeout_ms: 1000,
+        queue_timeout_ms,
+        ..Policy::default()
+    }
+}
+
+async fn lease(pool: &Arc<Pool>, config: &InstanceConfig) -> Lease {
+    match pool.acquire(config).await {
+        Ok(Acquired::Ready(lease)) => lease,
+        Ok(Acquired::Failed(e, _)) => panic!("the start failed: {e:?}"),
+        Err(e) => panic!("no slot: {e}"),
+    }
+}
+
+/// The lifecycle events of `function`, oldest first, as `event: reason`.
+fn events(pool: &Pool, function: &str) -> Vec<String> {
+    let mut events: Vec<String> = pool
+        .events(Some(function), 100)
+        .into_iter()
+        .map(|e| format!("{} {}: {}", e.event, e.instance_id, e.reason))
+        .collect();
+    events.reverse();
+    events
+}
+
+fn sleep_ms(ms: u64) -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_millis(ms))
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_run_on_the_executors_instances_cold_then_warm() {
+    let (_tmp, _executor, pool) = fake_pool(PoolConfig::default());
+    let f = function("f", policy(100));
+    let first = pool.invoke(&f, "r1", b"\"hi\"").await.unwrap();
+    assert!(matches!(&first.outcome, Outcome::Success { body, .. } if &body[..] == b"\"hi\""));
+    assert!(first.cold_start);
+    assert_eq!((first.instance_id, first.init_ms), (1, Some(20.0)));
+    let second = pool.invoke(&f, "r2", b"2").await.unwrap();
+    assert!(!second.cold_start);
+    assert_eq!(second.instance_id, 1);
+    assert_eq!(
+        events(&pool, "f"),
+        ["started 1: a call found no free instance; faked, ready in 20.0 ms"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_node_evicts_the_longest_idle_other_function_then_waits_and_gives_up() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig {
+        instances_max: 2,
+        ..PoolConfig::default()
+    });
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| function(name, policy(100)));
+    pool.invoke(&a, "r", b"1").await.unwrap();
+    sleep_ms(10).await;
+    pool.invoke(&b, "r", b"1").await.unwrap();
+    // The node is full of idle instances: `a`'s, idle longest, makes room for `c`.
+    let c_lease = lease(&pool, &c).await;
+    assert!(c_lease.cold_start);
+    assert!(executor.is_stopped(1) && !executor.is_stopped(2));
+    assert_eq!(
+        events(&pool, "a").last().unwrap(),
+        "stopped 1: evicted to make room on the node"
+    );
+    // With every instance busy, `d` waits its queue timeout and the node is the reason.
+    let _b_lease = lease(&pool, &b).await;
+    let waited_from = tokio::time::Instant::now();
+    match pool.acquire(&d).await {
+        Err(SandboxError::NodeFull {
+            live,
+            instances_max,
+            waited_ms,
+            ..
+        }) => assert_eq!((live, instances_max, waited_ms), (2, 2, 100)),
+        Err(e) => panic!("expected NodeFull, got {e}"),
+        Ok(_) => panic!("expected NodeFull, got a slot"),
+    }
+    assert!(waited_from.elapsed() >= Duration::from_millis(100));
+    // A call waiting when an instance goes idle is woken, evicts it and starts.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { lease(&pool, &d).await.instance_id() }
+    });
+    sleep_ms(10).await;
+    drop(c_lease);
+    assert_eq!(waiter.await.unwrap(), 4);
+    assert!(executor.is_stopped(3));
+    assert_eq!(pool.live_instances(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_at_max_instances_is_throttled_and_it_is_recorded() {
+    let (_tmp, _executor, pool) = fake_pool(PoolConfig::default());
+    let f = function(
+        "f",
+        Policy {
+            max_instances: 1,
+            ..policy(0)
+        },
+    );
+    let _held = lease(&pool, &f).await;
+    match pool.acquire(&f).await {
+        Err(SandboxError::Throttled { max_instances, .. }) => assert_eq!(max_instances, 1),
+        Err(e) => panic!("expected Throttled, got {e}"),
+        Ok(_) => panic!("expected Throttled, got a slot"),
+    }
+    assert!(
+        events(&pool, "f")
+            .last()
+            .unwrap()
+            .starts_with("throttled 0: ")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_instances_are_reaped_after_their_pre_stop_hook() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let f = InstanceConfig {
+        pre_stop: "main.stop".into(),
+        ..function("f", policy(100))
+    };
+    pool.invoke(&f, "r", b"1").await.unwrap();
+    sleep_ms(900).await;
+    assert_eq!(pool.instances_of("f"), 1);
+    // The maintenance tick after the idle timeout stops it.
+    sleep_ms(700).await;
+    assert_eq!(pool.instances_of("f"), 0);
+    assert_eq!(pool.live_instances(), 0);
+    assert!(executor.is_stopped(1));
+    assert_eq!(executor.pre_stops.load(Ordering::Acquire), 1);
+    assert_eq!(
+        events(&pool, "f").last().unwrap(),
+        "stopped 1: idle for 1000 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_instances_are_started_ahead_of_traffic_and_kept() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let kept = Policy {
+        min_instances: 2,
+        ..policy(100)
+    };
+    pool.provision(&function("f", kept));
+    sleep_ms(600).await;
+    assert_eq!(pool.instances_of("f"), 2);
+    assert_eq!(executor.started.lock().unwrap().len(), 2);
+    assert!(events(&pool, "f")[0].ends_with("min_instances; faked, ready in 20.0 ms"));
+    // Kept past the idle timeout while provisioned; reaped once the minimum is gone.
+    sleep_ms(3000).await;
+    assert_eq!(pool.instances_of("f"), 2);
+    pool.provision(&function("f", policy(100)));
+    sleep_ms(600).await;
+    assert_eq!(pool.instances_of("f"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_is_an_outcome_and_frees_its_room() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    executor.broken.store(true, Ordering::Release);
+    let inv = pool
+        .invoke(&function("f", policy(100)), "r", b"1")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&inv.outcome, Outcome::Error(e) if e.error_type == "Runtime.ImportModuleError")
+    );
+    assert_eq!((pool.live_instances(), pool.instances_of("f")), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_busy_instances_and_the_executor() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let f = function("f", policy(100));
+    let held = lease(&pool, &f).await;
+    pool.shutdown().await;
+    // The lease still holds the instance, but it was stopped from outside.
+    assert!(held.is_dead());
+    assert!(executor.shut_down.load(Ordering::Acquire));
+    assert!(matches!(
+        pool.acquire(&f).await,
+        Err(SandboxError::ShuttingDown)
+    ));
+}
