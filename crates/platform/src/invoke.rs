@@ -385,3 +385,126 @@ impl Platform {
         record
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use model::{FunctionSpec, Runtime};
+
+    use super::*;
+
+    const CODE: &str = "def handler(event, context):\n    if event.get('fail'):\n        raise ValueError('bad input')\n    return {'ok': True}\n";
+
+    /// A platform on real stores and a real pool, with Python function `f` deployed.
+    async fn platform() -> (tempfile::TempDir, Arc<Platform>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = Arc::new(
+            store::SqliteStore::open(&tmp.path().join("db"))
+                .await
+                .unwrap(),
+        );
+        let blobs: Arc<dyn store::BlobStore> =
+            Arc::new(store::FsBlobStore::new(tmp.path().join("blobs")));
+        let code = store::CodeCache::new(tmp.path().join("code"), blobs.clone(), 1 << 20);
+        let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        let pool = sandbox::Pool::new(runtimes, Default::default());
+        let platform = Arc::new(Platform::new(meta, blobs, code, pool));
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("main.py", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(CODE.as_bytes()).unwrap();
+        let archive = zip.finish().unwrap().into_inner();
+        let (sha, _) = platform.upload_code(archive).await.unwrap();
+        let spec = FunctionSpec::new("f", Runtime::Python3, "main.handler", &sha);
+        platform
+            .put_function(spec, store::PutMode::Create)
+            .await
+            .unwrap();
+        (tmp, platform)
+    }
+
+    fn call() -> Call {
+        Call::new("f", TriggerKind::Api, crate::trace::child_of(None))
+    }
+
+    async fn session(platform: &Arc<Platform>) -> Session {
+        match platform.begin(call()).await.unwrap() {
+            Begun::Ready(s) => s,
+            Begun::Failed(r, _) => panic!("the start failed: {:?}", r.error),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_dropped_unfinished_is_recorded_once_as_abandoned() {
+        let (_tmp, platform) = platform().await;
+        let s = session(&platform).await;
+        let id = s.request_id().to_string();
+        drop(s);
+        let record = platform.recent_invocation(&id).expect("recorded");
+        let error = record.error.as_ref().expect("abandoned is a failure");
+        assert_eq!(error.error_type, "Runtime.Abandoned");
+        assert_eq!(record.trigger, TriggerKind::Api);
+    }
+
+    #[tokio::test]
+    async fn a_discarded_instance_is_replaced_and_a_finished_one_reused() {
+        let (_tmp, platform) = platform().await;
+        let s = session(&platform).await;
+        assert!(s.cold_start());
+        let first = s.lease().instance_id();
+        s.finish(None, Logs::default());
+        let s = session(&platform).await;
+        assert_eq!(
+            s.lease().instance_id(),
+            first,
+            "a finished call keeps its instance"
+        );
+        assert!(!s.cold_start());
+        let record = s.discard(
+            "its server failed",
+            FunctionError::new("Runtime.ExitError", "gone"),
+            Logs::default(),
+        );
+        assert_eq!(record.instance_id, first);
+        let s = session(&platform).await;
+        assert_ne!(
+            s.lease().instance_id(),
+            first,
+            "a discarded instance is not used again"
+        );
+        assert!(s.cold_start());
+        s.finish(None, Logs::default());
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_an_outcome_and_an_error_line_of_the_call() {
+        let (_tmp, platform) = platform().await;
+        let invoked = platform
+            .invoke(call(), Bytes::from_static(br#"{"fail": true}"#))
+            .await
+            .unwrap();
+        let Outcome::Error(e) = &invoked.outcome else {
+            panic!("the handler raised");
+        };
+        assert_eq!(e.error_type, "ValueError");
+        let last = invoked.record.logs.lines.last().expect("an error line");
+        assert_eq!(last.stream, "ERROR");
+        assert!(
+            last.message.starts_with("[ERROR] ValueError: bad input\n"),
+            "{}",
+            last.message
+        );
+        assert!(last.message.contains("main.py"), "{}", last.message);
+        let ok = platform
+            .invoke(call(), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert!(matches!(ok.outcome, Outcome::Success { .. }));
+        assert!(ok.record.logs.lines.is_empty());
+        // Over the limit, the platform refuses the call before it reaches an instance.
+        let big = Bytes::from(vec![b' '; limits::PAYLOAD_BYTES_MAX + 1]);
+        let refused = platform.invoke(call(), big).await.err().expect("refused");
+        assert_eq!(refused.code, ErrorCode::PayloadTooLarge);
+    }
+}
