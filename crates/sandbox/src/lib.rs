@@ -79,6 +79,40 @@ impl InstanceConfig {
     }
 }
 
+#[cfg(test)]
+impl InstanceConfig {
+    /// A handler function `function` for tests: 128 MB, 1 s timeout, concurrency 1, no
+    /// hooks, default policy; tests change what they need with `..`.
+    pub(crate) fn for_test(
+        function: &str,
+        runtime: Runtime,
+        handler: &str,
+        code_dir: impl Into<PathBuf>,
+    ) -> InstanceConfig {
+        InstanceConfig {
+            function: function.into(),
+            version: "$LATEST".into(),
+            runtime,
+            handler: handler.into(),
+            code_dir: code_dir.into(),
+            env: Default::default(),
+            memory_mb: 128,
+            timeout_ms: 1000,
+            kind: FunctionType::Handler,
+            command: Vec::new(),
+            concurrency: 1,
+            initializer: String::new(),
+            initializer_timeout_ms: 1000,
+            pre_stop: String::new(),
+            pre_stop_timeout_ms: 1000,
+            network: model::Network::Outbound,
+            ephemeral_storage_mb: 64,
+            cpu_millicores: 0,
+            policy: Policy::default(),
+        }
+    }
+}
+
 /// Scaling settings of a function: how many instances and how long calls wait, not what
 /// an instance is. `Hash` and `Eq` ignore them, so changing them never restarts instances.
 #[derive(Clone, Debug)]

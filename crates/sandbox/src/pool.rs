@@ -1164,25 +1164,8 @@ exports.cb = (event, context, callback) => { setTimeout(() => callback(null, 'do
         timeout_ms: u32,
     ) -> InstanceConfig {
         InstanceConfig {
-            function: "f".into(),
-            version: "$LATEST".into(),
-            runtime,
-            handler: handler.into(),
-            code_dir: tmp.path().join("code"),
-            env: Default::default(),
-            memory_mb: 128,
             timeout_ms,
-            kind: model::FunctionType::Handler,
-            command: Vec::new(),
-            concurrency: 1,
-            initializer: String::new(),
-            initializer_timeout_ms: 1000,
-            pre_stop: String::new(),
-            pre_stop_timeout_ms: 1000,
-            network: model::Network::Outbound,
-            ephemeral_storage_mb: 64,
-            cpu_millicores: 0,
-            policy: crate::Policy::default(),
+            ..InstanceConfig::for_test("f", runtime, handler, tmp.path().join("code"))
         }
     }
 

@@ -84,36 +84,40 @@ fn wsgi_release(root: &std::path::Path, dir: &str, extra: &str) -> std::path::Pa
     )
 }
 
+/// Publishes `$LATEST` of `wapp` as a new version.
+async fn publish_wapp(server: &Server) {
+    let res = server
+        .req(Method::POST, "/v1/functions/wapp/versions")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+/// Points `wapp:prod` as `alias` says.
+async fn set_prod(server: &Server, alias: Value) {
+    let res = server
+        .req(Method::PUT, "/v1/functions/wapp/aliases/prod")
+        .json(&alias)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_guarded_canary_of_a_wsgi_function_is_rolled_back() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
     server.deploy(&wsgi_release(tmp.path(), "good", "")).await;
-    let res = server
-        .req(Method::POST, "/v1/functions/wapp/versions")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let res = server
-        .req(Method::PUT, "/v1/functions/wapp/aliases/prod")
-        .json(&json!({"version": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    publish_wapp(&server).await;
+    set_prod(&server, json!({"version": 1})).await;
     let routed = "    env: {FAIL: '1'}\n    triggers:\n      - http: {path: /shop, auth: anonymous, qualifier: prod}\n";
     server
         .deploy(&wsgi_release(tmp.path(), "bad", routed))
         .await;
-    let res = server
-        .req(Method::POST, "/v1/functions/wapp/versions")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
+    publish_wapp(&server).await;
     let res = server
         .req(Method::PUT, "/v1/functions/wapp/aliases/prod")
         .json(

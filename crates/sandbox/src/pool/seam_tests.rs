@@ -19,25 +19,13 @@ fn fake_pool(config: PoolConfig) -> (tempfile::TempDir, Arc<FakeExecutor>, Arc<P
 
 fn function(name: &str, policy: Policy) -> InstanceConfig {
     InstanceConfig {
-        function: name.into(),
-        version: "$LATEST".into(),
-        runtime: model::Runtime::Python3,
-        handler: "main.handler".into(),
-        code_dir: "/nonexistent".into(),
-        env: Default::default(),
-        memory_mb: 128,
-        timeout_ms: 1000,
-        kind: model::FunctionType::Handler,
-        command: Vec::new(),
-        concurrency: 1,
-        initializer: String::new(),
-        initializer_timeout_ms: 1000,
-        pre_stop: String::new(),
-        pre_stop_timeout_ms: 1000,
-        network: model::Network::Outbound,
-        ephemeral_storage_mb: 64,
-        cpu_millicores: 0,
         policy,
+        ..InstanceConfig::for_test(
+            name,
+            model::Runtime::Python3,
+            "main.handler",
+            "/nonexistent",
+        )
     }
 }
 
