@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 pub mod gateway;
+pub mod listener;
 pub mod observe;
 pub mod releases;
 pub mod routes;

@@ -48,6 +48,9 @@ pub(crate) async fn read_body(body: Body, limit: usize, what: &str) -> Result<By
                 ErrorCode::PayloadTooLarge,
                 format!("the {what} is larger than the limit of {limit} bytes"),
             )
+        } else if let Some(e) = crate::listener::BodyError::api_error(&e) {
+            // Too slow, or the node's buffer budget is spent: not the body's size.
+            e
         } else {
             ApiError::invalid(format!("reading the {what}: {e}"))
         }

@@ -1,7 +1,6 @@
 //! `nimbus server`: the composition root. It opens the stores in the data dir, installs the
 //! runtimes, builds the pool and the API, and serves until SIGINT/SIGTERM.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,6 +100,40 @@ pub struct ServerArgs {
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
+    /// Client connections open at once (default: three quarters of the file limit, at most
+    /// 16,384). At the cap the longest-idle connection is closed to admit a new one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    connections_max: Option<u64>,
+    /// Time for a request header to arrive, and for the next request on an idle
+    /// kept-alive connection, in milliseconds.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    header_read_timeout_ms: u64,
+    /// The slowest request body accepted once `--body-grace-ms` has passed, in bytes per
+    /// second.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    body_min_rate_bytes_per_s: u64,
+    /// How long a request body may take before the minimum rate applies, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    body_grace_ms: u64,
+    /// Request body bytes buffered at once across the node, in MB; past it requests are
+    /// answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    body_budget_mb: u64,
+}
+
+/// File descriptors kept for everything but client connections (instances' sockets and
+/// pipes, the databases, the jail helpers), as a share of the limit.
+fn connections_max_default() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // Take the hard limit as the soft one: the default soft limit (1,024) is far below what
+    // a server needs, and raising it is what every server does.
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(1_048_576);
+    ((files as usize) * 3 / 4).clamp(16, 16_384)
 }
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -298,19 +331,23 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    // Small request/response pairs must not wait on Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let listener_config = api::listener::ListenerConfig {
+        connections_max: args
+            .connections_max
+            .map_or_else(connections_max_default, |n| n as usize),
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        body_min_rate_bytes_per_s: args.body_min_rate_bytes_per_s,
+        body_grace_ms: args.body_grace_ms,
+        body_budget_bytes: args.body_budget_mb * 1024 * 1024,
+    };
+    tracing::info!(
+        connections_max = listener_config.connections_max,
+        "accepting client connections"
+    );
+    let serve = api::listener::serve(listener, app, listener_config, async move {
         stop_signal().await;
         let _ = stopping_tx.send(());
-    })
-    .into_future();
+    });
     // After the stop signal, in-flight requests get a bounded grace period to finish.
     let grace = async move {
         let _ = stopping_rx.await;

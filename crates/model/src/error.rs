@@ -71,11 +71,13 @@ pub enum ErrorCode {
     QueueFull,
     /// The server runs without telemetry, so it has no logs, statistics or usage.
     TelemetryOff,
+    /// The client sent its request body slower than the listener's minimum rate.
+    RequestTimeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -106,6 +108,7 @@ impl ErrorCode {
         ErrorCode::InUse,
         ErrorCode::QueueFull,
         ErrorCode::TelemetryOff,
+        ErrorCode::RequestTimeout,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -150,6 +153,7 @@ impl ErrorCode {
             ErrorCode::InUse => ("in_use", 409),
             ErrorCode::QueueFull => ("queue_full", 429),
             ErrorCode::TelemetryOff => ("telemetry_off", 501),
+            ErrorCode::RequestTimeout => ("request_timeout", 408),
         }
     }
 }

@@ -276,9 +276,9 @@ async fn serve(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let body = axum::body::to_bytes(body, limit)
+    let body = crate::routes::read_body(body, limit, "request body")
         .await
-        .map_err(|_| too_large(limit))?;
+        .map_err(IntoResponse::into_response)?;
 
     let path_params: Vec<(String, String)> = route
         .params
