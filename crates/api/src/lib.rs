@@ -7,6 +7,7 @@
 
 mod auth;
 mod error;
+mod extract;
 pub mod gateway;
 pub mod listener;
 pub mod observe;

@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -222,10 +224,11 @@ pub async fn invoke(
     req_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let is_async = match req_headers.get(headers::INVOCATION_TYPE) {
+        None => false,
+        Some(v) => invocation_type_is_async(v.as_bytes())?,
+    };
     let event = read_body(body, limits::PAYLOAD_BYTES_MAX, "event").await?;
-    let is_async = req_headers.get(headers::INVOCATION_TYPE).is_some_and(|v| {
-        v.as_bytes().eq_ignore_ascii_case(b"async") || v.as_bytes().eq_ignore_ascii_case(b"event")
-    });
     if is_async {
         let key = req_headers
             .get(headers::IDEMPOTENCY_KEY)
@@ -326,6 +329,24 @@ pub async fn invoke(
     Ok(response)
 }
 
+/// Whether an `x-nimbus-invocation-type` asks for an asynchronous call: `async` or
+/// Lambda's `Event`; `sync` or `RequestResponse` run now. Anything else is refused rather
+/// than run synchronously against the caller's intent.
+fn invocation_type_is_async(value: &[u8]) -> Result<bool, ApiError> {
+    let is = |name: &str| value.eq_ignore_ascii_case(name.as_bytes());
+    if is("async") || is("event") {
+        Ok(true)
+    } else if is("sync") || is("requestresponse") {
+        Ok(false)
+    } else {
+        Err(ApiError::invalid(format!(
+            "{}: `{}` is not an invocation type; use `sync` (RequestResponse) or `async` (Event)",
+            headers::INVOCATION_TYPE,
+            String::from_utf8_lossy(value)
+        )))
+    }
+}
+
 fn num(ms: f64) -> HeaderValue {
     HeaderValue::from_str(&format!("{ms:.3}")).expect("a number is a valid header")
 }
@@ -377,7 +398,7 @@ pub async fn get_invocation(
     responses((status = 200, body = Vec<AsyncInvocationView>)))]
 pub async fn list_dead_letters(
     State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+    crate::extract::Query(q): crate::extract::Query<DlqQuery>,
 ) -> Result<Json<Vec<AsyncInvocationView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).min(1_000);
     let letters = s

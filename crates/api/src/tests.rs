@@ -31,7 +31,12 @@ async fn harness() -> Harness {
     let code = store::CodeCache::new(tmp.path().join("code"), blobs.clone(), 1 << 20);
     let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
     let pool = sandbox::Pool::new(runtimes, Default::default());
+    let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let platform = Arc::new(Platform::new(meta, blobs, code, pool));
+    platform
+        .enable_async(queue, Default::default())
+        .await
+        .unwrap();
     let telemetry = store::SqliteTelemetry::open(&tmp.path().join("telemetry"))
         .await
         .unwrap();
@@ -258,4 +263,58 @@ async fn openapi_documents_every_route() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn malformed_queries_paths_and_invocation_types_are_json_400s() {
+    let h = harness().await;
+    let sha = h
+        .upload(&[("main.py", "def handler(e, c):\n    return 1\n")])
+        .await;
+    let f = serde_json::json!({"name": "f", "runtime": "python3", "handler": "main.handler", "code_sha256": sha});
+    let (status, _) = h.call("POST", "/v1/functions", f.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for uri in [
+        "/v1/dlq?limit=lots",
+        "/v1/functions/f/logs?limit=-1",
+        "/v1/functions/f/versions/notanumber",
+    ] {
+        let (status, body) = h.call("GET", uri, Body::empty()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["code"], "invalid_request", "{uri}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{uri}"
+        );
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/functions/f/invocations")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("x-nimbus-invocation-type", "Later")
+        .body(Body::from("{}"))
+        .unwrap();
+    let res = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("Later"),
+        "{body}"
+    );
+    // The names Lambda clients send are taken.
+    for (kind, status) in [
+        ("RequestResponse", StatusCode::OK),
+        ("Event", StatusCode::ACCEPTED),
+    ] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/functions/f/invocations")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("x-nimbus-invocation-type", kind)
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = h.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), status, "{kind}");
+    }
 }

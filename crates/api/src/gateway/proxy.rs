@@ -108,8 +108,17 @@ fn upstream_request(r: &Routed) -> Result<Request<Full<Bytes>>, ApiError> {
         .body(Full::new(r.body.clone()))
         .map_err(|e| ApiError::invalid(format!("the request cannot be forwarded: {e}")))?;
     let headers: &mut HeaderMap = request.headers_mut();
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
+    let named: Vec<String> = r
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
     for (name, value) in &r.headers {
-        if forwardable(name) {
+        if forwardable(name) && !named.iter().any(|n| n == name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }

@@ -291,3 +291,48 @@ async fn function_failures_are_error_lines_in_the_logs() {
     let all = server.cli(&["logs", "fails"]).await;
     assert!(all.stdout.contains("about to raise"), "{}", all.stdout);
 }
+
+/// A custom runtime that answers with the request headers it received, as JSON.
+const ECHO_SERVER: &str = r#"
+import sys, json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header('content-type', 'application/json')
+        self.send_header('content-length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[tokio::test]
+async fn headers_named_in_connection_are_not_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "echo",
+        "functions:\n  echo:\n    runtime: custom\n    command: [/usr/bin/python3, server.py, $PORT]\n    url: {auth: anonymous}\n",
+        &[("server.py", ECHO_SERVER)],
+    );
+    server.deploy(&dir).await;
+    let addr = server.endpoint.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"GET /fn/echo/ HTTP/1.1\r\nhost: x\r\nconnection: close, x-secret\r\nx-secret: 1\r\nx-kept: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let seen: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(seen["x-kept"], "2", "{seen}");
+    assert!(seen.get("x-secret").is_none(), "{seen}");
+}
