@@ -13,6 +13,8 @@ mod error;
 mod meta;
 mod queue;
 pub mod telemetry;
+#[cfg(test)]
+mod testfs;
 
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobStore, FsBlobStore, sha256_hex};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use model::{Alias, Function, FunctionSpec, Version};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use crate::StoreError;
 
@@ -98,6 +98,14 @@ pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePo
         .foreign_keys(foreign_keys);
     Ok(SqlitePoolOptions::new()
         .max_connections(4)
+        // A connection whose transaction failed half-way can come back to the pool still
+        // counted as inside it: when SQLite has already rolled the transaction back itself
+        // (it does on a full disk), the ROLLBACK that sqlx sends on drop fails and sqlx keeps
+        // its depth above zero, so every later `begin_with` on that connection fails. Such a
+        // connection is closed when it is next taken, and the pool opens a fresh one. The
+        // pool's ping before this check runs after any queued rollback, so the depth read
+        // here is settled.
+        .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
         .connect_with(options)
         .await?)
 }
@@ -214,8 +222,13 @@ impl MetaStore for SqliteStore {
             .bind(&json)
             .bind(now_ms)
             .bind(now_ms)
-            .fetch_optional(&self.pool)
-            .await;
+            // All rows, not the first: a write with RETURNING outside a transaction commits
+            // when the statement runs to its end, and only then does a failed commit (a full
+            // disk) come back as an error. `fetch_optional` stops at the row and drops the
+            // statement, and the error of its commit with it: the write was lost silently.
+            .fetch_all(&self.pool)
+            .await
+            .map(|rows| rows.into_iter().next());
         let row = match result {
             Ok(row) => row,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -652,5 +665,63 @@ mod tests {
             store.delete_key("k1").await,
             Err(StoreError::KeyNotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn transactions_work_again_once_a_full_disk_has_room() {
+        let disk = crate::testfs::SmallDisk::mount(2048);
+        let ballast = disk.ballast(1024 * 1024);
+        let store =
+            std::sync::Arc::new(SqliteStore::open(&disk.path().join("m.db")).await.unwrap());
+        // Each round stores a 40 KB spec and publishes it as a version, in transactions.
+        let big = |i: usize| {
+            let mut s = spec("f", "main.h");
+            s.env
+                .insert("PAD".into(), format!("{i}{}", "x".repeat(40_000)));
+            s
+        };
+        let mut full = None;
+        for i in 0..200 {
+            let round = async {
+                store
+                    .put_function(&big(i), PutMode::Upsert, i as i64)
+                    .await?;
+                store.publish_version("f", "", i as i64).await
+            };
+            if let Err(e) = round.await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full.expect("a 2 MB disk fills up");
+        assert!(crate::testfs::is_full(&full), "{full}");
+        std::fs::remove_file(ballast).unwrap();
+        for i in 0..6 {
+            store
+                .put_function(&spec(&format!("g{i}"), "main.h"), PutMode::Create, 1)
+                .await
+                .unwrap();
+            store
+                .publish_version(&format!("g{i}"), "", 2)
+                .await
+                .unwrap();
+            store.delete_function(&format!("g{i}")).await.unwrap();
+        }
+        let publishers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let name = format!("h{i}");
+                    store
+                        .put_function(&spec(&name, "main.h"), PutMode::Create, 1)
+                        .await?;
+                    store.publish_version(&name, "", 2).await
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap().unwrap();
+        }
+        assert_eq!(store.list_versions("h7").await.unwrap().len(), 1);
     }
 }

@@ -1148,4 +1148,61 @@ mod tests {
         assert_eq!(days.len(), 1);
         assert_eq!((days[0].key.as_str(), days[0].requests), ("0", 12));
     }
+
+    /// A batch of `n` calls that each wrote one line of `bytes` bytes.
+    fn big_batch(n: usize, bytes: usize, at: i64) -> Batch {
+        let mut batch = Batch::default();
+        for i in 0..n {
+            let mut chunk = line("f", at + i as i64, "INFO", &"x".repeat(bytes));
+            chunk.lines[0].time_ms = at + i as i64;
+            batch.logs.push(chunk);
+            batch
+                .records
+                .push(record("f", at + i as i64, 1.0, "succeeded", 2));
+        }
+        batch
+    }
+
+    #[tokio::test]
+    async fn writes_work_again_once_a_full_disk_has_room() {
+        let disk = crate::testfs::SmallDisk::mount(2048);
+        let ballast = disk.ballast(1024 * 1024);
+        let t = std::sync::Arc::new(
+            SqliteTelemetry::open(&disk.path().join("telemetry.db"))
+                .await
+                .unwrap(),
+        );
+        let mut full = None;
+        for i in 0..200 {
+            if let Err(e) = t.write(&big_batch(20, 4096, i * 100)).await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full.expect("a 2 MB disk fills up");
+        assert!(crate::testfs::is_full(&full), "{full}");
+        std::fs::remove_file(ballast).unwrap();
+        // Every connection of the pool must work again: writes one after another, and as
+        // many at once as the pool has connections and more.
+        for i in 0..6 {
+            t.write(&big_batch(2, 100, 1_000_000 + i)).await.unwrap();
+        }
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move { t.write(&big_batch(2, 100, 2_000_000 + i)).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let newest = t
+            .records(&RecordQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(newest[0].started_at_ms >= 2_000_000);
+    }
 }
