@@ -71,11 +71,14 @@ pub enum ErrorCode {
     QueueFull,
     /// The server runs without telemetry, so it has no logs, statistics or usage.
     TelemetryOff,
+    /// The server's disk is full: nothing more can be stored until an operator frees space.
+    /// The request itself was fine; retry it later.
+    StorageFull,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -106,6 +109,7 @@ impl ErrorCode {
         ErrorCode::InUse,
         ErrorCode::QueueFull,
         ErrorCode::TelemetryOff,
+        ErrorCode::StorageFull,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -150,6 +154,9 @@ impl ErrorCode {
             ErrorCode::InUse => ("in_use", 409),
             ErrorCode::QueueFull => ("queue_full", 429),
             ErrorCode::TelemetryOff => ("telemetry_off", 501),
+            // 507 Insufficient Storage (RFC 4918): the server cannot store what the request
+            // needs stored.
+            ErrorCode::StorageFull => ("storage_full", 507),
         }
     }
 }

@@ -60,15 +60,23 @@ impl BlobStore for FsBlobStore {
             .map_err(StoreError::io(format!("creating {}", dir.display())))?;
         // Write to a unique temporary name, fsync, then rename: a crash leaves either no blob
         // or a whole one, never a torn file under the content address.
-        let tmp = dir.join(format!(".{}.{}.tmp", &sha[2..], std::process::id()));
+        let tmp = dir.join(format!(".{}.{}.tmp", &sha[2..], crate::random_suffix()));
         let data = bytes.to_vec();
         let (tmp2, path2) = (tmp.clone(), path.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp2)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp2, &path2)
+            let written = (|| {
+                let mut f = std::fs::File::create(&tmp2)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp2, &path2)
+            })();
+            // A half-written temporary file (a full disk) would hold its space until the
+            // next start-up sweep; it goes at once.
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp2);
+            }
+            written
         })
         .await
         .expect("blob write task panicked")

@@ -71,11 +71,7 @@ fn unpack_atomically(
 ) -> Result<ArchiveInfo, StoreError> {
     std::fs::create_dir_all(root)
         .map_err(StoreError::io(format!("creating {}", root.display())))?;
-    let staging = root.join(format!(
-        ".staging-{}-{}",
-        std::process::id(),
-        STAGING_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
     let result = archive::extract(zip, &staging, max);
     let info = match result {
         Ok(info) => info,
@@ -98,4 +94,54 @@ fn unpack_atomically(
     }
 }
 
-static STAGING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The name of an unpack in progress starts so; what is left of one after a crash is swept
+/// at start-up.
+const STAGING_PREFIX: &str = ".staging-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A deflated archive of one file of `bytes` zeros (a few KB zipped).
+    pub(crate) fn zip_of_zeros(bytes: usize) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("main.py", opts).unwrap();
+        w.write_all(&vec![0; bytes]).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_the_archives_fault_and_leaves_nothing_behind() {
+        let disk = crate::testfs::SmallDisk::mount(1024);
+        let blobs: Arc<dyn BlobStore> =
+            Arc::new(crate::FsBlobStore::new(disk.path().join("blobs")));
+        let code = CodeCache::new(disk.path().join("code"), blobs.clone(), 64 << 20);
+        // Unpacks to 4 MB on a 1 MB disk.
+        let err = code.accept(zip_of_zeros(4 << 20)).await.unwrap_err();
+        assert!(err.is_storage_full(), "{err}");
+        let left: Vec<_> = std::fs::read_dir(disk.path().join("code"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A blob that does not fit.
+        let ballast = disk.ballast(1 << 20);
+        let err = blobs.put(&vec![1; 256 << 10]).await.unwrap_err();
+        assert!(err.is_storage_full(), "{err}");
+        std::fs::remove_file(ballast).unwrap();
+        let blob_dirs: Vec<_> = std::fs::read_dir(disk.path().join("blobs/sha256"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            blob_dirs.is_empty(),
+            "no temporary file stays: {blob_dirs:?}"
+        );
+        // With room again, both work.
+        let (sha, info) = code.accept(zip_of_zeros(64 << 10)).await.unwrap();
+        assert_eq!(info.unpacked_bytes, 64 << 10);
+        assert!(code.ensure(&sha).await.unwrap().join("main.py").exists());
+    }
+}

@@ -23,3 +23,10 @@ pub use error::{DatabaseFault, StoreError};
 pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};
+
+/// A random name part for temporary files and directories. Not the pid: a server restarted
+/// as pid 1 of a fresh namespace has the same pid every time, and would meet its previous
+/// life's leftovers under the same names.
+pub(crate) fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

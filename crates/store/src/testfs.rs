@@ -59,5 +59,5 @@ impl Drop for SmallDisk {
 
 /// Whether `e` says the disk is full.
 pub(crate) fn is_full(e: &crate::StoreError) -> bool {
-    e.database_fault() == Some(crate::DatabaseFault::Full)
+    e.is_storage_full()
 }
