@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use model::{Alias, Function, FunctionSpec, Version};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Connection, Row, SqlitePool};
 
 use crate::StoreError;
@@ -85,17 +87,35 @@ pub struct SqliteStore {
 
 const NAMESPACE: &str = "default";
 
+/// The WAL file's size kept after a checkpoint (`journal_size_limit`).
+const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A pool on the SQLite database at `path` (created if missing) in WAL mode. WAL with
 /// NORMAL is durable across process crashes and loses at most the last transactions on
 /// power loss; it keeps writes off fsync's critical path.
-pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str("sqlite:")?
+///
+/// With `incremental_vacuum`, a database created now can give freed pages back to the
+/// filesystem (`PRAGMA incremental_vacuum`); SQLite takes the setting only before the first
+/// table is created, so a database made earlier keeps reusing its free pages instead, which
+/// bounds its file as well.
+pub(crate) async fn open_wal(
+    path: &Path,
+    foreign_keys: bool,
+    incremental_vacuum: bool,
+) -> Result<SqlitePool, StoreError> {
+    let mut options = SqliteConnectOptions::from_str("sqlite:")?
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
+        // A checkpoint leaves the WAL file as long as its longest transaction made it (a big
+        // prune); past this it is truncated, so the WAL does not keep that space for good.
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
         .foreign_keys(foreign_keys);
+    if incremental_vacuum {
+        options = options.auto_vacuum(SqliteAutoVacuum::Incremental);
+    }
     Ok(SqlitePoolOptions::new()
         .max_connections(4)
         // A connection whose transaction failed half-way can come back to the pool still
@@ -113,7 +133,7 @@ pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePo
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = open_wal(path, true).await?;
+        let pool = open_wal(path, true, false).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
