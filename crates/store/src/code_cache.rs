@@ -47,6 +47,63 @@ impl CodeCache {
         Ok(dir)
     }
 
+    /// Removes unpacks that a crash interrupted (`.staging-*` directories), returning how
+    /// many. Only at start-up, before any upload: an unpack in progress looks the same.
+    pub async fn sweep_staging(&self) -> Result<u64, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for (name, path, _) in entries(&root)? {
+                if name.starts_with(STAGING_PREFIX) {
+                    std::fs::remove_dir_all(&path)
+                        .map_err(StoreError::io(format!("removing {}", path.display())))?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("staging sweep task panicked")
+    }
+
+    /// The unpacked trees, as (sha256, when unpacked or last uploaded in Unix ms).
+    pub async fn trees(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok(entries(&root)?
+                .into_iter()
+                .filter(|(name, _, _)| {
+                    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .map(|(name, _, modified_ms)| (name, modified_ms))
+                .collect())
+        })
+        .await
+        .expect("code listing task panicked")
+    }
+
+    /// Removes an unpacked tree; false if there was none. (Instances still running from it
+    /// lose their files: the caller removes only code no instance uses.)
+    pub async fn remove(&self, sha256: &str) -> Result<bool, StoreError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        // Renamed aside first, so no instance start finds a half-removed tree under the name.
+        let dir = self.dir(sha256);
+        let doomed = self
+            .root
+            .join(format!("{STAGING_PREFIX}gc-{}", crate::random_suffix()));
+        match tokio::fs::rename(&dir, &doomed).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io(format!("removing {}", dir.display()))(e)),
+        }
+        tokio::fs::remove_dir_all(&doomed)
+            .await
+            .map_err(StoreError::io(format!("removing {}", doomed.display())))?;
+        Ok(true)
+    }
+
     fn dir(&self, sha256: &str) -> PathBuf {
         self.root.join(sha256)
     }
@@ -82,9 +139,12 @@ fn unpack_atomically(
     };
     match std::fs::rename(&staging, dir) {
         Ok(()) => Ok(info),
-        // Another unpack of the same content won the race; its tree is identical.
+        // Another unpack of the same content won the race, or the code was uploaded before;
+        // its tree is identical. Its time is renewed: an upload starts the collector's grace
+        // period again.
         Err(_) if dir.exists() => {
             let _ = std::fs::remove_dir_all(&staging);
+            crate::blobs::touch(dir);
             Ok(info)
         }
         Err(e) => {
@@ -94,12 +154,35 @@ fn unpack_atomically(
     }
 }
 
+/// The entries of the cache's root as (name, path, modified Unix ms); nothing when the root
+/// is not there yet.
+fn entries(root: &Path) -> Result<Vec<(String, PathBuf, i64)>, StoreError> {
+    let list = match std::fs::read_dir(root) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(format!("listing {}", root.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in list {
+        let entry = entry.map_err(StoreError::io(format!("listing {}", root.display())))?;
+        let modified_ms = entry
+            .metadata()
+            .map_or(0, |m| crate::blobs::modified_ms(&m));
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+            modified_ms,
+        ));
+    }
+    Ok(out)
+}
+
 /// The name of an unpack in progress starts so; what is left of one after a crash is swept
 /// at start-up.
 const STAGING_PREFIX: &str = ".staging-";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 

@@ -1,5 +1,6 @@
 //! Function metadata: the `MetaStore` trait and its SQLite backend.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -67,6 +68,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError>;
     async fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError>;
     async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), StoreError>;
+    /// Every code sha256 a function or a published version refers to: the code the garbage
+    /// collector must keep.
+    async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError>;
 }
 
 /// A stored invoke key: never the key itself, only its sha256.
@@ -466,6 +470,17 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError> {
+        // Every namespace's: code is shared between them by content.
+        let rows: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT spec ->> '$.code_sha256' FROM functions
+             UNION SELECT spec ->> '$.code_sha256' FROM versions",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO invoke_keys (id, name, sha256, created_at_ms) VALUES (?, ?, ?, ?)",
@@ -602,7 +617,22 @@ mod tests {
             )
             .await
             .unwrap();
+        let mut other = spec("g", "main.a");
+        other.code_sha256 = "1".repeat(64);
+        store
+            .put_function(&other, PutMode::Create, 9)
+            .await
+            .unwrap();
+        // f's versions and f share one code; g has another.
+        assert_eq!(
+            store.referenced_code().await.unwrap(),
+            BTreeSet::from(["0".repeat(64), "1".repeat(64)])
+        );
         store.delete_function("f").await.unwrap();
+        assert_eq!(
+            store.referenced_code().await.unwrap(),
+            BTreeSet::from(["1".repeat(64)])
+        );
         assert!(store.list_versions("f").await.unwrap().is_empty());
         assert!(store.list_aliases("f").await.unwrap().is_empty());
     }
