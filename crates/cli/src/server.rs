@@ -84,6 +84,10 @@ pub struct ServerArgs {
     /// counted).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
     logs_function_max_kb: u64,
+    /// Size of the telemetry database at most, in MB; past it the oldest records, log lines
+    /// and events are dropped before their age (and counted).
+    #[arg(long, default_value_t = model::limits::TELEMETRY_MAX_MB_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    telemetry_max_mb: u64,
     /// Billed duration is rounded up to a multiple of this many milliseconds (1 as Lambda
     /// today, 100 as Lambda until 2020).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=60_000))]
@@ -136,6 +140,9 @@ fn connections_max_default() -> usize {
     ((files as usize) * 3 / 4).clamp(16, 16_384)
 }
 
+/// How often unreferenced code archives and trees are looked for.
+const CODE_COLLECTION_EVERY: Duration = Duration::from_secs(600);
+
 /// How long in-flight requests get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -167,6 +174,18 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         blobs.clone(),
         args.unpacked_max_mb * 1024 * 1024,
     );
+    // What a crash left half-written: the data dir's lock says no other server uses it.
+    let swept = code
+        .sweep_staging()
+        .await
+        .context("sweeping staging leftovers")?
+        + blobs
+            .sweep_leftovers()
+            .await
+            .context("sweeping blob leftovers")?;
+    if swept > 0 {
+        tracing::info!(swept, "removed what an interrupted upload left behind");
+    }
     let runtimes = sandbox::Runtimes::install(
         &data_dir.join("runtime"),
         args.python3.clone(),
@@ -262,6 +281,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                     records_max_age_ms: args.records_retention_hours as i64 * 3_600_000,
                     logs_max_age_ms: args.logs_retention_hours as i64 * 3_600_000,
                     log_bytes_per_function_max: args.logs_function_max_kb as i64 * 1024,
+                    telemetry_max_bytes: args.telemetry_max_mb as i64 * 1024 * 1024,
                 },
             },
             otlp,
@@ -292,6 +312,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .start_triggers()
         .await
         .map_err(|e| anyhow::anyhow!("starting the triggers: {e}"))?;
+    platform.start_code_collection(CODE_COLLECTION_EVERY);
     for (flag, price) in [
         (
             "--price-per-million-requests",

@@ -73,11 +73,14 @@ pub enum ErrorCode {
     TelemetryOff,
     /// The client sent its request body slower than the listener's minimum rate.
     RequestTimeout,
+    /// The server's disk is full: nothing more can be stored until an operator frees space.
+    /// The request itself was fine; retry it later.
+    StorageFull,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -109,6 +112,7 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::TelemetryOff,
         ErrorCode::RequestTimeout,
+        ErrorCode::StorageFull,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -154,6 +158,9 @@ impl ErrorCode {
             ErrorCode::QueueFull => ("queue_full", 429),
             ErrorCode::TelemetryOff => ("telemetry_off", 501),
             ErrorCode::RequestTimeout => ("request_timeout", 408),
+            // 507 Insufficient Storage (RFC 4918): the server cannot store what the request
+            // needs stored.
+            ErrorCode::StorageFull => ("storage_full", 507),
         }
     }
 }

@@ -15,6 +15,14 @@ pub const UNPACKED_BYTES_MAX_DEFAULT: u64 = 250 * 1024 * 1024;
 /// Most entries in one code archive; bounds extraction work and inode use.
 pub const ARCHIVE_ENTRIES_MAX: usize = 20_000;
 
+/// The telemetry database's size in use by default (`--telemetry-max-mb`): past it, the
+/// oldest records, logs and events go before their age.
+pub const TELEMETRY_MAX_MB_DEFAULT: u64 = 1024;
+
+/// How long an uploaded archive or unpacked tree that nothing refers to is kept before it is
+/// collected: long enough for the deploy that follows its upload to refer to it.
+pub const CODE_GARBAGE_GRACE_MS: i64 = 3_600_000;
+
 /// Function names: 1..=64 chars of `[A-Za-z0-9_-]`, starting with a letter.
 pub const NAME_LEN_MAX: usize = 64;
 

@@ -55,8 +55,40 @@ const RETRY_DELAY_MAX_MS: u64 = 300_000;
 /// Result bytes kept with a finished invocation.
 const RESULT_BYTES_MAX: usize = 256 * 1024;
 
-type Submission = (NewEvent, oneshot::Sender<Result<Accepted, String>>);
-type Ending = ((String, Finish), oneshot::Sender<Result<(), String>>);
+type Submission = (NewEvent, oneshot::Sender<Result<Accepted, WriteError>>);
+type Ending = ((String, Finish), oneshot::Sender<Result<(), WriteError>>);
+
+/// Why a batch was not written, as every request in it is told.
+#[derive(Clone, Debug)]
+struct WriteError {
+    /// The disk is full: the submitter is told 507, not blamed.
+    storage_full: bool,
+    message: String,
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError {
+            storage_full: e.is_storage_full(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl WriteError {
+    fn stopped() -> WriteError {
+        WriteError {
+            storage_full: false,
+            message: "the writer stopped".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// The node's asynchronous invoker.
 pub(crate) struct AsyncInvoker {
@@ -176,16 +208,20 @@ impl AsyncInvoker {
         };
         let (tx, rx) = oneshot::channel();
         let stored = match self.submit.send((event, tx)).await {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| Err("the writer stopped".into())),
-            Err(_) => Err("the writer stopped".into()),
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(WriteError::stopped())),
+            Err(_) => Err(WriteError::stopped()),
         };
         let accepted = match stored {
             Ok(a) => a,
             Err(e) => {
                 self.release(&function);
                 tracing::error!(error = %e, "storing an asynchronous event failed");
+                if e.storage_full {
+                    return Err(Error::new(
+                        ErrorCode::StorageFull,
+                        "the server's disk is full: the event was not accepted; retry once space is freed",
+                    ));
+                }
                 return Err(Error::new(
                     ErrorCode::StorageError,
                     "the event could not be stored; it was not accepted",
@@ -274,7 +310,7 @@ async fn write_batches(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Submissio
         let invoker = invoker.clone();
         async move {
             let inv = invoker.upgrade()?;
-            Some(inv.queue.enqueue(&events).await.map_err(|e| e.to_string()))
+            Some(inv.queue.enqueue(&events).await.map_err(WriteError::from))
         }
     })
     .await
@@ -288,7 +324,7 @@ async fn write_finishes(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Ending>)
             let inv = invoker.upgrade()?;
             let n = ends.len();
             let done = inv.queue.finish_many(&ends, now_ms()).await;
-            Some(done.map(|()| vec![(); n]).map_err(|e| e.to_string()))
+            Some(done.map(|()| vec![(); n]).map_err(WriteError::from))
         }
     })
     .await
@@ -298,11 +334,11 @@ async fn write_finishes(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Ending>)
 /// the next (one transaction), so many concurrent requests share one commit. `write`
 /// answers one result per request, or `None` once the invoker is gone.
 async fn in_batches<T, R, F, Fut>(
-    mut rx: mpsc::Receiver<(T, oneshot::Sender<Result<R, String>>)>,
+    mut rx: mpsc::Receiver<(T, oneshot::Sender<Result<R, WriteError>>)>,
     write: F,
 ) where
     F: Fn(Vec<T>) -> Fut,
-    Fut: std::future::Future<Output = Option<Result<Vec<R>, String>>>,
+    Fut: std::future::Future<Output = Option<Result<Vec<R>, WriteError>>>,
 {
     let mut items = Vec::with_capacity(COMMIT_BATCH_MAX);
     let mut replies = Vec::with_capacity(COMMIT_BATCH_MAX);
@@ -634,10 +670,8 @@ async fn record_end(inv: &Arc<AsyncInvoker>, record: &AsyncRecord, finish: Finis
         .send(((record.id.clone(), finish.clone()), tx))
         .await
     {
-        Ok(()) => rx
-            .await
-            .unwrap_or_else(|_| Err("the writer stopped".into())),
-        Err(_) => Err("the writer stopped".into()),
+        Ok(()) => rx.await.unwrap_or_else(|_| Err(WriteError::stopped())),
+        Err(_) => Err(WriteError::stopped()),
     };
     if let Err(e) = recorded {
         // The attempt stays `running` in the store and is delivered again after a restart.

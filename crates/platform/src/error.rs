@@ -63,6 +63,13 @@ impl From<StoreError> for Error {
                 format!("function `{f}` has no alias `{a}`; `nimbus alias ls {f}` lists them"),
             ),
             e @ StoreError::VersionInUse(..) => Error::new(ErrorCode::InUse, e.to_string()),
+            StoreError::StorageFull { context } => {
+                tracing::error!(%context, "the disk is full");
+                Error::new(
+                    ErrorCode::StorageFull,
+                    "the server's disk is full; nothing was stored. Retry once space is freed",
+                )
+            }
             StoreError::KeyNotFound(id) => Error::new(
                 ErrorCode::KeyNotFound,
                 format!("invoke key `{id}` does not exist; `nimbus keys ls` lists them"),

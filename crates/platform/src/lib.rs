@@ -247,6 +247,54 @@ impl Platform {
         self.catalog.borrow().clone()
     }
 
+    /// Collects code no function or version uses, every `every`: archives and unpacked
+    /// trees unreferenced for `model::limits::CODE_GARBAGE_GRACE_MS` (an upload about to
+    /// be deployed is younger than that, and code a deploy just left keeps serving the
+    /// calls still on it).
+    pub fn start_code_collection(self: &Arc<Self>, every: std::time::Duration) {
+        let platform = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut collector = store::CodeCollector::new(limits::CODE_GARBAGE_GRACE_MS);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(platform) = platform.upgrade() else {
+                    return;
+                };
+                match platform.collect_code(&mut collector).await {
+                    Ok(r) if r.blobs_removed + r.trees_removed > 0 => tracing::info!(
+                        blobs = r.blobs_removed,
+                        bytes = r.blob_bytes_removed,
+                        trees = r.trees_removed,
+                        "unreferenced code collected"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "collecting unreferenced code failed"),
+                }
+            }
+        });
+    }
+
+    /// One round of code collection.
+    async fn collect_code(
+        &self,
+        collector: &mut store::CodeCollector,
+    ) -> Result<store::CollectReport, Error> {
+        let mut referenced = self.meta.referenced_code().await?;
+        // Resolutions cached on this node may still have instances on their code.
+        referenced.extend(
+            self.functions
+                .read()
+                .unwrap()
+                .values()
+                .map(|r| r.function.spec.code_sha256.clone()),
+        );
+        Ok(collector
+            .collect(self.blobs.as_ref(), &self.code, &referenced, now_ms())
+            .await?)
+    }
+
     /// Adds an event source: from now on it checks every deploy's specs. It starts taking
     /// events with `start_triggers`.
     pub fn add_trigger(&self, trigger: Arc<dyn Trigger>) {

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub(crate) log_lines: IntCounterVec,
     pub(crate) log_lines_dropped: IntCounterVec,
     pub(crate) telemetry_dropped: IntCounter,
+    /// Rows removed before their age to keep the telemetry database under its size cap.
+    pub(crate) telemetry_pruned_for_size: IntCounterVec,
+    pub(crate) telemetry_used_bytes: IntGauge,
     pub(crate) otlp_exported: IntCounter,
     pub(crate) otlp_dropped: IntCounter,
 }
@@ -134,6 +137,19 @@ impl Metrics {
                 IntCounter::new(
                     "nimbus_telemetry_dropped_total",
                     "Records and events not stored because the writer fell behind.",
+                )
+                .expect("valid metric"),
+            ),
+            telemetry_pruned_for_size: counter(
+                "nimbus_telemetry_pruned_for_size_total",
+                "Telemetry removed before its age to keep the database under --telemetry-max-mb, by kind (records, log_lines, events).",
+                &["kind"],
+            ),
+            telemetry_used_bytes: register(
+                &registry,
+                IntGauge::new(
+                    "nimbus_telemetry_used_bytes",
+                    "Bytes in use in the telemetry database after the last prune.",
                 )
                 .expect("valid metric"),
             ),

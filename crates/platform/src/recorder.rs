@@ -38,6 +38,7 @@ impl Default for RecorderConfig {
                 records_max_age_ms: 7 * 24 * 3_600_000,
                 logs_max_age_ms: 7 * 24 * 3_600_000,
                 log_bytes_per_function_max: 64 * 1024 * 1024,
+                telemetry_max_bytes: limits::TELEMETRY_MAX_MB_DEFAULT as i64 * 1024 * 1024,
             },
         }
     }
@@ -374,6 +375,26 @@ impl Writer {
         self.written_since_prune.clear();
         match self.store.prune(now_ms(), &self.config.retention).await {
             Ok(report) => {
+                for (kind, n) in [
+                    ("records", report.records_dropped_for_size),
+                    ("log_lines", report.log_lines_dropped_for_size),
+                    ("events", report.events_dropped_for_size),
+                ] {
+                    if n > 0 {
+                        self.metrics
+                            .telemetry_pruned_for_size
+                            .with_label_values(&[kind])
+                            .inc_by(n);
+                    }
+                }
+                if report.records_dropped_for_size + report.log_lines_dropped_for_size > 0 {
+                    tracing::warn!(
+                        records = report.records_dropped_for_size,
+                        log_lines = report.log_lines_dropped_for_size,
+                        "telemetry reached --telemetry-max-mb: the oldest was dropped before its age"
+                    );
+                }
+                self.metrics.telemetry_used_bytes.set(report.used_bytes);
                 for (function, lines) in &report.logs_dropped {
                     self.metrics
                         .log_lines_dropped

@@ -94,8 +94,7 @@ pub fn extract(zip: &[u8], dest: &Path, unpacked_max: u64) -> Result<ArchiveInfo
         // Read at most one byte past the budget so an over-long entry is detected without
         // trusting the size the archive declares.
         let budget = unpacked_max - written;
-        let copied = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)
-            .map_err(|e| ArchiveError::Malformed(format!("entry `{name}`: {e}")))?;
+        let copied = copy_entry(&mut (&mut entry).take(budget + 1), &mut out, &name)?;
         if copied > budget {
             return Err(ArchiveError::TooLarge {
                 limit_bytes: unpacked_max,
@@ -123,6 +122,24 @@ pub fn extract(zip: &[u8], dest: &Path, unpacked_max: u64) -> Result<ArchiveInfo
         files,
         unpacked_bytes: written,
     })
+}
+
+/// Copies an entry's bytes into its file. A failed read is the archive's fault (its data
+/// does not decompress); a failed write is the server's (a full disk), so the two are told
+/// apart here, where it is still known which side failed.
+fn copy_entry(from: &mut impl Read, to: &mut impl Write, name: &str) -> Result<u64, ArchiveError> {
+    let mut buf = vec![0; 64 * 1024];
+    let mut copied = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ArchiveError::Malformed(format!("entry `{name}`: {e}"))),
+        };
+        to.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
 }
 
 /// The entry name as a relative path with only normal components.

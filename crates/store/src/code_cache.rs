@@ -47,6 +47,63 @@ impl CodeCache {
         Ok(dir)
     }
 
+    /// Removes unpacks that a crash interrupted (`.staging-*` directories), returning how
+    /// many. Only at start-up, before any upload: an unpack in progress looks the same.
+    pub async fn sweep_staging(&self) -> Result<u64, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for (name, path, _) in entries(&root)? {
+                if name.starts_with(STAGING_PREFIX) {
+                    std::fs::remove_dir_all(&path)
+                        .map_err(StoreError::io(format!("removing {}", path.display())))?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("staging sweep task panicked")
+    }
+
+    /// The unpacked trees, as (sha256, when unpacked or last uploaded in Unix ms).
+    pub async fn trees(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok(entries(&root)?
+                .into_iter()
+                .filter(|(name, _, _)| {
+                    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .map(|(name, _, modified_ms)| (name, modified_ms))
+                .collect())
+        })
+        .await
+        .expect("code listing task panicked")
+    }
+
+    /// Removes an unpacked tree; false if there was none. (Instances still running from it
+    /// lose their files: the caller removes only code no instance uses.)
+    pub async fn remove(&self, sha256: &str) -> Result<bool, StoreError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        // Renamed aside first, so no instance start finds a half-removed tree under the name.
+        let dir = self.dir(sha256);
+        let doomed = self
+            .root
+            .join(format!("{STAGING_PREFIX}gc-{}", crate::random_suffix()));
+        match tokio::fs::rename(&dir, &doomed).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io(format!("removing {}", dir.display()))(e)),
+        }
+        tokio::fs::remove_dir_all(&doomed)
+            .await
+            .map_err(StoreError::io(format!("removing {}", doomed.display())))?;
+        Ok(true)
+    }
+
     fn dir(&self, sha256: &str) -> PathBuf {
         self.root.join(sha256)
     }
@@ -71,11 +128,7 @@ fn unpack_atomically(
 ) -> Result<ArchiveInfo, StoreError> {
     std::fs::create_dir_all(root)
         .map_err(StoreError::io(format!("creating {}", root.display())))?;
-    let staging = root.join(format!(
-        ".staging-{}-{}",
-        std::process::id(),
-        STAGING_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
     let result = archive::extract(zip, &staging, max);
     let info = match result {
         Ok(info) => info,
@@ -86,9 +139,12 @@ fn unpack_atomically(
     };
     match std::fs::rename(&staging, dir) {
         Ok(()) => Ok(info),
-        // Another unpack of the same content won the race; its tree is identical.
+        // Another unpack of the same content won the race, or the code was uploaded before;
+        // its tree is identical. Its time is renewed: an upload starts the collector's grace
+        // period again.
         Err(_) if dir.exists() => {
             let _ = std::fs::remove_dir_all(&staging);
+            crate::blobs::touch(dir);
             Ok(info)
         }
         Err(e) => {
@@ -98,4 +154,77 @@ fn unpack_atomically(
     }
 }
 
-static STAGING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The entries of the cache's root as (name, path, modified Unix ms); nothing when the root
+/// is not there yet.
+fn entries(root: &Path) -> Result<Vec<(String, PathBuf, i64)>, StoreError> {
+    let list = match std::fs::read_dir(root) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(format!("listing {}", root.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in list {
+        let entry = entry.map_err(StoreError::io(format!("listing {}", root.display())))?;
+        let modified_ms = entry
+            .metadata()
+            .map_or(0, |m| crate::blobs::modified_ms(&m));
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+            modified_ms,
+        ));
+    }
+    Ok(out)
+}
+
+/// The name of an unpack in progress starts so; what is left of one after a crash is swept
+/// at start-up.
+const STAGING_PREFIX: &str = ".staging-";
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A deflated archive of one file of `bytes` zeros (a few KB zipped).
+    pub(crate) fn zip_of_zeros(bytes: usize) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("main.py", opts).unwrap();
+        w.write_all(&vec![0; bytes]).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_the_archives_fault_and_leaves_nothing_behind() {
+        let disk = crate::testfs::SmallDisk::mount(1024);
+        let blobs: Arc<dyn BlobStore> =
+            Arc::new(crate::FsBlobStore::new(disk.path().join("blobs")));
+        let code = CodeCache::new(disk.path().join("code"), blobs.clone(), 64 << 20);
+        // Unpacks to 4 MB on a 1 MB disk.
+        let err = code.accept(zip_of_zeros(4 << 20)).await.unwrap_err();
+        assert!(err.is_storage_full(), "{err}");
+        let left: Vec<_> = std::fs::read_dir(disk.path().join("code"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A blob that does not fit.
+        let ballast = disk.ballast(1 << 20);
+        let err = blobs.put(&vec![1; 256 << 10]).await.unwrap_err();
+        assert!(err.is_storage_full(), "{err}");
+        std::fs::remove_file(ballast).unwrap();
+        let blob_dirs: Vec<_> = std::fs::read_dir(disk.path().join("blobs/sha256"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            blob_dirs.is_empty(),
+            "no temporary file stays: {blob_dirs:?}"
+        );
+        // With room again, both work.
+        let (sha, info) = code.accept(zip_of_zeros(64 << 10)).await.unwrap();
+        assert_eq!(info.unpacked_bytes, 64 << 10);
+        assert!(code.ensure(&sha).await.unwrap().join("main.py").exists());
+    }
+}

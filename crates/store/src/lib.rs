@@ -10,14 +10,25 @@ pub mod archive;
 mod blobs;
 mod code_cache;
 mod error;
+mod gc;
 mod meta;
 mod queue;
 pub mod telemetry;
+#[cfg(test)]
+mod testfs;
 
 pub use archive::{ArchiveError, ArchiveInfo};
-pub use blobs::{BlobStore, FsBlobStore, sha256_hex};
+pub use blobs::{BlobInfo, BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::CodeCache;
 pub use error::{DatabaseFault, StoreError};
+pub use gc::{CodeCollector, CollectReport};
 pub use meta::{KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};
+
+/// A random name part for temporary files and directories. Not the pid: a server restarted
+/// as pid 1 of a fresh namespace has the same pid every time, and would meet its previous
+/// life's leftovers under the same names.
+pub(crate) fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

@@ -1,13 +1,16 @@
 //! Function metadata: the `MetaStore` trait and its SQLite backend.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use model::{Alias, Function, FunctionSpec, Version};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, SqlitePool};
 
 use crate::StoreError;
 
@@ -65,6 +68,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError>;
     async fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError>;
     async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), StoreError>;
+    /// Every code sha256 a function or a published version refers to: the code the garbage
+    /// collector must keep.
+    async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError>;
 }
 
 /// A stored invoke key: never the key itself, only its sha256.
@@ -85,19 +91,45 @@ pub struct SqliteStore {
 
 const NAMESPACE: &str = "default";
 
+/// The WAL file's size kept after a checkpoint (`journal_size_limit`).
+const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A pool on the SQLite database at `path` (created if missing) in WAL mode. WAL with
 /// NORMAL is durable across process crashes and loses at most the last transactions on
 /// power loss; it keeps writes off fsync's critical path.
-pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str("sqlite:")?
+///
+/// With `incremental_vacuum`, a database created now can give freed pages back to the
+/// filesystem (`PRAGMA incremental_vacuum`); SQLite takes the setting only before the first
+/// table is created, so a database made earlier keeps reusing its free pages instead, which
+/// bounds its file as well.
+pub(crate) async fn open_wal(
+    path: &Path,
+    foreign_keys: bool,
+    incremental_vacuum: bool,
+) -> Result<SqlitePool, StoreError> {
+    let mut options = SqliteConnectOptions::from_str("sqlite:")?
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
+        // A checkpoint leaves the WAL file as long as its longest transaction made it (a big
+        // prune); past this it is truncated, so the WAL does not keep that space for good.
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
         .foreign_keys(foreign_keys);
+    if incremental_vacuum {
+        options = options.auto_vacuum(SqliteAutoVacuum::Incremental);
+    }
     Ok(SqlitePoolOptions::new()
         .max_connections(4)
+        // A connection whose transaction failed half-way can come back to the pool still
+        // counted as inside it: when SQLite has already rolled the transaction back itself
+        // (it does on a full disk), the ROLLBACK that sqlx sends on drop fails and sqlx keeps
+        // its depth above zero, so every later `begin_with` on that connection fails. Such a
+        // connection is closed when it is next taken, and the pool opens a fresh one. The
+        // pool's ping before this check runs after any queued rollback, so the depth read
+        // here is settled.
+        .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
         .connect_with(options)
         .await?)
 }
@@ -105,7 +137,7 @@ pub(crate) async fn open_wal(path: &Path, foreign_keys: bool) -> Result<SqlitePo
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = open_wal(path, true).await?;
+        let pool = open_wal(path, true, false).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -214,8 +246,13 @@ impl MetaStore for SqliteStore {
             .bind(&json)
             .bind(now_ms)
             .bind(now_ms)
-            .fetch_optional(&self.pool)
-            .await;
+            // All rows, not the first: a write with RETURNING outside a transaction commits
+            // when the statement runs to its end, and only then does a failed commit (a full
+            // disk) come back as an error. `fetch_optional` stops at the row and drops the
+            // statement, and the error of its commit with it: the write was lost silently.
+            .fetch_all(&self.pool)
+            .await
+            .map(|rows| rows.into_iter().next());
         let row = match result {
             Ok(row) => row,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -433,6 +470,17 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError> {
+        // Every namespace's: code is shared between them by content.
+        let rows: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT spec ->> '$.code_sha256' FROM functions
+             UNION SELECT spec ->> '$.code_sha256' FROM versions",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO invoke_keys (id, name, sha256, created_at_ms) VALUES (?, ?, ?, ?)",
@@ -569,7 +617,22 @@ mod tests {
             )
             .await
             .unwrap();
+        let mut other = spec("g", "main.a");
+        other.code_sha256 = "1".repeat(64);
+        store
+            .put_function(&other, PutMode::Create, 9)
+            .await
+            .unwrap();
+        // f's versions and f share one code; g has another.
+        assert_eq!(
+            store.referenced_code().await.unwrap(),
+            BTreeSet::from(["0".repeat(64), "1".repeat(64)])
+        );
         store.delete_function("f").await.unwrap();
+        assert_eq!(
+            store.referenced_code().await.unwrap(),
+            BTreeSet::from(["1".repeat(64)])
+        );
         assert!(store.list_versions("f").await.unwrap().is_empty());
         assert!(store.list_aliases("f").await.unwrap().is_empty());
     }
@@ -652,5 +715,63 @@ mod tests {
             store.delete_key("k1").await,
             Err(StoreError::KeyNotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn transactions_work_again_once_a_full_disk_has_room() {
+        let disk = crate::testfs::SmallDisk::mount(2048);
+        let ballast = disk.ballast(1024 * 1024);
+        let store =
+            std::sync::Arc::new(SqliteStore::open(&disk.path().join("m.db")).await.unwrap());
+        // Each round stores a 40 KB spec and publishes it as a version, in transactions.
+        let big = |i: usize| {
+            let mut s = spec("f", "main.h");
+            s.env
+                .insert("PAD".into(), format!("{i}{}", "x".repeat(40_000)));
+            s
+        };
+        let mut full = None;
+        for i in 0..200 {
+            let round = async {
+                store
+                    .put_function(&big(i), PutMode::Upsert, i as i64)
+                    .await?;
+                store.publish_version("f", "", i as i64).await
+            };
+            if let Err(e) = round.await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full.expect("a 2 MB disk fills up");
+        assert!(crate::testfs::is_full(&full), "{full}");
+        std::fs::remove_file(ballast).unwrap();
+        for i in 0..6 {
+            store
+                .put_function(&spec(&format!("g{i}"), "main.h"), PutMode::Create, 1)
+                .await
+                .unwrap();
+            store
+                .publish_version(&format!("g{i}"), "", 2)
+                .await
+                .unwrap();
+            store.delete_function(&format!("g{i}")).await.unwrap();
+        }
+        let publishers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let name = format!("h{i}");
+                    store
+                        .put_function(&spec(&name, "main.h"), PutMode::Create, 1)
+                        .await?;
+                    store.publish_version(&name, "", 2).await
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap().unwrap();
+        }
+        assert_eq!(store.list_versions("h7").await.unwrap().len(), 1);
     }
 }

@@ -498,4 +498,60 @@ mod tests {
         assert!(q.get("a").await.unwrap().is_none());
         assert!(q.get("b").await.unwrap().is_some());
     }
+
+    #[tokio::test]
+    async fn submissions_work_again_once_a_full_disk_has_room() {
+        let disk = crate::testfs::SmallDisk::mount(2048);
+        let ballast = disk.ballast(1024 * 1024);
+        let q = std::sync::Arc::new(SqliteStore::open(&disk.path().join("q.db")).await.unwrap());
+        let big = |id: String| NewEvent {
+            payload: vec![b'x'; 32 * 1024],
+            ..event(&id, "f", None, 1)
+        };
+        let mut full = None;
+        for i in 0..200 {
+            let batch: Vec<_> = (0..4).map(|j| big(format!("e{i}-{j}"))).collect();
+            if let Err(e) = q.enqueue(&batch).await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full.expect("a 2 MB disk fills up");
+        assert!(crate::testfs::is_full(&full), "{full}");
+        std::fs::remove_file(ballast).unwrap();
+        for i in 0..6 {
+            q.enqueue(&[event(&format!("a{i}"), "g", None, 2)])
+                .await
+                .unwrap();
+        }
+        let submitters: Vec<_> = (0..8)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    q.enqueue(&[event(&format!("b{i}"), "g", Some(&format!("k{i}")), 3)])
+                        .await
+                })
+            })
+            .collect();
+        for s in submitters {
+            assert_eq!(s.await.unwrap().unwrap(), vec![Accepted::New]);
+        }
+        let claimed = q.claim(&[("g".into(), 100)], 10).await.unwrap();
+        assert_eq!(claimed.len(), 14);
+        let ends: Vec<_> = claimed
+            .iter()
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    Finish::Done {
+                        status: AsyncStatus::Succeeded,
+                        result: None,
+                        version: None,
+                        function_error: false,
+                    },
+                )
+            })
+            .collect();
+        q.finish_many(&ends, 11).await.unwrap();
+    }
 }

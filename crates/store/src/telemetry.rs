@@ -1,6 +1,6 @@
 //! What happened, kept for later: invocation records, function log lines, lifecycle events
 //! and per-minute instance samples, written in batches, queried for logs, statistics and
-//! usage, and pruned by age and by a per-function size cap. The `TelemetryStore` trait has
+//! usage, and pruned by age, by a per-function size cap and by a cap on the database's size. The `TelemetryStore` trait has
 //! the SQLite implementation here, in a database file of its own.
 
 use std::path::Path;
@@ -208,6 +208,11 @@ pub struct Retention {
     pub logs_max_age_ms: i64,
     /// Message bytes kept per function; the oldest lines go first past it.
     pub log_bytes_per_function_max: i64,
+    /// The database's size in use (its pages less its free pages) at most: past it, the
+    /// oldest records, log chunks and events go first, down to 90% of it. `i64::MAX` for
+    /// no bound but age. (Checked when pruning, so it can be passed by what is written
+    /// between two prunes.)
+    pub telemetry_max_bytes: i64,
 }
 
 /// What one pruning pass removed.
@@ -218,6 +223,14 @@ pub struct PruneReport {
     /// Lines removed because their function was over its cap, per function.
     pub logs_dropped: Vec<(String, u64)>,
     pub events_expired: u64,
+    /// Records removed before their age because the database was over its size.
+    pub records_dropped_for_size: u64,
+    /// Log lines removed so (also counted in their functions' dropped lines).
+    pub log_lines_dropped_for_size: u64,
+    /// Lifecycle events removed so.
+    pub events_dropped_for_size: u64,
+    /// The database's size in use after pruning, in bytes.
+    pub used_bytes: i64,
 }
 
 /// Where telemetry is kept. The cluster mode puts PostgreSQL behind the same trait.
@@ -225,12 +238,13 @@ pub struct PruneReport {
 pub trait TelemetryStore: Send + Sync {
     /// Writes everything in `batch` in one transaction.
     async fn write(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Removes what is past `retention` at `now_ms`.
+    /// Removes what is past `retention` at `now_ms`: by age, by each function's log cap, and
+    /// oldest first past the database's size cap.
     async fn prune(&self, now_ms: i64, retention: &Retention) -> Result<PruneReport, StoreError>;
     /// Lines matching `q`, newest first, and the cursor to pass as `before_seq` for more
     /// (`None` when there are no more).
     async fn logs(&self, q: &LogQuery) -> Result<(Vec<LogRow>, Option<i64>), StoreError>;
-    /// Log lines of `function` dropped so far to keep under its cap.
+    /// Log lines of `function` dropped so far to keep under its cap or the database's.
     async fn logs_dropped(&self, function: &str) -> Result<u64, StoreError>;
     async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>, StoreError>;
     async fn records(&self, q: &RecordQuery) -> Result<Vec<RecordRow>, StoreError>;
@@ -305,7 +319,7 @@ pub struct SqliteTelemetry {
 
 impl SqliteTelemetry {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = crate::meta::open_wal(path, false).await?;
+        let pool = crate::meta::open_wal(path, false, true).await?;
         sqlx::migrate!("./migrations/telemetry").run(&pool).await?;
         Ok(SqliteTelemetry { pool })
     }
@@ -347,6 +361,200 @@ fn push_time_filters(
     if let Some(until) = until_ms {
         b.push(format!(" AND {column} < ")).push_bind(until);
     }
+}
+
+/// What `expire_before` removed.
+#[derive(Debug, Default)]
+struct Expired {
+    records: u64,
+    log_lines: u64,
+    events: u64,
+    /// Log lines removed, per function.
+    lines_per_function: Vec<(String, u64)>,
+}
+
+/// Removes records and instance samples before `records_cutoff_ms`, and log chunks and
+/// lifecycle events before `logs_cutoff_ms`, inside the caller's transaction, keeping each
+/// function's count of stored log bytes right.
+async fn expire_before(
+    conn: &mut sqlx::SqliteConnection,
+    records_cutoff_ms: i64,
+    logs_cutoff_ms: i64,
+) -> Result<Expired, StoreError> {
+    let records = sqlx::query("DELETE FROM invocation_records WHERE started_at_ms < ?")
+        .bind(records_cutoff_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let mut out = Expired {
+        records,
+        ..Default::default()
+    };
+    sqlx::query("DELETE FROM instance_minutes WHERE minute_ms < ?")
+        .bind(records_cutoff_ms)
+        .execute(&mut *conn)
+        .await?;
+    // Rows arrive about in time order: everything before the first row that is young
+    // enough goes (found by walking the rowid from the oldest, a short walk when pruning
+    // runs every minute).
+    let first_young_event: Option<i64> = sqlx::query_scalar(
+        "SELECT seq FROM lifecycle_events WHERE time_ms >= ? ORDER BY seq LIMIT 1",
+    )
+    .bind(logs_cutoff_ms)
+    .fetch_optional(&mut *conn)
+    .await?;
+    out.events = sqlx::query("DELETE FROM lifecycle_events WHERE seq < ?")
+        .bind(first_young_event.unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let first_young_chunk: i64 = sqlx::query_scalar::<_, i64>(
+        "SELECT seq FROM log_chunks WHERE last_ms >= ? ORDER BY seq LIMIT 1",
+    )
+    .bind(logs_cutoff_ms)
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or(i64::MAX);
+    let expired = sqlx::query(
+        "SELECT function, sum(line_count) AS n, sum(bytes) AS bytes \
+             FROM log_chunks WHERE seq < ? GROUP BY function",
+    )
+    .bind(first_young_chunk)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !expired.is_empty() {
+        sqlx::query("DELETE FROM log_chunks WHERE seq < ?")
+            .bind(first_young_chunk)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for row in &expired {
+        let function: String = row.try_get("function")?;
+        let n: i64 = row.try_get("n")?;
+        let bytes: i64 = row.try_get("bytes")?;
+        sqlx::query("UPDATE log_accounts SET bytes = max(bytes - ?, 0) WHERE function = ?")
+            .bind(bytes)
+            .bind(&function)
+            .execute(&mut *conn)
+            .await?;
+        out.log_lines += n as u64;
+        out.lines_per_function.push((function, n as u64));
+    }
+    Ok(out)
+}
+
+/// The bytes of the database's pages in use: its pages less the free ones, read from the
+/// header through the connection's own view (so a transaction sees its own deletes).
+async fn used_bytes(conn: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((pages - free) * page_size)
+}
+
+/// The time of the oldest row that `expire_before` could remove: the least of the oldest
+/// record's start, the oldest chunk's last line, the oldest event and the oldest minute.
+/// Removing before any later time removes at least that row, so every round makes progress.
+async fn oldest_ms(conn: &mut sqlx::SqliteConnection) -> Result<Option<i64>, StoreError> {
+    let mut oldest: Option<i64> = None;
+    for sql in [
+        "SELECT min(started_at_ms) FROM invocation_records",
+        "SELECT last_ms FROM log_chunks ORDER BY seq LIMIT 1",
+        "SELECT time_ms FROM lifecycle_events ORDER BY seq LIMIT 1",
+        "SELECT min(minute_ms) FROM instance_minutes",
+    ] {
+        let t: Option<i64> = sqlx::query_scalar(sql)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+        oldest = match (oldest, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(oldest)
+}
+
+/// Past `max_bytes` in use, removes the oldest telemetry (records, log chunks, events, all
+/// before one time) until the database is down to 90% of it, so the next writes do not each
+/// start another pass. Each round moves the time from the oldest row towards now by the
+/// share of the data that is over, as if the data were spread evenly in time; data that is
+/// not (a burst) takes a few more rounds, each removing at least the oldest row.
+async fn shrink_to(
+    conn: &mut sqlx::SqliteConnection,
+    now_ms: i64,
+    max_bytes: i64,
+) -> Result<Expired, StoreError> {
+    let mut total = Expired::default();
+    if used_bytes(conn).await? <= max_bytes {
+        return Ok(total);
+    }
+    let target_bytes = max_bytes / 10 * 9;
+    for _ in 0..64 {
+        let used = used_bytes(conn).await?;
+        if used <= target_bytes {
+            break;
+        }
+        let Some(oldest) = oldest_ms(conn).await? else {
+            break;
+        };
+        let share = ((used - target_bytes) as f64 / used as f64).max(1.0 / 64.0);
+        let newest = now_ms.max(oldest);
+        let cutoff = (oldest + ((newest - oldest) as f64 * share) as i64).max(oldest + 1);
+        let expired = expire_before(conn, cutoff, cutoff).await?;
+        total.records += expired.records;
+        total.log_lines += expired.log_lines;
+        total.events += expired.events;
+        // Lines lost to the size cap count as dropped for their function, as those lost to
+        // its own cap do: they went before their time.
+        for (function, n) in expired.lines_per_function {
+            sqlx::query(
+                "UPDATE log_accounts SET dropped_lines = dropped_lines + ? WHERE function = ?",
+            )
+            .bind(n as i64)
+            .bind(&function)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(total)
+}
+
+/// Gives free pages beyond a tenth of `max_bytes` (at most 64 MB: the room the next writes
+/// fill again) back to the filesystem, when the database was created with incremental
+/// vacuum; otherwise they stay free and the next writes reuse them, which bounds the file
+/// as well. Returns the bytes in use.
+async fn give_back_free_pages(pool: &SqlitePool, max_bytes: i64) -> Result<i64, StoreError> {
+    let mut conn = pool.acquire().await?;
+    // 2 is INCREMENTAL.
+    let auto_vacuum: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut *conn)
+        .await?;
+    if auto_vacuum == 2 {
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut *conn)
+            .await?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await?;
+        let keep = (max_bytes / 10).min(64 * 1024 * 1024) / page_size;
+        if free > keep {
+            // A number, not input: formatted into the pragma, which takes no parameters.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA incremental_vacuum({})",
+                free - keep
+            )))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    used_bytes(&mut conn).await
 }
 
 #[async_trait]
@@ -502,63 +710,15 @@ impl TelemetryStore for SqliteTelemetry {
     async fn prune(&self, now_ms: i64, retention: &Retention) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let records_cutoff = now_ms - retention.records_max_age_ms;
-        report.records_expired =
-            sqlx::query("DELETE FROM invocation_records WHERE started_at_ms < ?")
-                .bind(records_cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        sqlx::query("DELETE FROM instance_minutes WHERE minute_ms < ?")
-            .bind(records_cutoff)
-            .execute(&mut *tx)
-            .await?;
-        let logs_cutoff = now_ms - retention.logs_max_age_ms;
-        // Rows arrive about in time order: everything before the first row that is young
-        // enough goes (found by walking the rowid from the oldest, a short walk when pruning
-        // runs every minute).
-        let first_young_event: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM lifecycle_events WHERE time_ms >= ? ORDER BY seq LIMIT 1",
+        let expired = expire_before(
+            &mut tx,
+            now_ms - retention.records_max_age_ms,
+            now_ms - retention.logs_max_age_ms,
         )
-        .bind(logs_cutoff)
-        .fetch_optional(&mut *tx)
         .await?;
-        report.events_expired = sqlx::query("DELETE FROM lifecycle_events WHERE seq < ?")
-            .bind(first_young_event.unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let first_young_chunk: i64 = sqlx::query_scalar::<_, i64>(
-            "SELECT seq FROM log_chunks WHERE last_ms >= ? ORDER BY seq LIMIT 1",
-        )
-        .bind(logs_cutoff)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(i64::MAX);
-        let expired = sqlx::query(
-            "SELECT function, sum(line_count) AS n, sum(bytes) AS bytes \
-             FROM log_chunks WHERE seq < ? GROUP BY function",
-        )
-        .bind(first_young_chunk)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !expired.is_empty() {
-            sqlx::query("DELETE FROM log_chunks WHERE seq < ?")
-                .bind(first_young_chunk)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for row in &expired {
-            let function: String = row.try_get("function")?;
-            let n: i64 = row.try_get("n")?;
-            let bytes: i64 = row.try_get("bytes")?;
-            sqlx::query("UPDATE log_accounts SET bytes = max(bytes - ?, 0) WHERE function = ?")
-                .bind(bytes)
-                .bind(&function)
-                .execute(&mut *tx)
-                .await?;
-            report.logs_expired += n as u64;
-        }
+        report.records_expired = expired.records;
+        report.logs_expired = expired.log_lines;
+        report.events_expired = expired.events;
         // Functions over their cap lose their oldest calls' lines down to 90% of it, so the next
         // few writes do not each trigger another pass.
         let over = sqlx::query("SELECT function, bytes FROM log_accounts WHERE bytes > ?")
@@ -609,7 +769,12 @@ impl TelemetryStore for SqliteTelemetry {
             .await?;
             report.logs_dropped.push((function, lines));
         }
+        let size = shrink_to(&mut tx, now_ms, retention.telemetry_max_bytes).await?;
+        report.records_dropped_for_size = size.records;
+        report.log_lines_dropped_for_size = size.log_lines;
+        report.events_dropped_for_size = size.events;
         tx.commit().await?;
+        report.used_bytes = give_back_free_pages(&self.pool, retention.telemetry_max_bytes).await?;
         Ok(report)
     }
 
@@ -1059,6 +1224,7 @@ mod tests {
             records_max_age_ms: i64::MAX / 2,
             logs_max_age_ms: i64::MAX / 2,
             log_bytes_per_function_max: 500,
+            telemetry_max_bytes: i64::MAX,
         };
         let report = t.prune(10_000, &retention).await.unwrap();
         // 1,000 bytes in, the cap is 500: down to 450, so the 55 oldest lines go.
@@ -1147,5 +1313,156 @@ mod tests {
         let days = t.usage(0, 120_000, UsageBy::Day).await.unwrap();
         assert_eq!(days.len(), 1);
         assert_eq!((days[0].key.as_str(), days[0].requests), ("0", 12));
+    }
+
+    /// A batch of `n` calls that each wrote one line of `bytes` bytes.
+    fn big_batch(n: usize, bytes: usize, at: i64) -> Batch {
+        let mut batch = Batch::default();
+        for i in 0..n {
+            let mut chunk = line("f", at + i as i64, "INFO", &"x".repeat(bytes));
+            chunk.lines[0].time_ms = at + i as i64;
+            batch.logs.push(chunk);
+            batch
+                .records
+                .push(record("f", at + i as i64, 1.0, "succeeded", 2));
+        }
+        batch
+    }
+
+    #[tokio::test]
+    async fn writes_work_again_once_a_full_disk_has_room() {
+        let disk = crate::testfs::SmallDisk::mount(2048);
+        let ballast = disk.ballast(1024 * 1024);
+        let t = std::sync::Arc::new(
+            SqliteTelemetry::open(&disk.path().join("telemetry.db"))
+                .await
+                .unwrap(),
+        );
+        let mut full = None;
+        for i in 0..200 {
+            if let Err(e) = t.write(&big_batch(20, 4096, i * 100)).await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full.expect("a 2 MB disk fills up");
+        assert!(crate::testfs::is_full(&full), "{full}");
+        std::fs::remove_file(ballast).unwrap();
+        // Every connection of the pool must work again: writes one after another, and as
+        // many at once as the pool has connections and more.
+        for i in 0..6 {
+            t.write(&big_batch(2, 100, 1_000_000 + i)).await.unwrap();
+        }
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move { t.write(&big_batch(2, 100, 2_000_000 + i)).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let newest = t
+            .records(&RecordQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(newest[0].started_at_ms >= 2_000_000);
+    }
+
+    /// The database's pages (in use or free), in bytes: how big its file is once the WAL is
+    /// checkpointed.
+    async fn file_bytes(t: &SqliteTelemetry) -> i64 {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+        pages * size
+    }
+
+    #[tokio::test]
+    async fn the_size_cap_drops_the_oldest_first_counts_them_and_bounds_the_file() {
+        let (_dir, t) = open().await;
+        let unbounded = Retention {
+            records_max_age_ms: i64::MAX / 2,
+            logs_max_age_ms: i64::MAX / 2,
+            log_bytes_per_function_max: i64::MAX,
+            telemetry_max_bytes: i64::MAX,
+        };
+        // 2,000 calls, one a millisecond, each with a record and a 400-byte line.
+        /// Writes 2,000 calls from `at` on, returning the time after them.
+        async fn write_calls(t: &SqliteTelemetry, mut at: i64) -> i64 {
+            for _ in 0..10 {
+                t.write(&big_batch(200, 400, at)).await.unwrap();
+                at += 200;
+            }
+            at
+        }
+        let mut at = write_calls(&t, 0).await;
+        let before = t.prune(at, &unbounded).await.unwrap();
+        assert_eq!(before.records_dropped_for_size, 0);
+        let max_bytes = before.used_bytes / 2;
+        let capped = Retention {
+            telemetry_max_bytes: max_bytes,
+            ..unbounded
+        };
+        let report = t.prune(at, &capped).await.unwrap();
+        assert!(
+            report.used_bytes <= max_bytes,
+            "{report:?}, cap {max_bytes}"
+        );
+        assert!(
+            report.used_bytes > max_bytes / 2,
+            "not much more than needed: {report:?}"
+        );
+        let left = t
+            .records(&RecordQuery {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.records_dropped_for_size, 2_000 - left.len() as u64);
+        // The oldest went: what is left is the newest, without a gap.
+        assert_eq!(
+            left.last().unwrap().started_at_ms,
+            2_000 - left.len() as i64
+        );
+        let lines_left = t
+            .logs(&LogQuery {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(
+            report.log_lines_dropped_for_size,
+            2_000 - lines_left.len() as u64
+        );
+        assert_eq!(
+            t.logs_dropped("f").await.unwrap(),
+            report.log_lines_dropped_for_size
+        );
+        assert_eq!((report.records_expired, report.logs_expired), (0, 0));
+        // Writing as much again and pruning, over and over, the file stays within the cap
+        // and the free room kept for the next writes.
+        for _ in 0..3 {
+            at = write_calls(&t, at).await;
+            let report = t.prune(at, &capped).await.unwrap();
+            assert!(report.used_bytes <= max_bytes, "{report:?}");
+            assert!(report.records_dropped_for_size > 0, "{report:?}");
+            let file = file_bytes(&t).await;
+            assert!(
+                file <= max_bytes + max_bytes / 10 + 8192,
+                "{file} > {max_bytes}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ mod node_errors;
 mod observe;
 mod releases;
 mod sandbox;
+mod storage;
 mod scheduler;
 
 use std::io::Write;
