@@ -6,9 +6,10 @@
 //! UTS and (for `network: none`) network namespaces, builds the root the function sees
 //! (system directories read-only and without setuid, its code at `/var/task`, the runtime
 //! shim at `/var/runtime`, a size-limited `/tmp`, a minimal `/dev`), pivots into it and
-//! starts the runtime as pid 1 of the new pid namespace, as the function's uid. It stays
-//! outside as the runtime's parent and exits with its status, so the server sees the same
-//! exit statuses as without a jail. When pid 1 of a pid namespace dies, the kernel kills
+//! starts the runtime as pid 1 of the new pid namespace, as the function's uid, under
+//! a seccomp filter (`seccomp`) that denies mounts, namespaces and
+//! the kernel's privileged interfaces. It stays outside as the runtime's parent and exits
+//! with its status, so the server sees the same exit statuses as without a jail. When pid 1 of a pid namespace dies, the kernel kills
 //! everything else in it: killing an instance kills its whole tree.
 //!
 //! This is the only module with code that runs between fork and exec; that is sound here
@@ -25,6 +26,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::Filter;
 use crate::sys::SingleThreaded;
 
 /// Where the function's code appears inside the jail (Lambda's path, so code that looks
@@ -178,6 +180,11 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
         cmd.stdin(std::process::Stdio::from(channel));
     }
     let (uid, gid) = (spec.uid, spec.gid);
+    // Compiled here, before the fork, so the runtime only installs it. A jail without its
+    // filter is not started at all (the helper fails, and with it the probe at start-up).
+    let filter = Filter::compile()
+        .map_err(std::io::Error::other)
+        .at(|| "compiling the seccomp filter".into())?;
     one.pre_exec(&mut cmd, move || {
         // The child is pid 1 of the new pid namespace; its /proc shows only that. It is
         // mounted before the pivot, while the host's /proc is still in view (a user
@@ -215,6 +222,9 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
         // The runtime never outlives its helper (whose single thread is the parent the
         // signal is tied to), so killing the helper always ends the jail.
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // Last: the steps above need mount, pivot_root and umount2, which it denies. From
+        // here on, only the exec of the interpreter runs before its own code.
+        filter.install()?;
         Ok(())
     });
     let mut child = cmd
