@@ -35,8 +35,8 @@ pub struct Isolation {
     root_dir: PathBuf,
     /// Namespaces and the private root work (the helper ran a probe successfully).
     namespaces: Result<(), String>,
-    /// The runtime's seccomp filter is in force (a jailed probe saw it in its
-    /// `/proc/self/status`).
+    /// The runtime's seccomp filter and empty capability bounding set are in force (a
+    /// jailed probe saw them in its `/proc/self/status`).
     seccomp: Result<(), String>,
     /// Running as root: instances get per-function uids.
     identity: Result<(), String>,
@@ -109,7 +109,12 @@ impl Isolation {
             ),
             row(
                 "seccomp",
-                &self.seccomp.clone().map(|()| crate::seccomp::describe()),
+                &self.seccomp.clone().map(|()| {
+                    format!(
+                        "{}; no capabilities (empty bounding, ambient and inheritable sets)",
+                        crate::seccomp::describe()
+                    )
+                }),
             ),
             row(
                 "identity",
@@ -353,9 +358,10 @@ fn outside_system_dirs(program: &Path) -> Option<PathBuf> {
     Some(prefix.to_path_buf())
 }
 
-/// Succeeds inside a jail whose runtime has a seccomp filter (`Seccomp: 2` is filter
-/// mode).
-const SECCOMP_PROBE: &str = "grep -Eq '^Seccomp:[[:space:]]+2$' /proc/self/status";
+/// Succeeds inside a jail whose runtime has a seccomp filter and an empty capability
+/// bounding set (`Seccomp: 2` is filter mode).
+const SECCOMP_PROBE: &str = "grep -Eq '^Seccomp:[[:space:]]+2$' /proc/self/status \
+    && grep -Eq '^CapBnd:[[:space:]]+0+$' /proc/self/status";
 
 /// Runs the helper once on `program`: namespaces, mounts and pivot_root must all work, and
 /// the program must succeed inside.
