@@ -35,6 +35,9 @@ pub struct Isolation {
     root_dir: PathBuf,
     /// Namespaces and the private root work (the helper ran a probe successfully).
     namespaces: Result<(), String>,
+    /// The runtime's seccomp filter and empty capability bounding set are in force (a
+    /// jailed probe saw them in its `/proc/self/status`).
+    seccomp: Result<(), String>,
     /// Running as root: instances get per-function uids.
     identity: Result<(), String>,
     cgroups: Result<Cgroups, String>,
@@ -64,7 +67,13 @@ impl Isolation {
         let _ = std::fs::create_dir_all(&config.code_root);
         let namespaces = match std::fs::create_dir_all(&root_dir) {
             Err(e) => Err(format!("cannot create {}: {e}", root_dir.display())),
-            Ok(()) => probe_jail(&config, &root_dir),
+            Ok(()) => probe_jail(&config, &root_dir, "/bin/true", &[]),
+        };
+        // The helper refuses to start a runtime without its filter, so working jails have
+        // it; this shows it from inside one, as a function would see it.
+        let seccomp = match &namespaces {
+            Err(_) => Err("needs namespaces (the jail installs it)".to_string()),
+            Ok(()) => probe_jail(&config, &root_dir, "/bin/sh", &["-c", SECCOMP_PROBE]),
         };
         let cgroups = if identity.is_ok() {
             Cgroups::detect(&config.node_id)
@@ -75,6 +84,7 @@ impl Isolation {
             config,
             root_dir,
             namespaces,
+            seccomp,
             identity,
             cgroups,
         }
@@ -95,6 +105,15 @@ impl Isolation {
                 &self.namespaces.clone().map(|()| {
                     let user = if self.identity.is_ok() { "" } else { "user, " };
                     format!("{user}mount, pid, ipc, uts, and net for network: none; private root, read-only code, size-limited /tmp")
+                }),
+            ),
+            row(
+                "seccomp",
+                &self.seccomp.clone().map(|()| {
+                    format!(
+                        "{}; no capabilities (empty bounding, ambient and inheritable sets)",
+                        crate::seccomp::describe()
+                    )
                 }),
             ),
             row(
@@ -120,7 +139,10 @@ impl Isolation {
 
     /// Whether every protection is active.
     pub fn complete(&self) -> bool {
-        self.namespaces.is_ok() && self.identity.is_ok() && self.cgroups.is_ok()
+        self.namespaces.is_ok()
+            && self.seccomp.is_ok()
+            && self.identity.is_ok()
+            && self.cgroups.is_ok()
     }
 
     /// Whether instances run in jails at all (namespaces work).
@@ -336,8 +358,19 @@ fn outside_system_dirs(program: &Path) -> Option<PathBuf> {
     Some(prefix.to_path_buf())
 }
 
-/// Runs the helper once on `/bin/true`: namespaces, mounts and pivot_root must all work.
-fn probe_jail(config: &IsolationConfig, root_dir: &Path) -> Result<(), String> {
+/// Succeeds inside a jail whose runtime has a seccomp filter and an empty capability
+/// bounding set (`Seccomp: 2` is filter mode).
+const SECCOMP_PROBE: &str = "grep -Eq '^Seccomp:[[:space:]]+2$' /proc/self/status \
+    && grep -Eq '^CapBnd:[[:space:]]+0+$' /proc/self/status";
+
+/// Runs the helper once on `program`: namespaces, mounts and pivot_root must all work, and
+/// the program must succeed inside.
+fn probe_jail(
+    config: &IsolationConfig,
+    root_dir: &Path,
+    program: &str,
+    args: &[&str],
+) -> Result<(), String> {
     let scratch = root_dir.with_file_name("jail-probe");
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
     let spec = JailSpec {
@@ -355,7 +388,8 @@ fn probe_jail(config: &IsolationConfig, root_dir: &Path) -> Result<(), String> {
     let out = std::process::Command::new(&config.helper)
         .arg(crate::JAIL_HELPER_ARG)
         .arg(serde_json::to_string(&spec).expect("a jail spec serializes"))
-        .arg("/bin/true")
+        .arg(program)
+        .args(args)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", config.helper.display()))?;
     if out.status.success() {
@@ -365,7 +399,7 @@ fn probe_jail(config: &IsolationConfig, root_dir: &Path) -> Result<(), String> {
         Err(why
             .lines()
             .last()
-            .unwrap_or("the sandbox helper failed")
-            .to_string())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{program} in a jail failed: {}", out.status)))
     }
 }

@@ -6,9 +6,10 @@
 //! UTS and (for `network: none`) network namespaces, builds the root the function sees
 //! (system directories read-only and without setuid, its code at `/var/task`, the runtime
 //! shim at `/var/runtime`, a size-limited `/tmp`, a minimal `/dev`), pivots into it and
-//! starts the runtime as pid 1 of the new pid namespace, as the function's uid. It stays
-//! outside as the runtime's parent and exits with its status, so the server sees the same
-//! exit statuses as without a jail. When pid 1 of a pid namespace dies, the kernel kills
+//! starts the runtime as pid 1 of the new pid namespace, as the function's uid, without
+//! capabilities and under a seccomp filter (`seccomp`) that denies mounts, namespaces and
+//! the kernel's privileged interfaces. It stays outside as the runtime's parent and exits
+//! with its status, so the server sees the same exit statuses as without a jail. When pid 1 of a pid namespace dies, the kernel kills
 //! everything else in it: killing an instance kills its whole tree.
 //!
 //! This is the only module with code that runs between fork and exec; that is sound here
@@ -23,8 +24,10 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
+use rustix::thread::CapabilitySet;
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::Filter;
 use crate::sys::SingleThreaded;
 
 /// Where the function's code appears inside the jail (Lambda's path, so code that looks
@@ -178,6 +181,18 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
         cmd.stdin(std::process::Stdio::from(channel));
     }
     let (uid, gid) = (spec.uid, spec.gid);
+    // Compiled here, before the fork, so the runtime only installs it. A jail without its
+    // filter is not started at all (the helper fails, and with it the probe at start-up).
+    let filter = Filter::compile()
+        .map_err(std::io::Error::other)
+        .at(|| "compiling the seccomp filter".into())?;
+    // A stem runs as root until it is specialized, and must still be able to drop to the
+    // function's uid and gid then; every other runtime keeps no capability at all.
+    let keep = if control.is_some() {
+        CapabilitySet::SETUID | CapabilitySet::SETGID
+    } else {
+        CapabilitySet::empty()
+    };
     one.pre_exec(&mut cmd, move || {
         // The child is pid 1 of the new pid namespace; its /proc shows only that. It is
         // mounted before the pivot, while the host's /proc is still in view (a user
@@ -203,6 +218,9 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
             "",
         )?;
         rustix::process::chdir(TASK_ROOT)?;
+        // Before the uid drop, which takes the permitted capabilities that dropping from
+        // the bounding set needs (CAP_SETPCAP).
+        drop_capabilities(keep)?;
         if let (Some(uid), Some(gid)) = (uid, gid) {
             let gid = rustix::process::Gid::from_raw(gid);
             rustix::thread::set_thread_groups(&[])?;
@@ -215,6 +233,9 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
         // The runtime never outlives its helper (whose single thread is the parent the
         // signal is tied to), so killing the helper always ends the jail.
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // Last: the steps above need mount, pivot_root and umount2, which it denies. From
+        // here on, only the exec of the interpreter runs before its own code.
+        filter.install()?;
         Ok(())
     });
     let mut child = cmd
@@ -264,6 +285,31 @@ fn helper(args: &[OsString]) -> Result<i32, JailError> {
         return Ok(128 + signal);
     }
     Ok(status.code().unwrap_or(1))
+}
+
+/// Empties the capability bounding set except for `keep`, and the ambient and inheritable
+/// sets. The bounding set limits what any later `execve` can grant: with it empty, even a
+/// root runtime gets no capability from exec, and no file capability or setuid binary
+/// can add one. The permitted and effective sets are left for the uid drop, which clears
+/// them (a change from uid 0 to another uid does, without `SECBIT_KEEP_CAPS`).
+fn drop_capabilities(keep: CapabilitySet) -> std::io::Result<()> {
+    for cap in 0..u64::BITS {
+        let one = CapabilitySet::from_bits_retain(1 << cap);
+        if keep.contains(one) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(one) {
+            Ok(()) => {}
+            // Past the kernel's last capability.
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()?;
+    let mut sets = rustix::thread::capabilities(None)?;
+    sets.inheritable = CapabilitySet::empty();
+    rustix::thread::set_capabilities(None, sets)?;
+    Ok(())
 }
 
 /// Receives the runtime's channel, the first message on a stem helper's control socket.

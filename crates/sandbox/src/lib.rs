@@ -18,6 +18,7 @@ mod logs;
 mod pool;
 pub mod protocol;
 mod runtimes;
+mod seccomp;
 mod sys;
 pub mod web;
 mod zygote;
