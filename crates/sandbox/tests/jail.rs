@@ -120,12 +120,15 @@ fn main() {
     let Some(node) = Node::new() else {
         return;
     };
+    let count = chosen.len();
     for (name, test) in chosen {
         println!("test {name} ...");
         runtime.block_on(test(&node));
         println!("test {name} ... ok");
     }
     runtime.block_on(node.stop());
+    // The closing line test runners and CI read (a failed test panicked before it).
+    println!("{count} passed, 0 failed");
 }
 
 /// A data dir with a probed isolation, and what the tests need to make pools on it.

@@ -10,8 +10,8 @@ mod node_errors;
 mod observe;
 mod releases;
 mod sandbox;
-mod storage;
 mod scheduler;
+mod storage;
 
 use std::io::Write;
 
