@@ -104,6 +104,10 @@ pub struct ServerArgs {
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
+    /// Lets webhook destinations be loopback, private or link-local addresses (refused by
+    /// default: a tenant's webhook must not reach into the operator's network).
+    #[arg(long)]
+    allow_private_webhooks: bool,
     /// Client connections open at once (default: three quarters of the file limit, at most
     /// 16,384). At the cap the longest-idle connection is closed to admit a new one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
@@ -299,6 +303,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                 retention_ms: args.async_retention_hours * 3_600_000,
                 retry_base_ms: args.async_retry_base_ms,
                 queue_per_function_max: args.async_queue_per_function_max as usize,
+                allow_private_webhooks: args.allow_private_webhooks,
                 ..Default::default()
             },
         )

@@ -28,6 +28,10 @@ pub struct AsyncConfig {
     pub retry_base_ms: u64,
     pub queue_per_function_max: usize,
     pub queue_per_node_max: usize,
+    /// Whether webhook destinations may be loopback, private or link-local addresses
+    /// (`--allow-private-webhooks`); off, a tenant cannot aim the server at the operator's
+    /// network.
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for AsyncConfig {
@@ -38,6 +42,7 @@ impl Default for AsyncConfig {
             retry_base_ms: 1_000,
             queue_per_function_max: limits::ASYNC_QUEUE_PER_FUNCTION_MAX,
             queue_per_node_max: limits::ASYNC_QUEUE_PER_NODE_MAX,
+            allow_private_webhooks: false,
         }
     }
 }
@@ -761,7 +766,7 @@ async fn deliver(
         },
         Destination::Webhook(url) => {
             let _ = platform;
-            match crate::webhook::post(url, body).await {
+            match crate::webhook::post(url, body, inv.config.allow_private_webhooks).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(destination = %url, error = %e, "a webhook did not take the record");

@@ -19,7 +19,7 @@ pub mod otlp;
 pub mod recorder;
 pub mod trace;
 pub mod trigger;
-mod webhook;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -398,6 +398,17 @@ impl Platform {
         if !errors.is_empty() {
             let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(Error::invalid(all.join("; ")));
+        }
+        // A webhook destination is refused now rather than failing every delivery later.
+        let allow_private = self
+            .asynq
+            .get()
+            .is_some_and(|a| a.config.allow_private_webhooks);
+        for destination in [&spec.on_success, &spec.on_failure].into_iter().flatten() {
+            if let model::Destination::Webhook(url) = destination {
+                crate::webhook::check_url(url, allow_private)
+                    .map_err(|e| Error::invalid(format!("on_success/on_failure: {e}")))?;
+            }
         }
         if !self.blobs.exists(&spec.code_sha256).await? {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());

@@ -946,6 +946,17 @@ impl Lease {
         self.set_busy(false);
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = match reply {
+            // The shims refuse a larger result themselves; this holds for any runtime.
+            Reply::Result { body, .. } if body.len() > model::limits::PAYLOAD_BYTES_MAX => {
+                Outcome::Error(FunctionError::new(
+                    "Function.ResponseSizeTooLarge",
+                    format!(
+                        "Response payload size ({} bytes) exceeded maximum allowed payload size ({} bytes).",
+                        body.len(),
+                        model::limits::PAYLOAD_BYTES_MAX
+                    ),
+                ))
+            }
             Reply::Result { content_type, body } => Outcome::Success {
                 content_type: match &content_type[..] {
                     b"json" => ContentType::Json,

@@ -135,6 +135,19 @@ mod tests {
 
     use crate::{FunctionError, InstanceConfig, Outcome, Pool, PoolConfig, Runtimes};
 
+    #[test]
+    fn the_shims_refuse_results_past_the_platforms_payload_limit() {
+        let limit = model::limits::PAYLOAD_BYTES_MAX.to_string();
+        assert!(
+            super::PYTHON_SHIM.contains(&format!("_RESPONSE_MAX_BYTES = {limit}\n")),
+            "bootstrap.py's limit differs from PAYLOAD_BYTES_MAX ({limit})"
+        );
+        assert!(
+            super::NODE_SHIM.contains(&format!("const RESPONSE_MAX_BYTES = {limit};")),
+            "bootstrap.js's limit differs from PAYLOAD_BYTES_MAX ({limit})"
+        );
+    }
+
     /// A pool on this machine's interpreters, with `files` as the function's code.
     fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Pool>) {
         let tmp = tempfile::tempdir().unwrap();

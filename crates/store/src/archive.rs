@@ -49,6 +49,16 @@ pub fn extract(zip: &[u8], dest: &Path, unpacked_max: u64) -> Result<ArchiveInfo
             limit: limits::ARCHIVE_ENTRIES_MAX,
         });
     }
+    // The zip crate keeps one entry per name, so two entries of one name would pass
+    // unseen (and which one wins is up to the reader): count the central directory's own.
+    if let Some(declared) = declared_entries(zip)
+        && declared != archive.len()
+    {
+        return Err(ArchiveError::Malformed(format!(
+            "the archive lists {declared} entries but only {} distinct names: an entry name appears twice",
+            archive.len()
+        )));
+    }
     std::fs::create_dir(dest)?;
     let mut written: u64 = 0;
     let mut files = 0;
@@ -61,6 +71,11 @@ pub fn extract(zip: &[u8], dest: &Path, unpacked_max: u64) -> Result<ArchiveInfo
             .name()
             .map_err(|e| ArchiveError::Malformed(format!("entry {i}: {e}")))?
             .to_string();
+        if name.contains('\0') {
+            return Err(ArchiveError::Malformed(format!(
+                "entry {i}: its name contains a NUL byte"
+            )));
+        }
         let rel = checked_relative(&name)?;
         if rel.as_os_str().is_empty() {
             continue;
@@ -140,6 +155,20 @@ fn copy_entry(from: &mut impl Read, to: &mut impl Write, name: &str) -> Result<u
         to.write_all(&buf[..n])?;
         copied += n as u64;
     }
+}
+
+/// The number of entries the end-of-central-directory record declares, when the archive
+/// has one that fits the 16-bit count (the entry limit is far below 65,535).
+fn declared_entries(zip: &[u8]) -> Option<usize> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const EOCD_LEN: usize = 22;
+    // The record is at the end, followed by a comment of at most 65,535 bytes.
+    let earliest = zip.len().saturating_sub(EOCD_LEN + 65_535);
+    let at = (earliest..=zip.len().checked_sub(EOCD_LEN)?)
+        .rev()
+        .find(|&i| zip[i..i + 4] == EOCD)?;
+    let total = u16::from_le_bytes([zip[at + 10], zip[at + 11]]);
+    (total != u16::MAX).then_some(total as usize)
 }
 
 /// The entry name as a relative path with only normal components.
@@ -247,6 +276,32 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let r = extract(&zip_of(entries), &tmp.path().join("out"), max);
         (tmp, r)
+    }
+
+    /// A zip of `a.py` and `b.py` whose second name is rewritten to `name` (4 bytes) in
+    /// every header: what a writer that allows it would make.
+    fn renamed_second(name: &[u8; 4]) -> Vec<u8> {
+        let mut zip = zip_of(&[E::File("a.py", b"1"), E::File("b.py", b"2")]);
+        let mut at = 0;
+        while let Some(i) = zip[at..].windows(4).position(|w| w == b"b.py") {
+            zip[at + i..at + i + 4].copy_from_slice(name);
+            at += i + 4;
+        }
+        zip
+    }
+
+    #[test]
+    fn two_entries_of_one_name_or_a_nul_in_a_name_are_refused() {
+        for (name, why) in [(b"a.py", "appears twice"), (b"b\0py", "NUL")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let err =
+                extract(&renamed_second(name), &tmp.path().join("out"), 1000).expect_err("refused");
+            assert!(matches!(err, ArchiveError::Malformed(_)), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        // Unchanged, the same archive is fine.
+        let tmp = tempfile::tempdir().unwrap();
+        extract(&renamed_second(b"b.py"), &tmp.path().join("out"), 1000).unwrap();
     }
 
     #[test]

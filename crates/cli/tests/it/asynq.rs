@@ -429,7 +429,30 @@ async fn a_full_queue_answers_429() {
 #[tokio::test]
 async fn a_failure_webhook_receives_the_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = server(&tmp.path().join("data"));
+    // Without the flag a loopback webhook is refused at deploy.
+    let refusing = server(&tmp.path().join("refusing"));
+    let hooked = functions(
+        tmp.path(),
+        "refused",
+        &[(
+            "refused",
+            "    on_failure: {webhook: \"http://127.0.0.1:9/hook\"}\n",
+            "def handler(event, context):\n    return 1\n",
+        )],
+    );
+    let run = refusing.cli(&["deploy", hooked.to_str().unwrap()]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--allow-private-webhooks"),
+        "{}",
+        run.stderr
+    );
+    drop(refusing);
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &[FAST_RETRIES.as_slice(), &["--allow-private-webhooks"]].concat(),
+        &[],
+    );
     // A one-shot HTTP endpoint: it answers 204 and hands over the body it got.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -5,6 +5,7 @@ mod asynq;
 mod gateway;
 mod harness;
 mod invoke_path;
+mod limits;
 mod listener;
 mod node_errors;
 mod observe;

@@ -32,6 +32,10 @@ const sock = new net.Socket({ fd: 0, readable: true, writable: true });
 sock.setNoDelay && sock.setNoDelay(true);
 const current = new AsyncLocalStorage();
 const EMPTY = Buffer.alloc(0);
+// The largest result a call may return: model::limits::PAYLOAD_BYTES_MAX, as on Lambda (a
+// test in runtimes.rs checks the two agree). A larger one is the function's error, and the
+// instance stays.
+const RESPONSE_MAX_BYTES = 6291456;
 
 function send(kind, id, meta, body) {
   const m = typeof meta === 'string' ? Buffer.from(meta) : meta;
@@ -204,6 +208,11 @@ function invoke(fn, id, meta, body) {
         encoded = encodeResult(result);
       } catch (e) {
         send(ERROR, id, EMPTY, errorBody(e, 'Runtime.MarshalError', `Unable to stringify response body: ${e.message}`));
+        return;
+      }
+      if (encoded[1].length > RESPONSE_MAX_BYTES) {
+        send(ERROR, id, EMPTY, errorBody(null, 'Function.ResponseSizeTooLarge',
+          `Response payload size (${encoded[1].length} bytes) exceeded maximum allowed payload size (${RESPONSE_MAX_BYTES} bytes).`));
         return;
       }
       send(RESULT, id, encoded[0], encoded[1]);

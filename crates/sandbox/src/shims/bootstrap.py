@@ -22,6 +22,10 @@ INVOKE, RESULT, ERROR, LOG, READY, INIT_ERROR = 1, 2, 3, 4, 5, 6
 REQUEST, RESPONSE_HEAD, RESPONSE_CHUNK, RESPONSE_END = 7, 8, 9, 10
 INITIALIZE, PRE_STOP, PING = 11, 12, 14
 _HEADER = struct.Struct(">IBII")
+# The largest result a call may return: model::limits::PAYLOAD_BYTES_MAX, as on Lambda (a
+# test in runtimes.rs checks the two agree). A larger one is the function's error, and
+# the instance stays.
+_RESPONSE_MAX_BYTES = 6291456
 
 _send_lock = threading.Lock()
 _sock = _rfile = None
@@ -155,6 +159,15 @@ def _error_body(exc, error_type=None, message=None):
     }).encode()
 
 
+def _too_large(size):
+    return json.dumps({
+        "errorType": "Function.ResponseSizeTooLarge",
+        "errorMessage": "Response payload size (%d bytes) exceeded maximum allowed payload "
+                        "size (%d bytes)." % (size, _RESPONSE_MAX_BYTES),
+        "stackTrace": [],
+    }).encode()
+
+
 def _run_hook(ident, meta):
     """Runs the initializer or pre-stop hook named in `meta`: `def hook(context)`."""
     token = _current.set(ident)
@@ -274,7 +287,10 @@ def _run(handler, loop_holder, ident, meta, body):
                 reply = (ERROR, b"", _error_body(e, "Runtime.MarshalError",
                                                  "Unable to marshal response: %s" % e))
             else:
-                reply = (RESULT, kind, data)
+                if len(data) > _RESPONSE_MAX_BYTES:
+                    reply = (ERROR, b"", _too_large(len(data)))
+                else:
+                    reply = (RESULT, kind, data)
         except Exception as e:
             reply = (ERROR, b"", _error_body(e))
         _stdout.flush_invocation(ident)
