@@ -72,7 +72,7 @@ pub struct AppState {
         releases::get_alias,
         releases::delete_alias,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -89,6 +89,63 @@ impl utoipa::Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
+    }
+}
+
+/// Documents the errors any operation can answer besides its own: a malformed request
+/// (400), a missing token (401), a body sent too slowly (408), a fault (500), no capacity
+/// (503) and a full disk (507), all with the `{code, message}` body.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let common = [
+            ("400", "invalid_request: the request is malformed"),
+            ("401", "unauthorized: the bearer token is missing or wrong"),
+            ("408", "request_timeout: the body arrived too slowly"),
+            ("500", "internal or storage_error"),
+            ("503", "capacity_exhausted: no room now; retry later"),
+            ("507", "storage_full: the server's disk is full"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.head,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                // Operations open to all (health, the document itself) need no token.
+                let open = op.security.as_ref().is_some_and(|s| {
+                    s.iter()
+                        .all(|r| serde_json::to_value(r).is_ok_and(|v| v == serde_json::json!({})))
+                });
+                for (status, description) in common {
+                    if status == "401" && open {
+                        continue;
+                    }
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(description)
+                                    .content(
+                                        "application/json",
+                                        ContentBuilder::new()
+                                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
     }
 }
 

@@ -318,3 +318,25 @@ async fn malformed_queries_paths_and_invocation_types_are_json_400s() {
         assert_eq!(res.status(), status, "{kind}");
     }
 }
+
+#[test]
+fn every_operation_documents_the_errors_it_can_answer() {
+    use utoipa::OpenApi;
+    let doc = serde_json::to_value(crate::ApiDoc::openapi()).unwrap();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let responses = op["responses"].as_object().unwrap();
+            for status in ["400", "408", "500", "503", "507"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            let open = path == "/healthz";
+            assert_eq!(responses.contains_key("401"), !open, "{method} {path}");
+        }
+    }
+    assert!(operations > 20, "{operations}");
+}
