@@ -71,8 +71,16 @@ fn time_range(
     until: Option<&str>,
 ) -> Result<(Option<i64>, Option<i64>), ApiError> {
     let now = now_ms();
-    let since = since.map(|v| parse_time("since", v, now)).transpose()?;
-    let until = until.map(|v| parse_time("until", v, now)).transpose()?;
+    // `?until=` (empty) is the same as leaving it out, as forms and scripts send it.
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let since = given(since)
+        .map(|v| parse_time("since", v, now))
+        .transpose()?;
+    let until = given(until)
+        .map(|v| parse_time("until", v, now))
+        .transpose()?;
     Ok((since, until))
 }
 
