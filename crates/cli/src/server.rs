@@ -161,8 +161,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
 
     let data_dir = data_dir.unwrap_or_else(crate::default_data_dir);
     create_private_dir(&data_dir)?;
+    // New at every start, unlike the pid (pid 1 in every container): it names this
+    // server's cgroups, so a restart never meets its killed predecessor's names.
+    let start_token = hex::encode(rand::random::<[u8; 8]>());
     // Held until the process exits (a SIGKILL too): one server per data dir.
-    let _lock = lock_data_dir(&data_dir)?;
+    let _lock = lock_data_dir(&data_dir, &start_token)?;
     let node_id = node_id(&data_dir)?;
     let token = admin_token(&data_dir)?;
 
@@ -220,6 +223,9 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             helper,
             data_dir: data_dir.clone(),
             node_id: node_id.clone(),
+            start_token,
+            server_lock: data_dir.join(LOCK_FILE),
+            cgroup_records: PathBuf::from(sandbox::CGROUP_RECORDS),
             code_root: data_dir.join("code"),
             uid_base: args.uid_base,
             uid_count: args.uid_count,
@@ -412,14 +418,20 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating the data dir {}", dir.display()))
 }
 
+/// The data dir's lock file (see `lock_data_dir`).
+const LOCK_FILE: &str = "server.lock";
+
 /// Takes the data dir's lock, or says which server holds it. Two servers on one data dir
 /// would dispatch the same queued events twice and remove each other's cgroups; the lock
 /// is also what lets a server treat cgroups named with its node id as a dead
-/// predecessor's.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+/// predecessor's, and what tells other servers whether this one is alive (they take it for
+/// an instant, see `sandbox::owner`). The file says who holds it, a line each: the pid (in
+/// the server's pid namespace) and the start token, which names the server's cgroups
+/// (`nimbus-<node id>-<start token>`).
+fn lock_data_dir(dir: &Path, start_token: &str) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("server.lock");
+    let path = dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -428,22 +440,32 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // Another server asking whether the last one here is alive holds the lock for an
+    // instant: a start waits that out (200 ms) before it takes the lock for a server's.
+    let mut tries = 0;
+    while let Err(e) =
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    {
         if e != rustix::io::Errno::WOULDBLOCK {
             return Err(std::io::Error::from(e))
                 .with_context(|| format!("locking {}", path.display()));
+        }
+        tries += 1;
+        if tries < 20 {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         bail!(
             "another nimbus server (pid {}) uses the data dir {}; stop it, or give this one its own --data-dir",
-            holder.trim(),
+            holder.lines().next().unwrap_or("").trim(),
             dir.display()
         );
     }
     file.set_len(0)?;
     file.rewind()?;
-    write!(file, "{}", std::process::id())?;
+    write!(file, "{}\n{start_token}\n", std::process::id())?;
     Ok(file)
 }
 
@@ -495,4 +517,44 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created the admin token");
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_names_its_holder_and_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _held = lock_data_dir(tmp.path(), "00aa").unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(text, format!("{}\n00aa\n", std::process::id()));
+        let refused = lock_data_dir(tmp.path(), "00bb").unwrap_err().to_string();
+        assert!(
+            refused.starts_with(&format!(
+                "another nimbus server (pid {}) uses the data dir",
+                std::process::id()
+            )),
+            "{refused}"
+        );
+        // The refused start wrote nothing.
+        let after = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(after, text);
+    }
+
+    /// Another server asking whether this data dir's server is alive takes the lock for an
+    /// instant; a server starting then waits for it.
+    #[test]
+    fn a_start_outwaits_a_liveness_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LOCK_FILE);
+        let asker = std::fs::File::create(&path).unwrap();
+        rustix::fs::flock(&asker, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(asker);
+        });
+        let _held = lock_data_dir(tmp.path(), "00cc").unwrap();
+        release.join().unwrap();
+    }
 }

@@ -6,13 +6,38 @@
 //! cgroups-rs, the maintained crate, pulls in D-Bus (zbus) and an old nix, about 170 crates,
 //! for systemd support Nimbus does not use.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use model::limits;
 
+use crate::owner::{self, Liveness, Record};
+
+/// This server's cgroups.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    layout: Layout,
+    /// This server's record (see `owner`), removed with its directories; `None` when it
+    /// could not be written, and then other servers leave these cgroups alone.
+    record: Option<PathBuf>,
+}
+
+/// Who this server is, to name its cgroups and to let other servers tell whether it lives.
+pub(crate) struct Identity<'a> {
+    /// The data dir's node id.
+    pub node_id: &'a str,
+    /// New at every start: a restarted server never takes the name of its predecessor,
+    /// even with the same pid (pid 1 of a container).
+    pub start_token: &'a str,
+    /// The file this server holds the data dir's lock on for its life.
+    pub lock: &'a Path,
+    /// Where servers leave the records of their cgroups (see `owner`).
+    pub records: &'a Path,
+}
+
 /// Where instance cgroups are created on this host.
 #[derive(Debug)]
-pub(crate) enum Cgroups {
+enum Layout {
     /// One directory in the unified hierarchy, with memory, pids and cpu enabled below it.
     V2 { base: PathBuf },
     /// One directory per controller hierarchy.
@@ -44,18 +69,18 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 impl Cgroups {
     /// Finds the hierarchies this server may create cgroups in, below its own cgroup, and
-    /// makes its directory `nimbus-<node id>-<pid>` there; an error says why cgroups cannot
-    /// be used. `node_id` is the data dir's: the server holds the data dir's lock, so a
-    /// directory named with it belongs to a predecessor that is gone (killed, it could not
-    /// clean up), and is removed first.
-    pub fn detect(node_id: &str) -> Result<Cgroups, String> {
+    /// makes its directory `nimbus-<node id>-<start token>` there; an error says why cgroups
+    /// cannot be used. Its record is written first, so that no other server ever sees the
+    /// directory without it. Then what dead servers left beside it goes (see `sweep`):
+    /// killed, they could not clean up.
+    pub fn detect(who: &Identity) -> Result<Cgroups, String> {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let name = format!("nimbus-{node_id}-{}", std::process::id());
-        // (the hierarchy's mount point, this server's directory in it)
-        let v1 = |controller: &str| -> Option<(PathBuf, PathBuf)> {
+        let name = owner::cgroup_name(who.node_id, who.start_token);
+        // This server's directory in the hierarchy of `controller`.
+        let v1 = |controller: &str| -> Option<PathBuf> {
             let mount = mountinfo.lines().find_map(|l| {
                 let (left, right) = l.split_once(" - ")?;
                 let mut right = right.split(' ');
@@ -76,25 +101,77 @@ impl Cgroups {
                     .any(|c| c == controller)
                     .then(|| path.to_string())
             })?;
-            let dir = mount.join(path.trim_start_matches('/')).join(&name);
-            Some((mount, dir))
+            Some(mount.join(path.trim_start_matches('/')).join(&name))
         };
-        if let (Some(memory), Some(pids), Some(cpu)) = (v1("memory"), v1("pids"), v1("cpu")) {
-            for (mount, dir) in [&memory, &pids, &cpu] {
-                remove_stale_siblings(dir, node_id, dir.parent() != Some(mount.as_path()));
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let layout =
+            if let (Some(memory), Some(pids), Some(cpu)) = (v1("memory"), v1("pids"), v1("cpu")) {
+                Layout::V1 { memory, pids, cpu }
+            } else {
+                Layout::detect_v2(&own, &mountinfo, &name)?
+            };
+        let record = write_record(who, &name);
+        let cgroups = Cgroups { layout, record };
+        let made = cgroups.layout.dirs().into_iter().try_for_each(|dir| {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot set up cgroups (create {}): {e}", dir.display()))
+        });
+        let made = made.and_then(|()| match &cgroups.layout {
+            Layout::V2 { base } => {
+                std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids +cpu")
+                    .map_err(|e| format!("cannot set up cgroups (enable controllers): {e}"))
             }
-            return Ok(Cgroups::V1 {
-                memory: memory.1,
-                pids: pids.1,
-                cpu: cpu.1,
-            });
+            Layout::V1 { .. } => Ok(()),
+        });
+        if let Err(e) = made {
+            // Whatever was made goes, and with it the record.
+            cgroups.remove();
+            return Err(e);
         }
-        Self::detect_v2(&own, &mountinfo, &name, node_id)
+        let dirs: Vec<PathBuf> = cgroups.layout.dirs().into_iter().cloned().collect();
+        sweep(&dirs, who.node_id, Some(who.records));
+        Ok(cgroups)
+    }
+}
+
+/// Writes this server's record (see `owner`) and returns its path; `None`, with a warning,
+/// when it cannot be written or the lock it would name is not held (then it would tell
+/// others this server is dead, or nothing).
+fn write_record(who: &Identity, name: &str) -> Option<PathBuf> {
+    let written = Record::of(who.lock)
+        .map_err(|e| format!("{}: {e}", who.lock.display()))
+        .and_then(|record| match record.liveness() {
+            Liveness::Alive => Ok(record),
+            Liveness::Dead => Err(format!("{} is not locked", who.lock.display())),
+            Liveness::Unknown(why) => Err(why),
+        })
+        .and_then(|record| {
+            record
+                .write(who.records, name)
+                .map_err(|e| format!("{}: {e}", who.records.display()))
+        });
+    match written {
+        Ok(path) => Some(path),
+        Err(why) => {
+            tracing::warn!(
+                "cannot record who owns this server's cgroups ({why}): if it is killed, only \
+                 its successor on the same data dir will remove them"
+            );
+            None
+        }
+    }
+}
+
+impl Layout {
+    fn dirs(&self) -> Vec<&PathBuf> {
+        match self {
+            Layout::V2 { base } => vec![base],
+            Layout::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
+        }
     }
 
-    fn detect_v2(own: &str, mountinfo: &str, name: &str, node_id: &str) -> Result<Cgroups, String> {
+    /// Finds the unified hierarchy and readies the server's cgroup for children; the
+    /// server's directory, `name`, is made by the caller.
+    fn detect_v2(own: &str, mountinfo: &str, name: &str) -> Result<Layout, String> {
         let mount = mountinfo
             .lines()
             .find_map(|l| {
@@ -135,22 +212,19 @@ impl Cgroups {
             "enable controllers",
             std::fs::write(server.join("cgroup.subtree_control"), "+memory +pids +cpu"),
         )?;
-        let base = server.join(name);
-        remove_stale_siblings(&base, node_id, server != mount);
-        io("create", std::fs::create_dir_all(&base))?;
-        io(
-            "enable controllers",
-            std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids +cpu"),
-        )?;
-        Ok(Cgroups::V2 { base })
+        Ok(Layout::V2 {
+            base: server.join(name),
+        })
     }
+}
 
+impl Cgroups {
     pub fn describe(&self) -> String {
-        match self {
-            Cgroups::V2 { base } => {
+        match &self.layout {
+            Layout::V2 { base } => {
                 format!("cgroup v2 (memory, pids, cpu) under {}", base.display())
             }
-            Cgroups::V1 { memory, .. } => {
+            Layout::V1 { memory, .. } => {
                 format!("cgroup v1 (memory, pids, cpu) under {}", memory.display())
             }
         }
@@ -164,8 +238,8 @@ impl Cgroups {
             CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let pids = limits::PROCESSES_PER_INSTANCE_MAX.to_string();
-        let cgroup = match self {
-            Cgroups::V2 { base } => {
+        let cgroup = match &self.layout {
+            Layout::V2 { base } => {
                 let dir = base.join(&name);
                 std::fs::create_dir(&dir)?;
                 let cgroup = InstanceCgroup {
@@ -178,7 +252,7 @@ impl Cgroups {
                 write(&dir, "pids.max", &pids)?;
                 cgroup
             }
-            Cgroups::V1 {
+            Layout::V1 {
                 memory,
                 pids: p,
                 cpu,
@@ -246,13 +320,10 @@ impl Cgroups {
     /// cgroups left in them (their own removal runs on threads that die with the server).
     /// Every hierarchy is tried each time: one that is still busy must not keep the others
     /// from going. Returns the directories that remain, with why.
+    /// Once they are all gone, so is this server's record.
     pub fn remove(&self) -> Vec<String> {
-        let dirs: Vec<&PathBuf> = match self {
-            Cgroups::V2 { base } => vec![base],
-            Cgroups::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
-        };
         let mut left = Vec::new();
-        for dir in dirs {
+        for dir in self.layout.dirs() {
             if !dir.exists() {
                 continue;
             }
@@ -269,6 +340,11 @@ impl Cgroups {
                 left.push(describe_busy(dir, &e));
             }
         }
+        if left.is_empty()
+            && let Some(record) = &self.record
+        {
+            let _ = std::fs::remove_file(record);
+        }
         left
     }
 }
@@ -280,62 +356,101 @@ fn describe_busy(dir: &Path, error: &std::io::Error) -> String {
     format!("{}: {error} (processes: {procs:?})", dir.display())
 }
 
-/// Removes the cgroups a killed server left next to `dir`, with whatever still runs in them:
-/// nothing of a dead server may keep running. Those named with this node's id are always a
-/// predecessor's (the data dir's lock keeps a second server off it). Other servers'
-/// (`nimbus-<id>-<pid>` of a pid that is gone) are removed only inside this server's own
-/// cgroup (`own_cgroup`): at a hierarchy's root, shared with other containers, a pid that
-/// is gone here may be a live server elsewhere.
-fn remove_stale_siblings(dir: &Path, node_id: &str, own_cgroup: bool) {
-    let Some(parent) = dir.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    let ours = format!("nimbus-{node_id}-");
-    let own = dir.file_name();
-    for entry in entries.filter_map(|e| e.ok()) {
-        let name = entry.file_name();
-        // This server's own directory, made already where hierarchies are mounted together.
-        if Some(name.as_os_str()) == own {
+/// Removes the cgroups dead servers left beside this server's directories `dirs` (one per
+/// hierarchy), with whatever still runs in them: nothing of a dead server may keep running.
+/// Those named with this node's id are always a predecessor's (the data dir's lock keeps a
+/// second server off it); other servers' only when their record shows their lock free
+/// (`owner::is_dead`), never on a pid: a pid says nothing across pid namespaces. Records
+/// of this node's predecessors go too. The removal runs in the background (start-up does
+/// not wait for it), a thread per name; the handles are for tests.
+fn sweep(
+    dirs: &[PathBuf],
+    node_id: &str,
+    records: Option<&Path>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut dead: BTreeMap<String, bool> = BTreeMap::new();
+    let mut stale: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for dir in dirs {
+        let (Some(parent), Some(own)) = (dir.parent(), dir.file_name()) else {
             continue;
-        }
-        let Some(name) = name.to_str() else { continue };
-        let stale = if name.starts_with(&ours) {
-            true
-        } else if own_cgroup {
-            // The pid is the name's last part.
-            name.strip_prefix("nimbus-")
-                .and_then(|rest| rest.rsplit('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        } else {
-            false
         };
-        if !stale {
+        let Ok(entries) = std::fs::read_dir(parent) else {
             continue;
-        }
-        let stale = entry.path();
-        tracing::info!(cgroup = %stale.display(), "removing the cgroups of a server that is gone");
-        // A killed process leaves its cgroup a moment later, and one may fork while it
-        // dies: each round kills again what is there and removes what is empty, for up to
-        // 10 s, in the background (start-up does not wait for it).
-        std::thread::spawn(move || {
-            for _ in 0..500 {
-                if std::fs::write(stale.join("cgroup.kill"), "1").is_err() {
-                    kill_members(&stale);
-                }
-                for dir in subdirs(&stale) {
-                    kill_members(&dir);
-                    let _ = std::fs::remove_dir(&dir);
-                }
-                if std::fs::remove_dir(&stale).is_ok() || !stale.exists() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            // This server's own directory, made already.
+            if name == own {
+                continue;
             }
-            tracing::warn!(cgroup = %stale.display(), "the cgroup of a server that is gone could not be removed");
-        });
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with("nimbus-") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let is_dead = *dead
+                .entry(name.to_string())
+                .or_insert_with(|| owner::is_dead(name, node_id, records));
+            if is_dead {
+                stale
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(entry.path());
+            }
+        }
     }
+    // A predecessor's record whose directories are not found here (made below another
+    // cgroup) is of no use any more: only this node's servers could have removed them.
+    let own = dirs.first().and_then(|d| d.file_name());
+    if let Some(records) = records
+        && let Ok(entries) = std::fs::read_dir(records)
+    {
+        let prefix = owner::node_prefix(node_id);
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let Some(text) = name.to_str() else { continue };
+            let ours = text.starts_with(&prefix) || text.starts_with(&format!(".{prefix}"));
+            if ours && Some(name.as_os_str()) != own && !stale.contains_key(text) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let records = records.map(Path::to_path_buf);
+    stale
+        .into_iter()
+        .map(|(name, dirs)| {
+            tracing::info!(cgroup = %name, ?dirs, "removing the cgroups of a server that is gone");
+            let record = records.as_ref().map(|r| r.join(&name));
+            // A killed process leaves its cgroup a moment later, and one may fork while it
+            // dies: each round kills again what is there and removes what is empty, for up
+            // to 10 s. The record goes last, so a sweep that gives up leaves it for the next.
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    let mut gone = true;
+                    for stale in &dirs {
+                        if kill_v2(stale).is_err() {
+                            kill_members(stale);
+                        }
+                        for dir in subdirs(stale) {
+                            kill_members(&dir);
+                            let _ = std::fs::remove_dir(&dir);
+                        }
+                        gone &= std::fs::remove_dir(stale).is_ok() || !stale.exists();
+                    }
+                    if gone {
+                        if let Some(record) = &record {
+                            let _ = std::fs::remove_file(record);
+                        }
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                tracing::warn!(
+                    ?dirs,
+                    "the cgroups of a server that is gone could not be removed"
+                );
+            })
+        })
+        .collect()
 }
 
 /// The directories (child cgroups) in `dir`.
@@ -348,6 +463,17 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// SIGKILLs every process of the v2 cgroup `dir` and its children at once, through its
+/// `cgroup.kill` (Linux 5.14 and later); an error where there is no such file. The file is
+/// never made: a write that made it would be outside a cgroup hierarchy.
+fn kill_v2(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.kill"))?
+        .write_all(b"1")
 }
 
 /// SIGKILLs every process of the cgroup `dir`.
@@ -393,7 +519,7 @@ impl InstanceCgroup {
 
     /// Kills every process still in the cgroups.
     fn kill_all(&self) {
-        if self.v2 && std::fs::write(self.memory.join("cgroup.kill"), "1").is_ok() {
+        if self.v2 && kill_v2(&self.memory).is_ok() {
             return;
         }
         for dir in &self.dirs {
@@ -425,5 +551,66 @@ impl Drop for InstanceCgroup {
             tracing::warn!(?dirs, "an instance cgroup could not be removed");
         };
         std::thread::spawn(remove);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{FlockOperation, flock};
+
+    /// The sweep on plain directories standing for one hierarchy: the servers' directories
+    /// with an instance directory in each, and their records.
+    #[test]
+    fn the_sweep_removes_only_what_dead_servers_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hierarchy, records) = (tmp.path().join("memory"), tmp.path().join("records"));
+        let lock = |name: &str, held: bool| {
+            let path = tmp.path().join(format!("{name}.lock"));
+            let file = std::fs::File::create(&path).unwrap();
+            flock(&file, FlockOperation::NonBlockingLockExclusive).unwrap();
+            Record::of(&path).unwrap().write(&records, name).unwrap();
+            held.then_some(file)
+        };
+        for name in [
+            "nimbus-me-now",
+            "nimbus-me-before",
+            "nimbus-live-1",
+            "nimbus-dead-1",
+            "nimbus-old-1",
+        ] {
+            std::fs::create_dir_all(hierarchy.join(name).join("i0")).unwrap();
+        }
+        std::fs::create_dir_all(hierarchy.join("not-ours")).unwrap();
+        let _me = lock("nimbus-me-now", true);
+        let _before = lock("nimbus-me-before", true);
+        let _live = lock("nimbus-live-1", true);
+        let _dead = lock("nimbus-dead-1", false);
+        // A predecessor's record whose directories are elsewhere.
+        let _elsewhere = lock("nimbus-me-elsewhere", false);
+        let swept = sweep(&[hierarchy.join("nimbus-me-now")], "me", Some(&records));
+        assert_eq!(swept.len(), 2);
+        for thread in swept {
+            thread.join().unwrap();
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&hierarchy)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // The predecessor goes even though its lock is held (a held lock on this node's
+        // data dir is this server's); a live server's directory and one without a record
+        // stay.
+        assert_eq!(
+            left,
+            ["nimbus-live-1", "nimbus-me-now", "nimbus-old-1", "not-ours"]
+        );
+        assert!(hierarchy.join("nimbus-live-1/i0").exists());
+        let mut records: Vec<String> = std::fs::read_dir(&records)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        records.sort();
+        assert_eq!(records, ["nimbus-live-1", "nimbus-me-now"]);
     }
 }

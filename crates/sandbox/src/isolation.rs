@@ -18,6 +18,15 @@ pub struct IsolationConfig {
     pub data_dir: PathBuf,
     /// The data dir's node id; it names this server's cgroups (see `Cgroups::detect`).
     pub node_id: String,
+    /// New at every start (random); it names this server's cgroups with the node id, so a
+    /// restarted server never meets its predecessor's names, even with its pid (pid 1 in a
+    /// container).
+    pub start_token: String,
+    /// The file this server holds an exclusive `flock` on for its life (the data dir's
+    /// lock): other servers tell from it whether this one is alive (see `owner`).
+    pub server_lock: PathBuf,
+    /// Where servers record which lock owns which cgroups: `CGROUP_RECORDS`.
+    pub cgroup_records: PathBuf,
     /// The directory of unpacked code trees (`CodeCache`), one per code hash.
     pub code_root: PathBuf,
     /// Per-function uids are `uid_base .. uid_base + uid_count` (when running as root).
@@ -76,7 +85,12 @@ impl Isolation {
             Ok(()) => probe_jail(&config, &root_dir, "/bin/sh", &["-c", SECCOMP_PROBE]),
         };
         let cgroups = if identity.is_ok() {
-            Cgroups::detect(&config.node_id)
+            Cgroups::detect(&crate::cgroup::Identity {
+                node_id: &config.node_id,
+                start_token: &config.start_token,
+                lock: &config.server_lock,
+                records: &config.cgroup_records,
+            })
         } else {
             Err("cgroups need root".to_string())
         };

@@ -15,6 +15,7 @@ mod isolation;
 pub mod jail;
 mod keepalive;
 mod logs;
+mod owner;
 mod pool;
 pub mod protocol;
 mod runtimes;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use executor::StreamEvent;
 pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};
+pub use owner::CGROUP_RECORDS;
 pub use pool::{Acquired, CallContext, EventSink, Lease, Occupancy, Pool, PoolConfig, WebReply};
 pub use runtimes::Runtimes;
 

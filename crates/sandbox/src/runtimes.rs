@@ -46,7 +46,9 @@ impl Runtimes {
         for (name, text) in [("bootstrap.py", PYTHON_SHIM), ("bootstrap.js", NODE_SHIM)] {
             let path = shim_dir.join(name);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
-                let tmp = shim_dir.join(format!(".{name}.{}", std::process::id()));
+                // Not the pid: a server that is pid 1 of its namespace has the same one
+                // at every start.
+                let tmp = shim_dir.join(format!(".{name}.{:016x}", rand::random::<u64>()));
                 std::fs::write(&tmp, text)?;
                 std::fs::rename(&tmp, &path)?;
             }

@@ -138,6 +138,9 @@ struct Node {
     isolation: Arc<Isolation>,
     root: bool,
     pools: std::sync::Mutex<Vec<Arc<Pool>>>,
+    /// The data dir's lock, held as a server holds it: it tells other servers that this
+    /// node's cgroups are in use.
+    _lock: std::fs::File,
 }
 
 impl Node {
@@ -155,10 +158,17 @@ impl Node {
             .into_iter()
             .filter_map(|r| runtimes.interpreter(r).map(Path::to_path_buf))
             .collect();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let server_lock = dir.join("data/server.lock");
+        let lock = std::fs::File::create(&server_lock).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
         let isolation = Isolation::probe(IsolationConfig {
             helper,
             data_dir: dir.join("data"),
             node_id: format!("jailtest{}", std::process::id()),
+            start_token: format!("{:016x}", rand::random::<u64>()),
+            server_lock,
+            cgroup_records: dir.join("cgroup-records"),
             code_root: dir.join("data/code"),
             uid_base: 100_000,
             uid_count: 50_000,
@@ -186,6 +196,7 @@ impl Node {
             isolation: Arc::new(isolation),
             root,
             pools: Default::default(),
+            _lock: lock,
         })
     }
 
