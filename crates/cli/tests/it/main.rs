@@ -9,6 +9,7 @@ mod limits;
 mod listener;
 mod node_errors;
 mod observe;
+mod pid1;
 mod releases;
 mod sandbox;
 mod scheduler;
@@ -332,14 +333,15 @@ async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
 
     // Killed, a server cannot clean up: the next one on its data dir removes its cgroups,
     // and so whatever still ran in them, even where the hierarchy is shared.
-    assert!(!server_cgroups(&data, killed).is_empty());
+    let killed_cgroup = cgroup_name(&data, killed);
+    assert!(!cgroups_named(&killed_cgroup).is_empty());
     server.kill();
     let server = Server::start(&data);
     let gone = (0..250).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        server_cgroups(&data, killed).is_empty()
+        cgroups_named(&killed_cgroup).is_empty()
     });
-    assert!(gone, "{:?}", server_cgroups(&data, killed));
+    assert!(gone, "{:?}", cgroups_named(&killed_cgroup));
     assert!(!server_cgroups(&data, server.child.id()).is_empty());
     assert!(server.stop().success());
 }
@@ -486,23 +488,37 @@ fn describe_cgroup(dir: &str) -> String {
     out
 }
 
-/// The name of the cgroup directories of the server `server_pid` on the data dir `data`:
-/// the data dir's node id keeps a server whose pid was used before apart from the earlier one.
+/// The name of the cgroup directories of the server `server_pid` on the data dir `data`,
+/// the last server started on it: `nimbus-<node id>-<start token>`, from the data dir's
+/// `server.lock` (the server's pid, then its start token, a line each), which still names
+/// the server after it stopped.
 pub fn cgroup_name(data: &std::path::Path, server_pid: u32) -> String {
     let id = std::fs::read_to_string(data.join("node.id")).unwrap();
-    format!("nimbus-{}-{server_pid}", id.trim())
+    let lock = std::fs::read_to_string(data.join("server.lock")).unwrap();
+    let mut lines = lock.lines();
+    assert_eq!(
+        lines.next(),
+        Some(server_pid.to_string().as_str()),
+        "server.lock names another server"
+    );
+    let token = lines.next().expect("a start token in server.lock");
+    format!("nimbus-{}-{token}", id.trim())
 }
 
 /// The cgroup directories the server `server_pid` on the data dir `data` made, in every
 /// hierarchy.
 pub fn server_cgroups(data: &std::path::Path, server_pid: u32) -> Vec<String> {
-    let name = cgroup_name(data, server_pid);
+    cgroups_named(&cgroup_name(data, server_pid))
+}
+
+/// The cgroup directories named `name`, in every hierarchy.
+pub fn cgroups_named(name: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| l.contains(" - cgroup"))
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .flat_map(|mount| walkdir_find(std::path::Path::new(&mount), &name, 4))
+        .flat_map(|mount| walkdir_find(std::path::Path::new(&mount), name, 4))
         .collect()
 }
 
