@@ -250,6 +250,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             prewarm: args.prewarm as usize,
             fork_server: !args.no_fork_server,
             isolation: isolation.clone(),
+            // Idle instances are frozen; the flag that turns it off comes with the CLI work.
+            freeze_idle: true,
         },
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
