@@ -771,7 +771,10 @@ impl Pool {
     fn freeze_idle(&self) {
         let state = self.shared.state.lock().unwrap();
         for member in decide::to_freeze(&state.sched, now(), FREEZE_AFTER) {
-            member.instance.freeze();
+            // A dead instance's process group id may already be another's.
+            if !member.instance.is_dead() {
+                member.instance.freeze();
+            }
         }
     }
 
@@ -1347,6 +1350,57 @@ return os.getpid()\n";
             }
             pool.shutdown().await;
         }
+    }
+
+    /// What freezing costs a process instance (stopped by signal, as unsandboxed): the
+    /// freeze itself, and a call right after a thaw against a warm call after the same
+    /// pause. A measurement, not a check.
+    #[tokio::test]
+    #[ignore = "a measurement: cargo test -p sandbox --lib freeze_costs -- --ignored --nocapture"]
+    async fn freeze_costs() {
+        let noop = "def handler(event, context):\n    return 1\n";
+        let (tmp, pool) = setup_with(
+            &[("main.py", noop)],
+            PoolConfig {
+                freeze_idle: false,
+                ..PoolConfig::default()
+            },
+        );
+        let c = config(&tmp, Runtime::Python3, "main.handler", 5000);
+        let Ok(Acquired::Ready(lease)) = pool.acquire(&c).await else {
+            panic!("no instance");
+        };
+        let instance = &lease.member().instance;
+        let pause = Duration::from_millis(3);
+        let (mut warm, mut freeze, mut thawed) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..400 {
+            tokio::time::sleep(pause).await;
+            let t = Instant::now();
+            lease.invoke("r", b"{}").await;
+            warm.push(t.elapsed());
+            let t = Instant::now();
+            instance.freeze();
+            freeze.push(t.elapsed());
+            tokio::time::sleep(pause).await;
+            let t = Instant::now();
+            instance.thaw();
+            lease.invoke("r", b"{}").await;
+            if i >= 50 {
+                thawed.push(t.elapsed());
+            } else {
+                warm.pop();
+            }
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e6
+        };
+        println!(
+            "warm call {:.1} us, freeze {:.1} us, thaw + call {:.1} us (medians)",
+            median(&mut warm),
+            median(&mut freeze),
+            median(&mut thawed)
+        );
     }
 
     #[tokio::test]
