@@ -104,6 +104,10 @@ pub struct ServerArgs {
     /// Largest unpacked size of a code archive, in MB.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_240))]
     unpacked_max_mb: u64,
+    /// Keeps idle instances running between calls (by default an instance with no call for
+    /// 100 ms is frozen, so work a function leaves behind after returning takes no CPU).
+    #[arg(long)]
+    no_freeze_idle: bool,
     /// Lets webhook destinations be loopback, private or link-local addresses (refused by
     /// default: a tenant's webhook must not reach into the operator's network).
     #[arg(long)]
@@ -260,6 +264,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             prewarm: args.prewarm as usize,
             fork_server: !args.no_fork_server,
             isolation: isolation.clone(),
+            // Idle instances are frozen; the flag that turns it off comes with the CLI work.
+            freeze_idle: !args.no_freeze_idle,
         },
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();

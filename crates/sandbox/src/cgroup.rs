@@ -1,6 +1,7 @@
 //! Control groups of instances: a memory limit, a process limit and a CPU share for each,
-//! out-of-memory detection, and cleanup. Both cgroup v1 (separate memory, pids and cpu
-//! hierarchies) and v2 (one unified hierarchy) are handled.
+//! out-of-memory detection, freezing, and cleanup. Both cgroup v1 (separate memory, pids
+//! and cpu hierarchies, and the freezer's when the host mounts it) and v2 (one unified
+//! hierarchy) are handled.
 //!
 //! Written against the cgroup files directly: Nimbus needs five files per controller, and
 //! cgroups-rs, the maintained crate, pulls in D-Bus (zbus) and an old nix, about 170 crates,
@@ -45,6 +46,9 @@ enum Layout {
         memory: PathBuf,
         pids: PathBuf,
         cpu: PathBuf,
+        /// The freezer hierarchy's directory, when the host mounts one; without it idle
+        /// instances are stopped with signals instead (see `freeze`).
+        freezer: Option<PathBuf>,
     },
 }
 
@@ -54,7 +58,32 @@ pub(crate) struct InstanceCgroup {
     dirs: Vec<PathBuf>,
     /// The directory whose files report memory events.
     memory: PathBuf,
+    /// What freezes and thaws every process of the instance.
+    freeze: Option<FreezeFile>,
     v2: bool,
+}
+
+/// The file that freezes and thaws the processes of one instance's cgroup: v1's
+/// `freezer.state`, v2's `cgroup.freeze`.
+#[derive(Clone, Debug)]
+pub(crate) struct FreezeFile {
+    file: PathBuf,
+    v2: bool,
+}
+
+impl FreezeFile {
+    /// Freezes (`true`) or thaws every process of the instance. Freezing takes effect
+    /// shortly after the write (v1 passes through FREEZING); thawing is done when the
+    /// write returns, and a thaw after a freeze that has not finished cancels it.
+    pub fn set(&self, frozen: bool) -> std::io::Result<()> {
+        let value = match (self.v2, frozen) {
+            (true, true) => "1",
+            (true, false) => "0",
+            (false, true) => "FROZEN",
+            (false, false) => "THAWED",
+        };
+        std::fs::write(&self.file, value)
+    }
 }
 
 /// What one instance may use.
@@ -103,12 +132,26 @@ impl Cgroups {
             })?;
             Some(mount.join(path.trim_start_matches('/')).join(&name))
         };
-        let layout =
-            if let (Some(memory), Some(pids), Some(cpu)) = (v1("memory"), v1("pids"), v1("cpu")) {
-                Layout::V1 { memory, pids, cpu }
-            } else {
-                Layout::detect_v2(&own, &mountinfo, &name)?
-            };
+        let layout = if let (Some(memory), Some(pids), Some(cpu)) =
+            (v1("memory"), v1("pids"), v1("cpu"))
+        {
+            // The freezer is optional: without it, idle instances are stopped by signal.
+            let freezer = v1("freezer").filter(|dir| match std::fs::create_dir_all(dir) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(cgroup = %dir.display(), error = %e, "the freezer cgroup cannot be used; idle instances are stopped by signal");
+                        false
+                    }
+                });
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                freezer,
+            }
+        } else {
+            Layout::detect_v2(&own, &mountinfo, &name)?
+        };
         let record = write_record(who, &name);
         let cgroups = Cgroups { layout, record };
         let made = cgroups.layout.dirs().into_iter().try_for_each(|dir| {
@@ -165,7 +208,12 @@ impl Layout {
     fn dirs(&self) -> Vec<&PathBuf> {
         match self {
             Layout::V2 { base } => vec![base],
-            Layout::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                freezer,
+            } => [memory, pids, cpu].into_iter().chain(freezer).collect(),
         }
     }
 
@@ -224,8 +272,14 @@ impl Cgroups {
             Layout::V2 { base } => {
                 format!("cgroup v2 (memory, pids, cpu) under {}", base.display())
             }
-            Layout::V1 { memory, .. } => {
-                format!("cgroup v1 (memory, pids, cpu) under {}", memory.display())
+            Layout::V1 {
+                memory, freezer, ..
+            } => {
+                let freezer = if freezer.is_some() { ", freezer" } else { "" };
+                format!(
+                    "cgroup v1 (memory, pids, cpu{freezer}) under {}",
+                    memory.display()
+                )
             }
         }
     }
@@ -245,6 +299,10 @@ impl Cgroups {
                 let cgroup = InstanceCgroup {
                     dirs: vec![dir.clone()],
                     memory: dir.clone(),
+                    freeze: Some(FreezeFile {
+                        file: dir.join("cgroup.freeze"),
+                        v2: true,
+                    }),
                     v2: true,
                 };
                 // Swap would let an instance exceed its memory; not every host has the file.
@@ -256,11 +314,20 @@ impl Cgroups {
                 memory,
                 pids: p,
                 cpu,
+                freezer,
             } => {
                 let (m, p, c) = (memory.join(&name), p.join(&name), cpu.join(&name));
+                // The freezer's directory comes last: `limit` finds memory and cpu by index.
+                let f = freezer.as_ref().map(|f| f.join(&name));
+                let mut dirs = vec![m.clone(), p.clone(), c.clone()];
+                dirs.extend(f.clone());
                 let cgroup = InstanceCgroup {
-                    dirs: vec![m.clone(), p.clone(), c.clone()],
+                    dirs,
                     memory: m.clone(),
+                    freeze: f.map(|f| FreezeFile {
+                        file: f.join("freezer.state"),
+                        v2: false,
+                    }),
                     v2: false,
                 };
                 for dir in &cgroup.dirs {
@@ -476,7 +543,9 @@ fn kill_v2(dir: &Path) -> std::io::Result<()> {
         .write_all(b"1")
 }
 
-/// SIGKILLs every process of the cgroup `dir`.
+/// SIGKILLs every process of the cgroup `dir`, and thaws it if it is frozen: a frozen
+/// process does not act on SIGKILL until it is thawed, and until it has ended, its cgroup
+/// cannot be removed.
 fn kill_members(dir: &Path) {
     let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
         return;
@@ -484,6 +553,13 @@ fn kill_members(dir: &Path) {
     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    for (file, thawed) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+        let file = dir.join(file);
+        // Checked first: a write to a missing file would try to create it.
+        if file.exists() {
+            let _ = std::fs::write(file, thawed);
         }
     }
 }
@@ -515,6 +591,11 @@ impl InstanceCgroup {
                 })
             })
             .is_some_and(|n| n > 0)
+    }
+
+    /// What freezes the instance's processes, when its cgroups include a freezer.
+    pub fn freezer(&self) -> Option<FreezeFile> {
+        self.freeze.clone()
     }
 
     /// Kills every process still in the cgroups.

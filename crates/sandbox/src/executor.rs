@@ -102,6 +102,16 @@ pub(crate) trait Running: Send + Sync {
     fn oom_killed(&self) -> bool;
     /// Stops it now; calls in flight fail with a crash report.
     fn kill(&self);
+    /// Stops the instance from running at all while it has no call in flight, so nothing
+    /// it left running after a call (a spinning thread) takes CPU; idempotent. The pool
+    /// freezes an instance only with no call in flight, under its lock, so a freeze never
+    /// races a call taking the instance.
+    fn freeze(&self);
+    /// Lets a frozen instance run again, and costs next to nothing when it is not frozen;
+    /// the pool thaws an instance before anything else uses it (a call, a web request, a
+    /// hook). Once it returns, what is sent to the instance is served. `kill` and the
+    /// `Stopper` thaw by themselves, after their kill.
+    fn thaw(&self);
     /// What stops it from outside while others hold it.
     fn stopper(&self) -> Stopper;
     /// Runs one invocation with the handler's context `meta`.

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cgroup::InstanceCgroup;
 use crate::executor::{Reply, StartError, StreamEvent};
+use crate::freeze::Freezer;
 use crate::isolation::Isolation;
 use crate::protocol::{self, Frame, FrameReader, Kind};
 use crate::runtimes::Launch;
@@ -111,6 +112,9 @@ pub(crate) struct Instance {
     reader: Mutex<Option<FrameReader<tokio::net::unix::OwnedReadHalf>>>,
     /// The instance's cgroups when sandboxed; dropped after the process group is killed.
     cgroup: Option<InstanceCgroup>,
+    /// Freezes the instance between calls; shared with its stopper, which thaws it after
+    /// the kill.
+    pub freezer: Arc<Freezer>,
 }
 
 fn platform(e: impl std::fmt::Display) -> StartError {
@@ -525,6 +529,7 @@ impl Instance {
             next_call: AtomicU32::new(1),
             reader: Mutex::new(reader),
             cgroup: None,
+            freezer: Arc::new(Freezer::new(pid, None)),
             memory_mb: 0,
         })
     }
@@ -532,6 +537,10 @@ impl Instance {
     /// Waits until the instance is ready (its ready frame, or its port), then hands the
     /// channel to the reader task.
     async fn finish_start(&mut self, started: Instant) -> Result<(), StartError> {
+        // Its cgroups are known now (a stem's came with it, a spawned instance's were made
+        // for it), and with them whether it freezes through a cgroup or by signal.
+        let cgroup_freezer = self.cgroup.as_ref().and_then(InstanceCgroup::freezer);
+        self.freezer = Arc::new(Freezer::new(self.pid, cgroup_freezer));
         let reader = self.reader.lock().unwrap().take();
         match reader {
             Some(mut reader) => {
@@ -805,10 +814,13 @@ impl Instance {
         self.cgroup.as_ref().is_some_and(InstanceCgroup::oom_killed)
     }
 
-    /// Kills the whole process group now.
+    /// Kills the whole process group now, and thaws it if it was frozen: a process frozen
+    /// by its cgroup acts on SIGKILL only once thawed, and runs no code of its own between
+    /// the two.
     pub fn kill(&self) {
         self.shared.dead.store(true, Ordering::Release);
         kill_group(self.pid);
+        self.freezer.thaw();
     }
 
     /// Why the instance died: exit status or signal, and the tail of its stderr.

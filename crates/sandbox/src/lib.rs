@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod executor;
+mod freeze;
 mod instance;
 mod isolation;
 pub mod jail;

@@ -79,6 +79,10 @@ pub struct PoolConfig {
     pub fork_server: bool,
     /// The sandbox of every instance; none runs instances as plain processes.
     pub isolation: Option<Arc<Isolation>>,
+    /// Whether instances are frozen while idle (with no call in flight for
+    /// `FREEZE_AFTER`), so that what a function leaves running after a call takes no CPU;
+    /// thawed before their next use. On by default.
+    pub freeze_idle: bool,
 }
 
 impl Default for PoolConfig {
@@ -89,9 +93,22 @@ impl Default for PoolConfig {
             prewarm: 2,
             fork_server: true,
             isolation: None,
+            freeze_idle: true,
         }
     }
 }
+
+/// How long an instance is idle (no call in flight) before it is frozen. Not at once:
+/// back-to-back calls would pay a freeze and a thaw each (a stop and a wake-up of every
+/// thread of the runtime), so only gaps longer than this do, once.
+pub(crate) const FREEZE_AFTER: Duration = Duration::from_millis(100);
+
+/// How often idle instances are looked at for freezing; an instance is frozen between
+/// `FREEZE_AFTER` and `FREEZE_AFTER + FREEZE_SWEEP` after its last call.
+const FREEZE_SWEEP: Duration = Duration::from_millis(100);
+
+/// How often instances are reaped past their keep-alive and `min_instances` started.
+const MAINTENANCE: Duration = Duration::from_millis(500);
 
 /// A live instance with its share of the node's capacity. When the last reference goes
 /// (the pool's and every lease's), the instance is stopped (a process is killed), the
@@ -357,6 +374,9 @@ impl Pool {
             freed.as_mut().enable();
             match self.decide(config, key, &mut waiting) {
                 Ok(Look::Warm(member)) => {
+                    // Before the lease exists, so every use of it finds the instance
+                    // running; a warm instance that was not frozen costs an atomic swap.
+                    member.instance.thaw();
                     queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
                     break Ok(Ok((member, false, Timings::default())));
                 }
@@ -745,6 +765,19 @@ impl Pool {
         Ok(Ok((member, timings)))
     }
 
+    /// Freezes the instances idle for `FREEZE_AFTER`. Under the lock: a call takes an
+    /// instance under it too, so none can take one between the look and its freeze, and a
+    /// call that takes it afterwards thaws it first.
+    fn freeze_idle(&self) {
+        let state = self.shared.state.lock().unwrap();
+        for member in decide::to_freeze(&state.sched, now(), FREEZE_AFTER) {
+            // A dead instance's process group id may already be another's.
+            if !member.instance.is_dead() {
+                member.instance.freeze();
+            }
+        }
+    }
+
     /// Runs the pre-stop hooks of idle instances leaving the pool, then lets them go.
     fn stop_gracefully(&self, entries: Vec<Entry>) {
         for e in entries {
@@ -769,6 +802,8 @@ fn stopping(gone: Vec<Leaving<Arc<Member>>>) -> Vec<Entry> {
 }
 
 async fn run_pre_stop(member: Arc<Member>) {
+    // An idle instance leaving the pool may be frozen; its hook must run.
+    member.instance.thaw();
     if let Some((handler, timeout)) = &member.pre_stop
         && let Err(e) = member.instance.hook(Kind::PreStop, handler, *timeout).await
     {
@@ -778,13 +813,23 @@ async fn run_pre_stop(member: Arc<Member>) {
 }
 
 /// Every half second: stops instances idle past their function's `idle_timeout_ms` (down
-/// to `min_instances`) and starts instances up to `min_instances`. Holds only a weak
-/// reference so the pool can be dropped.
+/// to `min_instances`) and starts instances up to `min_instances`; with `freeze_idle`,
+/// every `FREEZE_SWEEP` in between, freezes instances idle for `FREEZE_AFTER`. Holds only
+/// a weak reference so the pool can be dropped.
 async fn maintain(pool: std::sync::Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
+    let freezing = pool.upgrade().is_some_and(|p| p.config.freeze_idle);
+    let period = if freezing { FREEZE_SWEEP } else { MAINTENANCE };
+    let mut tick = tokio::time::interval(period);
+    let every = (MAINTENANCE.as_millis() / period.as_millis()) as u64;
+    for round in 0u64.. {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        if freezing {
+            pool.freeze_idle();
+        }
+        if round % every != 0 {
+            continue;
+        }
         let decided = decide::tick(
             &mut pool.shared.state.lock().unwrap().sched,
             pool.capacity(),
@@ -1248,6 +1293,74 @@ return [os.getpid(), os.getppid(), os.getpgid(0), random.random()]\n";
         // The surviving instance of the old fork server keeps answering.
         let (pid, _, _, _) = run(named("b")).await;
         assert_eq!(pid, pid_b);
+    }
+
+    /// A handler that leaves a thread spinning and returns its pid.
+    const SPIN: &str = "import os, threading\n\
+started = False\n\
+def spin():\n    n = 0\n    while True:\n        n += 1\n\
+def handler(event, context):\n    global started\n    \
+if not started:\n        started = True\n        \
+threading.Thread(target=spin, daemon=True).start()\n    \
+return os.getpid()\n";
+
+    /// CPU seconds (user and system) that process `pid` has used, all its threads.
+    fn cpu_seconds(pid: i32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name, which ends at the last ')': state is the 3rd
+        // field, utime and stime the 14th and 15th, in clock ticks (USER_HZ, 100).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    /// A thread a handler left spinning takes no CPU once its idle instance is frozen; the
+    /// next call thaws it and is served warm. With `freeze_idle` off it keeps spinning.
+    #[tokio::test]
+    async fn frozen_instances_take_no_cpu_between_calls() {
+        for freeze_idle in [true, false] {
+            let (tmp, pool) = setup_with(
+                &[("main.py", SPIN)],
+                PoolConfig {
+                    freeze_idle,
+                    ..PoolConfig::default()
+                },
+            );
+            let c = config(&tmp, Runtime::Python3, "main.handler", 5000);
+            let first = pool.invoke(&c, "r1", b"{}").await.unwrap();
+            let pid: i32 = body(&first).parse().unwrap();
+            // Frozen within FREEZE_AFTER + FREEZE_SWEEP of the call; the rest is margin.
+            tokio::time::sleep(FREEZE_AFTER + FREEZE_SWEEP + Duration::from_millis(200)).await;
+            let before = cpu_seconds(pid);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let used = cpu_seconds(pid) - before;
+            if freeze_idle {
+                assert!(used <= 0.02, "frozen, yet used {used} s of CPU in 1 s");
+            } else {
+                assert!(
+                    used >= 0.2,
+                    "not frozen, yet used only {used} s of CPU in 1 s"
+                );
+            }
+            for i in 0..2 {
+                let again = pool.invoke(&c, "r2", b"{}").await.unwrap();
+                assert_eq!(body(&again), pid.to_string());
+                assert!(!again.cold_start);
+                if freeze_idle && i == 0 {
+                    // Thawed: the spinning thread runs again until the next freeze.
+                    let before = cpu_seconds(pid);
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                    assert!(cpu_seconds(pid) > before, "not thawed");
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            }
+            pool.shutdown().await;
+        }
     }
 
     #[tokio::test]

@@ -25,9 +25,18 @@ pub(crate) struct FakeExecutor {
     /// Pre-stop hooks run.
     pub pre_stops: AtomicUsize,
     pub shut_down: AtomicBool,
+    /// What happened to the instances, in order: `freeze 1`, `thaw 1` (changes of state
+    /// only, as a real freezer makes them), `call 1`, `pre-stop 1`, `kill 1`; a call or
+    /// hook on a frozen instance is logged as `... 1 while frozen`.
+    pub log: Mutex<Vec<String>>,
 }
 
 impl FakeExecutor {
+    /// The log so far, taken.
+    pub fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
     /// Whether instance `id` was stopped (killed, or dropped by the pool).
     pub fn is_stopped(&self, id: u64) -> bool {
         self.started
@@ -56,7 +65,9 @@ impl Executor for Arc<FakeExecutor> {
             self.started.lock().unwrap().push((id, dead.clone()));
             Ok(Started {
                 instance: Box::new(FakeInstance {
+                    id,
                     dead,
+                    frozen: AtomicBool::new(false),
                     executor: self.clone(),
                 }),
                 port: None,
@@ -74,8 +85,23 @@ impl Executor for Arc<FakeExecutor> {
 
 /// An instance that echoes events; dropping it marks it dead, as a killed process is.
 pub(crate) struct FakeInstance {
+    id: u64,
     dead: Arc<AtomicBool>,
+    frozen: AtomicBool,
     executor: Arc<FakeExecutor>,
+}
+
+impl FakeInstance {
+    /// Logs `what` happening to this instance, noting when it happened while frozen.
+    fn log(&self, what: &str) {
+        let frozen = if self.frozen.load(Ordering::Acquire) {
+            " while frozen"
+        } else {
+            ""
+        };
+        let line = format!("{what} {}{frozen}", self.id);
+        self.executor.log.lock().unwrap().push(line);
+    }
 }
 
 impl Drop for FakeInstance {
@@ -94,7 +120,29 @@ impl Running for FakeInstance {
     }
 
     fn kill(&self) {
+        self.log("kill");
         self.dead.store(true, Ordering::Release);
+        self.frozen.store(false, Ordering::Release);
+    }
+
+    fn freeze(&self) {
+        if !self.frozen.swap(true, Ordering::AcqRel) {
+            self.executor
+                .log
+                .lock()
+                .unwrap()
+                .push(format!("freeze {}", self.id));
+        }
+    }
+
+    fn thaw(&self) {
+        if self.frozen.swap(false, Ordering::AcqRel) {
+            self.executor
+                .log
+                .lock()
+                .unwrap()
+                .push(format!("thaw {}", self.id));
+        }
     }
 
     fn stopper(&self) -> Stopper {
@@ -108,6 +156,7 @@ impl Running for FakeInstance {
         event: &'a [u8],
         _timeout: Duration,
     ) -> BoxFuture<'a, (Reply, Logs)> {
+        self.log("call");
         Box::pin(async move {
             let reply = if self.is_dead() {
                 Reply::Crashed("the fake instance was stopped".into())
@@ -141,6 +190,7 @@ impl Running for FakeInstance {
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<f64, FunctionError>> {
         if kind == Kind::PreStop {
+            self.log("pre-stop");
             self.executor.pre_stops.fetch_add(1, Ordering::AcqRel);
         }
         Box::pin(async { Ok(0.0) })

@@ -230,10 +230,23 @@ impl Running for Instance {
         Instance::kill(self)
     }
 
+    fn freeze(&self) {
+        self.freezer.freeze();
+    }
+
+    fn thaw(&self) {
+        self.freezer.thaw();
+    }
+
     fn stopper(&self) -> Stopper {
-        // The whole process group: a runtime's children go with it.
+        // The whole process group: a runtime's children go with it; a frozen instance is
+        // thawed after the kill, so its processes act on it.
         let pid = self.pid;
-        Arc::new(move || kill_group(pid))
+        let freezer = self.freezer.clone();
+        Arc::new(move || {
+            kill_group(pid);
+            freezer.thaw();
+        })
     }
 
     fn call<'a>(

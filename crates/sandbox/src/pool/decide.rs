@@ -455,6 +455,23 @@ pub(crate) fn reap<M>(fp: &mut FunctionPool<M>, now: Instant) -> Vec<Leaving<M>>
     expired
 }
 
+/// The instances to freeze at `now`: those with no call in flight that have been idle for
+/// `after` or longer. The pool freezes them under its lock, so no call can take one
+/// between this look and the freeze; one already frozen is listed again (freezing is
+/// idempotent).
+pub(crate) fn to_freeze<M>(
+    state: &State<M>,
+    now: Instant,
+    after: Duration,
+) -> impl Iterator<Item = &M> {
+    state
+        .functions
+        .values()
+        .flat_map(|fp| &fp.entries)
+        .filter(move |e| e.in_flight == 0 && now.saturating_duration_since(e.idle_since) >= after)
+        .map(|e| &e.member)
+}
+
 /// How many instances `fp` must start to reach its `min_instances`.
 pub(crate) fn missing<M>(fp: &FunctionPool<M>) -> usize {
     (fp.config.policy.min_instances as usize).saturating_sub(fp.instances())

@@ -215,3 +215,93 @@ async fn shutdown_stops_busy_instances_and_the_executor() {
         Err(SandboxError::ShuttingDown)
     ));
 }
+
+/// An instance is frozen once idle for `FREEZE_AFTER`, never while a call holds it; the
+/// next call, and its pre-stop hook, thaw it first; back-to-back calls never freeze it.
+#[tokio::test(start_paused = true)]
+async fn idle_instances_are_frozen_and_thawed_before_their_next_use() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let f = InstanceConfig {
+        pre_stop: "main.stop".into(),
+        ..function("f", policy(100))
+    };
+    pool.invoke(&f, "r1", b"1").await.unwrap();
+    sleep_ms(50).await;
+    assert_eq!(executor.take_log(), ["call 1"], "not frozen at once");
+    sleep_ms(200).await;
+    assert_eq!(executor.take_log(), ["freeze 1"]);
+    sleep_ms(300).await;
+    assert!(executor.take_log().is_empty(), "frozen once");
+    pool.invoke(&f, "r2", b"2").await.unwrap();
+    assert_eq!(executor.take_log(), ["thaw 1", "call 1"]);
+    // Calls closer together than `FREEZE_AFTER` leave it running.
+    for _ in 0..5 {
+        sleep_ms(50).await;
+        pool.invoke(&f, "r", b"3").await.unwrap();
+    }
+    assert_eq!(executor.take_log(), ["call 1"; 5]);
+    // A lease held for a second (a call in flight) is never frozen under it.
+    let held = lease(&pool, &f).await;
+    sleep_ms(1000).await;
+    held.invoke("r4", b"4").await;
+    drop(held);
+    assert_eq!(executor.take_log(), ["call 1"]);
+    // Reaped past the idle timeout: frozen first, thawed for its pre-stop hook.
+    sleep_ms(1600).await;
+    assert_eq!(executor.take_log(), ["freeze 1", "thaw 1", "pre-stop 1"]);
+    assert!(executor.is_stopped(1));
+}
+
+/// With concurrency 2, the instance is frozen only after the last of its calls ended.
+#[tokio::test(start_paused = true)]
+async fn a_shared_instance_is_frozen_only_after_its_last_call() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let f = InstanceConfig {
+        concurrency: 2,
+        ..function("f", policy(100))
+    };
+    let a = lease(&pool, &f).await;
+    let b = lease(&pool, &f).await;
+    assert_eq!(a.instance_id(), b.instance_id());
+    a.invoke("a", b"1").await;
+    drop(a);
+    sleep_ms(500).await;
+    b.invoke("b", b"2").await;
+    assert_eq!(executor.take_log(), ["call 1", "call 1"]);
+    drop(b);
+    sleep_ms(250).await;
+    assert_eq!(executor.take_log(), ["freeze 1"]);
+    // Two calls arriving together on the frozen instance: one thaw, before both.
+    let (a, b) = tokio::join!(lease(&pool, &f), lease(&pool, &f));
+    tokio::join!(a.invoke("a", b"1"), b.invoke("b", b"2"));
+    assert_eq!(executor.take_log(), ["thaw 1", "call 1", "call 1"]);
+}
+
+/// Shutdown stops frozen instances too, thawing them for their pre-stop hooks; with
+/// `freeze_idle` off, nothing is ever frozen.
+#[tokio::test(start_paused = true)]
+async fn freezing_can_be_turned_off_and_shutdown_thaws() {
+    let (_tmp, executor, pool) = fake_pool(PoolConfig {
+        freeze_idle: false,
+        ..PoolConfig::default()
+    });
+    let f = function("f", policy(100));
+    pool.invoke(&f, "r", b"1").await.unwrap();
+    sleep_ms(900).await;
+    pool.invoke(&f, "r", b"1").await.unwrap();
+    assert_eq!(executor.take_log(), ["call 1", "call 1"]);
+
+    let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
+    let f = InstanceConfig {
+        pre_stop: "main.stop".into(),
+        ..function("f", policy(100))
+    };
+    pool.invoke(&f, "r", b"1").await.unwrap();
+    sleep_ms(300).await;
+    pool.shutdown().await;
+    assert_eq!(
+        executor.take_log(),
+        ["call 1", "freeze 1", "thaw 1", "pre-stop 1"]
+    );
+    assert!(executor.is_stopped(1));
+}

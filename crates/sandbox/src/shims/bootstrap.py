@@ -661,8 +661,10 @@ def _zygote():
         os.close(wake_w)
         control.close()
         # Its own process group, as a spawned instance has, so killing the instance kills
-        # whatever it forks and nothing of the zygote.
-        os.setpgid(0, 0)
+        # whatever it forks and nothing of the zygote. In a session of its own, too: an
+        # idle instance may be stopped (SIGSTOP), and if the zygote died then, the kernel
+        # would send a group it left orphaned in the zygote's session SIGHUP, which ends it.
+        os.setsid()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
