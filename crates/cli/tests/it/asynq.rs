@@ -49,20 +49,6 @@ async fn submit(server: &Server, target: &str, event: Value, key: Option<&str>) 
     )
 }
 
-/// Waits (bounded) until the invocation is final and returns it.
-async fn settled(server: &Server, id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = server.get_json(&format!("/v1/invocations/{id}")).await;
-        let status = v["status"].as_str().unwrap_or_default();
-        if !["queued", "running", "retrying"].contains(&status) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not settled in {within:?}: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn ten_thousand_events_each_run_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,7 +83,7 @@ async fn ten_thousand_events_each_run_once() {
     }
     println!("accepted 10,000 events in {:?}", started.elapsed());
     for id in &ids {
-        let v = settled(&server, id, Duration::from_secs(120)).await;
+        let v = server.settled(id, Duration::from_secs(120)).await;
         assert_eq!(v["status"], "succeeded", "{v}");
         // Once each: one attempt, and the handler saw attempt 1.
         assert_eq!(v["attempts"], 1, "{v}");
@@ -121,7 +107,7 @@ async fn a_function_failing_twice_succeeds_on_the_third_attempt_after_backoff() 
     );
     server.deploy(&dir).await;
     let (id, _) = submit(&server, "flaky", json!({}), None).await;
-    let v = settled(&server, &id, Duration::from_secs(20)).await;
+    let v = server.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(
         (v["attempts"].as_u64(), v["function_errors"].as_u64()),
@@ -146,7 +132,7 @@ async fn failures_end_in_the_dead_letter_queue_and_are_redriven_once_fixed() {
         ))
         .await;
     let (id, _) = submit(&server, "job", json!({"order": 7}), None).await;
-    let v = settled(&server, &id, Duration::from_secs(20)).await;
+    let v = server.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "dead_lettered", "{v}");
     assert_eq!(v["attempts"], 2);
     assert_eq!(v["error"]["errorType"], "ValueError");
@@ -163,7 +149,7 @@ async fn failures_end_in_the_dead_letter_queue_and_are_redriven_once_fixed() {
         .await;
     let run = server.cli(&["dlq", "redrive", &id]).await;
     assert_eq!(run.stdout.trim(), "redrove 1", "{}", run.stderr);
-    let v = settled(&server, &id, Duration::from_secs(20)).await;
+    let v = server.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["result"], json!({"order": 7, "ok": true}));
     let listed: Value = server.get_json("/v1/dlq?function=job").await;
@@ -210,7 +196,7 @@ async fn a_success_destination_receives_the_record() {
     server.deploy(&dir).await;
     let (id, _) = submit(&server, "maker", json!({"what": "cake"}), None).await;
     assert_eq!(
-        settled(&server, &id, Duration::from_secs(20)).await["status"],
+        server.settled(&id, Duration::from_secs(20)).await["status"],
         "succeeded"
     );
     let records = sink_records(&server, Duration::from_secs(20)).await;
@@ -240,7 +226,7 @@ async fn an_event_past_its_age_goes_to_the_failure_destination() {
     );
     server.deploy(&dir).await;
     let (id, _) = submit(&server, "stale", json!({"late": true}), None).await;
-    let v = settled(&server, &id, Duration::from_secs(20)).await;
+    let v = server.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "expired", "{v}");
     let records = sink_records(&server, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 1, "{records:?}");
@@ -277,7 +263,7 @@ async fn an_idempotency_key_runs_an_event_once() {
     assert_eq!(first, second);
     let (other, dup) = submit(&server, "pay", json!({"amount": 5}), Some("order-2")).await;
     assert!(!dup && other != first);
-    let v = settled(&server, &first, Duration::from_secs(20)).await;
+    let v = server.settled(&first, Duration::from_secs(20)).await;
     assert_eq!(
         (v["status"].as_str(), v["attempts"].as_u64()),
         (Some("succeeded"), Some(1))
@@ -333,7 +319,7 @@ async fn a_killed_server_loses_no_accepted_event() {
     let server = Server::start_with(&data, &FAST_RETRIES, &[]);
     let mut redelivered = 0;
     for id in &ids {
-        let v = settled(&server, id, Duration::from_secs(120)).await;
+        let v = server.settled(id, Duration::from_secs(120)).await;
         assert_eq!(v["status"], "succeeded", "{v}");
         let attempts = v["attempts"].as_u64().unwrap();
         assert!((1..=2).contains(&attempts), "{v}");
@@ -379,7 +365,7 @@ async fn one_functions_backlog_does_not_hold_up_another() {
     }
     for id in &quick {
         assert_eq!(
-            settled(&server, id, Duration::from_secs(30)).await["status"],
+            server.settled(id, Duration::from_secs(30)).await["status"],
             "succeeded"
         );
     }
@@ -497,7 +483,7 @@ async fn a_failure_webhook_receives_the_record() {
     );
     server.deploy(&dir).await;
     let (id, _) = submit(&server, "hooked", json!({"k": 1}), None).await;
-    let v = settled(&server, &id, Duration::from_secs(20)).await;
+    let v = server.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "failed", "{v}");
     let record = tokio::time::timeout(Duration::from_secs(10), received)
         .await
@@ -539,12 +525,12 @@ async fn attempts_continue_the_submitters_trace() {
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let accepted = crate::harness::header(&res, "traceparent").to_string();
     let body: Value = res.json().await.unwrap();
-    let v = settled(
-        &server,
-        body["request_id"].as_str().unwrap(),
-        Duration::from_secs(20),
-    )
-    .await;
+    let v = server
+        .settled(
+            body["request_id"].as_str().unwrap(),
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["attempts"], 2, "{v}");
     let seen = v["result"].as_str().unwrap();

@@ -105,6 +105,23 @@ impl Server {
             .bearer_auth(&self.token)
     }
 
+    /// Waits (bounded) until the asynchronous invocation `id` is final and returns it.
+    pub async fn settled(&self, id: &str, within: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let v = self.get_json(&format!("/v1/invocations/{id}")).await;
+            let status = v["status"].as_str().unwrap_or_default();
+            if !["queued", "running", "retrying"].contains(&status) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not settled in {within:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// An authenticated GET of the control API, as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.req(reqwest::Method::GET, path)

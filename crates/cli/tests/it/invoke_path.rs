@@ -6,15 +6,17 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, examples, header, project};
 
-/// A custom runtime (a Python HTTP server on `$PORT`) with a path that never answers.
-const HANGING_SERVER: &str = r#"
-import sys, time
+/// A custom runtime (a Python HTTP server on `$PORT`) that answers with the request
+/// headers it received, as JSON, except on `/hang`, which never answers.
+const ECHO_SERVER: &str = r#"
+import sys, json, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
     def do_GET(self):
         if self.path.startswith('/hang'):
             time.sleep(3600)
-        body = b'{"ok": true}'
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
         self.send_response(200)
         self.send_header('content-type', 'application/json')
         self.send_header('content-length', str(len(body)))
@@ -33,7 +35,7 @@ async fn a_custom_server_that_hangs_gets_a_504_and_the_next_call_a_200() {
         tmp.path(),
         "hang",
         "functions:\n  hang:\n    runtime: custom\n    command: [/usr/bin/python3, server.py, $PORT]\n    timeout_ms: 1000\n    url: {auth: anonymous}\n",
-        &[("server.py", HANGING_SERVER)],
+        &[("server.py", ECHO_SERVER)],
     );
     server.deploy(&dir).await;
 
@@ -224,16 +226,8 @@ async fn invoking_web_functions_goes_through_the_adapter() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let id = header(&res, "x-nimbus-request-id").to_string();
-    let mut status = Value::Null;
-    for _ in 0..100 {
-        let record: Value = server.get_json(&format!("/v1/invocations/{id}")).await;
-        status = record["status"].clone();
-        if status == "succeeded" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, "succeeded");
+    let settled = server.settled(&id, std::time::Duration::from_secs(5)).await;
+    assert_eq!(settled["status"], "succeeded", "{settled}");
 }
 
 #[tokio::test]
@@ -291,24 +285,6 @@ async fn function_failures_are_error_lines_in_the_logs() {
     let all = server.cli(&["logs", "fails"]).await;
     assert!(all.stdout.contains("about to raise"), "{}", all.stdout);
 }
-
-/// A custom runtime that answers with the request headers it received, as JSON.
-const ECHO_SERVER: &str = r#"
-import sys, json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    def do_GET(self):
-        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-        self.send_response(200)
-        self.send_header('content-type', 'application/json')
-        self.send_header('content-length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
-"#;
 
 #[tokio::test]
 async fn headers_named_in_connection_are_not_forwarded() {

@@ -493,15 +493,21 @@ fn describe_cgroup(dir: &str) -> String {
 /// `server.lock` (the server's pid, then its start token, a line each), which still names
 /// the server after it stopped.
 pub fn cgroup_name(data: &std::path::Path, server_pid: u32) -> String {
-    let id = std::fs::read_to_string(data.join("node.id")).unwrap();
     let lock = std::fs::read_to_string(data.join("server.lock")).unwrap();
-    let mut lines = lock.lines();
     assert_eq!(
-        lines.next(),
+        lock.lines().next(),
         Some(server_pid.to_string().as_str()),
         "server.lock names another server"
     );
-    let token = lines.next().expect("a start token in server.lock");
+    last_cgroup_name(data)
+}
+
+/// The name of the cgroup directories of the server last started on `data`, whatever its
+/// pid (a server that was pid 1 of its own namespace, say).
+pub fn last_cgroup_name(data: &std::path::Path) -> String {
+    let id = std::fs::read_to_string(data.join("node.id")).unwrap();
+    let lock = std::fs::read_to_string(data.join("server.lock")).unwrap();
+    let token = lock.lines().nth(1).expect("a start token in server.lock");
     format!("nimbus-{}-{token}", id.trim())
 }
 
@@ -511,15 +517,18 @@ pub fn server_cgroups(data: &std::path::Path, server_pid: u32) -> Vec<String> {
     cgroups_named(&cgroup_name(data, server_pid))
 }
 
-/// The cgroup directories named `name`, in every hierarchy.
+/// The cgroup directories named `name`, in every hierarchy, sorted.
 pub fn cgroups_named(name: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| l.contains(" - cgroup"))
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .flat_map(|mount| walkdir_find(std::path::Path::new(&mount), name, 4))
-        .collect()
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Directories named `name` up to `depth` levels below `dir`.

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::harness::{Server, header, python_project};
+use crate::{cgroups_named, last_cgroup_name};
 
 /// Runs the server as pid 1 of a new pid namespace, with its own `/proc`; `--kill-child`
 /// takes the namespace down with `unshare` (the kernel kills every process of a pid
@@ -35,7 +36,7 @@ async fn a_server_that_is_pid_1_restarts_and_leaves_other_servers_alone() {
         .deploy(&python_project(tmp.path(), "steady", 30_000, CODE))
         .await;
     let warm = call(&other, "steady").await;
-    let other_name = cgroup_name(&other_data);
+    let other_name = last_cgroup_name(&other_data);
     let other_cgroups = cgroups_named(&other_name);
     assert!(!other_cgroups.is_empty(), "{other_name}");
     assert!(record(&other_name).exists());
@@ -52,7 +53,7 @@ async fn a_server_that_is_pid_1_restarts_and_leaves_other_servers_alone() {
         .deploy(&python_project(tmp.path(), "hello", 30_000, CODE))
         .await;
     call(&first, "hello").await;
-    let killed = cgroup_name(&data);
+    let killed = last_cgroup_name(&data);
     let killed_cgroups = cgroups_named(&killed);
     assert!(
         killed_cgroups.iter().any(|d| has_subdir(Path::new(d))),
@@ -70,7 +71,7 @@ async fn a_server_that_is_pid_1_restarts_and_leaves_other_servers_alone() {
     );
     let second = Server::start_through(&AS_PID_1, &data, &["--require-sandbox"], &[]);
     assert_eq!(holder_pid(&data), "1");
-    let restarted = cgroup_name(&data);
+    let restarted = last_cgroup_name(&data);
     assert_ne!(restarted, killed);
     // Cold starts make instance cgroups again: no `File exists`.
     for _ in 0..3 {
@@ -131,53 +132,12 @@ fn holder_pid(data: &Path) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-/// The name of the cgroups of the server last started on `data`: `nimbus-<node id>-<start
-/// token>`, the token from the second line of its `server.lock`.
-fn cgroup_name(data: &Path) -> String {
-    let id = std::fs::read_to_string(data.join("node.id")).unwrap();
-    let lock = std::fs::read_to_string(data.join("server.lock")).unwrap();
-    let token = lock.lines().nth(1).expect("a start token in server.lock");
-    format!("nimbus-{}-{token}", id.trim())
-}
-
 /// The record that tells other servers whose cgroups `name` are.
 fn record(name: &str) -> std::path::PathBuf {
     Path::new("/run/nimbus/cgroups").join(name)
 }
 
-/// The cgroup directories named `name`, in every hierarchy, sorted.
-fn cgroups_named(name: &str) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(" - cgroup"))
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .flat_map(|mount| find(Path::new(&mount), name, 4))
-        .collect();
-    found.sort();
-    found.dedup();
-    found
-}
-
-/// Directories named `name` up to `depth` levels below `dir`.
-fn find(dir: &Path, name: &str, depth: usize) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for e in entries.filter_map(|e| e.ok()) {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name().to_string_lossy() == name {
-            found.push(e.path().display().to_string());
-        } else if depth > 0 {
-            found.extend(find(&e.path(), name, depth - 1));
-        }
-    }
-    found
-}
-
+/// Whether `dir` holds a directory (instance cgroups inside a server's).
 fn has_subdir(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir()))))

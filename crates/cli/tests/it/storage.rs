@@ -100,23 +100,9 @@ async fn a_full_disk_is_507_and_the_server_recovers_once_space_is_freed() {
     std::fs::remove_file(&ballast).unwrap();
     let res = submit(&server).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let id = res
-        .headers()
-        .get("x-nimbus-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let mut status = Value::Null;
-    for _ in 0..100 {
-        let record: Value = server.get_json(&format!("/v1/invocations/{id}")).await;
-        status = record["status"].clone();
-        if status == "succeeded" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, "succeeded");
+    let id = crate::harness::header(&res, "x-nimbus-request-id").to_string();
+    let settled = server.settled(&id, std::time::Duration::from_secs(5)).await;
+    assert_eq!(settled["status"], "succeeded", "{settled}");
     let res = server
         .req(Method::POST, "/v1/code")
         .body(zip_of_one_file())
