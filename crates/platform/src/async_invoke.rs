@@ -543,18 +543,14 @@ async fn attempt(
     };
     let outcome = platform
         .invoke(call, Bytes::from(record.payload.clone()))
-        .await
-        .map(|i| {
-            let Invoked {
-                record,
-                outcome,
-                resolved,
-            } = i;
-            (record, outcome, resolved)
-        });
+        .await;
     drop(slot);
     let finish = match outcome {
-        Ok((rec, Outcome::Success { body, .. }, resolved)) => {
+        Ok(Invoked {
+            record: rec,
+            outcome: Outcome::Success { body, .. },
+            resolved,
+        }) => {
             let result = body[..body.len().min(RESULT_BYTES_MAX)].to_vec();
             let spec = &resolved.function.spec;
             if let Some(d) = &spec.on_success {
@@ -576,7 +572,11 @@ async fn attempt(
                 function_error: false,
             }
         }
-        Ok((rec, Outcome::Error(e), resolved)) => {
+        Ok(Invoked {
+            record: rec,
+            outcome: Outcome::Error(e),
+            resolved,
+        }) => {
             let spec = &resolved.function.spec;
             let error = serde_json::to_vec(&json!({
                 "errorType": e.error_type,
