@@ -72,7 +72,7 @@ pub struct AppState {
         releases::get_alias,
         releases::delete_alias,
     ),
-    modifiers(&BearerAuth, &CommonErrors),
+    modifiers(&BearerAuth, &CommonErrors, &OptionalEvent),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -89,6 +89,25 @@ impl utoipa::Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
+    }
+}
+
+/// Marks the invoke API's event optional: no body is the event `{}`, as on Lambda.
+/// The derive would only do so for `Option` types, which in a `content` list become `oneOf`
+/// with `null`, and `null` is a JSON event like any other.
+struct OptionalEvent;
+
+impl utoipa::Modify for OptionalEvent {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let body = openapi
+            .paths
+            .paths
+            .get_mut("/v1/functions/{name}/invocations")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 

@@ -146,6 +146,8 @@ pub struct LogsQuery {
     pub regex: Option<String>,
     pub request_id: Option<String>,
     /// At most this many, newest first (default 100, at most 1,000).
+    /// Clamped to 1 to 1,000; the schema bound is the integer type's.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     /// Lines older than this cursor (`next_before` of the previous page).
     pub before: Option<i64>,
@@ -199,9 +201,10 @@ pub struct LogPage {
 /// A function's log lines, newest first, filtered; or, with `follow=true`, a stream of new
 /// lines (`text/event-stream`, one JSON `LogEntryView` per `data:`).
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "observe",
-    params(("name" = String, Path), LogsQuery),
-    responses((status = 200, body = LogPage), (status = 400, body = crate::ErrorBody),
-        (status = 404, body = crate::ErrorBody)))]
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), LogsQuery),
+    responses((status = 200, content((LogPage = "application/json"),
+            (String = "text/event-stream"))),
+        (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)))]
 pub async fn logs(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -302,6 +305,8 @@ pub struct EventsQuery {
     /// Events whose reason contains this text.
     pub q: Option<String>,
     /// At most this many, newest first (default 100, at most 1,000).
+    /// Clamped to 1 to 1,000; the schema bound is the integer type's.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     pub before: Option<i64>,
 }
@@ -389,6 +394,8 @@ pub struct RecordsQuery {
     /// Only the calls of this W3C trace (32 hex digits).
     pub trace_id: Option<String>,
     /// At most this many, newest first (default 100, at most 1,000).
+    /// Clamped to 1 to 1,000; the schema bound is the integer type's.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     pub before: Option<i64>,
 }
@@ -428,7 +435,7 @@ pub struct RecordList {
 
 /// A function's invocation records, newest first.
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "observe",
-    params(("name" = String, Path), RecordsQuery),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), RecordsQuery),
     responses((status = 200, body = RecordList), (status = 404, body = crate::ErrorBody)))]
 pub async fn records(
     State(s): State<AppState>,
@@ -559,7 +566,7 @@ pub struct StatsView {
 
 /// A function's statistics over a window: totals and a time series.
 #[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "observe",
-    params(("name" = String, Path), StatsQuery),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), StatsQuery),
     responses((status = 200, body = StatsView), (status = 400, body = crate::ErrorBody),
         (status = 404, body = crate::ErrorBody)))]
 pub async fn stats(
@@ -621,6 +628,7 @@ pub struct UsageQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     /// `function` (default) or `day` (UTC).
+    #[param(pattern = "^(function|day)?$")]
     pub by: Option<String>,
 }
 
@@ -688,7 +696,12 @@ pub async fn usage(
         q.until.as_deref(),
     )?;
     let (since_ms, until_ms) = (since_ms.unwrap_or(0), until_ms.unwrap_or(now_ms() + 1));
-    let by = match q.by.as_deref().unwrap_or("function") {
+    let by = match q
+        .by
+        .as_deref()
+        .filter(|b| !b.is_empty())
+        .unwrap_or("function")
+    {
         "function" => UsageBy::Function,
         "day" => UsageBy::Day,
         other => {

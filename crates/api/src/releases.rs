@@ -18,6 +18,7 @@ use crate::{ApiError, AppState, ErrorBody};
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct PublishInput {
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub description: String,
 }
 
@@ -51,11 +52,12 @@ impl From<Version> for VersionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasInput {
+    #[schema(minimum = 1)]
     pub version: u32,
     /// A second version and the percent of calls it gets.
-    #[schema(value_type = Option<Object>)]
     pub canary: Option<CanaryInput>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub description: String,
 }
 
@@ -63,10 +65,27 @@ pub struct AliasInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryInput {
+    /// Not the alias's own version.
+    #[schema(minimum = 1)]
     pub version: u32,
+    #[schema(minimum = 0, maximum = 100)]
     pub percent: f64,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<GuardBody>)]
     pub guard: Option<Guard>,
+}
+
+/// The schema of a canary's guard (`model::Guard`, which the model crate keeps free of
+/// OpenAPI): roll back when more than `max_error_rate` of the canary's calls in
+/// `window_ms` fail, once it made `min_calls` calls in that window.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only its schema is used.
+pub struct GuardBody {
+    #[schema(minimum = 0, maximum = 1)]
+    max_error_rate: f64,
+    #[schema(minimum = 1000, maximum = 3600000, default = 60000)]
+    window_ms: Option<u32>,
+    #[schema(minimum = 1, maximum = 100000, default = 20)]
+    min_calls: Option<u32>,
 }
 
 /// An alias as stored.
@@ -95,7 +114,7 @@ impl From<Alias> for AliasView {
 /// Publishes the function's current code and configuration as a new immutable version, or
 /// answers 200 with the newest version when nothing changed since it.
 #[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "releases",
-    params(("name" = String, Path)), request_body = PublishInput,
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")), request_body = Option<PublishInput>,
     responses((status = 201, body = VersionView), (status = 200, body = VersionView, description = "unchanged since this version"),
         (status = 404, body = ErrorBody)))]
 pub async fn publish(
@@ -104,10 +123,11 @@ pub async fn publish(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let bytes = crate::routes::read_body(body, 64 * 1024, "request").await?;
+    // No body, or `null`, publishes without a description.
     let input: PublishInput = if bytes.is_empty() {
         PublishInput::default()
     } else {
-        crate::routes::parse_json(&bytes)?
+        crate::routes::parse_json::<Option<PublishInput>>(&bytes)?.unwrap_or_default()
     };
     let (version, created) = s.platform.publish(&name, &input.description).await?;
     let status = if created {
@@ -120,7 +140,7 @@ pub async fn publish(
 
 /// A function's versions, oldest first.
 #[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "releases",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 200, body = Vec<VersionView>), (status = 404, body = ErrorBody)))]
 pub async fn list_versions(
     State(s): State<AppState>,
@@ -131,7 +151,7 @@ pub async fn list_versions(
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/versions/{version}", tag = "releases",
-    params(("name" = String, Path), ("version" = u32, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), ("version" = u32, Path, minimum = 1)),
     responses((status = 200, body = VersionView), (status = 404, body = ErrorBody)))]
 pub async fn get_version(
     State(s): State<AppState>,
@@ -143,7 +163,7 @@ pub async fn get_version(
 
 /// Deletes a version; refused (409 in_use) while an alias or a route points at it.
 #[utoipa::path(delete, path = "/v1/functions/{name}/versions/{version}", tag = "releases",
-    params(("name" = String, Path), ("version" = u32, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), ("version" = u32, Path, minimum = 1)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "in_use")))]
 pub async fn delete_version(
     State(s): State<AppState>,
@@ -156,7 +176,7 @@ pub async fn delete_version(
 
 /// Creates or moves an alias, optionally with a canary version taking a share of calls.
 #[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "releases",
-    params(("name" = String, Path), ("alias" = String, Path)), request_body = AliasInput,
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), ("alias" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")), request_body = AliasInput,
     responses((status = 200, body = AliasView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn put_alias(
     State(s): State<AppState>,
@@ -182,7 +202,7 @@ pub async fn put_alias(
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "releases",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 200, body = Vec<AliasView>), (status = 404, body = ErrorBody)))]
 pub async fn list_aliases(
     State(s): State<AppState>,
@@ -193,7 +213,7 @@ pub async fn list_aliases(
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "releases",
-    params(("name" = String, Path), ("alias" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), ("alias" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 200, body = AliasView), (status = 404, body = ErrorBody)))]
 pub async fn get_alias(
     State(s): State<AppState>,
@@ -204,7 +224,7 @@ pub async fn get_alias(
 
 /// Deletes an alias; refused (409 in_use) while a route points at it.
 #[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "releases",
-    params(("name" = String, Path), ("alias" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), ("alias" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_alias(
     State(s): State<AppState>,

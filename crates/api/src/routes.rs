@@ -59,7 +59,15 @@ pub(crate) async fn read_body(body: Body, limit: usize, what: &str) -> Result<By
     })
 }
 
+/// Parses a request body that is a JSON object. An array is refused here: serde would
+/// otherwise fill a struct from one, field by field in order (`[]` would be a valid
+/// `PublishInput`), which no client means and the schema does not allow.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        return Err(ApiError::invalid(
+            "invalid JSON body: an array where an object is expected",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
@@ -99,7 +107,7 @@ pub async fn upload_code(
 
 /// Whether a code archive is already stored (lets clients skip an upload).
 #[utoipa::path(head, path = "/v1/code/{sha256}", tag = "code",
-    params(("sha256" = String, Path, description = "sha256 of the archive")),
+    params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "sha256 of the archive")),
     responses((status = 200, description = "stored"), (status = 404, description = "not stored")))]
 pub async fn code_exists(
     State(s): State<AppState>,
@@ -142,7 +150,7 @@ pub async fn create_function(
 
 /// Creates or replaces a function. 201 when created, 200 when it existed.
 #[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     request_body = FunctionInput,
     responses(
         (status = 200, body = FunctionView, description = "updated (or unchanged)"),
@@ -176,7 +184,7 @@ pub async fn put_function(
 
 /// Describes a function.
 #[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody)))]
 pub async fn get_function(
     State(s): State<AppState>,
@@ -187,7 +195,7 @@ pub async fn get_function(
 
 /// Deletes a function and stops its instances.
 #[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_function(
     State(s): State<AppState>,
@@ -203,10 +211,11 @@ pub async fn delete_function(
 /// `{errorType, errorMessage, stackTrace}`. Platform failures are 4xx/5xx with `{code, message}`.
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "invoke",
     params(
-        ("name" = String, Path),
+        ("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}(:([$]LATEST|[1-9][0-9]{0,8}|[A-Za-z][A-Za-z0-9_-]{0,63}))?$", description = "`name`, or `name:qualifier` (a version, an alias or `$LATEST`)"),
         ("x-nimbus-log-type" = Option<String>, Header, description = "`tail`: return the last 4 KB of logs, base64, in x-nimbus-log-result"),
     ),
-    request_body(content = Vec<u8>, description = "the event; JSON is decoded for the handler, anything else arrives as bytes"),
+    request_body(description = "the event; JSON is decoded for the handler, anything else arrives as bytes",
+        content((AnyJson = "application/json"), (EventBytes = "application/octet-stream"))),
     responses(
         (status = 200, description = "the function ran; see x-nimbus-error-type for its failure", headers(
             ("x-nimbus-request-id" = String),
@@ -369,7 +378,7 @@ fn log_tail(record: &platform::InvocationRecord) -> HeaderValue {
 /// its last attempt if it ran on this node), or a recent synchronous one with its logs.
 #[utoipa::path(get, path = "/v1/invocations/{request_id}", tag = "invoke",
     params(("request_id" = String, Path)),
-    responses((status = 200, body = InvocationView), (status = 200, body = AsyncInvocationView, description = "an asynchronous invocation"),
+    responses((status = 200, body = InvocationAnswer),
         (status = 404, body = ErrorBody, description = "invocation_not_found")))]
 pub async fn get_invocation(
     State(s): State<AppState>,
@@ -378,7 +387,7 @@ pub async fn get_invocation(
     let recent = s.platform.recent_invocation(&request_id);
     if let Some(a) = s.platform.async_invocation(&request_id).await? {
         let view = AsyncInvocationView::new(a, recent.as_deref().map(InvocationView::from));
-        return Ok(Json(view).into_response());
+        return Ok(Json(InvocationAnswer::Async(Box::new(view))).into_response());
     }
     let record = recent.ok_or_else(|| {
         ApiError::new(
@@ -389,18 +398,19 @@ pub async fn get_invocation(
             ),
         )
     })?;
-    Ok(Json(InvocationView::from(record.as_ref())).into_response())
+    let view = InvocationView::from(record.as_ref());
+    Ok(Json(InvocationAnswer::Sync(Box::new(view))).into_response())
 }
 
 /// Dead-lettered asynchronous invocations, oldest first.
 #[utoipa::path(get, path = "/v1/dlq", tag = "invoke",
-    params(("function" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    params(DlqQuery),
     responses((status = 200, body = Vec<AsyncInvocationView>)))]
 pub async fn list_dead_letters(
     State(s): State<AppState>,
     crate::extract::Query(q): crate::extract::Query<DlqQuery>,
 ) -> Result<Json<Vec<AsyncInvocationView>>, ApiError> {
-    let limit = q.limit.unwrap_or(100).min(1_000);
+    let limit = q.limit.unwrap_or(100).min(1_000) as usize;
     let letters = s
         .platform
         .dead_letters(q.function.as_deref(), limit)
@@ -414,7 +424,7 @@ pub async fn list_dead_letters(
 }
 
 /// Queues dead letters again: `{"ids": [...]}` or `{"function": "name"}` (all of its).
-#[utoipa::path(post, path = "/v1/dlq/redrive", tag = "invoke", request_body = RedriveInput,
+#[utoipa::path(post, path = "/v1/dlq/redrive", tag = "invoke", request_body = RedriveBody,
     responses((status = 200, body = RedriveResult), (status = 400, body = ErrorBody)))]
 pub async fn redrive(
     State(s): State<AppState>,
@@ -424,13 +434,15 @@ pub async fn redrive(
     let input: RedriveInput = parse_json(&bytes)?;
     let ids = match (input.ids, input.function) {
         (Some(ids), None) => ids,
-        (None, Some(f)) => s
-            .platform
-            .dead_letters(Some(&f), 10_000)
-            .await?
-            .into_iter()
-            .map(|a| a.id)
-            .collect(),
+        (None, Some(f)) => {
+            model::validate_name(&f).map_err(|e| ApiError::invalid(format!("function: {e}")))?;
+            s.platform
+                .dead_letters(Some(&f), 10_000)
+                .await?
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
+        }
         _ => return Err(ApiError::invalid("give either `ids` or `function`")),
     };
     let redriven = s.platform.redrive(&ids).await?;

@@ -319,6 +319,38 @@ async fn malformed_queries_paths_and_invocation_types_are_json_400s() {
     }
 }
 
+/// Bodies are checked as the document describes them: an array is not an object, a
+/// redrive names a valid function, a publish without a description may send no body or
+/// `null`, and `by=` is the default grouping.
+#[tokio::test]
+async fn bodies_are_checked_as_documented() {
+    let h = harness().await;
+    let sha = h
+        .upload(&[("main.py", "def handler(e, c):\n    return 1\n")])
+        .await;
+    let f = serde_json::json!({"name": "f", "runtime": "python3", "handler": "main.handler", "code_sha256": sha});
+    let (status, _) = h.call("POST", "/v1/functions", f.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (uri, body) in [
+        ("/v1/functions/f/versions", "[]"),
+        ("/v1/keys", r#"["k"]"#),
+        ("/v1/dlq/redrive", r#"{"function": ""}"#),
+        ("/v1/dlq/redrive", r#"{"function": "f", "ids": []}"#),
+    ] {
+        let (status, json) = h.call("POST", uri, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {json}");
+        assert_eq!(json["code"], "invalid_request", "{uri} {body}: {json}");
+    }
+    let (status, json) = h.call("POST", "/v1/functions/f/versions", "null").await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let (status, json) = h
+        .call("POST", "/v1/functions/f/versions", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK, "unchanged: {json}");
+    let (status, json) = h.call("GET", "/v1/usage?by=", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}
+
 #[test]
 fn every_operation_documents_the_errors_it_can_answer() {
     use utoipa::OpenApi;

@@ -16,15 +16,17 @@ use platform::InvocationRecord;
 pub struct FunctionInput {
     /// Required on `POST /v1/functions`; on `PUT` it may be omitted or must match the path.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
     pub name: Option<String>,
     /// `python3`, `nodejs` or `custom`.
-    #[schema(example = "python3")]
+    #[schema(example = "python3", pattern = "^(python3|nodejs|custom)$")]
     pub runtime: String,
     /// `module.function`, e.g. `main.handler`; `module:app` for WSGI/ASGI; empty for custom.
-    #[schema(example = "main.handler")]
+    #[schema(example = "main.handler", max_length = 128)]
     #[serde(default)]
     pub handler: String,
     /// sha256 of a code archive uploaded with `POST /v1/code`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub code_sha256: String,
     #[schema(minimum = 64, maximum = 10240, default = 128)]
     pub memory_mb: Option<u32>,
@@ -33,14 +35,16 @@ pub struct FunctionInput {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub description: String,
     /// `handler` (events), `wsgi` / `asgi` (Python web apps) or `http` (Node HTTP handlers,
     /// custom runtimes).
     #[serde(default, rename = "type")]
-    #[schema(value_type = Option<String>, example = "handler")]
+    #[schema(value_type = Option<String>, example = "handler", pattern = "^(handler|wsgi|asgi|http)$")]
     pub kind: Option<FunctionType>,
     /// A custom runtime's command; `$PORT` is replaced by the port it must serve on.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub command: Vec<String>,
     /// Enables the function URL `/fn/{name}/…` with these protections.
     #[serde(default)]
@@ -48,42 +52,52 @@ pub struct FunctionInput {
     pub url: Option<RouteOptions>,
     /// `[{"http": {"path": "/items/{id}", "methods": ["GET"], "auth": "anonymous"}}]`
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, max_items = 16)]
     pub triggers: Vec<Trigger>,
     /// Calls one instance takes at once.
     #[schema(minimum = 1, maximum = 200, default = 1)]
     pub concurrency: Option<u32>,
-    /// Instances kept ready with no traffic.
+    /// Instances kept ready with no traffic (at most `max_instances`).
+    #[schema(maximum = 1000)]
     pub min_instances: Option<u32>,
     /// Most instances at once (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_instances: Option<u32>,
     /// Idle time after which an instance is stopped (default 600000).
+    #[schema(minimum = 1000, maximum = 86400000)]
     pub idle_timeout_ms: Option<u32>,
     /// Adaptive keep-alive: idle instances may be kept up to this long when calls come
     /// back after longer gaps than `idle_timeout_ms` (0, the default, is off).
+    #[schema(maximum = 86400000)]
     pub keep_alive_max_ms: Option<u32>,
     /// How long a call waits for a slot before it is throttled (default 1000).
+    #[schema(maximum = 60000)]
     pub queue_timeout_ms: Option<u32>,
     /// `module.function` run once per instance before its first call.
     #[serde(default)]
     pub initializer: String,
+    #[schema(minimum = 1, maximum = 300000)]
     pub initializer_timeout_ms: Option<u32>,
     /// `module.function` run before an instance is stopped.
     #[serde(default)]
     pub pre_stop: String,
+    #[schema(minimum = 1, maximum = 60000)]
     pub pre_stop_timeout_ms: Option<u32>,
     /// `outbound` (default) or `none`: no network at all when sandboxed.
-    #[schema(value_type = Option<String>, example = "outbound")]
+    #[schema(value_type = Option<String>, example = "outbound", pattern = "^(outbound|none)$")]
     pub network: Option<Network>,
     /// Size of the private `/tmp` (default 512).
     #[schema(minimum = 16, maximum = 10240, default = 512)]
     pub ephemeral_storage_mb: Option<u32>,
     /// Hard CPU limit in thousandths of a core; 0 (default) shares CPU in proportion to
     /// memory.
+    #[schema(maximum = 8000)]
     pub cpu_millicores: Option<u32>,
     /// Retries of an asynchronous invocation after function errors (default 2, 0 to 8).
+    #[schema(maximum = 8)]
     pub max_retries: Option<u32>,
     /// Asynchronous events older than this are given up (default 21600000).
+    #[schema(minimum = 1000, maximum = 21600000)]
     pub max_event_age_ms: Option<u32>,
     /// `{"function": "name"}`, `{"webhook": "https://..."}` or `"dlq"`.
     #[schema(value_type = Option<Object>)]
@@ -290,6 +304,7 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct KeyInput {
     /// What the key is for, e.g. the client that uses it.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
@@ -386,16 +401,94 @@ impl AsyncInvocationView {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DlqQuery {
+    /// Only this function's dead letters.
     pub function: Option<String>,
-    pub limit: Option<usize>,
+    /// At most this many, oldest first (default 100, at most 1,000).
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
+    pub limit: Option<u32>,
 }
 
-/// Body of `POST /v1/dlq/redrive`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Body of `POST /v1/dlq/redrive`. Parsed as one struct, not as `RedriveBody`, so that a
+/// body with neither field or both is answered with a message naming them.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveInput {
     pub ids: Option<Vec<String>>,
     pub function: Option<String>,
+}
+
+/// The schema of `RedriveInput`: the dead letters by id, or all of one function's. Written
+/// out because the derive gives an untagged enum's variants no `additionalProperties: false`.
+pub struct RedriveBody;
+
+impl utoipa::PartialSchema for RedriveBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let only = |field: &str, schema: utoipa::openapi::schema::Schema| {
+            ObjectBuilder::new()
+                .property(field, schema)
+                .required(field)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+                .build()
+        };
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let one_of: utoipa::openapi::schema::Schema = OneOfBuilder::new()
+            .item(only(
+                "ids",
+                ArrayBuilder::new().items(string()).build().into(),
+            ))
+            .item(only(
+                "function",
+                string()
+                    .pattern(Some("^[A-Za-z][A-Za-z0-9_-]{0,63}$"))
+                    .build()
+                    .into(),
+            ))
+            .build()
+            .into();
+        one_of.into()
+    }
+}
+
+impl ToSchema for RedriveBody {}
+
+/// The schema of an event sent to the invoke API: any bytes.
+pub struct EventBytes;
+
+impl utoipa::PartialSchema for EventBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl ToSchema for EventBytes {}
+
+/// The schema of a JSON event: any JSON value.
+pub struct AnyJson;
+
+impl utoipa::PartialSchema for AnyJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .into()
+    }
+}
+
+impl ToSchema for AnyJson {}
+
+/// What `GET /v1/invocations/{request_id}` answers: an asynchronous invocation, or a recent
+/// synchronous one.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InvocationAnswer {
+    Async(Box<AsyncInvocationView>),
+    Sync(Box<InvocationView>),
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -387,7 +387,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 fn validate_handler(runtime: Runtime, kind: FunctionType, handler: &str) -> Result<(), String> {
     if runtime == Runtime::Custom {
-        return if handler.len() > limits::HANDLER_LEN_MAX {
+        return if handler.chars().count() > limits::HANDLER_LEN_MAX {
             Err(format!(
                 "longer than {} characters",
                 limits::HANDLER_LEN_MAX
@@ -405,7 +405,7 @@ fn validate_handler(runtime: Runtime, kind: FunctionType, handler: &str) -> Resu
     } else {
         handler
     };
-    if handler.is_empty() || handler.len() > limits::HANDLER_LEN_MAX {
+    if handler.is_empty() || handler.chars().count() > limits::HANDLER_LEN_MAX {
         return Err(format!(
             "must be 1 to {} characters long",
             limits::HANDLER_LEN_MAX
@@ -662,10 +662,13 @@ impl FunctionSpec {
         );
         push(
             "description",
-            if self.description.len() <= limits::DESCRIPTION_LEN_MAX {
+            if self.description.chars().count() <= limits::DESCRIPTION_LEN_MAX {
                 Ok(())
             } else {
-                Err(format!("longer than {} bytes", limits::DESCRIPTION_LEN_MAX))
+                Err(format!(
+                    "longer than {} characters",
+                    limits::DESCRIPTION_LEN_MAX
+                ))
             },
         );
         errors.extend(validate_env(&self.env));

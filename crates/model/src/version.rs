@@ -164,9 +164,9 @@ impl Alias {
                 }
             }
         }
-        if self.description.len() > limits::DESCRIPTION_LEN_MAX {
+        if self.description.chars().count() > limits::DESCRIPTION_LEN_MAX {
             return Err(format!(
-                "description is longer than {} bytes",
+                "description is longer than {} characters",
                 limits::DESCRIPTION_LEN_MAX
             ));
         }

@@ -323,7 +323,7 @@ impl Platform {
 
     /// Creates an invoke key. The key is returned once; only its hash is stored.
     pub async fn create_key(&self, name: &str) -> Result<(KeyRecord, String), Error> {
-        if name.is_empty() || name.len() > limits::NAME_LEN_MAX {
+        if name.is_empty() || name.chars().count() > limits::NAME_LEN_MAX {
             return Err(Error::invalid(format!(
                 "name: must be 1 to {} characters",
                 limits::NAME_LEN_MAX
@@ -701,9 +701,9 @@ impl Platform {
         name: &str,
         description: &str,
     ) -> Result<(model::Version, bool), Error> {
-        if description.len() > limits::DESCRIPTION_LEN_MAX {
+        if description.chars().count() > limits::DESCRIPTION_LEN_MAX {
             return Err(Error::invalid(format!(
-                "description is longer than {} bytes",
+                "description is longer than {} characters",
                 limits::DESCRIPTION_LEN_MAX
             )));
         }

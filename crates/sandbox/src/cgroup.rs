@@ -84,6 +84,16 @@ impl FreezeFile {
         };
         std::fs::write(&self.file, value)
     }
+
+    /// The freeze file of the cgroup at `dir`, for tests of the freezer alone.
+    #[cfg(test)]
+    pub fn at(dir: &std::path::Path, v2: bool) -> FreezeFile {
+        let file = if v2 { "cgroup.freeze" } else { "freezer.state" };
+        FreezeFile {
+            file: dir.join(file),
+            v2,
+        }
+    }
 }
 
 /// What one instance may use.

@@ -1157,6 +1157,7 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::executor::process::ZYGOTE_RESTART_INTERVAL;
+    use crate::freeze::tests::cpu_seconds;
     use crate::instance::kill_group;
     use bytes::Bytes;
     use model::Runtime;
@@ -1303,21 +1304,6 @@ def handler(event, context):\n    global started\n    \
 if not started:\n        started = True\n        \
 threading.Thread(target=spin, daemon=True).start()\n    \
 return os.getpid()\n";
-
-    /// CPU seconds (user and system) that process `pid` has used, all its threads.
-    fn cpu_seconds(pid: i32) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command name, which ends at the last ')': state is the 3rd
-        // field, utime and stime the 14th and 15th, in clock ticks (USER_HZ, 100).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
-    }
 
     /// A thread a handler left spinning takes no CPU once its idle instance is frozen; the
     /// next call thaws it and is served warm. With `freeze_idle` off it keeps spinning.

@@ -273,9 +273,14 @@ pub fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// A Python with Flask and FastAPI installed, for the web-framework tests: a virtualenv in
-/// `target/test-venv`, made here from the package registry if `.ci/run` has not made it.
-pub fn web_python() -> PathBuf {
+/// What the tests install into their virtualenv: Flask and FastAPI for the web-framework
+/// tests, schemathesis (pinned, so that a new release's checks do not turn CI red on
+/// their own) for the OpenAPI test. `.ci/run` installs the same list.
+const TEST_PACKAGES: &[&str] = &["flask", "fastapi", "schemathesis==4.32.5"];
+
+/// A Python with `TEST_PACKAGES` installed: a virtualenv in `target/test-venv`, made here
+/// from the package registry if `.ci/run` has not made it.
+pub fn test_python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON
         .get_or_init(|| {
@@ -283,7 +288,7 @@ pub fn web_python() -> PathBuf {
             let python = venv.join("bin/python3");
             let ready = |py: &Path| {
                 Command::new(py)
-                    .args(["-c", "import flask, fastapi"])
+                    .args(["-c", "import flask, fastapi, schemathesis"])
                     .status()
                     .is_ok_and(|s| s.success())
             };
@@ -306,14 +311,18 @@ pub fn web_python() -> PathBuf {
                 .unwrap();
             assert!(made.success(), "python3 -m venv failed");
             let pip = Command::new(staging.join("bin/python3"))
-                .args(["-m", "pip", "install", "-q", "flask", "fastapi"])
+                .args(["-m", "pip", "install", "-q"])
+                .args(TEST_PACKAGES)
                 .status()
                 .unwrap();
-            assert!(pip.success(), "installing flask and fastapi failed");
+            assert!(pip.success(), "installing {TEST_PACKAGES:?} failed");
             if std::fs::rename(&staging, &venv).is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
-            assert!(ready(&python), "the test virtualenv has no flask/fastapi");
+            assert!(
+                ready(&python),
+                "the test virtualenv lacks {TEST_PACKAGES:?}"
+            );
             python
         })
         .clone()

@@ -9,6 +9,7 @@ mod limits;
 mod listener;
 mod node_errors;
 mod observe;
+mod openapi;
 mod pid1;
 mod releases;
 mod sandbox;
