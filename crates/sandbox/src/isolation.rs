@@ -226,6 +226,7 @@ impl Isolation {
             tmp_mb: model::limits::EPHEMERAL_STORAGE_MB_MIN,
             network: network == model::Network::Outbound,
             cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
+            code_writable: false,
         };
         helper_launch(&self.config.helper, &spec, launch, |arg| {
             let path = Path::new(arg);
@@ -282,6 +283,7 @@ impl Isolation {
             tmp_mb: config.ephemeral_storage_mb,
             network: config.network == model::Network::Outbound,
             cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
+            code_writable: false,
         };
         let inside = |arg: &OsString| -> OsString {
             let path = Path::new(arg);
@@ -296,6 +298,56 @@ impl Isolation {
             arg.clone()
         };
         helper_launch(&self.config.helper, &spec, launch, inside)
+    }
+
+    /// A dependency build's cgroups, with `memory_mb`, when cgroups work here.
+    pub(crate) fn build_cgroup(&self, memory_mb: u32) -> std::io::Result<Option<InstanceCgroup>> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(None);
+        };
+        cgroups
+            .create(&Limits {
+                memory_mb,
+                cpu_millicores: 0,
+            })
+            .map(Some)
+    }
+
+    /// Wraps a dependency build's tool in the helper: `dir` writable at `/var/task`, owned
+    /// by the builds' uid, the network on, `find_links` (a local wheel directory pip is
+    /// configured with) shown read-only.
+    pub(crate) fn wrap_build(
+        &self,
+        launch: &Launch,
+        dir: &Path,
+        cgroup: Option<&InstanceCgroup>,
+        find_links: Option<PathBuf>,
+    ) -> Result<Launch, crate::SandboxError> {
+        // A name no function can have (names start with a letter): builds share one uid of
+        // the range, never root's.
+        let uid = self.uid_of("@build");
+        if let Some(uid) = uid {
+            chown_tree(dir, uid)
+                .map_err(|e| crate::SandboxError::Spawn(format!("preparing the build: {e}")))?;
+        }
+        let mut extra_dirs = self.extra_dirs();
+        extra_dirs.extend(find_links);
+        let spec = JailSpec {
+            root_dir: self.root_dir.clone(),
+            code_dir: Some(dir.to_path_buf()),
+            code_root: None,
+            shim_dir: dir.to_path_buf(),
+            extra_dirs,
+            uid,
+            gid: uid,
+            tmp_mb: 64,
+            network: true,
+            cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
+            code_writable: true,
+        };
+        Ok(helper_launch(&self.config.helper, &spec, launch, |a| {
+            a.clone()
+        }))
     }
 
     /// Removes this server's cgroup directories once the instances' are gone.
@@ -355,6 +407,34 @@ fn helper_launch(
     }
 }
 
+/// Gives `dir` and everything in it to `uid` (and its group), without following links.
+fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    let id = Some(rustix::process::Uid::from_raw(uid));
+    let gid = Some(rustix::process::Gid::from_raw(uid));
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        dir,
+        id,
+        gid,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), uid)?;
+        } else {
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                entry.path(),
+                id,
+                gid,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The installation prefix of an interpreter outside the system directories (`/x/venv`
 /// for `/x/venv/bin/python`), which the jail must show for it to run.
 fn outside_system_dirs(program: &Path) -> Option<PathBuf> {
@@ -398,6 +478,7 @@ fn probe_jail(
         tmp_mb: 1,
         network: false,
         cgroup_procs: Vec::new(),
+        code_writable: false,
     };
     let out = std::process::Command::new(&config.helper)
         .arg(crate::JAIL_HELPER_ARG)

@@ -80,6 +80,9 @@ pub struct JailSpec {
     pub network: bool,
     /// `cgroup.procs` files to join before anything else, one per controller hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
+    /// `code_dir` is shown writable: a dependency build writes its result there.
+    #[serde(default)]
+    pub code_writable: bool,
 }
 
 /// Why the jail could not be built; printed by the helper, which then exits with status 125.
@@ -441,6 +444,9 @@ fn build_root(spec: &JailSpec) -> Result<(), JailError> {
         }
     }
     match (&spec.code_dir, &spec.code_root) {
+        (Some(code), _) if spec.code_writable => {
+            bind_writable(code, &under(root, Path::new(TASK_ROOT)))?
+        }
         (Some(code), _) => bind_read_only(code, &under(root, Path::new(TASK_ROOT)))?,
         (None, Some(all)) => {
             mkdir(&under(root, Path::new(TASK_ROOT)))?;
@@ -515,6 +521,19 @@ fn mount_tmpfs(target: &Path, options: &str, flags: MountFlags) -> Result<(), Ja
     let options = std::ffi::CString::new(options).expect("mount options have no NUL");
     rustix::mount::mount("nimbus", target, "tmpfs", flags, options.as_c_str())
         .at(|| format!("mounting a tmpfs on {}", target.display()))
+}
+
+/// Shows `host` at `inside`, writable, without setuid and devices.
+fn bind_writable(host: &Path, inside: &Path) -> Result<(), JailError> {
+    mkdir(inside)?;
+    rustix::mount::mount_bind_recursive(host, inside)
+        .at(|| format!("binding {}", host.display()))?;
+    rustix::mount::mount_remount(
+        inside,
+        MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV,
+        "",
+    )
+    .at(|| format!("remounting {}", host.display()))
 }
 
 /// Shows `host` at `inside`, read-only, without setuid and devices.

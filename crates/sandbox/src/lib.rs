@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod build;
 mod cgroup;
 mod executor;
 mod freeze;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 use model::{FunctionType, Runtime};
 use serde::{Deserialize, Serialize};
 
+pub use build::{BuildJob, BuildReport, BuildStatus, Builder};
 pub use executor::StreamEvent;
 pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};

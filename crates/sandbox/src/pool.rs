@@ -279,6 +279,11 @@ impl Pool {
         Pool::with_executor(runtimes, config, executor)
     }
 
+    /// What runs dependency builds with this pool's runtimes and sandbox.
+    pub fn builder(&self) -> crate::Builder {
+        crate::Builder::new(self.runtimes.clone(), self.config.isolation.clone())
+    }
+
     /// A pool whose instances `executor` starts.
     pub(crate) fn with_executor(
         runtimes: Runtimes,

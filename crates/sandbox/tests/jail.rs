@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use model::{FunctionType, Network, Runtime};
 use sandbox::{
-    InstanceConfig, Isolation, IsolationConfig, Outcome, Policy, Pool, PoolConfig, Runtimes,
+    BuildJob, BuildStatus, InstanceConfig, Isolation, IsolationConfig, Outcome, Policy, Pool,
+    PoolConfig, Runtimes,
 };
 use serde_json::Value;
 
@@ -95,7 +96,7 @@ fn main() {
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     type Test = fn(&Node) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, Test); 6] = [
         (
             "a_spawned_python_instance_is_filtered_and_has_no_capabilities",
             |n| Box::pin(spawned_python(n)),
@@ -106,6 +107,12 @@ fn main() {
         ),
         ("node_starts_under_the_filter", |n| Box::pin(node(n))),
         ("cold_start_cost", |n| Box::pin(cold_start_cost(n))),
+        ("a_jailed_pip_build_installs_and_reports_failures", |n| {
+            Box::pin(pip_build(n))
+        }),
+        ("a_jailed_npm_build_installs_from_the_registry", |n| {
+            Box::pin(npm_build(n))
+        }),
     ];
     // Another helper is only for comparing cold starts.
     let compare = std::env::var_os("NIMBUS_TEST_JAIL_HELPER").is_some();
@@ -368,5 +375,114 @@ async fn cold_start_cost(node: &Node) {
         times[runs / 2],
         times[0],
         times[runs - 1]
+    );
+}
+
+/// A build job over a fresh scratch directory holding `files`.
+fn build_job(node: &Node, runtime: Runtime, files: &[(&str, &str)], timeout_ms: u64) -> BuildJob {
+    let dir = node
+        .dir
+        .join(format!("build-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    BuildJob {
+        runtime,
+        dir,
+        locked: false,
+        timeout_ms,
+        memory_mb: 1024,
+        output_max_bytes: 64 * 1024,
+    }
+}
+
+/// pip runs in the jail as the builds' uid, installs into the scratch directory, streams
+/// its output; a requirement that does not exist fails with pip's own message; a build
+/// over its time is stopped.
+async fn pip_build(node: &Node) {
+    let builder = node.pool(0).builder();
+    let id = builder.interpreter_id(Runtime::Python3).await.unwrap();
+    assert!(id.contains("Python 3."), "{id}");
+    let job = build_job(
+        node,
+        Runtime::Python3,
+        &[("requirements.txt", "six==1.16.0\n")],
+        120_000,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let report = builder.run(&job, Some(tx)).await.unwrap();
+    assert_eq!(report.status, BuildStatus::Succeeded, "{}", report.output);
+    assert!(
+        report.output.contains("Successfully installed six"),
+        "{}",
+        report.output
+    );
+    let mut streamed = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        streamed.push(line);
+    }
+    assert!(streamed.iter().any(|l| l.contains("six")), "{streamed:?}");
+    let six = job.dir.join("out/six.py");
+    assert!(six.is_file(), "no {}", six.display());
+    if node.root {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata(&six).unwrap().uid();
+        assert!((100_000..150_000).contains(&uid), "written as uid {uid}");
+    }
+
+    let job = build_job(
+        node,
+        Runtime::Python3,
+        &[("requirements.txt", "nimbus-no-such-package-zz==1.0\n")],
+        120_000,
+    );
+    let report = builder.run(&job, None).await.unwrap();
+    assert_eq!(
+        report.status,
+        BuildStatus::Failed {
+            reason: "pip exited with status 1".into()
+        },
+        "{}",
+        report.output
+    );
+    assert!(
+        report
+            .output
+            .contains("No matching distribution found for nimbus-no-such-package-zz"),
+        "{}",
+        report.output
+    );
+
+    let job = build_job(
+        node,
+        Runtime::Python3,
+        &[("requirements.txt", "six==1.16.0\n")],
+        50,
+    );
+    let report = builder.run(&job, None).await.unwrap();
+    assert_eq!(
+        report.status,
+        BuildStatus::Failed {
+            reason: "the build took longer than 50 ms".into()
+        }
+    );
+}
+
+/// npm installs a registry package into `node_modules` of the scratch directory.
+async fn npm_build(node: &Node) {
+    let builder = node.pool(0).builder();
+    let job = build_job(
+        node,
+        Runtime::Nodejs,
+        &[("package.json", r#"{"dependencies": {"left-pad": "1.3.0"}}"#)],
+        120_000,
+    );
+    let report = builder.run(&job, None).await.unwrap();
+    assert_eq!(report.status, BuildStatus::Succeeded, "{}", report.output);
+    assert!(
+        job.dir.join("node_modules/left-pad/index.js").is_file(),
+        "{}",
+        report.output
     );
 }
