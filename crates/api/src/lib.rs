@@ -63,6 +63,7 @@ pub struct AppState {
         observe::usage,
         routes::list_dead_letters,
         routes::redrive,
+        routes::build,
         releases::publish,
         releases::list_versions,
         releases::get_version,
@@ -211,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(observe::events))
         .route("/dlq", get(routes::list_dead_letters))
         .route("/dlq/redrive", post(routes::redrive))
+        .route("/builds", post(routes::build))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -449,6 +449,72 @@ pub async fn redrive(
     Ok(Json(RedriveResult { redriven }))
 }
 
+/// Installs the dependencies an uploaded code archive declares (`requirements.txt`,
+/// `pyproject.toml`, `package.json`), or finds them built before. A deploy does this by
+/// itself; a client calls it first to show the build's progress (`?follow=true`).
+#[utoipa::path(post, path = "/v1/builds", tag = "code", params(BuildQuery), request_body = BuildInput,
+    responses((status = 200, content((BuildView = "application/json"), (String = "application/x-ndjson"))),
+        (status = 400, body = ErrorBody, description = "invalid_request or code_not_found"),
+        (status = 422, body = ErrorBody, description = "build_failed: pip's or npm's output is in the message")))]
+pub async fn build(
+    State(s): State<AppState>,
+    crate::extract::Query(q): crate::extract::Query<BuildQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let input: BuildInput = parse_json(&read_body(body, 4096, "request").await?)?;
+    let runtime: model::Runtime = input
+        .runtime
+        .parse()
+        .map_err(|e: String| ApiError::invalid(format!("runtime: {e}")))?;
+    // The spec of a function that would use this code, as far as the build looks at it.
+    let mut spec = model::FunctionSpec::new("build", runtime, "", &input.code_sha256);
+    if spec.validate().iter().any(|e| e.field == "code_sha256") {
+        return Err(ApiError::invalid(
+            "code_sha256: must be 64 lowercase hex characters (the sha256 of an uploaded archive)",
+        ));
+    }
+    if !q.follow {
+        let outcome = s.platform.prepare_deps(&mut spec, None).await?;
+        return Ok(Json(BuildView::from(outcome)).into_response());
+    }
+    // Lines as they come, then the result; the build goes on if the client leaves (its
+    // result is kept for the deploy that follows).
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(1024);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let platform = s.platform.clone();
+    tokio::spawn(async move {
+        let build =
+            tokio::spawn(async move { platform.prepare_deps(&mut spec, Some(lines_tx)).await });
+        while let Some(line) = lines_rx.recv().await {
+            let mut json =
+                serde_json::to_vec(&serde_json::json!({ "line": line })).unwrap_or_default();
+            json.push(b'\n');
+            let _ = out_tx.send(Bytes::from(json)).await;
+        }
+        let last = match build.await {
+            Ok(Ok(outcome)) => serde_json::to_value(BuildView::from(outcome)).unwrap_or_default(),
+            Ok(Err(e)) => {
+                let e = ApiError::from(e);
+                serde_json::json!({ "code": e.code.as_str(), "message": e.message })
+            }
+            Err(_) => serde_json::json!({ "code": "internal", "message": "the build task failed" }),
+        };
+        let mut json = serde_json::to_vec(&last).unwrap_or_default();
+        json.push(b'\n');
+        let _ = out_tx.send(Bytes::from(json)).await;
+    });
+    let stream = futures_util::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(
         ErrorCode::RouteNotFound,

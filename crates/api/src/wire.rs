@@ -28,6 +28,12 @@ pub struct FunctionInput {
     /// sha256 of a code archive uploaded with `POST /v1/code`.
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub code_sha256: String,
+    /// `false`: install nothing, even when the code declares dependencies (default true).
+    pub build: Option<bool>,
+    /// An uploaded archive of installed dependencies laid over the code (one built on the
+    /// client). Without it, the server builds what the code declares.
+    #[schema(pattern = "^([0-9a-f]{64})?$")]
+    pub deps_sha256: Option<String>,
     #[schema(minimum = 64, maximum = 10240, default = 128)]
     pub memory_mb: Option<u32>,
     #[schema(minimum = 1, maximum = 900000, default = 3000)]
@@ -126,6 +132,8 @@ impl FunctionInput {
             .map_err(|e: String| ApiError::invalid(format!("runtime: {e}")))?;
         let d = FunctionSpec::new(&name, runtime, &self.handler, &self.code_sha256);
         Ok(FunctionSpec {
+            build: self.build.unwrap_or(d.build),
+            deps_sha256: self.deps_sha256.unwrap_or_default(),
             memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
             timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             env: self.env,
@@ -481,6 +489,61 @@ impl utoipa::PartialSchema for AnyJson {
 }
 
 impl ToSchema for AnyJson {}
+
+/// Body of `POST /v1/builds`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildInput {
+    #[schema(pattern = "^(python3|nodejs|custom)$")]
+    pub runtime: String,
+    /// The uploaded code whose declared dependencies to install.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub code_sha256: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BuildQuery {
+    /// Stream the build's output as it comes (`application/x-ndjson`: `{"line": ...}`
+    /// objects, then the result, or `{"code", "message"}` when it failed).
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// What a build made: `built` now, `cached` from before, or `none` when the code declares
+/// no dependencies; `deps_sha256` goes in the function's spec.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildView {
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deps_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+impl From<platform::DepsOutcome> for BuildView {
+    fn from(o: platform::DepsOutcome) -> Self {
+        match o {
+            platform::DepsOutcome::Nothing => BuildView {
+                status: "none".into(),
+                deps_sha256: None,
+                duration_ms: None,
+            },
+            platform::DepsOutcome::Built {
+                deps_sha256,
+                duration_ms,
+            } => BuildView {
+                status: "built".into(),
+                deps_sha256: Some(deps_sha256),
+                duration_ms: Some(duration_ms),
+            },
+            platform::DepsOutcome::Cached { deps_sha256 } => BuildView {
+                status: "cached".into(),
+                deps_sha256: Some(deps_sha256),
+                duration_ms: None,
+            },
+        }
+    }
+}
 
 /// What `GET /v1/invocations/{request_id}` answers: an asynchronous invocation, or a recent
 /// synchronous one.

@@ -203,6 +203,12 @@ async fn deploy(client: &Client, dir: &Path, publish_too: bool) -> anyhow::Resul
         }
         spec.code_sha256 = store::sha256_hex(&zip);
         upload_if_missing(client, &spec.code_sha256, zip).await?;
+        if spec.build
+            && spec.runtime != model::Runtime::Custom
+            && let Some(deps) = build_deps(client, &spec).await?
+        {
+            spec.deps_sha256 = deps;
+        }
         // The resolved spec is the request: every setting explicit, the name in the path.
         let mut body = serde_json::to_value(&spec)?;
         if let Some(o) = body.as_object_mut() {
@@ -428,6 +434,55 @@ fn alias_target(a: &Value) -> String {
         }
     }
     text
+}
+
+/// Has the server install the dependencies the uploaded code declares, showing the tool's
+/// output as it comes (on stderr, indented); the archive to deploy with, if any.
+async fn build_deps(client: &Client, spec: &model::FunctionSpec) -> anyhow::Result<Option<String>> {
+    let mut res = client
+        .send(
+            client
+                .request(Method::POST, "/v1/builds?follow=true")
+                .json(&serde_json::json!({
+                    "runtime": spec.runtime.to_string(),
+                    "code_sha256": spec.code_sha256,
+                })),
+        )
+        .await?;
+    let mut pending = Vec::new();
+    let mut last = Value::Null;
+    while let Some(chunk) = res.chunk().await.context("reading the build's output")? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            match v["line"].as_str() {
+                Some(text) => eprintln!("  | {text}"),
+                None => last = v,
+            }
+        }
+    }
+    if let Some(code) = last["code"].as_str() {
+        bail!(
+            "{}: {} ({code}); the function was not changed",
+            spec.name,
+            last["message"].as_str().unwrap_or("").trim_end()
+        );
+    }
+    let deps = last["deps_sha256"].as_str().map(str::to_string);
+    match last["status"].as_str() {
+        Some("built") => eprintln!(
+            "{}: dependencies installed in {:.1} s",
+            spec.name,
+            last["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        ),
+        Some("cached") => eprintln!("{}: dependencies unchanged, built before", spec.name),
+        Some(_) => {}
+        None => bail!("{}: the build ended without a result", spec.name),
+    }
+    Ok(deps)
 }
 
 async fn upload_if_missing(client: &Client, sha: &str, zip: Vec<u8>) -> anyhow::Result<()> {

@@ -54,6 +54,8 @@ struct FunctionEntry {
     on_failure: Option<model::Destination>,
     #[serde(default = "default_code")]
     code: String,
+    /// `false`: the server installs nothing, even when the code declares dependencies.
+    build: Option<bool>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u32>,
     #[serde(default)]
@@ -185,6 +187,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             max_event_age_ms: entry.max_event_age_ms.unwrap_or(d.max_event_age_ms),
             on_success: entry.on_success,
             on_failure: entry.on_failure,
+            build: entry.build.unwrap_or(d.build),
             ..d
         };
         for e in spec.validate() {

@@ -108,6 +108,12 @@ pub struct ServerArgs {
     /// 100 ms is frozen, so work a function leaves behind after returning takes no CPU).
     #[arg(long)]
     no_freeze_idle: bool,
+    /// Longest a dependency build (pip or npm at deploy) may run, in milliseconds.
+    #[arg(long, default_value_t = model::limits::BUILD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    build_timeout_ms: u64,
+    /// Memory a dependency build may use, in MB.
+    #[arg(long, default_value_t = model::limits::BUILD_MEMORY_MB, value_parser = clap::value_parser!(u32).range(256..=16_384))]
+    build_memory_mb: u32,
     /// Lets webhook destinations be loopback, private or link-local addresses (refused by
     /// default: a tenant's webhook must not reach into the operator's network).
     #[arg(long)]
@@ -194,8 +200,21 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             .sweep_leftovers()
             .await
             .context("sweeping blob leftovers")?;
+    // Build scratch directories are this server's alone; a crash mid-build leaves one.
+    let builds = data_dir.join("builds");
+    let swept = swept
+        + match std::fs::read_dir(&builds) {
+            Ok(list) => list
+                .flatten()
+                .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+                .count() as u64,
+            Err(_) => 0,
+        };
     if swept > 0 {
-        tracing::info!(swept, "removed what an interrupted upload left behind");
+        tracing::info!(
+            swept,
+            "removed what an interrupted upload or build left behind"
+        );
     }
     let runtimes = sandbox::Runtimes::install(
         &data_dir.join("runtime"),
@@ -303,6 +322,12 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             otlp,
         );
     }
+    platform.enable_builds(platform::BuildConfig {
+        scratch_dir: data_dir.join("builds"),
+        node_id: node_id.clone(),
+        timeout_ms: args.build_timeout_ms,
+        memory_mb: args.build_memory_mb,
+    });
     // The triggers: the gateway (routes) and the durable queue. Both check deploys from
     // now on and start after the platform has loaded.
     let gateway = api::Gateway::new();

@@ -76,11 +76,14 @@ pub enum ErrorCode {
     /// The server's disk is full: nothing more can be stored until an operator frees space.
     /// The request itself was fine; retry it later.
     StorageFull,
+    /// Installing the function's dependencies failed (pip's or npm's own message is in the
+    /// error); the function was left as it was.
+    BuildFailed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -113,6 +116,7 @@ impl ErrorCode {
         ErrorCode::TelemetryOff,
         ErrorCode::RequestTimeout,
         ErrorCode::StorageFull,
+        ErrorCode::BuildFailed,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -161,6 +165,7 @@ impl ErrorCode {
             // 507 Insufficient Storage (RFC 4918): the server cannot store what the request
             // needs stored.
             ErrorCode::StorageFull => ("storage_full", 507),
+            ErrorCode::BuildFailed => ("build_failed", 422),
         }
     }
 }

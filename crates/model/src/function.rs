@@ -104,6 +104,15 @@ pub struct FunctionSpec {
     pub handler: String,
     /// sha256 (hex) of the code archive in the blob store.
     pub code_sha256: String,
+    /// Whether the server installs the dependencies the code declares (`requirements.txt`,
+    /// `pyproject.toml`, `package.json`) when it is deployed. On unless turned off.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub build: bool,
+    /// sha256 of the archive of installed dependencies laid over the code: what a build
+    /// made (the server fills it in), or what the client built (`deploy --build local`).
+    /// Empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deps_sha256: String,
     pub memory_mb: u32,
     pub timeout_ms: u32,
     #[serde(default)]
@@ -279,6 +288,14 @@ fn ephemeral_storage_default() -> u32 {
     limits::EPHEMERAL_STORAGE_MB_DEFAULT
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -310,6 +327,8 @@ impl FunctionSpec {
             runtime,
             handler: handler.into(),
             code_sha256: code_sha256.into(),
+            build: true,
+            deps_sha256: String::new(),
             memory_mb: limits::MEMORY_MB_DEFAULT,
             timeout_ms: limits::TIMEOUT_MS_DEFAULT,
             env: BTreeMap::new(),
@@ -602,6 +621,20 @@ impl FunctionSpec {
                     "must be 64 lowercase hex characters (the sha256 of an uploaded archive)"
                         .into(),
                 )
+            },
+        );
+        push(
+            "deps_sha256",
+            if self.deps_sha256.is_empty()
+                || (self.deps_sha256.len() == 64
+                    && self
+                        .deps_sha256
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+            {
+                Ok(())
+            } else {
+                Err("must be empty or 64 lowercase hex characters (the sha256 of an uploaded archive)".into())
             },
         );
         push(

@@ -169,3 +169,11 @@ pub const FOLLOW_BUFFER_LINES: usize = 4_096;
 /// Regular expressions in log queries are at most this long (the engine is linear-time;
 /// the bound keeps compilation cheap).
 pub const LOG_REGEX_BYTES_MAX: usize = 1_024;
+
+/// A dependency build (pip or npm at deploy): how long it may run, the memory it may use
+/// (its temporary files are on disk, not counted), and the output kept of it.
+pub const BUILD_TIMEOUT_MS: u64 = 600_000;
+pub const BUILD_MEMORY_MB: u32 = 2_048;
+pub const BUILD_OUTPUT_BYTES_MAX: usize = 256 * 1024;
+/// Dependency files larger than this are refused (they are read whole to key the cache).
+pub const DEPS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;

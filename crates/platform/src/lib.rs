@@ -12,6 +12,7 @@
 //! decides what that looks like on its wire.
 
 pub mod async_invoke;
+pub mod build;
 mod error;
 mod invoke;
 pub mod metrics;
@@ -31,6 +32,7 @@ use sandbox::{InstanceConfig, Pool};
 use store::{ArchiveInfo, BlobStore, CodeCache, KeyRecord, MetaStore, PutMode, PutOutcome};
 use tokio::sync::watch;
 
+pub use build::{BuildConfig, DepsOutcome};
 pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
@@ -74,6 +76,8 @@ pub struct Platform {
     asynq: std::sync::OnceLock<Arc<crate::async_invoke::AsyncInvoker>>,
     /// Records, logs, events and metrics, once `enable_telemetry` has started them.
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
+    /// Dependency builds at deploy, once `enable_builds` has set them up.
+    builds: std::sync::OnceLock<crate::build::Builds>,
 }
 
 impl Platform {
@@ -95,6 +99,7 @@ impl Platform {
             triggers: RwLock::new(Vec::new()),
             keys: RwLock::new(HashSet::new()),
             writes: tokio::sync::Mutex::new(()),
+            builds: std::sync::OnceLock::new(),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -388,10 +393,42 @@ impl Platform {
         Ok(self.blobs.exists(sha256).await?)
     }
 
-    /// Creates or replaces a function after validating it against its code.
+    /// Builds dependencies at deploy from now on, as `config` says.
+    pub fn enable_builds(&self, config: BuildConfig) {
+        let _ = self
+            .builds
+            .set(crate::build::Builds::new(config, self.pool.builder()));
+    }
+
+    /// Installs the dependencies `spec`'s code declares, or finds them built before, and
+    /// fills in `spec.deps_sha256`. Nothing to do when builds are not enabled, the spec
+    /// says `build: false`, or it names its dependencies already. `progress` gets the
+    /// tool's output lines as they come.
+    pub async fn prepare_deps(
+        &self,
+        spec: &mut FunctionSpec,
+        progress: Option<tokio::sync::mpsc::Sender<String>>,
+    ) -> Result<DepsOutcome, Error> {
+        let Some(builds) = self.builds.get() else {
+            return Ok(DepsOutcome::Nothing);
+        };
+        if !self.blobs.exists(&spec.code_sha256).await? {
+            return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
+        }
+        let outcome = builds
+            .prepare(&*self.meta, &*self.blobs, &self.code, spec, progress)
+            .await?;
+        if let Some(sha) = outcome.deps_sha256() {
+            spec.deps_sha256 = sha.to_string();
+        }
+        Ok(outcome)
+    }
+
+    /// Creates or replaces a function after validating it against its code. Its
+    /// dependencies are built first when its code declares some (see `prepare_deps`).
     pub async fn put_function(
         &self,
-        spec: FunctionSpec,
+        mut spec: FunctionSpec,
         mode: PutMode,
     ) -> Result<(Function, PutOutcome), Error> {
         let errors = spec.validate();
@@ -412,6 +449,10 @@ impl Platform {
         }
         if !self.blobs.exists(&spec.code_sha256).await? {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
+        }
+        self.prepare_deps(&mut spec, None).await?;
+        if !spec.deps_sha256.is_empty() && !self.blobs.exists(&spec.deps_sha256).await? {
+            return Err(store::StoreError::BlobNotFound(spec.deps_sha256.clone()).into());
         }
         let _write = self.writes.lock().await;
         // Every trigger's specs, as they would be after this write, must hold together
@@ -572,7 +613,10 @@ impl Platform {
                 function
             }
         };
-        let code_dir = self.code.ensure(&function.spec.code_sha256).await?;
+        let code_dir = self
+            .code
+            .tree(&function.spec.code_sha256, &function.spec.deps_sha256)
+            .await?;
         let spec = &function.spec;
         let instance = InstanceConfig {
             function: spec.name.clone(),

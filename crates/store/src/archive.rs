@@ -1,4 +1,4 @@
-//! Safe unpacking of code archives (zip).
+//! Safe unpacking of code archives (zip), and their deterministic packing.
 //!
 //! An archive comes from a user and is unpacked on the server, so every entry is checked
 //! before it touches the disk: no absolute paths, no `..`, no symlink that leads out of the
@@ -37,6 +37,69 @@ pub enum ArchiveError {
 pub struct ArchiveInfo {
     pub files: usize,
     pub unpacked_bytes: u64,
+}
+
+/// Zips the tree at `dir`, deterministically: entries sorted, timestamps fixed, modes
+/// reduced to 0644/0755, so the same tree gives the same bytes (and the same sha256).
+/// `skip(relative_path, is_dir)` leaves entries out.
+pub fn zip_dir(dir: &Path, skip: &dyn Fn(&Path, bool) -> bool) -> std::io::Result<Vec<u8>> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    add_dir(&mut writer, dir, Path::new(""), skip)?;
+    Ok(writer.finish().map_err(std::io::Error::other)?.into_inner())
+}
+
+fn add_dir(
+    w: &mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>,
+    dir: &Path,
+    prefix: &Path,
+    skip: &dyn Fn(&Path, bool) -> bool,
+) -> std::io::Result<()> {
+    use zip::write::SimpleFileOptions;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", dir.display())))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    let base = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default());
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(std::io::Error::other(format!(
+                "{}: file names must be UTF-8",
+                entry.path().display()
+            )));
+        };
+        let rel = prefix.join(name);
+        let rel_text = rel.to_string_lossy();
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if skip(&rel, meta.is_dir()) {
+            continue;
+        }
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            w.add_symlink(rel_text, target.to_string_lossy(), base)
+                .map_err(std::io::Error::other)?;
+        } else if meta.is_dir() {
+            w.add_directory(format!("{rel_text}/"), base.unix_permissions(0o755))
+                .map_err(std::io::Error::other)?;
+            add_dir(w, &entry.path(), &rel, skip)?;
+        } else if meta.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            w.start_file(rel_text, base.unix_permissions(mode))
+                .map_err(std::io::Error::other)?;
+            let data = std::fs::read(entry.path()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", entry.path().display()))
+            })?;
+            w.write_all(&data)?;
+        }
+    }
+    Ok(())
 }
 
 /// Unpacks `zip` into `dest` (which must not exist yet) after checking every entry.

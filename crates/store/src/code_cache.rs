@@ -47,6 +47,42 @@ impl CodeCache {
         Ok(dir)
     }
 
+    /// The tree instances run: the code alone, or with `deps` (an archive of installed
+    /// dependencies) laid under it, as if `pip install --target .` or `npm install` had run
+    /// in the code's directory. A file of the code wins over a dependency's of the same
+    /// path. The merged tree is made once per pair, of hard links to both unpacked trees, so
+    /// a code-only change costs links, not copies.
+    pub async fn tree(&self, code: &str, deps: &str) -> Result<PathBuf, StoreError> {
+        if deps.is_empty() {
+            return self.ensure(code).await;
+        }
+        let dir = self.dir(&tree_id(code, deps));
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return Ok(dir);
+        }
+        let (code_dir, deps_dir) = (self.ensure(code).await?, self.ensure(deps).await?);
+        let root = self.root.clone();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
+            let made = link_tree(&deps_dir, &staging).and_then(|()| link_tree(&code_dir, &staging));
+            let made = made.and_then(|()| match std::fs::rename(&staging, &target) {
+                Err(_) if target.exists() => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    Ok(())
+                }
+                other => other,
+            });
+            if made.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            made.map_err(StoreError::io(format!("making {}", target.display())))
+        })
+        .await
+        .expect("tree task panicked")?;
+        Ok(dir)
+    }
+
     /// Removes unpacks that a crash interrupted (`.staging-*` directories), returning how
     /// many. Only at start-up, before any upload: an unpack in progress looks the same.
     pub async fn sweep_staging(&self) -> Result<u64, StoreError> {
@@ -154,6 +190,41 @@ fn unpack_atomically(
     }
 }
 
+/// The name of the tree of `code` with `deps` laid under it (see `CodeCache::tree`): a
+/// sha256 like the others, so the collector and the sandbox treat it as any tree.
+pub fn tree_id(code: &str, deps: &str) -> String {
+    crate::sha256_hex(format!("nimbus-tree-1\0{code}\0{deps}").as_bytes())
+}
+
+/// Recreates `from` under `to` with hard links to its files (copies where the filesystem
+/// cannot link), replacing what is there.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if dst.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&dst)?;
+            }
+            link_tree(&src, &dst)?;
+            continue;
+        }
+        match dst.symlink_metadata() {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dst)?,
+            Ok(_) => std::fs::remove_file(&dst)?,
+            Err(_) => {}
+        }
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
 /// The entries of the cache's root as (name, path, modified Unix ms); nothing when the root
 /// is not there yet.
 fn entries(root: &Path) -> Result<Vec<(String, PathBuf, i64)>, StoreError> {
@@ -194,6 +265,59 @@ pub(crate) mod tests {
         w.start_file("main.py", opts).unwrap();
         w.write_all(&vec![0; bytes]).unwrap();
         w.finish().unwrap().into_inner()
+    }
+
+    fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, text) in files {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(text.as_bytes()).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    /// Code and dependencies make one tree, the code's files winning, made once.
+    #[tokio::test]
+    async fn a_tree_lays_the_code_over_its_dependencies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobStore> = Arc::new(crate::FsBlobStore::new(tmp.path().join("blobs")));
+        let cache = CodeCache::new(tmp.path().join("code"), blobs, 1 << 20);
+        let (code, _) = cache
+            .accept(zip_of(&[("main.py", "code"), ("six.py", "mine")]))
+            .await
+            .unwrap();
+        let (deps, _) = cache
+            .accept(zip_of(&[
+                ("six.py", "theirs"),
+                ("flask/__init__.py", "flask"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.tree(&code, "").await.unwrap(),
+            cache.ensure(&code).await.unwrap()
+        );
+        let tree = cache.tree(&code, &deps).await.unwrap();
+        assert_eq!(
+            tree.file_name().unwrap().to_str().unwrap(),
+            tree_id(&code, &deps)
+        );
+        let read = |p: &str| std::fs::read_to_string(tree.join(p)).unwrap();
+        assert_eq!(
+            (read("main.py"), read("six.py"), read("flask/__init__.py")),
+            ("code".into(), "mine".into(), "flask".into())
+        );
+        assert_eq!(cache.tree(&code, &deps).await.unwrap(), tree);
+        // A tree is a tree like the others to the collector.
+        let trees: Vec<String> = cache
+            .trees()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert!(trees.contains(&tree_id(&code, &deps)));
     }
 
     #[tokio::test]

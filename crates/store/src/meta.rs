@@ -71,6 +71,40 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every code sha256 a function or a published version refers to: the code the garbage
     /// collector must keep.
     async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError>;
+
+    /// Claims the build of `key` for `node` until `lease_until_ms`, unless it is done (then
+    /// its archive) or another node's claim still holds.
+    async fn claim_build(
+        &self,
+        key: &str,
+        node: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<BuildClaim, StoreError>;
+
+    /// Ends `node`'s claim on `key`: done with the archive `deps_sha256`, or (`None`)
+    /// failed, which forgets the build so the next deploy tries again.
+    async fn finish_build(
+        &self,
+        key: &str,
+        node: &str,
+        deps_sha256: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets a done build whose archive is gone (collected), so it is built again.
+    async fn forget_build(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// What `claim_build` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildClaim {
+    /// Built before: its archive.
+    Done { deps_sha256: String },
+    /// The caller now builds it.
+    Claimed,
+    /// Another node builds it now.
+    Running { node: String },
 }
 
 /// A stored invoke key: never the key itself, only its sha256.
@@ -472,13 +506,104 @@ impl MetaStore for SqliteStore {
 
     async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError> {
         // Every namespace's: code is shared between them by content.
-        let rows: Vec<Option<String>> = sqlx::query_scalar(
-            "SELECT spec ->> '$.code_sha256' FROM functions
-             UNION SELECT spec ->> '$.code_sha256' FROM versions",
+        // The code, the dependencies' archive and the tree of both (see `CodeCache::tree`).
+        let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256' FROM functions
+             UNION SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256' FROM versions",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().flatten().collect())
+        let mut out = BTreeSet::new();
+        for (code, deps) in rows {
+            if let (Some(code), Some(deps)) = (&code, &deps)
+                && !deps.is_empty()
+            {
+                out.insert(crate::code_cache::tree_id(code, deps));
+            }
+            out.extend(code);
+            out.extend(deps.filter(|d| !d.is_empty()));
+        }
+        Ok(out)
+    }
+
+    async fn claim_build(
+        &self,
+        key: &str,
+        node: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<BuildClaim, StoreError> {
+        // One statement: a row that is free (no row, or a claim whose lease ended) becomes
+        // ours; a done row or a live claim is left as it is and read back.
+        let claimed = sqlx::query(
+            "INSERT INTO builds (key, state, node, lease_until_ms, started_at_ms)
+             VALUES (?1, 'running', ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET node = ?2, lease_until_ms = ?3, started_at_ms = ?4
+             WHERE builds.state = 'running' AND (builds.lease_until_ms < ?4 OR builds.node = ?2)
+             RETURNING key",
+        )
+        .bind(key)
+        .bind(node)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        if !claimed.is_empty() {
+            return Ok(BuildClaim::Claimed);
+        }
+        let row = sqlx::query("SELECT state, deps_sha256, node FROM builds WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) if r.get::<String, _>(0) == "done" => BuildClaim::Done {
+                deps_sha256: r.get::<Option<String>, _>(1).unwrap_or_default(),
+            },
+            Some(r) => BuildClaim::Running { node: r.get(2) },
+            // Forgotten between the two statements: free again.
+            None => BuildClaim::Running {
+                node: String::new(),
+            },
+        })
+    }
+
+    async fn finish_build(
+        &self,
+        key: &str,
+        node: &str,
+        deps_sha256: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match deps_sha256 {
+            Some(sha) => {
+                sqlx::query(
+                    "UPDATE builds SET state = 'done', deps_sha256 = ?3, finished_at_ms = ?4,
+                     duration_ms = ?4 - started_at_ms WHERE key = ?1 AND node = ?2",
+                )
+                .bind(key)
+                .bind(node)
+                .bind(sha)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM builds WHERE key = ? AND node = ? AND state = 'running'")
+                    .bind(key)
+                    .bind(node)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_build(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM builds WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -533,6 +658,81 @@ mod tests {
         let mut s = FunctionSpec::new(name, Runtime::Python3, handler, &"0".repeat(64));
         s.timeout_ms = 1000;
         s
+    }
+
+    /// A build is claimed once: the same node may claim again (a retry), another waits for
+    /// the lease; done, everyone gets its archive; failed, it is free again.
+    #[tokio::test]
+    async fn builds_are_claimed_once_and_remembered_when_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("m.db")).await.unwrap();
+        let sha = "a".repeat(64);
+        assert_eq!(
+            store.claim_build("k", "n1", 100, 1_000).await.unwrap(),
+            BuildClaim::Claimed
+        );
+        assert_eq!(
+            store.claim_build("k", "n1", 200, 1_000).await.unwrap(),
+            BuildClaim::Claimed
+        );
+        assert_eq!(
+            store.claim_build("k", "n2", 300, 1_300).await.unwrap(),
+            BuildClaim::Running { node: "n1".into() }
+        );
+        // n1 died: its lease ends and n2 takes the build over.
+        assert_eq!(
+            store.claim_build("k", "n2", 1_001, 2_000).await.unwrap(),
+            BuildClaim::Claimed
+        );
+        // n1's late finish does not count: the build is n2's now.
+        store
+            .finish_build("k", "n1", Some(&"b".repeat(64)), 1_100)
+            .await
+            .unwrap();
+        store
+            .finish_build("k", "n2", Some(&sha), 1_200)
+            .await
+            .unwrap();
+        for node in ["n1", "n3"] {
+            assert_eq!(
+                store.claim_build("k", node, 5_000, 6_000).await.unwrap(),
+                BuildClaim::Done {
+                    deps_sha256: sha.clone()
+                }
+            );
+        }
+        store.forget_build("k").await.unwrap();
+        assert_eq!(
+            store.claim_build("k", "n3", 5_000, 6_000).await.unwrap(),
+            BuildClaim::Claimed
+        );
+        store.finish_build("k", "n3", None, 5_100).await.unwrap();
+        assert_eq!(
+            store.claim_build("k", "n1", 5_200, 6_000).await.unwrap(),
+            BuildClaim::Claimed
+        );
+    }
+
+    /// The code collector keeps a function's dependencies and its merged tree.
+    #[tokio::test]
+    async fn referenced_code_names_dependencies_and_merged_trees() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("m.db")).await.unwrap();
+        let mut f = spec("f", "main.a");
+        f.deps_sha256 = "d".repeat(64);
+        store.put_function(&f, PutMode::Create, 1).await.unwrap();
+        store
+            .put_function(&spec("g", "main.a"), PutMode::Create, 1)
+            .await
+            .unwrap();
+        let code = "0".repeat(64);
+        let expected: BTreeSet<String> = [
+            code.clone(),
+            "d".repeat(64),
+            crate::code_cache::tree_id(&code, &"d".repeat(64)),
+        ]
+        .into();
+        assert_eq!(store.referenced_code().await.unwrap(), expected);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! the CLI, running real Python and Node.js instances.
 
 mod asynq;
+mod build;
 mod gateway;
 mod harness;
 mod invoke_path;

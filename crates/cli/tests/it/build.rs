@@ -1,0 +1,194 @@
+//! Builds at deploy: dependencies declared in the code are installed by the server (pip,
+//! npm from the machine's package index, in a jailed build job), once per dependency set.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, project};
+
+const FLASK_APP: &str = "from flask import Flask\napp = Flask(__name__)\n\n\
+@app.get('/deps/hello')\ndef hello():\n    return {'hello': 'flask'}\n";
+
+fn flask_manifest(name: &str, path: &str) -> String {
+    format!(
+        "functions:\n  {name}:\n    runtime: python3\n    type: wsgi\n    handler: app:app\n    \
+         triggers:\n      - http: {{path: {path}, methods: [GET], auth: anonymous}}\n"
+    )
+}
+
+/// A Flask app with `requirements.txt` answers through its route with nothing vendored; a
+/// second deploy of the same requirements, and another function with them, reuse the build
+/// (no pip run: the build answers `cached`); a broken requirement fails the deploy with
+/// pip's message, and the revision before keeps answering.
+#[tokio::test]
+async fn requirements_are_installed_once_and_a_broken_one_fails_the_deploy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let files = [
+        ("app.py", FLASK_APP),
+        ("requirements.txt", "flask==3.0.3\n"),
+    ];
+    let dir = project(
+        tmp.path(),
+        "web",
+        &flask_manifest("web", "/deps/hello"),
+        &files,
+    );
+    let first = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    assert!(
+        first.stderr.contains("Successfully installed"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("web: dependencies installed in"),
+        "{}",
+        first.stderr
+    );
+    let client = reqwest::Client::new();
+    let hello = || client.get(server.url("/deps/hello")).send();
+    let res = hello().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"hello": "flask"})
+    );
+    let web = server.get_json("/v1/functions/web").await;
+    let deps = web["deps_sha256"].as_str().unwrap().to_string();
+    assert_eq!(deps.len(), 64, "{web}");
+
+    let again = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("dependencies unchanged, built before"),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        !again.stderr.contains("Collecting"),
+        "pip ran again: {}",
+        again.stderr
+    );
+    assert!(
+        again.stdout.starts_with("unchanged web"),
+        "{}",
+        again.stdout
+    );
+
+    // Another function with the same requirements shares the build.
+    let other = project(
+        tmp.path(),
+        "other",
+        &flask_manifest("other", "/deps/other"),
+        &[
+            ("app.py", &FLASK_APP.replace("/deps/hello", "/deps/other")),
+            files[1],
+        ],
+    );
+    let run = server.cli(&["deploy", other.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("built before"), "{}", run.stderr);
+    let other_fn = server.get_json("/v1/functions/other").await;
+    assert_eq!(other_fn["deps_sha256"], deps.as_str());
+
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "flask==3.0.3\nnimbus-no-such-package-zz==1.0\n",
+    )
+    .unwrap();
+    let broken = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(broken.code, 1, "{}{}", broken.stdout, broken.stderr);
+    assert!(
+        broken
+            .stderr
+            .contains("No matching distribution found for nimbus-no-such-package-zz"),
+        "{}",
+        broken.stderr
+    );
+    assert!(
+        broken.stderr.contains("(build_failed)"),
+        "{}",
+        broken.stderr
+    );
+    assert!(
+        broken.stderr.contains("the function was not changed"),
+        "{}",
+        broken.stderr
+    );
+    let res = hello().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(server.get_json("/v1/functions/web").await["revision"], 1);
+
+    // Deployed through the API alone (no build call first), the server builds by itself,
+    // and a failure is the same 422.
+    let code = server.get_json("/v1/functions/web").await["code_sha256"].clone();
+    let res = server
+        .req(reqwest::Method::PUT, "/v1/functions/web")
+        .json(&json!({"runtime": "python3", "type": "wsgi", "handler": "app:app", "code_sha256": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["deps_sha256"],
+        deps.as_str()
+    );
+}
+
+/// A Node function requires a package from the npm registry named in `package.json`.
+#[tokio::test]
+async fn a_node_function_gets_its_registry_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "pad",
+        "functions:\n  pad:\n    runtime: nodejs\n    handler: index.handler\n",
+        &[
+            (
+                "index.js",
+                "const leftPad = require('left-pad');\n\
+                 exports.handler = async (event) => leftPad(event.s, 5, '*');\n",
+            ),
+            (
+                "package.json",
+                r#"{"name": "pad", "dependencies": {"left-pad": "1.3.0"}}"#,
+            ),
+        ],
+    );
+    server.deploy(&dir).await;
+    let res = server.invoke("pad", r#"{"s": "ab"}"#).await;
+    assert_eq!(crate::harness::header(&res, "x-nimbus-error-type"), "");
+    // A string result is the body as it is.
+    assert_eq!(res.text().await.unwrap(), "***ab");
+}
+
+/// `build: false` installs nothing: the import fails as it would have.
+#[tokio::test]
+async fn build_false_installs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "nobuild",
+        "functions:\n  nobuild:\n    runtime: python3\n    handler: main.handler\n    build: false\n",
+        &[
+            (
+                "main.py",
+                "import tabulate\ndef handler(event, context):\n    return 1\n",
+            ),
+            ("requirements.txt", "tabulate==0.9.0\n"),
+        ],
+    );
+    let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("dependencies"), "{}", run.stderr);
+    let res = server.invoke("nobuild", "{}").await;
+    assert_eq!(
+        crate::harness::header(&res, "x-nimbus-error-type"),
+        "Runtime.ImportModuleError"
+    );
+}
