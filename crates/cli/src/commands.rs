@@ -191,8 +191,16 @@ async fn deploy(client: &Client, dir: &Path, publish_too: bool) -> anyhow::Resul
     for planned in plan {
         let aliases = planned.aliases.clone();
         let mut spec = planned.spec;
-        let zip = package::zip_dir(&planned.code_dir)
-            .with_context(|| format!("packaging {}", planned.code_dir.display()))?;
+        let packed = package::pack(
+            &planned.code_dir,
+            &planned.exclude,
+            spec.build && spec.runtime != model::Runtime::Custom,
+        )
+        .with_context(|| format!("packaging {}", planned.code_dir.display()))?;
+        for warning in &packed.warnings {
+            eprintln!("{}: {warning}", spec.name);
+        }
+        let zip = packed.zip;
         if zip.len() > model::limits::ARCHIVE_BYTES_MAX {
             bail!(
                 "the code of {} zips to {} bytes; the limit is {} (leave out what the function does not need)",

@@ -56,6 +56,9 @@ struct FunctionEntry {
     code: String,
     /// `false`: the server installs nothing, even when the code declares dependencies.
     build: Option<bool>,
+    /// Patterns (gitignore syntax, relative to `code`) of files not to ship.
+    #[serde(default)]
+    exclude: Vec<String>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u32>,
     #[serde(default)]
@@ -114,6 +117,8 @@ pub struct Planned {
     pub spec: FunctionSpec,
     pub code_dir: PathBuf,
     pub aliases: BTreeMap<String, AliasEntry>,
+    /// Gitignore-syntax patterns of files not to ship.
+    pub exclude: Vec<String>,
 }
 
 /// Reads `dir/nimbus.yaml` and returns the functions to deploy, or every problem found.
@@ -221,6 +226,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             spec,
             code_dir,
             aliases: entry.aliases,
+            exclude: entry.exclude,
         });
     }
     if problems.is_empty() {

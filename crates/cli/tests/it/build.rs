@@ -192,3 +192,43 @@ async fn build_false_installs_nothing() {
         "Runtime.ImportModuleError"
     );
 }
+
+/// `.nimbusignore`, `.gitignore` and `exclude:` leave files out of what ships; a virtualenv
+/// in the project (with its links to the system's Python) is left out with a warning
+/// instead of failing the deploy.
+#[tokio::test]
+async fn ignored_files_and_virtualenvs_do_not_ship() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let code = "import os\ndef handler(event, context):\n    \
+                return sorted(f for f in os.listdir('.') if not f.startswith('.'))\n";
+    let dir = project(
+        tmp.path(),
+        "shipped",
+        "functions:\n  shipped:\n    runtime: python3\n    handler: main.handler\n    \
+         exclude: [\"*.csv\"]\n",
+        &[
+            ("main.py", code),
+            (".nimbusignore", "tests/\n"),
+            (".gitignore", "secret.env\n"),
+            ("tests/test_main.py", ""),
+            ("secret.env", "KEY=1"),
+            ("data.csv", "a,b"),
+            ("util.py", ""),
+            (".venv/pyvenv.cfg", "home = /usr/bin\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("/usr/bin/python3", dir.join(".venv/python3")).unwrap();
+    let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("shipped: left out .venv (a virtualenv"),
+        "{}",
+        run.stderr
+    );
+    let res = server.invoke("shipped", "{}").await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!(["main.py", "nimbus.yaml", "util.py"])
+    );
+}
