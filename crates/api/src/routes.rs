@@ -132,39 +132,44 @@ pub async fn list_functions(State(s): State<AppState>) -> Result<Json<FunctionLi
 
 /// Creates a function; fails with 409 if it exists.
 #[utoipa::path(post, path = "/v1/functions", tag = "functions",
+    params(DeployQuery),
     request_body = FunctionInput,
     responses(
         (status = 201, body = FunctionView),
         (status = 400, body = ErrorBody, description = "invalid_request or code_not_found"),
         (status = 409, body = ErrorBody, description = "function_exists"),
+        (status = 422, body = ErrorBody, description = "build_failed or handler_failed"),
     ))]
 pub async fn create_function(
     State(s): State<AppState>,
+    crate::extract::Query(q): crate::extract::Query<DeployQuery>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let input: FunctionInput = parse_json(&read_body(body, 64 * 1024, "function").await?)?;
     let spec = input.into_spec(None)?;
-    let (function, _) = s.platform.put_function(spec, PutMode::Create).await?;
+    let (function, _) = s.platform.deploy(spec, PutMode::Create, q.check).await?;
     Ok((StatusCode::CREATED, Json(FunctionView::from(function))))
 }
 
 /// Creates or replaces a function. 201 when created, 200 when it existed.
 #[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")),
+    params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"), DeployQuery),
     request_body = FunctionInput,
     responses(
         (status = 200, body = FunctionView, description = "updated (or unchanged)"),
         (status = 201, body = FunctionView, description = "created"),
         (status = 400, body = ErrorBody, description = "invalid_request or code_not_found"),
+        (status = 422, body = ErrorBody, description = "build_failed or handler_failed"),
     ))]
 pub async fn put_function(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    crate::extract::Query(q): crate::extract::Query<DeployQuery>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let input: FunctionInput = parse_json(&read_body(body, 64 * 1024, "function").await?)?;
     let spec = input.into_spec(Some(&name))?;
-    let (function, outcome) = s.platform.put_function(spec, PutMode::Upsert).await?;
+    let (function, outcome) = s.platform.deploy(spec, PutMode::Upsert, q.check).await?;
     let status = if outcome == PutOutcome::Created {
         StatusCode::CREATED
     } else {

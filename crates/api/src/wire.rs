@@ -490,6 +490,19 @@ impl utoipa::PartialSchema for AnyJson {
 
 impl ToSchema for AnyJson {}
 
+/// How a deploy is checked.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeployQuery {
+    /// Load the handler once in a fresh instance before the function changes, so that a
+    /// missing module or handler or a syntax error fails the deploy (default true).
+    #[serde(default = "yes")]
+    pub check: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// Body of `POST /v1/builds`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -23,7 +23,11 @@ const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli)?;
     match &cli.command {
-        Command::Deploy { dir, publish } => deploy(&client, dir, *publish).await,
+        Command::Deploy {
+            dir,
+            publish,
+            no_check,
+        } => deploy(&client, dir, *publish, !*no_check).await,
         Command::Publish { name, description } => {
             let v = publish(&client, name, description).await?;
             println!("{}", describe_version(name, &v));
@@ -186,7 +190,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn deploy(client: &Client, dir: &Path, publish_too: bool) -> anyhow::Result<ExitCode> {
+async fn deploy(
+    client: &Client,
+    dir: &Path,
+    publish_too: bool,
+    check: bool,
+) -> anyhow::Result<ExitCode> {
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
     for planned in plan {
         let aliases = planned.aliases.clone();
@@ -225,7 +234,10 @@ async fn deploy(client: &Client, dir: &Path, publish_too: bool) -> anyhow::Resul
         let res = client
             .send(
                 client
-                    .request(Method::PUT, &format!("/v1/functions/{}", spec.name))
+                    .request(
+                        Method::PUT,
+                        &format!("/v1/functions/{}?check={check}", spec.name),
+                    )
                     .json(&body),
             )
             .await?;

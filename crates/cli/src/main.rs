@@ -57,6 +57,10 @@ pub enum Command {
         /// declares to it.
         #[arg(long)]
         publish: bool,
+        /// Skip loading each changed function's handler once before it goes live (the
+        /// check fails the deploy on a missing module or handler or a syntax error).
+        #[arg(long)]
+        no_check: bool,
     },
     /// Publish a function's current code and configuration as a new, immutable version.
     Publish {

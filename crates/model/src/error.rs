@@ -79,11 +79,14 @@ pub enum ErrorCode {
     /// Installing the function's dependencies failed (pip's or npm's own message is in the
     /// error); the function was left as it was.
     BuildFailed,
+    /// The deploy's check found that the handler does not load (a missing module or
+    /// handler, a syntax error): the error the first call would have given.
+    HandlerFailed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -117,6 +120,7 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::StorageFull,
         ErrorCode::BuildFailed,
+        ErrorCode::HandlerFailed,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -166,6 +170,7 @@ impl ErrorCode {
             // needs stored.
             ErrorCode::StorageFull => ("storage_full", 507),
             ErrorCode::BuildFailed => ("build_failed", 422),
+            ErrorCode::HandlerFailed => ("handler_failed", 422),
         }
     }
 }

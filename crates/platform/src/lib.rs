@@ -424,6 +424,66 @@ impl Platform {
         Ok(outcome)
     }
 
+    /// Deploys `spec`: installs its dependencies (see `prepare_deps`), then, when `check`
+    /// and the function changes, loads its handler once in a fresh instance, so that a
+    /// missing module or handler or a syntax error fails the deploy (`handler_failed`, with
+    /// the error the first call would have given) instead of the first call; then stores
+    /// it. A failure at any step leaves the function as it was.
+    pub async fn deploy(
+        &self,
+        mut spec: FunctionSpec,
+        mode: PutMode,
+        check: bool,
+    ) -> Result<(Function, PutOutcome), Error> {
+        let errors = spec.validate();
+        if !errors.is_empty() {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(Error::invalid(all.join("; ")));
+        }
+        self.prepare_deps(&mut spec, None).await?;
+        let unchanged = match self.meta.get_function(&spec.name).await {
+            Ok(f) => f.spec == spec,
+            Err(_) => false,
+        };
+        if check && !unchanged {
+            self.check_handler(&spec).await?;
+        }
+        self.put_function(spec, mode).await
+    }
+
+    /// Starts one instance of `spec` outside the function's pool (its serving instances are
+    /// not touched), which loads the handler, and stops it again.
+    async fn check_handler(&self, spec: &FunctionSpec) -> Result<(), Error> {
+        if !matches!(
+            spec.runtime,
+            model::Runtime::Python3 | model::Runtime::Nodejs
+        ) {
+            return Ok(());
+        }
+        if !self.blobs.exists(&spec.code_sha256).await? {
+            return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
+        }
+        let code_dir = self.code.tree(&spec.code_sha256, &spec.deps_sha256).await?;
+        let config = instance_config(spec, None, code_dir);
+        match self.pool.check_load(&config).await? {
+            None => Ok(()),
+            Some(e) => Err(Error::new(
+                ErrorCode::HandlerFailed,
+                format!(
+                    "the handler does not load: {}: {}{} (deploy with --no-check to skip this check)",
+                    e.error_type,
+                    e.error_message,
+                    // The user's own frames (a syntax error's line); the runtime's are noise.
+                    e.stack_trace
+                        .iter()
+                        .filter(|l| !l.contains("/var/runtime/") && !l.contains("importlib"))
+                        .map(|l| format!("\n  {}", l.trim_end()))
+                        .collect::<String>()
+                ),
+            )),
+        }
+    }
+
     /// Creates or replaces a function after validating it against its code. Its
     /// dependencies are built first when its code declares some (see `prepare_deps`).
     pub async fn put_function(
@@ -617,34 +677,7 @@ impl Platform {
             .code
             .tree(&function.spec.code_sha256, &function.spec.deps_sha256)
             .await?;
-        let spec = &function.spec;
-        let instance = InstanceConfig {
-            function: spec.name.clone(),
-            version: version.map_or_else(|| "$LATEST".to_string(), |v| v.to_string()),
-            runtime: spec.runtime,
-            handler: spec.handler.clone(),
-            code_dir,
-            env: spec.env.clone(),
-            memory_mb: spec.memory_mb,
-            timeout_ms: spec.timeout_ms,
-            kind: spec.kind,
-            command: spec.command.clone(),
-            concurrency: spec.concurrency,
-            initializer: spec.initializer.clone(),
-            initializer_timeout_ms: spec.initializer_timeout_ms,
-            pre_stop: spec.pre_stop.clone(),
-            pre_stop_timeout_ms: spec.pre_stop_timeout_ms,
-            network: spec.network,
-            ephemeral_storage_mb: spec.ephemeral_storage_mb,
-            cpu_millicores: spec.cpu_millicores,
-            policy: sandbox::Policy {
-                min_instances: spec.min_instances,
-                max_instances: spec.max_instances,
-                idle_timeout_ms: spec.idle_timeout_ms,
-                keep_alive_max_ms: spec.keep_alive_max_ms,
-                queue_timeout_ms: spec.queue_timeout_ms,
-            },
-        };
+        let instance = instance_config(&function.spec, version, code_dir);
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();
         // Only cache what no write has overtaken since it was read.
@@ -869,4 +902,40 @@ pub fn now_ms() -> i64 {
 fn hash_key(key: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The instance configuration of `spec` (of `version`, `$LATEST` when `None`), its code
+/// at `code_dir`.
+fn instance_config(
+    spec: &FunctionSpec,
+    version: Option<u32>,
+    code_dir: std::path::PathBuf,
+) -> InstanceConfig {
+    InstanceConfig {
+        function: spec.name.clone(),
+        version: version.map_or_else(|| "$LATEST".to_string(), |v| v.to_string()),
+        runtime: spec.runtime,
+        handler: spec.handler.clone(),
+        code_dir,
+        env: spec.env.clone(),
+        memory_mb: spec.memory_mb,
+        timeout_ms: spec.timeout_ms,
+        kind: spec.kind,
+        command: spec.command.clone(),
+        concurrency: spec.concurrency,
+        initializer: spec.initializer.clone(),
+        initializer_timeout_ms: spec.initializer_timeout_ms,
+        pre_stop: spec.pre_stop.clone(),
+        pre_stop_timeout_ms: spec.pre_stop_timeout_ms,
+        network: spec.network,
+        ephemeral_storage_mb: spec.ephemeral_storage_mb,
+        cpu_millicores: spec.cpu_millicores,
+        policy: sandbox::Policy {
+            min_instances: spec.min_instances,
+            max_instances: spec.max_instances,
+            idle_timeout_ms: spec.idle_timeout_ms,
+            keep_alive_max_ms: spec.keep_alive_max_ms,
+            queue_timeout_ms: spec.queue_timeout_ms,
+        },
+    }
 }

@@ -699,6 +699,53 @@ impl Pool {
         Ok(Ok((member, timings)))
     }
 
+    /// Starts one instance of `config` outside its function's pool, to see whether its
+    /// handler loads, and stops it at once: `Some` is the load error the first call would
+    /// have got (a missing module or handler, a syntax error). It counts against the node's
+    /// instances and memory while it runs, takes no slot of the function, runs no
+    /// initializer (that is a call's work) and records no lifecycle event.
+    pub async fn check_load(
+        &self,
+        config: &InstanceConfig,
+    ) -> Result<Option<FunctionError>, SandboxError> {
+        let reservation = {
+            let mut state = self.shared.state.lock().unwrap();
+            if state.sched.closed {
+                return Err(SandboxError::ShuttingDown);
+            }
+            let capacity = self.capacity();
+            let memory_mb = config.memory_mb as u64;
+            if state.sched.live >= capacity.instances_max
+                || state.sched.memory_mb + memory_mb > capacity.memory_max_mb
+            {
+                return Err(SandboxError::NodeFull {
+                    live: state.sched.live,
+                    instances_max: capacity.instances_max,
+                    memory_mb: state.sched.memory_mb,
+                    memory_max_mb: capacity.memory_max_mb,
+                    waited_ms: 0,
+                });
+            }
+            state.sched.live += 1;
+            state.sched.memory_mb += memory_mb;
+            let instance_id = state.sched.next_instance;
+            state.sched.next_instance += 1;
+            Reservation {
+                instance_id,
+                memory_mb,
+                epoch: u64::MAX,
+            }
+        };
+        let _slot = self.slot(reservation);
+        let started = match self.executor.start(_slot.instance_id, config).await {
+            Ok(started) => started,
+            Err(StartError::Platform(e)) => return Err(e),
+            Err(StartError::Function(e)) => return Ok(Some(e)),
+        };
+        started.instance.kill();
+        Ok(None)
+    }
+
     /// Starts an instance through the executor and runs its initializer. A failure kills
     /// the instance.
     async fn start_instance(

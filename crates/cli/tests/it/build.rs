@@ -183,7 +183,9 @@ async fn build_false_installs_nothing() {
             ("requirements.txt", "tabulate==0.9.0\n"),
         ],
     );
-    let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    let run = server
+        .cli(&["deploy", dir.to_str().unwrap(), "--no-check"])
+        .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("dependencies"), "{}", run.stderr);
     let res = server.invoke("nobuild", "{}").await;
@@ -230,5 +232,54 @@ async fn ignored_files_and_virtualenvs_do_not_ship() {
     assert_eq!(
         res.json::<Value>().await.unwrap(),
         json!(["main.py", "nimbus.yaml", "util.py"])
+    );
+}
+
+/// The deploy loads a changed handler once: a missing module, a missing handler and a
+/// syntax error each fail the deploy with the error the first call would have given, and
+/// the revision before keeps answering; `--no-check` deploys anyway.
+#[tokio::test]
+async fn the_deploy_check_refuses_handlers_that_do_not_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let manifest = "functions:\n  checked:\n    runtime: python3\n    handler: main.handler\n";
+    let good = "def handler(event, context):\n    return 'good'\n";
+    let dir = project(tmp.path(), "checked", manifest, &[("main.py", good)]);
+    server.deploy(&dir).await;
+    for (code, expected) in [
+        (
+            "import nimbus_missing_module\ndef handler(event, context):\n    return 1\n",
+            "Runtime.ImportModuleError: Unable to import module 'main': No module named 'nimbus_missing_module'",
+        ),
+        (
+            "def other(event, context):\n    return 1\n",
+            "Runtime.HandlerNotFound",
+        ),
+        (
+            "def handler(event, context)\n    return 1\n",
+            "Runtime.UserCodeSyntaxError",
+        ),
+    ] {
+        std::fs::write(dir.join("main.py"), code).unwrap();
+        let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("the handler does not load"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(expected), "{}", run.stderr);
+        assert!(run.stderr.contains("(handler_failed)"), "{}", run.stderr);
+        let res = server.invoke("checked", "{}").await;
+        assert_eq!(res.text().await.unwrap(), "good");
+    }
+    let run = server
+        .cli(&["deploy", dir.to_str().unwrap(), "--no-check"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let res = server.invoke("checked", "{}").await;
+    assert_eq!(
+        crate::harness::header(&res, "x-nimbus-error-type"),
+        "Runtime.UserCodeSyntaxError"
     );
 }

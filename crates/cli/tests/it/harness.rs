@@ -196,6 +196,15 @@ impl Server {
         assert_eq!(run.code, 0, "deploy failed: {}{}", run.stdout, run.stderr);
     }
 
+    /// Deploys a project whose handler is meant not to load (`--no-check`: the deploy's
+    /// check would refuse it), asserting success.
+    pub async fn deploy_unchecked(&self, dir: &Path) {
+        let run = self
+            .cli(&["deploy", dir.to_str().unwrap(), "--no-check"])
+            .await;
+        assert_eq!(run.code, 0, "deploy failed: {}{}", run.stdout, run.stderr);
+    }
+
     /// SIGKILLs the server (no goodbye) and waits for it to be gone.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -249,7 +249,7 @@ async fn function_failures_are_error_lines_in_the_logs() {
             ),
         ],
     );
-    server.deploy(&dir).await;
+    server.deploy_unchecked(&dir).await;
 
     for (name, data, expect) in [
         (

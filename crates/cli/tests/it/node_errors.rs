@@ -26,7 +26,7 @@ async fn node_load_errors_name_the_missing_dependency_and_the_syntax_error() {
             ),
         ],
     );
-    server.deploy(&dir).await;
+    server.deploy_unchecked(&dir).await;
 
     // Through the CLI: a failed call exits non-zero and names the missing module.
     let run = server.cli(&["invoke", "needs-lodash"]).await;
