@@ -186,7 +186,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             observe::invocations(&client, function, filter, cli.output).await
         }
-        Command::Server(_) => unreachable!("the server is not a client command"),
+        Command::Server(_) | Command::Local(_) => {
+            unreachable!("the server and local runs are not client commands")
+        }
     }
 }
 
@@ -578,6 +580,38 @@ async fn submit(
         println!("{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `nimbus local ...`: runs with no server, so no client either.
+pub async fn local(cmd: &crate::LocalCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        crate::LocalCommand::Invoke {
+            function,
+            dir,
+            data,
+            data_file,
+            route,
+        } => {
+            let body = read_event(&Event {
+                data: data.as_deref(),
+                file: data_file.as_deref(),
+            })?;
+            let event = match route {
+                None => crate::local::LocalEvent::Event(body),
+                Some(route) => {
+                    let Some((method, path)) = route.trim().split_once(' ') else {
+                        bail!("--route takes a method and a path: \"GET /items/7\", not `{route}`");
+                    };
+                    crate::local::LocalEvent::Route {
+                        method: method.to_string(),
+                        path: path.trim().to_string(),
+                        body,
+                    }
+                }
+            };
+            crate::local::invoke(dir, function, event).await
+        }
+    }
 }
 
 fn read_event(event: &Event<'_>) -> anyhow::Result<Vec<u8>> {

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod local;
 mod manifest;
 mod observe;
 mod package;
@@ -42,6 +43,27 @@ pub struct Cli {
 pub enum Output {
     Text,
     Json,
+}
+
+#[derive(Subcommand)]
+pub enum LocalCommand {
+    /// Run FUNCTION of the project once, as the server would (same shim, events, context,
+    /// environment, dependency build), and print its logs and result.
+    Invoke {
+        function: String,
+        /// The project directory (or its nimbus.yaml).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The event (usually JSON); with --route, the request body.
+        #[arg(long, short, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// Read the event from a file (`-` for stdin).
+        #[arg(long)]
+        data_file: Option<PathBuf>,
+        /// Send an HTTP request through the function's routes instead: `"GET /items/7"`.
+        #[arg(long)]
+        route: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +125,9 @@ pub enum Command {
         #[arg(long)]
         logs: bool,
     },
+    /// Run a function of a project on this machine, with no server.
+    #[command(subcommand)]
+    Local(LocalCommand),
     /// List functions.
     Ls,
     /// Show one function.
@@ -293,6 +318,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(ref args) => server::run(args, cli.data_dir.clone()).await,
+            Command::Local(ref local) => commands::local(local).await,
             _ => commands::run(cli).await,
         }
     });

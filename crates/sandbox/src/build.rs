@@ -171,6 +171,8 @@ impl Builder {
             ("LANG", "C.UTF-8".into()),
             ("PIP_NO_INPUT", "1".into()),
             ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
+            // Local builds run as the user, who may be root; the advice is not for them.
+            ("PIP_ROOT_USER_ACTION", "ignore".into()),
             ("npm_config_update_notifier", "false".into()),
             ("npm_config_fund", "false".into()),
             ("npm_config_audit", "false".into()),

@@ -8,6 +8,7 @@ mod harness;
 mod invoke_path;
 mod limits;
 mod listener;
+mod local;
 mod node_errors;
 mod observe;
 mod openapi;
