@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Cli;
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -26,6 +27,29 @@ impl Client {
             .build()
             .context("building the HTTP client")?;
         Ok(Client { http, base, token })
+    }
+
+    /// A client of the server at `base` with `token`.
+    pub fn with(base: &str, token: &str) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("nimbus-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// Whether a server answers at this client's endpoint.
+    pub async fn reachable(&self) -> bool {
+        self.http
+            .get(format!("{}/healthz", self.base))
+            .timeout(std::time::Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -186,13 +186,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             observe::invocations(&client, function, filter, cli.output).await
         }
-        Command::Server(_) | Command::Local(_) => {
+        Command::Server(_) | Command::Local(_) | Command::Dev { .. } => {
             unreachable!("the server and local runs are not client commands")
         }
     }
 }
 
-async fn deploy(
+pub(crate) async fn deploy(
     client: &Client,
     dir: &Path,
     publish_too: bool,

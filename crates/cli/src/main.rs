@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod dev;
 mod local;
 mod manifest;
 mod observe;
@@ -124,6 +125,13 @@ pub enum Command {
         /// Also print the invocation's log lines (on stderr).
         #[arg(long)]
         logs: bool,
+    },
+    /// Deploy the project to a local server (started on a temporary data dir if none
+    /// answers), redeploy it on every change, and follow its logs, until Ctrl-C.
+    Dev {
+        /// Project directory holding nimbus.yaml.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
     /// Run a function of a project on this machine, with no server.
     #[command(subcommand)]
@@ -319,6 +327,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(ref args) => server::run(args, cli.data_dir.clone()).await,
             Command::Local(ref local) => commands::local(local).await,
+            // Without a token for the default server, dev starts one of its own.
+            Command::Dev { ref dir } => dev::run(client::Client::new(&cli).ok(), dir).await,
             _ => commands::run(cli).await,
         }
     });

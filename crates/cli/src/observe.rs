@@ -92,7 +92,7 @@ pub async fn logs(client: &Client, a: LogsArgs<'_>, output: Output) -> anyhow::R
 }
 
 /// Prints lines as the server streams them (server-sent events) until interrupted.
-async fn follow(
+pub(crate) async fn follow(
     client: &Client,
     path: &str,
     q: &[(String, String)],

@@ -25,6 +25,20 @@ pub struct Packed {
 /// `dir`; `server_builds` says the server installs the declared dependencies (so a local
 /// `node_modules` is not shipped).
 pub fn pack(dir: &Path, exclude: &[String], server_builds: bool) -> anyhow::Result<Packed> {
+    let (shipped, warnings) = shipped(dir, exclude, server_builds)?;
+    let skip = |rel: &Path, _is_dir: bool| !shipped.contains(rel);
+    let zip = store::archive::zip_dir(dir, &skip)
+        .with_context(|| format!("packaging {}", dir.display()))?;
+    Ok(Packed { zip, warnings })
+}
+
+/// The paths under `dir` (relative, directories too) that a deploy ships, and the
+/// warnings about what it leaves out.
+fn shipped(
+    dir: &Path,
+    exclude: &[String],
+    server_builds: bool,
+) -> anyhow::Result<(BTreeSet<PathBuf>, Vec<String>)> {
     let mut warnings = Vec::new();
     let mut excludes = ignore::gitignore::GitignoreBuilder::new(dir);
     for pattern in exclude {
@@ -93,10 +107,16 @@ pub fn pack(dir: &Path, exclude: &[String], server_builds: bool) -> anyhow::Resu
     }
     warnings.extend(pruned.lock().unwrap().drain(..));
     warnings.sort();
-    let skip = |rel: &Path, _is_dir: bool| !shipped.contains(rel);
-    let zip = store::archive::zip_dir(dir, &skip)
-        .with_context(|| format!("packaging {}", dir.display()))?;
-    Ok(Packed { zip, warnings })
+    Ok((shipped, warnings))
+}
+
+/// The files (relative paths) a deploy of `dir` ships, for `nimbus dev` to watch.
+pub fn files(dir: &Path, exclude: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let (shipped, _) = shipped(dir, exclude, true)?;
+    Ok(shipped
+        .into_iter()
+        .filter(|p| !dir.join(p).is_dir())
+        .collect())
 }
 
 fn package_declares_dependencies(dir: &Path) -> bool {

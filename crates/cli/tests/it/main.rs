@@ -3,6 +3,7 @@
 
 mod asynq;
 mod build;
+mod dev;
 mod gateway;
 mod harness;
 mod invoke_path;
