@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-async") => bench_async(&args[1..]),
         Some("bench-telemetry") => bench_telemetry(&args[1..]),
         Some("bench-keepalive") => bench_keepalive(&args[1..]),
+        Some("bench-deploy") => bench_deploy(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -29,7 +30,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-cold [--seconds N]\n\
                  \x20      cargo xtask bench-async [--connections N]\n\
                  \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\
-                 \x20      cargo xtask bench-keepalive [--rounds N]\n\n\
+                 \x20      cargo xtask bench-keepalive [--rounds N]\n\
+                 \x20      cargo xtask bench-deploy [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -1146,4 +1148,170 @@ fn bench_venv(root: &Path, packages: &[&str], check: &str) -> anyhow::Result<Pat
         bail!("installing {} failed", packages.join(", "));
     }
     Ok(venv)
+}
+
+/// A Flask app whose answer carries `marker`, with its requirements.
+fn flask_project(dir: &Path, marker: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("nimbus.yaml"),
+        "functions:\n  flaskbench:\n    runtime: python3\n    type: wsgi\n    handler: app:app\n    \
+         triggers:\n      - http: {path: /bench, methods: [GET], auth: anonymous}\n",
+    )?;
+    std::fs::write(dir.join("requirements.txt"), "flask==3.0.3\n")?;
+    std::fs::write(
+        dir.join("app.py"),
+        format!(
+            "from flask import Flask\napp = Flask(__name__)\n\n@app.get('/bench')\ndef bench():\n    return '{marker}'\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// GET `url` and its body, over a fresh connection.
+fn get_body(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// Deploys of a Flask app with `requirements.txt`: the first (building: pip runs in the
+/// build jail), the second (cached: nothing changed), and a code-only change (the
+/// dependencies' archive reused, a new tree linked), against `pip install --target` of
+/// the same requirements run directly; then `nimbus dev`'s loop, from a file saved to the
+/// new revision answering its route, over 20 edits, against a plain `nimbus deploy` of
+/// the same edit.
+fn bench_deploy(args: &[String]) -> anyhow::Result<()> {
+    let mut opts = parse(args)?;
+    if !args.iter().any(|a| a == "--rounds") {
+        opts.rounds = 3;
+    }
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let work = std::env::temp_dir().join(format!("nimbus-bench-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let timed = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let (mut first, mut cached, mut code_only, mut pip) = (vec![], vec![], vec![], vec![]);
+    for round in 0..opts.rounds {
+        let dir = work.join(format!("round{round}"));
+        let project = dir.join("app");
+        flask_project(&project, "one")?;
+        let server = Nimbus::start(&nimbus, &dir.join("data"), &[])?;
+        first.push(timed(&mut || server.deploy(&project))?);
+        cached.push(timed(&mut || server.deploy(&project))?);
+        flask_project(&project, "two")?;
+        code_only.push(timed(&mut || server.deploy(&project))?);
+        let answer = get_body(&format!("{}/bench", server.endpoint))?;
+        if answer != "two" {
+            bail!("the code-only deploy answers `{answer}`");
+        }
+        let target = dir.join("pip-target");
+        pip.push(timed(&mut || {
+            let ok = Command::new("/usr/bin/python3")
+                .args(["-m", "pip", "install", "-q", "--no-input", "--target"])
+                .arg(&target)
+                .arg("-r")
+                .arg(project.join("requirements.txt"))
+                .env("PIP_ROOT_USER_ACTION", "ignore")
+                .status()?;
+            if !ok.success() {
+                bail!("pip install failed");
+            }
+            Ok(())
+        })?);
+    }
+    let (first_p50, _) = median_ms(&mut first);
+    let (cached_p50, _) = median_ms(&mut cached);
+    let (code_p50, _) = median_ms(&mut code_only);
+    let (pip_p50, _) = median_ms(&mut pip);
+    println!(
+        "deploy of a Flask app with requirements.txt, medians of {} rounds:",
+        opts.rounds
+    );
+    println!("  first deploy (pip in the build jail):  {first_p50:8.0} ms");
+    println!(
+        "  pip install --target, run directly:    {pip_p50:8.0} ms  (first/pip {:.2}x)",
+        first_p50 / pip_p50
+    );
+    println!("  second deploy (nothing changed):       {cached_p50:8.0} ms");
+    println!("  code-only change (dependencies reused): {code_p50:7.0} ms");
+
+    // The dev loop: 20 edits, each timed from the write to the route answering it.
+    let dir = work.join("dev");
+    let project = dir.join("app");
+    flask_project(&project, "edit0")?;
+    let server = Nimbus::start(&nimbus, &dir.join("data"), &[])?;
+    server.deploy(&project)?;
+    let url = format!("{}/bench", server.endpoint);
+    let mut dev = Guard(
+        Command::new(&nimbus)
+            .arg("dev")
+            .arg(&project)
+            .env("NIMBUS_ENDPOINT", &server.endpoint)
+            .env("NIMBUS_DATA_DIR", &server.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // Let it settle on the first deploy.
+    std::thread::sleep(Duration::from_secs(2));
+    let live = |marker: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        loop {
+            if get_body(&url)? == marker {
+                return Ok(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("`{marker}` never answered");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut loop_ms = Vec::new();
+    for i in 1..=20 {
+        let marker = format!("edit{i}");
+        flask_project(&project, &marker)?;
+        loop_ms.push(live(&marker)?);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = dev.0.kill();
+    let _ = dev.0.wait();
+    let mut deploy_ms = Vec::new();
+    for i in 21..=40 {
+        let marker = format!("edit{i}");
+        flask_project(&project, &marker)?;
+        let t = Instant::now();
+        server.deploy(&project)?;
+        live(&marker)?;
+        deploy_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut sorted = loop_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (dev_p50, _) = median_ms(&mut loop_ms);
+    let (deploy_p50, _) = median_ms(&mut deploy_ms);
+    println!("nimbus dev, file saved -> new revision answering, 20 edits:");
+    println!(
+        "  p50 {dev_p50:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        percentile(&sorted, 0.9),
+        sorted.last().copied().unwrap_or(0.0)
+    );
+    println!("  nimbus deploy of the same edit, by hand: p50 {deploy_p50:.0} ms");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
 }

@@ -34,6 +34,10 @@ pub struct FunctionInput {
     /// client). Without it, the server builds what the code declares.
     #[schema(pattern = "^([0-9a-f]{64})?$")]
     pub deps_sha256: Option<String>,
+    /// `[{"name": "common", "sha256": "..."}]`: uploaded archives shown read-only at
+    /// `/opt`, later ones over earlier ones (Lambda's layers).
+    #[schema(value_type = Option<Vec<Object>>, max_items = 5)]
+    pub layers: Option<Vec<model::Layer>>,
     #[schema(minimum = 64, maximum = 10240, default = 128)]
     pub memory_mb: Option<u32>,
     #[schema(minimum = 1, maximum = 900000, default = 3000)]
@@ -134,6 +138,7 @@ impl FunctionInput {
         Ok(FunctionSpec {
             build: self.build.unwrap_or(d.build),
             deps_sha256: self.deps_sha256.unwrap_or_default(),
+            layers: self.layers.unwrap_or_default(),
             memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
             timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             env: self.env,

@@ -1,7 +1,7 @@
 //! The client subcommands: deploy, invoke, ls, describe, rm.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -199,6 +199,8 @@ pub(crate) async fn deploy(
     check: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
+    // Each layer is packed and uploaded once, however many functions use it.
+    let mut layers: std::collections::HashMap<PathBuf, String> = Default::default();
     for planned in plan {
         let aliases = planned.aliases.clone();
         let mut spec = planned.spec;
@@ -222,6 +224,23 @@ pub(crate) async fn deploy(
         }
         spec.code_sha256 = store::sha256_hex(&zip);
         upload_if_missing(client, &spec.code_sha256, zip).await?;
+        for (name, layer_dir) in &planned.layers {
+            let sha = match layers.get(layer_dir) {
+                Some(sha) => sha.clone(),
+                None => {
+                    let packed = package::pack(layer_dir, &[], false)
+                        .with_context(|| format!("packaging layer {name}"))?;
+                    let sha = store::sha256_hex(&packed.zip);
+                    upload_if_missing(client, &sha, packed.zip).await?;
+                    layers.insert(layer_dir.clone(), sha.clone());
+                    sha
+                }
+            };
+            spec.layers.push(model::Layer {
+                name: name.clone(),
+                sha256: sha,
+            });
+        }
         if spec.build
             && spec.runtime != model::Runtime::Custom
             && let Some(deps) = build_deps(client, &spec).await?

@@ -106,6 +106,18 @@ impl LocalPlatform {
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {}", e.message))?;
         spec.code_sha256 = sha;
+        for (layer, layer_dir) in &planned.layers {
+            let packed = package::pack(layer_dir, &[], false)?;
+            let (sha, _) = self
+                .platform
+                .upload_code(packed.zip)
+                .await
+                .map_err(|e| anyhow::anyhow!("layer {layer}: {}", e.message))?;
+            spec.layers.push(model::Layer {
+                name: layer.clone(),
+                sha256: sha,
+            });
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
         let printer = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {

@@ -17,6 +17,17 @@ pub const FILE_NAME: &str = "nimbus.yaml";
 #[serde(deny_unknown_fields)]
 struct Manifest {
     functions: BTreeMap<String, FunctionEntry>,
+    /// Shared trees, declared once, that functions name in their `layers`.
+    #[serde(default)]
+    layers: BTreeMap<String, LayerEntry>,
+}
+
+/// `layers: {common: {path: layers/common}}`: a directory shipped as a layer, laid out as
+/// on Lambda (`python/`, `nodejs/node_modules/`, `bin/`, `lib/`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerEntry {
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +70,9 @@ struct FunctionEntry {
     /// Patterns (gitignore syntax, relative to `code`) of files not to ship.
     #[serde(default)]
     exclude: Vec<String>,
+    /// The layers (declared under `layers:`) shown at `/opt`, in order.
+    #[serde(default)]
+    layers: Vec<String>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u32>,
     #[serde(default)]
@@ -119,6 +133,8 @@ pub struct Planned {
     pub aliases: BTreeMap<String, AliasEntry>,
     /// Gitignore-syntax patterns of files not to ship.
     pub exclude: Vec<String>,
+    /// The function's layers: their names and directories, in order.
+    pub layers: Vec<(String, PathBuf)>,
 }
 
 /// Reads `dir/nimbus.yaml` and returns the functions to deploy, or every problem found.
@@ -210,6 +226,36 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
                 entry.code
             ));
         }
+        let mut layers = Vec::new();
+        for layer in &entry.layers {
+            match manifest.layers.get(layer) {
+                Some(l) => {
+                    let path = dir.join(&l.path);
+                    if !path.is_dir() {
+                        problems.push(format!(
+                            "{file}: layers.{layer}.path: `{}` is not a directory (paths are relative to {FILE_NAME})",
+                            l.path
+                        ));
+                    }
+                    layers.push((layer.clone(), path));
+                }
+                None => problems.push(format!(
+                    "{file}: {key}.layers: `{layer}` is not declared under `layers:` (declared: {})",
+                    if manifest.layers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        manifest.layers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                )),
+            }
+        }
+        if entry.layers.len() > model::limits::LAYERS_MAX {
+            problems.push(format!(
+                "{file}: {key}.layers: {} layers; a function may use at most {}",
+                entry.layers.len(),
+                model::limits::LAYERS_MAX
+            ));
+        }
         for (alias, a) in &entry.aliases {
             if let Err(e) = model::version::validate_alias_name(alias) {
                 problems.push(format!("{file}: {key}.aliases: {e}"));
@@ -227,6 +273,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             code_dir,
             aliases: entry.aliases,
             exclude: entry.exclude,
+            layers,
         });
     }
     if problems.is_empty() {

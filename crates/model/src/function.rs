@@ -113,6 +113,11 @@ pub struct FunctionSpec {
     /// Empty: none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub deps_sha256: String,
+    /// Shared trees shown read-only at `/opt`, as Lambda's layers: their `python/` is on
+    /// the import path, `nodejs/node_modules` on Node's, `bin/` on `PATH`, `lib/` on the
+    /// library path. Later layers win where they overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Layer>,
     pub memory_mb: u32,
     pub timeout_ms: u32,
     #[serde(default)]
@@ -182,6 +187,13 @@ pub struct FunctionSpec {
     /// the built-in dead-letter queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<Destination>,
+}
+
+/// A layer a function uses: its name (from the manifest) and the archive of its tree.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Layer {
+    pub name: String,
+    pub sha256: String,
 }
 
 /// Where an asynchronous invocation's record is sent: another function (`name` or
@@ -329,6 +341,7 @@ impl FunctionSpec {
             code_sha256: code_sha256.into(),
             build: true,
             deps_sha256: String::new(),
+            layers: Vec::new(),
             memory_mb: limits::MEMORY_MB_DEFAULT,
             timeout_ms: limits::TIMEOUT_MS_DEFAULT,
             env: BTreeMap::new(),
@@ -621,6 +634,30 @@ impl FunctionSpec {
                     "must be 64 lowercase hex characters (the sha256 of an uploaded archive)"
                         .into(),
                 )
+            },
+        );
+        push(
+            "layers",
+            if self.layers.len() > limits::LAYERS_MAX {
+                Err(format!(
+                    "{} layers; a function may use at most {}",
+                    self.layers.len(),
+                    limits::LAYERS_MAX
+                ))
+            } else if let Some(l) = self.layers.iter().find(|l| {
+                validate_name(&l.name).is_err()
+                    || l.sha256.len() != 64
+                    || !l
+                        .sha256
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            }) {
+                Err(format!(
+                    "layer `{}`: a name like a function's and the sha256 of an uploaded archive",
+                    l.name
+                ))
+            } else {
+                Ok(())
             },
         );
         push(

@@ -177,3 +177,6 @@ pub const BUILD_MEMORY_MB: u32 = 2_048;
 pub const BUILD_OUTPUT_BYTES_MAX: usize = 256 * 1024;
 /// Dependency files larger than this are refused (they are read whole to key the cache).
 pub const DEPS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// Layers one function may use (Lambda's limit).
+pub const LAYERS_MAX: usize = 5;

@@ -451,6 +451,12 @@ impl Platform {
         self.put_function(spec, mode).await
     }
 
+    /// The tree of `spec`'s layers, made from their archives if needed.
+    async fn layers_dir(&self, spec: &FunctionSpec) -> Result<Option<std::path::PathBuf>, Error> {
+        let shas: Vec<&str> = spec.layers.iter().map(|l| l.sha256.as_str()).collect();
+        Ok(self.code.layers(&shas).await?)
+    }
+
     /// Starts one instance of `spec` outside the function's pool (its serving instances are
     /// not touched), which loads the handler, and stops it again.
     async fn check_handler(&self, spec: &FunctionSpec) -> Result<(), Error> {
@@ -464,7 +470,8 @@ impl Platform {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
         }
         let code_dir = self.code.tree(&spec.code_sha256, &spec.deps_sha256).await?;
-        let config = instance_config(spec, None, code_dir);
+        let opt_dir = self.layers_dir(spec).await?;
+        let config = instance_config(spec, None, code_dir, opt_dir);
         match self.pool.check_load(&config).await? {
             None => Ok(()),
             Some(e) => Err(Error::new(
@@ -511,8 +518,13 @@ impl Platform {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
         }
         self.prepare_deps(&mut spec, None).await?;
-        if !spec.deps_sha256.is_empty() && !self.blobs.exists(&spec.deps_sha256).await? {
-            return Err(store::StoreError::BlobNotFound(spec.deps_sha256.clone()).into());
+        let archives = std::iter::once(&spec.deps_sha256)
+            .filter(|d| !d.is_empty())
+            .chain(spec.layers.iter().map(|l| &l.sha256));
+        for sha in archives {
+            if !self.blobs.exists(sha).await? {
+                return Err(store::StoreError::BlobNotFound(sha.clone()).into());
+            }
         }
         let _write = self.writes.lock().await;
         // Every trigger's specs, as they would be after this write, must hold together
@@ -677,7 +689,8 @@ impl Platform {
             .code
             .tree(&function.spec.code_sha256, &function.spec.deps_sha256)
             .await?;
-        let instance = instance_config(&function.spec, version, code_dir);
+        let opt_dir = self.layers_dir(&function.spec).await?;
+        let instance = instance_config(&function.spec, version, code_dir, opt_dir);
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();
         // Only cache what no write has overtaken since it was read.
@@ -905,13 +918,15 @@ fn hash_key(key: &str) -> String {
 }
 
 /// The instance configuration of `spec` (of `version`, `$LATEST` when `None`), its code
-/// at `code_dir`.
+/// at `code_dir`, its layers at `opt_dir`.
 fn instance_config(
     spec: &FunctionSpec,
     version: Option<u32>,
     code_dir: std::path::PathBuf,
+    opt_dir: Option<std::path::PathBuf>,
 ) -> InstanceConfig {
     InstanceConfig {
+        opt_dir,
         function: spec.name.clone(),
         version: version.map_or_else(|| "$LATEST".to_string(), |v| v.to_string()),
         runtime: spec.runtime,

@@ -391,6 +391,7 @@ impl Instance {
             instance.memory_mb = config.memory_mb;
             let mut code_dir = config.code_dir.clone();
             let mut uid = None;
+            let mut opt_seen = config.opt_dir.clone();
             if let Some((warden, cgroup)) = warden {
                 // A jailed stem: its cgroups get the function's limits and its helper
                 // mounts the code, before the runtime loads any of it.
@@ -406,9 +407,12 @@ impl Instance {
                 tell_warden(warden, &spec).await?;
                 instance.cgroup = cgroup;
                 code_dir = PathBuf::from(crate::jail::TASK_ROOT);
+                // Jailed, the layers are at /opt; else where they are on the host.
+                opt_seen = opt_seen.map(|_| PathBuf::from(crate::jail::OPT_ROOT));
                 uid = function_uid;
             }
-            let env: Vec<(String, String)> = instance_env(id, config, &code_dir, port);
+            let env: Vec<(String, String)> =
+                instance_env(id, config, &code_dir, opt_seen.as_deref(), port);
             let meta = serde_json::to_vec(&serde_json::json!({
                 "env": env,
                 "cwd": code_dir,
@@ -434,12 +438,16 @@ impl Instance {
             Some(iso) => iso.cgroup(config).map_err(platform)?,
             None => None,
         };
-        let (launch, code_dir_seen) = match jail {
+        let (launch, code_dir_seen, opt_seen) = match jail {
             Some(iso) => (
                 iso.wrap(&launch, config, cgroup.as_ref()),
                 PathBuf::from(crate::jail::TASK_ROOT),
+                config
+                    .opt_dir
+                    .as_ref()
+                    .map(|_| PathBuf::from(crate::jail::OPT_ROOT)),
             ),
-            None => (launch, config.code_dir.clone()),
+            None => (launch, config.code_dir.clone(), config.opt_dir.clone()),
         };
         let mut cmd = tokio::process::Command::new(&launch.program);
         let port_text = port.map(|p| p.to_string()).unwrap_or_default();
@@ -451,7 +459,13 @@ impl Instance {
             }
         }))
         .env_clear()
-        .envs(instance_env(id, config, &code_dir_seen, port))
+        .envs(instance_env(
+            id,
+            config,
+            &code_dir_seen,
+            opt_seen.as_deref(),
+            port,
+        ))
         .current_dir(if jail.is_some() {
             std::path::Path::new("/")
         } else {
@@ -857,12 +871,21 @@ fn instance_env(
     id: u64,
     c: &InstanceConfig,
     code_dir: &std::path::Path,
+    opt_dir: Option<&std::path::Path>,
     port: Option<u16>,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let code_dir = code_dir.display().to_string();
-    env.extend(BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(BASE_ENV.iter().map(|(k, v)| match (*k, opt_dir) {
+        // Layers' programs come first on PATH, as on Lambda.
+        ("PATH", Some(opt)) => (k.to_string(), format!("{}/bin:{v}", opt.display())),
+        _ => (k.to_string(), v.to_string()),
+    }));
+    if let Some(opt) = opt_dir {
+        env.push(("NIMBUS_OPT_DIR".into(), opt.display().to_string()));
+        env.push(("LD_LIBRARY_PATH".into(), format!("{}/lib", opt.display())));
+    }
     env.extend([
         ("NIMBUS_FUNCTION_NAME".into(), c.function.clone()),
         ("NIMBUS_HANDLER".into(), c.handler.clone()),

@@ -227,6 +227,7 @@ impl Isolation {
             network: network == model::Network::Outbound,
             cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
             code_writable: false,
+            opt_dir: None,
         };
         helper_launch(&self.config.helper, &spec, launch, |arg| {
             let path = Path::new(arg);
@@ -250,9 +251,17 @@ impl Isolation {
             return None;
         }
         let code = config.code_dir.file_name()?.to_str()?.to_string();
+        let opt = match &config.opt_dir {
+            Some(dir) if dir.parent() == Some(self.config.code_root.as_path()) => {
+                Some(dir.file_name()?.to_str()?.to_string())
+            }
+            Some(_) => return None,
+            None => None,
+        };
         Some((
             Specialization {
                 code,
+                opt,
                 tmp_mb: config.ephemeral_storage_mb,
             },
             self.uid_of(&config.function),
@@ -284,6 +293,7 @@ impl Isolation {
             network: config.network == model::Network::Outbound,
             cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
             code_writable: false,
+            opt_dir: config.opt_dir.clone(),
         };
         let inside = |arg: &OsString| -> OsString {
             let path = Path::new(arg);
@@ -344,6 +354,7 @@ impl Isolation {
             network: true,
             cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
             code_writable: true,
+            opt_dir: None,
         };
         Ok(helper_launch(&self.config.helper, &spec, launch, |a| {
             a.clone()
@@ -479,6 +490,7 @@ fn probe_jail(
         network: false,
         cgroup_procs: Vec::new(),
         code_writable: false,
+        opt_dir: None,
     };
     let out = std::process::Command::new(&config.helper)
         .arg(crate::JAIL_HELPER_ARG)

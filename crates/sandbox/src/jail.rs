@@ -33,6 +33,8 @@ use crate::sys::SingleThreaded;
 /// Where the function's code appears inside the jail (Lambda's path, so code that looks
 /// for `LAMBDA_TASK_ROOT` finds it).
 pub const TASK_ROOT: &str = "/var/task";
+/// Where a function's layers are, as on Lambda.
+pub const OPT_ROOT: &str = "/opt";
 /// Where the runtime shim appears inside the jail.
 pub const RUNTIME_ROOT: &str = "/var/runtime";
 /// Where a stem's jail keeps every code tree until it is specialized (root-only, and only
@@ -44,6 +46,9 @@ const STEM_CODE_ROOT: &str = "/.nimbus-code";
 pub struct Specialization {
     /// The name of the code tree under `code_root`.
     pub code: String,
+    /// The name of the layers' tree under `code_root`, shown at `/opt`.
+    #[serde(default)]
+    pub opt: Option<String>,
     pub tmp_mb: u32,
 }
 
@@ -83,6 +88,9 @@ pub struct JailSpec {
     /// `code_dir` is shown writable: a dependency build writes its result there.
     #[serde(default)]
     pub code_writable: bool,
+    /// The function's layers, shown read-only at `/opt`.
+    #[serde(default)]
+    pub opt_dir: Option<PathBuf>,
 }
 
 /// Why the jail could not be built; printed by the helper, which then exits with status 125.
@@ -364,7 +372,8 @@ fn serve_specialization(control: &OwnedFd, jail_root: &OwnedFd) {
 }
 
 fn specialize(s: &Specialization, jail_root: &OwnedFd) -> Result<(), JailError> {
-    if s.code.is_empty() || s.code.contains('/') || s.code.starts_with('.') {
+    let named = |t: &str| !t.is_empty() && !t.contains('/') && !t.starts_with('.');
+    if !named(&s.code) || s.opt.as_deref().is_some_and(|o| !named(o)) {
         return Err(JailError {
             what: "specializing".into(),
             source: std::io::Error::other(format!("`{}` is not a code tree name", s.code)),
@@ -385,6 +394,17 @@ fn specialize(s: &Specialization, jail_root: &OwnedFd) -> Result<(), JailError> 
         "",
     )
     .at(|| "making the code read-only".into())?;
+    if let Some(opt) = &s.opt {
+        let at = under(root, Path::new(OPT_ROOT));
+        rustix::mount::mount_bind_recursive(hidden.join(opt), &at)
+            .at(|| format!("mounting layers {opt}"))?;
+        rustix::mount::mount_remount(
+            &at,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        )
+        .at(|| "making the layers read-only".into())?;
+    }
     rustix::mount::unmount(&hidden, UnmountFlags::DETACH)
         .at(|| "hiding the other code trees".into())?;
     let size = std::ffi::CString::new(format!("size={}m", s.tmp_mb)).expect("no NUL");
@@ -460,6 +480,11 @@ fn build_root(spec: &JailSpec) -> Result<(), JailError> {
         (None, None) => mkdir(&under(root, Path::new(TASK_ROOT)))?,
     }
     bind_read_only(&spec.shim_dir, &under(root, Path::new(RUNTIME_ROOT)))?;
+    // The mount point of layers, in every jail: a stem learns its function's layers later.
+    match &spec.opt_dir {
+        Some(opt) => bind_read_only(opt, &under(root, Path::new(OPT_ROOT)))?,
+        None => mkdir(&under(root, Path::new(OPT_ROOT)))?,
+    }
     let tmp = root.join("tmp");
     mkdir(&tmp)?;
     mount_tmpfs(

@@ -52,6 +52,9 @@ pub struct InstanceConfig {
     pub handler: String,
     /// The unpacked, read-only code tree.
     pub code_dir: PathBuf,
+    /// The tree of the function's layers, shown at `/opt` (sandboxed) or named by
+    /// `NIMBUS_OPT_DIR`; none without layers.
+    pub opt_dir: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub memory_mb: u32,
     pub timeout_ms: u32,
@@ -101,6 +104,7 @@ impl InstanceConfig {
             runtime,
             handler: handler.into(),
             code_dir: code_dir.into(),
+            opt_dir: None,
             env: Default::default(),
             memory_mb: 128,
             timeout_ms: 1000,

@@ -233,6 +233,7 @@ impl Node {
             runtime,
             handler: format!("{}.handler", file.split('.').next().unwrap()),
             code_dir: code,
+            opt_dir: None,
             env: BTreeMap::new(),
             memory_mb: 256,
             timeout_ms: 10_000,

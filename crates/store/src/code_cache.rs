@@ -83,6 +83,47 @@ impl CodeCache {
         Ok(dir)
     }
 
+    /// The tree of a function's layers, shown at `/opt`: the one layer's own tree, or the
+    /// layers laid over each other in order (a later one's file wins), made once per list
+    /// of hard links like `tree`. `None` without layers.
+    pub async fn layers(&self, shas: &[&str]) -> Result<Option<PathBuf>, StoreError> {
+        match shas {
+            [] => return Ok(None),
+            [one] => return self.ensure(one).await.map(Some),
+            _ => {}
+        }
+        let dir = self.dir(&layers_id(shas));
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return Ok(Some(dir));
+        }
+        let mut parts = Vec::new();
+        for sha in shas {
+            parts.push(self.ensure(sha).await?);
+        }
+        let root = self.root.clone();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
+            let made = parts
+                .iter()
+                .try_for_each(|p| link_tree(p, &staging))
+                .and_then(|()| match std::fs::rename(&staging, &target) {
+                    Err(_) if target.exists() => {
+                        let _ = std::fs::remove_dir_all(&staging);
+                        Ok(())
+                    }
+                    other => other,
+                });
+            if made.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            made.map_err(StoreError::io(format!("making {}", target.display())))
+        })
+        .await
+        .expect("layers task panicked")?;
+        Ok(Some(dir))
+    }
+
     /// Removes unpacks that a crash interrupted (`.staging-*` directories), returning how
     /// many. Only at start-up, before any upload: an unpack in progress looks the same.
     pub async fn sweep_staging(&self) -> Result<u64, StoreError> {
@@ -194,6 +235,16 @@ fn unpack_atomically(
 /// sha256 like the others, so the collector and the sandbox treat it as any tree.
 pub fn tree_id(code: &str, deps: &str) -> String {
     crate::sha256_hex(format!("nimbus-tree-1\0{code}\0{deps}").as_bytes())
+}
+
+/// The name of the tree of several layers (see `CodeCache::layers`).
+pub fn layers_id(shas: &[&str]) -> String {
+    let mut text = String::from("nimbus-layers-1");
+    for sha in shas {
+        text.push('\0');
+        text.push_str(sha);
+    }
+    crate::sha256_hex(text.as_bytes())
 }
 
 /// Recreates `from` under `to` with hard links to its files (copies where the filesystem

@@ -506,15 +506,18 @@ impl MetaStore for SqliteStore {
 
     async fn referenced_code(&self) -> Result<BTreeSet<String>, StoreError> {
         // Every namespace's: code is shared between them by content.
-        // The code, the dependencies' archive and the tree of both (see `CodeCache::tree`).
-        let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256' FROM functions
-             UNION SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256' FROM versions",
+        // The code, the dependencies' archive and the tree of both (see `CodeCache::tree`),
+        // the layers' archives and the tree of them all.
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256', spec ->> '$.layers'
+             FROM functions
+             UNION SELECT spec ->> '$.code_sha256', spec ->> '$.deps_sha256', spec ->> '$.layers'
+             FROM versions",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut out = BTreeSet::new();
-        for (code, deps) in rows {
+        for (code, deps, layers) in rows {
             if let (Some(code), Some(deps)) = (&code, &deps)
                 && !deps.is_empty()
             {
@@ -522,6 +525,14 @@ impl MetaStore for SqliteStore {
             }
             out.extend(code);
             out.extend(deps.filter(|d| !d.is_empty()));
+            let layers: Vec<model::Layer> = layers
+                .and_then(|l| serde_json::from_str(&l).ok())
+                .unwrap_or_default();
+            let shas: Vec<&str> = layers.iter().map(|l| l.sha256.as_str()).collect();
+            if shas.len() > 1 {
+                out.insert(crate::code_cache::layers_id(&shas));
+            }
+            out.extend(shas.iter().map(|s| s.to_string()));
         }
         Ok(out)
     }

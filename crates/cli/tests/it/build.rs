@@ -283,3 +283,73 @@ async fn the_deploy_check_refuses_handlers_that_do_not_load() {
         "Runtime.UserCodeSyntaxError"
     );
 }
+
+/// A layer declared once is shown read-only at `/opt` to the two functions that name it,
+/// as on Lambda: its `python/` importable, its `nodejs/node_modules` requirable, its
+/// `bin/` on `PATH`.
+#[tokio::test]
+async fn a_layer_is_shared_by_two_functions_at_opt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let py = "import os, subprocess, greet\n\
+def handler(event, context):\n    \
+tool = subprocess.run(['layer-tool'], capture_output=True, text=True).stdout.strip()\n    \
+return {'greet': greet.greet('py'), 'tool': tool, 'opt': os.path.isfile('/opt/python/greet.py')}\n";
+    let dir = project(
+        tmp.path(),
+        "layered",
+        "layers:\n  common: {path: common}\n\
+functions:\n  pyf:\n    runtime: python3\n    handler: main.handler\n    code: pyf\n    layers: [common]\n  \
+nodef:\n    runtime: nodejs\n    handler: index.handler\n    code: nodef\n    layers: [common]\n",
+        &[
+            (
+                "common/python/greet.py",
+                "def greet(n):\n    return 'hello ' + n + ' from a layer'\n",
+            ),
+            (
+                "common/nodejs/node_modules/greet/index.js",
+                "module.exports = (n) => 'hello ' + n + ' from a layer';\n",
+            ),
+            ("common/bin/layer-tool", "#!/bin/sh\necho tool-output\n"),
+            ("pyf/main.py", py),
+            (
+                "nodef/index.js",
+                "const greet = require('greet');\nexports.handler = async () => greet('node');\n",
+            ),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("common/bin/layer-tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    server.deploy(&dir).await;
+    let res = server.invoke("pyf", "{}").await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"greet": "hello py from a layer", "tool": "tool-output", "opt": true})
+    );
+    let res = server.invoke("nodef", "{}").await;
+    assert_eq!(res.text().await.unwrap(), "hello node from a layer");
+    let pyf = server.get_json("/v1/functions/pyf").await;
+    let nodef = server.get_json("/v1/functions/nodef").await;
+    assert_eq!(pyf["layers"][0]["name"], "common");
+    assert_eq!(pyf["layers"], nodef["layers"]);
+
+    // An undeclared layer is a manifest error naming what is declared.
+    let bad = project(
+        tmp.path(),
+        "badlayer",
+        "functions:\n  f:\n    runtime: python3\n    handler: main.handler\n    layers: [nope]\n",
+        &[("main.py", "def handler(e, c):\n    return 1\n")],
+    );
+    let run = server.cli(&["deploy", bad.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("f.layers: `nope` is not declared under `layers:` (declared: none)"),
+        "{}",
+        run.stderr
+    );
+}

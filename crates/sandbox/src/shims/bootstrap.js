@@ -26,6 +26,14 @@ function configure() {
   MEMORY_MB = env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128';
   INSTANCE_ID = env.NIMBUS_INSTANCE_ID || '';
   CODE_DIR = env.NIMBUS_CODE_DIR || process.cwd();
+  if (env.NIMBUS_OPT_DIR) {
+    // Layers, where Lambda's Node.js runtime looks; read again here because a stem cell
+    // started before it knew its function.
+    const major = process.versions.node.split('.')[0];
+    env.NODE_PATH = [`${env.NIMBUS_OPT_DIR}/nodejs/node${major}/node_modules`,
+      `${env.NIMBUS_OPT_DIR}/nodejs/node_modules`].join(':');
+    require('module').Module._initPaths();
+  }
 }
 
 const sock = new net.Socket({ fd: 0, readable: true, writable: true });

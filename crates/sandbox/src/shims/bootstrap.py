@@ -539,6 +539,11 @@ def main(stem=False):
     _INSTANCE_ID = os.environ.get("NIMBUS_INSTANCE_ID", "")
     code_dir = os.environ.get("NIMBUS_CODE_DIR", os.getcwd())
     sys.path.insert(0, code_dir)
+    opt = os.environ.get("NIMBUS_OPT_DIR")
+    if opt:
+        # Layers, after the function's own code, where Lambda's Python runtime looks.
+        sys.path.append(opt + "/python")
+        sys.path.append("%s/python/lib/python%d.%d/site-packages" % (opt, *sys.version_info[:2]))
 
     _stdout, _stderr = _Capture("stdout"), _Capture("stderr")
     sys.stdout, sys.stderr = _stdout, _stderr
