@@ -27,7 +27,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             publish,
             no_check,
-        } => deploy(&client, dir, *publish, !*no_check).await,
+            build,
+        } => {
+            let local = match build {
+                crate::BuildAt::Server => None,
+                crate::BuildAt::Local => {
+                    Some(crate::local::LocalPlatform::open(&crate::local::project_dir(dir)?).await?)
+                }
+            };
+            let deployed = deploy_with(&client, dir, *publish, !*no_check, local.as_ref()).await;
+            if let Some(local) = local {
+                local.shutdown().await;
+            }
+            deployed
+        }
         Command::Publish { name, description } => {
             let v = publish(&client, name, description).await?;
             println!("{}", describe_version(name, &v));
@@ -198,6 +211,17 @@ pub(crate) async fn deploy(
     publish_too: bool,
     check: bool,
 ) -> anyhow::Result<ExitCode> {
+    deploy_with(client, dir, publish_too, check, None).await
+}
+
+/// Deploys, with the dependencies built by `local` on this machine when given.
+async fn deploy_with(
+    client: &Client,
+    dir: &Path,
+    publish_too: bool,
+    check: bool,
+    local: Option<&crate::local::LocalPlatform>,
+) -> anyhow::Result<ExitCode> {
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
     // Each layer is packed and uploaded once, however many functions use it.
     let mut layers: std::collections::HashMap<PathBuf, String> = Default::default();
@@ -223,7 +247,18 @@ pub(crate) async fn deploy(
             );
         }
         spec.code_sha256 = store::sha256_hex(&zip);
+        let built_here = match local {
+            Some(local) if spec.build && spec.runtime != model::Runtime::Custom => {
+                local.build(&spec, zip.clone()).await?
+            }
+            _ => None,
+        };
         upload_if_missing(client, &spec.code_sha256, zip).await?;
+        if let Some((deps, bytes)) = built_here {
+            upload_if_missing(client, &deps, bytes).await?;
+            eprintln!("{}: dependencies installed here", spec.name);
+            spec.deps_sha256 = deps;
+        }
         for (name, layer_dir) in &planned.layers {
             let sha = match layers.get(layer_dir) {
                 Some(sha) => sha.clone(),
@@ -243,6 +278,7 @@ pub(crate) async fn deploy(
         }
         if spec.build
             && spec.runtime != model::Runtime::Custom
+            && spec.deps_sha256.is_empty()
             && let Some(deps) = build_deps(client, &spec).await?
         {
             spec.deps_sha256 = deps;

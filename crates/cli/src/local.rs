@@ -26,6 +26,7 @@ pub struct LocalPlatform {
     pub platform: Arc<Platform>,
     pub gateway: Arc<api::Gateway>,
     pool: Arc<sandbox::Pool>,
+    blobs: Arc<dyn store::BlobStore>,
 }
 
 impl LocalPlatform {
@@ -55,7 +56,7 @@ impl LocalPlatform {
                 ..sandbox::PoolConfig::default()
             },
         );
-        let platform = Arc::new(Platform::new(meta, blobs, code, pool.clone()));
+        let platform = Arc::new(Platform::new(meta, blobs.clone(), code, pool.clone()));
         platform.enable_builds(platform::BuildConfig {
             scratch_dir: data.join("builds"),
             node_id: "local".into(),
@@ -76,6 +77,7 @@ impl LocalPlatform {
             platform,
             gateway,
             pool,
+            blobs,
         })
     }
 
@@ -134,6 +136,46 @@ impl LocalPlatform {
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {} ({})", e.message, e.code.as_str()))?;
         Ok(())
+    }
+
+    /// Installs the dependencies that the code archive `zip` declares for `spec`'s runtime
+    /// here, on this machine (`nimbus deploy --build local`), and returns the archive of
+    /// the result, to upload with the function; `None` when the code declares none. Built
+    /// once per dependency set, like on a server.
+    pub async fn build(
+        &self,
+        spec: &model::FunctionSpec,
+        zip: Vec<u8>,
+    ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+        let name = &spec.name;
+        let (sha, _) = self
+            .platform
+            .upload_code(zip)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {}", e.message))?;
+        let mut local = spec.clone();
+        local.code_sha256 = sha;
+        local.deps_sha256.clear();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let printer = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                eprintln!("  | {line}");
+            }
+        });
+        let built = self.platform.prepare_deps(&mut local, Some(tx)).await;
+        let _ = printer.await;
+        let outcome = built.map_err(|e| {
+            anyhow::anyhow!("{name}: {} ({})", e.message.trim_end(), e.code.as_str())
+        })?;
+        let Some(deps) = outcome.deps_sha256() else {
+            return Ok(None);
+        };
+        let bytes = self
+            .blobs
+            .get(deps)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: reading the local build: {e}"))?;
+        Ok(Some((deps.to_string(), bytes)))
     }
 
     /// Sends `request` through the gateway, as a client's request from loopback.

@@ -41,6 +41,12 @@ pub struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BuildAt {
+    Server,
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
     Json,
@@ -84,6 +90,10 @@ pub enum Command {
         /// check fails the deploy on a missing module or handler or a syntax error).
         #[arg(long)]
         no_check: bool,
+        /// Where dependencies are installed: on the server (default), or here, with this
+        /// machine's interpreter and package index, then uploaded.
+        #[arg(long, value_enum, default_value_t = BuildAt::Server)]
+        build: BuildAt,
     },
     /// Publish a function's current code and configuration as a new, immutable version.
     Publish {

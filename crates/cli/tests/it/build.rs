@@ -353,3 +353,48 @@ nodef:\n    runtime: nodejs\n    handler: index.handler\n    code: nodef\n    la
         run.stderr
     );
 }
+
+/// `--build local` installs the dependencies on the client and uploads them: the server
+/// builds nothing, and the function imports them.
+#[tokio::test]
+async fn build_local_installs_on_the_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "clientbuilt",
+        "functions:\n  clientbuilt:\n    runtime: python3\n    handler: main.handler\n",
+        &[
+            (
+                "main.py",
+                "import tabulate\ndef handler(event, context):\n    return tabulate.__version__\n",
+            ),
+            ("requirements.txt", "tabulate==0.9.0\n"),
+        ],
+    );
+    let run = server
+        .cli(&["deploy", dir.to_str().unwrap(), "--build", "local"])
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("Successfully installed tabulate"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("clientbuilt: dependencies installed here"),
+        "{}",
+        run.stderr
+    );
+    // The server ran no build (the CLI would have shown its result).
+    assert!(
+        !run.stderr.contains("dependencies installed in"),
+        "{}",
+        run.stderr
+    );
+    let res = server.invoke("clientbuilt", "{}").await;
+    assert_eq!(res.text().await.unwrap(), "0.9.0");
+    let f = server.get_json("/v1/functions/clientbuilt").await;
+    assert_eq!(f["deps_sha256"].as_str().unwrap().len(), 64);
+}
