@@ -21,6 +21,23 @@ use crate::{
 const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `init` talks to no server, so it needs no token.
+    if let Command::Init {
+        dir,
+        template,
+        name,
+        list,
+    } = &cli.command
+    {
+        return init(
+            dir,
+            template,
+            name.as_deref(),
+            *list,
+            &cli.endpoint,
+            cli.output,
+        );
+    }
     let client = Client::new(&cli)?;
     match &cli.command {
         Command::Deploy {
@@ -187,7 +204,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             observe::invocations(&client, function, filter, cli.output).await
         }
         Command::Server(_) => unreachable!("the server is not a client command"),
+        Command::Init { .. } => unreachable!("init is handled before the client is made"),
     }
+}
+
+/// `nimbus init`: lists the templates, or writes one and says what to do next.
+fn init(
+    dir: &Path,
+    template: &str,
+    name: Option<&str>,
+    list: bool,
+    endpoint: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    if list {
+        if output == Output::Json {
+            let templates: Vec<Value> = crate::init::TEMPLATES
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name, "about": t.about, "web": t.web}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "templates": templates }))?
+            );
+        } else {
+            for t in crate::init::TEMPLATES {
+                println!("{:<10} {}", t.name, t.about);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let template = crate::init::template(template)?;
+    let created = crate::init::init(dir, template, name)?;
+    let steps = crate::init::next_steps(&created, dir, endpoint);
+    if output == Output::Json {
+        let v = serde_json::json!({
+            "name": created.name,
+            "template": template.name,
+            "dir": dir,
+            "files": created.files,
+            "next": steps,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "created {} ({}) in {}: {}",
+            created.name,
+            template.name,
+            dir.display(),
+            created.files.join(", ")
+        );
+        println!("next:");
+        for step in steps {
+            println!("  {step}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn deploy(

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod init;
 mod manifest;
 mod observe;
 mod package;
@@ -48,6 +49,21 @@ pub enum Output {
 pub enum Command {
     /// Run the Nimbus server (control API and function instances).
     Server(server::ServerArgs),
+    /// Start a project in DIR from a template: nimbus.yaml, the code, a test.
+    Init {
+        /// Directory to write the project into (made if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The template (see --list).
+        #[arg(long, short, default_value = "python")]
+        template: String,
+        /// The function's name; the directory's name by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// List the templates and write nothing.
+        #[arg(long)]
+        list: bool,
+    },
     /// Deploy every function of DIR/nimbus.yaml (create or update).
     Deploy {
         /// Project directory holding nimbus.yaml.

@@ -5,6 +5,7 @@ mod asynq;
 mod build;
 mod gateway;
 mod harness;
+mod init;
 mod invoke_path;
 mod limits;
 mod listener;
