@@ -3,6 +3,7 @@
 
 mod asynq;
 mod build;
+mod cli;
 mod gateway;
 mod harness;
 mod init;
