@@ -130,3 +130,82 @@ fn the_server_log_has_no_colour_codes_in_a_pipe() {
     assert!(log.contains("INFO"), "no log lines: {log}");
     assert!(!log.contains('\u{1b}'), "colour codes in {log:?}");
 }
+
+/// `deploy` and `publish` answer `-o json` with one object each; in text, `deploy` names
+/// every route and the function URL with where to reach them.
+#[tokio::test]
+async fn deploy_and_publish_have_one_json_shape_and_deploy_prints_routes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "shape",
+        "functions:\n  shape:\n    runtime: python3\n    handler: main.handler\n    \
+         url: {auth: anonymous}\n    triggers:\n      - http: {path: /shape, methods: [GET], auth: anonymous}\n  \
+         plain:\n    runtime: python3\n    handler: main.handler\n",
+        &[("main.py", "def handler(e, c):\n    return 1\n")],
+    );
+    let dir_arg = dir.to_str().unwrap();
+    let text = server.cli(&["deploy", dir_arg]).await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let base = &server.endpoint;
+    assert!(
+        text.stdout
+            .contains(&format!("  route GET /shape (anonymous): {base}/shape\n")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("  url   {base}/fn/shape/ (anonymous)\n")),
+        "{}",
+        text.stdout
+    );
+
+    let json = server.cli(&["deploy", dir_arg, "-o", "json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let functions = v["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), 2, "{v}");
+    let shape = functions.iter().find(|f| f["name"] == "shape").unwrap();
+    assert_eq!(shape["change"], "unchanged", "{shape}");
+    assert_eq!(shape["revision"], 1, "{shape}");
+    assert_eq!(shape["runtime"], "python3", "{shape}");
+    assert_eq!(shape["url"], format!("{base}/fn/shape/"), "{shape}");
+    assert_eq!(
+        shape["routes"],
+        serde_json::json!([{"path": "/shape", "methods": ["GET"], "auth": "anonymous",
+                            "url": format!("{base}/shape")}])
+    );
+    let plain = functions.iter().find(|f| f["name"] == "plain").unwrap();
+    assert_eq!(plain["url"], Value::Null, "{plain}");
+    assert_eq!(plain["routes"], serde_json::json!([]), "{plain}");
+
+    let published = server.cli(&["publish", "shape", "-o", "json"]).await;
+    assert_eq!(published.code, 0, "{}", published.stderr);
+    let p: Value = serde_json::from_str(&published.stdout).unwrap();
+    assert_eq!(
+        (&p["function"], &p["version"], &p["created"]),
+        (&"shape".into(), &1.into(), &true.into()),
+        "{p}"
+    );
+    let again = server.cli(&["publish", "shape", "-o", "json"]).await;
+    let p: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(
+        (&p["version"], &p["created"]),
+        (&1.into(), &false.into()),
+        "{p}"
+    );
+    // Lists are objects too, never bare arrays.
+    for args in [["versions", "shape"], ["alias", "ls"], ["dlq", "ls"]] {
+        let mut args = args.to_vec();
+        if args[0] == "alias" {
+            args.push("shape");
+        }
+        args.extend(["-o", "json"]);
+        let run = server.cli(&args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        let v: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert!(v.is_object(), "{args:?}: {v}");
+    }
+}
