@@ -52,6 +52,11 @@ impl Client {
             .is_ok_and(|r| r.status().is_success())
     }
 
+    /// The server's URL, without a trailing `/`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))

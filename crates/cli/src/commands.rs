@@ -21,6 +21,23 @@ use crate::{
 const PROGRESS_BYTES_MIN: usize = 1024 * 1024;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `init` talks to no server, so it needs no token.
+    if let Command::Init {
+        dir,
+        template,
+        name,
+        list,
+    } = &cli.command
+    {
+        return init(
+            dir,
+            template,
+            name.as_deref(),
+            *list,
+            &cli.endpoint,
+            cli.output,
+        );
+    }
     let client = Client::new(&cli)?;
     match &cli.command {
         Command::Deploy {
@@ -35,7 +52,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(crate::local::LocalPlatform::open(&crate::local::project_dir(dir)?).await?)
                 }
             };
-            let deployed = deploy_with(&client, dir, *publish, !*no_check, local.as_ref()).await;
+            let deployed = deploy_with(
+                &client,
+                dir,
+                *publish,
+                !*no_check,
+                cli.output,
+                local.as_ref(),
+            )
+            .await;
             if let Some(local) = local {
                 local.shutdown().await;
             }
@@ -43,7 +68,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Publish { name, description } => {
             let v = publish(&client, name, description).await?;
-            println!("{}", describe_version(name, &v));
+            if cli.output == Output::Json {
+                print_json(&v)?;
+            } else {
+                println!("{}", describe_version(name, &v));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Versions { name, version } => versions(&client, name, *version, cli.output).await,
@@ -54,7 +83,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &format!("/v1/functions/{name}/versions/{version}"),
                 ))
                 .await?;
-            println!("deleted version {version} of {name}");
+            if cli.output == Output::Json {
+                print_json(
+                    &serde_json::json!({"function": name, "version": version, "deleted": true}),
+                )?;
+            } else {
+                println!("deleted version {version} of {name}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Alias(a) => alias(&client, a, cli.output).await,
@@ -93,7 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let list: Value = client.json(client.request(Method::GET, &path)).await?;
             if cli.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print_json(&serde_json::json!({ "dead_letters": list }))?;
             } else {
                 println!(
                     "{:<38} {:<24} {:<8} ERROR",
@@ -120,7 +155,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r: Value = client
                 .json(client.request(Method::POST, "/v1/dlq/redrive").json(&body))
                 .await?;
-            println!("redrove {}", r["redriven"]);
+            if cli.output == Output::Json {
+                print_json(&r)?;
+            } else {
+                println!("redrove {}", r["redriven"]);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls => ls(&client, cli.output).await,
@@ -129,7 +168,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client
                 .send(client.request(Method::DELETE, &format!("/v1/functions/{name}")))
                 .await?;
-            println!("deleted {name}");
+            if cli.output == Output::Json {
+                print_json(&serde_json::json!({"function": name, "deleted": true}))?;
+            } else {
+                println!("deleted {name}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(k) => keys(&client, k, cli.output).await,
@@ -202,7 +245,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(_) | Command::Local(_) | Command::Dev { .. } => {
             unreachable!("the server and local runs are not client commands")
         }
+        Command::Init { .. } => unreachable!("init is handled before the client is made"),
     }
+}
+
+/// `nimbus init`: lists the templates, or writes one and says what to do next.
+fn init(
+    dir: &Path,
+    template: &str,
+    name: Option<&str>,
+    list: bool,
+    endpoint: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    if list {
+        if output == Output::Json {
+            let templates: Vec<Value> = crate::init::TEMPLATES
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name, "about": t.about, "web": t.web}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "templates": templates }))?
+            );
+        } else {
+            for t in crate::init::TEMPLATES {
+                println!("{:<10} {}", t.name, t.about);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let template = crate::init::template(template)?;
+    let created = crate::init::init(dir, template, name)?;
+    let steps = crate::init::next_steps(&created, dir, endpoint);
+    if output == Output::Json {
+        let v = serde_json::json!({
+            "name": created.name,
+            "template": template.name,
+            "dir": dir,
+            "files": created.files,
+            "next": steps,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "created {} ({}) in {}: {}",
+            created.name,
+            template.name,
+            dir.display(),
+            created.files.join(", ")
+        );
+        println!("next:");
+        for step in steps {
+            println!("  {step}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as the one JSON object a command answers with.
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A deployed function's routes as `deploy` reports them: each trigger's path, methods,
+/// auth and full URL.
+fn routes_of(f: &Value, base: &str) -> Vec<Value> {
+    f["triggers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("http"))
+        .map(|h| {
+            let path = h["path"].as_str().unwrap_or("");
+            serde_json::json!({
+                "path": path,
+                "methods": h.get("methods").cloned().unwrap_or_else(|| serde_json::json!([])),
+                "auth": h.get("auth").cloned().unwrap_or_else(|| "admin".into()),
+                "url": format!("{base}{path}"),
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn deploy(
@@ -210,8 +334,9 @@ pub(crate) async fn deploy(
     dir: &Path,
     publish_too: bool,
     check: bool,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
-    deploy_with(client, dir, publish_too, check, None).await
+    deploy_with(client, dir, publish_too, check, output, None).await
 }
 
 /// Deploys, with the dependencies built by `local` on this machine when given.
@@ -220,9 +345,12 @@ async fn deploy_with(
     dir: &Path,
     publish_too: bool,
     check: bool,
+    output: Output,
     local: Option<&crate::local::LocalPlatform>,
 ) -> anyhow::Result<ExitCode> {
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
+    let text = output == Output::Text;
+    let mut deployed = Vec::new();
     // Each layer is packed and uploaded once, however many functions use it.
     let mut layers: std::collections::HashMap<PathBuf, String> = Default::default();
     for planned in plan {
@@ -305,26 +433,78 @@ async fn deploy_with(
             .unwrap_or("deployed")
             .to_string();
         let f: Value = res.json().await?;
-        println!(
-            "{change} {} ({}, {}) revision {}",
-            spec.name,
-            f["runtime"].as_str().unwrap_or(""),
-            f["handler"].as_str().unwrap_or(""),
-            f["revision"]
-        );
+        let routes = routes_of(&f, client.base());
+        let url = match &f["url"] {
+            Value::Null => Value::Null,
+            _ => format!("{}/fn/{}/", client.base(), spec.name).into(),
+        };
+        if text {
+            println!(
+                "{change} {} ({}, {}) revision {}",
+                spec.name,
+                f["runtime"].as_str().unwrap_or(""),
+                f["handler"].as_str().unwrap_or(""),
+                f["revision"]
+            );
+            for r in &routes {
+                let methods: Vec<&str> = r["methods"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let methods = if methods.is_empty() {
+                    "ANY".to_string()
+                } else {
+                    methods.join(",")
+                };
+                println!(
+                    "  route {methods} {} ({}): {}",
+                    r["path"].as_str().unwrap_or(""),
+                    r["auth"].as_str().unwrap_or(""),
+                    r["url"].as_str().unwrap_or("")
+                );
+            }
+            if let Some(u) = url.as_str() {
+                println!(
+                    "  url   {u} ({})",
+                    f["url"]["auth"].as_str().unwrap_or("admin")
+                );
+            }
+        }
+        let mut entry = serde_json::json!({
+            "name": spec.name,
+            "change": change,
+            "revision": f["revision"],
+            "runtime": f["runtime"],
+            "routes": routes,
+            "url": url,
+        });
         if publish_too {
             let v = publish(client, &spec.name, "").await?;
-            println!("{}", describe_version(&spec.name, &v));
-            let version = v["version"].as_u64().unwrap_or(0) as u32;
-            for (alias, how) in &aliases {
-                move_alias(client, &spec.name, alias, version, how).await?;
+            if text {
+                println!("{}", describe_version(&spec.name, &v));
             }
-        } else if !aliases.is_empty() {
+            let version = v["version"].as_u64().unwrap_or(0) as u32;
+            let mut moved = Vec::new();
+            for (alias, how) in &aliases {
+                moved.push(move_alias(client, &spec.name, alias, version, how, text).await?);
+            }
+            entry["published"] = serde_json::json!({
+                "version": v["version"],
+                "created": v["created"],
+                "aliases": moved,
+            });
+        } else if !aliases.is_empty() && text {
             println!(
                 "(aliases of {} move with `nimbus deploy --publish`)",
                 spec.name
             );
         }
+        deployed.push(entry);
+    }
+    if !text {
+        print_json(&serde_json::json!({ "functions": deployed }))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -339,6 +519,7 @@ async fn publish(client: &Client, name: &str, description: &str) -> anyhow::Resu
         .await?;
     let created = res.status() == StatusCode::CREATED;
     let mut v: Value = res.json().await?;
+    v["function"] = name.into();
     v["created"] = Value::Bool(created);
     Ok(v)
 }
@@ -352,14 +533,15 @@ fn describe_version(name: &str, v: &Value) -> String {
 }
 
 /// Moves `alias` to `version` as the manifest says: fully, or as a canary next to the
-/// version it has now.
+/// version it has now; the alias as written (printed too with `text`).
 async fn move_alias(
     client: &Client,
     name: &str,
     alias: &str,
     version: u32,
     how: &manifest::AliasEntry,
-) -> anyhow::Result<()> {
+    text: bool,
+) -> anyhow::Result<Value> {
     let path = format!("/v1/functions/{name}/aliases/{alias}");
     let current = client.request(Method::GET, &path).send().await;
     let current: Option<Value> = match current {
@@ -380,14 +562,18 @@ async fn move_alias(
     client
         .send(client.request(Method::PUT, &path).json(&body))
         .await?;
-    match &body["canary"] {
-        Value::Null => println!("alias {name}:{alias} -> version {version}"),
-        c => println!(
-            "alias {name}:{alias} -> version {} with version {version} at {}%",
-            body["version"], c["percent"]
-        ),
+    if text {
+        match &body["canary"] {
+            Value::Null => println!("alias {name}:{alias} -> version {version}"),
+            c => println!(
+                "alias {name}:{alias} -> version {} with version {version} at {}%",
+                body["version"], c["percent"]
+            ),
+        }
     }
-    Ok(())
+    let mut moved = body;
+    moved["alias"] = alias.into();
+    Ok(moved)
 }
 
 async fn versions(
@@ -401,8 +587,12 @@ async fn versions(
         None => format!("/v1/functions/{name}/versions"),
     };
     let value: Value = client.json(client.request(Method::GET, &path)).await?;
-    if output == Output::Json || version.is_some() {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+    if version.is_some() {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if output == Output::Json {
+        print_json(&serde_json::json!({"function": name, "versions": value}))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -469,14 +659,18 @@ async fn alias(client: &Client, cmd: &AliasCommand, output: Output) -> anyhow::R
                         .json(&body),
                 )
                 .await?;
-            println!("alias {name}:{alias} -> {}", alias_target(&a));
+            if output == Output::Json {
+                print_json(&a)?;
+            } else {
+                println!("alias {name}:{alias} -> {}", alias_target(&a));
+            }
         }
         AliasCommand::Ls { name } => {
             let list: Value = client
                 .json(client.request(Method::GET, &format!("/v1/functions/{name}/aliases")))
                 .await?;
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print_json(&serde_json::json!({"function": name, "aliases": list}))?;
             } else {
                 println!("{:<20} TARGET", "ALIAS");
                 for a in list.as_array().into_iter().flatten() {
@@ -495,7 +689,13 @@ async fn alias(client: &Client, cmd: &AliasCommand, output: Output) -> anyhow::R
                     &format!("/v1/functions/{name}/aliases/{alias}"),
                 ))
                 .await?;
-            println!("deleted alias {name}:{alias}");
+            if output == Output::Json {
+                print_json(
+                    &serde_json::json!({"function": name, "alias": alias, "deleted": true}),
+                )?;
+            } else {
+                println!("deleted alias {name}:{alias}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -845,7 +1045,11 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
             client
                 .send(client.request(Method::DELETE, &format!("/v1/keys/{id}")))
                 .await?;
-            println!("deleted invoke key {id}");
+            if output == Output::Json {
+                print_json(&serde_json::json!({"id": id, "deleted": true}))?;
+            } else {
+                println!("deleted invoke key {id}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -190,7 +190,7 @@ async fn redeploy(
     followed: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    crate::commands::deploy(client, dir, false, true).await?;
+    crate::commands::deploy(client, dir, false, true, Output::Text).await?;
     eprintln!("deployed in {} ms", started.elapsed().as_millis());
     let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
     for planned in plan {

@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod dev;
+mod init;
 mod local;
 mod manifest;
 mod observe;
@@ -13,7 +14,7 @@ mod server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Where a server listens, and a client looks for it, unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9700";
@@ -33,7 +34,7 @@ pub struct Cli {
     /// Data directory of the server (the client reads `admin.token` from it).
     #[arg(long, global = true, env = "NIMBUS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Output format of the read commands.
+    /// Output format: text, or json (one JSON object per command).
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     #[command(subcommand)]
@@ -77,9 +78,24 @@ pub enum LocalCommand {
 pub enum Command {
     /// Run the Nimbus server (control API and function instances).
     Server(server::ServerArgs),
+    /// Start a project in DIR from a template: nimbus.yaml, the code, a test.
+    Init {
+        /// Directory to write the project into (made if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The template (see --list).
+        #[arg(long, short, default_value = "python")]
+        template: String,
+        /// The function's name; the directory's name by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// List the templates and write nothing.
+        #[arg(long)]
+        list: bool,
+    },
     /// Deploy every function of DIR/nimbus.yaml (create or update).
     Deploy {
-        /// Project directory holding nimbus.yaml.
+        /// Project directory holding nimbus.yaml (or nimbus.yml), or the manifest itself.
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Also publish each function as a version and move the aliases its manifest
@@ -306,6 +322,54 @@ pub enum KeysCommand {
     Rm { id: String },
 }
 
+/// The client's options, which mean nothing to `nimbus server` and stay out of its help.
+const CLIENT_ONLY_ARGS: [&str; 3] = ["endpoint", "token", "output"];
+
+/// The command line as clap parses it, with two adjustments the derive cannot express: an
+/// environment variable set to the empty string counts as unset (`NIMBUS_TOKEN=` in a
+/// script means "no token", not "the empty token"), and `nimbus server --help` shows the
+/// server's options only. `is_empty_env` tells whether a variable is set but empty.
+fn cli_command(is_empty_env: &dyn Fn(&std::ffi::OsStr) -> bool) -> clap::Command {
+    fn unset_empty(
+        cmd: clap::Command,
+        is_empty_env: &dyn Fn(&std::ffi::OsStr) -> bool,
+    ) -> clap::Command {
+        let subcommands: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut cmd = cmd.mut_args(|a| {
+            if a.get_env().is_some_and(is_empty_env) {
+                a.env(None)
+            } else {
+                a
+            }
+        });
+        for name in subcommands {
+            cmd = cmd.mut_subcommand(name, |s| unset_empty(s, is_empty_env));
+        }
+        cmd
+    }
+    let cmd = unset_empty(Cli::command(), is_empty_env);
+    // Building copies each global option into every subcommand that lacks one of that id,
+    // so giving the server hidden copies of its own keeps the visible ones out. (Hiding
+    // them after a build is not possible: clap's index of option names goes stale.)
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| CLIENT_ONLY_ARGS.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().global(false).hide(true))
+        .collect();
+    cmd.mut_subcommand("server", |s| s.args(hidden))
+}
+
+/// Parses the process's arguments (exiting with clap's message when they are wrong).
+fn parse_cli() -> Cli {
+    let is_empty_env =
+        |name: &std::ffi::OsStr| std::env::var_os(name).is_some_and(|v| v.is_empty());
+    let matches = cli_command(&is_empty_env).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// The data dir when none is given: the user's data directory, else `./.nimbus`.
 pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
@@ -320,7 +384,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == sandbox::JAIL_HELPER_ARG) {
         sandbox::jail::helper_main(&args[2..]);
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // reqwest is built without a default crypto provider (see DEPENDENCIES.md): pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -348,5 +412,85 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help_of(cmd: &mut clap::Command, path: &[&str]) -> String {
+        let mut cmd = cmd.clone();
+        // Global options reach the subcommands when the command is built.
+        cmd.build();
+        for name in path {
+            cmd = cmd.find_subcommand(name).unwrap().clone();
+        }
+        cmd.render_long_help().to_string()
+    }
+
+    #[test]
+    fn the_server_help_shows_server_options_only() {
+        let mut cmd = cli_command(&|_| false);
+        let server = help_of(&mut cmd, &["server"]);
+        assert!(server.contains("--listen"), "{server}");
+        assert!(server.contains("--data-dir"), "{server}");
+        for client in ["--endpoint", "--token", "--output"] {
+            assert!(!server.contains(client), "{client} in {server}");
+        }
+        // The client commands keep them, before or after the subcommand.
+        let ls = help_of(&mut cmd, &["ls"]);
+        assert!(ls.contains("--endpoint") && ls.contains("--output"), "{ls}");
+        let parse = |args: &[&str]| {
+            let matches = cli_command(&|_| false).try_get_matches_from(args).unwrap();
+            Cli::from_arg_matches(&matches).unwrap()
+        };
+        let cli = parse(&["nimbus", "ls", "-o", "json", "--endpoint", "http://x"]);
+        assert_eq!(
+            (cli.output, cli.endpoint.as_str()),
+            (Output::Json, "http://x")
+        );
+        let cli = parse(&[
+            "nimbus",
+            "server",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "127.0.0.1:1",
+        ]);
+        assert!(matches!(cli.command, Command::Server(_)));
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/d")));
+        let err = cli_command(&|_| false)
+            .try_get_matches_from(["nimbus", "server", "-h"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(!err.to_string().contains("--endpoint"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_environment_variable_is_unset() {
+        let empty = |name: &std::ffi::OsStr| name == "NIMBUS_TOKEN" || name == "NIMBUS_LISTEN";
+        let cmd = cli_command(&empty);
+        let token = cmd.get_arguments().find(|a| a.get_id() == "token").unwrap();
+        assert_eq!(token.get_env(), None);
+        let endpoint = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "endpoint")
+            .unwrap();
+        assert_eq!(
+            endpoint.get_env(),
+            Some(std::ffi::OsStr::new("NIMBUS_ENDPOINT"))
+        );
+        let server = cmd.find_subcommand("server").unwrap();
+        let listen = server
+            .get_arguments()
+            .find(|a| a.get_id() == "listen")
+            .unwrap();
+        assert_eq!(listen.get_env(), None);
+        let token = server
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .unwrap();
+        assert_eq!(token.get_env(), None);
     }
 }

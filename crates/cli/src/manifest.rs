@@ -13,6 +13,11 @@ use serde::Deserialize;
 
 pub const FILE_NAME: &str = "nimbus.yaml";
 
+/// The manifest's names, in the order a directory is searched for them.
+pub const FILE_NAMES: [&str; 2] = [FILE_NAME, "nimbus.yml"];
+
+mod keys;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
@@ -137,15 +142,60 @@ pub struct Planned {
     pub layers: Vec<(String, PathBuf)>,
 }
 
-/// Reads `dir/nimbus.yaml` and returns the functions to deploy, or every problem found.
-pub fn load(dir: &Path) -> Result<Vec<Planned>, String> {
-    let path = dir.join(FILE_NAME);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text, dir, &path.display().to_string())
+/// Reads the manifest at `path` (a file, or a directory holding `nimbus.yaml` or
+/// `nimbus.yml`) and returns the functions to deploy, or every problem found.
+pub fn load(path: &Path) -> Result<Vec<Planned>, String> {
+    let (dir, file) = locate(path)?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    parse(&text, &dir, &file.display().to_string())
+}
+
+/// The project directory and manifest file that `path` names.
+fn locate(path: &Path) -> Result<(PathBuf, PathBuf), String> {
+    if path.is_file() {
+        // Code paths are relative to the manifest, so its directory is the project's.
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        return Ok((dir, path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Err(format!("{}: no such file or directory", path.display()));
+    }
+    let found: Vec<PathBuf> = FILE_NAMES
+        .iter()
+        .map(|n| path.join(n))
+        .filter(|f| f.is_file())
+        .collect();
+    match found.as_slice() {
+        [file] => Ok((path.to_path_buf(), file.clone())),
+        [] => Err(format!(
+            "{}: no {FILE_NAME} (or nimbus.yml); `nimbus init {}` starts a project there",
+            path.display(),
+            path.display()
+        )),
+        _ => Err(format!(
+            "{}: both nimbus.yaml and nimbus.yml; keep one, or name the one to deploy",
+            path.display()
+        )),
+    }
 }
 
 fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
+    // Unknown keys are found before the typed parse, because serde's deny_unknown_fields
+    // stops at the first one and a user should fix them all in one pass.
+    if let Ok(value) = serde_norway::from_str::<serde_norway::Value>(text) {
+        let unknown = keys::unknown(&value);
+        if !unknown.is_empty() {
+            return Err(unknown
+                .iter()
+                .map(|u| format!("{file}: {u}"))
+                .collect::<Vec<_>>()
+                .join("\n"));
+        }
+    }
     let manifest: Manifest = serde_norway::from_str(text).map_err(|e| {
         let e = e.to_string();
         // `{path: /items/{id}}` is the most common slip: braces end a YAML flow mapping.
@@ -222,8 +272,12 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
         let code_dir = dir.join(&entry.code);
         if !code_dir.is_dir() {
             problems.push(format!(
-                "{file}: {key}.code: `{}` is not a directory (paths are relative to {FILE_NAME})",
-                entry.code
+                "{file}: {key}.code: `{}` is not a directory (paths are relative to {})",
+                entry.code,
+                Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or(FILE_NAME.into())
             ));
         }
         let mut layers = Vec::new();
@@ -313,6 +367,25 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_is_found_as_yaml_yml_or_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let yaml = "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n";
+        let dir = tmp.path();
+        let err = load(dir).err().unwrap();
+        assert!(err.contains("no nimbus.yaml (or nimbus.yml)"), "{err}");
+        std::fs::write(dir.join("nimbus.yml"), yaml).unwrap();
+        assert_eq!(load(dir).unwrap()[0].spec.name, "hello");
+        std::fs::write(dir.join("nimbus.yaml"), yaml).unwrap();
+        let err = load(dir).err().unwrap();
+        assert!(err.contains("both nimbus.yaml and nimbus.yml"), "{err}");
+        // A file named outright is the one: its directory is the project's.
+        let plan = load(&dir.join("nimbus.yml")).unwrap();
+        assert_eq!(plan[0].code_dir, dir.join("."));
+        let err = load(&dir.join("missing.yaml")).err().unwrap();
+        assert!(err.contains("no such file or directory"), "{err}");
+    }
+
+    #[test]
     fn errors_name_file_key_and_problem() {
         let cases = [
             (
@@ -329,7 +402,7 @@ mod tests {
             ),
             (
                 "functions:\n  hello:\n    runtime: python3\n    handler: main.handler\n    runtme: x\n",
-                "unknown field `runtme`",
+                "nimbus.yaml: functions.hello: unknown key `runtme` (did you mean `runtime`?)",
             ),
             (
                 "functions:\n  9x:\n    runtime: python3\n    handler: main.handler\n",

@@ -3,9 +3,11 @@
 
 mod asynq;
 mod build;
+mod cli;
 mod dev;
 mod gateway;
 mod harness;
+mod init;
 mod invoke_path;
 mod limits;
 mod listener;
