@@ -108,6 +108,13 @@ pub struct ServerArgs {
     /// 100 ms is frozen, so work a function leaves behind after returning takes no CPU).
     #[arg(long)]
     no_freeze_idle: bool,
+    /// The AWS region functions are told they run in (`AWS_REGION`, ARNs), so SDKs inside
+    /// them need no region argument.
+    #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// The 12-digit account id in the ARNs functions see.
+    #[arg(long, default_value = "000000000000", value_parser = account_id)]
+    account_id: String,
     /// Longest a dependency build (pip or npm at deploy) may run, in milliseconds.
     #[arg(long, default_value_t = model::limits::BUILD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     build_timeout_ms: u64,
@@ -324,6 +331,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             otlp,
         );
     }
+    platform.set_aws_identity(platform::AwsIdentity {
+        region: args.region.clone(),
+        account_id: args.account_id.clone(),
+    });
     platform.enable_builds(platform::BuildConfig {
         scratch_dir: data_dir.join("builds"),
         node_id: node_id.clone(),
@@ -550,6 +561,15 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created the admin token");
     Ok(token)
+}
+
+/// An AWS account id: 12 digits.
+fn account_id(s: &str) -> Result<String, String> {
+    if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not an account id (12 digits)"))
+    }
 }
 
 #[cfg(test)]

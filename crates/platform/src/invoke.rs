@@ -312,6 +312,7 @@ impl Platform {
             let context = sandbox::CallContext {
                 attempt: call.attempt,
                 traceparent: Some(call.trace.traceparent.clone()),
+                invoked_function_arn: Some(platform.function_arn(&call.target)),
             };
             let request_id = call.request_id.clone();
             let session = match platform.begin(call).await? {

@@ -78,6 +78,27 @@ pub struct Platform {
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Dependency builds at deploy, once `enable_builds` has set them up.
     builds: std::sync::OnceLock<crate::build::Builds>,
+    /// What runs builds and knows the interpreters' versions.
+    builder: sandbox::Builder,
+    /// Where functions are told they run, in AWS's terms.
+    aws: RwLock<AwsIdentity>,
+}
+
+/// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
+/// and SDKs written for Lambda find what they expect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsIdentity {
+    pub region: String,
+    pub account_id: String,
+}
+
+impl Default for AwsIdentity {
+    fn default() -> Self {
+        AwsIdentity {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+        }
+    }
 }
 
 impl Platform {
@@ -87,6 +108,7 @@ impl Platform {
         code: CodeCache,
         pool: Arc<Pool>,
     ) -> Platform {
+        let pool_builder = pool.builder();
         Platform {
             meta,
             blobs,
@@ -100,6 +122,8 @@ impl Platform {
             keys: RwLock::new(HashSet::new()),
             writes: tokio::sync::Mutex::new(()),
             builds: std::sync::OnceLock::new(),
+            builder: pool_builder,
+            aws: RwLock::new(AwsIdentity::default()),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -397,7 +421,42 @@ impl Platform {
     pub fn enable_builds(&self, config: BuildConfig) {
         let _ = self
             .builds
-            .set(crate::build::Builds::new(config, self.pool.builder()));
+            .set(crate::build::Builds::new(config, self.builder.clone()));
+    }
+
+    /// Sets the region and account functions are told they run in.
+    pub fn set_aws_identity(&self, identity: AwsIdentity) {
+        *self.aws.write().unwrap() = identity;
+    }
+
+    /// The ARN of `target` (`name` or `name:qualifier`) as Lambda writes it.
+    pub fn function_arn(&self, target: &str) -> String {
+        let aws = self.aws.read().unwrap();
+        format!(
+            "arn:aws:lambda:{}:{}:function:{target}",
+            aws.region, aws.account_id
+        )
+    }
+
+    /// The environment Lambda gives besides the function's own: the region, the time
+    /// zone, the execution environment (`AWS_Lambda_python3.11`, read off the node's
+    /// interpreter). The function's own variables win.
+    async fn lambda_env(&self, spec: &FunctionSpec) -> std::collections::BTreeMap<String, String> {
+        let aws = self.aws.read().unwrap().clone();
+        let mut env = spec.env.clone();
+        let mut add = |k: &str, v: String| {
+            env.entry(k.to_string()).or_insert(v);
+        };
+        add("AWS_REGION", aws.region.clone());
+        add("AWS_DEFAULT_REGION", aws.region);
+        add("NIMBUS_ACCOUNT_ID", aws.account_id);
+        add("TZ", ":UTC".into());
+        if let Ok(id) = self.builder.interpreter_id(spec.runtime).await
+            && let Some(execution) = execution_env(spec.runtime, &id)
+        {
+            add("AWS_EXECUTION_ENV", execution);
+        }
+        env
     }
 
     /// Installs the dependencies `spec`'s code declares, or finds them built before, and
@@ -471,7 +530,8 @@ impl Platform {
         }
         let code_dir = self.code.tree(&spec.code_sha256, &spec.deps_sha256).await?;
         let opt_dir = self.layers_dir(spec).await?;
-        let config = instance_config(spec, None, code_dir, opt_dir);
+        let mut config = instance_config(spec, None, code_dir, opt_dir);
+        config.env = self.lambda_env(spec).await;
         match self.pool.check_load(&config).await? {
             None => Ok(()),
             Some(e) => Err(Error::new(
@@ -690,7 +750,8 @@ impl Platform {
             .tree(&function.spec.code_sha256, &function.spec.deps_sha256)
             .await?;
         let opt_dir = self.layers_dir(&function.spec).await?;
-        let instance = instance_config(&function.spec, version, code_dir, opt_dir);
+        let mut instance = instance_config(&function.spec, version, code_dir, opt_dir);
+        instance.env = self.lambda_env(&function.spec).await;
         let resolved = Arc::new(Resolved { function, instance });
         let mut cache = self.functions.write().unwrap();
         // Only cache what no write has overtaken since it was read.
@@ -952,5 +1013,43 @@ fn instance_config(
             keep_alive_max_ms: spec.keep_alive_max_ms,
             queue_timeout_ms: spec.queue_timeout_ms,
         },
+    }
+}
+
+/// `AWS_EXECUTION_ENV` for an interpreter that reports itself as `id` (`/usr/bin/python3
+/// Python 3.11.2 …`, `/usr/bin/node v20.20.2`).
+fn execution_env(runtime: model::Runtime, id: &str) -> Option<String> {
+    let version = id.split_whitespace().find_map(|w| {
+        let w = w.trim_start_matches('v');
+        let mut parts = w.split('.');
+        let (major, minor) = (parts.next()?, parts.next()?);
+        (major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok())
+            .then(|| (major.to_string(), minor.to_string()))
+    })?;
+    match runtime {
+        model::Runtime::Python3 => Some(format!("AWS_Lambda_python{}.{}", version.0, version.1)),
+        model::Runtime::Nodejs => Some(format!("AWS_Lambda_nodejs{}.x", version.0)),
+        model::Runtime::Custom => None,
+    }
+}
+
+#[cfg(test)]
+mod lambda_env_tests {
+    #[test]
+    fn execution_envs_name_the_interpreter() {
+        use model::Runtime;
+        assert_eq!(
+            super::execution_env(
+                Runtime::Python3,
+                "/usr/bin/python3 Python 3.11.2 (main, Mar 13 2023)"
+            )
+            .as_deref(),
+            Some("AWS_Lambda_python3.11")
+        );
+        assert_eq!(
+            super::execution_env(Runtime::Nodejs, "/usr/bin/node v20.20.2").as_deref(),
+            Some("AWS_Lambda_nodejs20.x")
+        );
+        assert_eq!(super::execution_env(Runtime::Custom, "x 1.2"), None);
     }
 }

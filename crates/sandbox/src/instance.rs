@@ -907,11 +907,49 @@ fn instance_env(
         ("NIMBUS_FUNCTION_VERSION".into(), c.version.clone()),
         ("LAMBDA_TASK_ROOT".into(), code_dir),
         ("_HANDLER".into(), c.handler.clone()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+            format!("/aws/lambda/{}", c.function),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME".into(),
+            format!("{}/[{}]{}-{id}", utc_date(), c.version, c.function),
+        ),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE".into(),
+            if c.policy.min_instances > 0 {
+                "provisioned-concurrency"
+            } else {
+                "on-demand"
+            }
+            .into(),
+        ),
     ]);
     if let Some(port) = port {
         env.push(("PORT".into(), port.to_string()));
     }
     env
+}
+
+/// Today's date in UTC as `YYYY/MM/DD`, as Lambda's log stream names start.
+fn utc_date() -> String {
+    utc_date_of(crate::logs::now_ms())
+}
+
+/// The UTC date of Unix milliseconds `ms` as `YYYY/MM/DD`.
+fn utc_date_of(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    // Howard Hinnant's civil-from-days: no calendar crate for one date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}/{month:02}/{day:02}")
 }
 
 async fn pump_output<R: tokio::io::AsyncRead + Unpin>(
@@ -1140,5 +1178,20 @@ pub(crate) fn resolve_program(code_dir: &std::path::Path, program: &str) -> Path
             .map(|d| std::path::Path::new(d).join(program))
             .find(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from(program))
+    }
+}
+
+#[cfg(test)]
+mod date_tests {
+    #[test]
+    fn dates_are_the_calendars() {
+        for (ms, date) in [
+            (0, "1970/01/01"),
+            (1_796_559_556_416, "2026-12-06"),
+            (951_782_400_000, "2000-02-29"),
+            (4_107_542_400_000, "2100-03-01"),
+        ] {
+            assert_eq!(super::utc_date_of(ms), date.replace('-', "/"));
+        }
     }
 }

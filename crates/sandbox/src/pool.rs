@@ -54,6 +54,8 @@ pub struct CallContext {
     pub attempt: u32,
     /// The W3C `traceparent` of the call.
     pub traceparent: Option<String>,
+    /// The function's ARN as the call named it (with its qualifier), for the context.
+    pub invoked_function_arn: Option<String>,
 }
 
 impl Default for CallContext {
@@ -61,6 +63,7 @@ impl Default for CallContext {
         CallContext {
             attempt: 1,
             traceparent: None,
+            invoked_function_arn: None,
         }
     }
 }
@@ -1035,6 +1038,7 @@ impl Lease {
             "deadline_ms": now_ms() + self.timeout.as_millis() as i64,
             "attempt": call.attempt,
             "traceparent": call.traceparent,
+            "invoked_function_arn": call.invoked_function_arn,
         }))
         .expect("meta serializes");
         let started = Instant::now();

@@ -181,8 +181,24 @@ function encodeResult(result) {
   return ['json', Buffer.from(json === undefined ? 'null' : json)];
 }
 
+// The call's trace in X-Ray's form (`Root=1-{8 hex}-{24 hex};Parent=…;Sampled=…`), from
+// its W3C traceparent, or a fresh one without.
+function xrayTraceId(traceparent) {
+  const parts = (traceparent || '').split('-');
+  let trace, span, sampled;
+  if (parts.length === 4 && parts[1].length === 32 && parts[2].length === 16) {
+    [trace, span, sampled] = [parts[1], parts[2], parseInt(parts[3] || '0', 16) & 1];
+  } else {
+    const c = require('crypto');
+    [trace, span, sampled] = [c.randomBytes(16).toString('hex'), c.randomBytes(8).toString('hex'), 0];
+  }
+  return `Root=1-${trace.slice(0, 8)}-${trace.slice(8)};Parent=${span};Sampled=${sampled}`;
+}
+
 function makeContext(meta) {
   const deadline = meta.deadline_ms;
+  // Where Lambda's runtimes put it for each call (the SDKs and Powertools read it).
+  env._X_AMZN_TRACE_ID = xrayTraceId(meta.traceparent);
   return {
     awsRequestId: meta.request_id,
     requestId: meta.request_id,
@@ -192,9 +208,11 @@ function makeContext(meta) {
     functionName: FUNCTION_NAME,
     functionVersion: FUNCTION_VERSION,
     memoryLimitInMB: MEMORY_MB,
-    invokedFunctionArn: `arn:nimbus:function:default:${FUNCTION_NAME}`,
-    logGroupName: `/nimbus/${FUNCTION_NAME}`,
-    logStreamName: INSTANCE_ID,
+    // As Lambda names it: with the qualifier when the call named one.
+    invokedFunctionArn: meta.invoked_function_arn
+      || `arn:aws:lambda:${env.AWS_REGION || 'us-east-1'}:${env.NIMBUS_ACCOUNT_ID || '000000000000'}:function:${FUNCTION_NAME}`,
+    logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME || `/aws/lambda/${FUNCTION_NAME}`,
+    logStreamName: env.AWS_LAMBDA_LOG_STREAM_NAME || INSTANCE_ID,
     callbackWaitsForEmptyEventLoop: true,
     getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
     logger,

@@ -127,6 +127,17 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _xray_trace_id(traceparent):
+    """`Root=1-{8 hex}-{24 hex};Parent={16 hex};Sampled={0|1}` of a W3C traceparent
+    (`00-{32 hex trace}-{16 hex span}-{flags}`), or of a fresh trace without one."""
+    parts = (traceparent or "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        trace, span, sampled = parts[1], parts[2], int(parts[3] or "0", 16) & 1
+    else:
+        trace, span, sampled = os.urandom(16).hex(), os.urandom(8).hex(), 0
+    return "Root=1-%s-%s;Parent=%s;Sampled=%d" % (trace[:8], trace[8:], span, sampled)
+
+
 class Context:
     """The Lambda-compatible context object (also what Function Compute handlers use)."""
 
@@ -139,9 +150,16 @@ class Context:
         self.function_name = _FUNCTION_NAME
         self.function_version = _FUNCTION_VERSION
         self.memory_limit_in_mb = _MEMORY_MB
-        self.invoked_function_arn = "arn:nimbus:function:default:" + _FUNCTION_NAME
-        self.log_group_name = "/nimbus/" + _FUNCTION_NAME
-        self.log_stream_name = _INSTANCE_ID
+        # As Lambda names it: with the qualifier when the call named one.
+        self.invoked_function_arn = meta.get("invoked_function_arn") or (
+            "arn:aws:lambda:%s:%s:function:%s" % (
+                os.environ.get("AWS_REGION", "us-east-1"),
+                os.environ.get("NIMBUS_ACCOUNT_ID", "000000000000"), _FUNCTION_NAME))
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/" + _FUNCTION_NAME)
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", _INSTANCE_ID)
+        # The call's trace in X-Ray's form, where Lambda's runtimes put it for each call
+        # (the AWS SDKs' recursion detection and Powertools' Tracer read it there).
+        os.environ["_X_AMZN_TRACE_ID"] = _xray_trace_id(self.traceparent)
         self.identity = None
         self.client_context = None
         self.logger = _CONTEXT_LOGGER

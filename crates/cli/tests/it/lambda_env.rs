@@ -1,0 +1,117 @@
+//! What Lambda code expects of its environment and context: the region (boto3 with no
+//! region argument), the execution environment, log names, the call's X-Ray trace id, the
+//! ARN as the call named the function.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Server, project};
+
+const PROBE: &str = r#"import os, re, boto3
+def handler(event, context):
+    s3 = boto3.client("s3")
+    keys = ["AWS_REGION", "AWS_DEFAULT_REGION", "TZ", "AWS_EXECUTION_ENV",
+            "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_INITIALIZATION_TYPE"]
+    return {
+        "region": s3.meta.region_name,
+        "env": {k: os.environ.get(k) for k in keys},
+        "stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+        "trace": os.environ["_X_AMZN_TRACE_ID"],
+        "arn": context.invoked_function_arn,
+        "group": context.log_group_name,
+    }
+"#;
+
+#[tokio::test]
+async fn lambda_code_finds_its_region_trace_and_arn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--region", "eu-central-1", "--account-id", "123456789012"],
+        &[],
+    );
+    let dir = project(
+        tmp.path(),
+        "probe",
+        "functions:\n  probe:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: 10000\n",
+        &[("main.py", PROBE), ("requirements.txt", "boto3\n")],
+    );
+    server.deploy(&dir).await;
+    let res = server
+        .req(Method::POST, "/v1/functions/probe/invocations")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["region"], "eu-central-1", "{v}");
+    let python = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert_eq!(
+        v["env"],
+        json!({
+            "AWS_REGION": "eu-central-1",
+            "AWS_DEFAULT_REGION": "eu-central-1",
+            "TZ": ":UTC",
+            "AWS_EXECUTION_ENV": format!("AWS_Lambda_python{version}"),
+            "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/probe",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        })
+    );
+    assert_eq!(v["group"], "/aws/lambda/probe");
+    assert_eq!(
+        v["arn"],
+        "arn:aws:lambda:eu-central-1:123456789012:function:probe"
+    );
+    let stream = v["stream"].as_str().unwrap();
+    assert!(is_stream_name(stream), "{stream}");
+    // The call's trace, in the caller's trace, in X-Ray's form.
+    let trace = v["trace"].as_str().unwrap();
+    assert!(
+        trace.starts_with("Root=1-0af76519-16cd43dd8448eb211c80319c;Parent="),
+        "{trace}"
+    );
+    assert!(trace.ends_with(";Sampled=1"), "{trace}");
+
+    // Called through an alias, the ARN carries the qualifier.
+    let res = server
+        .req(Method::POST, "/v1/functions/probe/versions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = server
+        .req(Method::PUT, "/v1/functions/probe/aliases/live")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = server.invoke("probe:live", "{}").await;
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        v["arn"],
+        "arn:aws:lambda:eu-central-1:123456789012:function:probe:live"
+    );
+}
+
+/// Whether `s` is a log stream name as Lambda's: `YYYY/MM/DD/[$LATEST]probe-N`.
+fn is_stream_name(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(4, '/').collect();
+    parts.len() == 4
+        && parts[..3]
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_digit()))
+        && parts[3].starts_with("[$LATEST]probe-")
+        && parts[3]["[$LATEST]probe-".len()..]
+            .chars()
+            .all(|c| c.is_ascii_digit())
+}
