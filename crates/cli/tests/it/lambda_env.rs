@@ -115,3 +115,69 @@ fn is_stream_name(s: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_digit())
 }
+
+/// Node ES modules load as on Lambda: `index.mjs` with `export const handler`, one with
+/// top-level await (which only `import()` loads), and `index.js` under
+/// `"type": "module"`; a missing import is the same typed error as in CommonJS.
+#[tokio::test]
+async fn node_es_modules_load_as_on_lambda() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let manifest = "functions:\n  mjs:\n    runtime: nodejs\n    handler: index.handler\n    code: mjs\n  \
+tla:\n    runtime: nodejs\n    handler: index.handler\n    code: tla\n  \
+typed:\n    runtime: nodejs\n    handler: app.handler\n    code: typed\n  \
+broken:\n    runtime: nodejs\n    handler: index.handler\n    code: broken\n";
+    let dir = project(
+        tmp.path(),
+        "esm",
+        manifest,
+        &[
+            (
+                "mjs/index.mjs",
+                "import { basename } from 'node:path';\n\
+                 export const handler = async (event) => ({ esm: basename('/a/b.mjs'), got: event.n });\n",
+            ),
+            (
+                "tla/index.mjs",
+                "const ready = await Promise.resolve('awaited');\n\
+                 export const handler = async () => ready;\n",
+            ),
+            ("typed/package.json", r#"{"type": "module"}"#),
+            (
+                "typed/app.js",
+                "export async function handler() { return 'typed module'; }\n",
+            ),
+            (
+                "broken/index.mjs",
+                "import missing from 'nimbus-no-such-package';\nexport const handler = async () => missing;\n",
+            ),
+        ],
+    );
+    server.deploy_unchecked(&dir).await;
+    let res = server.invoke("mjs", r#"{"n": 7}"#).await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"esm": "b.mjs", "got": 7})
+    );
+    assert_eq!(
+        server.invoke("tla", "{}").await.text().await.unwrap(),
+        "awaited"
+    );
+    assert_eq!(
+        server.invoke("typed", "{}").await.text().await.unwrap(),
+        "typed module"
+    );
+    let res = server.invoke("broken", "{}").await;
+    assert_eq!(
+        crate::harness::header(&res, "x-nimbus-error-type"),
+        "Runtime.ImportModuleError"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("nimbus-no-such-package"),
+        "{body}"
+    );
+}

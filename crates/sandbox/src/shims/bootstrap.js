@@ -120,52 +120,81 @@ function syntaxErrorPlace(e) {
   return '';
 }
 
-function loadHandler(name) {
-  const handler = name || env.NIMBUS_HANDLER;
-  const dot = handler.lastIndexOf('.');
-  const moduleName = handler.slice(0, dot);
-  const funcName = handler.slice(dot + 1);
-  const file = path.resolve(CODE_DIR, moduleName);
-  let mod;
-  try {
-    mod = require(file);
-  } catch (e) {
-    if (e instanceof SyntaxError) {
-      const place = syntaxErrorPlace(e);
-      throw {
-        cause: e,
-        type: 'Runtime.UserCodeSyntaxError',
-        message: `Syntax error in module '${moduleName}': ${e.message}${place ? ` (${place})` : ''}`,
-      };
-    }
-    if (e && e.code === 'MODULE_NOT_FOUND') {
-      // The first line of the message names the module that was not found; the rest is
-      // Node's "Require stack", which names the handler file too and so must not be what
-      // decides whether the handler itself is missing.
-      const missing = String(e.message).split('\n')[0];
-      if (missing === `Cannot find module '${file}'`) {
-        throw {
-          cause: e,
-          type: 'Runtime.ImportModuleError',
-          message: `Unable to import module '${moduleName}': Cannot find module '${moduleName}' (no ${moduleName}.js or ${moduleName}/index.js in the function's code)`,
-        };
-      }
-      // A dependency is missing: name it and the user's files that required it, innermost
-      // first (the stack ends with this shim, which is not theirs).
-      const from = (e.requireStack || []).filter((f) => f !== __filename).map(shown);
-      throw {
+// The file of module `moduleName` in the code: `.js`, then `.mjs` (an ES module), then
+// `.cjs`, as Lambda looks for them; without any, the bare path (for the error message).
+function moduleFile(moduleName) {
+  const base = path.resolve(CODE_DIR, moduleName);
+  for (const ext of ['.js', '.mjs', '.cjs']) {
+    try {
+      if (require('fs').statSync(base + ext).isFile()) return base + ext;
+    } catch (_) { /* not this one */ }
+  }
+  return base;
+}
+
+// A load failure as the typed error Lambda gives for it.
+function loadError(e, moduleName, file) {
+  if (e instanceof SyntaxError) {
+    const place = syntaxErrorPlace(e);
+    return {
+      cause: e,
+      type: 'Runtime.UserCodeSyntaxError',
+      message: `Syntax error in module '${moduleName}': ${e.message}${place ? ` (${place})` : ''}`,
+    };
+  }
+  if (e && (e.code === 'MODULE_NOT_FOUND' || e.code === 'ERR_MODULE_NOT_FOUND')) {
+    // The first line of the message names the module that was not found; the rest is
+    // Node's "Require stack", which names the handler file too and so must not be what
+    // decides whether the handler itself is missing.
+    const missing = String(e.message).split('\n')[0];
+    if (missing === `Cannot find module '${file}'`) {
+      return {
         cause: e,
         type: 'Runtime.ImportModuleError',
-        message: `Unable to import module '${moduleName}': ${missing}${from.length ? ` (required by ${from.join(', required by ')})` : ''}`,
+        message: `Unable to import module '${moduleName}': Cannot find module '${moduleName}' (no ${moduleName}.js, .mjs or .cjs, nor ${moduleName}/index.js in the function's code)`,
       };
     }
-    throw { cause: e };
+    // A dependency is missing: name it and the user's files that required it, innermost
+    // first (the stack ends with this shim, which is not theirs).
+    const from = (e.requireStack || []).filter((f) => f !== __filename).map(shown);
+    return {
+      cause: e,
+      type: 'Runtime.ImportModuleError',
+      message: `Unable to import module '${moduleName}': ${missing}${from.length ? ` (required by ${from.join(', required by ')})` : ''}`,
+    };
   }
+  return { cause: e };
+}
+
+function handlerOf(mod, handler, funcName) {
   const fn = mod && mod[funcName];
   if (typeof fn !== 'function') {
     throw { cause: null, type: 'Runtime.HandlerNotFound', message: `${handler} is undefined or not exported` };
   }
   return fn;
+}
+
+// The handler function, or a promise of it when its module is an ES module that only
+// `import()` loads (one with top-level await).
+function loadHandler(name) {
+  const handler = name || env.NIMBUS_HANDLER;
+  const dot = handler.lastIndexOf('.');
+  const moduleName = handler.slice(0, dot);
+  const funcName = handler.slice(dot + 1);
+  const file = moduleFile(moduleName);
+  let mod;
+  try {
+    mod = require(file);
+  } catch (e) {
+    if (e && (e.code === 'ERR_REQUIRE_ASYNC_MODULE' || e.code === 'ERR_REQUIRE_ESM')) {
+      return import(require('url').pathToFileURL(file).href).then(
+        (m) => handlerOf(m, handler, funcName),
+        (e2) => { throw loadError(e2, moduleName, file); },
+      );
+    }
+    throw loadError(e, moduleName, file);
+  }
+  return handlerOf(mod, handler, funcName);
 }
 
 function decodeEvent(body) {
@@ -282,9 +311,17 @@ function runHook(id, meta) {
         finish(f.cause instanceof Error ? f.cause : new Error(f.message));
         return;
       }
-      const out = hook(makeContext(m), (e) => finish(e));
-      if (out && typeof out.then === 'function') out.then(() => finish(null), (e) => finish(e || new Error('hook failed')));
-      else if (hook.length < 2) finish(null);
+      const run = (h) => {
+        const out = h(makeContext(m), (e) => finish(e));
+        if (out && typeof out.then === 'function') out.then(() => finish(null), (e) => finish(e || new Error('hook failed')));
+        else if (h.length < 2) finish(null);
+      };
+      // A hook in an ES module that only import() loads comes as a promise.
+      if (hook && typeof hook.then === 'function') {
+        hook.then(run, (f) => finish(f.cause instanceof Error ? f.cause : new Error(f.message)));
+      } else {
+        run(hook);
+      }
     } catch (e) {
       finish(e);
     }
@@ -292,14 +329,22 @@ function runHook(id, meta) {
 }
 
 function main() {
-  let fn;
-  try {
-    fn = loadHandler();
-  } catch (f) {
+  const initError = (f) => {
     send(INIT_ERROR, 0, EMPTY, errorBody(f.cause !== undefined ? f.cause : f, f.type, f.message));
     sock.end(() => process.exit(1));
+  };
+  let loaded;
+  try {
+    loaded = loadHandler();
+  } catch (f) {
+    initError(f);
     return;
   }
+  if (loaded && typeof loaded.then === 'function') loaded.then(start, initError);
+  else start(loaded);
+}
+
+function start(fn) {
   const ready = () => {
     const initMs = Number(process.hrtime.bigint() - started) / 1e6;
     send(READY, 0, JSON.stringify({ init_ms: initMs }), EMPTY);
