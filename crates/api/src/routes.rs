@@ -467,10 +467,8 @@ pub async fn build(
     body: Body,
 ) -> Result<Response, ApiError> {
     let input: BuildInput = parse_json(&read_body(body, 4096, "request").await?)?;
-    let runtime: model::Runtime = input
-        .runtime
-        .parse()
-        .map_err(|e: String| ApiError::invalid(format!("runtime: {e}")))?;
+    let (runtime, _) = model::Runtime::parse_id(&input.runtime)
+        .map_err(|e| ApiError::invalid(format!("runtime: {e}")))?;
     // The spec of a function that would use this code, as far as the build looks at it.
     let mut spec = model::FunctionSpec::new("build", runtime, "", &input.code_sha256);
     if spec.validate().iter().any(|e| e.field == "code_sha256") {

@@ -19,7 +19,12 @@ pub struct FunctionInput {
     #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
     pub name: Option<String>,
     /// `python3`, `nodejs` or `custom`.
-    #[schema(example = "python3", pattern = "^(python3|nodejs|custom)$")]
+    /// `python3`, `nodejs`, `custom`, or a versioned id: `python3.11`, `nodejs20.x`
+    /// (the version is then also in `runtime_version`, as the API answers it).
+    #[schema(
+        example = "python3",
+        pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom)$"
+    )]
     pub runtime: String,
     /// `module.function`, e.g. `main.handler`; `module:app` for WSGI/ASGI; empty for custom.
     #[schema(example = "main.handler", max_length = 128)]
@@ -28,6 +33,10 @@ pub struct FunctionInput {
     /// sha256 of a code archive uploaded with `POST /v1/code`.
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub code_sha256: String,
+    /// The interpreter version a versioned runtime id named (`3.11`, `20`), as the API
+    /// answers it; it must agree with `runtime` when both name one.
+    #[schema(pattern = "^([0-9]{1,2}(\\.[0-9]{1,2})?)?$")]
+    pub runtime_version: Option<String>,
     /// `false`: install nothing, even when the code declares dependencies (default true).
     pub build: Option<bool>,
     /// An uploaded archive of installed dependencies laid over the code (one built on the
@@ -130,13 +139,28 @@ impl FunctionInput {
             (None, Some(b)) => b,
             (None, None) => return Err(ApiError::invalid("name: missing")),
         };
-        let runtime = self
-            .runtime
-            .parse()
-            .map_err(|e: String| ApiError::invalid(format!("runtime: {e}")))?;
+        let (runtime, mut runtime_version) = model::Runtime::parse_id(&self.runtime)
+            .map_err(|e| ApiError::invalid(format!("runtime: {e}")))?;
+        match self.runtime_version.filter(|v| !v.is_empty()) {
+            Some(v) if runtime_version.is_empty() => {
+                // Checked like an id written whole: `python` + `3.11`, `nodejs` + `20.x`.
+                let id = runtime.id(&v);
+                runtime_version = model::Runtime::parse_id(&id)
+                    .map_err(|_| ApiError::invalid(format!("runtime_version: `{v}` is not a version of {runtime}")))?
+                    .1;
+            }
+            Some(v) if v != runtime_version => {
+                return Err(ApiError::invalid(format!(
+                    "runtime_version: `{v}` but runtime `{}` says {runtime_version}",
+                    self.runtime
+                )));
+            }
+            _ => {}
+        }
         let d = FunctionSpec::new(&name, runtime, &self.handler, &self.code_sha256);
         Ok(FunctionSpec {
             build: self.build.unwrap_or(d.build),
+            runtime_version,
             deps_sha256: self.deps_sha256.unwrap_or_default(),
             layers: self.layers.unwrap_or_default(),
             memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
@@ -512,7 +536,7 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildInput {
-    #[schema(pattern = "^(python3|nodejs|custom)$")]
+    #[schema(pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom)$")]
     pub runtime: String,
     /// The uploaded code whose declared dependencies to install.
     #[schema(pattern = "^[0-9a-f]{64}$")]

@@ -213,7 +213,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
     let mut problems = Vec::new();
     for (name, entry) in manifest.functions {
         let key = format!("functions.{name}");
-        let runtime = match entry.runtime.parse::<Runtime>() {
+        let (runtime, runtime_version) = match Runtime::parse_id(&entry.runtime) {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("{file}: {key}.runtime: {e}"));
@@ -259,6 +259,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             on_success: entry.on_success,
             on_failure: entry.on_failure,
             build: entry.build.unwrap_or(d.build),
+            runtime_version,
             ..d
         };
         for e in spec.validate() {

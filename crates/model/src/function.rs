@@ -49,6 +49,42 @@ impl std::str::FromStr for Runtime {
     }
 }
 
+impl Runtime {
+    /// A runtime as written in a manifest or the API: `python3`, `nodejs`, `custom`, or
+    /// one of AWS's versioned ids (`python3.11`, `nodejs20.x`), which name the runtime and
+    /// the interpreter version the function wants (`3.11`, `20`).
+    pub fn parse_id(s: &str) -> Result<(Runtime, String), String> {
+        if let Ok(r) = s.parse::<Runtime>() {
+            return Ok((r, String::new()));
+        }
+        let digits =
+            |v: &str| !v.is_empty() && v.len() <= 2 && v.bytes().all(|b| b.is_ascii_digit());
+        if let Some(minor) = s.strip_prefix("python3.")
+            && digits(minor)
+        {
+            return Ok((Runtime::Python3, format!("3.{minor}")));
+        }
+        if let Some(major) = s.strip_prefix("nodejs").and_then(|r| r.strip_suffix(".x"))
+            && digits(major)
+        {
+            return Ok((Runtime::Nodejs, major.to_string()));
+        }
+        Err(format!(
+            "unknown runtime `{s}`; expected python3, nodejs or custom, or a versioned id such as python3.11 or nodejs20.x"
+        ))
+    }
+
+    /// The id a function was written with: `python3.11` for version `3.11`.
+    pub fn id(self, version: &str) -> String {
+        match (self, version) {
+            (r, "") => r.as_str().to_string(),
+            (Runtime::Python3, v) => format!("python{v}"),
+            (Runtime::Nodejs, v) => format!("nodejs{v}.x"),
+            (Runtime::Custom, _) => "custom".into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -102,6 +138,10 @@ pub struct FunctionSpec {
     pub name: String,
     pub runtime: Runtime,
     pub handler: String,
+    /// The interpreter version the function asked for with a versioned runtime id
+    /// (`python3.11` → `3.11`, `nodejs20.x` → `20`); empty: any the node has.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime_version: String,
     /// sha256 (hex) of the code archive in the blob store.
     pub code_sha256: String,
     /// Whether the server installs the dependencies the code declares (`requirements.txt`,
@@ -339,6 +379,7 @@ impl FunctionSpec {
             runtime,
             handler: handler.into(),
             code_sha256: code_sha256.into(),
+            runtime_version: String::new(),
             build: true,
             deps_sha256: String::new(),
             layers: Vec::new(),
@@ -953,6 +994,35 @@ mod tests {
         c.handler = String::new();
         c.command = vec!["java".into(), "Server.java".into()];
         assert_eq!(c.validate(), vec![]);
+    }
+
+    #[test]
+    fn versioned_runtime_ids_name_the_version() {
+        assert_eq!(
+            Runtime::parse_id("python3"),
+            Ok((Runtime::Python3, String::new()))
+        );
+        assert_eq!(
+            Runtime::parse_id("python3.11"),
+            Ok((Runtime::Python3, "3.11".into()))
+        );
+        assert_eq!(
+            Runtime::parse_id("nodejs20.x"),
+            Ok((Runtime::Nodejs, "20".into()))
+        );
+        for bad in [
+            "python3.",
+            "python3.x",
+            "nodejs20",
+            "nodejs.x",
+            "python2.7",
+            "ruby3.3",
+        ] {
+            assert!(Runtime::parse_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Runtime::Python3.id("3.11"), "python3.11");
+        assert_eq!(Runtime::Nodejs.id("20"), "nodejs20.x");
+        assert_eq!(Runtime::Nodejs.id(""), "nodejs");
     }
 
     #[test]

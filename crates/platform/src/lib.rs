@@ -499,6 +499,7 @@ impl Platform {
             let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(Error::invalid(all.join("; ")));
         }
+        self.check_runtime_version(&spec).await?;
         self.prepare_deps(&mut spec, None).await?;
         let unchanged = match self.meta.get_function(&spec.name).await {
             Ok(f) => f.spec == spec,
@@ -508,6 +509,32 @@ impl Platform {
             self.check_handler(&spec).await?;
         }
         self.put_function(spec, mode).await
+    }
+
+    /// Refuses a versioned runtime id (`python3.12`) that this node's interpreter is not:
+    /// the function would run on another version than it was written for.
+    async fn check_runtime_version(&self, spec: &FunctionSpec) -> Result<(), Error> {
+        if spec.runtime_version.is_empty() {
+            return Ok(());
+        }
+        let id = self.builder.interpreter_id(spec.runtime).await?;
+        let have = execution_env(spec.runtime, &id).unwrap_or_default();
+        let wanted = spec.runtime.id(&spec.runtime_version);
+        if have == format!("AWS_Lambda_{wanted}") {
+            return Ok(());
+        }
+        let have = have.trim_start_matches("AWS_Lambda_");
+        Err(Error::invalid(format!(
+            "runtime {wanted}: this node's {} interpreter is {have} ({}); deploy with runtime {have} or {}, or start the server with {} pointing at the version wanted",
+            spec.runtime,
+            id.split_whitespace().next().unwrap_or(""),
+            spec.runtime,
+            if spec.runtime == model::Runtime::Python3 {
+                "--python3"
+            } else {
+                "--node"
+            },
+        )))
     }
 
     /// The tree of `spec`'s layers, made from their archives if needed.

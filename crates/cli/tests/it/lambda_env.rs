@@ -181,3 +181,89 @@ broken:\n    runtime: nodejs\n    handler: index.handler\n    code: broken\n";
         "{body}"
     );
 }
+
+/// The node's interpreter versions, as AWS's runtime ids: (`python3.11`, `nodejs20.x`).
+fn local_runtime_ids() -> (String, String) {
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let python = run(
+        "/usr/bin/python3",
+        &["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    );
+    let node = run("node", &["-p", "process.versions.node.split('.')[0]"]);
+    (format!("python{python}"), format!("nodejs{node}.x"))
+}
+
+/// AWS's versioned runtime ids deploy when the node has that version, and are refused
+/// with what it has otherwise.
+#[tokio::test]
+async fn versioned_runtime_ids_match_the_nodes_interpreters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let (python, node) = local_runtime_ids();
+    let deploy = |name: &str, runtime: &str, file: &str, code: &str| {
+        let dir = project(
+            tmp.path(),
+            name,
+            &format!(
+                "functions:\n  {name}:\n    runtime: {runtime}\n    handler: {}.handler\n",
+                file.split('.').next().unwrap()
+            ),
+            &[(file, code)],
+        );
+        let server = &server;
+        async move { server.cli(&["deploy", dir.to_str().unwrap()]).await }
+    };
+    let run = deploy(
+        "pyv",
+        &python,
+        "main.py",
+        "def handler(e, c):\n    return 'py'\n",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(server.invoke("pyv", "{}").await.text().await.unwrap(), "py");
+    let run = deploy(
+        "nodev",
+        &node,
+        "index.js",
+        "exports.handler = async () => 'node';\n",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        server.invoke("nodev", "{}").await.text().await.unwrap(),
+        "node"
+    );
+
+    // One minor version up: not on this node.
+    let minor: u32 = python.rsplit('.').next().unwrap().parse().unwrap();
+    let other = format!("python3.{}", minor + 1);
+    let run = deploy(
+        "pyother",
+        &other,
+        "main.py",
+        "def handler(e, c):\n    return 1\n",
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!(
+            "runtime {other}: this node's python3 interpreter is {python}"
+        )),
+        "{}",
+        run.stderr
+    );
+    let run = deploy("bad", "ruby3.3", "main.py", "").await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unknown runtime `ruby3.3`"),
+        "{}",
+        run.stderr
+    );
+}
