@@ -146,7 +146,11 @@ impl FunctionInput {
                 // Checked like an id written whole: `python` + `3.11`, `nodejs` + `20.x`.
                 let id = runtime.id(&v);
                 runtime_version = model::Runtime::parse_id(&id)
-                    .map_err(|_| ApiError::invalid(format!("runtime_version: `{v}` is not a version of {runtime}")))?
+                    .map_err(|_| {
+                        ApiError::invalid(format!(
+                            "runtime_version: `{v}` is not a version of {runtime}"
+                        ))
+                    })?
                     .1;
             }
             Some(v) if v != runtime_version => {

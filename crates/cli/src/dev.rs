@@ -26,19 +26,30 @@ const POLL: Duration = Duration::from_millis(100);
 /// rename, touch) lands as one change.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// A server `dev` started itself; dropping it stops the server.
+/// A server `dev` started itself.
 struct OwnServer {
     child: tokio::process::Child,
     _data: tempfile::TempDir,
 }
 
-impl Drop for OwnServer {
-    fn drop(&mut self) {
+/// How long the server gets to stop its instances before it is killed.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(15);
+
+impl OwnServer {
+    /// Stops the server as an operator would (SIGTERM: it stops its instances and removes
+    /// their cgroups), and kills it only if it is not gone within the grace period; then
+    /// its data dir goes.
+    async fn stop(mut self) {
         if let Some(pid) = self.child.id()
             && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
         {
-            // SIGTERM: the server stops its instances before it goes.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(SERVER_STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
         }
     }
 }
@@ -56,7 +67,8 @@ async fn start_server() -> anyhow::Result<(OwnServer, Client)> {
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(log)
-        .kill_on_drop(true)
+        // Not killed on drop: `stop` ends it gracefully (a killed server leaves its
+        // instances' cgroups behind). A dev that is itself killed leaves it running.
         .spawn()
         .context("starting nimbus server")?;
     let stdout = child.stdout.take().expect("piped");
@@ -179,7 +191,9 @@ pub async fn run(default: Option<Client>, dir: &Path) -> anyhow::Result<ExitCode
     for (_, follower) in followed {
         follower.abort();
     }
-    drop(own);
+    if let Some(own) = own {
+        own.stop().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

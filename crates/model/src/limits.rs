@@ -175,6 +175,10 @@ pub const LOG_REGEX_BYTES_MAX: usize = 1_024;
 pub const BUILD_TIMEOUT_MS: u64 = 600_000;
 pub const BUILD_MEMORY_MB: u32 = 2_048;
 pub const BUILD_OUTPUT_BYTES_MAX: usize = 256 * 1024;
+/// What a build may write (downloads, unpacked packages, the result) before it is stopped.
+pub const BUILD_DISK_MB_MAX: u64 = 4_096;
+/// Dependency builds running at once on a node; more wait their turn.
+pub const BUILDS_AT_ONCE: usize = 2;
 /// Dependency files larger than this are refused (they are read whole to key the cache).
 pub const DEPS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 

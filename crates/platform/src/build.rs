@@ -189,6 +189,9 @@ pub(crate) struct Builds {
     /// One build per key at a time on this node; a second deploy of the same dependencies
     /// waits for the first and takes its archive.
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Builds running at once on this node (`limits::BUILDS_AT_ONCE`): each may take its
+    /// memory bound and its disk bound.
+    slots: tokio::sync::Semaphore,
 }
 
 /// How often a node polls for a build another node runs.
@@ -200,6 +203,7 @@ impl Builds {
             config,
             builder,
             running: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(limits::BUILDS_AT_ONCE),
         }
     }
 
@@ -286,6 +290,11 @@ impl Builds {
         declared: &Declared,
         progress: Option<mpsc::Sender<String>>,
     ) -> Result<(String, u64), Error> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorCode::Internal, "the build slots are closed"))?;
         let scratch = Scratch::new(&self.config.scratch_dir)?;
         for (name, bytes) in &declared.files {
             std::fs::write(scratch.0.join(name), bytes).map_err(|e| {
@@ -299,6 +308,7 @@ impl Builds {
             timeout_ms: self.config.timeout_ms,
             memory_mb: self.config.memory_mb,
             output_max_bytes: limits::BUILD_OUTPUT_BYTES_MAX,
+            disk_max_mb: limits::BUILD_DISK_MB_MAX,
         };
         let report = self.builder.run(&job, progress).await?;
         if let BuildStatus::Failed { reason } = report.status {
@@ -311,6 +321,23 @@ impl Builds {
             ));
         }
         let result = scratch.0.join(job.result_dir());
+        // Measured before it is packed (in this process's memory): what would not unpack
+        // as a function's tree is refused here.
+        let (max_bytes, max_files) = (code.unpacked_max(), limits::ARCHIVE_ENTRIES_MAX);
+        let measured = result.clone();
+        let (bytes, files) = tokio::task::spawn_blocking(move || measure(&measured))
+            .await
+            .expect("measuring the build panicked");
+        if bytes > max_bytes || files > max_files {
+            return Err(Error::new(
+                ErrorCode::BuildFailed,
+                format!(
+                    "the installed dependencies are {} MB in {files} files; a function's code and dependencies may unpack to at most {} MB in {max_files} files",
+                    bytes / (1024 * 1024),
+                    max_bytes / (1024 * 1024)
+                ),
+            ));
+        }
         let zip = tokio::task::spawn_blocking(move || {
             // Python's result is a `--target` tree, laid at the code's root; npm's is
             // `node_modules` itself.
@@ -324,7 +351,20 @@ impl Builds {
         })
         .await
         .expect("packing the build panicked")
-        .map_err(|e| Error::new(ErrorCode::StorageError, format!("packing the build: {e}")))?;
+        .map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                Error::new(ErrorCode::StorageFull, format!("packing the build: {e}"))
+            } else {
+                // A name that is not UTF-8, a file it cannot read: the build's making.
+                Error::new(
+                    ErrorCode::BuildFailed,
+                    format!("packing the installed dependencies: {e}"),
+                )
+            }
+        })?;
         let (deps_sha256, _) = code.accept(zip).await.map_err(|e| match e {
             store::StoreError::Archive(a) => Error::new(
                 ErrorCode::BuildFailed,
@@ -382,8 +422,37 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // Tens of thousands of files: off the async workers when there are any.
+        let dir = std::mem::take(&mut self.0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || std::fs::remove_dir_all(&dir));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
     }
+}
+
+/// The bytes and files under `dir`, links not followed.
+fn measure(dir: &Path) -> (u64, usize) {
+    let (mut bytes, mut files) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            files += 1;
+            match entry.path().symlink_metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => bytes += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    (bytes, files)
 }
 
 #[cfg(test)]

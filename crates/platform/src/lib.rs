@@ -500,11 +500,20 @@ impl Platform {
             return Err(Error::invalid(all.join("; ")));
         }
         self.check_runtime_version(&spec).await?;
+        let stored = self.meta.get_function(&spec.name).await.ok();
+        // A client that read the function and sent it back with new code (a read-modify-
+        // write of the API) carries the old code's dependencies: they are the server's to
+        // work out again (from the build cache when the dependency files did not change).
+        if let Some(f) = &stored
+            && spec.build
+            && !spec.deps_sha256.is_empty()
+            && spec.deps_sha256 == f.spec.deps_sha256
+            && spec.code_sha256 != f.spec.code_sha256
+        {
+            spec.deps_sha256.clear();
+        }
         self.prepare_deps(&mut spec, None).await?;
-        let unchanged = match self.meta.get_function(&spec.name).await {
-            Ok(f) => f.spec == spec,
-            Err(_) => false,
-        };
+        let unchanged = stored.is_some_and(|f| f.spec == spec);
         if check && !unchanged {
             self.check_handler(&spec).await?;
         }
@@ -559,7 +568,16 @@ impl Platform {
         let opt_dir = self.layers_dir(spec).await?;
         let mut config = instance_config(spec, None, code_dir, opt_dir);
         config.env = self.lambda_env(spec).await;
-        match self.pool.check_load(&config).await? {
+        let loaded = match self.pool.check_load(&config).await {
+            // A node busy to its bounds cannot spare an instance for the check; refusing
+            // every deploy then would be worse than deploying unchecked.
+            Err(e @ sandbox::SandboxError::NodeFull { .. }) => {
+                tracing::warn!(function = %spec.name, "deploy check skipped: {e}");
+                return Ok(());
+            }
+            other => other?,
+        };
+        match loaded {
             None => Ok(()),
             Some(e) => Err(Error::new(
                 ErrorCode::HandlerFailed,

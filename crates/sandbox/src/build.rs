@@ -39,8 +39,12 @@ pub struct BuildJob {
     pub locked: bool,
     pub timeout_ms: u64,
     pub memory_mb: u32,
-    /// Output kept (and passed on as lines) at most; the rest is counted, not kept.
+    /// Output kept at most: the first half and the last half of it (a tool's error is at
+    /// the end), the middle counted, not kept. Every line is passed on as it comes.
     pub output_max_bytes: usize,
+    /// What the build may write into its scratch directory (downloads, unpacked wheels,
+    /// the result), in MB: past it, it is stopped, so one build cannot fill the disk.
+    pub disk_max_mb: u64,
 }
 
 impl BuildJob {
@@ -247,29 +251,51 @@ impl Builder {
             });
         }
         drop(tx);
-        let mut output = String::new();
-        let mut dropped = 0usize;
+        let mut output = Output::new(job.output_max_bytes);
         let collect = async {
             while let Some(line) = rx.recv().await {
-                if output.len() + line.len() < job.output_max_bytes {
-                    output.push_str(&line);
-                    output.push('\n');
-                    if let Some(lines) = &lines {
-                        let _ = lines.try_send(line);
-                    }
-                } else {
-                    dropped += line.len() + 1;
+                if let Some(lines) = &lines {
+                    let _ = lines.try_send(line.clone());
                 }
+                output.push(line);
             }
             child.wait().await
         };
-        let waited = tokio::time::timeout(Duration::from_millis(job.timeout_ms), collect).await;
-        if let Some(group) = group {
+        // The scratch directory's size, looked at while the build runs.
+        let disk_max = job.disk_max_mb * 1024 * 1024;
+        let watched = job.dir.clone();
+        let over_disk = async move {
+            loop {
+                tokio::time::sleep(DISK_CHECK_EVERY).await;
+                let dir = watched.clone();
+                let used = tokio::task::spawn_blocking(move || tree_bytes(&dir, disk_max))
+                    .await
+                    .unwrap_or(0);
+                if used > disk_max {
+                    return used;
+                }
+            }
+        };
+        let waited = tokio::select! {
+            w = tokio::time::timeout(Duration::from_millis(job.timeout_ms), collect) => w.map_err(|_| None),
+            used = over_disk => Err(Some(used)),
+        };
+        // Stopped before its end: its whole process group goes (the child is not reaped
+        // yet, so its group id is still its own). Jailed, its cgroup takes the rest.
+        if waited.is_err()
+            && let Some(group) = group
+        {
             crate::instance::kill_group(group);
         }
         let status = match waited {
-            Err(_) => BuildStatus::Failed {
+            Err(None) => BuildStatus::Failed {
                 reason: format!("the build took longer than {} ms", job.timeout_ms),
+            },
+            Err(Some(_)) => BuildStatus::Failed {
+                reason: format!(
+                    "the build wrote more than {} MB (downloads and installed files)",
+                    job.disk_max_mb
+                ),
             },
             Ok(Err(e)) => BuildStatus::Failed {
                 reason: format!("waiting for the build failed: {e}"),
@@ -289,12 +315,9 @@ impl Builder {
                 },
             },
         };
-        if dropped > 0 {
-            output.push_str(&format!("[{dropped} more bytes of output dropped]\n"));
-        }
         Ok(BuildReport {
             status,
-            output,
+            output: output.text(),
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -353,9 +376,122 @@ impl Builder {
     }
 }
 
+/// How often a running build's scratch directory is measured.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(1_000);
+
+/// Bytes of the files under `dir` (links not followed), counting stops past `stop_past`.
+fn tree_bytes(dir: &Path, stop_past: u64) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+                if total > stop_past {
+                    return total;
+                }
+            }
+        }
+    }
+    total
+}
+
+/// A build's output as kept: its first and last lines up to a byte bound, and how much
+/// of the middle was dropped.
+struct Output {
+    max: usize,
+    head: String,
+    tail: std::collections::VecDeque<String>,
+    tail_bytes: usize,
+    dropped: usize,
+}
+
+impl Output {
+    fn new(max: usize) -> Output {
+        Output {
+            max,
+            head: String::new(),
+            tail: Default::default(),
+            tail_bytes: 0,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        if self.dropped == 0 && self.tail.is_empty() && self.head.len() + line.len() < self.max / 2
+        {
+            self.head.push_str(&line);
+            self.head.push('\n');
+            return;
+        }
+        self.tail_bytes += line.len() + 1;
+        self.tail.push_back(line);
+        while self.tail_bytes > self.max / 2 {
+            let Some(old) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= old.len() + 1;
+            self.dropped += old.len() + 1;
+        }
+    }
+
+    fn text(self) -> String {
+        let mut text = self.head;
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                "[... {} bytes of output dropped ...]\n",
+                self.dropped
+            ));
+        }
+        for line in self.tail {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
 fn tool(runtime: Runtime) -> &'static str {
     match runtime {
         Runtime::Nodejs => "npm",
         _ => "pip",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_its_head_and_its_tail() {
+        let mut out = Output::new(40);
+        for i in 0..100 {
+            out.push(format!("line {i:03}"));
+        }
+        let text = out.text();
+        assert!(text.starts_with("line 000\nline 001\n"), "{text}");
+        assert!(text.ends_with("line 098\nline 099\n"), "{text}");
+        assert!(text.contains("bytes of output dropped"), "{text}");
+        let mut small = Output::new(1000);
+        small.push("only".into());
+        assert_eq!(small.text(), "only\n");
+    }
+
+    #[test]
+    fn trees_are_measured_until_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        std::fs::write(tmp.path().join("a/x"), vec![0; 1000]).unwrap();
+        std::fs::write(tmp.path().join("y"), vec![0; 500]).unwrap();
+        assert_eq!(tree_bytes(tmp.path(), u64::MAX), 1500);
+        assert!(tree_bytes(tmp.path(), 100) > 100);
     }
 }

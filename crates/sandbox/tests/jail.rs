@@ -395,6 +395,7 @@ fn build_job(node: &Node, runtime: Runtime, files: &[(&str, &str)], timeout_ms: 
         timeout_ms,
         memory_mb: 1024,
         output_max_bytes: 64 * 1024,
+        disk_max_mb: 1024,
     }
 }
 

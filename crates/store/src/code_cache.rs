@@ -26,6 +26,11 @@ impl CodeCache {
         }
     }
 
+    /// The largest unpacked size of a tree this cache takes.
+    pub fn unpacked_max(&self) -> u64 {
+        self.unpacked_max
+    }
+
     /// Checks an uploaded archive by unpacking it into the cache, then stores the blob.
     /// Nothing is stored when the archive is refused.
     pub async fn accept(&self, zip: Vec<u8>) -> Result<(String, ArchiveInfo), StoreError> {

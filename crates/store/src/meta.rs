@@ -610,7 +610,8 @@ impl MetaStore for SqliteStore {
     }
 
     async fn forget_build(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM builds WHERE key = ?")
+        // Only a done one: another node may have claimed it again meanwhile.
+        sqlx::query("DELETE FROM builds WHERE key = ? AND state = 'done'")
             .bind(key)
             .execute(&self.pool)
             .await?;

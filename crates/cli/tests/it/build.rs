@@ -398,3 +398,72 @@ async fn build_local_installs_on_the_client() {
     let f = server.get_json("/v1/functions/clientbuilt").await;
     assert_eq!(f["deps_sha256"].as_str().unwrap().len(), 64);
 }
+
+/// A function read from the API and written back with new code keeps no stale
+/// dependencies: the server works them out for the new code.
+#[tokio::test]
+async fn new_code_written_back_with_old_dependencies_is_built_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "rmw",
+        "functions:\n  rmw:\n    runtime: python3\n    handler: main.handler\n",
+        &[
+            (
+                "main.py",
+                "import six\ndef handler(e, c):\n    return 'six'\n",
+            ),
+            ("requirements.txt", "six==1.16.0\n"),
+        ],
+    );
+    server.deploy(&dir).await;
+    let before = server.get_json("/v1/functions/rmw").await;
+    // New code needing another package, uploaded as a client of the API would.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, text) in [
+        (
+            "main.py",
+            "import tabulate\ndef handler(e, c):\n    return tabulate.__version__\n",
+        ),
+        ("requirements.txt", "tabulate==0.9.0\n"),
+    ] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut zip, text.as_bytes()).unwrap();
+    }
+    let zip = zip.finish().unwrap().into_inner();
+    let res = server
+        .req(reqwest::Method::POST, "/v1/code")
+        .header("content-type", "application/zip")
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let code: Value = res.json().await.unwrap();
+    let mut body = before.clone();
+    let o = body.as_object_mut().unwrap();
+    for k in ["name", "revision", "created_at_ms", "updated_at_ms"] {
+        o.remove(k);
+    }
+    o.insert("code_sha256".into(), code["code_sha256"].clone());
+    let res = server
+        .req(reqwest::Method::PUT, "/v1/functions/rmw")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let after: Value = res.json().await.unwrap();
+    assert_ne!(after["deps_sha256"], before["deps_sha256"]);
+    assert_eq!(
+        server.invoke("rmw", "{}").await.text().await.unwrap(),
+        "0.9.0"
+    );
+}

@@ -559,9 +559,10 @@ def main(stem=False):
     sys.path.insert(0, code_dir)
     opt = os.environ.get("NIMBUS_OPT_DIR")
     if opt:
-        # Layers, after the function's own code, where Lambda's Python runtime looks.
-        sys.path.append(opt + "/python")
-        sys.path.append("%s/python/lib/python%d.%d/site-packages" % (opt, *sys.version_info[:2]))
+        # Layers, right after the function's own code (before the system's packages, so
+        # a layer's copy of a package wins), where Lambda's Python runtime looks.
+        sys.path[1:1] = [opt + "/python",
+                         "%s/python/lib/python%d.%d/site-packages" % (opt, *sys.version_info[:2])]
 
     _stdout, _stderr = _Capture("stdout"), _Capture("stderr")
     sys.stdout, sys.stderr = _stdout, _stderr
