@@ -1,4 +1,4 @@
-//! The client subcommands: deploy, invoke, ls, describe, rm.
+//! The client subcommands: deploy, publish, versions and aliases, invoke, ls, rm, keys.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -163,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls => ls(&client, cli.output).await,
-        Command::Describe { name } => describe(&client, name, cli.output).await,
+        Command::Describe { name } => crate::describe::describe(&client, name, cli.output).await,
         Command::Rm { name } => {
             client
                 .send(client.request(Method::DELETE, &format!("/v1/functions/{name}")))
@@ -311,7 +311,7 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
 
 /// A deployed function's routes as `deploy` reports them: each trigger's path, methods,
 /// auth and full URL.
-fn routes_of(f: &Value, base: &str) -> Vec<Value> {
+pub(crate) fn routes_of(f: &Value, base: &str) -> Vec<Value> {
     f["triggers"]
         .as_array()
         .into_iter()
@@ -327,6 +327,27 @@ fn routes_of(f: &Value, base: &str) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// One route of `routes_of` as a line: `route GET,POST /items (key): http://…/items`.
+pub(crate) fn route_text(r: &Value) -> String {
+    let methods: Vec<&str> = r["methods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let methods = if methods.is_empty() {
+        "ANY".to_string()
+    } else {
+        methods.join(",")
+    };
+    format!(
+        "route {methods} {} ({}): {}",
+        r["path"].as_str().unwrap_or(""),
+        r["auth"].as_str().unwrap_or(""),
+        r["url"].as_str().unwrap_or("")
+    )
 }
 
 pub(crate) async fn deploy(
@@ -447,23 +468,7 @@ async fn deploy_with(
                 f["revision"]
             );
             for r in &routes {
-                let methods: Vec<&str> = r["methods"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let methods = if methods.is_empty() {
-                    "ANY".to_string()
-                } else {
-                    methods.join(",")
-                };
-                println!(
-                    "  route {methods} {} ({}): {}",
-                    r["path"].as_str().unwrap_or(""),
-                    r["auth"].as_str().unwrap_or(""),
-                    r["url"].as_str().unwrap_or("")
-                );
+                println!("  {}", route_text(r));
             }
             if let Some(u) = url.as_str() {
                 println!(
@@ -702,7 +707,7 @@ async fn alias(client: &Client, cmd: &AliasCommand, output: Output) -> anyhow::R
 }
 
 /// `version 1`, or `version 1, canary 2 at 10%` (with a rollback's reason).
-fn alias_target(a: &Value) -> String {
+pub(crate) fn alias_target(a: &Value) -> String {
     let mut text = format!("version {}", a["version"]);
     if let Some(c) = a["canary"].as_object() {
         text.push_str(&format!(", canary {} at {}%", c["version"], c["percent"]));
@@ -964,43 +969,6 @@ async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
             f["timeout_ms"],
             f["revision"],
         );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn describe(client: &Client, name: &str, output: Output) -> anyhow::Result<ExitCode> {
-    let f: Value = client
-        .json(client.request(Method::GET, &format!("/v1/functions/{name}")))
-        .await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    for key in [
-        "name",
-        "runtime",
-        "handler",
-        "memory_mb",
-        "timeout_ms",
-        "description",
-        "code_sha256",
-        "revision",
-        "created_at_ms",
-        "updated_at_ms",
-    ] {
-        let v = &f[key];
-        println!(
-            "{key:<14} {}",
-            v.as_str()
-                .map(String::from)
-                .unwrap_or_else(|| v.to_string())
-        );
-    }
-    if let Some(env) = f["env"].as_object().filter(|e| !e.is_empty()) {
-        println!("env");
-        for (k, v) in env {
-            println!("  {k}={}", v.as_str().unwrap_or(""));
-        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -209,3 +209,89 @@ async fn deploy_and_publish_have_one_json_shape_and_deploy_prints_routes() {
         assert!(v.is_object(), "{args:?}: {v}");
     }
 }
+
+/// `describe` in text shows settings in human units, routes and the function URL with
+/// where to reach them, env variable names but never their values, and the versions and
+/// aliases; with `-o json`, one object holding the API's answers.
+#[tokio::test]
+async fn describe_names_env_variables_without_values_and_shows_releases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "desc",
+        "functions:\n  desc:\n    runtime: python3\n    handler: main.handler\n    \
+         memory_mb: 256\n    timeout_ms: 900000\n    concurrency: 4\n    max_instances: 7\n    \
+         env: {GREETING: Bonjour, DB_PASSWORD: s3cret-value}\n    url: {auth: anonymous}\n    \
+         triggers:\n      - http: {path: /desc, methods: [GET, POST], auth: key}\n",
+        &[("main.py", "def handler(e, c):\n    return 1\n")],
+    );
+    server.deploy(&dir).await;
+    let published = server
+        .cli(&["publish", "desc", "--description", "first"])
+        .await;
+    assert_eq!(published.code, 0, "{}", published.stderr);
+    let alias = server.cli(&["alias", "set", "desc", "prod", "1"]).await;
+    assert_eq!(alias.code, 0, "{}", alias.stderr);
+
+    let run = server.cli(&["describe", "desc"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = &run.stdout;
+    let base = &server.endpoint;
+    for want in [
+        "name         desc\n".to_string(),
+        "runtime      python3\n".into(),
+        "type         handler\n".into(),
+        "handler      main.handler\n".into(),
+        "memory       256 MB\n".into(),
+        "timeout      15 min\n".into(),
+        "concurrency  4 calls per instance\n".into(),
+        "instances    0 to 7 (".into(),
+        format!("url          {base}/fn/desc/ (anonymous)\n"),
+        format!("  route GET,POST /desc (key): {base}/desc\n"),
+        "env          DB_PASSWORD, GREETING (values not shown".into(),
+        "layers       none\n".into(),
+        "dependencies none\n".into(),
+        "revision     1\n".into(),
+        "  prod -> version 1\n".into(),
+    ] {
+        assert!(t.contains(&want), "{want:?} not in\n{t}");
+    }
+    assert!(!t.contains("s3cret-value") && !t.contains("Bonjour"), "{t}");
+    let f = server.get_json("/v1/functions/desc").await;
+    let code = &f["code_sha256"].as_str().unwrap()[..12];
+    assert!(t.contains(&format!("code         {code}\n")), "{t}");
+    let version = t.lines().find(|l| l.starts_with("  1 ")).expect(t);
+    assert!(
+        version.contains(&format!("code {code}")) && version.ends_with("  first"),
+        "{version}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("updated      ") && l.ends_with("(just now)")),
+        "{t}"
+    );
+
+    let json = server.cli(&["describe", "desc", "-o", "json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["aliases", "function", "versions"], "{v}");
+    // The function is the API's object, as `GET /v1/functions/desc` answers it.
+    assert_eq!(v["function"], f);
+    assert_eq!(v["function"]["env"]["DB_PASSWORD"], "s3cret-value");
+    assert_eq!(v["versions"][0]["version"], 1, "{v}");
+    assert_eq!(v["versions"][0]["description"], "first", "{v}");
+    assert_eq!(v["aliases"][0]["name"], "prod", "{v}");
+    assert_eq!(v["aliases"][0]["version"], 1, "{v}");
+
+    let missing = server.cli(&["describe", "ghost"]).await;
+    assert_eq!(missing.code, 1);
+    assert_eq!(missing.stdout, "");
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("function_not_found"),
+        "{}",
+        missing.stderr
+    );
+}
