@@ -295,3 +295,184 @@ async fn describe_names_env_variables_without_values_and_shows_releases() {
         missing.stderr
     );
 }
+
+/// The handler of the invoke tests: it logs, then answers JSON, text, or fails.
+const SAYS: &str = "def handler(e, c):\n    print('said', e.get('n'))\n    \
+    if e.get('fail'):\n        raise ValueError('bad n ' + str(e.get('n')))\n    \
+    if e.get('text'):\n        return 'plain text'\n    return {'n': e.get('n')}\n";
+
+/// `invoke -o json` answers one object whether the call succeeds or fails, and exits 1
+/// when the function failed; `--async -o json` answers the submission.
+#[tokio::test]
+async fn invoke_answers_one_json_object_and_exits_one_on_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "says",
+        "functions:\n  says:\n    runtime: python3\n    handler: main.handler\n",
+        &[("main.py", SAYS)],
+    );
+    server.deploy(&dir).await;
+
+    let ok = server
+        .cli(&[
+            "invoke",
+            "says",
+            "-d",
+            r#"{"n": 7}"#,
+            "--logs",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(ok.stderr, "", "logs belong in the object");
+    let v: Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["result"], serde_json::json!({"n": 7}), "{v}");
+    assert_eq!(v["error"], Value::Null, "{v}");
+    assert_eq!(v["cold_start"], true, "{v}");
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let id = v["request_id"].as_str().unwrap();
+    assert_eq!(id.len(), 36, "{v}");
+    let logs: Vec<&str> = v["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(logs.contains(&"said 7"), "{v}");
+    // The request id is the call's: the server knows it.
+    let record = server.get_json(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+
+    let text = server
+        .cli(&["invoke", "says", "-d", r#"{"text": true}"#, "-o", "json"])
+        .await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let v: Value = serde_json::from_str(&text.stdout).unwrap();
+    assert_eq!(v["result"], "plain text", "{v}");
+    assert_eq!(v["cold_start"], false, "{v}");
+    assert!(v.get("logs").is_none(), "logs only with --logs: {v}");
+
+    let failed = server
+        .cli(&[
+            "invoke",
+            "says",
+            "-d",
+            r#"{"n": 3, "fail": true}"#,
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(failed.code, 1, "{}", failed.stdout);
+    let v: Value = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["result"], Value::Null, "{v}");
+    assert_eq!(v["error"]["errorType"], "ValueError", "{v}");
+    assert_eq!(v["error"]["errorMessage"], "bad n 3", "{v}");
+    assert!(
+        !v["error"]["stackTrace"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert_eq!(failed.stderr.lines().count(), 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("ValueError"), "{}", failed.stderr);
+    // The text form fails the same way.
+    let failed = server
+        .cli(&["invoke", "says", "-d", r#"{"fail": true}"#])
+        .await;
+    assert_eq!(failed.code, 1);
+    assert!(
+        failed
+            .stderr
+            .contains("error: function says failed: ValueError")
+    );
+
+    let submit = |key: &'static str| {
+        let server = &server;
+        async move {
+            let run = server
+                .cli(&[
+                    "invoke",
+                    "says",
+                    "--async",
+                    "--idempotency-key",
+                    key,
+                    "-d",
+                    "{}",
+                    "-o",
+                    "json",
+                ])
+                .await;
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            serde_json::from_str::<Value>(&run.stdout).unwrap()
+        }
+    };
+    let first = submit("k-1").await;
+    let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["duplicate", "request_id"], "{first}");
+    assert_eq!(first["duplicate"], false, "{first}");
+    let again = submit("k-1").await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["request_id"], first["request_id"]);
+}
+
+/// `logs --follow -o json` prints each new line as one JSON object on a line of its own.
+#[tokio::test]
+async fn logs_follow_prints_one_json_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "says",
+        "functions:\n  says:\n    runtime: python3\n    handler: main.handler\n",
+        &[("main.py", SAYS)],
+    );
+    server.deploy(&dir).await;
+    let mut follower = tokio::process::Command::new(NIMBUS)
+        .args(["logs", "says", "--follow", "-o", "json"])
+        .env("NIMBUS_ENDPOINT", &server.endpoint)
+        .env("NIMBUS_TOKEN", &server.token)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // The follower may connect after a call; calls go on until one of its lines comes.
+    let calls = async {
+        for n in 0.. {
+            let res = server.invoke("says", &format!(r#"{{"n": {n}}}"#)).await;
+            assert_eq!(res.status(), 200);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let first = async { lines.next_line().await.unwrap().expect("the follow ended") };
+    let line = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::select! {
+            line = first => line,
+            _ = calls => unreachable!(),
+        }
+    })
+    .await
+    .expect("a followed line within 10 s");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v.is_object(), "{line}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("said "),
+        "{line}"
+    );
+    assert_eq!(v["function"], "says", "{line}");
+    assert!(v["level"].is_string() && v["time_ms"].is_i64(), "{line}");
+    assert_eq!(v["request_id"].as_str().unwrap().len(), 36, "{line}");
+    // The next one is a line of its own too.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let _ = server.invoke("says", r#"{"n": "last"}"#).await;
+        lines.next_line().await.unwrap().unwrap()
+    })
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_str(&next).unwrap();
+    assert!(v["message"].is_string(), "{next}");
+}
