@@ -935,11 +935,16 @@ async fn invoke(
     };
     let failed = answer.error_type.is_some();
     if output == Output::Json {
-        print_json(&answer.to_json())?;
+        let v = answer.to_json();
+        print_json(&v)?;
         if let Some(error_type) = &answer.error_type {
             // The object on stdout says it all; stderr keeps the one line every failing
-            // command leaves.
-            eprintln!("error: function {name} failed: {error_type}");
+            // command leaves (the message's first line: the stack is in the object).
+            let message = v["error"]["errorMessage"].as_str().unwrap_or("");
+            eprintln!(
+                "error: function {name} failed: {error_type}: {}",
+                message.lines().next().unwrap_or("")
+            );
         }
     } else {
         if let Some(logs) = &answer.logs {

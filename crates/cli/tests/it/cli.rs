@@ -377,7 +377,11 @@ async fn invoke_answers_one_json_object_and_exits_one_on_failure() {
         "{v}"
     );
     assert_eq!(failed.stderr.lines().count(), 1, "{}", failed.stderr);
-    assert!(failed.stderr.contains("ValueError"), "{}", failed.stderr);
+    assert_eq!(
+        failed.stderr, "error: function says failed: ValueError: bad n 3\n",
+        "{}",
+        failed.stderr
+    );
     // The text form fails the same way.
     let failed = server
         .cli(&["invoke", "says", "-d", r#"{"fail": true}"#])
