@@ -1,4 +1,4 @@
-//! The client subcommands: deploy, invoke, ls, describe, rm.
+//! The client subcommands: deploy, publish, versions and aliases, invoke, ls, rm, keys.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -107,9 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 file: data_file.as_deref(),
             };
             if *is_async {
-                return submit(&client, name, event, idempotency_key.as_deref()).await;
+                return submit(&client, name, event, idempotency_key.as_deref(), cli.output).await;
             }
-            invoke(&client, name, affinity.as_deref(), event, *logs).await
+            invoke(&client, name, affinity.as_deref(), event, *logs, cli.output).await
         }
         Command::Invocation {
             cmd: InvocationCommand::Show { id },
@@ -163,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls => ls(&client, cli.output).await,
-        Command::Describe { name } => describe(&client, name, cli.output).await,
+        Command::Describe { name } => crate::describe::describe(&client, name, cli.output).await,
         Command::Rm { name } => {
             client
                 .send(client.request(Method::DELETE, &format!("/v1/functions/{name}")))
@@ -311,7 +311,7 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
 
 /// A deployed function's routes as `deploy` reports them: each trigger's path, methods,
 /// auth and full URL.
-fn routes_of(f: &Value, base: &str) -> Vec<Value> {
+pub(crate) fn routes_of(f: &Value, base: &str) -> Vec<Value> {
     f["triggers"]
         .as_array()
         .into_iter()
@@ -327,6 +327,27 @@ fn routes_of(f: &Value, base: &str) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// One route of `routes_of` as a line: `route GET,POST /items (key): http://…/items`.
+pub(crate) fn route_text(r: &Value) -> String {
+    let methods: Vec<&str> = r["methods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let methods = if methods.is_empty() {
+        "ANY".to_string()
+    } else {
+        methods.join(",")
+    };
+    format!(
+        "route {methods} {} ({}): {}",
+        r["path"].as_str().unwrap_or(""),
+        r["auth"].as_str().unwrap_or(""),
+        r["url"].as_str().unwrap_or("")
+    )
 }
 
 pub(crate) async fn deploy(
@@ -447,23 +468,7 @@ async fn deploy_with(
                 f["revision"]
             );
             for r in &routes {
-                let methods: Vec<&str> = r["methods"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let methods = if methods.is_empty() {
-                    "ANY".to_string()
-                } else {
-                    methods.join(",")
-                };
-                println!(
-                    "  route {methods} {} ({}): {}",
-                    r["path"].as_str().unwrap_or(""),
-                    r["auth"].as_str().unwrap_or(""),
-                    r["url"].as_str().unwrap_or("")
-                );
+                println!("  {}", route_text(r));
             }
             if let Some(u) = url.as_str() {
                 println!(
@@ -702,7 +707,7 @@ async fn alias(client: &Client, cmd: &AliasCommand, output: Output) -> anyhow::R
 }
 
 /// `version 1`, or `version 1, canary 2 at 10%` (with a rollback's reason).
-fn alias_target(a: &Value) -> String {
+pub(crate) fn alias_target(a: &Value) -> String {
     let mut text = format!("version {}", a["version"]);
     if let Some(c) = a["canary"].as_object() {
         text.push_str(&format!(", canary {} at {}%", c["version"], c["percent"]));
@@ -818,6 +823,7 @@ async fn submit(
     name: &str,
     event: Event<'_>,
     idempotency_key: Option<&str>,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
     let body = read_event(&event)?;
     let mut req = client
@@ -828,6 +834,11 @@ async fn submit(
         req = req.header("x-nimbus-idempotency-key", key);
     }
     let v: Value = client.json(req).await?;
+    if output == Output::Json {
+        // The API's 202 answer is already the one object: `{request_id, duplicate}`.
+        print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let id = v["request_id"].as_str().unwrap_or_default();
     if v["duplicate"] == Value::Bool(true) {
         println!("{id} (already submitted with this idempotency key)");
@@ -888,6 +899,7 @@ async fn invoke(
     affinity: Option<&str>,
     event: Event<'_>,
     show_logs: bool,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
     let event = read_event(&event)?;
     let mut req = client
@@ -900,41 +912,130 @@ async fn invoke(
         req = req.header("x-nimbus-affinity", key);
     }
     let res = client.send(req).await?;
-    let error_type = res
-        .headers()
-        .get("x-nimbus-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let log_tail = res
-        .headers()
-        .get("x-nimbus-log-result")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let body = res.bytes().await.context("reading the result")?;
-    if let Some(tail) = log_tail
-        && let Ok(text) = base64::engine::general_purpose::STANDARD.decode(tail)
-    {
-        eprint!("{}", String::from_utf8_lossy(&text));
-    }
-    if let Some(error_type) = error_type {
-        let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        eprintln!(
-            "error: function {name} failed: {error_type}: {}",
-            err["errorMessage"].as_str().unwrap_or("")
-        );
-        if let Some(trace) = err["stackTrace"].as_array() {
-            for line in trace.iter().filter_map(Value::as_str) {
-                eprintln!("  {}", line.trim_end());
+    let header = |key: &str| {
+        res.headers()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let answer = Answer {
+        request_id: header("x-nimbus-request-id").unwrap_or_default(),
+        version: header("x-nimbus-version"),
+        error_type: header("x-nimbus-error-type"),
+        content_type: header("content-type").unwrap_or_default(),
+        duration_ms: header("x-nimbus-duration-ms").and_then(|d| d.parse().ok()),
+        cold_start: header("x-nimbus-cold-start").as_deref() == Some("true"),
+        logs: header("x-nimbus-log-result").map(|tail| {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(tail)
+                .unwrap_or_default();
+            String::from_utf8_lossy(&text).into_owned()
+        }),
+        body: res.bytes().await.context("reading the result")?.to_vec(),
+    };
+    let failed = answer.error_type.is_some();
+    if output == Output::Json {
+        let v = answer.to_json();
+        print_json(&v)?;
+        if let Some(error_type) = &answer.error_type {
+            // The object on stdout says it all; stderr keeps the one line every failing
+            // command leaves (the message's first line: the stack is in the object).
+            let message = v["error"]["errorMessage"].as_str().unwrap_or("");
+            eprintln!(
+                "error: function {name} failed: {error_type}: {}",
+                message.lines().next().unwrap_or("")
+            );
+        }
+    } else {
+        if let Some(logs) = &answer.logs {
+            eprint!("{logs}");
+        }
+        if let Some(error_type) = &answer.error_type {
+            let err: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            eprintln!(
+                "error: function {name} failed: {error_type}: {}",
+                err["errorMessage"].as_str().unwrap_or("")
+            );
+            if let Some(trace) = err["stackTrace"].as_array() {
+                for line in trace.iter().filter_map(Value::as_str) {
+                    eprintln!("  {}", line.trim_end());
+                }
+            }
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&answer.body)?;
+            if !answer.body.ends_with(b"\n") {
+                out.write_all(b"\n")?;
             }
         }
-        return Ok(ExitCode::FAILURE);
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(&body)?;
-    if !body.ends_with(b"\n") {
-        out.write_all(b"\n")?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What a synchronous invocation answered: the body and what its headers say.
+struct Answer {
+    request_id: String,
+    /// The version that ran (`$LATEST` or its number).
+    version: Option<String>,
+    /// Set when the function failed; the body is then `{errorType, errorMessage, stackTrace}`.
+    error_type: Option<String>,
+    content_type: String,
+    duration_ms: Option<f64>,
+    cold_start: bool,
+    /// The call's log tail (its last 4 KB), when asked for.
+    logs: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The one object `invoke -o json` prints. The result is the body parsed when the
+    /// function answered JSON, else its text; a body that is not UTF-8 is base64'd (and
+    /// `result_base64` says so) rather than mangled.
+    fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "request_id": self.request_id,
+            "status": if self.error_type.is_some() { "failed" } else { "succeeded" },
+            "result": Value::Null,
+            "error": Value::Null,
+            "duration_ms": self.duration_ms,
+            "cold_start": self.cold_start,
+            "version": self.version,
+        });
+        match &self.error_type {
+            Some(error_type) => {
+                let mut error: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
+                if !error.is_object() {
+                    error = serde_json::json!({
+                        "errorType": error_type,
+                        "errorMessage": String::from_utf8_lossy(&self.body),
+                        "stackTrace": [],
+                    });
+                }
+                v["error"] = error;
+            }
+            None => {
+                let json = self.content_type.starts_with("application/json");
+                v["result"] = match (json, std::str::from_utf8(&self.body)) {
+                    (true, Ok(text)) => serde_json::from_str(text).unwrap_or_else(|_| text.into()),
+                    (false, Ok(text)) => text.into(),
+                    (_, Err(_)) => {
+                        v["result_base64"] = Value::Bool(true);
+                        base64::engine::general_purpose::STANDARD
+                            .encode(&self.body)
+                            .into()
+                    }
+                };
+            }
+        }
+        if let Some(logs) = &self.logs {
+            v["logs"] = logs.lines().collect::<Vec<_>>().into();
+        }
+        v
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
@@ -964,43 +1065,6 @@ async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
             f["timeout_ms"],
             f["revision"],
         );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn describe(client: &Client, name: &str, output: Output) -> anyhow::Result<ExitCode> {
-    let f: Value = client
-        .json(client.request(Method::GET, &format!("/v1/functions/{name}")))
-        .await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    for key in [
-        "name",
-        "runtime",
-        "handler",
-        "memory_mb",
-        "timeout_ms",
-        "description",
-        "code_sha256",
-        "revision",
-        "created_at_ms",
-        "updated_at_ms",
-    ] {
-        let v = &f[key];
-        println!(
-            "{key:<14} {}",
-            v.as_str()
-                .map(String::from)
-                .unwrap_or_else(|| v.to_string())
-        );
-    }
-    if let Some(env) = f["env"].as_object().filter(|e| !e.is_empty()) {
-        println!("env");
-        for (k, v) in env {
-            println!("  {k}={}", v.as_str().unwrap_or(""));
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1053,4 +1117,48 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(content_type: &str, error_type: Option<&str>, body: &[u8]) -> Answer {
+        Answer {
+            request_id: "r".into(),
+            version: Some("$LATEST".into()),
+            error_type: error_type.map(String::from),
+            content_type: content_type.into(),
+            duration_ms: Some(1.5),
+            cold_start: false,
+            logs: None,
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_invoke_answer_keeps_what_the_function_returned() {
+        // JSON is parsed; text that looks like JSON stays the text the function returned.
+        let v = answer("application/json", None, br#"{"a": 1}"#).to_json();
+        assert_eq!(v["result"], serde_json::json!({"a": 1}));
+        assert_eq!(v["status"], "succeeded");
+        let v = answer("text/plain; charset=utf-8", None, br#"{"a": 1}"#).to_json();
+        assert_eq!(v["result"], r#"{"a": 1}"#);
+        assert!(v.get("result_base64").is_none(), "{v}");
+        // Bytes that are not UTF-8 are base64'd, and say so.
+        let v = answer("application/octet-stream", None, &[0xff, 0x00]).to_json();
+        assert_eq!(
+            (&v["result"], &v["result_base64"]),
+            (&"/wA=".into(), &true.into())
+        );
+        // A failure whose body is not the usual object still answers one.
+        let v = answer("text/plain", Some("Runtime.ExitError"), b"gone").to_json();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["result"], Value::Null);
+        assert_eq!(
+            v["error"],
+            serde_json::json!({"errorType": "Runtime.ExitError", "errorMessage": "gone",
+                               "stackTrace": []})
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod describe;
 mod dev;
 mod init;
 mod local;
@@ -129,7 +130,8 @@ pub enum Command {
     /// Manage aliases: names that point at a version, with an optional canary.
     #[command(subcommand)]
     Alias(AliasCommand),
-    /// Invoke a function (`NAME`, `NAME:VERSION` or `NAME:ALIAS`) and print its result.
+    /// Invoke a function (`NAME`, `NAME:VERSION` or `NAME:ALIAS`) and print its result;
+    /// a failed call exits 1.
     Invoke {
         name: String,
         /// Through an alias with a canary, the same key always gets the same version.
@@ -164,7 +166,8 @@ pub enum Command {
     Local(LocalCommand),
     /// List functions.
     Ls,
-    /// Show one function.
+    /// Show one function: its settings in human units, routes and URL, the names of its
+    /// environment variables (never their values), its versions and aliases.
     Describe { name: String },
     /// Delete a function.
     Rm { name: String },

@@ -91,7 +91,9 @@ pub async fn logs(client: &Client, a: LogsArgs<'_>, output: Output) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints lines as the server streams them (server-sent events) until interrupted.
+/// Prints lines as the server streams them (server-sent events) until interrupted: as
+/// text, or with `-o json` one object per line (JSON Lines), `{"missed": N}` when this
+/// follower fell behind and the server skipped N lines.
 pub(crate) async fn follow(
     client: &Client,
     path: &str,
@@ -131,12 +133,27 @@ pub(crate) async fn follow(
                 continue; // a keep-alive comment
             }
             let mut out = std::io::stdout().lock();
-            if kind == "missed" {
-                eprintln!("({data} lines were missed: this follower fell behind)");
-            } else if output == Output::Json {
-                writeln!(out, "{data}")?;
-            } else if let Ok(line) = serde_json::from_str::<Value>(&data) {
-                print_line(&mut out, &line)?;
+            match (kind, output) {
+                // A program reading the lines learns of the gap in the stream itself.
+                ("missed", Output::Json) => {
+                    let n: u64 = data.trim().parse().unwrap_or(0);
+                    writeln!(out, "{}", serde_json::json!({ "missed": n }))?;
+                }
+                ("missed", Output::Text) => {
+                    eprintln!("({data} lines were missed: this follower fell behind)");
+                }
+                // Parsed and written again, so that each line is exactly one compact
+                // object whatever the stream's framing.
+                (_, Output::Json) => {
+                    if let Ok(line) = serde_json::from_str::<Value>(&data) {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                (_, Output::Text) => {
+                    if let Ok(line) = serde_json::from_str::<Value>(&data) {
+                        print_line(&mut out, &line)?;
+                    }
+                }
             }
             out.flush()?;
         }
