@@ -961,6 +961,7 @@ mod tests {
                         body_limit_bytes: None,
                         rate_limit: None,
                         qualifier: None,
+                        payload_format_version: None,
                     })]
                 },
                 "triggers[0].http.path",

@@ -100,6 +100,10 @@ pub struct HttpTrigger {
     /// The version (`3`) or alias (`prod`) the route calls; none calls `$LATEST`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qualifier: Option<String>,
+    /// The event a handler-style function gets: `"2.0"` (the default, API Gateway's HTTP
+    /// API) or `"1.0"` (the REST API's: `httpMethod`, `multiValueHeaders`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_format_version: Option<String>,
 }
 
 impl HttpTrigger {
@@ -271,6 +275,15 @@ pub(crate) fn validate_options(field: &str, o: &RouteOptions, errors: &mut Vec<F
 }
 
 pub(crate) fn validate_trigger(field: &str, t: &HttpTrigger, errors: &mut Vec<FieldError>) {
+    if let Some(v) = &t.payload_format_version
+        && v != "1.0"
+        && v != "2.0"
+    {
+        errors.push(FieldError {
+            field: format!("{field}.payload_format_version"),
+            message: format!("`{v}` is not a payload format; use \"1.0\" or \"2.0\""),
+        });
+    }
     if let Some(q) = &t.qualifier
         && let Err(message) = q.parse::<crate::Qualifier>()
     {

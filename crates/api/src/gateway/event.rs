@@ -1,5 +1,6 @@
-//! The API Gateway HTTP API payload format 2.0: the event a handler-style function gets
-//! for an HTTP request, and how its return value becomes the HTTP response.
+//! The API Gateway payload formats: the event a handler-style function gets for an HTTP
+//! request (the HTTP API's 2.0, by default, or the REST API's 1.0), and how its return
+//! value becomes the HTTP response (one parser reads both formats' answers).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -119,6 +120,91 @@ pub fn build(r: &RequestFacts) -> Vec<u8> {
     }
     event.insert("isBase64Encoded".into(), json!(!r.body.is_empty() && !text));
     serde_json::to_vec(&Value::Object(event)).expect("an event serializes")
+}
+
+/// Builds the payload 1.0 event (API Gateway's REST API with Lambda proxy integration):
+/// single and multi-value headers and query parameters, the resource template, and the
+/// caller's identity.
+pub fn build_v1(r: &RequestFacts) -> Vec<u8> {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    let mut multi_headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in r.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        // The last value wins in `headers`, as the REST API does; all are in the other.
+        headers.insert(name.as_str().to_string(), value.clone());
+        multi_headers
+            .entry(name.as_str().to_string())
+            .or_default()
+            .push(value);
+    }
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
+    let mut multi_query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in form_urlencoded(r.query) {
+        query.insert(k.clone(), v.clone());
+        multi_query.entry(k).or_default().push(v);
+    }
+    let text = is_text(r.headers) && std::str::from_utf8(r.body).is_ok();
+    let body = if r.body.is_empty() {
+        Value::Null
+    } else if text {
+        Value::String(String::from_utf8_lossy(r.body).into_owned())
+    } else {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(r.body))
+    };
+    let header = |name: header::HeaderName| {
+        r.headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    };
+    let host = header(header::HOST).unwrap_or_else(|| "localhost".into());
+    // `GET /items/{id}` names the route; its template is the REST API's resource.
+    let resource = r
+        .route_key
+        .split_once(' ')
+        .map_or(r.route_key, |(_, path)| path);
+    let nullable = |empty: bool, v: Value| if empty { Value::Null } else { v };
+    let params: BTreeMap<&str, &str> = r
+        .path_params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let event = json!({
+        "resource": resource,
+        "path": r.path,
+        "httpMethod": r.method.as_str(),
+        "headers": nullable(headers.is_empty(), json!(headers)),
+        "multiValueHeaders": nullable(multi_headers.is_empty(), json!(multi_headers)),
+        "queryStringParameters": nullable(query.is_empty(), json!(query)),
+        "multiValueQueryStringParameters": nullable(multi_query.is_empty(), json!(multi_query)),
+        "pathParameters": nullable(params.is_empty(), json!(params)),
+        "stageVariables": null,
+        "requestContext": {
+            "accountId": "nimbus",
+            "apiId": "nimbus",
+            "resourceId": "nimbus",
+            "resourcePath": resource,
+            "httpMethod": r.method.as_str(),
+            "path": r.path,
+            "protocol": "HTTP/1.1",
+            "stage": "$default",
+            "domainName": host,
+            "domainPrefix": host.split('.').next().unwrap_or(&host),
+            "requestId": r.request_id,
+            "requestTime": clf_time(r.now_ms),
+            "requestTimeEpoch": r.now_ms,
+            "identity": {
+                "sourceIp": r.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                "userAgent": header(header::USER_AGENT),
+                "accessKey": null, "accountId": null, "caller": null, "user": null,
+                "userArn": null, "cognitoIdentityId": null, "cognitoIdentityPoolId": null,
+                "cognitoAuthenticationType": null, "cognitoAuthenticationProvider": null,
+            },
+        },
+        "body": body,
+        "isBase64Encoded": !r.body.is_empty() && !text,
+    });
+    serde_json::to_vec(&event).expect("an event serializes")
 }
 
 /// Whether a body of these headers is text that travels as a string, not base64.

@@ -118,6 +118,8 @@ pub(crate) struct Routed {
     pub peer: Option<SocketAddr>,
     pub route_key: String,
     pub path_params: Vec<(String, String)>,
+    /// The REST API's event (payload 1.0) rather than the HTTP API's.
+    pub payload_v1: bool,
     pub routed_ms: f64,
     /// The call's span: in the caller's trace when it sent a `traceparent`.
     pub trace: crate::trace::Span,
@@ -308,6 +310,7 @@ async fn serve(
         peer,
         route_key: route.route_key.clone(),
         path_params,
+        payload_v1: route.payload_v1,
         routed_ms: received.elapsed().as_secs_f64() * 1000.0,
         trace: crate::trace::for_call(&parts.headers),
     };
@@ -366,7 +369,12 @@ async fn invoke_handler(
     r: Routed,
 ) -> Result<(Response, Timing), ApiError> {
     let call = call_of(&r);
-    let event = event::build(&event::RequestFacts {
+    let build = if r.payload_v1 {
+        event::build_v1
+    } else {
+        event::build
+    };
+    let event = build(&event::RequestFacts {
         method: &r.method,
         path: &r.path,
         query: &r.query,

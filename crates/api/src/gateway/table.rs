@@ -24,6 +24,8 @@ pub struct Route {
     /// For function URLs: the prefix (`/fn/name`) removed before the path reaches a web app.
     pub strip_prefix: Option<String>,
     pub guard: Arc<Guard>,
+    /// A handler gets the REST API's event (payload 1.0), not the HTTP API's.
+    pub payload_v1: bool,
 }
 
 impl Route {
@@ -169,6 +171,7 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
                     route_key: format!("ANY {pattern}"),
                     strip_prefix: Some(prefix.clone()),
                     guard: guard.clone(),
+                    payload_v1: false,
                 },
             ));
         }
@@ -199,6 +202,7 @@ fn trigger_route(
             route_key,
             strip_prefix: None,
             guard,
+            payload_v1: t.payload_format_version.as_deref() == Some("1.0"),
         },
     ))
 }
@@ -222,6 +226,7 @@ mod tests {
                     body_limit_bytes: None,
                     rate_limit: None,
                     qualifier: None,
+                    payload_format_version: None,
                 })
             })
             .collect();

@@ -267,3 +267,71 @@ async fn versioned_runtime_ids_match_the_nodes_interpreters() {
         run.stderr
     );
 }
+
+/// A route with `payload_format_version: "1.0"` gives a REST API handler its event
+/// (`httpMethod`, `resource`, single and multi-value parameters, the caller's identity),
+/// and its 1.0 answer (`multiValueHeaders`) becomes the response.
+#[tokio::test]
+async fn a_payload_1_0_route_gets_the_rest_api_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let code = r#"import json
+def handler(event, context):
+    seen = {k: event[k] for k in ["resource", "path", "httpMethod", "queryStringParameters",
+            "multiValueQueryStringParameters", "pathParameters", "body", "isBase64Encoded"]}
+    seen["header"] = event["headers"]["x-h"]
+    seen["multi_header"] = event["multiValueHeaders"]["x-h"]
+    seen["source_ip"] = event["requestContext"]["identity"]["sourceIp"]
+    return {"statusCode": 201, "multiValueHeaders": {"set-cookie": ["a=1", "b=2"]},
+            "body": json.dumps(seen)}
+"#;
+    let dir = project(
+        tmp.path(),
+        "rest",
+        "functions:\n  rest:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      \
+         - http: {path: \"/legacy/{id}\", methods: [POST], auth: anonymous, payload_format_version: \"1.0\"}\n",
+        &[("main.py", code)],
+    );
+    server.deploy(&dir).await;
+    let res = reqwest::Client::new()
+        .post(server.url("/legacy/7?a=1&a=2"))
+        .header("x-h", "v")
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let cookies: Vec<&str> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "resource": "/legacy/{id}", "path": "/legacy/7", "httpMethod": "POST",
+            "queryStringParameters": {"a": "2"},
+            "multiValueQueryStringParameters": {"a": ["1", "2"]},
+            "pathParameters": {"id": "7"}, "body": "hi", "isBase64Encoded": false,
+            "header": "v", "multi_header": ["v"], "source_ip": "127.0.0.1",
+        })
+    );
+    // Anything but 1.0 and 2.0 is refused at deploy.
+    std::fs::write(
+        dir.join("nimbus.yaml"),
+        "functions:\n  rest:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      \
+         - http: {path: /x, payload_format_version: \"3.0\"}\n",
+    )
+    .unwrap();
+    let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("`3.0` is not a payload format"),
+        "{}",
+        run.stderr
+    );
+}
