@@ -47,6 +47,10 @@ pub struct FunctionInput {
     /// `/opt`, later ones over earlier ones (Lambda's layers).
     #[schema(value_type = Option<Vec<Object>>, max_items = 5)]
     pub layers: Option<Vec<model::Layer>>,
+    /// `lambda` (default) or `fc`: Function Compute's handler conventions (the event as
+    /// bytes, FC's context).
+    #[schema(value_type = Option<String>, pattern = "^(lambda|fc)$")]
+    pub conventions: Option<model::Conventions>,
     #[schema(minimum = 64, maximum = 10240, default = 128)]
     pub memory_mb: Option<u32>,
     #[schema(minimum = 1, maximum = 900000, default = 3000)]
@@ -167,6 +171,7 @@ impl FunctionInput {
             runtime_version,
             deps_sha256: self.deps_sha256.unwrap_or_default(),
             layers: self.layers.unwrap_or_default(),
+            conventions: self.conventions.unwrap_or_default(),
             memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
             timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             env: self.env,

@@ -78,6 +78,8 @@ struct FunctionEntry {
     /// The layers (declared under `layers:`) shown at `/opt`, in order.
     #[serde(default)]
     layers: Vec<String>,
+    /// `fc`: Function Compute's handler conventions (the event as bytes, FC's context).
+    conventions: Option<model::Conventions>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u32>,
     #[serde(default)]
@@ -259,6 +261,7 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             on_success: entry.on_success,
             on_failure: entry.on_failure,
             build: entry.build.unwrap_or(d.build),
+            conventions: entry.conventions.unwrap_or_default(),
             runtime_version,
             ..d
         };

@@ -158,6 +158,11 @@ pub struct FunctionSpec {
     /// library path. Later layers win where they overlap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
+    /// Whose conventions a handler follows: Lambda's (the default: a JSON event decoded,
+    /// Lambda's context) or Function Compute's (`fc`: the event as bytes, FC's context
+    /// with `function`, `service`, `region`, `account_id`, `credentials`).
+    #[serde(default, skip_serializing_if = "Conventions::is_lambda")]
+    pub conventions: Conventions,
     pub memory_mb: u32,
     pub timeout_ms: u32,
     #[serde(default)]
@@ -227,6 +232,28 @@ pub struct FunctionSpec {
     /// the built-in dead-letter queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<Destination>,
+}
+
+/// Whose handler conventions a function follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conventions {
+    #[default]
+    Lambda,
+    Fc,
+}
+
+impl Conventions {
+    pub fn is_lambda(&self) -> bool {
+        *self == Conventions::Lambda
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conventions::Lambda => "lambda",
+            Conventions::Fc => "fc",
+        }
+    }
 }
 
 /// A layer a function uses: its name (from the manifest) and the archive of its tree.
@@ -383,6 +410,7 @@ impl FunctionSpec {
             build: true,
             deps_sha256: String::new(),
             layers: Vec::new(),
+            conventions: Conventions::Lambda,
             memory_mb: limits::MEMORY_MB_DEFAULT,
             timeout_ms: limits::TIMEOUT_MS_DEFAULT,
             env: BTreeMap::new(),

@@ -16,7 +16,7 @@ pub use trigger::TriggerKind;
 pub mod version;
 
 pub use function::{
-    Destination, FieldError, Function, FunctionSpec, FunctionType, Layer, Network, Runtime,
-    is_reserved_env, validate_name,
+    Conventions, Destination, FieldError, Function, FunctionSpec, FunctionType, Layer, Network,
+    Runtime, is_reserved_env, validate_name,
 };
 pub use version::{Alias, Canary, Guard, Qualifier, Version};

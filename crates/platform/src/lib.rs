@@ -1033,6 +1033,7 @@ fn instance_config(
 ) -> InstanceConfig {
     InstanceConfig {
         opt_dir,
+        conventions: spec.conventions,
         function: spec.name.clone(),
         version: version.map_or_else(|| "$LATEST".to_string(), |v| v.to_string()),
         runtime: spec.runtime,

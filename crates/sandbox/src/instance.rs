@@ -890,6 +890,7 @@ fn instance_env(
         ("NIMBUS_FUNCTION_NAME".into(), c.function.clone()),
         ("NIMBUS_HANDLER".into(), c.handler.clone()),
         ("NIMBUS_TYPE".into(), c.kind.as_str().into()),
+        ("NIMBUS_CONVENTIONS".into(), c.conventions.as_str().into()),
         ("NIMBUS_CODE_DIR".into(), code_dir.clone()),
         ("NIMBUS_INSTANCE_ID".into(), format!("{}-{id}", c.function)),
         ("NIMBUS_MEMORY_MB".into(), c.memory_mb.to_string()),

@@ -55,6 +55,8 @@ pub struct InstanceConfig {
     /// The tree of the function's layers, shown at `/opt` (sandboxed) or named by
     /// `NIMBUS_OPT_DIR`; none without layers.
     pub opt_dir: Option<PathBuf>,
+    /// Lambda's handler conventions or Function Compute's.
+    pub conventions: model::Conventions,
     pub env: BTreeMap<String, String>,
     pub memory_mb: u32,
     pub timeout_ms: u32,
@@ -105,6 +107,7 @@ impl InstanceConfig {
             handler: handler.into(),
             code_dir: code_dir.into(),
             opt_dir: None,
+            conventions: model::Conventions::Lambda,
             env: Default::default(),
             memory_mb: 128,
             timeout_ms: 1000,

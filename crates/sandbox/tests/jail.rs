@@ -234,6 +234,7 @@ impl Node {
             handler: format!("{}.handler", file.split('.').next().unwrap()),
             code_dir: code,
             opt_dir: None,
+            conventions: model::Conventions::Lambda,
             env: BTreeMap::new(),
             memory_mb: 256,
             timeout_ms: 10_000,

@@ -335,3 +335,53 @@ def handler(event, context):
         run.stderr
     );
 }
+
+/// `conventions: fc` runs Function Compute handlers unchanged: the event arrives as bytes
+/// (`json.loads(event)`), the context has FC's `function`, `service`, `region`,
+/// `credentials`, and the initializer gets that context too.
+#[tokio::test]
+async fn function_compute_handlers_run_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let py = r#"import json
+started = None
+def initializer(context):
+    global started
+    started = context.function.name
+def handler(event, context):
+    evt = json.loads(event)
+    return json.dumps({"got": evt["a"], "name": context.function.name,
+                       "memory": context.function.memory, "timeout": context.function.timeout,
+                       "rid": bool(context.request_id), "init": started,
+                       "service": context.service.name, "region": context.region,
+                       "bytes": isinstance(event, bytes),
+                       "key": context.credentials.access_key_id})
+"#;
+    let js = "exports.handler = (event, context, callback) => {\n  \
+              const e = JSON.parse(event);\n  \
+              callback(null, { got: e.a, name: context.function.name, buffer: Buffer.isBuffer(event) });\n};\n";
+    let dir = project(
+        tmp.path(),
+        "fc",
+        "functions:\n  fcpy:\n    runtime: python3\n    handler: index.handler\n    code: py\n    \
+         conventions: fc\n    initializer: index.initializer\n    memory_mb: 256\n    timeout_ms: 5000\n  \
+         fcjs:\n    runtime: nodejs\n    handler: index.handler\n    code: js\n    conventions: fc\n",
+        &[("py/index.py", py), ("js/index.js", js)],
+    );
+    server.deploy(&dir).await;
+    let res = server.invoke("fcpy", r#"{"a": 1}"#).await;
+    assert_eq!(crate::harness::header(&res, "x-nimbus-error-type"), "");
+    let text = res.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v,
+        json!({"got": 1, "name": "fcpy", "memory": 256, "timeout": 5, "rid": true,
+               "init": "fcpy", "service": "default", "region": "us-east-1",
+               "bytes": true, "key": null})
+    );
+    let res = server.invoke("fcjs", r#"{"a": 2}"#).await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"got": 2, "name": "fcjs", "buffer": true})
+    );
+}

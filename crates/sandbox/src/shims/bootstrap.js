@@ -197,7 +197,23 @@ function loadHandler(name) {
   return handlerOf(mod, handler, funcName);
 }
 
+// Function Compute's context fields (`context.function.name`, `context.credentials`, ...).
+function fcContext(ctx) {
+  ctx.function = {
+    name: FUNCTION_NAME, handler: env.NIMBUS_HANDLER || '', memory: Number(MEMORY_MB),
+    timeout: Math.floor(Number(env.NIMBUS_TIMEOUT_MS || 3000) / 1000), initializer: null,
+  };
+  ctx.service = { name: 'default', logProject: '', logStore: '', qualifier: FUNCTION_VERSION, versionId: FUNCTION_VERSION };
+  ctx.region = env.AWS_REGION || '';
+  ctx.accountId = env.NIMBUS_ACCOUNT_ID || '';
+  // No cloud credentials are handed out; FC's fields are there, empty.
+  ctx.credentials = { accessKeyId: null, accessKeySecret: null, securityToken: null };
+  return ctx;
+}
+
 function decodeEvent(body) {
+  // Function Compute hands the event over as the bytes that came (`JSON.parse(event)`).
+  if (env.NIMBUS_CONVENTIONS === 'fc') return Buffer.from(body);
   // An empty payload is `{}` as on Lambda; a payload that is not JSON arrives as a Buffer.
   if (body.length === 0) return {};
   try { return JSON.parse(body.toString('utf8')); } catch (_) { return body; }
@@ -274,6 +290,7 @@ function invoke(fn, id, meta, body) {
     };
     try {
       const context = makeContext(JSON.parse(meta.toString('utf8')));
+      if (env.NIMBUS_CONVENTIONS === 'fc') fcContext(context);
       // Legacy context methods some handlers still call.
       context.succeed = (r) => finish(null, r);
       context.fail = (e) => finish(e === undefined ? new Error('failed') : e);
@@ -312,7 +329,9 @@ function runHook(id, meta) {
         return;
       }
       const run = (h) => {
-        const out = h(makeContext(m), (e) => finish(e));
+        const ctx = makeContext(m);
+        if (env.NIMBUS_CONVENTIONS === 'fc') fcContext(ctx);
+        const out = h(ctx, (e) => finish(e));
         if (out && typeof out.then === 'function') out.then(() => finish(null), (e) => finish(e || new Error('hook failed')));
         else if (h.length < 2) finish(null);
       };

@@ -193,7 +193,10 @@ def _run_hook(ident, meta):
         try:
             m = json.loads(meta)
             hook = _load_handler(m["handler"])
-            result = hook(Context(m))
+            ctx = Context(m)
+            if os.environ.get("NIMBUS_CONVENTIONS") == "fc":
+                _fc_context(ctx)
+            result = hook(ctx)
             if inspect.isawaitable(result):
                 result = _await([None], ident, result)
             reply = (RESULT, b"json", b"null")
@@ -236,7 +239,35 @@ class _InitFailure(Exception):
         self.cause, self.error_type, self.message = cause, error_type, message
 
 
+class _Object:
+    """An attribute bag, as Function Compute's context nests its fields."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _fc_context(ctx):
+    """Adds Function Compute's context fields to `ctx` (its handlers read
+    `context.function.name`, `context.request_id`, `context.credentials`, ...)."""
+    env = os.environ
+    ctx.function = _Object(
+        name=_FUNCTION_NAME, handler=env.get("NIMBUS_HANDLER", ""),
+        memory=int(_MEMORY_MB), timeout=int(env.get("NIMBUS_TIMEOUT_MS", "3000")) // 1000,
+        initializer=None)
+    ctx.service = _Object(name="default", log_project="", log_store="",
+                          qualifier=_FUNCTION_VERSION, version_id=_FUNCTION_VERSION)
+    ctx.region = env.get("AWS_REGION", "")
+    ctx.account_id = env.get("NIMBUS_ACCOUNT_ID", "")
+    # No cloud credentials are handed out; FC's fields are there, empty.
+    ctx.credentials = _Object(access_key_id=None, access_key_secret=None, security_token=None,
+                              accessKeyId=None, accessKeySecret=None, securityToken=None)
+    return ctx
+
+
 def _decode_event(body):
+    # Function Compute hands the event over as the bytes that came (`json.loads(event)`).
+    if os.environ.get("NIMBUS_CONVENTIONS") == "fc":
+        return bytes(body)
     # An empty payload is `{}` as on Lambda, so handlers can call event.get().
     if not body:
         return {}
@@ -296,6 +327,8 @@ def _run(handler, loop_holder, ident, meta, body):
     try:
         try:
             ctx = Context(json.loads(meta))
+            if os.environ.get("NIMBUS_CONVENTIONS") == "fc":
+                _fc_context(ctx)
             result = handler(_decode_event(body), ctx)
             if inspect.isawaitable(result):
                 result = _await(loop_holder, ident, result)
