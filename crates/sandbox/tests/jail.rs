@@ -428,6 +428,15 @@ async fn pip_build(node: &Node) {
     assert!(streamed.iter().any(|l| l.contains("six")), "{streamed:?}");
     let six = job.dir.join("out/six.py");
     assert!(six.is_file(), "no {}", six.display());
+    // Its bytecode is there, valid whatever the sources' times (PEP 552 flags: 1 is an
+    // unchecked hash), so instances of the read-only tree never compile it again.
+    let cache = std::fs::read_dir(job.dir.join("out/__pycache__"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("six."))
+        .expect("six's .pyc");
+    let header = std::fs::read(cache.path()).unwrap();
+    assert_eq!(&header[4..8], &[1, 0, 0, 0], "{}", cache.path().display());
     if node.root {
         use std::os::unix::fs::MetadataExt;
         let uid = std::fs::metadata(&six).unwrap().uid();
