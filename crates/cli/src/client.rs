@@ -22,11 +22,7 @@ impl Client {
             Some(t) => t.clone(),
             None => local_token(&base, cli.data_dir.as_deref())?,
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("nimbus-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Client { http, base, token })
+        Client::with(&base, &token)
     }
 
     /// A client of the server at `base` with `token`.

@@ -120,17 +120,7 @@ impl LocalPlatform {
                 sha256: sha,
             });
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
-        let printer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                eprintln!("  | {line}");
-            }
-        });
-        let built = self.platform.prepare_deps(&mut spec, Some(tx)).await;
-        let _ = printer.await;
-        built.map_err(|e| {
-            anyhow::anyhow!("{name}: {} ({})", e.message.trim_end(), e.code.as_str())
-        })?;
+        self.prepare_showing(&mut spec).await?;
         self.platform
             .deploy(spec, PutMode::Upsert, false)
             .await
@@ -156,17 +146,7 @@ impl LocalPlatform {
         let mut local = spec.clone();
         local.code_sha256 = sha;
         local.deps_sha256.clear();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
-        let printer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                eprintln!("  | {line}");
-            }
-        });
-        let built = self.platform.prepare_deps(&mut local, Some(tx)).await;
-        let _ = printer.await;
-        let outcome = built.map_err(|e| {
-            anyhow::anyhow!("{name}: {} ({})", e.message.trim_end(), e.code.as_str())
-        })?;
+        let outcome = self.prepare_showing(&mut local).await?;
         let Some(deps) = outcome.deps_sha256() else {
             return Ok(None);
         };
@@ -176,6 +156,30 @@ impl LocalPlatform {
             .await
             .map_err(|e| anyhow::anyhow!("{name}: reading the local build: {e}"))?;
         Ok(Some((deps.to_string(), bytes)))
+    }
+
+    /// Installs `spec`'s dependencies (`Platform::prepare_deps`), showing the tool's output
+    /// on stderr as it comes.
+    async fn prepare_showing(
+        &self,
+        spec: &mut model::FunctionSpec,
+    ) -> anyhow::Result<platform::DepsOutcome> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let printer = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                eprintln!("  | {line}");
+            }
+        });
+        let built = self.platform.prepare_deps(spec, Some(tx)).await;
+        let _ = printer.await;
+        built.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {} ({})",
+                spec.name,
+                e.message.trim_end(),
+                e.code.as_str()
+            )
+        })
     }
 
     /// Sends `request` through the gateway, as a client's request from loopback.

@@ -325,9 +325,10 @@ impl Builds {
         // as a function's tree is refused here.
         let (max_bytes, max_files) = (code.unpacked_max(), limits::ARCHIVE_ENTRIES_MAX);
         let measured = result.clone();
-        let (bytes, files) = tokio::task::spawn_blocking(move || measure(&measured))
-            .await
-            .expect("measuring the build panicked");
+        let (bytes, files) =
+            tokio::task::spawn_blocking(move || sandbox::tree_size(&measured, u64::MAX))
+                .await
+                .expect("measuring the build panicked");
         if bytes > max_bytes || files > max_files {
             return Err(Error::new(
                 ErrorCode::BuildFailed,
@@ -433,26 +434,6 @@ impl Drop for Scratch {
             }
         }
     }
-}
-
-/// The bytes and files under `dir`, links not followed.
-fn measure(dir: &Path) -> (u64, usize) {
-    let (mut bytes, mut files) = (0, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(list) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in list.flatten() {
-            files += 1;
-            match entry.path().symlink_metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => bytes += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    (bytes, files)
 }
 
 #[cfg(test)]

@@ -596,11 +596,11 @@ impl Platform {
         }
     }
 
-    /// Creates or replaces a function after validating it against its code. Its
-    /// dependencies are built first when its code declares some (see `prepare_deps`).
+    /// Creates or replaces a function after validating it against its code and the
+    /// archives it names (`deploy` builds its dependencies and checks its handler first).
     pub async fn put_function(
         &self,
-        mut spec: FunctionSpec,
+        spec: FunctionSpec,
         mode: PutMode,
     ) -> Result<(Function, PutOutcome), Error> {
         let errors = spec.validate();
@@ -622,7 +622,6 @@ impl Platform {
         if !self.blobs.exists(&spec.code_sha256).await? {
             return Err(store::StoreError::BlobNotFound(spec.code_sha256.clone()).into());
         }
-        self.prepare_deps(&mut spec, None).await?;
         let archives = std::iter::once(&spec.deps_sha256)
             .filter(|d| !d.is_empty())
             .chain(spec.layers.iter().map(|l| &l.sha256));

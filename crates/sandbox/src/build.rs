@@ -268,7 +268,7 @@ impl Builder {
             loop {
                 tokio::time::sleep(DISK_CHECK_EVERY).await;
                 let dir = watched.clone();
-                let used = tokio::task::spawn_blocking(move || tree_bytes(&dir, disk_max))
+                let used = tokio::task::spawn_blocking(move || tree_size(&dir, disk_max).0)
                     .await
                     .unwrap_or(0);
                 if used > disk_max {
@@ -390,9 +390,10 @@ sys.exit(0 if ok else 3)
 /// How often a running build's scratch directory is measured.
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(1_000);
 
-/// Bytes of the files under `dir` (links not followed), counting stops past `stop_past`.
-fn tree_bytes(dir: &Path, stop_past: u64) -> u64 {
-    let mut total = 0;
+/// The bytes of the files under `dir` and the number of its entries (links not
+/// followed); counting stops once the bytes pass `stop_past`.
+pub fn tree_size(dir: &Path, stop_past: u64) -> (u64, usize) {
+    let (mut bytes, mut entries) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(list) = std::fs::read_dir(&d) else {
@@ -402,17 +403,18 @@ fn tree_bytes(dir: &Path, stop_past: u64) -> u64 {
             let Ok(meta) = entry.path().symlink_metadata() else {
                 continue;
             };
+            entries += 1;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                total += meta.len();
-                if total > stop_past {
-                    return total;
+                bytes += meta.len();
+                if bytes > stop_past {
+                    return (bytes, entries);
                 }
             }
         }
     }
-    total
+    (bytes, entries)
 }
 
 /// A build's output as kept: its first and last lines up to a byte bound, and how much
@@ -502,7 +504,7 @@ mod tests {
         std::fs::create_dir(tmp.path().join("a")).unwrap();
         std::fs::write(tmp.path().join("a/x"), vec![0; 1000]).unwrap();
         std::fs::write(tmp.path().join("y"), vec![0; 500]).unwrap();
-        assert_eq!(tree_bytes(tmp.path(), u64::MAX), 1500);
-        assert!(tree_bytes(tmp.path(), 100) > 100);
+        assert_eq!(tree_size(tmp.path(), u64::MAX), (1500, 3));
+        assert!(tree_size(tmp.path(), 100).0 > 100);
     }
 }

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use model::{FunctionType, Runtime};
 use serde::{Deserialize, Serialize};
 
-pub use build::{BuildJob, BuildReport, BuildStatus, Builder};
+pub use build::{BuildJob, BuildReport, BuildStatus, Builder, tree_size};
 pub use executor::StreamEvent;
 pub use isolation::{Isolation, IsolationConfig, Protection};
 pub use logs::{LogLine, Logs};

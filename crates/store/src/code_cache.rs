@@ -61,31 +61,8 @@ impl CodeCache {
         if deps.is_empty() {
             return self.ensure(code).await;
         }
-        let dir = self.dir(&tree_id(code, deps));
-        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Ok(dir);
-        }
-        let (code_dir, deps_dir) = (self.ensure(code).await?, self.ensure(deps).await?);
-        let root = self.root.clone();
-        let target = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
-            let made = link_tree(&deps_dir, &staging).and_then(|()| link_tree(&code_dir, &staging));
-            let made = made.and_then(|()| match std::fs::rename(&staging, &target) {
-                Err(_) if target.exists() => {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    Ok(())
-                }
-                other => other,
-            });
-            if made.is_err() {
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            made.map_err(StoreError::io(format!("making {}", target.display())))
-        })
-        .await
-        .expect("tree task panicked")?;
-        Ok(dir)
+        // Dependencies first, so the code's files are laid over theirs.
+        self.merged(&tree_id(code, deps), &[deps, code]).await
     }
 
     /// The tree of a function's layers, shown at `/opt`: the one layer's own tree, or the
@@ -93,26 +70,33 @@ impl CodeCache {
     /// of hard links like `tree`. `None` without layers.
     pub async fn layers(&self, shas: &[&str]) -> Result<Option<PathBuf>, StoreError> {
         match shas {
-            [] => return Ok(None),
-            [one] => return self.ensure(one).await.map(Some),
-            _ => {}
+            [] => Ok(None),
+            [one] => self.ensure(one).await.map(Some),
+            _ => self.merged(&layers_id(shas), shas).await.map(Some),
         }
-        let dir = self.dir(&layers_id(shas));
+    }
+
+    /// The tree named `id`: the unpacked trees of `parts` laid over each other in order,
+    /// of hard links, made once (in a staging directory renamed into place, so a reader
+    /// sees no tree or a whole one).
+    async fn merged(&self, id: &str, parts: &[&str]) -> Result<PathBuf, StoreError> {
+        let dir = self.dir(id);
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Ok(Some(dir));
+            return Ok(dir);
         }
-        let mut parts = Vec::new();
-        for sha in shas {
-            parts.push(self.ensure(sha).await?);
+        let mut trees = Vec::new();
+        for sha in parts {
+            trees.push(self.ensure(sha).await?);
         }
         let root = self.root.clone();
         let target = dir.clone();
         tokio::task::spawn_blocking(move || {
             let staging = root.join(format!("{STAGING_PREFIX}{}", crate::random_suffix()));
-            let made = parts
+            let made = trees
                 .iter()
-                .try_for_each(|p| link_tree(p, &staging))
+                .try_for_each(|t| link_tree(t, &staging))
                 .and_then(|()| match std::fs::rename(&staging, &target) {
+                    // Another merge of the same parts won the race; its tree is the same.
                     Err(_) if target.exists() => {
                         let _ = std::fs::remove_dir_all(&staging);
                         Ok(())
@@ -125,8 +109,8 @@ impl CodeCache {
             made.map_err(StoreError::io(format!("making {}", target.display())))
         })
         .await
-        .expect("layers task panicked")?;
-        Ok(Some(dir))
+        .expect("merge task panicked")?;
+        Ok(dir)
     }
 
     /// Removes unpacks that a crash interrupted (`.staging-*` directories), returning how
