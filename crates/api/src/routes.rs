@@ -532,7 +532,8 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Creates an invoke key for routes with `auth: key`. The key is in this answer only.
+/// Creates an invoke key for routes with `auth: key`, or (`aws: true`) an access key for
+/// the Lambda API. The key or secret is in this answer only.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys",
     request_body = KeyInput,
     responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody)))]
@@ -541,35 +542,78 @@ pub async fn create_key(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let input: KeyInput = parse_json(&read_body(body, 4096, "key").await?)?;
+    if input.aws {
+        let scope: platform::AwsScope = input.scope.as_deref().unwrap_or("admin").parse()?;
+        let record = s.platform.create_aws_key(&input.name, scope).await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(KeyCreated {
+                id: record.access_key_id.clone(),
+                name: record.name,
+                kind: "aws",
+                created_at_ms: record.created_at_ms,
+                key: None,
+                access_key_id: Some(record.access_key_id),
+                secret_access_key: Some(record.secret),
+                scope: Some(record.scope),
+            }),
+        ));
+    }
+    if input.scope.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "scope: only access keys (aws: true) have a scope",
+        ));
+    }
     let (record, key) = s.platform.create_key(&input.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(KeyCreated {
             id: record.id,
             name: record.name,
+            kind: "invoke",
             created_at_ms: record.created_at_ms,
-            key,
+            key: Some(key),
+            access_key_id: None,
+            secret_access_key: None,
+            scope: None,
         }),
     ))
 }
 
-/// Lists invoke keys (without the keys).
+/// Lists invoke keys and access keys (never the keys or secrets themselves).
 #[utoipa::path(get, path = "/v1/keys", tag = "keys", responses((status = 200, body = KeyList)))]
 pub async fn list_keys(State(s): State<AppState>) -> Result<Json<KeyList>, ApiError> {
-    let keys = s.platform.list_keys().await?;
-    Ok(Json(KeyList {
-        keys: keys
+    let mut keys: Vec<KeyView> = s
+        .platform
+        .list_keys()
+        .await?
+        .into_iter()
+        .map(|k| KeyView {
+            id: k.id,
+            name: k.name,
+            kind: "invoke",
+            scope: None,
+            created_at_ms: k.created_at_ms,
+        })
+        .collect();
+    keys.extend(
+        s.platform
+            .list_aws_keys()
+            .await?
             .into_iter()
             .map(|k| KeyView {
-                id: k.id,
+                id: k.access_key_id,
                 name: k.name,
+                kind: "aws",
+                scope: Some(k.scope),
                 created_at_ms: k.created_at_ms,
-            })
-            .collect(),
-    }))
+            }),
+    );
+    Ok(Json(KeyList { keys }))
 }
 
-/// Deletes an invoke key; routes stop accepting it at once.
+/// Deletes an invoke key or an access key; it is refused at once.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody, description = "key_not_found")))]

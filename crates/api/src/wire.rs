@@ -352,24 +352,47 @@ pub struct KeyInput {
     /// What the key is for, e.g. the client that uses it.
     #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// An AWS access key (id and secret) for the Lambda API, signed with SigV4, instead
+    /// of an invoke key for routes.
+    #[serde(default)]
+    pub aws: bool,
+    /// An access key's scope: `admin` (every operation, the default) or `invoke`.
+    #[serde(default)]
+    #[schema(pattern = "^(admin|invoke)$")]
+    pub scope: Option<String>,
 }
 
-/// An invoke key as listed: never the key itself.
+/// A key as listed: never the key or secret itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
+    /// The invoke key's id, or the access key id.
     pub id: String,
     pub name: String,
+    /// `invoke` (routes with `auth: key`) or `aws` (the Lambda API).
+    pub kind: &'static str,
+    /// An access key's scope: `admin` or `invoke`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     pub created_at_ms: i64,
 }
 
-/// A new invoke key: the only time the key is shown.
+/// A new key: the only time the key or secret is shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyCreated {
     pub id: String,
     pub name: String,
+    pub kind: &'static str,
     pub created_at_ms: i64,
-    /// Send it in the `x-nimbus-key` header. It cannot be shown again.
-    pub key: String,
+    /// An invoke key: send it in the `x-nimbus-key` header. It cannot be shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// An access key: its id and secret, for `aws configure` or boto3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// `GET /v1/keys`.

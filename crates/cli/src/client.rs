@@ -16,6 +16,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server's base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     pub fn new(cli: &Cli) -> anyhow::Result<Client> {
         let base = cli.endpoint.trim_end_matches('/').to_string();
         let token = match &cli.token {

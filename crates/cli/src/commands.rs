@@ -1071,21 +1071,36 @@ async fn ls(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
 
 async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::Create { name } => {
+        KeysCommand::Create { name, aws, scope } => {
+            let mut body = serde_json::json!({ "name": name });
+            if *aws {
+                body["aws"] = true.into();
+                body["scope"] = scope.as_deref().unwrap_or("admin").into();
+            }
             let created: Value = client
-                .json(
-                    client
-                        .request(Method::POST, "/v1/keys")
-                        .json(&serde_json::json!({ "name": name })),
-                )
+                .json(client.request(Method::POST, "/v1/keys").json(&body))
                 .await?;
+            let text = |k: &str| created[k].as_str().unwrap_or("").to_string();
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
+            } else if *aws {
+                // The shared credentials format, ready for ~/.aws/credentials.
+                println!(
+                    "[{name}]\naws_access_key_id = {}\naws_secret_access_key = {}",
+                    text("access_key_id"),
+                    text("secret_access_key")
+                );
+                eprintln!(
+                    "created access key {} ({name}, scope {}); sign with SigV4 against {}. The secret is not shown again.",
+                    text("access_key_id"),
+                    text("scope"),
+                    client.endpoint()
+                );
             } else {
-                println!("{}", created["key"].as_str().unwrap_or(""));
+                println!("{}", text("key"));
                 eprintln!(
                     "created invoke key {} ({name}); send it in the x-nimbus-key header. It is not shown again.",
-                    created["id"].as_str().unwrap_or("")
+                    text("id")
                 );
             }
         }
@@ -1094,12 +1109,20 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<18} {:<24} {:>14}", "ID", "NAME", "CREATED_AT_MS");
+                println!(
+                    "{:<22} {:<24} {:<14} {:>14}",
+                    "ID", "NAME", "KIND", "CREATED_AT_MS"
+                );
                 for k in list["keys"].as_array().into_iter().flatten() {
+                    let kind = match (k["kind"].as_str(), k["scope"].as_str()) {
+                        (Some(kind), Some(scope)) => format!("{kind}/{scope}"),
+                        (kind, _) => kind.unwrap_or("").to_string(),
+                    };
                     println!(
-                        "{:<18} {:<24} {:>14}",
+                        "{:<22} {:<24} {:<14} {:>14}",
                         k["id"].as_str().unwrap_or(""),
                         k["name"].as_str().unwrap_or(""),
+                        kind,
                         k["created_at_ms"]
                     );
                 }
@@ -1112,7 +1135,7 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
             if output == Output::Json {
                 print_json(&serde_json::json!({"id": id, "deleted": true}))?;
             } else {
-                println!("deleted invoke key {id}");
+                println!("deleted key {id}");
             }
         }
     }

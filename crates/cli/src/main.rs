@@ -318,10 +318,17 @@ pub enum KeysCommand {
         /// What the key is for.
         #[arg(default_value = "default")]
         name: String,
+        /// An AWS access key (id and secret) for the Lambda API and the AWS SDKs and CLI,
+        /// instead of an invoke key for routes.
+        #[arg(long)]
+        aws: bool,
+        /// What an access key may do: `admin` (everything) or `invoke` (invocations only).
+        #[arg(long, requires = "aws", value_parser = ["admin", "invoke"])]
+        scope: Option<String>,
     },
     /// List keys (without the keys themselves).
     Ls,
-    /// Delete a key by id; routes refuse it at once.
+    /// Delete a key by id (or access key id); it is refused at once.
     Rm { id: String },
 }
 

@@ -363,6 +363,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .load()
         .await
         .map_err(|e| anyhow::anyhow!("loading functions and keys: {e}"))?;
+    let admin_key = platform
+        .admin_aws_key()
+        .await
+        .map_err(|e| anyhow::anyhow!("making the admin's access key: {e}"))?;
+    write_aws_credentials(&data_dir, &admin_key, &args.region)?;
     platform
         .start_triggers()
         .await
@@ -383,7 +388,9 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             anyhow::bail!("{flag} must be a price of zero or more, not {price}");
         }
     }
-    let app = api::router(api::AppState {
+    // The Lambda API's paths are its own; everything else is the control API's or the
+    // gateway's.
+    let app = lambda::router(platform.clone()).merge(api::router(api::AppState {
         platform: platform.clone(),
         gateway,
         token: token.into(),
@@ -392,7 +399,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             per_gb_second: args.price_per_gb_second,
             per_provisioned_gb_second: args.price_per_provisioned_gb_second,
         },
-    });
+    }));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -401,9 +408,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     // Scripts and tests read this line to find the port.
     println!("nimbus listening on http://{addr}");
     println!(
-        "data dir {}; admin token in {}",
+        "data dir {}; admin token in {}; AWS credentials (Lambda API) in {}",
         data_dir.display(),
-        data_dir.join("admin.token").display()
+        data_dir.join("admin.token").display(),
+        data_dir.join(AWS_CREDENTIALS).display()
     );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -561,6 +569,45 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created the admin token");
     Ok(token)
+}
+
+/// The admin's access key in the AWS shared credentials format, for
+/// `AWS_SHARED_CREDENTIALS_FILE`.
+const AWS_CREDENTIALS: &str = "aws.credentials";
+
+/// Writes the admin's access key to `<data-dir>/aws.credentials` (mode 0600) unless it
+/// holds it already: a whole new file renamed into place, so a reader never sees half.
+fn write_aws_credentials(
+    dir: &Path,
+    key: &store::AwsKeyRecord,
+    region: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(AWS_CREDENTIALS);
+    let text = format!(
+        "# The Nimbus admin's access key for the Lambda API (SigV4). Use it with\n\
+         # AWS_SHARED_CREDENTIALS_FILE={} and --endpoint-url / endpoint_url.\n\
+         [default]\naws_access_key_id = {}\naws_secret_access_key = {}\nregion = {region}\n",
+        path.display(),
+        key.access_key_id,
+        key.secret
+    );
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let staging = dir.join(format!("{AWS_CREDENTIALS}.tmp"));
+    let _ = std::fs::remove_file(&staging);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staging, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// An AWS account id: 12 digits.

@@ -130,8 +130,25 @@ pub enum Trigger {
 /// Methods a route may name.
 pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-/// Path prefixes the platform keeps for itself.
-pub const RESERVED_PREFIXES: [&str; 3] = ["/v1", "/healthz", "/fn/"];
+/// The API versions Lambda's operations live under (the Lambda API serves them).
+pub const LAMBDA_API_PREFIXES: [&str; 4] = [
+    "/2015-03-31/",
+    "/2017-10-31/",
+    "/2019-09-25/",
+    "/2019-09-30/",
+];
+
+/// Path prefixes the platform keeps for itself: its API, health, function URLs, and the
+/// Lambda API's.
+pub const RESERVED_PREFIXES: [&str; 7] = [
+    "/v1",
+    "/healthz",
+    "/fn/",
+    LAMBDA_API_PREFIXES[0],
+    LAMBDA_API_PREFIXES[1],
+    LAMBDA_API_PREFIXES[2],
+    LAMBDA_API_PREFIXES[3],
+];
 
 /// One segment of a parsed route pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]

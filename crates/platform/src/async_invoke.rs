@@ -540,6 +540,7 @@ async fn attempt(
         trigger: model::TriggerKind::Async,
         attempt: record.attempts,
         trace: crate::trace::child_of(record.traceparent.as_deref()),
+        client_context: None,
     };
     let outcome = platform
         .invoke(call, Bytes::from(record.payload.clone()))

@@ -34,6 +34,9 @@ pub struct Call {
     pub attempt: u32,
     /// The call's span: in the caller's trace when there is one.
     pub trace: Span,
+    /// The caller's client context (JSON text), as Lambda's `X-Amz-Client-Context` gives
+    /// it to `context.client_context`.
+    pub client_context: Option<String>,
 }
 
 impl Call {
@@ -46,6 +49,7 @@ impl Call {
             trigger,
             attempt: 1,
             trace,
+            client_context: None,
         }
     }
 }
@@ -313,6 +317,7 @@ impl Platform {
                 attempt: call.attempt,
                 traceparent: Some(call.trace.traceparent.clone()),
                 invoked_function_arn: Some(platform.function_arn(&call.target)),
+                client_context: call.client_context.clone(),
             };
             let request_id = call.request_id.clone();
             let session = match platform.begin(call).await? {

@@ -15,6 +15,7 @@ pub mod async_invoke;
 pub mod build;
 mod error;
 mod invoke;
+mod keys;
 pub mod metrics;
 pub mod otlp;
 pub mod recorder;
@@ -36,6 +37,7 @@ pub use build::{BuildConfig, DepsOutcome};
 pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
+pub use keys::{AwsKey, AwsScope};
 pub use trigger::{Catalog, Changes, Trigger};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
@@ -82,6 +84,8 @@ pub struct Platform {
     builder: sandbox::Builder,
     /// Where functions are told they run, in AWS's terms.
     aws: RwLock<AwsIdentity>,
+    /// Access keys of the AWS-compatible APIs by id, secrets included (SigV4 needs them).
+    aws_keys: RwLock<keys::AwsKeys>,
 }
 
 /// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
@@ -124,6 +128,7 @@ impl Platform {
             builds: std::sync::OnceLock::new(),
             builder: pool_builder,
             aws: RwLock::new(AwsIdentity::default()),
+            aws_keys: RwLock::new(Default::default()),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -256,7 +261,7 @@ impl Platform {
         }
         let keys = self.meta.list_keys().await?;
         *self.keys.write().unwrap() = keys.into_iter().map(|k| k.sha256).collect();
-        Ok(())
+        self.load_aws_keys().await
     }
 
     /// Republishes every function as stored, as the next revision of the change feed.
@@ -384,7 +389,11 @@ impl Platform {
         Ok(self.meta.list_keys().await?)
     }
 
+    /// Deletes an invoke key by its id, or an access key by its access key id.
     pub async fn delete_key(&self, id: &str) -> Result<(), Error> {
+        if self.aws_key(id).is_some() {
+            return self.delete_aws_key(id).await;
+        }
         let keys = self.meta.list_keys().await?;
         self.meta.delete_key(id).await.map_err(|e| match e {
             store::StoreError::KeyNotFound(id) => Error::new(
@@ -413,6 +422,11 @@ impl Platform {
         Ok(self.code.accept(zip).await?)
     }
 
+    /// The size of a stored code archive, `None` if there is none.
+    pub async fn code_size(&self, sha256: &str) -> Result<Option<u64>, Error> {
+        Ok(self.blobs.size(sha256).await?)
+    }
+
     pub async fn code_exists(&self, sha256: &str) -> Result<bool, Error> {
         Ok(self.blobs.exists(sha256).await?)
     }
@@ -427,6 +441,11 @@ impl Platform {
     /// Sets the region and account functions are told they run in.
     pub fn set_aws_identity(&self, identity: AwsIdentity) {
         *self.aws.write().unwrap() = identity;
+    }
+
+    /// The region and account functions are told they run in.
+    pub fn aws_identity(&self) -> AwsIdentity {
+        self.aws.read().unwrap().clone()
     }
 
     /// The ARN of `target` (`name` or `name:qualifier`) as Lambda writes it.

@@ -56,6 +56,8 @@ pub struct CallContext {
     pub traceparent: Option<String>,
     /// The function's ARN as the call named it (with its qualifier), for the context.
     pub invoked_function_arn: Option<String>,
+    /// The caller's client context, JSON text (Lambda's `X-Amz-Client-Context`).
+    pub client_context: Option<String>,
 }
 
 impl Default for CallContext {
@@ -64,6 +66,7 @@ impl Default for CallContext {
             attempt: 1,
             traceparent: None,
             invoked_function_arn: None,
+            client_context: None,
         }
     }
 }
@@ -1039,6 +1042,7 @@ impl Lease {
             "attempt": call.attempt,
             "traceparent": call.traceparent,
             "invoked_function_arn": call.invoked_function_arn,
+            "client_context": call.client_context,
         }))
         .expect("meta serializes");
         let started = Instant::now();

@@ -21,6 +21,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The blob, or `BlobNotFound`.
     async fn get(&self, sha256: &str) -> Result<Vec<u8>, StoreError>;
     async fn exists(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// The blob's size in bytes, `None` if there is no such blob.
+    async fn size(&self, sha256: &str) -> Result<Option<u64>, StoreError>;
     /// Every stored blob, for the garbage collector.
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
     /// Removes a blob; false if there was none.
@@ -136,6 +138,17 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        let Ok(path) = self.path(sha256) else {
+            return Ok(None);
+        };
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
         let root = self.root.join("sha256");
         tokio::task::spawn_blocking(move || {
@@ -229,6 +242,9 @@ mod tests {
         assert!(store.exists(&a).await.unwrap());
         let missing = sha256_hex(b"other");
         assert!(!store.exists(&missing).await.unwrap());
+        assert_eq!(store.size(&a).await.unwrap(), Some(5));
+        assert_eq!(store.size(&missing).await.unwrap(), None);
+        assert_eq!(store.size("../x").await.unwrap(), None);
         assert!(matches!(
             store.get(&missing).await,
             Err(StoreError::BlobNotFound(_))

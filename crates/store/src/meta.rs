@@ -51,6 +51,13 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     /// Deletes a key; `KeyNotFound` if there is none with that id.
     async fn delete_key(&self, id: &str) -> Result<(), StoreError>;
+    /// Stores an access key. With `builtin` set and a builtin key there already, stores
+    /// nothing and returns the one there (nodes starting together make one admin key).
+    async fn create_aws_key(&self, key: &AwsKeyRecord) -> Result<AwsKeyRecord, StoreError>;
+    /// All access keys, oldest first.
+    async fn list_aws_keys(&self) -> Result<Vec<AwsKeyRecord>, StoreError>;
+    /// Deletes an access key that is not the builtin one; `KeyNotFound` if there is none.
+    async fn delete_aws_key(&self, access_key_id: &str) -> Result<(), StoreError>;
     /// Snapshots the function's current spec as its next version; when the newest version
     /// already has that spec, returns it instead (`false`).
     async fn publish_version(
@@ -113,6 +120,20 @@ pub struct KeyRecord {
     pub id: String,
     pub name: String,
     pub sha256: String,
+    pub created_at_ms: i64,
+}
+
+/// An access key for the AWS-compatible APIs, SigV4-signed. Unlike invoke keys the
+/// secret itself is stored: verifying a signature needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsKeyRecord {
+    pub access_key_id: String,
+    pub name: String,
+    pub secret: String,
+    /// `admin` (every operation) or `invoke` (invocations only).
+    pub scope: String,
+    /// The admin's key that the server made and wrote to `aws.credentials`.
+    pub builtin: bool,
     pub created_at_ms: i64,
 }
 
@@ -659,6 +680,61 @@ impl MetaStore for SqliteStore {
         }
         Ok(())
     }
+
+    async fn create_aws_key(&self, key: &AwsKeyRecord) -> Result<AwsKeyRecord, StoreError> {
+        sqlx::query(
+            "INSERT INTO aws_keys (access_key_id, name, secret, scope, builtin, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.access_key_id)
+        .bind(&key.name)
+        .bind(&key.secret)
+        .bind(&key.scope)
+        .bind(key.builtin as i64)
+        .bind(key.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        let keys = self.list_aws_keys().await?;
+        let stored = if key.builtin {
+            keys.into_iter().find(|k| k.builtin)
+        } else {
+            keys.into_iter()
+                .find(|k| k.access_key_id == key.access_key_id)
+        };
+        stored.ok_or_else(|| StoreError::Corrupt("an access key vanished as it was made".into()))
+    }
+
+    async fn list_aws_keys(&self) -> Result<Vec<AwsKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT access_key_id, name, secret, scope, builtin, created_at_ms FROM aws_keys \
+             ORDER BY created_at_ms, access_key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AwsKeyRecord {
+                    access_key_id: r.try_get("access_key_id")?,
+                    name: r.try_get("name")?,
+                    secret: r.try_get("secret")?,
+                    scope: r.try_get("scope")?,
+                    builtin: r.try_get::<i64, _>("builtin")? != 0,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_aws_key(&self, access_key_id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM aws_keys WHERE access_key_id = ? AND builtin = 0")
+            .bind(access_key_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::KeyNotFound(access_key_id.into()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -847,6 +923,50 @@ mod tests {
         );
         assert!(store.list_versions("f").await.unwrap().is_empty());
         assert!(store.list_aliases("f").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_builtin_access_key_whoever_makes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("meta.db"))
+            .await
+            .unwrap();
+        let key = |id: &str, builtin: bool| AwsKeyRecord {
+            access_key_id: id.into(),
+            name: id.to_lowercase(),
+            secret: format!("secret-of-{id}"),
+            scope: "admin".into(),
+            builtin,
+            created_at_ms: 1,
+        };
+        // Two nodes starting together each try to make the admin's key: one is kept.
+        let first = store.create_aws_key(&key("NKIAFIRST", true)).await.unwrap();
+        let second = store
+            .create_aws_key(&key("NKIASECOND", true))
+            .await
+            .unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.access_key_id, "NKIAFIRST");
+        store.create_aws_key(&key("NKIAUSER", false)).await.unwrap();
+        let ids: Vec<String> = store
+            .list_aws_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.access_key_id)
+            .collect();
+        assert_eq!(ids, ["NKIAFIRST", "NKIAUSER"]);
+        // The builtin key is not deleted this way; a user's key is, once.
+        assert!(matches!(
+            store.delete_aws_key("NKIAFIRST").await,
+            Err(StoreError::KeyNotFound(_))
+        ));
+        store.delete_aws_key("NKIAUSER").await.unwrap();
+        assert!(matches!(
+            store.delete_aws_key("NKIAUSER").await,
+            Err(StoreError::KeyNotFound(_))
+        ));
+        assert_eq!(store.list_aws_keys().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

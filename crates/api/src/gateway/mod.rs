@@ -456,6 +456,7 @@ fn call_of(r: &Routed) -> Call {
         trigger: model::TriggerKind::Http,
         attempt: 1,
         trace: r.trace.clone(),
+        client_context: None,
     }
 }
 

@@ -282,13 +282,13 @@ pub fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// What the tests install into their virtualenv: schemathesis for the OpenAPI test, pinned
-/// so that a new release's checks do not turn CI red on their own. `.ci/run` installs the
-/// same list. (Functions get their packages from builds at deploy, not from here.)
-const TEST_PACKAGES: &[&str] = &["schemathesis==4.32.5"];
+/// What the tests install into their virtualenv (pinned; `.ci/run` installs the same
+/// file). Functions get their packages from builds at deploy, not from here.
+const TEST_PACKAGES: &str = include_str!("test-packages.txt");
 
 /// A Python with `TEST_PACKAGES` installed: a virtualenv in `target/test-venv`, made here
-/// from the package registry if `.ci/run` has not made it.
+/// from the package registry if `.ci/run` has not made it. The list is copied into the
+/// virtualenv, which is remade when the list changes.
 pub fn test_python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON
@@ -296,10 +296,9 @@ pub fn test_python() -> PathBuf {
             let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv");
             let python = venv.join("bin/python3");
             let ready = |py: &Path| {
-                Command::new(py)
-                    .args(["-c", "import schemathesis"])
-                    .status()
-                    .is_ok_and(|s| s.success())
+                std::fs::read_to_string(venv.join("test-packages.txt"))
+                    .is_ok_and(|l| l == TEST_PACKAGES)
+                    && py.exists()
             };
             if ready(&python) {
                 return python;
@@ -319,18 +318,25 @@ pub fn test_python() -> PathBuf {
                 .status()
                 .unwrap();
             assert!(made.success(), "python3 -m venv failed");
+            let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/test-packages.txt");
             let pip = Command::new(staging.join("bin/python3"))
-                .args(["-m", "pip", "install", "-q"])
-                .args(TEST_PACKAGES)
+                .args(["-m", "pip", "install", "-q", "-r"])
+                .arg(&list)
                 .status()
                 .unwrap();
-            assert!(pip.success(), "installing {TEST_PACKAGES:?} failed");
+            assert!(pip.success(), "installing {} failed", list.display());
+            std::fs::write(staging.join("test-packages.txt"), TEST_PACKAGES).unwrap();
+            // An outdated environment goes; another test process may have just put a
+            // current one in place, which the rename then leaves alone.
+            if !ready(&python) {
+                let _ = std::fs::remove_dir_all(&venv);
+            }
             if std::fs::rename(&staging, &venv).is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
             assert!(
                 ready(&python),
-                "the test virtualenv lacks {TEST_PACKAGES:?}"
+                "the test virtualenv lacks the packages of test-packages.txt"
             );
             python
         })

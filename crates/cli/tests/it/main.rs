@@ -9,6 +9,7 @@ mod gateway;
 mod harness;
 mod init;
 mod invoke_path;
+mod lambda_api;
 mod lambda_env;
 mod limits;
 mod listener;

@@ -261,7 +261,19 @@ function makeContext(meta) {
     callbackWaitsForEmptyEventLoop: true,
     getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
     logger,
+    // The caller's X-Amz-Client-Context, decoded, as Lambda's Node runtime gives it.
+    clientContext: parseClientContext(meta.client_context),
+    identity: undefined,
   };
+}
+
+function parseClientContext(text) {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return undefined;
+  }
 }
 
 function invoke(fn, id, meta, body) {

@@ -138,6 +138,43 @@ def _xray_trace_id(traceparent):
     return "Root=1-%s-%s;Parent=%s;Sampled=%d" % (trace[:8], trace[8:], span, sampled)
 
 
+class CognitoIdentity:
+    __slots__ = ["cognito_identity_id", "cognito_identity_pool_id"]
+
+    def __init__(self, identity_id=None, pool_id=None):
+        self.cognito_identity_id = identity_id
+        self.cognito_identity_pool_id = pool_id
+
+
+class Client:
+    __slots__ = ["installation_id", "app_title", "app_version_name", "app_version_code",
+                 "app_package_name"]
+
+    def __init__(self, fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+
+class ClientContext:
+    __slots__ = ["client", "custom", "env"]
+
+    def __init__(self, fields):
+        client = fields.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
+        self.custom = fields.get("custom")
+        self.env = fields.get("env")
+
+
+def _client_context(text):
+    if not text:
+        return None
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        return None
+    return ClientContext(fields) if isinstance(fields, dict) else None
+
+
 class Context:
     """The Lambda-compatible context object (also what Function Compute handlers use)."""
 
@@ -160,8 +197,10 @@ class Context:
         # The call's trace in X-Ray's form, where Lambda's runtimes put it for each call
         # (the AWS SDKs' recursion detection and Powertools' Tracer read it there).
         os.environ["_X_AMZN_TRACE_ID"] = _xray_trace_id(self.traceparent)
-        self.identity = None
-        self.client_context = None
+        # As Lambda's Python runtime: an identity object (Cognito's, empty here) and the
+        # caller's X-Amz-Client-Context as an object with client, custom and env.
+        self.identity = CognitoIdentity()
+        self.client_context = _client_context(meta.get("client_context"))
         self.logger = _CONTEXT_LOGGER
 
     def get_remaining_time_in_millis(self):

@@ -1,0 +1,191 @@
+//! The Lambda API: AWS Lambda's REST operations at AWS's paths, so boto3, the AWS CLI and
+//! the SDKs manage and invoke Nimbus functions with only `endpoint_url` changed.
+//!
+//! Requests are signed with SigV4 by access keys the server issues (`nimbus keys create
+//! --aws`; the admin's is in `<data-dir>/aws.credentials`). Each operation maps onto the
+//! platform's own (the README's compatibility table lists them); answers and errors take
+//! Lambda's JSON shapes and exception names. Like `api`, this crate is a front door: it
+//! knows HTTP and AWS's wire, and the platform knows neither.
+
+mod error;
+mod functions;
+mod invoke;
+mod releases;
+mod settings;
+mod shape;
+pub mod sigv4;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use platform::{AwsScope, Platform};
+
+pub use error::LambdaError;
+
+/// The largest request body: a CreateFunction whose `ZipFile` (base64) holds the largest
+/// archive the platform takes, and room for the rest of the document.
+pub const BODY_BYTES_MAX: usize = (model::limits::ARCHIVE_BYTES_MAX / 3 + 1) * 4 + 64 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub platform: Arc<Platform>,
+}
+
+/// The Lambda API's routes, each behind the SigV4 check.
+pub fn router(platform: Arc<Platform>) -> Router {
+    let ctx = Ctx { platform };
+    const F: &str = "/2015-03-31/functions";
+    let routes = Router::new()
+        .route(F, post(functions::create).get(functions::list))
+        .route(
+            &format!("{F}/"),
+            post(functions::create).get(functions::list),
+        )
+        .route(
+            &format!("{F}/{{name}}"),
+            get(functions::get).delete(functions::delete),
+        )
+        .route(
+            &format!("{F}/{{name}}/configuration"),
+            get(functions::get_configuration).put(functions::update_configuration),
+        )
+        .route(&format!("{F}/{{name}}/code"), put(functions::update_code))
+        .route(&format!("{F}/{{name}}/invocations"), post(invoke::invoke))
+        .route(
+            &format!("{F}/{{name}}/versions"),
+            post(releases::publish).get(releases::list_versions),
+        )
+        .route(
+            &format!("{F}/{{name}}/aliases"),
+            post(releases::create_alias).get(releases::list_aliases),
+        )
+        .route(
+            &format!("{F}/{{name}}/aliases/{{alias}}"),
+            get(releases::get_alias)
+                .put(releases::update_alias)
+                .delete(releases::delete_alias),
+        )
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            put(settings::put_concurrency).delete(settings::delete_concurrency),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(settings::get_concurrency),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            put(settings::put_provisioned)
+                .get(settings::get_provisioned)
+                .delete(settings::delete_provisioned),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(settings::put_event_invoke_config)
+                .post(settings::put_event_invoke_config)
+                .get(settings::get_event_invoke_config)
+                .delete(settings::delete_event_invoke_config),
+        );
+    // Any other path under Lambda's API versions is an operation Nimbus lacks; the gateway
+    // never routes there (the prefixes are reserved).
+    let mut router = routes;
+    for prefix in model::http::LAMBDA_API_PREFIXES {
+        router = router.route(&format!("{prefix}{{*rest}}"), any(unknown_operation));
+    }
+    router
+        .method_not_allowed_fallback(unknown_operation)
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            authenticate,
+        ))
+        // The body is read (bounded) by `authenticate`, which must hash it anyway.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(ctx)
+}
+
+async fn unknown_operation() -> LambdaError {
+    LambdaError::new(
+        404,
+        "UnknownOperationException",
+        "Nimbus's Lambda API has no such operation; the README's compatibility table lists the ones it has",
+    )
+}
+
+/// Reads the body (bounded), checks the request's SigV4 signature, and for keys of scope
+/// `invoke` lets only invocations through.
+async fn authenticate(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(b) => b,
+        Err(_) => {
+            return LambdaError::new(
+                413,
+                "RequestTooLargeException",
+                format!("the request is larger than {BODY_BYTES_MAX} bytes"),
+            )
+            .into_response();
+        }
+    };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let signed = sigv4::Signed {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body: &body,
+    };
+    let mut scope = None;
+    let checked = sigv4::verify(&signed, "lambda", platform::now_ms(), |id| {
+        let key = ctx.platform.aws_key(id)?;
+        scope = Some(key.scope);
+        Some(key.secret)
+    });
+    if let Err(e) = checked {
+        return auth_error(e).into_response();
+    }
+    let invocation =
+        parts.method == axum::http::Method::POST && parts.uri.path().ends_with("/invocations");
+    if scope == Some(AwsScope::Invoke) && !invocation {
+        return LambdaError::new(
+            403,
+            "AccessDeniedException",
+            "this access key may only invoke functions (scope invoke); use an admin key",
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+fn auth_error(e: sigv4::AuthError) -> LambdaError {
+    use sigv4::AuthError::*;
+    match e {
+        Missing => LambdaError::new(
+            403,
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token: sign requests with SigV4 using an access key from `nimbus keys create --aws` or <data-dir>/aws.credentials",
+        ),
+        Malformed(m) => LambdaError::new(403, "IncompleteSignatureException", m),
+        UnknownKey(id) => LambdaError::new(
+            403,
+            "UnrecognizedClientException",
+            format!(
+                "The security token included in the request is invalid: access key `{id}` is not one this server issued"
+            ),
+        ),
+        Mismatch(m) => LambdaError::new(403, "InvalidSignatureException", m),
+    }
+}
