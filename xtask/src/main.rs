@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-telemetry") => bench_telemetry(&args[1..]),
         Some("bench-keepalive") => bench_keepalive(&args[1..]),
         Some("bench-deploy") => bench_deploy(&args[1..]),
+        Some("bench-lambda-api") => bench_lambda_api(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -31,7 +32,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-async [--connections N]\n\
                  \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\
                  \x20      cargo xtask bench-keepalive [--rounds N]\n\
-                 \x20      cargo xtask bench-deploy [--rounds N]\n\n\
+                 \x20      cargo xtask bench-deploy [--rounds N]\n\
+                 \x20      cargo xtask bench-lambda-api [--seconds N] [--connections N] [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -184,13 +186,13 @@ fn bench_invoke(args: &[String]) -> anyhow::Result<()> {
         name: "nimbus (python no-op)",
         addr: endpoint.trim_start_matches("http://").to_string(),
         path: "/v1/functions/noop/invocations".into(),
-        token: Some(token),
+        auth: Auth::Bearer(token),
     };
     let baseline_target = Target {
         name: "asyncio baseline",
         addr: format!("127.0.0.1:{port}"),
         path: "/".into(),
-        token: None,
+        auth: Auth::None,
     };
     println!(
         "{:<24} {:>5} {:>9} {:>10} {:>8} {:>8}",
@@ -210,6 +212,71 @@ fn bench_invoke(args: &[String]) -> anyhow::Result<()> {
             nim.rps / base.rps
         );
     }
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// The Lambda API against `/v1` for the same warm no-op function in the same run: what
+/// SigV4 (the client signs, the server verifies every request), AWS's shapes and the second
+/// router cost per call. The targets alternate, each round; medians of the rounds.
+fn bench_lambda_api(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    build_nimbus(&root)?;
+    let data = std::env::temp_dir().join(format!("nimbus-bench-lapi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let server = Nimbus::start(&root.join("target/release/nimbus"), &data, &[])?;
+    server.deploy(&root.join("bench/noop"))?;
+    let creds = std::fs::read_to_string(data.join("aws.credentials"))?;
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+            .context("aws.credentials lacks a field")
+    };
+    let addr = server.endpoint.trim_start_matches("http://").to_string();
+    let v1 = Target {
+        name: "/v1 (bearer token)",
+        addr: addr.clone(),
+        path: "/v1/functions/noop/invocations".into(),
+        auth: Auth::Bearer(server.token.clone()),
+    };
+    let lapi = Target {
+        name: "Lambda API (SigV4)",
+        addr,
+        path: "/2015-03-31/functions/noop/invocations".into(),
+        auth: Auth::SigV4 {
+            key_id: field("aws_access_key_id")?,
+            secret: field("aws_secret_access_key")?,
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "{:<24} {:>5} {:>9} {:>10} {:>8} {:>8}",
+        "target", "conns", "requests", "req/s", "p50_ms", "p99_ms"
+    );
+    for conns in [1, opts.connections] {
+        let duration = Duration::from_secs(opts.seconds);
+        let (mut p50, mut rps) = (Vec::new(), Vec::new());
+        for _ in 0..opts.rounds {
+            let a = rt.block_on(run(&v1, conns, duration))?;
+            let b = rt.block_on(run(&lapi, conns, duration))?;
+            a.print(v1.name, conns);
+            b.print(lapi.name, conns);
+            p50.push(b.p50_ms / a.p50_ms);
+            rps.push(b.rps / a.rps);
+        }
+        let (p50, _) = median_ms(&mut p50);
+        let (rps, _) = median_ms(&mut rps);
+        println!(
+            "  -> at {conns} conn(s), median of {} rounds: p50 Lambda API / v1 = {p50:.3}x, throughput = {rps:.3}x",
+            opts.rounds
+        );
+    }
+    drop(server);
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
@@ -278,7 +345,7 @@ fn bench_telemetry(args: &[String]) -> anyhow::Result<()> {
                         name: "",
                         addr: server.endpoint.trim_start_matches("http://").to_string(),
                         path: format!("/v1/functions/{function}/invocations"),
-                        token: Some(server.token.clone()),
+                        auth: Auth::Bearer(server.token.clone()),
                     };
                     // What the last run left to write must not count against this one: a
                     // log query waits for the recorder to catch up (the server without
@@ -376,7 +443,20 @@ struct Target {
     name: &'static str,
     addr: String,
     path: String,
-    token: Option<String>,
+    auth: Auth,
+}
+
+/// How a benchmark client authenticates each request.
+#[derive(Clone)]
+enum Auth {
+    None,
+    /// The admin token of the control API.
+    Bearer(String),
+    /// An access key of the Lambda API: every request signed with SigV4, as an SDK does.
+    SigV4 {
+        key_id: String,
+        secret: String,
+    },
 }
 
 struct Stats {
@@ -418,7 +498,7 @@ fn bench_async(args: &[String]) -> anyhow::Result<()> {
             name: "sync invoke (same no-op)",
             addr: addr.clone(),
             path: "/v1/functions/noop/invocations".into(),
-            token: Some(token.clone()),
+            auth: Auth::Bearer(token.clone()),
         },
         conns,
         Duration::from_secs(3),
@@ -535,7 +615,7 @@ async fn run_paced(
     for _ in 0..conns {
         let addr = target.addr.clone();
         let path = target.path.clone();
-        let token = target.token.clone();
+        let auth = target.auth.clone();
         let mut tick = rate.map(|r| {
             let mut t = tokio::time::interval(Duration::from_secs_f64(conns as f64 / r));
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -556,8 +636,38 @@ async fn run_paced(
                 let mut req = Request::post(&path)
                     .header("host", &addr)
                     .header("content-type", "application/json");
-                if let Some(t) = &token {
-                    req = req.header("authorization", format!("Bearer {t}"));
+                match &auth {
+                    Auth::None => {}
+                    Auth::Bearer(t) => {
+                        req = req.header("authorization", format!("Bearer {t}"));
+                    }
+                    Auth::SigV4 { key_id, secret } => {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)?
+                            .as_millis() as i64;
+                        let date = lambda::sigv4::amz_date(now_ms);
+                        let headers = [
+                            ("host".to_string(), addr.clone()),
+                            ("x-amz-date".to_string(), date.clone()),
+                        ];
+                        let signed = lambda::sigv4::Signed {
+                            method: "POST",
+                            path: &path,
+                            query: "",
+                            headers: &headers,
+                            body: b"{}",
+                        };
+                        let credential = lambda::sigv4::Credential {
+                            access_key_id: key_id.clone(),
+                            date: date[..8].to_string(),
+                            region: "us-east-1".into(),
+                            service: "lambda".into(),
+                        };
+                        req = req.header("x-amz-date", date).header(
+                            "authorization",
+                            lambda::sigv4::authorization(&signed, &credential, secret),
+                        );
+                    }
                 }
                 let req = req.body(Full::new(Bytes::from_static(b"{}")))?;
                 let t0 = Instant::now();

@@ -247,6 +247,27 @@ pub fn verify(
     let secret = secret_of(&parsed.credential.access_key_id)
         .ok_or_else(|| AuthError::UnknownKey(parsed.credential.access_key_id.clone()))?;
 
+    let signed_headers: Vec<&str> = parsed.signed_headers.iter().map(String::as_str).collect();
+    let to_sign = string_to_sign(req, &signed_headers, amz_date, &parsed.credential);
+    let key = signing_key(&secret, &parsed.credential);
+    let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+    mac.update(to_sign.as_bytes());
+    // In constant time, so the comparison tells an attacker nothing.
+    mac.verify_slice(&parsed.signature).map_err(|_| {
+        AuthError::Mismatch(
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
+        )
+    })?;
+    Ok(parsed.credential)
+}
+
+/// The string to sign of `req`: the hash of its canonical request under the scope.
+fn string_to_sign(
+    req: &Signed<'_>,
+    signed_headers: &[&str],
+    amz_date: &str,
+    c: &Credential,
+) -> String {
     let mut canonical = String::with_capacity(512);
     canonical.push_str(req.method);
     canonical.push('\n');
@@ -254,7 +275,7 @@ pub fn verify(
     canonical.push('\n');
     canonical.push_str(&canonical_query(req.query));
     canonical.push('\n');
-    for name in &parsed.signed_headers {
+    for name in signed_headers {
         let values: Vec<String> = req
             .headers
             .iter()
@@ -267,29 +288,64 @@ pub fn verify(
         canonical.push('\n');
     }
     canonical.push('\n');
-    canonical.push_str(&parsed.signed_headers.join(";"));
+    canonical.push_str(&signed_headers.join(";"));
     canonical.push('\n');
     canonical.push_str(&hex::encode(Sha256::digest(req.body)));
-
-    let c = &parsed.credential;
     let scope = format!("{}/{}/{}/aws4_request", c.date, c.region, c.service);
-    let to_sign = format!(
+    format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
+    )
+}
+
+/// The key derived from the secret for the credential's day, region and service.
+fn signing_key(secret: &str, c: &Credential) -> Vec<u8> {
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), c.date.as_bytes());
     for part in [c.region.as_str(), c.service.as_str(), "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
-    mac.update(to_sign.as_bytes());
-    // In constant time, so the comparison tells an attacker nothing.
-    mac.verify_slice(&parsed.signature).map_err(|_| {
-        AuthError::Mismatch(
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
-        )
-    })?;
-    Ok(parsed.credential)
+    key
+}
+
+/// The `Authorization` header that signs `req` (whose headers must hold `host` and
+/// `x-amz-date`, both signed) with `secret` for `credential`: what a client sends. The
+/// benchmarks sign with it; the AWS SDKs are what the tests check the verifier against.
+pub fn authorization(req: &Signed<'_>, credential: &Credential, secret: &str) -> String {
+    let mut names: Vec<&str> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let amz_date = req
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-amz-date")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let to_sign = string_to_sign(req, &names, amz_date, credential);
+    let signature = hex::encode(hmac(&signing_key(secret, credential), to_sign.as_bytes()));
+    format!(
+        "AWS4-HMAC-SHA256 Credential={}/{}/{}/{}/aws4_request, SignedHeaders={}, Signature={signature}",
+        credential.access_key_id,
+        credential.date,
+        credential.region,
+        credential.service,
+        names.join(";")
+    )
+}
+
+/// `X-Amz-Date` for Unix milliseconds `ms`: `20261206T145109Z`.
+pub fn amz_date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    // 2026-12-06T14:51:09Z
+    format!(
+        "{}{}{}T{}{}{}Z",
+        &s[0..4],
+        &s[5..7],
+        &s[8..10],
+        &s[11..13],
+        &s[14..16],
+        &s[17..19]
+    )
 }
 
 #[cfg(test)]
@@ -373,6 +429,32 @@ mod tests {
             SUITE_NOW_MS + 20 * 60 * 1000,
             secret
         )));
+    }
+
+    #[test]
+    fn what_authorization_signs_verify_accepts() {
+        let date = amz_date(SUITE_NOW_MS);
+        assert_eq!(date, "20150830T123600Z");
+        let mut h = vec![
+            ("host".to_string(), "example.amazonaws.com".to_string()),
+            ("x-amz-date".to_string(), date),
+        ];
+        let credential = Credential {
+            access_key_id: "AKIDEXAMPLE".into(),
+            date: "20150830".into(),
+            region: "us-east-1".into(),
+            service: "service".into(),
+        };
+        let auth = authorization(&vanilla(&h, "GET", ""), &credential, SECRET);
+        // The suite's own signature: the signer is AWS's algorithm, not just the verifier's.
+        assert_eq!(auth, VANILLA);
+        h.push(("authorization".into(), auth));
+        assert!(
+            verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |_| Some(
+                SECRET.into()
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

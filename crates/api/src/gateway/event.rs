@@ -24,6 +24,29 @@ pub struct RequestFacts<'a> {
     pub route_key: &'a str,
     pub path_params: Vec<(String, String)>,
     pub now_ms: i64,
+    /// The account functions are told they run in (FC's `requestContext.accountId`).
+    pub account_id: &'a str,
+}
+
+/// Which event a handler behind a route gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// API Gateway's HTTP API event (payload 2.0), the default.
+    V2,
+    /// API Gateway's REST API event (payload 1.0).
+    V1,
+    /// Function Compute's HTTP-trigger event, for functions with `conventions: fc`.
+    Fc,
+}
+
+impl Payload {
+    pub fn builder(self) -> fn(&RequestFacts) -> Vec<u8> {
+        match self {
+            Payload::V2 => build,
+            Payload::V1 => build_v1,
+            Payload::Fc => build_fc,
+        }
+    }
 }
 
 /// Builds the payload 2.0 event.
@@ -203,6 +226,86 @@ pub fn build_v1(r: &RequestFacts) -> Vec<u8> {
         },
         "body": body,
         "isBase64Encoded": !r.body.is_empty() && !text,
+    });
+    serde_json::to_vec(&event).expect("an event serializes")
+}
+
+/// `content-type` as Function Compute writes header names: each word capitalized.
+fn fc_header_name(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().chain(c).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Builds Function Compute's HTTP-trigger event (`version: v1`): header names
+/// capitalized, repeated headers and query parameters joined with commas, the body as text
+/// or base64, and FC's `requestContext`.
+pub fn build_fc(r: &RequestFacts) -> Vec<u8> {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in r.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(fc_header_name(name.as_str()))
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in form_urlencoded(r.query) {
+        query
+            .entry(k)
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let text = is_text(r.headers) && std::str::from_utf8(r.body).is_ok();
+    let body = if text {
+        String::from_utf8_lossy(r.body).into_owned()
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(r.body)
+    };
+    let header = |name: header::HeaderName| {
+        r.headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    };
+    let host = header(header::HOST).unwrap_or_else(|| "localhost".into());
+    let event = json!({
+        "version": "v1",
+        "rawPath": r.path,
+        "body": body,
+        "isBase64Encoded": !text,
+        "headers": headers,
+        "queryParameters": query,
+        "requestContext": {
+            "accountId": r.account_id,
+            "domainName": host,
+            "domainPrefix": host.split('.').next().unwrap_or(&host),
+            "http": {
+                "method": r.method.as_str(),
+                "path": r.path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": r.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                "userAgent": header(header::USER_AGENT).unwrap_or_default(),
+            },
+            "requestId": r.request_id,
+            "time": humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.now_ms.max(0) as u64)
+            ).to_string(),
+            "timeEpoch": r.now_ms.to_string(),
+        },
     });
     serde_json::to_vec(&event).expect("an event serializes")
 }
@@ -413,6 +516,7 @@ mod tests {
             route_key: "POST /items/{id}",
             path_params: vec![("id".into(), "42".into())],
             now_ms: 1_584_040_238_000,
+            account_id: "123456789012",
         }))
         .unwrap();
         assert_eq!(e["version"], "2.0");
@@ -428,6 +532,43 @@ mod tests {
         assert_eq!(e["requestContext"]["time"], "12/Mar/2020:19:10:38 +0000");
         assert_eq!(e["isBase64Encoded"], true);
         assert_eq!(e["body"], "AAEC");
+    }
+
+    #[test]
+    fn event_has_function_computes_http_trigger_shape() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.insert("host", HeaderValue::from_static("abc.example.com"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let e: Value = serde_json::from_slice(&build_fc(&RequestFacts {
+            method: &Method::POST,
+            path: "/items/42",
+            query: "q=a%20b&q=c",
+            headers: &headers,
+            body: b"Hello FC!",
+            peer: Some("10.0.0.1:5555".parse().unwrap()),
+            request_id: "rid",
+            route_key: "POST /items/{id}",
+            path_params: vec![],
+            now_ms: 1_693_896_071_895,
+            account_id: "123456789012",
+        }))
+        .unwrap();
+        assert_eq!(e["version"], "v1");
+        assert_eq!(e["rawPath"], "/items/42");
+        assert_eq!(e["body"], "Hello FC!");
+        assert_eq!(e["isBase64Encoded"], false);
+        assert_eq!(e["headers"]["Content-Type"], "text/plain");
+        assert_eq!(e["headers"]["X-Multi"], "a,b");
+        assert_eq!(e["queryParameters"]["q"], "a b,c");
+        let c = &e["requestContext"];
+        assert_eq!(c["accountId"], "123456789012");
+        assert_eq!(c["domainPrefix"], "abc");
+        assert_eq!(c["http"]["method"], "POST");
+        assert_eq!(c["http"]["sourceIp"], "10.0.0.1");
+        assert_eq!(c["time"], "2023-09-05T06:41:11Z");
+        assert_eq!(c["timeEpoch"], "1693896071895");
     }
 
     #[test]

@@ -118,8 +118,8 @@ pub(crate) struct Routed {
     pub peer: Option<SocketAddr>,
     pub route_key: String,
     pub path_params: Vec<(String, String)>,
-    /// The REST API's event (payload 1.0) rather than the HTTP API's.
-    pub payload_v1: bool,
+    /// The event a handler gets.
+    pub payload: event::Payload,
     pub routed_ms: f64,
     /// The call's span: in the caller's trace when it sent a `traceparent`.
     pub trace: crate::trace::Span,
@@ -310,7 +310,7 @@ async fn serve(
         peer,
         route_key: route.route_key.clone(),
         path_params,
-        payload_v1: route.payload_v1,
+        payload: route.payload,
         routed_ms: received.elapsed().as_secs_f64() * 1000.0,
         trace: crate::trace::for_call(&parts.headers),
     };
@@ -369,11 +369,7 @@ async fn invoke_handler(
     r: Routed,
 ) -> Result<(Response, Timing), ApiError> {
     let call = call_of(&r);
-    let build = if r.payload_v1 {
-        event::build_v1
-    } else {
-        event::build
-    };
+    let build = r.payload.builder();
     let event = build(&event::RequestFacts {
         method: &r.method,
         path: &r.path,
@@ -385,6 +381,7 @@ async fn invoke_handler(
         route_key: &r.route_key,
         path_params: r.path_params,
         now_ms: now_ms(),
+        account_id: &platform.aws_identity().account_id,
     });
     let platform::Invoked {
         record, outcome, ..

@@ -24,8 +24,8 @@ pub struct Route {
     /// For function URLs: the prefix (`/fn/name`) removed before the path reaches a web app.
     pub strip_prefix: Option<String>,
     pub guard: Arc<Guard>,
-    /// A handler gets the REST API's event (payload 1.0), not the HTTP API's.
-    pub payload_v1: bool,
+    /// The event a handler gets.
+    pub payload: super::event::Payload,
 }
 
 impl Route {
@@ -150,7 +150,7 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
             Some(q) => format!("{}:{q}", spec.name),
             None => spec.name.clone(),
         };
-        routes.push(trigger_route(target, spec.kind, t)?);
+        routes.push(trigger_route(target, spec.kind, spec.conventions, t)?);
     }
     if let Some(options) = &spec.url {
         let guard = Arc::new(Guard::compile(options, &[])?);
@@ -171,7 +171,7 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
                     route_key: format!("ANY {pattern}"),
                     strip_prefix: Some(prefix.clone()),
                     guard: guard.clone(),
-                    payload_v1: false,
+                    payload: payload_of(spec.conventions, None),
                 },
             ));
         }
@@ -179,9 +179,21 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
     Ok(routes)
 }
 
+/// The event a route's handler gets: Function Compute's for `conventions: fc`, else the
+/// payload version the route names.
+fn payload_of(conventions: model::Conventions, version: Option<&str>) -> super::event::Payload {
+    use super::event::Payload;
+    match (conventions, version) {
+        (model::Conventions::Fc, _) => Payload::Fc,
+        (_, Some("1.0")) => Payload::V1,
+        _ => Payload::V2,
+    }
+}
+
 fn trigger_route(
     function: String,
     kind: FunctionType,
+    conventions: model::Conventions,
     t: &HttpTrigger,
 ) -> Result<(String, Route), String> {
     let segments = parse_route(&t.path).map_err(|e| format!("route {}: {e}", t.path))?;
@@ -202,7 +214,7 @@ fn trigger_route(
             route_key,
             strip_prefix: None,
             guard,
-            payload_v1: t.payload_format_version.as_deref() == Some("1.0"),
+            payload: payload_of(conventions, t.payload_format_version.as_deref()),
         },
     ))
 }

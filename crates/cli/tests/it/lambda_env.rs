@@ -385,3 +385,46 @@ def handler(event, context):
         json!({"got": 2, "name": "fcjs", "buffer": true})
     );
 }
+
+/// A route to a function with `conventions: fc` gives the handler Function Compute's
+/// HTTP-trigger event, and FC's response struct becomes the HTTP response.
+#[tokio::test]
+async fn function_compute_http_trigger_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let py = r#"import json
+def handler(event, context):
+    e = json.loads(event)
+    return {"statusCode": 201, "headers": {"x-fc": "yes"}, "isBase64Encoded": False,
+            "body": json.dumps({"version": e["version"], "path": e["rawPath"],
+                                "method": e["requestContext"]["http"]["method"],
+                                "q": e["queryParameters"], "ua": e["headers"].get("User-Agent"),
+                                "body": e["body"], "b64": e["isBase64Encoded"],
+                                "account": e["requestContext"]["accountId"]})}
+"#;
+    let dir = project(
+        tmp.path(),
+        "fchttp",
+        "functions:\n  fchttp:\n    runtime: python3\n    handler: index.handler\n    conventions: fc\n    \
+         triggers:\n      - http: {path: \"/fc/{id}\", methods: [POST], auth: anonymous}\n",
+        &[("index.py", py)],
+    );
+    server.deploy(&dir).await;
+    let res = server
+        .http
+        .post(server.url("/fc/7?a=1&a=2"))
+        .header("user-agent", "probe/1")
+        .header("content-type", "text/plain")
+        .body("Hello FC!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(crate::harness::header(&res, "x-fc"), "yes");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"version": "v1", "path": "/fc/7", "method": "POST", "q": {"a": "1,2"},
+               "ua": "probe/1", "body": "Hello FC!", "b64": false, "account": "000000000000"})
+    );
+}
