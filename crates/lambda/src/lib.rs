@@ -15,7 +15,8 @@ mod settings;
 mod shape;
 pub mod sigv4;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -34,11 +35,49 @@ pub const BODY_BYTES_MAX: usize = (model::limits::ARCHIVE_BYTES_MAX / 3 + 1) * 4
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub platform: Arc<Platform>,
+    /// Signing keys derived from secrets, by access key id and scope (day, region,
+    /// service): four HMACs a request saved. Checked against the key's secret each time, so
+    /// a deleted or replaced key is not served from here.
+    keys: Arc<Mutex<SigningKeys>>,
+}
+
+/// (access key id, day, region, service) → (the secret it was derived from, the key).
+type SigningKeys = HashMap<(String, String, String, String), (String, Vec<u8>)>;
+
+/// Signing keys kept at most; past it the cache starts over (a day's keys, a few regions).
+const SIGNING_KEYS_MAX: usize = 1024;
+
+impl Ctx {
+    /// The signing key of `c` and the key's scope, if the access key exists.
+    fn signing_key(&self, c: &sigv4::Credential) -> Option<(Vec<u8>, AwsScope)> {
+        let key = self.platform.aws_key(&c.access_key_id)?;
+        let id = (
+            c.access_key_id.clone(),
+            c.date.clone(),
+            c.region.clone(),
+            c.service.clone(),
+        );
+        let mut cache = self.keys.lock().unwrap();
+        if let Some((secret, derived)) = cache.get(&id)
+            && *secret == key.secret
+        {
+            return Some((derived.clone(), key.scope));
+        }
+        let derived = sigv4::signing_key(&key.secret, c);
+        if cache.len() >= SIGNING_KEYS_MAX {
+            cache.clear();
+        }
+        cache.insert(id, (key.secret, derived.clone()));
+        Some((derived, key.scope))
+    }
 }
 
 /// The Lambda API's routes, each behind the SigV4 check.
 pub fn router(platform: Arc<Platform>) -> Router {
-    let ctx = Ctx { platform };
+    let ctx = Ctx {
+        platform,
+        keys: Arc::default(),
+    };
     const F: &str = "/2015-03-31/functions";
     let routes = Router::new()
         .route(F, post(functions::create).get(functions::list))
@@ -149,10 +188,10 @@ async fn authenticate(State(ctx): State<Ctx>, req: Request, next: Next) -> Respo
         body: &body,
     };
     let mut scope = None;
-    let checked = sigv4::verify(&signed, "lambda", platform::now_ms(), |id| {
-        let key = ctx.platform.aws_key(id)?;
-        scope = Some(key.scope);
-        Some(key.secret)
+    let checked = sigv4::verify(&signed, "lambda", platform::now_ms(), |c| {
+        let (key, key_scope) = ctx.signing_key(c)?;
+        scope = Some(key_scope);
+        Some(key)
     });
     if let Err(e) = checked {
         return auth_error(e).into_response();

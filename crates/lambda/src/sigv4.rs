@@ -199,13 +199,15 @@ fn amz_date_ms(date: &str) -> Option<i64> {
         .map(|d| d.as_millis() as i64)
 }
 
-/// Checks `req`'s signature for `service` at `now_ms`, finding secrets with `secret_of`;
+/// Checks `req`'s signature for `service` at `now_ms`, finding the signing key of a
+/// credential with `key_of` (`signing_key` of the access key's secret, which a caller may
+/// keep for the day, as the SDKs do);
 /// answers the credential it was signed with.
 pub fn verify(
     req: &Signed<'_>,
     service: &str,
     now_ms: i64,
-    secret_of: impl FnOnce(&str) -> Option<String>,
+    key_of: impl FnOnce(&Credential) -> Option<Vec<u8>>,
 ) -> Result<Credential, AuthError> {
     let header = |name: &str| {
         req.headers
@@ -244,12 +246,11 @@ pub fn verify(
             "SignedHeaders must include host".into(),
         ));
     }
-    let secret = secret_of(&parsed.credential.access_key_id)
+    let key = key_of(&parsed.credential)
         .ok_or_else(|| AuthError::UnknownKey(parsed.credential.access_key_id.clone()))?;
 
     let signed_headers: Vec<&str> = parsed.signed_headers.iter().map(String::as_str).collect();
     let to_sign = string_to_sign(req, &signed_headers, amz_date, &parsed.credential);
-    let key = signing_key(&secret, &parsed.credential);
     let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
     mac.update(to_sign.as_bytes());
     // In constant time, so the comparison tells an attacker nothing.
@@ -299,7 +300,7 @@ fn string_to_sign(
 }
 
 /// The key derived from the secret for the credential's day, region and service.
-fn signing_key(secret: &str, c: &Credential) -> Vec<u8> {
+pub fn signing_key(secret: &str, c: &Credential) -> Vec<u8> {
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), c.date.as_bytes());
     for part in [c.region.as_str(), c.service.as_str(), "aws4_request"] {
         key = hmac(&key, part.as_bytes());
@@ -381,8 +382,8 @@ mod tests {
     #[test]
     fn aws_test_suite_vanilla_verifies() {
         let h = headers(VANILLA);
-        let c = verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |id| {
-            (id == "AKIDEXAMPLE").then(|| SECRET.to_string())
+        let c = verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |c| {
+            (c.access_key_id == "AKIDEXAMPLE").then(|| signing_key(SECRET, c))
         })
         .unwrap();
         assert_eq!(c.region, "us-east-1");
@@ -392,7 +393,7 @@ mod tests {
     #[test]
     fn any_change_breaks_the_signature() {
         let h = headers(VANILLA);
-        let secret = |_: &str| Some(SECRET.to_string());
+        let secret = |c: &Credential| Some(signing_key(SECRET, c));
         let mismatch = |r| matches!(r, Err(AuthError::Mismatch(_)));
         assert!(mismatch(verify(
             &vanilla(&h, "POST", ""),
@@ -406,7 +407,7 @@ mod tests {
             SUITE_NOW_MS,
             secret
         )));
-        let wrong = |_: &str| Some("another secret".to_string());
+        let wrong = |c: &Credential| Some(signing_key("another secret", c));
         assert!(mismatch(verify(
             &vanilla(&h, "GET", ""),
             "service",
@@ -450,8 +451,8 @@ mod tests {
         assert_eq!(auth, VANILLA);
         h.push(("authorization".into(), auth));
         assert!(
-            verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |_| Some(
-                SECRET.into()
+            verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |c| Some(
+                signing_key(SECRET, c)
             ))
             .is_ok()
         );
@@ -479,8 +480,8 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=x-amz-date, Signature=00",
         ] {
             let h = headers(bad);
-            let r = verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |_| {
-                Some(SECRET.into())
+            let r = verify(&vanilla(&h, "GET", ""), "service", SUITE_NOW_MS, |c| {
+                Some(signing_key(SECRET, c))
             });
             assert!(matches!(r, Err(AuthError::Malformed(_))), "{bad}: {r:?}");
         }

@@ -428,3 +428,50 @@ def handler(event, context):
                "ua": "probe/1", "body": "Hello FC!", "b64": false, "account": "000000000000"})
     );
 }
+
+/// Powertools' Tracer (from PyPI, built at deploy) finds the call's trace where Lambda's
+/// runtimes put it: the X-Ray SDK's segment carries the trace id of the caller's
+/// `traceparent`.
+#[tokio::test]
+async fn powertools_tracer_sees_the_calls_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let py = r#"from aws_lambda_powertools import Tracer
+from aws_xray_sdk.core import xray_recorder
+tracer = Tracer(service="probe")
+
+@tracer.capture_lambda_handler
+def handler(event, context):
+    segment = xray_recorder.current_segment()
+    return {"trace_id": segment.trace_id, "disabled": tracer.disabled}
+"#;
+    let dir = project(
+        tmp.path(),
+        "traced",
+        "functions:\n  traced:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: 10000\n",
+        &[
+            ("main.py", py),
+            (
+                "requirements.txt",
+                "aws-lambda-powertools[tracer]==3.37.0\n",
+            ),
+        ],
+    );
+    server.deploy(&dir).await;
+    let res = server
+        .req(Method::POST, "/v1/functions/traced/invocations")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crate::harness::header(&res, "x-nimbus-error-type"), "");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"trace_id": "1-0af76519-16cd43dd8448eb211c80319c", "disabled": false})
+    );
+}
