@@ -12,7 +12,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 endpoint = sys.argv[1]
-config = Config(retries={"max_attempts": 1})
+# One attempt: a throttle or a fault must show, not be retried away.
+config = Config(retries={"total_max_attempts": 1})
 lam = boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1", config=config)
 
 
@@ -177,6 +178,36 @@ try:
     raise AssertionError("an invoke key deleted a function")
 except botocore.exceptions.ClientError as e:
     assert e.response["Error"]["Code"] == "AccessDeniedException", e.response
+
+# A Node ES module from a zip, with Lambda's runtime id, and the client context in Node.
+import subprocess, threading
+major = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()[1:].split(".")[0]
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as z:
+    z.writestr("index.mjs", "export const handler = async (event, context) => "
+               "({ custom: context.clientContext.custom, fn: context.functionName });\n")
+lam.create_function(FunctionName="lnode", Runtime="nodejs%s.x" % major, Role="r",
+                    Handler="index.handler", Code={"ZipFile": buf.getvalue()})
+r = lam.invoke(FunctionName="lnode", ClientContext=cc, Payload=b"{}")
+assert json.loads(r["Payload"].read()) == {"custom": {"user": "u1"}, "fn": "lnode"}
+
+# Throttling is the SDK's TooManyRequestsException: one instance, busy for 2 s, and a
+# second call that waits past the function's queue timeout.
+slow = zipped("import time\ndef handler(event, context):\n    time.sleep(2)\n    return 1\n")
+lam.create_function(FunctionName="lslow", Runtime=runtime, Role="r", Handler="app.handler",
+                    Code={"ZipFile": slow}, Timeout=10)
+lam.put_function_concurrency(FunctionName="lslow", ReservedConcurrentExecutions=1)
+lam.invoke(FunctionName="lslow", Payload=b"{}")  # warm, so the next call is not a start
+first = threading.Thread(target=lambda: lam.invoke(FunctionName="lslow", Payload=b"{}"))
+first.start()
+import time
+time.sleep(0.3)
+try:
+    lam.invoke(FunctionName="lslow", Payload=b"{}")
+    raise AssertionError("a call past the reserved concurrency was not throttled")
+except lam.exceptions.TooManyRequestsException:
+    pass
+first.join()
 
 lam.delete_alias(FunctionName="lapi", Name="live")
 lam.delete_function(FunctionName="lapi", Qualifier="1")
