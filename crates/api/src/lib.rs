@@ -14,6 +14,7 @@ pub mod observe;
 pub mod releases;
 pub mod routes;
 mod trace;
+pub mod triggers;
 mod wire;
 
 use std::sync::Arc;
@@ -72,6 +73,9 @@ pub struct AppState {
         releases::list_aliases,
         releases::get_alias,
         releases::delete_alias,
+        triggers::list,
+        triggers::pause,
+        triggers::resume,
     ),
     modifiers(&BearerAuth, &CommonErrors, &OptionalEvent),
     security(("bearer" = []))
@@ -214,6 +218,15 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/redrive", post(routes::redrive))
         .route("/builds", post(routes::build))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
+        .route("/triggers", get(triggers::list))
+        .route(
+            "/functions/{name}/triggers/{trigger}/pause",
+            post(triggers::pause),
+        )
+        .route(
+            "/functions/{name}/triggers/{trigger}/resume",
+            post(triggers::resume),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(

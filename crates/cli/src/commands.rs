@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::observe;
 use crate::{
-    AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, Output, manifest,
-    package,
+    AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, Output,
+    TriggersCommand, manifest, package,
 };
 
 /// Archives larger than this get a progress bar while uploading.
@@ -176,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(k) => keys(&client, k, cli.output).await,
+        Command::Triggers(t) => triggers(&client, t, cli.output).await,
         Command::Events {
             function,
             event,
@@ -1136,6 +1137,72 @@ async fn keys(client: &Client, command: &KeysCommand, output: Output) -> anyhow:
                 print_json(&serde_json::json!({"id": id, "deleted": true}))?;
             } else {
                 println!("deleted key {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn triggers(
+    client: &Client,
+    command: &TriggersCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        TriggersCommand::Ls { function } => {
+            let mut req = client.request(Method::GET, "/v1/triggers");
+            if let Some(f) = function {
+                req = req.query(&[("function", f)]);
+            }
+            let list: Value = client.json(req).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<6} {:<24} {:<7} {:<21} {:<21} LAST RESULT",
+                "FUNCTION", "KIND", "NAME", "STATE", "LAST FIRE", "NEXT FIRE"
+            );
+            let time = |v: &Value| {
+                v.as_i64()
+                    .map(crate::describe::time_of)
+                    .unwrap_or_else(|| "-".into())
+            };
+            for t in list["triggers"].as_array().into_iter().flatten() {
+                let result = match (t["last_result"].as_str(), t["error"].as_str()) {
+                    (_, Some(e)) => format!("error: {e}"),
+                    (Some(r), None) => r.to_string(),
+                    (None, None) => "-".into(),
+                };
+                println!(
+                    "{:<20} {:<6} {:<24} {:<7} {:<21} {:<21} {result}",
+                    t["function"].as_str().unwrap_or(""),
+                    t["kind"].as_str().unwrap_or(""),
+                    t["name"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or(""),
+                    time(&t["last_scheduled_ms"]),
+                    time(&t["next_fire_ms"]),
+                );
+            }
+        }
+        TriggersCommand::Pause { function, name } | TriggersCommand::Resume { function, name } => {
+            let verb = if matches!(command, TriggersCommand::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            client
+                .send(client.request(
+                    Method::POST,
+                    &format!("/v1/functions/{function}/triggers/{name}/{verb}"),
+                ))
+                .await?;
+            if output == Output::Json {
+                print_json(&serde_json::json!({
+                    "function": function, "trigger": name, "state": if verb == "pause" { "paused" } else { "active" }
+                }))?;
+            } else {
+                println!("{verb}d timer {name} of {function}");
             }
         }
     }

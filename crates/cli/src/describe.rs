@@ -243,7 +243,7 @@ fn duration(ms: u64) -> String {
 }
 
 /// `2026-01-02T03:04:05Z` of a Unix millisecond.
-fn time_of(ms: i64) -> String {
+pub(crate) fn time_of(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }

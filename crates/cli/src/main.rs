@@ -249,6 +249,19 @@ pub enum Command {
     /// Manage invoke keys for HTTP routes with `auth: key`.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Triggers and their state; pause and resume timers.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TriggersCommand {
+    /// List triggers (of one function, or all): kind, name, state, last and next fire.
+    Ls { function: Option<String> },
+    /// Pause a timer: it fires nothing until resumed, across restarts.
+    Pause { function: String, name: String },
+    /// Resume a timer from now; what it missed while paused does not fire.
+    Resume { function: String, name: String },
 }
 
 #[derive(Subcommand)]

@@ -104,7 +104,21 @@ pub struct AliasEntry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TriggerEntry {
-    http: HttpTrigger,
+    #[serde(default)]
+    http: Option<HttpTrigger>,
+    #[serde(default)]
+    timer: Option<model::timer::TimerTrigger>,
+}
+
+impl TriggerEntry {
+    /// The one trigger this entry names.
+    fn into_trigger(self, at: &str) -> Result<Trigger, String> {
+        match (self.http, self.timer) {
+            (Some(h), None) => Ok(Trigger::Http(h)),
+            (None, Some(t)) => Ok(Trigger::Timer(t)),
+            _ => Err(format!("{at}: a trigger is one of `http:` or `timer:`")),
+        }
+    }
 }
 
 fn default_code() -> String {
@@ -239,8 +253,9 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
             triggers: entry
                 .triggers
                 .into_iter()
-                .map(|t| Trigger::Http(t.http))
-                .collect(),
+                .enumerate()
+                .map(|(i, t)| t.into_trigger(&format!("functions.{name}.triggers[{i}]")))
+                .collect::<Result<_, String>>()?,
             concurrency: entry.concurrency.unwrap_or(d.concurrency),
             min_instances: entry.min_instances.unwrap_or(d.min_instances),
             max_instances: entry.max_instances.unwrap_or(d.max_instances),

@@ -297,6 +297,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
+    let timer_store: Arc<dyn store::MetaStore> = meta.clone();
     let platform = Arc::new(platform::Platform::new(meta, blobs, code, pool.clone()));
     let otlp = match &args.otlp_endpoint {
         None => None,
@@ -341,10 +342,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         timeout_ms: args.build_timeout_ms,
         memory_mb: args.build_memory_mb,
     });
-    // The triggers: the gateway (routes) and the durable queue. Both check deploys from
-    // now on and start after the platform has loaded.
+    // The triggers: the gateway (routes), the timers and the durable queue. They check
+    // deploys from now on and start after the platform has loaded.
     let gateway = api::Gateway::new();
     platform.add_trigger(gateway.clone());
+    platform.add_trigger(timers::Timers::new(timer_store));
     platform
         .enable_async(
             queue,

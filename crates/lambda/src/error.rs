@@ -40,6 +40,7 @@ impl From<platform::Error> for LambdaError {
             | ErrorCode::VersionNotFound
             | ErrorCode::AliasNotFound
             | ErrorCode::KeyNotFound
+            | ErrorCode::TriggerNotFound
             | ErrorCode::CodeNotFound => (404, "ResourceNotFoundException"),
             ErrorCode::FunctionExists | ErrorCode::InUse | ErrorCode::RouteConflict => {
                 (409, "ResourceConflictException")

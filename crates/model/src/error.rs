@@ -82,11 +82,13 @@ pub enum ErrorCode {
     /// The deploy's check found that the handler does not load (a missing module or
     /// handler, a syntax error): the error the first call would have given.
     HandlerFailed,
+    /// The function has no trigger by that name.
+    TriggerNotFound,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -121,6 +123,7 @@ impl ErrorCode {
         ErrorCode::StorageFull,
         ErrorCode::BuildFailed,
         ErrorCode::HandlerFailed,
+        ErrorCode::TriggerNotFound,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -171,6 +174,7 @@ impl ErrorCode {
             ErrorCode::StorageFull => ("storage_full", 507),
             ErrorCode::BuildFailed => ("build_failed", 422),
             ErrorCode::HandlerFailed => ("handler_failed", 422),
+            ErrorCode::TriggerNotFound => ("trigger_not_found", 404),
         }
     }
 }

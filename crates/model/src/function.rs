@@ -829,6 +829,9 @@ impl FunctionSpec {
                 Trigger::Http(t) => {
                     crate::http::validate_trigger(&format!("triggers[{i}].http"), t, &mut errors)
                 }
+                Trigger::Timer(t) => {
+                    crate::timer::validate(&format!("triggers[{i}].timer"), t, &mut errors)
+                }
             }
         }
         errors

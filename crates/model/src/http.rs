@@ -121,10 +121,29 @@ impl HttpTrigger {
 }
 
 /// What turns events into invocations of a function.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Trigger {
     Http(HttpTrigger),
+    Timer(crate::timer::TimerTrigger),
+}
+
+impl Trigger {
+    /// The route, when this is an HTTP trigger.
+    pub fn http(&self) -> Option<&HttpTrigger> {
+        match self {
+            Trigger::Http(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The timer, when this is a timer trigger.
+    pub fn timer(&self) -> Option<&crate::timer::TimerTrigger> {
+        match self {
+            Trigger::Timer(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Methods a route may name.

@@ -9,6 +9,7 @@ mod function;
 pub mod hash;
 pub mod http;
 pub mod limits;
+pub mod timer;
 pub mod trigger;
 
 pub use error::ErrorCode;

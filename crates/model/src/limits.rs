@@ -184,3 +184,16 @@ pub const DEPS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// Layers one function may use (Lambda's limit).
 pub const LAYERS_MAX: usize = 5;
+
+/// The shortest timer rate: a finer schedule is a busy loop, better served by a queue.
+pub const TIMER_EVERY_MS_MIN: u64 = 1_000;
+
+/// The longest `every` rate (a year); longer schedules are cron expressions or `at`.
+pub const TIMER_EVERY_MS_MAX: u64 = 366 * 86_400_000;
+
+/// Missed fires `catch_up: all` replays at most, oldest dropped first: a timer that was
+/// down for a month must not flood its function.
+pub const TIMER_CATCH_UP_MAX: usize = 100;
+
+/// The largest event a trigger delivers (a timer's payload, a bus event), as EventBridge.
+pub const EVENT_BYTES_MAX: usize = 256 * 1024;

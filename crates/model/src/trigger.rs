@@ -17,6 +17,8 @@ pub enum TriggerKind {
     Http,
     /// An attempt of an asynchronous event from the durable queue.
     Async,
+    /// A fire of a timer (an attempt of the asynchronous event it queued).
+    Timer,
 }
 
 impl TriggerKind {
@@ -26,6 +28,7 @@ impl TriggerKind {
             TriggerKind::Api => "api",
             TriggerKind::Http => "http",
             TriggerKind::Async => "async",
+            TriggerKind::Timer => "timer",
         }
     }
 }
@@ -41,6 +44,7 @@ impl crate::http::Trigger {
     pub fn kind(&self) -> TriggerKind {
         match self {
             crate::http::Trigger::Http(_) => TriggerKind::Http,
+            crate::http::Trigger::Timer(_) => TriggerKind::Timer,
         }
     }
 }

@@ -166,6 +166,7 @@ impl AsyncInvoker {
         payload: Bytes,
         idempotency_key: Option<String>,
         traceparent: Option<String>,
+        source: Option<String>,
     ) -> Result<(String, bool), Error> {
         if payload.len() > self.config.payload_max_bytes {
             return Err(Error::new(
@@ -209,6 +210,7 @@ impl AsyncInvoker {
             payload: payload.to_vec(),
             idempotency_key,
             traceparent,
+            source,
             now_ms: now_ms(),
         };
         let (tx, rx) = oneshot::channel();
@@ -533,11 +535,17 @@ async fn attempt(
             return;
         }
     }
+    // An event a trigger queued (`timer:nightly`) runs as that trigger's call.
+    let trigger = match record.source.as_deref() {
+        Some(s) if s.starts_with("timer:") => model::TriggerKind::Timer,
+        _ => model::TriggerKind::Async,
+    };
     let call = Call {
         target: record.function.clone(),
         request_id: record.id.clone(),
         affinity: None,
-        trigger: model::TriggerKind::Async,
+        trigger,
+        source: record.source.clone(),
         attempt: record.attempts,
         trace: crate::trace::child_of(record.traceparent.as_deref()),
         client_context: None,
@@ -756,7 +764,13 @@ async fn deliver(
         Destination::Dlq => true,
         // The destination's call continues the event's trace.
         Destination::Function(target) => match inv
-            .submit(target, Bytes::from(body), None, record.traceparent.clone())
+            .submit(
+                target,
+                Bytes::from(body),
+                None,
+                record.traceparent.clone(),
+                None,
+            )
             .await
         {
             Ok(_) => true,

@@ -30,6 +30,9 @@ pub struct Call {
     /// Through an alias with a canary, the same key keeps choosing the same version.
     pub affinity: Option<String>,
     pub trigger: TriggerKind,
+    /// The trigger that made the call, by name (`timer:nightly`), when there is one; the
+    /// record names it instead of the kind.
+    pub source: Option<String>,
     /// Which delivery of an asynchronous event this is (1 for every other call).
     pub attempt: u32,
     /// The call's span: in the caller's trace when there is one.
@@ -47,6 +50,7 @@ impl Call {
             request_id: uuid::Uuid::new_v4().to_string(),
             affinity: None,
             trigger,
+            source: None,
             attempt: 1,
             trace,
             client_context: None,
@@ -69,6 +73,8 @@ pub struct InvocationRecord {
     pub function: String,
     /// What started the call.
     pub trigger: TriggerKind,
+    /// The trigger by name (`timer:nightly`), when a named trigger made the call.
+    pub source: Option<String>,
     /// Which delivery of an asynchronous event this was (1 for every other call).
     pub attempt: u32,
     /// The function's memory setting, for metering.
@@ -202,6 +208,7 @@ impl Session {
             request_id: self.call.request_id.clone(),
             function: self.resolved.function.spec.name.clone(),
             trigger: self.call.trigger,
+            source: self.call.source.clone(),
             attempt: self.call.attempt,
             memory_mb: self.resolved.instance.memory_mb,
             version: self.resolved.instance.version.clone(),
@@ -276,6 +283,7 @@ impl Platform {
                     request_id: call.request_id.clone(),
                     function: resolved.function.spec.name.clone(),
                     trigger: call.trigger,
+                    source: call.source.clone(),
                     attempt: call.attempt,
                     memory_mb: resolved.instance.memory_mb,
                     version: resolved.instance.version.clone(),

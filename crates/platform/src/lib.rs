@@ -38,7 +38,7 @@ pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
 pub use keys::{AwsKey, AwsScope};
-pub use trigger::{Catalog, Changes, Trigger};
+pub use trigger::{Catalog, Changes, Trigger, TriggerStatus};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
 pub struct Resolved {
@@ -216,10 +216,24 @@ impl Platform {
         idempotency_key: Option<String>,
         traceparent: String,
     ) -> Result<(String, bool), Error> {
+        self.submit_from(target, payload, idempotency_key, traceparent, None)
+            .await
+    }
+
+    /// As `submit_async`, for a trigger: `source` (`timer:nightly`) names the attempts'
+    /// trigger in their records.
+    pub async fn submit_from(
+        &self,
+        target: &str,
+        payload: Bytes,
+        idempotency_key: Option<String>,
+        traceparent: String,
+        source: Option<String>,
+    ) -> Result<(String, bool), Error> {
         // An unknown function or qualifier is refused now, not after the 202.
         self.resolve(target).await?;
         self.asynq()?
-            .submit(target, payload, idempotency_key, Some(traceparent))
+            .submit(target, payload, idempotency_key, Some(traceparent), source)
             .await
     }
 
@@ -344,6 +358,114 @@ impl Platform {
                 .await?;
             tracing::debug!(kind = %t.kind(), "trigger started");
         }
+        Ok(())
+    }
+
+    /// The triggers of one function (or of all), with each timer's state: paused, its last
+    /// fire, its next.
+    pub async fn triggers(&self, function: Option<&str>) -> Result<Vec<TriggerStatus>, Error> {
+        let functions = match function {
+            Some(name) => vec![self.meta.get_function(name).await?],
+            None => self.meta.list_functions().await?,
+        };
+        let states = self.meta.timer_states(function).await?;
+        let handlers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
+        let now = now_ms();
+        let mut out = Vec::new();
+        for f in &functions {
+            for t in &f.spec.triggers {
+                let (name, state) = match t {
+                    model::http::Trigger::Http(h) => {
+                        let methods = if h.methods.is_empty() {
+                            "ANY".to_string()
+                        } else {
+                            h.methods.join(",").to_ascii_uppercase()
+                        };
+                        (format!("{methods} {}", h.path), None)
+                    }
+                    model::http::Trigger::Timer(timer) => (
+                        timer.name.clone(),
+                        states
+                            .iter()
+                            .find(|s| s.function == f.spec.name && s.timer == timer.name),
+                    ),
+                };
+                let paused = state.is_some_and(|s| s.paused);
+                let after = now.max(state.and_then(|s| s.last_scheduled_ms).unwrap_or(now));
+                let next_fire_ms = if paused {
+                    None
+                } else {
+                    handlers.iter().find_map(|h| {
+                        (h.kind() == t.kind())
+                            .then(|| h.next_fire_ms(f, t, after))
+                            .flatten()
+                    })
+                };
+                out.push(TriggerStatus {
+                    function: f.spec.name.clone(),
+                    kind: t.kind(),
+                    name,
+                    spec: t.clone(),
+                    paused,
+                    next_fire_ms,
+                    last_scheduled_ms: state.and_then(|s| s.last_scheduled_ms),
+                    last_fire_ms: state.and_then(|s| s.last_fire_ms),
+                    last_request_id: state.and_then(|s| s.last_request_id.clone()),
+                    last_error: state.and_then(|s| s.last_error.clone()),
+                    skipped: state.map_or(0, |s| s.skipped),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pauses or resumes a timer of `function`. A pause holds across restarts and on every
+    /// node; a resumed timer goes on from now, firing nothing it would have while paused.
+    pub async fn set_trigger_paused(
+        &self,
+        function: &str,
+        name: &str,
+        paused: bool,
+    ) -> Result<(), Error> {
+        let f = self.meta.get_function(function).await?;
+        let timer = f
+            .spec
+            .triggers
+            .iter()
+            .filter_map(model::http::Trigger::timer)
+            .find(|t| t.name == name);
+        if timer.is_none() {
+            let names: Vec<&str> = f
+                .spec
+                .triggers
+                .iter()
+                .filter_map(model::http::Trigger::timer)
+                .map(|t| t.name.as_str())
+                .collect();
+            return Err(Error::new(
+                ErrorCode::TriggerNotFound,
+                format!(
+                    "`{function}` has no timer `{name}` (its timers: {}); routes are not paused this way",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+        self.meta
+            .set_timer_paused(function, name, paused, now_ms())
+            .await?;
+        self.pool.record_event(
+            function,
+            if paused {
+                "trigger_paused"
+            } else {
+                "trigger_resumed"
+            },
+            format!("timer {name} {}", if paused { "paused" } else { "resumed" }),
+        );
         Ok(())
     }
 
@@ -1012,7 +1134,7 @@ impl Platform {
             .spec
             .triggers
             .iter()
-            .map(|model::http::Trigger::Http(t)| t)
+            .filter_map(model::http::Trigger::http)
             .find(|t| t.qualifier.as_deref() == Some(qualifier));
         match routed {
             Some(route) => Err(Error::new(

@@ -371,6 +371,7 @@ mod tests {
             request_id: "r1".into(),
             function: "hello".into(),
             trigger: model::TriggerKind::Api,
+            source: None,
             attempt: 1,
             memory_mb: 128,
             version: "$LATEST".into(),

@@ -445,7 +445,8 @@ fn record_row(r: &InvocationRecord, billed_ms: i64) -> RecordRow {
         request_id: r.request_id.clone(),
         function: r.function.clone(),
         version: r.version.clone(),
-        trigger: r.trigger.to_string(),
+        // A named trigger (`timer:nightly`) is what a reader looks for; the kind otherwise.
+        trigger: r.source.clone().unwrap_or_else(|| r.trigger.to_string()),
         attempt: r.attempt,
         started_at_ms: r.started_at_ms,
         queue_ms: t.queue_ms,

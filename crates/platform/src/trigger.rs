@@ -50,4 +50,34 @@ pub trait Trigger: Send + Sync + 'static {
 
     /// Stops taking events; calls under way finish.
     async fn stop(&self);
+
+    /// When `trigger` (one of `function`'s specs, of this trigger's kind) next fires after
+    /// `after_ms`, for triggers that fire on their own; `None` otherwise.
+    fn next_fire_ms(
+        &self,
+        function: &Function,
+        trigger: &model::http::Trigger,
+        after_ms: i64,
+    ) -> Option<i64> {
+        let _ = (function, trigger, after_ms);
+        None
+    }
+}
+
+/// A trigger of a function as `nimbus triggers ls` shows it.
+#[derive(Clone, Debug)]
+pub struct TriggerStatus {
+    pub function: String,
+    pub kind: TriggerKind,
+    /// The timer's name, or the route (`GET /items/{id}`).
+    pub name: String,
+    /// The spec as stored.
+    pub spec: model::http::Trigger,
+    pub paused: bool,
+    pub next_fire_ms: Option<i64>,
+    pub last_scheduled_ms: Option<i64>,
+    pub last_fire_ms: Option<i64>,
+    pub last_request_id: Option<String>,
+    pub last_error: Option<String>,
+    pub skipped: u64,
 }

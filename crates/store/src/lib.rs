@@ -22,7 +22,10 @@ pub use blobs::{BlobInfo, BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::{CodeCache, tree_id};
 pub use error::{DatabaseFault, StoreError};
 pub use gc::{CodeCollector, CollectReport};
-pub use meta::{AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore};
+pub use meta::{
+    AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore,
+    TimerProgress, TimerState,
+};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};
 

@@ -58,6 +58,21 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn list_aws_keys(&self) -> Result<Vec<AwsKeyRecord>, StoreError>;
     /// Deletes an access key that is not the builtin one; `KeyNotFound` if there is none.
     async fn delete_aws_key(&self, access_key_id: &str) -> Result<(), StoreError>;
+    /// The progress and pause state of timers: of one function, or of all.
+    async fn timer_states(&self, function: Option<&str>) -> Result<Vec<TimerState>, StoreError>;
+    /// Records that the timer's `scheduled_ms` was dealt with: queued as `request_id`,
+    /// skipped (`overlap: skip`), or failed to queue (`error`). The schedule's progress
+    /// only moves forward, whichever node records.
+    async fn timer_progress(&self, p: &TimerProgress) -> Result<(), StoreError>;
+    /// Pauses or resumes a timer. A resumed timer goes on from `now_ms`: what it would
+    /// have fired while paused does not fire.
+    async fn set_timer_paused(
+        &self,
+        function: &str,
+        timer: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Snapshots the function's current spec as its next version; when the newest version
     /// already has that spec, returns it instead (`false`).
     async fn publish_version(
@@ -121,6 +136,34 @@ pub struct KeyRecord {
     pub name: String,
     pub sha256: String,
     pub created_at_ms: i64,
+}
+
+/// A timer's progress and pause state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimerState {
+    pub function: String,
+    pub timer: String,
+    pub paused: bool,
+    /// The latest scheduled time dealt with (fired, skipped, or failed to queue).
+    pub last_scheduled_ms: Option<i64>,
+    pub last_fire_ms: Option<i64>,
+    pub last_request_id: Option<String>,
+    pub last_error: Option<String>,
+    pub skipped: u64,
+    pub updated_at_ms: i64,
+}
+
+/// One scheduled time dealt with.
+#[derive(Clone, Debug)]
+pub struct TimerProgress {
+    pub function: String,
+    pub timer: String,
+    pub scheduled_ms: i64,
+    pub now_ms: i64,
+    /// The fire's asynchronous invocation, when it was queued.
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    pub skipped: bool,
 }
 
 /// An access key for the AWS-compatible APIs, SigV4-signed. Unlike invoke keys the
@@ -353,6 +396,10 @@ impl MetaStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("DELETE FROM timer_state WHERE function = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -681,6 +728,85 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn timer_states(&self, function: Option<&str>) -> Result<Vec<TimerState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT function, timer, paused, last_scheduled_ms, last_fire_ms, last_request_id, \
+             last_error, skipped, updated_at_ms FROM timer_state \
+             WHERE ?1 IS NULL OR function = ?1 ORDER BY function, timer",
+        )
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TimerState {
+                    function: r.try_get("function")?,
+                    timer: r.try_get("timer")?,
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                    last_scheduled_ms: r.try_get("last_scheduled_ms")?,
+                    last_fire_ms: r.try_get("last_fire_ms")?,
+                    last_request_id: r.try_get("last_request_id")?,
+                    last_error: r.try_get("last_error")?,
+                    skipped: r.try_get::<i64, _>("skipped")? as u64,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn timer_progress(&self, p: &TimerProgress) -> Result<(), StoreError> {
+        // A later scheduled time wins; an earlier one (another node's late write) only
+        // leaves its error or skip count.
+        sqlx::query(
+            "INSERT INTO timer_state (function, timer, last_scheduled_ms, last_fire_ms, \
+                last_request_id, last_error, skipped, updated_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4) \
+             ON CONFLICT (function, timer) DO UPDATE SET \
+                last_fire_ms = CASE WHEN ?3 >= COALESCE(last_scheduled_ms, ?3) \
+                    AND ?5 IS NOT NULL THEN ?4 ELSE last_fire_ms END, \
+                last_request_id = CASE WHEN ?3 >= COALESCE(last_scheduled_ms, ?3) \
+                    AND ?5 IS NOT NULL THEN ?5 ELSE last_request_id END, \
+                last_error = CASE WHEN ?3 >= COALESCE(last_scheduled_ms, ?3) THEN ?6 \
+                    ELSE last_error END, \
+                last_scheduled_ms = MAX(COALESCE(last_scheduled_ms, ?3), ?3), \
+                skipped = skipped + ?7, \
+                updated_at_ms = ?4",
+        )
+        .bind(&p.function)
+        .bind(&p.timer)
+        .bind(p.scheduled_ms)
+        .bind(p.now_ms)
+        .bind(&p.request_id)
+        .bind(&p.error)
+        .bind(p.skipped as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_timer_paused(
+        &self,
+        function: &str,
+        timer: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO timer_state (function, timer, paused, last_scheduled_ms, updated_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT (function, timer) DO UPDATE SET paused = ?3, updated_at_ms = ?4, \
+                last_scheduled_ms = CASE WHEN ?3 = 0 AND paused = 1 \
+                    THEN MAX(COALESCE(last_scheduled_ms, ?4), ?4) ELSE last_scheduled_ms END",
+        )
+        .bind(function)
+        .bind(timer)
+        .bind(paused as i64)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn create_aws_key(&self, key: &AwsKeyRecord) -> Result<AwsKeyRecord, StoreError> {
         sqlx::query(
             "INSERT INTO aws_keys (access_key_id, name, secret, scope, builtin, created_at_ms) \
@@ -923,6 +1049,48 @@ mod tests {
         );
         assert!(store.list_versions("f").await.unwrap().is_empty());
         assert!(store.list_aliases("f").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn timer_progress_only_moves_forward_and_a_resume_skips_the_pause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("meta.db"))
+            .await
+            .unwrap();
+        let progress = |scheduled_ms, id: Option<&str>, skipped| TimerProgress {
+            function: "f".into(),
+            timer: "t".into(),
+            scheduled_ms,
+            now_ms: scheduled_ms + 5,
+            request_id: id.map(String::from),
+            error: None,
+            skipped,
+        };
+        store
+            .timer_progress(&progress(2000, Some("r2"), false))
+            .await
+            .unwrap();
+        // Another node's late write of an earlier time does not move it back.
+        store
+            .timer_progress(&progress(1000, Some("r1"), false))
+            .await
+            .unwrap();
+        store
+            .timer_progress(&progress(3000, None, true))
+            .await
+            .unwrap();
+        let s = &store.timer_states(Some("f")).await.unwrap()[0];
+        assert_eq!(s.last_scheduled_ms, Some(3000));
+        assert_eq!(s.last_request_id.as_deref(), Some("r2"));
+        assert_eq!(s.last_fire_ms, Some(2005));
+        assert_eq!(s.skipped, 1);
+        assert!(!s.paused);
+        store.set_timer_paused("f", "t", true, 4000).await.unwrap();
+        assert!(store.timer_states(None).await.unwrap()[0].paused);
+        store.set_timer_paused("f", "t", false, 9000).await.unwrap();
+        let s = &store.timer_states(None).await.unwrap()[0];
+        assert_eq!((s.paused, s.last_scheduled_ms), (false, Some(9000)));
+        assert!(store.timer_states(Some("g")).await.unwrap().is_empty());
     }
 
     #[tokio::test]

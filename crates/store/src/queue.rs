@@ -17,6 +17,8 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
     /// The submission's W3C `traceparent`; attempts continue its trace.
     pub traceparent: Option<String>,
+    /// What submitted it when not a client (`timer:nightly`); its attempts are named so.
+    pub source: Option<String>,
     pub now_ms: i64,
 }
 
@@ -94,6 +96,8 @@ pub struct AsyncRecord {
     pub version: Option<String>,
     /// The submission's W3C `traceparent`.
     pub traceparent: Option<String>,
+    /// What submitted it when not a client (`timer:nightly`).
+    pub source: Option<String>,
 }
 
 /// How an attempt ended.
@@ -156,7 +160,7 @@ pub trait AsyncQueue: Send + Sync + 'static {
 macro_rules! columns {
     () => {
         "id, function, payload, status, attempts, function_errors, enqueued_at_ms, \
-         next_attempt_at_ms, updated_at_ms, result, version, traceparent"
+         next_attempt_at_ms, updated_at_ms, result, version, traceparent, source"
     };
 }
 
@@ -174,6 +178,7 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<AsyncRecord, StoreError>
         result: r.try_get("result")?,
         version: r.try_get("version")?,
         traceparent: r.try_get("traceparent")?,
+        source: r.try_get("source")?,
     })
 }
 
@@ -251,8 +256,8 @@ impl AsyncQueue for SqliteStore {
             sqlx::query(
                 "INSERT INTO async_invocations (id, function, payload, status, attempts,
                     function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
-                    idempotency_key, traceparent)
-                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?, ?)",
+                    idempotency_key, traceparent, source)
+                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&e.id)
             .bind(&e.function)
@@ -262,6 +267,7 @@ impl AsyncQueue for SqliteStore {
             .bind(e.now_ms)
             .bind(&e.idempotency_key)
             .bind(&e.traceparent)
+            .bind(&e.source)
             .execute(&mut *tx)
             .await?;
             out.push(Accepted::New);
@@ -419,6 +425,7 @@ mod tests {
             payload: b"{}".to_vec(),
             idempotency_key: key.map(String::from),
             traceparent: None,
+            source: None,
             now_ms,
         }
     }

@@ -451,6 +451,7 @@ fn call_of(r: &Routed) -> Call {
             .and_then(|v| v.to_str().ok())
             .map(String::from),
         trigger: model::TriggerKind::Http,
+        source: None,
         attempt: 1,
         trace: r.trace.clone(),
         client_context: None,

@@ -143,8 +143,7 @@ fn param_names(segments: &[Segment]) -> Vec<String> {
 fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
     let spec = &f.spec;
     let mut routes = Vec::new();
-    for trigger in &spec.triggers {
-        let Trigger::Http(t) = trigger;
+    for t in spec.triggers.iter().filter_map(Trigger::http) {
         // A route to a version or alias calls `name:qualifier`.
         let target = match &t.qualifier {
             Some(q) => format!("{}:{q}", spec.name),

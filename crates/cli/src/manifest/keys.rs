@@ -90,6 +90,14 @@ pub fn unknown(root: &Value) -> Vec<String> {
                     fields_of::<HttpTrigger>(),
                     &mut found,
                 );
+                if let Some(timer) = t.get("timer") {
+                    check(
+                        timer,
+                        &format!("{at}.timer"),
+                        fields_of::<model::timer::TimerTrigger>(),
+                        &mut found,
+                    );
+                }
             }
         }
         if let Some(aliases) = entry.get("aliases").and_then(Value::as_mapping) {

@@ -22,6 +22,7 @@ mod releases;
 mod sandbox;
 mod scheduler;
 mod storage;
+mod timers;
 
 use std::io::Write;
 

@@ -28,8 +28,14 @@ async fn schemathesis_finds_nothing() {
             .send()
     };
     assert_eq!(publish("one").await.unwrap().status(), StatusCode::CREATED);
-    // A second version needs a change: another timeout.
-    let again = python_project(tmp.path(), "st", 4000, echo);
+    // A second version needs a change: another timeout, and a timer for the trigger
+    // operations (yearly: it does not fire during the run).
+    let again = crate::harness::project(
+        tmp.path(),
+        "st",
+        "functions:\n  st:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: 4000\n    triggers:\n      - timer: {name: yearly, cron: \"0 0 1 1 *\"}\n",
+        &[("main.py", echo)],
+    );
     server.deploy(&again).await;
     assert_eq!(publish("two").await.unwrap().status(), StatusCode::CREATED);
     for alias in ["live", "doomed"] {

@@ -1,0 +1,401 @@
+//! The timer trigger: functions called on a schedule (`triggers: [{timer: …}]`), each
+//! scheduled time at most once, through the durable queue (so retries, event age,
+//! destinations and the dead-letter queue apply, and a queued fire is never lost).
+//!
+//! Every node runs the same loop over the catalog. A fire is claimed in the queue itself:
+//! its idempotency key is the timer and the scheduled time, so whichever node queues it
+//! first wins and the others get the same invocation back; `timer_state` in the store
+//! records how far each schedule got (for catch-up after downtime) and whether the timer is
+//! paused. The loop reads the clock once per tick and hands it to `due`, a pure function.
+
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use model::timer::{CatchUp, Overlap, TimerTrigger};
+use model::{Function, TriggerKind, limits};
+use platform::{Changes, Error, Platform, Trigger};
+use store::{MetaStore, TimerProgress};
+use tokio::sync::{Semaphore, watch};
+
+pub use schedule::Schedule;
+
+/// Fires queued at once at most; the others wait their turn (a thousand timers on one
+/// second must not open a thousand writes at once).
+const FIRES_IN_FLIGHT_MAX: usize = 64;
+
+/// The longest the loop sleeps without looking again (a pause, another node's progress).
+const TICK_MAX: Duration = Duration::from_secs(1);
+
+/// One timer of one function, as the loop follows it.
+struct Entry {
+    function: String,
+    spec: TimerTrigger,
+    schedule: Schedule,
+    /// The next scheduled time to fire.
+    next_ms: Option<i64>,
+}
+
+/// The timer trigger.
+pub struct Timers {
+    meta: Arc<dyn MetaStore>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Timers {
+    pub fn new(meta: Arc<dyn MetaStore>) -> Arc<Timers> {
+        Arc::new(Timers {
+            meta,
+            stop: watch::channel(false).0,
+            task: Mutex::new(None),
+        })
+    }
+}
+
+/// The timers of a function with their place in `triggers`.
+fn timers_of(f: &Function) -> impl Iterator<Item = (usize, &TimerTrigger)> {
+    f.spec
+        .triggers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.timer().map(|t| (i, t)))
+}
+
+#[async_trait::async_trait]
+impl Trigger for Timers {
+    fn kind(&self) -> TriggerKind {
+        TriggerKind::Timer
+    }
+
+    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
+        for f in functions {
+            let mut names = std::collections::HashSet::new();
+            for (i, t) in timers_of(f) {
+                Schedule::parse(t).map_err(|e| {
+                    Error::invalid(format!(
+                        "function `{}`: triggers[{i}].timer.{e}",
+                        f.spec.name
+                    ))
+                })?;
+                if !names.insert(t.name.as_str()) {
+                    return Err(Error::invalid(format!(
+                        "function `{}`: triggers[{i}].timer.name: `{}` names two timers; names are unique per function",
+                        f.spec.name, t.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(
+        self: Arc<Self>,
+        platform: Arc<Platform>,
+        changes: Changes,
+    ) -> Result<(), Error> {
+        let me = self.clone();
+        let task = tokio::spawn(async move { me.run(platform, changes).await });
+        *self.task.lock().unwrap() = Some(task);
+        Ok(())
+    }
+
+    fn next_fire_ms(
+        &self,
+        _function: &Function,
+        trigger: &model::http::Trigger,
+        after_ms: i64,
+    ) -> Option<i64> {
+        Schedule::parse(trigger.timer()?).ok()?.next_after(after_ms)
+    }
+
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The scheduled times due at `now_ms`: for each timer whose next time has come, that
+/// time (a loop that woke late fires the latest due time once, not every one it slept
+/// through).
+fn due(entries: &HashMap<(String, String), Entry>, now_ms: i64) -> Vec<((String, String), i64)> {
+    let mut out: Vec<_> = entries
+        .iter()
+        .filter_map(|(k, e)| match e.next_ms {
+            Some(t) if t <= now_ms => {
+                let latest = e
+                    .schedule
+                    .between(t, now_ms, 1)
+                    .last()
+                    .copied()
+                    .unwrap_or(t);
+                Some((k.clone(), latest))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|(ka, ta), (kb, tb)| ta.cmp(tb).then_with(|| ka.cmp(kb)));
+    out
+}
+
+impl Timers {
+    async fn run(self: Arc<Self>, platform: Arc<Platform>, mut changes: Changes) {
+        let mut stop = self.stop.subscribe();
+        let mut entries: HashMap<(String, String), Entry> = HashMap::new();
+        let mut revision = None;
+        let fires = Arc::new(Semaphore::new(FIRES_IN_FLIGHT_MAX));
+        loop {
+            let catalog = changes.borrow_and_update().clone();
+            if revision != Some(catalog.revision) {
+                revision = Some(catalog.revision);
+                self.follow(&platform, &catalog.functions, &mut entries, &fires)
+                    .await;
+            }
+            let now = platform::now_ms();
+            for (key, scheduled) in due(&entries, now) {
+                let entry = entries.get_mut(&key).expect("due names an entry");
+                entry.next_ms = entry.schedule.next_after(now.max(scheduled));
+                self.spawn_fire(&platform, &fires, &entry.function, &entry.spec, scheduled)
+                    .await;
+            }
+            let next = entries.values().filter_map(|e| e.next_ms).min();
+            let sleep = match next {
+                Some(t) => {
+                    Duration::from_millis((t - platform::now_ms()).max(0) as u64).min(TICK_MAX)
+                }
+                None => TICK_MAX,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Brings the entries in line with the catalog: new timers start from now, after
+    /// catching up on what they missed since their last recorded fire; changed ones start
+    /// over; removed ones go.
+    async fn follow(
+        &self,
+        platform: &Arc<Platform>,
+        functions: &[Function],
+        entries: &mut HashMap<(String, String), Entry>,
+        fires: &Arc<Semaphore>,
+    ) {
+        let states: HashMap<(String, String), store::TimerState> = match self
+            .meta
+            .timer_states(None)
+            .await
+        {
+            Ok(s) => s
+                .into_iter()
+                .map(|s| ((s.function.clone(), s.timer.clone()), s))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the timers' state failed; no catch-up this time");
+                HashMap::new()
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        let now = platform::now_ms();
+        for f in functions {
+            for (_, t) in timers_of(f) {
+                let key = (f.spec.name.clone(), t.name.clone());
+                seen.insert(key.clone());
+                if entries.get(&key).is_some_and(|e| e.spec == *t) {
+                    continue;
+                }
+                let Ok(schedule) = Schedule::parse(t) else {
+                    // Refused at deploy; a spec stored before that check is skipped.
+                    continue;
+                };
+                // What was missed since the last fire, but nothing from before the
+                // function's last change (an edited schedule's past is not its own).
+                let missed = match states.get(&key) {
+                    Some(s) if !s.paused => match s.last_scheduled_ms {
+                        Some(last) => schedule.between(
+                            last.max(f.updated_at_ms),
+                            now,
+                            limits::TIMER_CATCH_UP_MAX,
+                        ),
+                        None => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                };
+                let replay: &[i64] = match t.catch_up {
+                    CatchUp::None => &[],
+                    CatchUp::Last => missed.last().map(std::slice::from_ref).unwrap_or(&[]),
+                    CatchUp::All => &missed,
+                };
+                for scheduled in replay {
+                    self.spawn_fire(platform, fires, &f.spec.name, t, *scheduled)
+                        .await;
+                }
+                entries.insert(
+                    key,
+                    Entry {
+                        function: f.spec.name.clone(),
+                        spec: t.clone(),
+                        next_ms: schedule.next_after(now),
+                        schedule,
+                    },
+                );
+            }
+        }
+        entries.retain(|k, _| seen.contains(k));
+    }
+
+    /// Queues the fire of `scheduled_ms` in a task of its own (bounded by `fires`).
+    async fn spawn_fire(
+        &self,
+        platform: &Arc<Platform>,
+        fires: &Arc<Semaphore>,
+        function: &str,
+        spec: &TimerTrigger,
+        scheduled_ms: i64,
+    ) {
+        let Ok(permit) = fires.clone().acquire_owned().await else {
+            return;
+        };
+        let (platform, meta) = (platform.clone(), self.meta.clone());
+        let (function, spec) = (function.to_string(), spec.clone());
+        tokio::spawn(async move {
+            fire(&platform, &*meta, &function, &spec, scheduled_ms).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The event of a fire: the timer's payload, else an EventBridge "Scheduled Event" whose
+/// `time` is the scheduled time.
+fn event(platform: &Platform, function: &str, spec: &TimerTrigger, scheduled_ms: i64) -> Vec<u8> {
+    if let Some(p) = &spec.payload {
+        return serde_json::to_vec(p).expect("a payload serializes");
+    }
+    let aws = platform.aws_identity();
+    let time = chrono::DateTime::from_timestamp_millis(scheduled_ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    serde_json::to_vec(&serde_json::json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": aws.account_id,
+        "time": time,
+        "region": aws.region,
+        "resources": [format!(
+            "arn:aws:events:{}:{}:rule/{function}-{}",
+            aws.region, aws.account_id, spec.name
+        )],
+        "detail": {},
+    }))
+    .expect("an event serializes")
+}
+
+/// Fires `scheduled_ms` of a timer unless it is paused, or (`overlap: skip`) its last
+/// fire is still queued or running; records what happened.
+async fn fire(
+    platform: &Arc<Platform>,
+    meta: &dyn MetaStore,
+    function: &str,
+    spec: &TimerTrigger,
+    scheduled_ms: i64,
+) {
+    let state = match meta.timer_states(Some(function)).await {
+        Ok(states) => states.into_iter().find(|s| s.timer == spec.name),
+        Err(e) => {
+            tracing::warn!(function, timer = %spec.name, error = %e, "reading a timer's state failed; firing anyway");
+            None
+        }
+    };
+    if state.as_ref().is_some_and(|s| s.paused) {
+        return;
+    }
+    let mut progress = TimerProgress {
+        function: function.to_string(),
+        timer: spec.name.clone(),
+        scheduled_ms,
+        now_ms: platform::now_ms(),
+        request_id: None,
+        error: None,
+        skipped: false,
+    };
+    if spec.overlap == Overlap::Skip
+        && let Some(last) = state.as_ref().and_then(|s| s.last_request_id.as_deref())
+        && let Ok(Some(r)) = platform.async_invocation(last).await
+        && !r.status.is_final()
+    {
+        progress.skipped = true;
+    } else {
+        let key = format!("timer:{}:{scheduled_ms}", spec.name);
+        let trace = platform::trace::child_of(None);
+        match platform
+            .submit_from(
+                function,
+                Bytes::from(event(platform, function, spec, scheduled_ms)),
+                Some(key),
+                trace.traceparent,
+                Some(format!("timer:{}", spec.name)),
+            )
+            .await
+        {
+            Ok((id, _)) => progress.request_id = Some(id),
+            Err(e) => {
+                tracing::warn!(function, timer = %spec.name, error = %e.message, "a timer's fire was not queued");
+                progress.error = Some(e.message);
+            }
+        }
+    }
+    if let Err(e) = meta.timer_progress(&progress).await {
+        tracing::warn!(function, timer = %spec.name, error = %e, "recording a timer's fire failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(every: &str, next_ms: Option<i64>) -> Entry {
+        let spec: TimerTrigger =
+            serde_json::from_value(serde_json::json!({"name": "t", "every": every})).unwrap();
+        Entry {
+            function: "f".into(),
+            schedule: Schedule::parse(&spec).unwrap(),
+            spec,
+            next_ms,
+        }
+    }
+
+    #[test]
+    fn due_fires_the_latest_time_once_and_nothing_early() {
+        let mut entries = HashMap::new();
+        entries.insert(("f".into(), "a".into()), entry("1s", Some(10_000)));
+        entries.insert(("f".into(), "b".into()), entry("1s", Some(12_000)));
+        entries.insert(("f".into(), "c".into()), entry("1s", None));
+        assert!(due(&entries, 9_999).is_empty());
+        assert_eq!(
+            due(&entries, 10_000),
+            vec![(("f".into(), "a".into()), 10_000)]
+        );
+        // Woken late: each timer fires its latest due time, once.
+        assert_eq!(
+            due(&entries, 13_500),
+            vec![
+                (("f".into(), "a".into()), 13_000),
+                (("f".into(), "b".into()), 13_000)
+            ]
+        );
+    }
+}
