@@ -122,7 +122,7 @@ impl Builder {
         let program = self
             .runtimes
             .interpreter(runtime)
-            .filter(|_| runtime != Runtime::Custom)
+            .filter(|_| runtime.has_shim())
             .ok_or(SandboxError::RuntimeUnavailable(runtime))?
             .to_path_buf();
         let flag = if runtime == Runtime::Python3 {
@@ -328,7 +328,7 @@ impl Builder {
         let interpreter = self
             .runtimes
             .interpreter(job.runtime)
-            .filter(|_| job.runtime != Runtime::Custom)
+            .filter(|_| job.runtime.has_shim())
             .ok_or(SandboxError::RuntimeUnavailable(job.runtime))?
             .to_path_buf();
         let (program, args): (PathBuf, Vec<OsString>) = match job.runtime {

@@ -18,6 +18,7 @@ mod observe;
 mod openapi;
 mod pid1;
 mod releases;
+mod runtime_api;
 mod sandbox;
 mod scheduler;
 mod storage;
