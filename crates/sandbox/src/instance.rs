@@ -450,6 +450,7 @@ impl Instance {
         // failed spawn.
         let api = if config.runtime == Runtime::Provided {
             crate::executor::runtime_api::check_bootstrap(config, &launch.program)?;
+            // Without root, every function runs as the server's uid: none to tell them by.
             let uid = jail.and_then(|iso| iso.uid_of(&config.function));
             let arn = crate::executor::runtime_api::default_arn(config);
             Some(RuntimeApi::bind(uid, arn).map_err(platform)?)
@@ -486,18 +487,7 @@ impl Instance {
         ))
         .envs(
             api.as_ref()
-                .map(|api| {
-                    [
-                        ("AWS_LAMBDA_RUNTIME_API".to_string(), api.address()),
-                        // The runtime is the function's own code.
-                        (
-                            "LAMBDA_RUNTIME_DIR".to_string(),
-                            code_dir_seen.display().to_string(),
-                        ),
-                    ]
-                })
-                .into_iter()
-                .flatten(),
+                .map_or_else(Vec::new, |api| api.env(&code_dir_seen)),
         )
         .current_dir(if jail.is_some() {
             std::path::Path::new("/")

@@ -115,6 +115,16 @@ impl RuntimeApi {
         self.addr.to_string()
     }
 
+    /// The variables that point the runtime at this endpoint: `AWS_LAMBDA_RUNTIME_API`, and
+    /// `LAMBDA_RUNTIME_DIR`, which is the code (`code_dir` as the instance sees it), since
+    /// the runtime is the function's own.
+    pub fn env(&self, code_dir: &std::path::Path) -> Vec<(String, String)> {
+        vec![
+            ("AWS_LAMBDA_RUNTIME_API".into(), self.address()),
+            ("LAMBDA_RUNTIME_DIR".into(), code_dir.display().to_string()),
+        ]
+    }
+
     /// Waits until the runtime is initialized (its first `/next`) or reports that it
     /// failed to; the caller bounds the wait and watches the process.
     pub async fn initialized(&self) -> Result<(), FunctionError> {
