@@ -183,6 +183,23 @@ impl Builder {
         ] {
             env.push((k.into(), v.into()));
         }
+        // node-gyp builds a native module against the headers of the node that runs it,
+        // which Debian's and Node's own packages ship in `<prefix>/include/node`; without
+        // this it downloads them from nodejs.org, which a build may not reach
+        // (`aws-lambda-ric` is such a module).
+        let headers = self
+            .runtimes
+            .interpreter(Runtime::Nodejs)
+            .and_then(|node| node.parent()?.parent())
+            .filter(|prefix| prefix.join("include/node/node.h").is_file());
+        if job.runtime == Runtime::Nodejs
+            && let Some(prefix) = headers
+            && !env
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_nodedir"))
+        {
+            env.push(("npm_config_nodedir".into(), prefix.into()));
+        }
         let mut cgroup = None;
         let (program, args) = match jailed {
             Some(isolation) => {

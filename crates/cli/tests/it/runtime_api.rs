@@ -331,7 +331,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 inits = []
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    # HTTP/1.0 (http.server's default) closes the connection after each answer.
+    protocol_version = os.environ.get("PROTOCOL", "HTTP/1.1")
 
     def log_message(self, *args):
         pass
@@ -378,7 +379,7 @@ async fn function_compute_custom_runtimes_take_events_on_post_invoke() {
     let dir = project(
         tmp.path(),
         "fcrt",
-        "functions:\n  fcrt:\n    runtime: custom\n    conventions: fc\n    handler: index.handler\n    command: [python3, server.py]\n    initializer: index.initializer\n    memory_mb: 256\n    timeout_ms: 3000\n    url: {auth: anonymous}\n",
+        "functions:\n  fcrt:\n    runtime: custom\n    conventions: fc\n    handler: index.handler\n    command: [python3, server.py]\n    initializer: index.initializer\n    memory_mb: 256\n    timeout_ms: 3000\n    url: {auth: anonymous}\n  fc10:\n    runtime: custom\n    conventions: fc\n    command: [python3, server.py]\n    env: {PROTOCOL: HTTP/1.0}\n",
         &[("server.py", FC_SERVER)],
     );
     server.deploy(&dir).await;
@@ -427,6 +428,13 @@ async fn function_compute_custom_runtimes_take_events_on_post_invoke() {
     let res = server.get("/fn/fcrt/hello?x=1").send().await.unwrap();
     assert_eq!(res.text().await.unwrap(), "http /hello?x=1");
 
+    // A server that closes its connection after each answer is called again and again.
+    for n in 0..5 {
+        let (error, v) = invoke_json(&server, "fc10", json!({"n": n})).await;
+        assert_eq!(error, "", "{v}");
+        assert_eq!(v["event"]["n"], n);
+    }
+
     // The event call's output is its log.
     let run = server.cli(&["logs", "fcrt"]).await;
     assert!(
@@ -435,4 +443,49 @@ async fn function_compute_custom_runtimes_take_events_on_post_invoke() {
         run.stdout,
         run.stderr
     );
+}
+
+/// AWS's Node.js runtime interface client, installed by the server's build from
+/// `package.json` (its install compiles curl and aws-lambda-cpp: cmake, autotools and a
+/// C++ compiler, which `.ci/run` installs), behind `runtime: provided`.
+#[tokio::test]
+async fn aws_lambda_ric_from_npm_runs_behind_provided() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "noderic",
+        "functions:\n  noderic:\n    runtime: provided\n    handler: index.handler\n    timeout_ms: 5000\n",
+        &[
+            (
+                "package.json",
+                r#"{"name": "noderic", "version": "1.0.0", "dependencies": {"aws-lambda-ric": "3.3.0"}}"#,
+            ),
+            (
+                "index.js",
+                "exports.handler = async (event, context) => {\n  if (event.fail) throw new RangeError('too far: ' + event.fail);\n  return {echo: event, requestId: context.awsRequestId, arn: context.invokedFunctionArn, leftMs: context.getRemainingTimeInMillis()};\n};\n",
+            ),
+        ],
+    );
+    executable(
+        &dir,
+        "bootstrap",
+        "#!/bin/sh\nexec node node_modules/aws-lambda-ric/bin/index.mjs \"$_HANDLER\"\n",
+    );
+    server.deploy(&dir).await;
+    let res = server.invoke("noderic", r#"{"n": 1}"#).await;
+    assert_eq!(header(&res, "x-nimbus-error-type"), "");
+    let request_id = header(&res, "x-nimbus-request-id").to_string();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["echo"], json!({"n": 1}), "{v}");
+    assert_eq!(v["requestId"], request_id.as_str());
+    assert!(
+        v["arn"].as_str().unwrap().ends_with(":function:noderic"),
+        "{v}"
+    );
+    let left = v["leftMs"].as_i64().unwrap();
+    assert!((1..=5000).contains(&left), "{left}");
+    let (error, v) = invoke_json(&server, "noderic", json!({"fail": "x"})).await;
+    assert_eq!(error, "RangeError", "{v}");
+    assert_eq!(v["errorMessage"], "too far: x");
 }
