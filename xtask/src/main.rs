@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-keepalive") => bench_keepalive(&args[1..]),
         Some("bench-deploy") => bench_deploy(&args[1..]),
         Some("bench-lambda-api") => bench_lambda_api(&args[1..]),
+        Some("bench-runtime-api") => bench_runtime_api(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -33,7 +34,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-telemetry [--seconds N] [--connections N] [--rounds N]\n\
                  \x20      cargo xtask bench-keepalive [--rounds N]\n\
                  \x20      cargo xtask bench-deploy [--rounds N]\n\
-                 \x20      cargo xtask bench-lambda-api [--seconds N] [--connections N] [--rounds N]\n\n\
+                 \x20      cargo xtask bench-lambda-api [--seconds N] [--connections N] [--rounds N]\n\
+                 \x20      cargo xtask bench-runtime-api [--seconds N] [--connections N] [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -275,6 +277,72 @@ fn bench_lambda_api(args: &[String]) -> anyhow::Result<()> {
             "  -> at {conns} conn(s), median of {} rounds: p50 Lambda API / v1 = {p50:.3}x, throughput = {rps:.3}x",
             opts.rounds
         );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// Warm invoke latency and throughput of the same no-op through the Lambda Runtime API
+/// (`runtime: provided`: a minimal Python bootstrap, and AWS's `awslambdaric`) against
+/// the native Python shim, on one server in the same run.
+fn bench_runtime_api(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-rapi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let server = Nimbus::start(&nimbus, &data, &[])?;
+    server.deploy(&root.join("bench/noop"))?;
+    server.deploy(&root.join("bench/runtime-api/minimal"))?;
+    server.deploy(&root.join("bench/runtime-api/ric"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let target = |name: &'static str, function: &str| Target {
+        name,
+        addr: server.endpoint.trim_start_matches("http://").to_string(),
+        path: format!("/v1/functions/{function}/invocations"),
+        auth: Auth::Bearer(server.token.clone()),
+    };
+    let targets = [
+        target("python shim", "noop"),
+        target("rapi minimal", "rapi-noop"),
+        target("rapi awslambdaric", "ric-noop"),
+    ];
+    println!(
+        "{:<24} {:>5} {:>9} {:>10} {:>8} {:>8}",
+        "target", "conns", "requests", "req/s", "p50_ms", "p99_ms"
+    );
+    for conns in [1, opts.connections] {
+        let duration = Duration::from_secs(opts.seconds);
+        // Each round runs every target, so drift on the machine hits them alike.
+        let mut stats: Vec<Vec<Stats>> = targets.iter().map(|_| Vec::new()).collect();
+        for _ in 0..opts.rounds {
+            for (i, t) in targets.iter().enumerate() {
+                stats[i].push(rt.block_on(run(t, conns, duration))?);
+            }
+        }
+        let medians: Vec<Stats> = stats
+            .into_iter()
+            .map(|mut rounds| {
+                rounds.sort_by(|a, b| a.p50_ms.total_cmp(&b.p50_ms));
+                rounds.swap_remove(rounds.len() / 2)
+            })
+            .collect();
+        for (t, s) in targets.iter().zip(&medians) {
+            s.print(t.name, conns);
+        }
+        for (t, s) in targets.iter().zip(&medians).skip(1) {
+            println!(
+                "  -> at {conns} conn(s): {} / python shim: p50 {:.2}x ({:+.3} ms), throughput {:.2}x",
+                t.name,
+                s.p50_ms / medians[0].p50_ms,
+                s.p50_ms - medians[0].p50_ms,
+                s.rps / medians[0].rps
+            );
+        }
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&data);

@@ -18,12 +18,12 @@ pub struct FunctionInput {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
     pub name: Option<String>,
-    /// `python3`, `nodejs` or `custom`.
-    /// `python3`, `nodejs`, `custom`, or a versioned id: `python3.11`, `nodejs20.x`
-    /// (the version is then also in `runtime_version`, as the API answers it).
+    /// `python3`, `nodejs`, `custom` or `provided` (Lambda's Runtime API), or a versioned
+    /// id: `python3.11`, `nodejs20.x`, `provided.al2023` (the version is then also in
+    /// `runtime_version`, as the API answers it).
     #[schema(
         example = "python3",
-        pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom)$"
+        pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom|provided(\\.al2|\\.al2023)?)$"
     )]
     pub runtime: String,
     /// `module.function`, e.g. `main.handler`; `module:app` for WSGI/ASGI; empty for custom.
@@ -65,7 +65,8 @@ pub struct FunctionInput {
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<String>, example = "handler", pattern = "^(handler|wsgi|asgi|http)$")]
     pub kind: Option<FunctionType>,
-    /// A custom runtime's command; `$PORT` is replaced by the port it must serve on.
+    /// A custom runtime's command; `$PORT` is replaced by the port it must serve on. For
+    /// `provided`, what runs instead of the code's `bootstrap`.
     #[serde(default)]
     #[schema(max_items = 32)]
     pub command: Vec<String>,
@@ -568,7 +569,9 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildInput {
-    #[schema(pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom)$")]
+    #[schema(
+        pattern = "^(python3(\\.[0-9]{1,2})?|nodejs([0-9]{1,2}\\.x)?|custom|provided(\\.al2|\\.al2023)?)$"
+    )]
     pub runtime: String,
     /// The uploaded code whose declared dependencies to install.
     #[schema(pattern = "^[0-9a-f]{64}$")]

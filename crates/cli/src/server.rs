@@ -248,7 +248,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         // the jail.
         let extra_dirs = model::Runtime::ALL
             .into_iter()
-            .filter(|r| *r != model::Runtime::Custom)
+            .filter(|r| r.has_shim())
             .filter_map(|r| runtimes.interpreter(r).map(Path::to_path_buf))
             .collect::<Vec<_>>();
         let isolation = sandbox::Isolation::probe(sandbox::IsolationConfig {

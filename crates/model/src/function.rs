@@ -20,11 +20,20 @@ pub enum Runtime {
     /// Any executable that serves HTTP on `$PORT`, started with `command`.
     #[serde(rename = "custom")]
     Custom,
+    /// Lambda's custom runtimes: the code's `bootstrap` (or `command`) speaks the Lambda
+    /// Runtime API at `$AWS_LAMBDA_RUNTIME_API`; `handler` is whatever it makes of it.
+    #[serde(rename = "provided")]
+    Provided,
 }
 
 impl Runtime {
     /// Every runtime, in the order documentation lists them.
-    pub const ALL: [Runtime; 3] = [Runtime::Python3, Runtime::Nodejs, Runtime::Custom];
+    pub const ALL: [Runtime; 4] = [
+        Runtime::Python3,
+        Runtime::Nodejs,
+        Runtime::Custom,
+        Runtime::Provided,
+    ];
 
     /// The name used in manifests and the API.
     pub fn as_str(self) -> &'static str {
@@ -32,7 +41,14 @@ impl Runtime {
             Runtime::Python3 => "python3",
             Runtime::Nodejs => "nodejs",
             Runtime::Custom => "custom",
+            Runtime::Provided => "provided",
         }
+    }
+
+    /// Whether the runtime is an interpreter running Nimbus's shim (Python, Node.js), as
+    /// opposed to a program the function brings (`custom`, `provided`).
+    pub fn has_shim(self) -> bool {
+        matches!(self, Runtime::Python3 | Runtime::Nodejs)
     }
 }
 
@@ -44,7 +60,7 @@ impl std::str::FromStr for Runtime {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown runtime `{s}`; expected one of: python3, nodejs, custom")
+                format!("unknown runtime `{s}`; expected one of: python3, nodejs, custom, provided")
             })
     }
 }
@@ -69,8 +85,12 @@ impl Runtime {
         {
             return Ok((Runtime::Nodejs, major.to_string()));
         }
+        // Lambda's OS-only runtimes: the OS is this node's, so the id only names the kind.
+        if let Some(os @ ("al2" | "al2023")) = s.strip_prefix("provided.") {
+            return Ok((Runtime::Provided, os.to_string()));
+        }
         Err(format!(
-            "unknown runtime `{s}`; expected python3, nodejs or custom, or a versioned id such as python3.11 or nodejs20.x"
+            "unknown runtime `{s}`; expected python3, nodejs, custom or provided, or a versioned id such as python3.11, nodejs20.x or provided.al2023"
         ))
     }
 
@@ -81,6 +101,7 @@ impl Runtime {
             (Runtime::Python3, v) => format!("python{v}"),
             (Runtime::Nodejs, v) => format!("nodejs{v}.x"),
             (Runtime::Custom, _) => "custom".into(),
+            (Runtime::Provided, os) => format!("provided.{os}"),
         }
     }
 }
@@ -121,7 +142,7 @@ impl FunctionType {
     pub fn default_for(runtime: Runtime) -> FunctionType {
         match runtime {
             Runtime::Custom => FunctionType::Http,
-            Runtime::Python3 | Runtime::Nodejs => FunctionType::Handler,
+            Runtime::Python3 | Runtime::Nodejs | Runtime::Provided => FunctionType::Handler,
         }
     }
 
@@ -487,7 +508,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 fn validate_handler(runtime: Runtime, kind: FunctionType, handler: &str) -> Result<(), String> {
-    if runtime == Runtime::Custom {
+    // A program of the function's own makes of its handler what it will (`_HANDLER`).
+    if !runtime.has_shim() {
         return if handler.chars().count() > limits::HANDLER_LEN_MAX {
             Err(format!(
                 "longer than {} characters",
@@ -520,7 +542,9 @@ fn validate_handler(runtime: Runtime, kind: FunctionType, handler: &str) -> Resu
             match runtime {
                 Runtime::Python3 => "`def handler(event, context)` in main.py",
                 Runtime::Nodejs => "`exports.handler` in main.js",
-                Runtime::Custom => unreachable!("custom runtimes have no handler"),
+                Runtime::Custom | Runtime::Provided => {
+                    unreachable!("custom runtimes have no handler")
+                }
             }
         ));
     };
@@ -679,13 +703,19 @@ impl FunctionSpec {
             }
             push(
                 field,
-                if self.runtime == Runtime::Custom {
-                    Err(
-                        "custom runtimes have no hooks; do the work before listening on $PORT"
+                match (self.runtime, self.conventions) {
+                    // Function Compute calls a custom runtime's hooks over HTTP
+                    // (`POST /initialize`, `GET /pre-stop`); the name is the server's.
+                    (Runtime::Custom, Conventions::Fc) => validate_handler(self.runtime, self.kind, hook),
+                    (Runtime::Custom, Conventions::Lambda) => Err(
+                        "custom runtimes have no hooks (but with `conventions: fc`, Function Compute's POST /initialize and GET /pre-stop); do the work before listening on $PORT"
                             .into(),
-                    )
-                } else {
-                    validate_handler(self.runtime, FunctionType::Handler, hook)
+                    ),
+                    (Runtime::Provided, _) => Err(
+                        "the Runtime API has no hooks; a `provided` function initializes before its first /next"
+                            .into(),
+                    ),
+                    _ => validate_handler(self.runtime, FunctionType::Handler, hook),
                 },
             );
         }
@@ -775,6 +805,23 @@ impl FunctionSpec {
                 push(field, d.validate());
             }
         }
+        if self.runtime == Runtime::Provided {
+            if self.concurrency != 1 {
+                push(
+                    "concurrency",
+                    Err(format!(
+                        "is {}; a `provided` runtime takes one call at a time (the Runtime API hands out one event per /next), so it must be 1",
+                        self.concurrency
+                    )),
+                );
+            }
+            if self.network == Network::None {
+                push(
+                    "network",
+                    Err("`none` cannot run runtime `provided`: its bootstrap reaches the Runtime API over the loopback network; use `outbound`".into()),
+                );
+            }
+        }
         if self.network == Network::None && self.kind == FunctionType::Http {
             push(
                 "network",
@@ -846,6 +893,7 @@ impl FunctionSpec {
             ],
             Runtime::Nodejs => &[FunctionType::Handler, FunctionType::Http],
             Runtime::Custom => &[FunctionType::Http],
+            Runtime::Provided => &[FunctionType::Handler],
         };
         if allowed.contains(&self.kind) {
             Ok(())
@@ -866,7 +914,10 @@ impl FunctionSpec {
                 "a custom runtime needs a command, e.g. [\"./server\", \"--port\", \"$PORT\"]"
                     .into(),
             ),
-            (Runtime::Custom, false) => {
+            // `provided` runs the code's `bootstrap` unless a command says otherwise
+            // (`[python3, -m, awslambdaric, app.handler]`).
+            (Runtime::Provided, true) => Ok(()),
+            (Runtime::Custom | Runtime::Provided, false) => {
                 if self.command.len() > limits::COMMAND_ARGS_MAX {
                     Err(format!(
                         "has {} arguments; at most {}",
@@ -889,7 +940,7 @@ impl FunctionSpec {
                 }
             }
             (_, false) => Err(format!(
-                "only custom runtimes take a command; {} runs `handler`",
+                "only custom and provided runtimes take a command; {} runs `handler`",
                 self.runtime
             )),
             (_, true) => Ok(()),
@@ -975,6 +1026,27 @@ mod tests {
             (|s| s.command = vec!["./server".into()], "command"),
             (
                 |s| {
+                    s.runtime = Runtime::Provided;
+                    s.concurrency = 2;
+                },
+                "concurrency",
+            ),
+            (
+                |s| {
+                    s.runtime = Runtime::Provided;
+                    s.network = Network::None;
+                },
+                "network",
+            ),
+            (
+                |s| {
+                    s.runtime = Runtime::Provided;
+                    s.initializer = "main.init".into();
+                },
+                "initializer",
+            ),
+            (
+                |s| {
                     s.runtime = Runtime::Custom;
                     s.kind = FunctionType::Http;
                 },
@@ -1026,6 +1098,17 @@ mod tests {
         c.handler = String::new();
         c.command = vec!["java".into(), "Server.java".into()];
         assert_eq!(c.validate(), vec![]);
+        // Function Compute's custom runtimes have HTTP hooks.
+        c.conventions = Conventions::Fc;
+        c.initializer = "initialize".into();
+        assert_eq!(c.validate(), vec![]);
+        // `provided` runs `bootstrap`, or a command, with any handler.
+        let mut p = spec();
+        p.runtime = Runtime::Provided;
+        p.handler = "app.handler".into();
+        assert_eq!(p.validate(), vec![]);
+        p.command = vec!["python3".into(), "-m".into(), "awslambdaric".into()];
+        assert_eq!(p.validate(), vec![]);
     }
 
     #[test]
@@ -1055,6 +1138,15 @@ mod tests {
         assert_eq!(Runtime::Python3.id("3.11"), "python3.11");
         assert_eq!(Runtime::Nodejs.id("20"), "nodejs20.x");
         assert_eq!(Runtime::Nodejs.id(""), "nodejs");
+        for (id, os) in [
+            ("provided", ""),
+            ("provided.al2", "al2"),
+            ("provided.al2023", "al2023"),
+        ] {
+            assert_eq!(Runtime::parse_id(id), Ok((Runtime::Provided, os.into())));
+            assert_eq!(Runtime::Provided.id(os), id);
+        }
+        assert!(Runtime::parse_id("provided.al3").is_err());
     }
 
     #[test]

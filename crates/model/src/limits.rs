@@ -136,6 +136,14 @@ pub const COMMAND_ARG_LEN_MAX: usize = 1024;
 /// How long a custom runtime or HTTP function may take to accept connections on `$PORT`.
 pub const HTTP_READY_MS_MAX: u64 = 10_000;
 
+/// Connections a `provided` instance may hold open to its Runtime API endpoint at once
+/// (a runtime needs one; a few more allow a reconnect while an old one closes).
+pub const RUNTIME_API_CONNECTIONS_MAX: usize = 8;
+
+/// How long a runtime may take to send the body of a request to its Runtime API endpoint
+/// once its headers came (a result of up to `PAYLOAD_BYTES_MAX` over loopback).
+pub const RUNTIME_API_BODY_READ_MS_MAX: u64 = 10_000;
+
 /// Invoke keys that can exist at once.
 pub const INVOKE_KEYS_MAX: usize = 1_000;
 

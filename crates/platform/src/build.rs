@@ -143,6 +143,12 @@ pub(crate) fn declared(runtime: Runtime, dir: &Path) -> Result<Option<Declared>,
             }))
         }
         Runtime::Custom => Ok(None),
+        // A `provided` function brings its own runtime, often Python's or Node's (the
+        // AWS runtime interface clients): what it declares is built for that language.
+        Runtime::Provided => match declared(Runtime::Python3, dir)? {
+            Some(python) => Ok(Some(python)),
+            None => declared(Runtime::Nodejs, dir),
+        },
     }
 }
 
@@ -228,7 +234,7 @@ impl Builds {
         else {
             return Ok(DepsOutcome::Nothing);
         };
-        let interpreter = self.builder.interpreter_id(runtime).await?;
+        let interpreter = self.builder.interpreter_id(declared.runtime).await?;
         let key = key_of(&declared, &interpreter);
         let lock = self
             .running

@@ -664,7 +664,8 @@ impl Platform {
     /// Refuses a versioned runtime id (`python3.12`) that this node's interpreter is not:
     /// the function would run on another version than it was written for.
     async fn check_runtime_version(&self, spec: &FunctionSpec) -> Result<(), Error> {
-        if spec.runtime_version.is_empty() {
+        // `provided.al2023` names an OS, and this node's is what functions get.
+        if spec.runtime_version.is_empty() || !spec.runtime.has_shim() {
             return Ok(());
         }
         let id = self.builder.interpreter_id(spec.runtime).await?;
@@ -698,7 +699,7 @@ impl Platform {
     async fn check_handler(&self, spec: &FunctionSpec) -> Result<(), Error> {
         if !matches!(
             spec.runtime,
-            model::Runtime::Python3 | model::Runtime::Nodejs
+            model::Runtime::Python3 | model::Runtime::Nodejs | model::Runtime::Provided
         ) {
             return Ok(());
         }
@@ -1215,7 +1216,7 @@ fn execution_env(runtime: model::Runtime, id: &str) -> Option<String> {
     match runtime {
         model::Runtime::Python3 => Some(format!("AWS_Lambda_python{}.{}", version.0, version.1)),
         model::Runtime::Nodejs => Some(format!("AWS_Lambda_nodejs{}.x", version.0)),
-        model::Runtime::Custom => None,
+        model::Runtime::Custom | model::Runtime::Provided => None,
     }
 }
 

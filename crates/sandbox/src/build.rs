@@ -122,7 +122,7 @@ impl Builder {
         let program = self
             .runtimes
             .interpreter(runtime)
-            .filter(|_| runtime != Runtime::Custom)
+            .filter(|_| runtime.has_shim())
             .ok_or(SandboxError::RuntimeUnavailable(runtime))?
             .to_path_buf();
         let flag = if runtime == Runtime::Python3 {
@@ -182,6 +182,23 @@ impl Builder {
             ("npm_config_audit", "false".into()),
         ] {
             env.push((k.into(), v.into()));
+        }
+        // node-gyp builds a native module against the headers of the node that runs it,
+        // which Debian's and Node's own packages ship in `<prefix>/include/node`; without
+        // this it downloads them from nodejs.org, which a build may not reach
+        // (`aws-lambda-ric` is such a module).
+        let headers = self
+            .runtimes
+            .interpreter(Runtime::Nodejs)
+            .and_then(|node| node.parent()?.parent())
+            .filter(|prefix| prefix.join("include/node/node.h").is_file());
+        if job.runtime == Runtime::Nodejs
+            && let Some(prefix) = headers
+            && !env
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_nodedir"))
+        {
+            env.push(("npm_config_nodedir".into(), prefix.into()));
         }
         let mut cgroup = None;
         let (program, args) = match jailed {
@@ -328,7 +345,7 @@ impl Builder {
         let interpreter = self
             .runtimes
             .interpreter(job.runtime)
-            .filter(|_| job.runtime != Runtime::Custom)
+            .filter(|_| job.runtime.has_shim())
             .ok_or(SandboxError::RuntimeUnavailable(job.runtime))?
             .to_path_buf();
         let (program, args): (PathBuf, Vec<OsString>) = match job.runtime {

@@ -23,6 +23,7 @@ use crate::{FunctionError, InstanceConfig, Logs, SandboxError};
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod process;
+pub(crate) mod runtime_api;
 
 /// The first answer to a call.
 pub(crate) enum Reply {

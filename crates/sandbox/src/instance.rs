@@ -23,6 +23,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cgroup::InstanceCgroup;
+use crate::executor::runtime_api::RuntimeApi;
 use crate::executor::{Reply, StartError, StreamEvent};
 use crate::freeze::Freezer;
 use crate::isolation::Isolation;
@@ -115,6 +116,12 @@ pub(crate) struct Instance {
     /// Freezes the instance between calls; shared with its stopper, which thaws it after
     /// the kill.
     pub freezer: Arc<Freezer>,
+    /// The Lambda Runtime API endpoint of a `provided` instance, which its calls go
+    /// through instead of a channel.
+    api: Option<RuntimeApi>,
+    /// Function Compute's protocol to a custom runtime's server (`conventions: fc`), which
+    /// its event calls and hooks go through.
+    fc: Option<crate::web::FcClient>,
 }
 
 fn platform(e: impl std::fmt::Display) -> StartError {
@@ -424,7 +431,7 @@ impl Instance {
             instance.finish_start(started).await?;
             return Ok(instance);
         }
-        let channel = config.runtime != Runtime::Custom;
+        let channel = config.runtime.has_shim();
         let (host, guest) = if channel {
             let (h, g) = std::os::unix::net::UnixStream::pair().map_err(platform)?;
             (Some(h), Some(OwnedFd::from(g)))
@@ -437,6 +444,18 @@ impl Instance {
         let cgroup = match jail {
             Some(iso) => iso.cgroup(config).map_err(platform)?,
             None => None,
+        };
+        // A `provided` runtime's endpoint, open before the process can look for it; its
+        // bootstrap is checked first, so a missing one is the function's error, not a
+        // failed spawn.
+        let api = if config.runtime == Runtime::Provided {
+            crate::executor::runtime_api::check_bootstrap(config, &launch.program)?;
+            // Without root, every function runs as the server's uid: none to tell them by.
+            let uid = jail.and_then(|iso| iso.uid_of(&config.function));
+            let arn = crate::executor::runtime_api::default_arn(config);
+            Some(RuntimeApi::bind(uid, arn).map_err(platform)?)
+        } else {
+            None
         };
         let (launch, code_dir_seen, opt_seen) = match jail {
             Some(iso) => (
@@ -466,6 +485,10 @@ impl Instance {
             opt_seen.as_deref(),
             port,
         ))
+        .envs(
+            api.as_ref()
+                .map_or_else(Vec::new, |api| api.env(&code_dir_seen)),
+        )
         .current_dir(if jail.is_some() {
             std::path::Path::new("/")
         } else {
@@ -490,6 +513,10 @@ impl Instance {
         // runtime that dies before it is ready is seen at once, not at the start timeout.
         drop(cmd);
         let mut instance = Instance::attach(id, Launched::spawned(child), host, port)?;
+        instance.api = api;
+        if config.conventions == model::Conventions::Fc && config.runtime == Runtime::Custom {
+            instance.fc = port.map(|port| crate::web::FcClient::new(config, port));
+        }
         instance.cgroup = cgroup;
         instance.memory_mb = config.memory_mb;
         instance.finish_start(started).await?;
@@ -545,6 +572,8 @@ impl Instance {
             cgroup: None,
             freezer: Arc::new(Freezer::new(pid, None)),
             memory_mb: 0,
+            api: None,
+            fc: None,
         })
     }
 
@@ -563,6 +592,7 @@ impl Instance {
                 let stderr_done = self.stderr_done.lock().unwrap().take();
                 tokio::spawn(read_frames(reader, self.shared.clone(), exit, stderr_done));
             }
+            None if self.api.is_some() => self.await_initialized().await?,
             None => self.await_port().await?,
         }
         self.init = started.elapsed();
@@ -616,6 +646,42 @@ impl Instance {
             "Runtime.ExitError",
             self.crash_report(why).await,
         )))
+    }
+
+    /// Waits until a `provided` runtime asks for its first event (the end of its init),
+    /// reports an init error, exits, or runs out of start-up time.
+    async fn await_initialized(&self) -> Result<(), StartError> {
+        let api = self
+            .api
+            .as_ref()
+            .expect("a provided instance has its endpoint");
+        let mut exit = self.exit.clone();
+        let limit = Duration::from_millis(limits::INSTANCE_START_MS_MAX);
+        let waited = tokio::time::timeout(limit, async {
+            tokio::select! {
+                init = api.initialized() => Some(init),
+                _ = exit.wait_for(|s| s.is_some()) => None,
+            }
+        })
+        .await;
+        let error = match waited {
+            Ok(Some(Ok(()))) => return Ok(()),
+            Ok(Some(Err(e))) => e,
+            Ok(None) => FunctionError::new(
+                "Runtime.ExitError",
+                self.crash_report("Runtime exited before it asked for an event".into())
+                    .await,
+            ),
+            Err(_) => FunctionError::new(
+                "Runtime.InitTimeout",
+                format!(
+                    "the runtime did not ask for an event (GET /2018-06-01/runtime/invocation/next) within {} ms",
+                    limits::INSTANCE_START_MS_MAX
+                ),
+            ),
+        };
+        self.kill();
+        Err(StartError::Function(error))
     }
 
     /// Waits until a custom runtime accepts connections on its port (bounded).
@@ -675,11 +741,97 @@ impl Instance {
     /// Runs one invocation. The instance stays usable after `Result` and `Error`; after
     /// `Crashed` it is dead, and after `Timeout` the caller must kill it.
     pub async fn call(&self, meta: &[u8], event: &[u8], timeout: Duration) -> (Reply, Logs) {
+        if let Some(api) = &self.api {
+            return self.call_runtime_api(api, meta, event, timeout).await;
+        }
+        if let Some(fc) = &self.fc {
+            return self.call_fc(fc, meta, event, timeout).await;
+        }
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.register(id, Waiter::Once(tx));
         self.exchange(Kind::Invoke, id, meta, event, timeout, rx)
             .await
+    }
+
+    /// A call of a `provided` instance: its event goes out on the runtime's `/next`, its
+    /// answer comes back on `/response` or `/error`; the process dying first is a crash.
+    async fn call_runtime_api(
+        &self,
+        api: &RuntimeApi,
+        meta: &[u8],
+        event: &[u8],
+        timeout: Duration,
+    ) -> (Reply, Logs) {
+        // Output is the call's while it is the only one in flight (it always is).
+        let id = self.begin_external();
+        let mut exit = self.exit.clone();
+        let answered = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                reply = api.call(meta, event) => Some(reply),
+                _ = exit.wait_for(|s| s.is_some()) => None,
+            }
+        })
+        .await;
+        let reply = match answered {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                self.shared.dead.store(true, Ordering::Release);
+                Reply::Crashed(
+                    self.crash_report("Runtime exited during the call".into())
+                        .await,
+                )
+            }
+            Err(_) => Reply::Timeout,
+        };
+        (reply, self.end_external(id))
+    }
+
+    /// An event call of a Function Compute custom runtime: `POST /invoke` to its server.
+    async fn call_fc(
+        &self,
+        fc: &crate::web::FcClient,
+        meta: &[u8],
+        event: &[u8],
+        timeout: Duration,
+    ) -> (Reply, Logs) {
+        let meta: serde_json::Value = serde_json::from_slice(meta).unwrap_or_default();
+        let request_id = meta["request_id"].as_str().unwrap_or_default();
+        let traceparent = meta["traceparent"].as_str();
+        let id = self.begin_external();
+        let mut exit = self.exit.clone();
+        let answered = tokio::time::timeout(timeout, async {
+            let event = bytes::Bytes::copy_from_slice(event);
+            tokio::select! {
+                answer = fc.send("POST", "/invoke", request_id, traceparent, event) => Some(answer),
+                _ = exit.wait_for(|s| s.is_some()) => None,
+            }
+        })
+        .await;
+        let reply = match answered {
+            Ok(Some(Ok(Ok(body)))) => {
+                let json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+                Reply::Result {
+                    content_type: bytes::Bytes::from_static(if json { b"json" } else { b"bytes" }),
+                    body,
+                }
+            }
+            Ok(Some(Ok(Err(e)))) => Reply::Error(e),
+            Ok(Some(Err(why))) if !self.is_dead() => {
+                // Whatever state its server is in, the instance is not trusted again.
+                self.kill();
+                Reply::Crashed(format!("the function's server did not answer: {why}"))
+            }
+            Ok(_) => {
+                self.shared.dead.store(true, Ordering::Release);
+                Reply::Crashed(
+                    self.crash_report("Runtime exited during the call".into())
+                        .await,
+                )
+            }
+            Err(_) => Reply::Timeout,
+        };
+        (reply, self.end_external(id))
     }
 
     /// Sends a web request; answers with its head, after which the body arrives on the
@@ -755,6 +907,9 @@ impl Instance {
         handler: &str,
         timeout: Duration,
     ) -> Result<f64, FunctionError> {
+        if let Some(fc) = &self.fc {
+            return fc.hook(kind == Kind::Initialize, self.id, timeout).await;
+        }
         if self.writer.is_none() {
             return Ok(0.0);
         }
@@ -928,6 +1083,12 @@ fn instance_env(
     ]);
     if let Some(port) = port {
         env.push(("PORT".into(), port.to_string()));
+        // Function Compute's custom runtimes listen where `FC_SERVER_PORT` says (9000
+        // there by default, `FC_CUSTOM_LISTEN_PORT` its setting): here, the instance's port.
+        if c.conventions == model::Conventions::Fc {
+            env.push(("FC_SERVER_PORT".into(), port.to_string()));
+            env.push(("FC_CUSTOM_LISTEN_PORT".into(), port.to_string()));
+        }
     }
     env
 }

@@ -165,7 +165,7 @@ impl Isolation {
     }
 
     /// The uid (and gid) of a function's instances: stable for a name on every node.
-    fn uid_of(&self, function: &str) -> Option<u32> {
+    pub(crate) fn uid_of(&self, function: &str) -> Option<u32> {
         self.identity.as_ref().ok()?;
         let hash = model::hash::stable_hash(&[function.as_bytes()]);
         Some(self.config.uid_base + (hash % self.config.uid_count.max(1) as u64) as u32)
@@ -304,6 +304,12 @@ impl Isolation {
                 && let Ok(rest) = path.strip_prefix(shim)
             {
                 return Path::new(RUNTIME_ROOT).join(rest).into();
+            }
+            // A layer's program (a `provided` function's `/opt/bootstrap`).
+            if let Some(opt) = &config.opt_dir
+                && let Ok(rest) = path.strip_prefix(opt)
+            {
+                return Path::new(crate::jail::OPT_ROOT).join(rest).into();
             }
             arg.clone()
         };

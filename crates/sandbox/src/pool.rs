@@ -429,6 +429,8 @@ impl Pool {
                 concurrency: config.concurrency.max(1) as usize,
                 memory_mb: config.memory_mb,
                 kind: config.kind,
+                fc_events: config.conventions == model::Conventions::Fc
+                    && config.runtime == model::Runtime::Custom,
                 member: Some(member),
                 cold_start,
                 timeout: Duration::from_millis(config.timeout_ms as u64),
@@ -955,6 +957,9 @@ pub struct Lease {
     pub memory_mb: u32,
     /// How the function takes calls: a web function takes events through the adapter.
     kind: model::FunctionType,
+    /// A Function Compute custom runtime, whose server takes events itself (`POST
+    /// /invoke`) rather than through the adapter.
+    fc_events: bool,
     member: Option<Arc<Member>>,
     /// Whether the instance was started for this lease.
     pub cold_start: bool,
@@ -1031,6 +1036,7 @@ impl Lease {
             model::FunctionType::Wsgi | model::FunctionType::Asgi => {
                 return self.invoke_web(request_id, event, call, false).await;
             }
+            model::FunctionType::Http if self.fc_events => {}
             model::FunctionType::Http => {
                 return self.invoke_web(request_id, event, call, true).await;
             }

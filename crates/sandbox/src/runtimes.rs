@@ -68,12 +68,28 @@ impl Runtimes {
             Runtime::Python3 => self.python3.as_deref(),
             Runtime::Nodejs => self.nodejs.as_deref(),
             Runtime::Custom => Some(Path::new("(the function's command)")),
+            Runtime::Provided => Some(Path::new("(the code's bootstrap)")),
         }
     }
 
     pub(crate) fn launch(&self, config: &crate::InstanceConfig) -> Option<Launch> {
         let runtime = config.runtime;
-        if runtime == Runtime::Custom {
+        if runtime == Runtime::Provided && config.command.is_empty() {
+            // Lambda's order: the code's `bootstrap`, else a layer's.
+            let in_code = config.code_dir.join("bootstrap");
+            let program = match &config.opt_dir {
+                Some(opt) if !in_code.exists() && opt.join("bootstrap").exists() => {
+                    opt.join("bootstrap")
+                }
+                _ => in_code,
+            };
+            return Some(Launch {
+                program,
+                args: Vec::new(),
+                shim_dir: None,
+            });
+        }
+        if !runtime.has_shim() {
             let (program, args) = config.command.split_first()?;
             return Some(Launch {
                 program: crate::instance::resolve_program(&config.code_dir, program),
@@ -87,7 +103,7 @@ impl Runtimes {
     /// How to start `runtime`'s interpreter with its shim; none for custom runtimes, which
     /// bring their own program.
     pub(crate) fn interpreter_launch(&self, runtime: Runtime) -> Option<Launch> {
-        if runtime == Runtime::Custom {
+        if !runtime.has_shim() {
             return None;
         }
         let program = self.interpreter(runtime)?.to_path_buf();
@@ -103,7 +119,7 @@ impl Runtimes {
                 self.shim_dir.join("bootstrap.py").into(),
             ],
             Runtime::Nodejs => vec![self.shim_dir.join("bootstrap.js").into()],
-            Runtime::Custom => unreachable!("handled above"),
+            Runtime::Custom | Runtime::Provided => unreachable!("handled above"),
         };
         Some(Launch {
             program,

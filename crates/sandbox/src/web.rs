@@ -9,8 +9,12 @@
 //! runs here, beside the instance, like the Lambda Web Adapter runs inside the function's
 //! environment: the platform's core stays free of HTTP.
 //!
+//! Function Compute's custom runtimes (`conventions: fc`) are called in FC's event mode
+//! instead (`FcClient`): `POST /invoke` with FC's headers, `POST /initialize`.
+//!
 //! Boundary: this is an HTTP *client* of the instance's own loopback port; the only HTTP
-//! server of Nimbus is the API crate's.
+//! servers of Nimbus are the API crate's and the Runtime API endpoints of `provided`
+//! instances (`executor::runtime_api`).
 
 use std::time::Instant;
 
@@ -447,6 +451,212 @@ impl Lease {
             }
         }
     }
+}
+
+/// Function Compute's custom runtime protocol (`conventions: fc`, `runtime: custom`): an
+/// event is `POST /invoke` to the instance's own server, with the event as the body and
+/// FC's common headers (`x-fc-request-id`, `x-fc-function-name`, …); the initializer is
+/// `POST /initialize`, the pre-stop hook `GET /pre-stop`. The answer's body is the result;
+/// a 404 or 5xx status, or an `x-fc-status` header other than 200, is the function's
+/// failure. Requests through the gateway are proxied as they came, as FC does with its
+/// HTTP functions.
+pub(crate) struct FcClient {
+    port: u16,
+    /// The headers every request carries: the function as FC describes it.
+    common: Vec<(&'static str, String)>,
+    /// A kept-alive connection between calls (an instance takes one call at a time, or a
+    /// new connection is made for the next).
+    connection: tokio::sync::Mutex<Option<HttpConnection>>,
+}
+
+/// How an FC exchange went: the function's answer (its value or its failure), or why its
+/// server gave none.
+pub(crate) type FcAnswer = Result<Result<Bytes, FunctionError>, String>;
+
+impl FcClient {
+    pub fn new(config: &crate::InstanceConfig, port: u16) -> FcClient {
+        let env = |k: &str| config.env.get(k).cloned().unwrap_or_default();
+        // FC names the unpublished function `LATEST`; a published one by its version.
+        let latest = config.version == "$LATEST";
+        let common = vec![
+            ("x-fc-function-name", config.function.clone()),
+            ("x-fc-function-handler", config.handler.clone()),
+            ("x-fc-function-memory", config.memory_mb.to_string()),
+            (
+                "x-fc-function-timeout",
+                config.timeout_ms.div_ceil(1000).to_string(),
+            ),
+            ("x-fc-function-initializer", config.initializer.clone()),
+            (
+                "x-fc-initialization-timeout",
+                config.initializer_timeout_ms.div_ceil(1000).to_string(),
+            ),
+            ("x-fc-region", env("AWS_REGION")),
+            ("x-fc-account-id", env("NIMBUS_ACCOUNT_ID")),
+            ("x-fc-service-name", "default".into()),
+            (
+                "x-fc-qualifier",
+                if latest {
+                    "LATEST".into()
+                } else {
+                    config.version.clone()
+                },
+            ),
+            (
+                "x-fc-version-id",
+                if latest {
+                    String::new()
+                } else {
+                    config.version.clone()
+                },
+            ),
+        ];
+        FcClient {
+            port,
+            common,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// One request to the instance's server: `path` (`/invoke`, `/initialize`,
+    /// `/pre-stop`) with `body`. The caller bounds it with the call's timeout.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        request_id: &str,
+        traceparent: Option<&str>,
+        body: Bytes,
+    ) -> FcAnswer {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/octet-stream")
+            .header("x-fc-request-id", request_id)
+            .header("x-fc-control-path", path);
+        for (name, value) in &self.common {
+            request = request.header(*name, value.as_str());
+        }
+        if let Some(tp) = traceparent {
+            // The trace the call belongs to, as W3C and as FC's trace id (its trace part).
+            request = request.header("traceparent", tp);
+            if let Some(trace) = tp.split('-').nth(1) {
+                request = request.header("x-fc-trace-id", trace);
+            }
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let mut slot = self.connection.lock().await;
+        let mut sender = match slot.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => connect(self.port).await?,
+        };
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let bytes = match http_body_util::Limited::new(body, model::limits::PAYLOAD_BYTES_MAX)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                // The rest of that body is never read: the connection is not kept.
+                return Ok(Err(FunctionError::new(
+                    "Function.ResponseSizeTooLarge",
+                    format!(
+                        "Response payload size exceeded maximum allowed payload size ({} bytes).",
+                        model::limits::PAYLOAD_BYTES_MAX
+                    ),
+                )));
+            }
+            Err(e) => return Err(format!("reading its response: {e}")),
+        };
+        *slot = Some(sender);
+        let status = parts.status.as_u16();
+        let fc_status = parts
+            .headers
+            .get("x-fc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u16>().ok());
+        if status == 404 || status >= 500 || fc_status.is_some_and(|s| s != 200) {
+            return Ok(Err(fc_error(method, path, status, fc_status, &bytes)));
+        }
+        Ok(Ok(bytes))
+    }
+}
+
+impl FcClient {
+    /// A hook: `POST /initialize` (`initialize`) or `GET /pre-stop`, bounded by `timeout`;
+    /// `Ok` carries its duration in milliseconds.
+    pub async fn hook(
+        &self,
+        initialize: bool,
+        instance: u64,
+        timeout: std::time::Duration,
+    ) -> Result<f64, FunctionError> {
+        let (method, path, prefix) = if initialize {
+            ("POST", "/initialize", "init")
+        } else {
+            ("GET", "/pre-stop", "pre-stop")
+        };
+        let started = Instant::now();
+        let request_id = format!("{prefix}-{instance}");
+        let sent = tokio::time::timeout(
+            timeout,
+            self.send(method, path, &request_id, None, Bytes::new()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(Ok(_))) => Ok(started.elapsed().as_secs_f64() * 1000.0),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(why)) => Err(FunctionError::new(
+                "Runtime.ExitError",
+                format!("the function's server did not answer {method} {path}: {why}"),
+            )),
+            Err(_) => Err(FunctionError::new(
+                "Timeout",
+                format!(
+                    "{method} {path} did not finish within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+/// The failure an FC server reported: its body's `errorType`/`errorMessage` when it is
+/// Lambda- or FC-shaped JSON, else its status and text.
+fn fc_error(
+    method: &str,
+    path: &str,
+    status: u16,
+    fc_status: Option<u16>,
+    body: &[u8],
+) -> FunctionError {
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = |key: &str| parsed[key].as_str().filter(|s| !s.is_empty());
+    let error_type = text("errorType").unwrap_or("UnhandledInvocationError");
+    let message = match text("errorMessage") {
+        Some(m) => m.to_string(),
+        None => {
+            let shown = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+            let fc = fc_status.map_or(String::new(), |s| format!(" (x-fc-status {s})"));
+            format!("{method} {path} answered {status}{fc}: {shown}")
+        }
+    };
+    let mut e = FunctionError::new(error_type, message);
+    if let Value::Array(lines) = &parsed["stackTrace"] {
+        e.stack_trace = lines
+            .iter()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+    }
+    e
 }
 
 /// The response head a web shim sends: `{status, headers: [[name, value], …]}`.

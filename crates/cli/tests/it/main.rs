@@ -19,6 +19,7 @@ mod observe;
 mod openapi;
 mod pid1;
 mod releases;
+mod runtime_api;
 mod sandbox;
 mod scheduler;
 mod storage;

@@ -168,7 +168,7 @@ impl ProcessExecutor {
             SandboxError::RuntimeUnavailable(config.runtime),
         ))?;
         // A prewarmed process of the runtime, when there is one, skips the interpreter start.
-        let stem = if config.runtime == Runtime::Custom {
+        let stem = if !config.runtime.has_shim() {
             None
         } else {
             self.take_stem(config.runtime, config.network)
