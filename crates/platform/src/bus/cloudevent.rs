@@ -38,15 +38,18 @@ pub struct CloudEvent {
     pub source: String,
     /// The `type` attribute, non-empty.
     pub ty: String,
+    /// The media type of `data` (`application/json` is implied when absent).
     pub datacontenttype: Option<String>,
     /// A non-empty absolute URI.
     pub dataschema: Option<String>,
+    /// Non-empty: what the event is about within its source.
     pub subject: Option<String>,
     /// RFC 3339, as given.
     pub time: Option<String>,
     /// Extension attributes: names of 1 to 20 `[a-z0-9]`, values strings, integers or
     /// booleans (binary mode gives strings: headers carry no types).
     pub extensions: BTreeMap<String, Value>,
+    /// The payload, if any.
     pub data: Option<Data>,
 }
 
@@ -66,13 +69,25 @@ pub enum Data {
 pub enum EventError {
     /// An attribute, header or field (`field`: `id`, `ce-time`, `Detail`) is missing or
     /// invalid.
-    Invalid { field: String, message: String },
+    Invalid {
+        /// The attribute (`id`), header (`ce-id`) or PutEvents field (`Detail`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The body as a whole is not what its content type says.
     Malformed(String),
     /// Over `limits::EVENT_BYTES_MAX`.
-    TooLarge { bytes: usize },
+    TooLarge {
+        /// The event's size as counted (its JSON, or headers and body, or as PutEvents
+        /// counts an entry).
+        bytes: usize,
+    },
     /// A batch over `limits::EVENT_BATCH_MAX` events.
-    TooMany { events: usize },
+    TooMany {
+        /// How many the batch had.
+        events: usize,
+    },
     /// One event of a batch (by its position) was refused.
     InBatch {
         index: usize,
@@ -687,10 +702,13 @@ pub fn format_epoch_seconds(seconds: i64) -> String {
 /// One entry of an EventBridge `PutEvents` request, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PutEventsEntry {
+    /// `Source`, delivered as `source`.
     pub source: String,
+    /// `DetailType`, delivered as `detail-type`.
     pub detail_type: String,
     /// The parsed `Detail`: a JSON object.
     pub detail: Value,
+    /// `Resources` (ARNs on AWS; any strings here).
     pub resources: Vec<String>,
     /// RFC 3339; from `Time` given as epoch seconds (the AWS JSON protocol) or a string.
     pub time: Option<String>,

@@ -41,7 +41,9 @@ pub struct Pattern {
 /// pattern as a whole) and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
+    /// Dotted field path, `$or` branches as `$or[i]`; empty for the whole pattern.
     pub path: String,
+    /// What is wrong there, or which limit it is over.
     pub message: String,
 }
 
@@ -834,10 +836,12 @@ impl Rules {
         }
     }
 
+    /// How many rules the set holds.
     pub fn len(&self) -> usize {
         self.rules.len()
     }
 
+    /// Whether the set holds no rule (then nothing matches).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
