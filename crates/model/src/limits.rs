@@ -203,5 +203,21 @@ pub const TIMER_EVERY_MS_MAX: u64 = 366 * 86_400_000;
 /// down for a month must not flood its function.
 pub const TIMER_CATCH_UP_MAX: usize = 100;
 
-/// The largest event a trigger delivers (a timer's payload, a bus event), as EventBridge.
+/// Longest event pattern of an event trigger, as compact JSON. EventBridge allows 2,048
+/// characters by default and 4,096 on request, so every pattern written for it fits; the
+/// bound keeps a rule's compiled matcher small and its parse cheap at deploy.
+pub const EVENT_PATTERN_BYTES_MAX: usize = 4 * 1024;
+/// Deepest nesting of objects in an event pattern (a `$or` branch is a level too). Matching
+/// recurses once per level, so this bounds the stack an event can make it use.
+pub const EVENT_PATTERN_DEPTH_MAX: usize = 10;
+/// Most values (or matchers) in one array of an event pattern: they are tried one after
+/// the other for every event, so this bounds the time one field can take.
+pub const EVENT_PATTERN_VALUES_MAX: usize = 100;
+/// Most branches of one `$or` in an event pattern: each is tried in turn against the event.
+pub const EVENT_PATTERN_OR_BRANCHES_MAX: usize = 16;
+/// Largest event the bus takes (EventBridge's PutEvents entry and Lambda's asynchronous
+/// payload limit): every matching function gets a copy committed to the queue.
 pub const EVENT_BYTES_MAX: usize = 256 * 1024;
+/// Most events in one batch (a CloudEvents batch, a PutEvents request): every event of it
+/// is committed, once per matching rule, before the answer, so this bounds that work.
+pub const EVENT_BATCH_MAX: usize = 100;

@@ -13,6 +13,7 @@
 
 pub mod async_invoke;
 pub mod build;
+pub mod bus;
 mod error;
 mod invoke;
 mod keys;
