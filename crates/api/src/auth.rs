@@ -8,12 +8,29 @@ use model::ErrorCode;
 
 use crate::{ApiError, AppState};
 
-/// Lets the request through only with `Authorization: Bearer <admin token>`.
+/// Lets the request through only with `Authorization: Bearer <admin token>`; publishing to
+/// the bus (`POST /v1/events`) also takes an invoke key (`x-nimbus-key`), so applications
+/// publish without the admin's token.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if request.method() == axum::http::Method::POST
+        && request.uri().path().ends_with("/events")
+        && let Some(key) = request
+            .headers()
+            .get("x-nimbus-key")
+            .and_then(|v| v.to_str().ok())
+    {
+        if state.platform.key_is_valid(key) {
+            return Ok(next.run(request).await);
+        }
+        return Err(ApiError::new(
+            ErrorCode::KeyInvalid,
+            "the invoke key is not valid; `nimbus keys ls` lists the keys",
+        ));
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

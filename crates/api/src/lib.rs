@@ -6,6 +6,7 @@
 //! and other front doors call the same code.
 
 mod auth;
+pub mod bus;
 mod error;
 mod extract;
 pub mod gateway;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub platform: Arc<Platform>,
     /// The HTTP trigger: routes derived from the platform's catalog.
     pub gateway: Arc<Gateway>,
+    /// The event bus: rules derived from the catalog, deliveries into the queue.
+    pub bus: Arc<platform::bus::EventBus>,
     /// The admin bearer token.
     pub token: Arc<str>,
     /// The price table of usage estimates.
@@ -73,6 +76,7 @@ pub struct AppState {
         releases::list_aliases,
         releases::get_alias,
         releases::delete_alias,
+        bus::publish,
         triggers::list,
         triggers::pause,
         triggers::resume,
@@ -213,7 +217,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/invocations/{request_id}", get(routes::get_invocation))
         .route("/keys", get(routes::list_keys).post(routes::create_key))
-        .route("/events", get(observe::events))
+        .route("/events", get(observe::events).post(bus::publish))
         .route("/dlq", get(routes::list_dead_letters))
         .route("/dlq/redrive", post(routes::redrive))
         .route("/builds", post(routes::build))

@@ -48,6 +48,7 @@ async fn harness() -> Harness {
     let app = router(AppState {
         platform,
         gateway,
+        bus: platform::bus::EventBus::new(),
         token: TOKEN.into(),
         prices: Default::default(),
     });

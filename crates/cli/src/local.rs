@@ -190,6 +190,7 @@ impl LocalPlatform {
         let app = api::router(api::AppState {
             platform: self.platform.clone(),
             gateway: self.gateway.clone(),
+            bus: platform::bus::EventBus::new(),
             // No control API here: a token nobody has.
             token: uuid_token().into(),
             prices: api::observe::Prices::default(),

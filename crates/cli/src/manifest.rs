@@ -108,15 +108,20 @@ struct TriggerEntry {
     http: Option<HttpTrigger>,
     #[serde(default)]
     timer: Option<model::timer::TimerTrigger>,
+    #[serde(default)]
+    event: Option<model::timer::EventTrigger>,
 }
 
 impl TriggerEntry {
     /// The one trigger this entry names.
     fn into_trigger(self, at: &str) -> Result<Trigger, String> {
-        match (self.http, self.timer) {
-            (Some(h), None) => Ok(Trigger::Http(h)),
-            (None, Some(t)) => Ok(Trigger::Timer(t)),
-            _ => Err(format!("{at}: a trigger is one of `http:` or `timer:`")),
+        match (self.http, self.timer, self.event) {
+            (Some(h), None, None) => Ok(Trigger::Http(h)),
+            (None, Some(t), None) => Ok(Trigger::Timer(t)),
+            (None, None, Some(e)) => Ok(Trigger::Event(e)),
+            _ => Err(format!(
+                "{at}: a trigger is one of `http:`, `timer:` or `event:`"
+            )),
         }
     }
 }

@@ -347,6 +347,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let gateway = api::Gateway::new();
     platform.add_trigger(gateway.clone());
     platform.add_trigger(timers::Timers::new(timer_store));
+    let bus = platform::bus::EventBus::new();
+    platform.add_trigger(bus.clone());
     platform
         .enable_async(
             queue,
@@ -395,6 +397,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let app = lambda::router(platform.clone()).merge(api::router(api::AppState {
         platform: platform.clone(),
         gateway,
+        bus,
         token: token.into(),
         prices: api::observe::Prices {
             per_million_requests: args.price_per_million_requests,

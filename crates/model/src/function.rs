@@ -879,6 +879,9 @@ impl FunctionSpec {
                 Trigger::Timer(t) => {
                     crate::timer::validate(&format!("triggers[{i}].timer"), t, &mut errors)
                 }
+                Trigger::Event(t) => {
+                    crate::timer::validate_event(&format!("triggers[{i}].event"), t, &mut errors)
+                }
             }
         }
         errors

@@ -126,6 +126,7 @@ impl HttpTrigger {
 pub enum Trigger {
     Http(HttpTrigger),
     Timer(crate::timer::TimerTrigger),
+    Event(crate::timer::EventTrigger),
 }
 
 impl Trigger {
@@ -133,6 +134,14 @@ impl Trigger {
     pub fn http(&self) -> Option<&HttpTrigger> {
         match self {
             Trigger::Http(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The rule, when this is an event trigger.
+    pub fn event(&self) -> Option<&crate::timer::EventTrigger> {
+        match self {
+            Trigger::Event(t) => Some(t),
             _ => None,
         }
     }

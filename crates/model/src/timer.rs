@@ -1,5 +1,6 @@
-//! Timer triggers: a function called on a schedule (a cron expression, a fixed rate, or
-//! once at a time), each scheduled time at most once, whatever runs the schedule.
+//! The specs of the triggers that fire on their own: timers (a function called on a
+//! schedule — a cron expression, a fixed rate, or once at a time — each scheduled time at
+//! most once, whatever runs the schedule) and event rules of the bus.
 //!
 //! The expression and time-zone grammars are checked where they are evaluated (the
 //! `timers` crate, at deploy); this module checks the rest of the spec's shape.
@@ -38,6 +39,70 @@ pub struct TimerTrigger {
     /// Whether a fire starts while the one before still runs.
     #[serde(default, skip_serializing_if = "Overlap::is_default")]
     pub overlap: Overlap,
+    /// The event's shape: the trigger's own, or a structured CloudEvent.
+    #[serde(default, skip_serializing_if = "EventFormat::is_native")]
+    pub format: EventFormat,
+}
+
+/// How a trigger hands its event to the function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    /// The trigger's own shape (a Scheduled Event, the event as published).
+    #[default]
+    Native,
+    /// A structured CloudEvent 1.0 (JSON with `specversion`, `id`, `source`, `type`, `data`).
+    Cloudevent,
+}
+
+impl EventFormat {
+    pub fn is_native(&self) -> bool {
+        *self == EventFormat::Native
+    }
+}
+
+/// `triggers: [{event: {name, pattern, format}}]`: events published to the bus that match
+/// an EventBridge event pattern are delivered to the function asynchronously.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTrigger {
+    /// Names the rule within its function (`event:signups` in records).
+    pub name: String,
+    /// An EventBridge event pattern, matched on EventBridge events and on CloudEvents'
+    /// attributes and JSON data. Checked where it is compiled (the bus), at deploy.
+    pub pattern: serde_json::Value,
+    #[serde(default, skip_serializing_if = "EventFormat::is_native")]
+    pub format: EventFormat,
+}
+
+/// Checks an event trigger's name; its pattern is the bus's to check.
+pub(crate) fn validate_event(field: &str, t: &EventTrigger, errors: &mut Vec<FieldError>) {
+    if !valid_name(&t.name) {
+        errors.push(FieldError {
+            field: format!("{field}.name"),
+            message: format!(
+                "`{}` must be 1 to {} letters, digits, `-` or `_`",
+                t.name,
+                limits::NAME_LEN_MAX
+            ),
+        });
+    }
+    if !t.pattern.is_object() {
+        errors.push(FieldError {
+            field: format!("{field}.pattern"),
+            message:
+                "must be an EventBridge event pattern, a JSON object such as {source: [app.users]}"
+                    .into(),
+        });
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= limits::NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What happens to the scheduled times that passed while no node was running the timer.
@@ -106,13 +171,7 @@ pub(crate) fn validate(field: &str, t: &TimerTrigger, errors: &mut Vec<FieldErro
             message,
         })
     };
-    if t.name.is_empty()
-        || t.name.len() > limits::NAME_LEN_MAX
-        || !t
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !valid_name(&t.name) {
         err(
             "name",
             format!(

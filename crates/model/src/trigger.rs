@@ -19,6 +19,8 @@ pub enum TriggerKind {
     Async,
     /// A fire of a timer (an attempt of the asynchronous event it queued).
     Timer,
+    /// A delivery of a bus event to a matching rule (an attempt of its queued event).
+    Event,
 }
 
 impl TriggerKind {
@@ -29,6 +31,7 @@ impl TriggerKind {
             TriggerKind::Http => "http",
             TriggerKind::Async => "async",
             TriggerKind::Timer => "timer",
+            TriggerKind::Event => "event",
         }
     }
 }
@@ -45,6 +48,7 @@ impl crate::http::Trigger {
         match self {
             crate::http::Trigger::Http(_) => TriggerKind::Http,
             crate::http::Trigger::Timer(_) => TriggerKind::Timer,
+            crate::http::Trigger::Event(_) => TriggerKind::Event,
         }
     }
 }

@@ -384,6 +384,7 @@ impl Platform {
                         };
                         (format!("{methods} {}", h.path), None)
                     }
+                    model::http::Trigger::Event(e) => (e.name.clone(), None),
                     model::http::Trigger::Timer(timer) => (
                         timer.name.clone(),
                         states

@@ -280,13 +280,30 @@ impl Timers {
 /// The event of a fire: the timer's payload, else an EventBridge "Scheduled Event" whose
 /// `time` is the scheduled time.
 fn event(platform: &Platform, function: &str, spec: &TimerTrigger, scheduled_ms: i64) -> Vec<u8> {
+    let time = chrono::DateTime::from_timestamp_millis(scheduled_ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    if spec.format == model::timer::EventFormat::Cloudevent {
+        // A structured CloudEvent: its time the scheduled time, its data the payload.
+        let mut e = platform::bus::CloudEvent::new(
+            uuid::Uuid::new_v4().to_string(),
+            "nimbus.timer",
+            "Scheduled Event",
+        );
+        e.subject = Some(format!("{function}/{}", spec.name));
+        e.time = Some(time);
+        e.datacontenttype = Some("application/json".into());
+        e.data = Some(platform::bus::Data::Json(
+            spec.payload
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
+        ));
+        return e.to_structured();
+    }
     if let Some(p) = &spec.payload {
         return serde_json::to_vec(p).expect("a payload serializes");
     }
     let aws = platform.aws_identity();
-    let time = chrono::DateTime::from_timestamp_millis(scheduled_ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
     serde_json::to_vec(&serde_json::json!({
         "version": "0",
         "id": uuid::Uuid::new_v4().to_string(),

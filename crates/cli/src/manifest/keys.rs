@@ -98,6 +98,14 @@ pub fn unknown(root: &Value) -> Vec<String> {
                         &mut found,
                     );
                 }
+                if let Some(event) = t.get("event") {
+                    check(
+                        event,
+                        &format!("{at}.event"),
+                        fields_of::<model::timer::EventTrigger>(),
+                        &mut found,
+                    );
+                }
             }
         }
         if let Some(aliases) = entry.get("aliases").and_then(Value::as_mapping) {

@@ -3,6 +3,7 @@
 
 mod asynq;
 mod build;
+mod bus;
 mod cli;
 mod dev;
 mod gateway;

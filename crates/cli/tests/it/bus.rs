@@ -1,0 +1,186 @@
+//! The event bus against the real server: CloudEvents from the CloudEvents SDK (PyPI) in
+//! structured, binary and batch modes and a PutEvents request reach exactly the functions
+//! whose patterns match (prefix, anything-but, numeric), once even when published twice;
+//! `format: cloudevent` events (a bus event and a timer's) parse with the SDK in the
+//! function; bad events and bad patterns are refused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Server, project, test_python};
+
+const ECHO: &str = "def handler(event, context):\n    return event\n";
+
+const PARSE: &str = r#"from cloudevents.v1.http import from_dict
+def handler(event, context):
+    e = from_dict(event)
+    return {"type": e["type"], "source": e["source"], "data": e.data}
+"#;
+
+/// Each delivered event of `function` by its trigger (`event:NAME`, `timer:NAME`).
+async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<Value> {
+    let records = server
+        .get_json(&format!("/v1/functions/{function}/invocations?limit=1000"))
+        .await;
+    let mut out = Vec::new();
+    for r in records["invocations"].as_array().into_iter().flatten() {
+        if r["trigger"] == trigger {
+            let id = r["request_id"].as_str().unwrap();
+            out.push(server.get_json(&format!("/v1/invocations/{id}")).await);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn cloudevents_and_putevents_reach_exactly_the_matching_functions_once() {
+    let python = test_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let manifest = r#"functions:
+  pro:
+    runtime: python3
+    handler: main.handler
+    code: echo
+    triggers:
+      - event: {name: pro, pattern: {type: [com.example.user.created], data: {plan: [{prefix: pro}]}}}
+  notusers:
+    runtime: python3
+    handler: main.handler
+    code: echo
+    triggers:
+      - event: {name: rest, pattern: {source: [{anything-but: [app.users]}]}}
+  orders:
+    runtime: python3
+    handler: main.handler
+    code: echo
+    triggers:
+      - event: {name: placed, pattern: {source: [app.orders], detail-type: [OrderPlaced]}}
+  big:
+    runtime: python3
+    handler: main.handler
+    code: parse
+    timeout_ms: 10000
+    triggers:
+      - event: {name: big, format: cloudevent, pattern: {data: {amount: [{numeric: [">", 100]}]}}}
+      - timer: {name: tick, every: 1s, format: cloudevent, payload: {amount: 1}}
+"#;
+    let dir = project(
+        tmp.path(),
+        "bus",
+        manifest,
+        &[
+            ("echo/main.py", ECHO),
+            ("parse/main.py", PARSE),
+            ("parse/requirements.txt", "cloudevents==2.2.0\n"),
+        ],
+    );
+    server.deploy(&dir).await;
+    let made = server
+        .cli(&["-o", "json", "keys", "create", "publisher"])
+        .await;
+    let key: Value = serde_json::from_str(&made.stdout).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/bus/publish.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&server.endpoint)
+        .arg(key["key"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(u64, u64)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_u64().unwrap(),
+                a["body"]["deliveries"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // u-1 to pro and big (twice: the second publish finds its deliveries there); u-2 to
+    // none; the batch to notusers twice and big once; PutEvents to notusers and orders.
+    assert_eq!(
+        summary,
+        vec![(202, 2), (202, 2), (202, 0), (202, 3), (202, 2), (400, 0)],
+        "{answers:#?}"
+    );
+    assert_eq!(answers[4]["body"]["failed"][0]["index"], 1);
+    assert!(
+        answers[4]["body"]["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Detail"),
+        "{}",
+        answers[4]
+    );
+    assert!(
+        answers[5]["body"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a CloudEvent")
+    );
+
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let pro = delivered(&server, "pro", "event:pro").await;
+    assert_eq!(pro.len(), 1, "published twice, delivered once: {pro:?}");
+    assert_eq!(pro[0]["result"]["id"], "u-1");
+    assert_eq!(pro[0]["result"]["specversion"], "1.0");
+    let rest = delivered(&server, "notusers", "event:rest").await;
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    let orders = delivered(&server, "orders", "event:placed").await;
+    assert_eq!(orders.len(), 1);
+    // Natively, a PutEvents entry arrives as EventBridge delivers it.
+    assert_eq!(orders[0]["result"]["detail-type"], "OrderPlaced");
+    assert_eq!(orders[0]["result"]["detail"]["amount"], 120);
+    // `format: cloudevent`, parsed by the SDK inside the function.
+    let mut big: Vec<Value> = delivered(&server, "big", "event:big")
+        .await
+        .into_iter()
+        .map(|a| a["result"].clone())
+        .collect();
+    big.sort_by_key(|r| r["data"]["amount"].as_i64());
+    assert_eq!(big.len(), 2, "{big:?}");
+    assert_eq!(big[0]["data"]["amount"], 200);
+    assert_eq!(big[1]["type"], "com.example.user.created");
+    let ticks = delivered(&server, "big", "timer:tick").await;
+    assert!(!ticks.is_empty());
+    assert_eq!(ticks[0]["result"]["type"], "Scheduled Event");
+    assert_eq!(ticks[0]["result"]["source"], "nimbus.timer");
+    assert_eq!(ticks[0]["result"]["data"]["amount"], 1);
+
+    // A wrong key is refused; so is a pattern that does not parse, at deploy.
+    let res = server
+        .http
+        .post(server.url("/v1/events"))
+        .header("x-nimbus-key", "nk_wrong")
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"x","source":"s","type":"t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let bad = project(
+        tmp.path(),
+        "badrule",
+        "functions:\n  badrule:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - event: {name: r, pattern: {detail: {price: [{numeric: [\">\"]}]}}}\n",
+        &[("main.py", ECHO)],
+    );
+    let run = server.cli(&["deploy", bad.to_str().unwrap()]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("triggers[0].event.pattern: detail.price"),
+        "{}",
+        run.stderr
+    );
+}

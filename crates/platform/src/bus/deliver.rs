@@ -1,0 +1,243 @@
+//! The bus as a trigger: every function's event rules compiled into one `Rules`, rebuilt
+//! when the catalog moves on, and `publish`, which commits one asynchronous delivery per
+//! matching rule before it answers.
+//!
+//! A delivery's idempotency key is the rule and a hash of the event's source and id, so a
+//! publisher that retries after a lost answer (or a crash midway) gets the deliveries it
+//! already has, not copies; CloudEvents promise that source and id identify an event.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use model::timer::{EventFormat, EventTrigger};
+use model::{Function, TriggerKind};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{CloudEvent, Data, Pattern, RuleId, Rules};
+use crate::{Changes, Error, Platform, Trigger};
+
+/// An event on the bus, as it came.
+#[derive(Clone, Debug)]
+pub enum BusEvent {
+    Cloud(CloudEvent),
+    /// An EventBridge event (from a PutEvents entry), in the shape EventBridge delivers.
+    Bridge(Value),
+}
+
+impl BusEvent {
+    fn id(&self) -> &str {
+        match self {
+            BusEvent::Cloud(e) => &e.id,
+            BusEvent::Bridge(v) => v["id"].as_str().unwrap_or_default(),
+        }
+    }
+
+    fn source(&self) -> &str {
+        match self {
+            BusEvent::Cloud(e) => &e.source,
+            BusEvent::Bridge(v) => v["source"].as_str().unwrap_or_default(),
+        }
+    }
+
+    /// What patterns are matched against.
+    fn matching_view(&self) -> Value {
+        match self {
+            BusEvent::Cloud(e) => e.matching_view(),
+            BusEvent::Bridge(v) => v.clone(),
+        }
+    }
+
+    /// As a CloudEvent: itself, or an EventBridge event's fields mapped (`detail-type` is
+    /// the type, `detail` the data).
+    fn to_cloud(&self) -> CloudEvent {
+        match self {
+            BusEvent::Cloud(e) => e.clone(),
+            BusEvent::Bridge(v) => {
+                let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                let mut e = CloudEvent::new(text("id"), text("source"), text("detail-type"));
+                e.time = v["time"].as_str().map(str::to_string);
+                e.datacontenttype = Some("application/json".into());
+                e.data = Some(Data::Json(v["detail"].clone()));
+                e
+            }
+        }
+    }
+
+    /// The event a rule's function gets.
+    fn payload(&self, format: EventFormat) -> Vec<u8> {
+        match (self, format) {
+            (BusEvent::Bridge(v), EventFormat::Native) => {
+                serde_json::to_vec(v).expect("an event serializes")
+            }
+            _ => self.to_cloud().to_structured(),
+        }
+    }
+}
+
+/// One rule: whose, which, and how it wants its events.
+struct Target {
+    function: String,
+    name: String,
+    format: EventFormat,
+}
+
+struct Compiled {
+    revision: u64,
+    rules: Rules,
+    targets: Vec<Target>,
+}
+
+/// The event triggers of every function.
+pub struct EventBus {
+    compiled: RwLock<Arc<Compiled>>,
+}
+
+fn rules_of(f: &Function) -> impl Iterator<Item = (usize, &EventTrigger)> {
+    f.spec
+        .triggers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.event().map(|e| (i, e)))
+}
+
+fn compile(revision: u64, functions: &[Function]) -> Compiled {
+    let mut patterns = Vec::new();
+    let mut targets = Vec::new();
+    for f in functions {
+        for (_, rule) in rules_of(f) {
+            // Refused at deploy when it does not parse; one stored before is skipped.
+            let Ok(pattern) = Pattern::parse(&rule.pattern) else {
+                continue;
+            };
+            patterns.push((RuleId(targets.len() as u32), pattern));
+            targets.push(Target {
+                function: f.spec.name.clone(),
+                name: rule.name.clone(),
+                format: rule.format,
+            });
+        }
+    }
+    Compiled {
+        revision,
+        rules: Rules::new(patterns),
+        targets,
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Arc<EventBus> {
+        Arc::new(EventBus {
+            compiled: RwLock::new(Arc::new(compile(0, &[]))),
+        })
+    }
+
+    /// The rules as of the platform's latest catalog, compiled again if it moved on (so a
+    /// rule deployed through this node matches as soon as its deploy has answered).
+    fn current(&self, platform: &Platform) -> Arc<Compiled> {
+        let catalog = platform.catalog();
+        let compiled = self.compiled.read().unwrap().clone();
+        if compiled.revision == catalog.revision {
+            return compiled;
+        }
+        let fresh = Arc::new(compile(catalog.revision, &catalog.functions));
+        *self.compiled.write().unwrap() = fresh.clone();
+        fresh
+    }
+
+    /// Delivers each event to every matching rule's function, asynchronously, and answers
+    /// the number of deliveries per event once all are committed. An error leaves the
+    /// deliveries made so far; publishing the same events again completes them without
+    /// duplicates.
+    pub async fn publish(
+        &self,
+        platform: &Platform,
+        events: &[BusEvent],
+        traceparent: &str,
+    ) -> Result<Vec<usize>, Error> {
+        let compiled = self.current(platform);
+        let mut counts = Vec::with_capacity(events.len());
+        for event in events {
+            let view = event.matching_view();
+            let mut hits = Vec::new();
+            compiled.rules.for_each_match(&view, |id| hits.push(id));
+            let identity = hex::encode(Sha256::digest(
+                format!("{}\n{}", event.source(), event.id()).as_bytes(),
+            ));
+            for id in &hits {
+                let t = &compiled.targets[id.0 as usize];
+                platform
+                    .submit_from(
+                        &t.function,
+                        Bytes::from(event.payload(t.format)),
+                        Some(format!("event:{}:{identity}", t.name)),
+                        traceparent.to_string(),
+                        Some(format!("event:{}", t.name)),
+                    )
+                    .await?;
+            }
+            counts.push(hits.len());
+        }
+        Ok(counts)
+    }
+}
+
+#[async_trait::async_trait]
+impl Trigger for EventBus {
+    fn kind(&self) -> TriggerKind {
+        TriggerKind::Event
+    }
+
+    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
+        for f in functions {
+            let mut names = std::collections::HashSet::new();
+            for (i, rule) in rules_of(f) {
+                Pattern::parse(&rule.pattern).map_err(|e| {
+                    Error::invalid(format!(
+                        "function `{}`: triggers[{i}].event.pattern: {e}",
+                        f.spec.name
+                    ))
+                })?;
+                if !names.insert(rule.name.as_str()) {
+                    return Err(Error::invalid(format!(
+                        "function `{}`: triggers[{i}].event.name: `{}` names two rules; names are unique per function",
+                        f.spec.name, rule.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(
+        self: Arc<Self>,
+        _platform: Arc<Platform>,
+        _changes: Changes,
+    ) -> Result<(), Error> {
+        // Nothing runs on its own: publishing compiles what it needs.
+        Ok(())
+    }
+
+    async fn stop(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventbridge_events_become_cloudevents_and_keep_their_shape_natively() {
+        let bridge = BusEvent::Bridge(serde_json::json!({
+            "version": "0", "id": "e1", "detail-type": "UserSignedUp", "source": "app.users",
+            "time": "2026-12-06T15:00:00Z", "detail": {"plan": "pro"}
+        }));
+        let native: Value = serde_json::from_slice(&bridge.payload(EventFormat::Native)).unwrap();
+        assert_eq!(native["detail-type"], "UserSignedUp");
+        let ce: Value = serde_json::from_slice(&bridge.payload(EventFormat::Cloudevent)).unwrap();
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["type"], "UserSignedUp");
+        assert_eq!(ce["source"], "app.users");
+        assert_eq!(ce["data"], serde_json::json!({"plan": "pro"}));
+        assert_eq!((bridge.id(), bridge.source()), ("e1", "app.users"));
+    }
+}
