@@ -258,9 +258,9 @@ pub enum Command {
 pub enum TriggersCommand {
     /// List triggers (of one function, or all): kind, name, state, last and next fire.
     Ls { function: Option<String> },
-    /// Pause a timer: it fires nothing until resumed, across restarts.
+    /// Pause a timer or event rule: it fires (or takes) nothing until resumed, across restarts.
     Pause { function: String, name: String },
-    /// Resume a timer from now; what it missed while paused does not fire.
+    /// Resume a timer or event rule from now; what it missed while paused does not fire.
     Resume { function: String, name: String },
 }
 

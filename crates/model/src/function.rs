@@ -871,6 +871,25 @@ impl FunctionSpec {
                 ),
             });
         }
+        // Timers and event rules are paused and shown by name: one name, one trigger.
+        let mut names = std::collections::HashSet::new();
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            let named = match trigger {
+                Trigger::Timer(t) => Some(("timer", t.name.as_str())),
+                Trigger::Event(t) => Some(("event", t.name.as_str())),
+                Trigger::Http(_) => None,
+            };
+            if let Some((kind, name)) = named
+                && !names.insert(name)
+            {
+                errors.push(FieldError {
+                    field: format!("triggers[{i}].{kind}.name"),
+                    message: format!(
+                        "`{name}` names another trigger of this function; names are unique per function"
+                    ),
+                });
+            }
+        }
         for (i, trigger) in self.triggers.iter().enumerate() {
             match trigger {
                 Trigger::Http(t) => {

@@ -243,6 +243,35 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_one_trigger_of_a_function() {
+        use crate::http::Trigger;
+        let mut spec =
+            crate::FunctionSpec::new("f", crate::Runtime::Python3, "m.h", &"0".repeat(64));
+        spec.triggers = vec![
+            Trigger::Timer(timer(serde_json::json!({"name": "n", "every": "1m"}))),
+            Trigger::Event(
+                serde_json::from_value(
+                    serde_json::json!({"name": "n", "pattern": {"source": ["a"]}}),
+                )
+                .unwrap(),
+            ),
+            Trigger::Event(
+                serde_json::from_value(serde_json::json!({"name": "e", "pattern": ["a"]})).unwrap(),
+            ),
+        ];
+        let e: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("triggers[1].event.name") && m.contains("unique")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with("triggers[2].event.pattern")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn rates_parse_and_shapes_are_checked() {
         assert_eq!(parse_every("30s"), Ok(30_000));
         assert_eq!(parse_every("5m"), Ok(300_000));

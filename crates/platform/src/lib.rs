@@ -87,6 +87,9 @@ pub struct Platform {
     aws: RwLock<AwsIdentity>,
     /// Access keys of the AWS-compatible APIs by id, secrets included (SigV4 needs them).
     aws_keys: RwLock<keys::AwsKeys>,
+    /// Paused named triggers (function, name), loaded at start and kept by this node's
+    /// pauses; the bus reads it per event, so a pause costs no query per delivery.
+    paused: RwLock<HashSet<(String, String)>>,
 }
 
 /// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
@@ -130,6 +133,7 @@ impl Platform {
             builder: pool_builder,
             aws: RwLock::new(AwsIdentity::default()),
             aws_keys: RwLock::new(Default::default()),
+            paused: RwLock::new(HashSet::new()),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -276,6 +280,14 @@ impl Platform {
         }
         let keys = self.meta.list_keys().await?;
         *self.keys.write().unwrap() = keys.into_iter().map(|k| k.sha256).collect();
+        *self.paused.write().unwrap() = self
+            .meta
+            .timer_states(None)
+            .await?
+            .into_iter()
+            .filter(|s| s.paused)
+            .map(|s| (s.function, s.timer))
+            .collect();
         self.load_aws_keys().await
     }
 
@@ -384,7 +396,12 @@ impl Platform {
                         };
                         (format!("{methods} {}", h.path), None)
                     }
-                    model::http::Trigger::Event(e) => (e.name.clone(), None),
+                    model::http::Trigger::Event(e) => (
+                        e.name.clone(),
+                        states
+                            .iter()
+                            .find(|s| s.function == f.spec.name && s.timer == e.name),
+                    ),
                     model::http::Trigger::Timer(timer) => (
                         timer.name.clone(),
                         states
@@ -430,28 +447,25 @@ impl Platform {
         paused: bool,
     ) -> Result<(), Error> {
         let f = self.meta.get_function(function).await?;
-        let timer = f
+        let named: Vec<&str> = f
             .spec
             .triggers
             .iter()
-            .filter_map(model::http::Trigger::timer)
-            .find(|t| t.name == name);
-        if timer.is_none() {
-            let names: Vec<&str> = f
-                .spec
-                .triggers
-                .iter()
-                .filter_map(model::http::Trigger::timer)
-                .map(|t| t.name.as_str())
-                .collect();
+            .filter_map(|t| match t {
+                model::http::Trigger::Timer(t) => Some(t.name.as_str()),
+                model::http::Trigger::Event(e) => Some(e.name.as_str()),
+                model::http::Trigger::Http(_) => None,
+            })
+            .collect();
+        if !named.contains(&name) {
             return Err(Error::new(
                 ErrorCode::TriggerNotFound,
                 format!(
-                    "`{function}` has no timer `{name}` (its timers: {}); routes are not paused this way",
-                    if names.is_empty() {
+                    "`{function}` has no timer or event rule `{name}` (it has: {}); routes are not paused this way",
+                    if named.is_empty() {
                         "none".to_string()
                     } else {
-                        names.join(", ")
+                        named.join(", ")
                     }
                 ),
             ));
@@ -459,6 +473,15 @@ impl Platform {
         self.meta
             .set_timer_paused(function, name, paused, now_ms())
             .await?;
+        {
+            let mut set = self.paused.write().unwrap();
+            let key = (function.to_string(), name.to_string());
+            if paused {
+                set.insert(key);
+            } else {
+                set.remove(&key);
+            }
+        }
         self.pool.record_event(
             function,
             if paused {
@@ -469,6 +492,12 @@ impl Platform {
             format!("timer {name} {}", if paused { "paused" } else { "resumed" }),
         );
         Ok(())
+    }
+
+    /// Whether the named trigger (a timer or event rule) of `function` is paused.
+    pub fn trigger_paused(&self, function: &str, name: &str) -> bool {
+        let set = self.paused.read().unwrap();
+        !set.is_empty() && set.contains(&(function.to_string(), name.to_string()))
     }
 
     /// Stops every trigger: no new events are taken; calls under way finish.

@@ -73,7 +73,6 @@ impl Trigger for Timers {
 
     fn validate(&self, functions: &[Function]) -> Result<(), Error> {
         for f in functions {
-            let mut names = std::collections::HashSet::new();
             for (i, t) in timers_of(f) {
                 Schedule::parse(t).map_err(|e| {
                     Error::invalid(format!(
@@ -81,12 +80,6 @@ impl Trigger for Timers {
                         f.spec.name
                     ))
                 })?;
-                if !names.insert(t.name.as_str()) {
-                    return Err(Error::invalid(format!(
-                        "function `{}`: triggers[{i}].timer.name: `{}` names two timers; names are unique per function",
-                        f.spec.name, t.name
-                    )));
-                }
             }
         }
         Ok(())

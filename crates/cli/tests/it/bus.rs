@@ -158,6 +158,32 @@ async fn cloudevents_and_putevents_reach_exactly_the_matching_functions_once() {
     assert_eq!(ticks[0]["result"]["source"], "nimbus.timer");
     assert_eq!(ticks[0]["result"]["data"]["amount"], 1);
 
+    // A paused rule takes nothing until resumed (and not what came meanwhile).
+    let put = |id: &'static str| {
+        server
+            .req(reqwest::Method::POST, "/v1/events")
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"Entries": [{{"Source": "app.orders", "DetailType": "OrderPlaced", "Detail": "{{\"amount\": 1, \"n\": \"{id}\"}}"}}]}}"#
+            ))
+            .send()
+    };
+    let run = server.cli(&["triggers", "pause", "orders", "placed"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(put("while-paused").await.unwrap().status(), 202);
+    let run = server
+        .cli(&["triggers", "resume", "orders", "placed"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(put("after").await.unwrap().status(), 202);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let seen: Vec<String> = delivered(&server, "orders", "event:placed")
+        .await
+        .iter()
+        .filter_map(|a| a["result"]["detail"]["n"].as_str().map(String::from))
+        .collect();
+    assert_eq!(seen, vec!["after".to_string()]);
+
     // A wrong key is refused; so is a pattern that does not parse, at deploy.
     let res = server
         .http

@@ -145,7 +145,8 @@ impl EventBus {
         fresh
     }
 
-    /// Delivers each event to every matching rule's function, asynchronously, and answers
+    /// Delivers each event to every matching rule's function (paused rules drop what they
+    /// would have got, as a disabled EventBridge rule does), asynchronously, and answers
     /// the number of deliveries per event once all are committed. An error leaves the
     /// deliveries made so far; publishing the same events again completes them without
     /// duplicates.
@@ -164,6 +165,10 @@ impl EventBus {
             let identity = hex::encode(Sha256::digest(
                 format!("{}\n{}", event.source(), event.id()).as_bytes(),
             ));
+            hits.retain(|id| {
+                let t = &compiled.targets[id.0 as usize];
+                !platform.trigger_paused(&t.function, &t.name)
+            });
             for id in &hits {
                 let t = &compiled.targets[id.0 as usize];
                 platform
@@ -190,7 +195,6 @@ impl Trigger for EventBus {
 
     fn validate(&self, functions: &[Function]) -> Result<(), Error> {
         for f in functions {
-            let mut names = std::collections::HashSet::new();
             for (i, rule) in rules_of(f) {
                 Pattern::parse(&rule.pattern).map_err(|e| {
                     Error::invalid(format!(
@@ -198,12 +202,6 @@ impl Trigger for EventBus {
                         f.spec.name
                     ))
                 })?;
-                if !names.insert(rule.name.as_str()) {
-                    return Err(Error::invalid(format!(
-                        "function `{}`: triggers[{i}].event.name: `{}` names two rules; names are unique per function",
-                        f.spec.name, rule.name
-                    )));
-                }
             }
         }
         Ok(())
