@@ -1087,6 +1087,7 @@ mod tests {
                         rate_limit: None,
                         qualifier: None,
                         payload_format_version: None,
+                        format: Default::default(),
                     })]
                 },
                 "triggers[0].http.path",

@@ -104,6 +104,10 @@ pub struct HttpTrigger {
     /// API) or `"1.0"` (the REST API's: `httpMethod`, `multiValueHeaders`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_format_version: Option<String>,
+    /// `cloudevent`: the route takes CloudEvents (structured, batch of one, or binary mode)
+    /// and the handler gets the parsed event as structured JSON; anything else is a 400.
+    #[serde(default, skip_serializing_if = "crate::timer::EventFormat::is_native")]
+    pub format: crate::timer::EventFormat,
 }
 
 impl HttpTrigger {

@@ -37,6 +37,8 @@ pub enum Payload {
     V1,
     /// Function Compute's HTTP-trigger event, for functions with `conventions: fc`.
     Fc,
+    /// The request's CloudEvent, parsed, as structured JSON (`format: cloudevent`).
+    Cloud,
 }
 
 impl Payload {
@@ -45,6 +47,8 @@ impl Payload {
             Payload::V2 => build,
             Payload::V1 => build_v1,
             Payload::Fc => build_fc,
+            // Parsed before, where a bad event can still be answered with a 400.
+            Payload::Cloud => build,
         }
     }
 }

@@ -369,20 +369,39 @@ async fn invoke_handler(
     r: Routed,
 ) -> Result<(Response, Timing), ApiError> {
     let call = call_of(&r);
-    let build = r.payload.builder();
-    let event = build(&event::RequestFacts {
-        method: &r.method,
-        path: &r.path,
-        query: &r.query,
-        headers: &r.headers,
-        body: &r.body,
-        peer: r.peer,
-        request_id: &r.request_id,
-        route_key: &r.route_key,
-        path_params: r.path_params,
-        now_ms: now_ms(),
-        account_id: &platform.aws_identity().account_id,
-    });
+    let event = if r.payload == event::Payload::Cloud {
+        let pairs: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let mut events = platform::bus::CloudEvent::from_http(&pairs, &r.body)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        if events.len() != 1 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "this route takes one CloudEvent per request, not a batch of {}",
+                    events.len()
+                ),
+            ));
+        }
+        events.pop().expect("one event").to_structured()
+    } else {
+        r.payload.builder()(&event::RequestFacts {
+            method: &r.method,
+            path: &r.path,
+            query: &r.query,
+            headers: &r.headers,
+            body: &r.body,
+            peer: r.peer,
+            request_id: &r.request_id,
+            route_key: &r.route_key,
+            path_params: r.path_params,
+            now_ms: now_ms(),
+            account_id: &platform.aws_identity().account_id,
+        })
+    };
     let platform::Invoked {
         record, outcome, ..
     } = platform.invoke(call, Bytes::from(event)).await?;

@@ -213,7 +213,11 @@ fn trigger_route(
             route_key,
             strip_prefix: None,
             guard,
-            payload: payload_of(conventions, t.payload_format_version.as_deref()),
+            payload: if t.format == model::timer::EventFormat::Cloudevent {
+                super::event::Payload::Cloud
+            } else {
+                payload_of(conventions, t.payload_format_version.as_deref())
+            },
         },
     ))
 }
@@ -238,6 +242,7 @@ mod tests {
                     rate_limit: None,
                     qualifier: None,
                     payload_format_version: None,
+                    format: Default::default(),
                 })
             })
             .collect();

@@ -210,3 +210,49 @@ async fn cloudevents_and_putevents_reach_exactly_the_matching_functions_once() {
         run.stderr
     );
 }
+
+/// A route with `format: cloudevent` hands the handler the request's CloudEvent, parsed
+/// (binary mode here: the `ce-*` headers), and refuses what is not one.
+#[tokio::test]
+async fn a_cloudevent_route_gives_the_handler_the_parsed_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "ceroute",
+        "functions:\n  ceroute:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - http: {path: /ce, methods: [POST], auth: anonymous, format: cloudevent}\n",
+        &[("main.py", ECHO)],
+    );
+    server.deploy(&dir).await;
+    let res = server
+        .http
+        .post(server.url("/ce"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "42")
+        .header("ce-source", "/sensors/7")
+        .header("ce-type", "com.example.reading")
+        .header("content-type", "application/json")
+        .body(r#"{"celsius": 21.5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["id"], "42");
+    assert_eq!(v["source"], "/sensors/7");
+    assert_eq!(v["data"]["celsius"], 21.5);
+    let res = server
+        .http
+        .post(server.url("/ce"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let v: Value = res.json().await.unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("not a CloudEvent"),
+        "{v}"
+    );
+}
