@@ -24,6 +24,7 @@ use axum::Router;
 use axum::routing::{get, head, post};
 use utoipa::OpenApi;
 
+pub use auth::bus_key;
 pub use error::{ApiError, ErrorBody};
 pub use gateway::Gateway;
 use platform::Platform;

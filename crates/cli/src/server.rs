@@ -363,6 +363,13 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting asynchronous invocation: {e}"))?;
+    // Bound before the functions load, so every instance (those `min_instances` starts
+    // now included) is told where the bus is.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    platform.set_bus_endpoint(format!("http://{addr}"), api::bus_key(&token));
     platform
         .load()
         .await
@@ -406,10 +413,6 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     }));
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     // Scripts and tests read this line to find the port.
     println!("nimbus listening on http://{addr}");
     println!(

@@ -90,6 +90,9 @@ pub struct Platform {
     /// Paused named triggers (function, name), loaded at start and kept by this node's
     /// pauses; the bus reads it per event, so a pause costs no query per delivery.
     paused: RwLock<HashSet<(String, String)>>,
+    /// Where functions publish to the bus and the key they publish with
+    /// (`NIMBUS_EVENTS_URL`, `NIMBUS_EVENTS_KEY`).
+    bus_endpoint: RwLock<Option<(String, String)>>,
 }
 
 /// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
@@ -134,6 +137,7 @@ impl Platform {
             aws: RwLock::new(AwsIdentity::default()),
             aws_keys: RwLock::new(Default::default()),
             paused: RwLock::new(HashSet::new()),
+            bus_endpoint: RwLock::new(None),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -596,6 +600,11 @@ impl Platform {
         *self.aws.write().unwrap() = identity;
     }
 
+    /// Tells functions where to publish events (`url` + `/v1/events`) and with what key.
+    pub fn set_bus_endpoint(&self, url: String, key: String) {
+        *self.bus_endpoint.write().unwrap() = Some((url, key));
+    }
+
     /// The region and account functions are told they run in.
     pub fn aws_identity(&self) -> AwsIdentity {
         self.aws.read().unwrap().clone()
@@ -623,6 +632,10 @@ impl Platform {
         add("AWS_DEFAULT_REGION", aws.region);
         add("NIMBUS_ACCOUNT_ID", aws.account_id);
         add("TZ", ":UTC".into());
+        if let Some((url, key)) = self.bus_endpoint.read().unwrap().clone() {
+            add("NIMBUS_EVENTS_URL", format!("{url}/v1/events"));
+            add("NIMBUS_EVENTS_KEY", key);
+        }
         if let Ok(id) = self.builder.interpreter_id(spec.runtime).await
             && let Some(execution) = execution_env(spec.runtime, &id)
         {

@@ -217,13 +217,31 @@ async fn cloudevents_and_putevents_reach_exactly_the_matching_functions_once() {
 async fn a_cloudevent_route_gives_the_handler_the_parsed_event() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
+    let publisher = r#"import json, os, urllib.request
+def handler(event, context):
+    body = json.dumps({"specversion": "1.0", "id": context.aws_request_id,
+                       "source": "fn.publisher", "type": "hello", "data": event}).encode()
+    req = urllib.request.Request(os.environ["NIMBUS_EVENTS_URL"], data=body, method="POST",
+        headers={"content-type": "application/cloudevents+json",
+                 "x-nimbus-key": os.environ["NIMBUS_EVENTS_KEY"]})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())
+"#;
     let dir = project(
         tmp.path(),
         "ceroute",
-        "functions:\n  ceroute:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - http: {path: /ce, methods: [POST], auth: anonymous, format: cloudevent}\n",
-        &[("main.py", ECHO)],
+        "functions:\n  ceroute:\n    runtime: python3\n    handler: main.handler\n    code: echo\n    triggers:\n      - http: {path: /ce, methods: [POST], auth: anonymous, format: cloudevent}\n      - event: {name: heard, pattern: {source: [fn.publisher]}}\n  publisher:\n    runtime: python3\n    handler: main.handler\n    code: pub\n    timeout_ms: 10000\n",
+        &[("echo/main.py", ECHO), ("pub/main.py", publisher)],
     );
     server.deploy(&dir).await;
+    // A function publishes to the bus with what its environment gives it.
+    let res = server.invoke("publisher", r#"{"n": 1}"#).await;
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["deliveries"], 1, "{answer}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let heard = delivered(&server, "ceroute", "event:heard").await;
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0]["result"]["data"], serde_json::json!({"n": 1}));
     let res = server
         .http
         .post(server.url("/ce"))
