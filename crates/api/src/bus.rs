@@ -17,6 +17,43 @@ use crate::{ApiError, AppState};
 /// its limit with room for its envelope.
 const REQUEST_BYTES_MAX: usize = limits::EVENT_BYTES_MAX + 64 * 1024;
 
+/// Events a second one key may publish (the admin's token counts as one key, functions'
+/// bus key as another), per node, with a second's worth of burst: one chatty publisher
+/// cannot fill every function's queue.
+pub const EVENTS_PER_SECOND_PER_KEY_DEFAULT: u32 = 10_000;
+
+/// The bus's per-key token buckets.
+pub struct Limits {
+    per_second: f64,
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<String, crate::gateway::guard::TokenBucket>>,
+}
+
+impl Limits {
+    pub fn new(events_per_second_per_key: u32) -> Limits {
+        Limits {
+            per_second: events_per_second_per_key.max(1) as f64,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes `n` events' worth from `key`'s bucket; `Err` is the seconds to wait.
+    fn take(&self, key: &str, n: usize) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock().unwrap();
+        // Keys are few (invoke keys are bounded); a key deleted leaves a small entry.
+        let bucket = buckets.entry(key.to_string()).or_insert_with(|| {
+            crate::gateway::guard::TokenBucket::new(self.per_second, self.per_second)
+        });
+        bucket.take_n(std::time::Instant::now(), n as f64)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(EVENTS_PER_SECOND_PER_KEY_DEFAULT)
+    }
+}
+
 /// What became of a publish request.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Published {
@@ -113,6 +150,25 @@ pub async fn publish(
                 .map(BusEvent::Cloud)
                 .collect()
         };
+    // Who publishes: an invoke key (by its hash: the secret is not kept), else the token.
+    let who = match headers.get("x-nimbus-key").and_then(|v| v.to_str().ok()) {
+        Some(key) => {
+            use sha2::{Digest, Sha256};
+            hex::encode(&Sha256::digest(key.as_bytes())[..8])
+        }
+        None => "admin".to_string(),
+    };
+    if let Err(wait_s) = s.bus_limits.take(&who, events.len()) {
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this key publishes more than {} events a second; retry in {wait_s} s",
+                s.bus_limits.per_second
+            ),
+        );
+        e.retry_after_s = Some(wait_s);
+        return Err(e);
+    }
     let trace = crate::trace::for_call(&headers);
     let counts = s
         .bus

@@ -37,6 +37,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// The event bus: rules derived from the catalog, deliveries into the queue.
     pub bus: Arc<platform::bus::EventBus>,
+    /// The bus's per-key ingestion limits.
+    pub bus_limits: Arc<bus::Limits>,
     /// The admin bearer token.
     pub token: Arc<str>,
     /// The price table of usage estimates.

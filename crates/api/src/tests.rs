@@ -49,6 +49,7 @@ async fn harness() -> Harness {
         platform,
         gateway,
         bus: platform::bus::EventBus::new(),
+        bus_limits: Default::default(),
         token: TOKEN.into(),
         prices: Default::default(),
     });

@@ -191,6 +191,7 @@ impl LocalPlatform {
             platform: self.platform.clone(),
             gateway: self.gateway.clone(),
             bus: platform::bus::EventBus::new(),
+            bus_limits: Default::default(),
             // No control API here: a token nobody has.
             token: uuid_token().into(),
             prices: api::observe::Prices::default(),

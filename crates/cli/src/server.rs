@@ -115,6 +115,9 @@ pub struct ServerArgs {
     /// The 12-digit account id in the ARNs functions see.
     #[arg(long, default_value = "000000000000", value_parser = account_id)]
     account_id: String,
+    /// Events a second one key may publish to the bus (`POST /v1/events`), on this node.
+    #[arg(long, default_value_t = api::bus::EVENTS_PER_SECOND_PER_KEY_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    bus_events_per_second_per_key: u32,
     /// Longest a dependency build (pip or npm at deploy) may run, in milliseconds.
     #[arg(long, default_value_t = model::limits::BUILD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     build_timeout_ms: u64,
@@ -405,6 +408,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         platform: platform.clone(),
         gateway,
         bus,
+        bus_limits: std::sync::Arc::new(api::bus::Limits::new(args.bus_events_per_second_per_key)),
         token: token.into(),
         prices: api::observe::Prices {
             per_million_requests: args.price_per_million_requests,

@@ -166,9 +166,9 @@ impl Guard {
     }
 }
 
-/// A token bucket refilled continuously. Per route and per node: each node of a cluster
-/// enforces the limit on its own share of the traffic.
-struct TokenBucket {
+/// A token bucket refilled continuously. Per route (or bus key) and per node: each node of
+/// a cluster enforces the limit on its own share of the traffic.
+pub(crate) struct TokenBucket {
     rate_per_s: f64,
     capacity: f64,
     tokens: f64,
@@ -176,7 +176,7 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn new(rate_per_s: f64, capacity: f64) -> Self {
+    pub(crate) fn new(rate_per_s: f64, capacity: f64) -> Self {
         TokenBucket {
             rate_per_s,
             capacity,
@@ -186,14 +186,19 @@ impl TokenBucket {
     }
 
     fn take(&mut self, now: Instant) -> Result<(), u64> {
+        self.take_n(now, 1.0)
+    }
+
+    /// Takes `n` tokens at once, or none; `Err` is the seconds until there are `n`.
+    pub(crate) fn take_n(&mut self, now: Instant, n: f64) -> Result<(), u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            let wait_s = (1.0 - self.tokens) / self.rate_per_s;
+            let wait_s = (n - self.tokens) / self.rate_per_s;
             Err(wait_s.ceil().max(1.0) as u64)
         }
     }

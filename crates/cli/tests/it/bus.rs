@@ -274,3 +274,31 @@ def handler(event, context):
         "{v}"
     );
 }
+
+/// Ingestion is bounded per key: past its events a second, a publisher gets 429 with
+/// Retry-After, and nothing of that request is delivered.
+#[tokio::test]
+async fn a_key_publishing_past_its_rate_is_throttled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--bus-events-per-second-per-key", "2"],
+        &[],
+    );
+    let batch = |n: usize| {
+        let events: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({"specversion": "1.0", "id": format!("e{i}"), "source": "s", "type": "t"}))
+            .collect();
+        server
+            .req(reqwest::Method::POST, "/v1/events")
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_string(&events).unwrap())
+            .send()
+    };
+    assert_eq!(batch(2).await.unwrap().status(), 202);
+    let res = batch(3).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["code"], "rate_limited");
+}
