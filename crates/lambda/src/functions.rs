@@ -121,6 +121,17 @@ impl ConfigInput {
     }
 }
 
+/// Refuses an architecture other than the node's.
+fn check_architectures(asked: &[String]) -> Result<(), LambdaError> {
+    match asked.iter().find(|a| a.as_str() != shape::architecture()) {
+        Some(a) => Err(LambdaError::invalid(format!(
+            "Architectures: this node runs {}, not {a}",
+            shape::architecture()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Stores the archive in `ZipFile`; the other ways of naming code are refused by name.
 async fn upload(ctx: &Ctx, code: CodeInput) -> Result<String, LambdaError> {
     if code.image_uri.is_some() {
@@ -167,16 +178,7 @@ pub(crate) async fn create(State(ctx): State<Ctx>, body: Bytes) -> Result<Respon
             "PackageType: Nimbus runs Zip packages; container images are not supported",
         ));
     }
-    if let Some(a) = input
-        .architectures
-        .iter()
-        .find(|a| a.as_str() != shape::architecture())
-    {
-        return Err(LambdaError::invalid(format!(
-            "Architectures: this node runs {}, not {a}",
-            shape::architecture()
-        )));
-    }
+    check_architectures(&input.architectures)?;
     let name = shape::target(&input.function_name, None)?.name;
     if input.config.runtime.is_none() || input.config.handler.is_none() {
         return Err(LambdaError::invalid(
@@ -323,16 +325,7 @@ pub(crate) async fn update_code(
 ) -> Result<Response, LambdaError> {
     let t = shape::target(&name, None)?;
     let input: UpdateCodeInput = shape::parse(&body)?;
-    if let Some(a) = input
-        .architectures
-        .iter()
-        .find(|a| a.as_str() != shape::architecture())
-    {
-        return Err(LambdaError::invalid(format!(
-            "Architectures: this node runs {}, not {a}",
-            shape::architecture()
-        )));
-    }
+    check_architectures(&input.architectures)?;
     let mut function = ctx.platform.get_function(&t.name).await?;
     let sha = upload(
         &ctx,

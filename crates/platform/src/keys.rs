@@ -123,10 +123,7 @@ impl Platform {
             .meta
             .create_aws_key(&new_record("admin", AwsScope::Admin, true))
             .await?;
-        self.aws_keys
-            .write()
-            .unwrap()
-            .insert(stored.access_key_id.clone(), to_key(&stored));
+        self.remember_aws_key(&stored);
         Ok(stored)
     }
 
@@ -149,10 +146,7 @@ impl Platform {
             .meta
             .create_aws_key(&new_record(name, scope, false))
             .await?;
-        self.aws_keys
-            .write()
-            .unwrap()
-            .insert(stored.access_key_id.clone(), to_key(&stored));
+        self.remember_aws_key(&stored);
         Ok(stored)
     }
 
@@ -186,6 +180,13 @@ impl Platform {
             })?;
         self.aws_keys.write().unwrap().remove(access_key_id);
         Ok(())
+    }
+
+    fn remember_aws_key(&self, stored: &AwsKeyRecord) {
+        self.aws_keys
+            .write()
+            .unwrap()
+            .insert(stored.access_key_id.clone(), to_key(stored));
     }
 
     /// The access key with this id, for a signature check.

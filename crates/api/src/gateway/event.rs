@@ -69,23 +69,11 @@ pub fn build(r: &RequestFacts) -> Vec<u8> {
             );
             continue;
         }
-        headers
-            .entry(name.as_str().to_string())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
+        join_value(&mut headers, name.as_str().to_string(), value);
     }
     let mut query: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in form_urlencoded(r.query) {
-        query
-            .entry(k)
-            .and_modify(|e| {
-                e.push(',');
-                e.push_str(&v);
-            })
-            .or_insert(v);
+        join_value(&mut query, k, v);
     }
     let text = is_text(r.headers) && std::str::from_utf8(r.body).is_ok();
     let body = if r.body.is_empty() {
@@ -234,6 +222,17 @@ pub fn build_v1(r: &RequestFacts) -> Vec<u8> {
     serde_json::to_vec(&event).expect("an event serializes")
 }
 
+/// Adds `value` under `key`, after a comma when the key repeats: how both API Gateway's
+/// payload 2.0 and Function Compute give repeated headers and query parameters.
+fn join_value(map: &mut BTreeMap<String, String>, key: String, value: String) {
+    map.entry(key)
+        .and_modify(|v| {
+            v.push(',');
+            v.push_str(&value);
+        })
+        .or_insert(value);
+}
+
 /// `content-type` as Function Compute writes header names: each word capitalized.
 fn fc_header_name(name: &str) -> String {
     name.split('-')
@@ -255,23 +254,11 @@ pub fn build_fc(r: &RequestFacts) -> Vec<u8> {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in r.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        headers
-            .entry(fc_header_name(name.as_str()))
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
+        join_value(&mut headers, fc_header_name(name.as_str()), value);
     }
     let mut query: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in form_urlencoded(r.query) {
-        query
-            .entry(k)
-            .and_modify(|e| {
-                e.push(',');
-                e.push_str(&v);
-            })
-            .or_insert(v);
+        join_value(&mut query, k, v);
     }
     let text = is_text(r.headers) && std::str::from_utf8(r.body).is_ok();
     let body = if text {
