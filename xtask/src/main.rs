@@ -26,6 +26,8 @@ fn main() -> anyhow::Result<()> {
         Some("bench-lambda-api") => bench_lambda_api(&args[1..]),
         Some("bench-runtime-api") => bench_runtime_api(&args[1..]),
         Some("bench-patterns") => bench_patterns(&args[1..]),
+        Some("bench-timers") => bench_timers(&args[1..]),
+        Some("bench-bus") => bench_bus(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -37,7 +39,9 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-deploy [--rounds N]\n\
                  \x20      cargo xtask bench-lambda-api [--seconds N] [--connections N] [--rounds N]\n\
                  \x20      cargo xtask bench-runtime-api [--seconds N] [--connections N] [--rounds N]\n\
-                 \x20      cargo xtask bench-patterns [--rounds N]\n\n\
+                 \x20      cargo xtask bench-patterns [--rounds N]\n\
+                 \x20      cargo xtask bench-timers [--seconds N]\n\
+                 \x20      cargo xtask bench-bus [--seconds N] [--connections N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -1584,6 +1588,553 @@ fn bench_patterns(args: &[String]) -> anyhow::Result<()> {
             "  {label:<26} Rules: {:>7.0} ns/event   each pattern in turn: {:>7.0} ns/event",
             ns_per_event(&indexed, event),
             ns_per_event(&one_by_one, event)
+        );
+    }
+    Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection of a benchmark client (bench-timers, bench-bus).
+struct Conn {
+    addr: String,
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> anyhow::Result<Conn> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            addr: addr.to_string(),
+            send,
+        })
+    }
+
+    /// Sends one request; answers its status and body.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        // A server may close a kept-alive connection between requests: open another.
+        if self.send.ready().await.is_err() {
+            *self = Conn::open(&self.addr).await?;
+        }
+        let res = self.send.send_request(req.body(Full::new(body))?).await?;
+        let status = res.status().as_u16();
+        Ok((status, res.into_body().collect().await?.to_bytes()))
+    }
+
+    /// GETs `path` with the admin token; answers the parsed JSON.
+    async fn get_json(&mut self, path: &str, token: &str) -> anyhow::Result<serde_json::Value> {
+        let auth = format!("Bearer {token}");
+        let (status, body) = self
+            .call("GET", path, &[("authorization", &auth)], Bytes::new())
+            .await?;
+        if status != 200 {
+            bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+/// Timers' fire latency (issue 16): 1,000 timers firing every second (63 functions with up
+/// to 16 timers each, `model::limits::TRIGGERS_MAX`), from each fire's scheduled time to
+/// its handler's start (the handler answers `time.time()`, first thing), over `--seconds`
+/// (10 by default); and whether every scheduled time in the window fired exactly once.
+/// The stages between come from the control API: the queue's record (when the fire was
+/// submitted) and the invocation record (when the call began).
+fn bench_timers(args: &[String]) -> anyhow::Result<()> {
+    use serde_json::Value;
+    use std::collections::{BTreeMap, HashMap};
+
+    const TIMERS: usize = 1_000;
+    const PER_FUNCTION: usize = 16;
+    let mut opts = parse(args)?;
+    if !args.iter().any(|a| a == "--seconds") {
+        opts.seconds = 10;
+    }
+    let functions = TIMERS.div_ceil(PER_FUNCTION);
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-timers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    // One instance per function takes its 16 fires of a second at once (concurrency 16):
+    // 63 instances, more than the node's default cap of 64 leaves beside the prewarmed.
+    let flags: Vec<std::ffi::OsString> = vec!["--instances-max".into(), "128".into()];
+    let server = Nimbus::start(&nimbus, &data, &flags)?;
+    let code = root.join("bench/timers");
+    let projects = data.join("projects");
+    std::fs::create_dir_all(&projects)?;
+    let manifest = |timers: bool| {
+        let mut m = String::from("functions:\n");
+        for f in 0..functions {
+            m.push_str(&format!(
+                "  tick-{f}:\n    runtime: python3\n    handler: main.handler\n    code: {}\n    \
+                 memory_mb: 128\n    concurrency: {PER_FUNCTION}\n    max_instances: 1\n",
+                code.display()
+            ));
+            if timers {
+                m.push_str("    triggers:\n");
+                for t in 0..PER_FUNCTION.min(TIMERS - f * PER_FUNCTION) {
+                    m.push_str(&format!("      - timer: {{name: t{t}, every: 1s}}\n"));
+                }
+            }
+        }
+        m
+    };
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_millis() as i64
+    };
+    let sleep_until_ms = |at: i64| {
+        let now = unix_ms();
+        if at > now {
+            std::thread::sleep(Duration::from_millis((at - now) as u64));
+        }
+    };
+    std::fs::write(projects.join("nimbus.yaml"), manifest(true))?;
+    server.deploy(&projects)?;
+    // A few seconds to start the instances, then the measured window of whole seconds.
+    let first = unix_ms() / 1000 + 4;
+    let end = first + opts.seconds as i64;
+    let pid = server._process.0.id();
+    sleep_until_ms(first * 1000);
+    let cpu_before = cpu_ms(pid)?;
+    sleep_until_ms(end * 1000);
+    let cpu_window = cpu_ms(pid)? - cpu_before;
+    // Two more seconds of fires, then the timers go (the same functions without
+    // triggers) and what was queued finishes.
+    sleep_until_ms((end + 2) * 1000);
+    std::fs::write(projects.join("nimbus.yaml"), manifest(false))?;
+    server.deploy(&projects)?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    /// Unix seconds of an RFC 3339 UTC time of whole seconds (`2026-12-06T15:00:00Z`).
+    fn unix_seconds(t: &str) -> Option<i64> {
+        let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+        let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+        let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some(days * 86_400 + hh * 3_600 + mm * 60 + ss)
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let addr = server.endpoint.trim_start_matches("http://").to_string();
+    let token = server.token.clone();
+    // Every timer call's request id, with when its first attempt began.
+    let (started, attempts_seen) = rt.block_on(async {
+        let mut conn = Conn::open(&addr).await?;
+        let mut started: HashMap<String, i64> = HashMap::new();
+        let mut attempts = 0usize;
+        for f in 0..functions {
+            let mut before: Option<i64> = None;
+            loop {
+                let mut path = format!(
+                    "/v1/functions/tick-{f}/invocations?limit=1000&since={}",
+                    (first - 3) * 1000
+                );
+                if let Some(b) = before {
+                    path.push_str(&format!("&before={b}"));
+                }
+                let page = conn.get_json(&path, &token).await?;
+                for r in page["invocations"].as_array().context("no invocations")? {
+                    let id = r["request_id"].as_str().context("no request id")?;
+                    let at = r["started_at_ms"].as_i64().context("no started_at_ms")?;
+                    attempts += 1;
+                    let e = started.entry(id.to_string()).or_insert(at);
+                    *e = (*e).min(at);
+                }
+                match page["next_before"].as_i64() {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
+            }
+        }
+        anyhow::Ok((started, attempts))
+    })?;
+    // Each one's queue record: the event (scheduled time, timer), when it was submitted,
+    // its status and attempts, and the handler's start.
+    let ids: Vec<(String, i64)> = started.into_iter().collect();
+    let records: Vec<(i64, Value)> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
+            let (chunk, addr, token) = (chunk.to_vec(), addr.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = Conn::open(&addr).await?;
+                let mut out = Vec::new();
+                for (id, at) in chunk {
+                    out.push((
+                        at,
+                        conn.get_json(&format!("/v1/invocations/{id}"), &token)
+                            .await?,
+                    ));
+                }
+                anyhow::Ok(out)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        anyhow::Ok(all)
+    })?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+
+    let mut fires: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    let (mut unfinished, mut rerun) = (0, 0);
+    let (mut total, mut submit, mut dispatch, mut handler) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (started_ms, r) in &records {
+        let event = &r["payload"];
+        let timer = event["resources"][0].as_str().context("no resources")?;
+        let scheduled = unix_seconds(event["time"].as_str().context("no time")?)
+            .context("a time that does not parse")?;
+        if !(first..end).contains(&scheduled) {
+            continue;
+        }
+        *fires.entry((timer.to_string(), scheduled)).or_insert(0) += 1;
+        if r["attempts"].as_u64() != Some(1) {
+            rerun += 1;
+        }
+        let (Some(t), Some(enqueued)) = (r["result"].as_f64(), r["enqueued_at_ms"].as_i64()) else {
+            unfinished += 1;
+            continue;
+        };
+        let scheduled_ms = (scheduled * 1000) as f64;
+        total.push(t * 1000.0 - scheduled_ms);
+        submit.push(enqueued as f64 - scheduled_ms);
+        dispatch.push((started_ms - enqueued) as f64);
+        handler.push(t * 1000.0 - *started_ms as f64);
+    }
+    let expected = TIMERS * opts.seconds as usize;
+    let timers_seen = fires
+        .keys()
+        .map(|(t, _)| t)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let doubled: usize = fires.values().map(|n| n - 1).sum();
+    println!(
+        "bench-timers: {TIMERS} timers (`every: 1s`, {functions} functions, concurrency \
+         {PER_FUNCTION}, one instance each), {} s window",
+        opts.seconds
+    );
+    println!(
+        "fires expected {expected}, happened {} ({timers_seen} timers), lost {}, doubled \
+         {doubled}, with more than one attempt {rerun}, unfinished {unfinished}; {} invocation \
+         records",
+        fires.len(),
+        expected.saturating_sub(fires.len()),
+        attempts_seen
+    );
+    println!(
+        "server CPU during the window: {:.0}% of one core ({:.0} µs per fire)",
+        cpu_window / (opts.seconds as f64 * 10.0),
+        cpu_window * 1000.0 / expected as f64
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>8}",
+        "stage (ms)", "p50", "p99", "max"
+    );
+    for (name, samples) in [
+        ("scheduled -> submitted to the queue", &mut submit),
+        ("submitted -> call began (dispatch)", &mut dispatch),
+        ("call began -> handler started", &mut handler),
+        ("scheduled -> handler started (fire latency)", &mut total),
+    ] {
+        if samples.is_empty() {
+            bail!("no fire finished in the window");
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "{name:<44} {:>8.1} {:>8.1} {:>8.1}",
+            percentile(samples, 0.5),
+            percentile(samples, 0.99),
+            samples[samples.len() - 1]
+        );
+    }
+    Ok(())
+}
+
+/// Bus ingestion (issue 16): structured CloudEvents, one per `POST /v1/events` with an
+/// invoke key, over `--connections` keep-alive connections (16) for `--seconds` (5), with
+/// 1,000 event rules deployed (63 functions with up to 16 rules each; 800 match a `source`
+/// exactly, 100 a `data` prefix and 100 a `data` numeric range) and each event matching
+/// exactly one, so each 202 commits one delivery. Then, as the baseline in the same run,
+/// as many plain asynchronous submissions (`x-nimbus-invocation-type: async`) of the same
+/// bytes to the same functions: the difference is what parsing and matching cost. The
+/// rules' function takes a second per event, one at a time, so deliveries drain slowly
+/// and the machine's two cores go to ingestion (`bench-async` measures the drain).
+fn bench_bus(args: &[String]) -> anyhow::Result<()> {
+    const RULES: usize = 1_000;
+    const PER_FUNCTION: usize = 16;
+    let opts = parse(args)?;
+    let functions = RULES.div_ceil(PER_FUNCTION);
+    let root = root();
+    build_nimbus(&root)?;
+    let nimbus = root.join("target/release/nimbus");
+    let data = std::env::temp_dir().join(format!("nimbus-bench-bus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let flags: Vec<std::ffi::OsString> = vec!["--instances-max".into(), "128".into()];
+    let server = Nimbus::start(&nimbus, &data, &flags)?;
+    let code = root.join("bench/bus");
+    let projects = data.join("projects");
+    std::fs::create_dir_all(&projects)?;
+    let mut manifest = String::from("functions:\n");
+    for f in 0..functions {
+        manifest.push_str(&format!(
+            "  sink-{f}:\n    runtime: python3\n    handler: main.handler\n    code: {}\n    \
+             memory_mb: 128\n    timeout_ms: 5000\n    max_instances: 1\n    triggers:\n",
+            code.display()
+        ));
+        for k in f * PER_FUNCTION..((f + 1) * PER_FUNCTION).min(RULES) {
+            let pattern = if k < RULES * 8 / 10 {
+                format!("{{source: [bench.s{k}]}}")
+            } else if k.is_multiple_of(2) {
+                format!("{{data: {{customer: [{{prefix: tenant{k}-}}]}}}}")
+            } else {
+                format!(
+                    "{{data: {{amount: [{{numeric: [\">=\", {}, \"<\", {}]}}]}}}}",
+                    k * 10,
+                    k * 10 + 10
+                )
+            };
+            manifest.push_str(&format!(
+                "      - event: {{name: r{k}, pattern: {pattern}}}\n"
+            ));
+        }
+    }
+    std::fs::write(projects.join("nimbus.yaml"), manifest)?;
+    server.deploy(&projects)?;
+    let addr = server.endpoint.trim_start_matches("http://").to_string();
+    let token = server.token.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let key = rt.block_on(async {
+        let mut conn = Conn::open(&addr).await?;
+        let auth = format!("Bearer {token}");
+        let (status, body) = conn
+            .call(
+                "POST",
+                "/v1/keys",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                Bytes::from_static(br#"{"name": "bench-bus"}"#),
+            )
+            .await?;
+        if status != 201 {
+            bail!(
+                "creating a key: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        anyhow::Ok(v["key"].as_str().context("no key")?.to_string())
+    })?;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Via {
+        Bus,
+        Async,
+        /// With an idempotency key as long as the bus's (`event:RULE:SHA256`).
+        AsyncKeyed,
+    }
+    /// The event matching rule `k` alone.
+    fn event(k: usize, id: &str) -> Bytes {
+        let (source, data) = if k < RULES * 8 / 10 {
+            (
+                format!("bench.s{k}"),
+                r#"{"customer":"nobody","amount":-1}"#.to_string(),
+            )
+        } else if k.is_multiple_of(2) {
+            (
+                "bench.data".to_string(),
+                format!(r#"{{"customer":"tenant{k}-acme","amount":-1}}"#),
+            )
+        } else {
+            (
+                "bench.data".to_string(),
+                format!(r#"{{"customer":"nobody","amount":{}}}"#, k * 10 + 5),
+            )
+        };
+        Bytes::from(format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"{source}","type":"bench.event","datacontenttype":"application/json","data":{data}}}"#
+        ))
+    }
+    /// `conns` connections sending back to back for `seconds`, or `count` requests in all;
+    /// answers each request's latency and the wall time.
+    async fn drive(
+        via: Via,
+        tag: &'static str,
+        addr: &str,
+        credential: &str,
+        conns: usize,
+        seconds: Option<f64>,
+        count: usize,
+    ) -> anyhow::Result<(Vec<Duration>, Duration)> {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let (addr, credential) = (addr.to_string(), credential.to_string());
+            let mine = count / conns + usize::from(c < count % conns);
+            tasks.push(tokio::spawn(async move {
+                let mut conn = Conn::open(&addr).await?;
+                let auth = format!("Bearer {credential}");
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut n = 0;
+                loop {
+                    match seconds {
+                        Some(s) if started.elapsed().as_secs_f64() >= s => break,
+                        None if n >= mine => break,
+                        _ => {}
+                    }
+                    let k = (c + n * conns) % RULES;
+                    let body = event(k, &format!("{tag}-{c}-{n}"));
+                    let t0 = Instant::now();
+                    let (status, answer) = match via {
+                        Via::Bus => {
+                            conn.call(
+                                "POST",
+                                "/v1/events",
+                                &[
+                                    ("x-nimbus-key", &credential),
+                                    ("content-type", "application/cloudevents+json"),
+                                ],
+                                body,
+                            )
+                            .await?
+                        }
+                        Via::Async | Via::AsyncKeyed => {
+                            let key = format!("event:r{k}:{:0>64}", format!("{tag}-{c}-{n}"));
+                            let mut headers = vec![
+                                ("authorization", auth.as_str()),
+                                ("content-type", "application/json"),
+                                ("x-nimbus-invocation-type", "async"),
+                            ];
+                            if via == Via::AsyncKeyed {
+                                headers.push(("x-nimbus-idempotency-key", &key));
+                            }
+                            conn.call(
+                                "POST",
+                                &format!("/v1/functions/sink-{}/invocations", k / PER_FUNCTION),
+                                &headers,
+                                body,
+                            )
+                            .await?
+                        }
+                    };
+                    latencies.push(t0.elapsed());
+                    if status != 202 {
+                        bail!("unexpected answer {status}: {answer:?}");
+                    }
+                    if via == Via::Bus {
+                        let v: serde_json::Value = serde_json::from_slice(&answer)?;
+                        if v["deliveries"] != 1 {
+                            bail!("event for rule {k} made {} deliveries", v["deliveries"]);
+                        }
+                    }
+                    n += 1;
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        Ok((all, started.elapsed()))
+    }
+
+    let pid = server._process.0.id();
+    let conns = opts.connections;
+    let mut rows = Vec::new();
+    // A second of each first (warm-up, not counted).
+    rt.block_on(drive(Via::Bus, "w", &addr, &key, conns, Some(1.0), 0))?;
+    rt.block_on(drive(Via::Async, "w", &addr, &token, conns, Some(1.0), 0))?;
+    let mut count = 0;
+    for (via, label) in [
+        (Via::Bus, "POST /v1/events (1,000 rules)"),
+        (Via::Async, "async submit (baseline)"),
+        (Via::AsyncKeyed, "async submit + idempotency key"),
+    ] {
+        let cpu_before = cpu_ms(pid)?;
+        let (mut latencies, wall) = match via {
+            Via::Bus => rt.block_on(drive(
+                via,
+                "m",
+                &addr,
+                &key,
+                conns,
+                Some(opts.seconds as f64),
+                0,
+            ))?,
+            Via::Async | Via::AsyncKeyed => {
+                let tag = if via == Via::Async { "m" } else { "k" };
+                rt.block_on(drive(via, tag, &addr, &token, conns, None, count))?
+            }
+        };
+        let cpu = cpu_ms(pid)? - cpu_before;
+        count = count.max(latencies.len());
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+                .as_secs_f64()
+                * 1000.0
+        };
+        rows.push((
+            label,
+            count,
+            count as f64 / wall.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            cpu * 1000.0 / count as f64,
+        ));
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    println!(
+        "bench-bus: structured CloudEvents, one per request, {conns} connections, each \
+         event matching one of {RULES} rules ({functions} functions)"
+    );
+    println!(
+        "{:<32} {:>8} {:>10} {:>8} {:>8} {:>14}",
+        "path", "events", "events/s", "p50_ms", "p99_ms", "server_cpu_us"
+    );
+    for (label, n, rate, p50, p99, cpu) in &rows {
+        println!("{label:<32} {n:>8} {rate:>10.0} {p50:>8.3} {p99:>8.3} {cpu:>14.1}");
+    }
+    for base in &rows[1..] {
+        println!(
+            "  -> bus / {}: throughput {:.2}x, p50 {:+.3} ms, server CPU {:+.1} µs per event",
+            base.0,
+            rows[0].2 / base.2,
+            rows[0].3 - base.3,
+            rows[0].5 - base.5
         );
     }
     Ok(())
