@@ -1100,17 +1100,7 @@ fn utc_date() -> String {
 
 /// The UTC date of Unix milliseconds `ms` as `YYYY/MM/DD`.
 fn utc_date_of(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    // Howard Hinnant's civil-from-days: no calendar crate for one date.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = model::civil::from_days(ms.div_euclid(86_400_000));
     format!("{year:04}/{month:02}/{day:02}")
 }
 
