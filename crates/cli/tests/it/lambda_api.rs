@@ -180,3 +180,119 @@ async fn unsigned_and_unknown_requests_get_aws_errors() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("reserves"), "{}", run.stderr);
 }
+
+/// Sends a request to the Lambda API signed with the admin's key from `aws.credentials`,
+/// as an SDK would; answers the status, the exception name and the body.
+async fn signed(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Value) {
+    let creds = std::fs::read_to_string(server.data_dir.join("aws.credentials")).unwrap();
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+            .unwrap()
+    };
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let date = lambda::sigv4::amz_date(now_ms);
+    let mut all: Vec<(String, String)> =
+        vec![("host".into(), host), ("x-amz-date".into(), date.clone())];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+    let request = lambda::sigv4::Signed {
+        method,
+        path: path_only,
+        query,
+        headers: &all,
+        body: body.as_bytes(),
+    };
+    let credential = lambda::sigv4::Credential {
+        access_key_id: field("aws_access_key_id"),
+        date: date[..8].to_string(),
+        region: "us-east-1".into(),
+        service: "lambda".into(),
+    };
+    let authorization =
+        lambda::sigv4::authorization(&request, &credential, &field("aws_secret_access_key"));
+    let mut req = server
+        .http
+        .request(method.parse().unwrap(), server.url(path))
+        .header("authorization", authorization);
+    for (n, v) in &all[1..] {
+        req = req.header(n.as_str(), v.as_str());
+    }
+    let res = req.body(body.to_string()).send().await.unwrap();
+    let status = res.status().as_u16();
+    let kind = res
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        kind,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+/// Each refusal of the Lambda API names what is wrong, as the exception the SDKs know.
+#[tokio::test]
+async fn bad_lambda_requests_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let echo = "def handler(event, context):\n    return event\n";
+    server
+        .deploy(&crate::harness::python_project(tmp.path(), "f", 3000, echo))
+        .await;
+    const F: &str = "/2015-03-31/functions";
+    let create = |code: &str| {
+        format!(
+            r#"{{"FunctionName": "g", "Runtime": "python3", "Role": "r", "Handler": "m.h", "Code": {code}}}"#
+        )
+    };
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16, &str, &str)> = vec![
+        ("POST", F.into(), vec![], "not json".into(), 400, "InvalidRequestContentException", "parse"),
+        ("POST", F.into(), vec![], create(r#"{"ZipFile": "%%%"}"#), 400, "InvalidParameterValueException", "not base64"),
+        ("POST", F.into(), vec![], create(r#"{"S3Bucket": "b", "S3Key": "k"}"#), 400, "InvalidParameterValueException", "Code.S3Bucket"),
+        ("POST", F.into(), vec![], create("{}"), 400, "InvalidParameterValueException", "Code.ZipFile is required"),
+        (
+            "POST",
+            F.into(),
+            vec![],
+            r#"{"FunctionName": "g", "Runtime": "python3", "Handler": "m.h", "Code": {"ZipFile": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}, "Layers": ["arn:aws:lambda:us-east-1:0:layer:x:1"]}"#.into(),
+            400,
+            "InvalidParameterValueException",
+            "Layers",
+        ),
+        ("POST", F.into(), vec![], r#"{"FunctionName": "g", "Code": {}}"#.into(), 400, "InvalidParameterValueException", "Runtime and Handler"),
+        ("PUT", "/2017-10-31/functions/f/concurrency".into(), vec![], r#"{"ReservedConcurrentExecutions": 0}"#.into(), 400, "InvalidParameterValueException", "not supported"),
+        ("POST", format!("{F}/f/invocations"), vec![("x-amz-log-type", "Bogus")], "{}".into(), 400, "InvalidParameterValueException", "X-Amz-Log-Type"),
+        ("POST", format!("{F}/f/invocations"), vec![("x-amz-invocation-type", "Later")], "{}".into(), 400, "InvalidParameterValueException", "X-Amz-Invocation-Type"),
+        ("POST", format!("{F}/f/invocations"), vec![("x-amz-client-context", "***")], "{}".into(), 400, "InvalidParameterValueException", "Client context"),
+        ("POST", format!("{F}/f:1/invocations?Qualifier=2"), vec![], "{}".into(), 400, "InvalidParameterValueException", "qualifier"),
+        ("GET", "/2019-09-30/functions/f/provisioned-concurrency?Qualifier=live".into(), vec![], String::new(), 404, "ProvisionedConcurrencyConfigNotFoundException", "Provisioned"),
+        ("PUT", "/2019-09-25/functions/f/event-invoke-config?Qualifier=3".into(), vec![], "{}".into(), 400, "InvalidParameterValueException", "version's settings are fixed"),
+        ("POST", format!("{F}/f/aliases"), vec![], r#"{"Name": "a", "FunctionVersion": "$LATEST"}"#.into(), 400, "InvalidParameterValueException", "published version"),
+        ("GET", "/2015-03-31/tags/arn".into(), vec![], String::new(), 404, "UnknownOperationException", "no such operation"),
+    ];
+    for (method, path, headers, body, status, kind, words) in cases {
+        let (got, got_kind, v) = signed(&server, method, &path, &headers, &body).await;
+        assert_eq!(
+            (got, got_kind.as_str()),
+            (status, kind),
+            "{method} {path}: {v}"
+        );
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{method} {path}: {message}");
+    }
+}
