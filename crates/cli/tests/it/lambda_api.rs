@@ -245,6 +245,18 @@ async fn signed(
     )
 }
 
+/// A request and what it must be answered: (method, path, headers, body, status,
+/// exception, words of the message).
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    String,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 /// Each refusal of the Lambda API names what is wrong, as the exception the SDKs know.
 #[tokio::test]
 async fn bad_lambda_requests_are_refused_by_name() {
@@ -260,7 +272,7 @@ async fn bad_lambda_requests_are_refused_by_name() {
             r#"{{"FunctionName": "g", "Runtime": "python3", "Role": "r", "Handler": "m.h", "Code": {code}}}"#
         )
     };
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", F.into(), vec![], "not json".into(), 400, "InvalidRequestContentException", "parse"),
         ("POST", F.into(), vec![], create(r#"{"ZipFile": "%%%"}"#), 400, "InvalidParameterValueException", "not base64"),
         ("POST", F.into(), vec![], create(r#"{"S3Bucket": "b", "S3Key": "k"}"#), 400, "InvalidParameterValueException", "Code.S3Bucket"),
