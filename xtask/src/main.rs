@@ -99,7 +99,11 @@ impl Nimbus {
                 .args(flags)
                 .arg("--data-dir")
                 .arg(data)
-                .env("NIMBUS_LOG", "warn"),
+                // `NIMBUS_BENCH_LOG` (a `NIMBUS_LOG` filter) shows what the server did.
+                .env(
+                    "NIMBUS_LOG",
+                    std::env::var("NIMBUS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
             "nimbus listening on ",
         )?;
         let token = std::fs::read_to_string(data.join("admin.token"))?

@@ -89,9 +89,11 @@ pub async fn list(
     Ok(Json(TriggerList { triggers }))
 }
 
-/// Pauses a timer or an event rule: it fires (or takes) nothing until resumed, across restarts.
+/// Pauses a timer or an event rule (by name) or a route (by its path, `%2F`-encoded): it
+/// fires, takes or serves nothing until resumed, across restarts; a paused route answers
+/// 503 `trigger_paused`.
 #[utoipa::path(post, path = "/v1/functions/{name}/triggers/{trigger}/pause", tag = "triggers",
-    params(("name" = String, Path), ("trigger" = String, Path, description = "the timer's or event rule's name")),
+    params(("name" = String, Path), ("trigger" = String, Path, description = "the timer's or event rule's name, or the route's path")),
     responses((status = 204), (status = 404, body = ErrorBody, description = "function_not_found or trigger_not_found")))]
 pub async fn pause(
     State(s): State<AppState>,
@@ -101,9 +103,10 @@ pub async fn pause(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Resumes a timer or event rule from now: what it would have fired or taken while paused is not.
+/// Resumes a timer, event rule or route (by its path) from now: what it would have fired
+/// or taken while paused is not.
 #[utoipa::path(post, path = "/v1/functions/{name}/triggers/{trigger}/resume", tag = "triggers",
-    params(("name" = String, Path), ("trigger" = String, Path, description = "the timer's or event rule's name")),
+    params(("name" = String, Path), ("trigger" = String, Path, description = "the timer's or event rule's name, or the route's path")),
     responses((status = 204), (status = 404, body = ErrorBody, description = "function_not_found or trigger_not_found")))]
 pub async fn resume(
     State(s): State<AppState>,

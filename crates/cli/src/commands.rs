@@ -1191,11 +1191,13 @@ async fn triggers(
             } else {
                 "resume"
             };
+            // A route is named by its path: its slashes are encoded into one segment.
+            let mut url = reqwest::Url::parse("http://nimbus/").expect("a valid base");
+            url.path_segments_mut()
+                .expect("an http URL has segments")
+                .extend(["v1", "functions", function, "triggers", name, verb]);
             client
-                .send(client.request(
-                    Method::POST,
-                    &format!("/v1/functions/{function}/triggers/{name}/{verb}"),
-                ))
+                .send(client.request(Method::POST, url.path()))
                 .await?;
             if output == Output::Json {
                 print_json(&serde_json::json!({

@@ -249,7 +249,7 @@ pub enum Command {
     /// Manage invoke keys for HTTP routes with `auth: key`.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Triggers and their state; pause and resume timers.
+    /// Triggers and their state; pause and resume timers, event rules and routes.
     #[command(subcommand)]
     Triggers(TriggersCommand),
 }
@@ -258,9 +258,10 @@ pub enum Command {
 pub enum TriggersCommand {
     /// List triggers (of one function, or all): kind, name, state, last and next fire.
     Ls { function: Option<String> },
-    /// Pause a timer or event rule: it fires (or takes) nothing until resumed, across restarts.
+    /// Pause a timer or event rule (by name) or a route (by path): it fires, takes or
+    /// serves nothing until resumed, across restarts; a paused route answers 503.
     Pause { function: String, name: String },
-    /// Resume a timer or event rule from now; what it missed while paused does not fire.
+    /// Resume a trigger from now; what a timer missed while paused does not fire.
     Resume { function: String, name: String },
 }
 

@@ -84,11 +84,13 @@ pub enum ErrorCode {
     HandlerFailed,
     /// The function has no trigger by that name.
     TriggerNotFound,
+    /// The route is paused (`nimbus triggers pause`): it takes no requests until resumed.
+    TriggerPaused,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -124,6 +126,7 @@ impl ErrorCode {
         ErrorCode::BuildFailed,
         ErrorCode::HandlerFailed,
         ErrorCode::TriggerNotFound,
+        ErrorCode::TriggerPaused,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -175,6 +178,8 @@ impl ErrorCode {
             ErrorCode::BuildFailed => ("build_failed", 422),
             ErrorCode::HandlerFailed => ("handler_failed", 422),
             ErrorCode::TriggerNotFound => ("trigger_not_found", 404),
+            // 503: the route exists and will serve again once resumed.
+            ErrorCode::TriggerPaused => ("trigger_paused", 503),
         }
     }
 }

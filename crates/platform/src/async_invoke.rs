@@ -113,6 +113,9 @@ pub(crate) struct AsyncInvoker {
     wake: Notify,
     /// Set by `Trigger::stop`: the dispatcher claims no more events.
     stopped: AtomicBool,
+    /// The platform attempts run on, once the dispatcher has started (hand-offs wait
+    /// for it).
+    platform: std::sync::OnceLock<Weak<Platform>>,
 }
 
 impl AsyncInvoker {
@@ -150,6 +153,7 @@ impl AsyncInvoker {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            platform: std::sync::OnceLock::new(),
         });
         tokio::spawn(write_batches(Arc::downgrade(&invoker), rx));
         tokio::spawn(write_finishes(Arc::downgrade(&invoker), finishes));
@@ -160,13 +164,18 @@ impl AsyncInvoker {
     /// Accepts an event for `target` once it is durably stored; answers its id and whether
     /// it repeats an earlier submission with the same idempotency key. `traceparent` is the
     /// submission's span: every attempt runs as a child of it.
+    /// `capacity` is the target's slots (`max_instances × concurrency`): with one free and
+    /// nothing queued before it, the event is handed off: stored as running and started
+    /// at once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn submit(
-        &self,
+        self: &Arc<Self>,
         target: &str,
         payload: Bytes,
         idempotency_key: Option<String>,
         traceparent: Option<String>,
         source: Option<String>,
+        capacity: usize,
     ) -> Result<(String, bool), Error> {
         if payload.len() > self.config.payload_max_bytes {
             return Err(Error::new(
@@ -204,15 +213,33 @@ impl AsyncInvoker {
             self.pending_total.fetch_add(1, Ordering::AcqRel);
         }
         let id = uuid::Uuid::new_v4().to_string();
+        let handoff = self.reserve_handoff(target, capacity);
         let event = NewEvent {
             id: id.clone(),
             function: target.to_string(),
-            payload: payload.to_vec(),
+            payload,
             idempotency_key,
             traceparent,
             source,
             now_ms: now_ms(),
+            claimed: handoff.is_some(),
         };
+        // What the first attempt needs, should the event be handed off.
+        let record = handoff.as_ref().map(|_| AsyncRecord {
+            id: id.clone(),
+            function: event.function.clone(),
+            payload: event.payload.clone(),
+            status: AsyncStatus::Running,
+            attempts: 1,
+            function_errors: 0,
+            enqueued_at_ms: event.now_ms,
+            next_attempt_at_ms: event.now_ms,
+            updated_at_ms: event.now_ms,
+            result: None,
+            version: None,
+            traceparent: event.traceparent.clone(),
+            source: event.source.clone(),
+        });
         let (tx, rx) = oneshot::channel();
         let stored = match self.submit.send((event, tx)).await {
             Ok(()) => rx.await.unwrap_or_else(|_| Err(WriteError::stopped())),
@@ -221,6 +248,9 @@ impl AsyncInvoker {
         let accepted = match stored {
             Ok(a) => a,
             Err(e) => {
+                if let Some(slot) = handoff {
+                    slot.unreserve();
+                }
                 self.release(&function);
                 tracing::error!(error = %e, "storing an asynchronous event failed");
                 if e.storage_full {
@@ -235,8 +265,17 @@ impl AsyncInvoker {
                 ));
             }
         };
-        match accepted {
-            Accepted::New => {
+        match (accepted, handoff, record) {
+            (Accepted::New, Some(slot), Some(record)) => {
+                // Stored as running: its first attempt starts now, no claim round between.
+                match self.platform.get().and_then(Weak::upgrade) {
+                    Some(platform) => start_attempt(platform, record, slot),
+                    // Shutting down: the row stays running and the next start queues it.
+                    None => drop(slot),
+                }
+                Ok((id, false))
+            }
+            (Accepted::New, _, _) => {
                 *self
                     .waiting
                     .lock()
@@ -246,11 +285,38 @@ impl AsyncInvoker {
                 self.wake.notify_one();
                 Ok((id, false))
             }
-            Accepted::Duplicate(earlier) => {
+            (Accepted::Duplicate(earlier), handoff, _) => {
+                if let Some(slot) = handoff {
+                    slot.unreserve();
+                }
                 self.release(&function);
                 Ok((earlier, true))
             }
         }
+    }
+
+    /// A running slot for a new event of `target`, when it can skip the queue: the
+    /// dispatcher is up, the target has nothing waiting that is not running (no one is
+    /// overtaken), and it has a free slot of its `capacity`. The event then counts as
+    /// waiting and running from now; `Slot::unreserve` takes both back if it is not stored.
+    fn reserve_handoff(self: &Arc<Self>, target: &str, capacity: usize) -> Option<Slot> {
+        if self.platform.get().is_none() || self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        // Lock order: waiting, then running (nowhere else holds both).
+        let mut waiting = self.waiting.lock().unwrap();
+        let mut running = self.running.lock().unwrap();
+        let w = waiting.get(target).copied().unwrap_or(0);
+        let r = running.get(target).copied().unwrap_or(0);
+        if w > r || r >= capacity {
+            return None;
+        }
+        *waiting.entry(target.to_string()).or_insert(0) += 1;
+        *running.entry(target.to_string()).or_insert(0) += 1;
+        Some(Slot {
+            inv: self.clone(),
+            target: target.to_string(),
+        })
     }
 
     /// An invocation of `target` finished for good.
@@ -317,7 +383,14 @@ async fn write_batches(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Submissio
         let invoker = invoker.clone();
         async move {
             let inv = invoker.upgrade()?;
-            Some(inv.queue.enqueue(&events).await.map_err(WriteError::from))
+            let began = std::time::Instant::now();
+            let done = inv.queue.enqueue(&events).await.map_err(WriteError::from);
+            tracing::debug!(
+                events = events.len(),
+                commit_ms = began.elapsed().as_secs_f64() * 1e3,
+                "submissions committed"
+            );
+            Some(done)
         }
     })
     .await
@@ -387,6 +460,7 @@ impl Trigger for AsyncInvoker {
     }
 
     async fn start(self: Arc<Self>, platform: Arc<Platform>, _: Changes) -> Result<(), Error> {
+        let _ = self.platform.set(Arc::downgrade(&platform));
         // Targets are resolved per round, so function changes need no feed here.
         tokio::spawn(dispatch(Arc::downgrade(&platform), Arc::downgrade(&self)));
         Ok(())
@@ -431,7 +505,17 @@ async fn dispatch(platform: Weak<Platform>, invoker: Weak<AsyncInvoker>) {
 }
 
 async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Result<usize, Error> {
-    let targets: Vec<String> = inv.waiting.lock().unwrap().keys().cloned().collect();
+    // Only targets with events that are not running: the others have nothing to claim
+    // (a round is a write transaction; ends of attempts wake the dispatcher often).
+    let targets: Vec<String> = {
+        let waiting = inv.waiting.lock().unwrap();
+        let running = inv.running.lock().unwrap();
+        waiting
+            .iter()
+            .filter(|(t, w)| **w > running.get(*t).copied().unwrap_or(0))
+            .map(|(t, _)| t.clone())
+            .collect()
+    };
     // Each target is asked for as many due events as it has free slots: one function's
     // backlog never holds back another's, and none gets more at once than its instances
     // can take (`max_instances × concurrency`).
@@ -461,8 +545,16 @@ async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Re
     if wants.is_empty() {
         return Ok(0);
     }
-    let records = inv.queue.claim(&wants, now_ms()).await?;
+    let (began, now) = (std::time::Instant::now(), now_ms());
+    let records = inv.queue.claim(&wants, now).await?;
     let n = records.len();
+    tracing::debug!(
+        targets = wants.len(),
+        claimed = n,
+        claim_ms = began.elapsed().as_secs_f64() * 1e3,
+        oldest_wait_ms = records.iter().map(|r| now - r.enqueued_at_ms).max(),
+        "dispatch round"
+    );
     for record in records {
         *inv.running
             .lock()
@@ -479,10 +571,32 @@ async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Re
     Ok(n)
 }
 
+/// Runs an attempt in a task of its own. A plain function, not inline in `submit`: an
+/// attempt may submit (to a destination), and the compiler proves the attempt's future
+/// `Send` only with this step between the two.
+fn start_attempt(platform: Arc<Platform>, record: AsyncRecord, slot: Slot) {
+    let inv = slot.inv.clone();
+    tokio::spawn(async move { attempt(&platform, &inv, record, slot).await });
+}
+
 /// A running attempt's place in its target's capacity; given back when dropped.
 struct Slot {
     inv: Arc<AsyncInvoker>,
     target: String,
+}
+
+impl Slot {
+    /// Gives back a hand-off reservation whose event was not stored as new: its running
+    /// slot (on drop) and its place among the waiting.
+    fn unreserve(self) {
+        let mut waiting = self.inv.waiting.lock().unwrap();
+        if let Some(n) = waiting.get_mut(&self.target) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(&self.target);
+            }
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -550,9 +664,7 @@ async fn attempt(
         trace: crate::trace::child_of(record.traceparent.as_deref()),
         client_context: None,
     };
-    let outcome = platform
-        .invoke(call, Bytes::from(record.payload.clone()))
-        .await;
+    let outcome = platform.invoke(call, record.payload.clone()).await;
     drop(slot);
     let finish = match outcome {
         Ok(Invoked {
@@ -770,6 +882,8 @@ async fn deliver(
                 None,
                 record.traceparent.clone(),
                 None,
+                // Queued, never handed off: a destination's record is in no hurry.
+                0,
             )
             .await
         {

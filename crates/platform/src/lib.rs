@@ -87,9 +87,13 @@ pub struct Platform {
     aws: RwLock<AwsIdentity>,
     /// Access keys of the AWS-compatible APIs by id, secrets included (SigV4 needs them).
     aws_keys: RwLock<keys::AwsKeys>,
-    /// Paused named triggers (function, name), loaded at start and kept by this node's
-    /// pauses; the bus reads it per event, so a pause costs no query per delivery.
+    /// Paused named triggers (function, name), loaded at start, kept by this node's
+    /// pauses and refreshed from the store by the timer loop (other nodes' pauses); the bus
+    /// and the timers read it per event, so a pause costs no query per delivery or fire.
     paused: RwLock<HashSet<(String, String)>>,
+    /// Counts pauses and resumes through this node, so a refresh read before one of them
+    /// does not undo it (`refresh_paused`).
+    paused_epoch: std::sync::atomic::AtomicU64,
     /// Where functions publish to the bus and the key they publish with
     /// (`NIMBUS_EVENTS_URL`, `NIMBUS_EVENTS_KEY`).
     bus_endpoint: RwLock<Option<(String, String)>>,
@@ -137,6 +141,7 @@ impl Platform {
             aws: RwLock::new(AwsIdentity::default()),
             aws_keys: RwLock::new(Default::default()),
             paused: RwLock::new(HashSet::new()),
+            paused_epoch: std::sync::atomic::AtomicU64::new(0),
             bus_endpoint: RwLock::new(None),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
@@ -240,9 +245,18 @@ impl Platform {
         source: Option<String>,
     ) -> Result<(String, bool), Error> {
         // An unknown function or qualifier is refused now, not after the 202.
-        self.resolve(target).await?;
+        let resolved = self.resolve(target).await?;
+        let p = &resolved.instance.policy;
+        let capacity = (p.max_instances.max(1) * resolved.instance.concurrency.max(1)) as usize;
         self.asynq()?
-            .submit(target, payload, idempotency_key, Some(traceparent), source)
+            .submit(
+                target,
+                payload,
+                idempotency_key,
+                Some(traceparent),
+                source,
+                capacity,
+            )
             .await
     }
 
@@ -398,7 +412,12 @@ impl Platform {
                         } else {
                             h.methods.join(",").to_ascii_uppercase()
                         };
-                        (format!("{methods} {}", h.path), None)
+                        (
+                            format!("{methods} {}", h.path),
+                            states
+                                .iter()
+                                .find(|s| s.function == f.spec.name && s.timer == h.path),
+                        )
                     }
                     model::http::Trigger::Event(e) => (
                         e.name.clone(),
@@ -442,8 +461,10 @@ impl Platform {
         Ok(out)
     }
 
-    /// Pauses or resumes a timer of `function`. A pause holds across restarts and on every
-    /// node; a resumed timer goes on from now, firing nothing it would have while paused.
+    /// Pauses or resumes a trigger of `function`: a timer or event rule by its name, a route
+    /// by its path. A pause holds across restarts and on every node; a resumed timer goes on
+    /// from now, firing nothing it would have while paused; a paused route answers 503
+    /// `trigger_paused`.
     pub async fn set_trigger_paused(
         &self,
         function: &str,
@@ -455,17 +476,17 @@ impl Platform {
             .spec
             .triggers
             .iter()
-            .filter_map(|t| match t {
-                model::http::Trigger::Timer(t) => Some(t.name.as_str()),
-                model::http::Trigger::Event(e) => Some(e.name.as_str()),
-                model::http::Trigger::Http(_) => None,
+            .map(|t| match t {
+                model::http::Trigger::Timer(t) => t.name.as_str(),
+                model::http::Trigger::Event(e) => e.name.as_str(),
+                model::http::Trigger::Http(h) => h.path.as_str(),
             })
             .collect();
         if !named.contains(&name) {
             return Err(Error::new(
                 ErrorCode::TriggerNotFound,
                 format!(
-                    "`{function}` has no timer or event rule `{name}` (it has: {}); routes are not paused this way",
+                    "`{function}` has no timer, event rule or route `{name}` (it has: {}); `nimbus triggers ls {function}` lists them",
                     if named.is_empty() {
                         "none".to_string()
                     } else {
@@ -485,6 +506,8 @@ impl Platform {
             } else {
                 set.remove(&key);
             }
+            self.paused_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         self.pool.record_event(
             function,
@@ -493,7 +516,10 @@ impl Platform {
             } else {
                 "trigger_resumed"
             },
-            format!("timer {name} {}", if paused { "paused" } else { "resumed" }),
+            format!(
+                "trigger {name} {}",
+                if paused { "paused" } else { "resumed" }
+            ),
         );
         Ok(())
     }
@@ -502,6 +528,25 @@ impl Platform {
     pub fn trigger_paused(&self, function: &str, name: &str) -> bool {
         let set = self.paused.read().unwrap();
         !set.is_empty() && set.contains(&(function.to_string(), name.to_string()))
+    }
+
+    /// Where this node's pauses and resumes stand; read it before reading the store for
+    /// `refresh_paused`.
+    pub fn paused_epoch(&self) -> u64 {
+        self.paused_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes the paused triggers as read from the store (what every node paused) when this
+    /// node's pauses stood at `epoch`. A pause or resume through this node since then wins,
+    /// since the read may predate its commit: the view stays as it is until the next
+    /// refresh, and this answers false.
+    pub fn refresh_paused(&self, paused: HashSet<(String, String)>, epoch: u64) -> bool {
+        let mut set = self.paused.write().unwrap();
+        if self.paused_epoch() != epoch {
+            return false;
+        }
+        *set = paused;
+        true
     }
 
     /// Stops every trigger: no new events are taken; calls under way finish.

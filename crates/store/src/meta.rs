@@ -60,10 +60,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_aws_key(&self, access_key_id: &str) -> Result<(), StoreError>;
     /// The progress and pause state of timers: of one function, or of all.
     async fn timer_states(&self, function: Option<&str>) -> Result<Vec<TimerState>, StoreError>;
-    /// Records that the timer's `scheduled_ms` was dealt with: queued as `request_id`,
-    /// skipped (`overlap: skip`), or failed to queue (`error`). The schedule's progress
-    /// only moves forward, whichever node records.
-    async fn timer_progress(&self, p: &TimerProgress) -> Result<(), StoreError>;
+    /// Records, in one transaction, that each timer's `scheduled_ms` was dealt with:
+    /// queued as `request_id`, skipped (`overlap: skip`), or failed to queue (`error`).
+    /// A schedule's progress only moves forward, whichever node records and in whatever
+    /// order.
+    async fn timer_progress(&self, progress: &[TimerProgress]) -> Result<(), StoreError>;
     /// Pauses or resumes a timer. A resumed timer goes on from `now_ms`: what it would
     /// have fired while paused does not fire.
     async fn set_timer_paused(
@@ -184,10 +185,20 @@ pub struct AwsKeyRecord {
 /// `IMMEDIATE`: a deferred one that reads first cannot take the write lock once another
 /// connection has committed (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not cover).
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pub(crate) pool: SqlitePool,
+    /// The one writing connection. SQLite takes one writer at a time anyway; with several
+    /// writing connections the losers wait in SQLite's busy handler, which sleeps in steps
+    /// of up to 100 ms and serves no one in order, so a burst of writes (a thousand timers
+    /// on one second) saw waits of hundreds of milliseconds. Queued on this pool instead,
+    /// writers wait their turn in order and start the moment the previous commit ends.
+    pub(crate) writer: SqlitePool,
 }
 
 const NAMESPACE: &str = "default";
+
+/// Reading connections of the embedded store.
+const READERS_MAX: u32 = 4;
 
 /// The WAL file's size kept after a checkpoint (`journal_size_limit`).
 const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
@@ -204,6 +215,7 @@ pub(crate) async fn open_wal(
     path: &Path,
     foreign_keys: bool,
     incremental_vacuum: bool,
+    connections_max: u32,
 ) -> Result<SqlitePool, StoreError> {
     let mut options = SqliteConnectOptions::from_str("sqlite:")?
         .filename(path)
@@ -219,7 +231,7 @@ pub(crate) async fn open_wal(
         options = options.auto_vacuum(SqliteAutoVacuum::Incremental);
     }
     Ok(SqlitePoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections_max)
         // A connection whose transaction failed half-way can come back to the pool still
         // counted as inside it: when SQLite has already rolled the transaction back itself
         // (it does on a full disk), the ROLLBACK that sqlx sends on drop fails and sqlx keeps
@@ -235,9 +247,10 @@ pub(crate) async fn open_wal(
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = open_wal(path, true, false).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let writer = open_wal(path, true, false, 1).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = open_wal(path, true, false, READERS_MAX).await?;
+        Ok(SqliteStore { pool, writer })
     }
 
     /// A function's aliases, by name, read on `conn` (inside a transaction or not).
@@ -348,7 +361,7 @@ impl MetaStore for SqliteStore {
             // when the statement runs to its end, and only then does a failed commit (a full
             // disk) come back as an error. `fetch_optional` stops at the row and drops the
             // statement, and the error of its commit with it: the write was lost silently.
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await
             .map(|rows| rows.into_iter().next());
         let row = match result {
@@ -377,7 +390,7 @@ impl MetaStore for SqliteStore {
 
     async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
         // Its versions and aliases go with it.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
             .bind(NAMESPACE)
             .bind(name)
@@ -411,7 +424,7 @@ impl MetaStore for SqliteStore {
         now_ms: i64,
     ) -> Result<(Version, bool), StoreError> {
         // One transaction: two publishes at once get two numbers or one shared version.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT spec, last_version FROM functions WHERE namespace = ? AND name = ?",
         )
@@ -495,7 +508,7 @@ impl MetaStore for SqliteStore {
     }
 
     async fn delete_version(&self, function: &str, version: u32) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for alias in self.aliases_in(&mut tx, function).await? {
             if alias.versions().any(|v| v == version) {
                 return Err(StoreError::VersionInUse(
@@ -521,7 +534,7 @@ impl MetaStore for SqliteStore {
     }
 
     async fn put_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for v in alias.versions() {
             let exists = sqlx::query(
                 "SELECT 1 FROM versions WHERE namespace = ? AND function = ? AND version = ?",
@@ -564,7 +577,7 @@ impl MetaStore for SqliteStore {
                 .bind(NAMESPACE)
                 .bind(function)
                 .bind(alias)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::AliasNotFound(function.into(), alias.into()));
@@ -625,7 +638,7 @@ impl MetaStore for SqliteStore {
         .bind(node)
         .bind(lease_until_ms)
         .bind(now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         if !claimed.is_empty() {
             return Ok(BuildClaim::Claimed);
@@ -663,14 +676,14 @@ impl MetaStore for SqliteStore {
                 .bind(node)
                 .bind(sha)
                 .bind(now_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             }
             None => {
                 sqlx::query("DELETE FROM builds WHERE key = ? AND node = ? AND state = 'running'")
                     .bind(key)
                     .bind(node)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
             }
         }
@@ -681,7 +694,7 @@ impl MetaStore for SqliteStore {
         // Only a done one: another node may have claimed it again meanwhile.
         sqlx::query("DELETE FROM builds WHERE key = ? AND state = 'done'")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -694,7 +707,7 @@ impl MetaStore for SqliteStore {
         .bind(&key.name)
         .bind(&key.sha256)
         .bind(key.created_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -720,7 +733,7 @@ impl MetaStore for SqliteStore {
     async fn delete_key(&self, id: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM invoke_keys WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::KeyNotFound(id.into()));
@@ -754,11 +767,13 @@ impl MetaStore for SqliteStore {
             .collect()
     }
 
-    async fn timer_progress(&self, p: &TimerProgress) -> Result<(), StoreError> {
-        // A later scheduled time wins; an earlier one (another node's late write) only
-        // leaves its error or skip count.
-        sqlx::query(
-            "INSERT INTO timer_state (function, timer, last_scheduled_ms, last_fire_ms, \
+    async fn timer_progress(&self, progress: &[TimerProgress]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for p in progress {
+            // A later scheduled time wins; an earlier one (another node's late write) only
+            // leaves its error or skip count.
+            sqlx::query(
+                "INSERT INTO timer_state (function, timer, last_scheduled_ms, last_fire_ms, \
                 last_request_id, last_error, skipped, updated_at_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4) \
              ON CONFLICT (function, timer) DO UPDATE SET \
@@ -771,16 +786,18 @@ impl MetaStore for SqliteStore {
                 last_scheduled_ms = MAX(COALESCE(last_scheduled_ms, ?3), ?3), \
                 skipped = skipped + ?7, \
                 updated_at_ms = ?4",
-        )
-        .bind(&p.function)
-        .bind(&p.timer)
-        .bind(p.scheduled_ms)
-        .bind(p.now_ms)
-        .bind(&p.request_id)
-        .bind(&p.error)
-        .bind(p.skipped as i64)
-        .execute(&self.pool)
-        .await?;
+            )
+            .bind(&p.function)
+            .bind(&p.timer)
+            .bind(p.scheduled_ms)
+            .bind(p.now_ms)
+            .bind(&p.request_id)
+            .bind(&p.error)
+            .bind(p.skipped as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -802,7 +819,7 @@ impl MetaStore for SqliteStore {
         .bind(timer)
         .bind(paused as i64)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -818,7 +835,7 @@ impl MetaStore for SqliteStore {
         .bind(&key.scope)
         .bind(key.builtin as i64)
         .bind(key.created_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let keys = self.list_aws_keys().await?;
         let stored = if key.builtin {
@@ -854,7 +871,7 @@ impl MetaStore for SqliteStore {
     async fn delete_aws_key(&self, access_key_id: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM aws_keys WHERE access_key_id = ? AND builtin = 0")
             .bind(access_key_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::KeyNotFound(access_key_id.into()));
@@ -1067,16 +1084,16 @@ mod tests {
             skipped,
         };
         store
-            .timer_progress(&progress(2000, Some("r2"), false))
+            .timer_progress(&[progress(2000, Some("r2"), false)])
             .await
             .unwrap();
         // Another node's late write of an earlier time does not move it back.
         store
-            .timer_progress(&progress(1000, Some("r1"), false))
+            .timer_progress(&[progress(1000, Some("r1"), false)])
             .await
             .unwrap();
         store
-            .timer_progress(&progress(3000, None, true))
+            .timer_progress(&[progress(3000, None, true), progress(2500, None, false)])
             .await
             .unwrap();
         let s = &store.timer_states(Some("f")).await.unwrap()[0];

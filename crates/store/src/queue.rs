@@ -3,6 +3,7 @@
 //! database as the functions.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use sqlx::Row;
 
 use crate::{SqliteStore, StoreError};
@@ -13,13 +14,17 @@ pub struct NewEvent {
     pub id: String,
     /// The target: `name` or `name:qualifier`.
     pub function: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub idempotency_key: Option<String>,
     /// The submission's W3C `traceparent`; attempts continue its trace.
     pub traceparent: Option<String>,
     /// What submitted it when not a client (`timer:nightly`); its attempts are named so.
     pub source: Option<String>,
     pub now_ms: i64,
+    /// Stored as claimed by its submitter, its first attempt started (`running`, one
+    /// attempt): the node runs it the moment it is committed, with no claim round. A crash
+    /// leaves it `running`, which `recover` (and in a cluster, the lease) queues again.
+    pub claimed: bool,
 }
 
 /// What became of a submission.
@@ -82,7 +87,7 @@ impl AsyncStatus {
 pub struct AsyncRecord {
     pub id: String,
     pub function: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub status: AsyncStatus,
     /// Attempts started; a re-delivered attempt (after a crash) counts again.
     pub attempts: u32,
@@ -168,7 +173,7 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<AsyncRecord, StoreError>
     Ok(AsyncRecord {
         id: r.try_get("id")?,
         function: r.try_get("function")?,
-        payload: r.try_get("payload")?,
+        payload: Bytes::from(r.try_get::<Vec<u8>, _>("payload")?),
         status: AsyncStatus::parse(r.try_get("status")?)?,
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         function_errors: r.try_get::<i64, _>("function_errors")? as u32,
@@ -237,31 +242,25 @@ async fn finish_in(
 #[async_trait]
 impl AsyncQueue for SqliteStore {
     async fn enqueue(&self, events: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            if let Some(key) = &e.idempotency_key {
-                let earlier = sqlx::query(
-                    "SELECT id FROM async_invocations WHERE function = ? AND idempotency_key = ?",
-                )
-                .bind(&e.function)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(row) = earlier {
-                    out.push(Accepted::Duplicate(row.try_get("id")?));
-                    continue;
-                }
-            }
-            sqlx::query(
+            // One statement for a new event, keyed or not: the unique index on the key
+            // decides, and only a repeat reads the earlier id (a read before every insert
+            // was most of what an idempotency key cost).
+            let inserted = sqlx::query(
                 "INSERT INTO async_invocations (id, function, payload, status, attempts,
                     function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
                     idempotency_key, traceparent, source)
-                 VALUES (?, ?, ?, 'queued', 0, 0, ?, ?, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL
+                    DO NOTHING",
             )
             .bind(&e.id)
             .bind(&e.function)
-            .bind(&e.payload)
+            .bind(&e.payload[..])
+            .bind(if e.claimed { "running" } else { "queued" })
+            .bind(i64::from(e.claimed))
             .bind(e.now_ms)
             .bind(e.now_ms)
             .bind(e.now_ms)
@@ -270,7 +269,18 @@ impl AsyncQueue for SqliteStore {
             .bind(&e.source)
             .execute(&mut *tx)
             .await?;
-            out.push(Accepted::New);
+            if inserted.rows_affected() == 1 {
+                out.push(Accepted::New);
+                continue;
+            }
+            let earlier = sqlx::query(
+                "SELECT id FROM async_invocations WHERE function = ? AND idempotency_key = ?",
+            )
+            .bind(&e.function)
+            .bind(&e.idempotency_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            out.push(Accepted::Duplicate(earlier.try_get("id")?));
         }
         tx.commit().await?;
         Ok(out)
@@ -281,7 +291,7 @@ impl AsyncQueue for SqliteStore {
         wants: &[(String, usize)],
         now_ms: i64,
     ) -> Result<Vec<AsyncRecord>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::new();
         for (target, limit) in wants {
             let rows = sqlx::query(concat!(
@@ -312,7 +322,7 @@ impl AsyncQueue for SqliteStore {
     }
 
     async fn finish_many(&self, ends: &[(String, Finish)], now_ms: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for (id, how) in ends {
             finish_in(&mut tx, id, how, now_ms).await?;
         }
@@ -328,7 +338,7 @@ impl AsyncQueue for SqliteStore {
         )
         .bind(now_ms)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -369,7 +379,7 @@ impl AsyncQueue for SqliteStore {
     }
 
     async fn redrive(&self, ids: &[String], now_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut n = 0;
         for id in ids {
             let done = sqlx::query(
@@ -408,7 +418,7 @@ impl AsyncQueue for SqliteStore {
              WHERE status NOT IN ('queued', 'running', 'retrying') AND updated_at_ms < ?",
         )
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -422,11 +432,12 @@ mod tests {
         NewEvent {
             id: id.into(),
             function: target.into(),
-            payload: b"{}".to_vec(),
+            payload: Bytes::from_static(b"{}"),
             idempotency_key: key.map(String::from),
             traceparent: None,
             source: None,
             now_ms,
+            claimed: false,
         }
     }
 
@@ -507,12 +518,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claimed_submission_is_running_at_once_and_a_restart_queues_it_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = SqliteStore::open(&tmp.path().join("q.db")).await.unwrap();
+        let claimed = NewEvent {
+            claimed: true,
+            ..event("c", "f", Some("k"), 1)
+        };
+        let accepted = q
+            .enqueue(&[claimed.clone(), event("q", "f", None, 2)])
+            .await
+            .unwrap();
+        assert_eq!(accepted, vec![Accepted::New, Accepted::New]);
+        let c = q.get("c").await.unwrap().unwrap();
+        assert_eq!((c.status, c.attempts), (AsyncStatus::Running, 1));
+        // A claim round takes only the queued one.
+        let taken = q.claim(&[("f".into(), 10)], 5).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["q"]
+        );
+        // Its key still answers a repeat with it.
+        assert_eq!(
+            q.enqueue(&[NewEvent {
+                id: "c2".into(),
+                ..claimed
+            }])
+            .await
+            .unwrap(),
+            vec![Accepted::Duplicate("c".into())]
+        );
+        // The node died while it ran: after the restart it is delivered again.
+        assert_eq!(q.recover(10).await.unwrap(), 2);
+        let again = q.claim(&[("f".into(), 10)], 10).await.unwrap();
+        let c = again.iter().find(|r| r.id == "c").unwrap();
+        assert_eq!(c.attempts, 2);
+    }
+
+    #[tokio::test]
     async fn submissions_work_again_once_a_full_disk_has_room() {
         let disk = crate::testfs::SmallDisk::mount(2048);
         let ballast = disk.ballast(1024 * 1024);
         let q = std::sync::Arc::new(SqliteStore::open(&disk.path().join("q.db")).await.unwrap());
         let big = |id: String| NewEvent {
-            payload: vec![b'x'; 32 * 1024],
+            payload: Bytes::from(vec![b'x'; 32 * 1024]),
             ..event(&id, "f", None, 1)
         };
         let mut full = None;

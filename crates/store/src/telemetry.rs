@@ -319,7 +319,7 @@ pub struct SqliteTelemetry {
 
 impl SqliteTelemetry {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = crate::meta::open_wal(path, false, true).await?;
+        let pool = crate::meta::open_wal(path, false, true, 4).await?;
         sqlx::migrate!("./migrations/telemetry").run(&pool).await?;
         Ok(SqliteTelemetry { pool })
     }

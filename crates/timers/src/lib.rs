@@ -7,10 +7,17 @@
 //! first wins and the others get the same invocation back; `timer_state` in the store
 //! records how far each schedule got (for catch-up after downtime) and whether the timer is
 //! paused. The loop reads the clock once per tick and hands it to `due`, a pure function.
+//!
+//! Nothing on a fire's way to the queue waits for its own store round trip: whether the
+//! timer is paused comes from the node's view (`Platform::trigger_paused`, refreshed from
+//! the store every second), the last fire's invocation from memory, and the progress
+//! records are written in batches behind the fires. A progress record lost in a crash
+//! costs nothing: the catch-up after the restart replays that time, and the queue's
+//! idempotency key answers it with the invocation already queued.
 
 mod schedule;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,16 +26,30 @@ use model::timer::{CatchUp, Overlap, TimerTrigger};
 use model::{Function, TriggerKind, limits};
 use platform::{Changes, Error, Platform, Trigger};
 use store::{MetaStore, TimerProgress};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 pub use schedule::Schedule;
 
-/// Fires queued at once at most; the others wait their turn (a thousand timers on one
-/// second must not open a thousand writes at once).
-const FIRES_IN_FLIGHT_MAX: usize = 64;
+/// Fires under way at once at most; the others wait their turn. A fire in flight is a
+/// task waiting for the queue's batched commit, so this bounds memory, not writes: the
+/// thousand timers of one second go into one or two commits.
+const FIRES_IN_FLIGHT_MAX: usize = 2_048;
 
-/// The longest the loop sleeps without looking again (a pause, another node's progress).
+/// The longest the loop sleeps without looking again.
 const TICK_MAX: Duration = Duration::from_secs(1);
+
+/// How often the node's view of paused timers and last fires is read from the store (a
+/// pause through another node takes effect here within this).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Progress records waiting for the writer; past this, fires wait (backpressure).
+const PROGRESS_BUFFER: usize = 4_096;
+
+/// Progress records written in one transaction at most.
+const PROGRESS_BATCH_MAX: usize = 1_024;
+
+/// A timer: (function, name).
+type Key = (String, String);
 
 /// One timer of one function, as the loop follows it.
 struct Entry {
@@ -39,20 +60,73 @@ struct Entry {
     next_ms: Option<i64>,
 }
 
+/// The last fire of a timer that this node knows of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LastFire {
+    scheduled_ms: i64,
+    request_id: String,
+}
+
 /// The timer trigger.
 pub struct Timers {
     meta: Arc<dyn MetaStore>,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each timer's last queued fire (`overlap: skip` asks whether it still runs): this
+    /// node's fires, and other nodes' as the refresh reads them.
+    last: Mutex<HashMap<Key, LastFire>>,
+    /// To the progress writer.
+    progress: mpsc::Sender<TimerProgress>,
+    progress_rx: Mutex<Option<mpsc::Receiver<TimerProgress>>>,
 }
 
 impl Timers {
     pub fn new(meta: Arc<dyn MetaStore>) -> Arc<Timers> {
+        let (progress, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Arc::new(Timers {
             meta,
             stop: watch::channel(false).0,
-            task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            last: Mutex::new(HashMap::new()),
+            progress,
+            progress_rx: Mutex::new(Some(progress_rx)),
         })
+    }
+
+    /// Takes a fire this node or another made as the timer's last, unless a later one is
+    /// known.
+    fn note_fire(&self, key: Key, fire: LastFire) {
+        let mut last = self.last.lock().unwrap();
+        match last.get(&key) {
+            Some(known) if known.scheduled_ms >= fire.scheduled_ms => {}
+            _ => {
+                last.insert(key, fire);
+            }
+        }
+    }
+
+    /// Reads what every node recorded (pauses, last fires) into this node's view.
+    async fn refresh(&self, platform: &Platform) -> Result<Vec<store::TimerState>, Error> {
+        let epoch = platform.paused_epoch();
+        let states = self.meta.timer_states(None).await?;
+        let paused: HashSet<Key> = states
+            .iter()
+            .filter(|s| s.paused)
+            .map(|s| (s.function.clone(), s.timer.clone()))
+            .collect();
+        platform.refresh_paused(paused, epoch);
+        for s in &states {
+            if let (Some(scheduled_ms), Some(id)) = (s.last_scheduled_ms, &s.last_request_id) {
+                self.note_fire(
+                    (s.function.clone(), s.timer.clone()),
+                    LastFire {
+                        scheduled_ms,
+                        request_id: id.clone(),
+                    },
+                );
+            }
+        }
+        Ok(states)
     }
 }
 
@@ -90,9 +164,20 @@ impl Trigger for Timers {
         platform: Arc<Platform>,
         changes: Changes,
     ) -> Result<(), Error> {
+        let rx = self.progress_rx.lock().unwrap().take();
+        let mut tasks = self.tasks.lock().unwrap();
+        if let Some(rx) = rx {
+            tasks.push(tokio::spawn(write_progress(
+                self.meta.clone(),
+                rx,
+                self.stop.subscribe(),
+            )));
+        }
         let me = self.clone();
-        let task = tokio::spawn(async move { me.run(platform, changes).await });
-        *self.task.lock().unwrap() = Some(task);
+        let p = platform.clone();
+        tasks.push(tokio::spawn(async move { me.run(p, changes).await }));
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move { me.keep_fresh(platform).await }));
         Ok(())
     }
 
@@ -107,8 +192,8 @@ impl Trigger for Timers {
 
     async fn stop(&self) {
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap().take();
-        if let Some(t) = task {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in tasks {
             let _ = t.await;
         }
     }
@@ -180,15 +265,14 @@ impl Timers {
     /// catching up on what they missed since their last recorded fire; changed ones start
     /// over; removed ones go.
     async fn follow(
-        &self,
+        self: &Arc<Self>,
         platform: &Arc<Platform>,
         functions: &[Function],
         entries: &mut HashMap<(String, String), Entry>,
         fires: &Arc<Semaphore>,
     ) {
         let states: HashMap<(String, String), store::TimerState> = match self
-            .meta
-            .timer_states(None)
+            .refresh(platform)
             .await
         {
             Ok(s) => s
@@ -196,7 +280,7 @@ impl Timers {
                 .map(|s| ((s.function.clone(), s.timer.clone()), s))
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "reading the timers' state failed; no catch-up this time");
+                tracing::warn!(error = %e.message, "reading the timers' state failed; no catch-up this time");
                 HashMap::new()
             }
         };
@@ -251,7 +335,7 @@ impl Timers {
 
     /// Queues the fire of `scheduled_ms` in a task of its own (bounded by `fires`).
     async fn spawn_fire(
-        &self,
+        self: &Arc<Self>,
         platform: &Arc<Platform>,
         fires: &Arc<Semaphore>,
         function: &str,
@@ -261,12 +345,126 @@ impl Timers {
         let Ok(permit) = fires.clone().acquire_owned().await else {
             return;
         };
-        let (platform, meta) = (platform.clone(), self.meta.clone());
+        let (me, platform) = (self.clone(), platform.clone());
         let (function, spec) = (function.to_string(), spec.clone());
         tokio::spawn(async move {
-            fire(&platform, &*meta, &function, &spec, scheduled_ms).await;
+            me.fire(&platform, &function, &spec, scheduled_ms).await;
             drop(permit);
         });
+    }
+
+    /// Refreshes the node's view every `REFRESH_EVERY` until stopped.
+    async fn keep_fresh(self: Arc<Self>, platform: Arc<Platform>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.refresh(&platform).await {
+                tracing::warn!(error = %e.message, "reading the timers' state failed; pauses through other nodes wait for the next read");
+            }
+        }
+    }
+
+    /// Fires `scheduled_ms` of a timer unless it is paused, or (`overlap: skip`) its last
+    /// fire is still queued or running; records what happened.
+    async fn fire(
+        &self,
+        platform: &Arc<Platform>,
+        function: &str,
+        spec: &TimerTrigger,
+        scheduled_ms: i64,
+    ) {
+        if platform.trigger_paused(function, &spec.name) {
+            return;
+        }
+        let key = (function.to_string(), spec.name.clone());
+        let mut progress = TimerProgress {
+            function: function.to_string(),
+            timer: spec.name.clone(),
+            scheduled_ms,
+            now_ms: platform::now_ms(),
+            request_id: None,
+            error: None,
+            skipped: false,
+        };
+        let last = (spec.overlap == Overlap::Skip)
+            .then(|| self.last.lock().unwrap().get(&key).cloned())
+            .flatten();
+        if let Some(last) = last
+            && let Ok(Some(r)) = platform.async_invocation(&last.request_id).await
+            && !r.status.is_final()
+        {
+            progress.skipped = true;
+        } else {
+            let idempotency = format!("timer:{}:{scheduled_ms}", spec.name);
+            let trace = platform::trace::child_of(None);
+            match platform
+                .submit_from(
+                    function,
+                    Bytes::from(event(platform, function, spec, scheduled_ms)),
+                    Some(idempotency),
+                    trace.traceparent,
+                    Some(format!("timer:{}", spec.name)),
+                )
+                .await
+            {
+                Ok((id, _)) => {
+                    self.note_fire(
+                        key,
+                        LastFire {
+                            scheduled_ms,
+                            request_id: id.clone(),
+                        },
+                    );
+                    progress.request_id = Some(id);
+                }
+                Err(e) => {
+                    tracing::warn!(function, timer = %spec.name, error = %e.message, "a timer's fire was not queued");
+                    progress.error = Some(e.message);
+                }
+            }
+        }
+        // Behind the fire: the writer batches these (see the module's note on a lost one).
+        if self.progress.send(progress).await.is_err() {
+            tracing::warn!(function, timer = %spec.name, "the timers have stopped; this fire's progress is not recorded");
+        }
+    }
+}
+
+/// Writes progress records in batches until stopped; then what has arrived.
+async fn write_progress(
+    meta: Arc<dyn MetaStore>,
+    mut rx: mpsc::Receiver<TimerProgress>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(PROGRESS_BATCH_MAX);
+    loop {
+        let stopping = tokio::select! {
+            first = rx.recv() => match first {
+                Some(p) => {
+                    batch.push(p);
+                    false
+                }
+                None => true,
+            },
+            _ = stop.changed() => true,
+        };
+        while batch.len() < PROGRESS_BATCH_MAX
+            && let Ok(p) = rx.try_recv()
+        {
+            batch.push(p);
+        }
+        if !batch.is_empty()
+            && let Err(e) = meta.timer_progress(&batch).await
+        {
+            tracing::warn!(error = %e, fires = batch.len(), "recording timers' fires failed");
+        }
+        batch.clear();
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -312,65 +510,6 @@ fn event(platform: &Platform, function: &str, spec: &TimerTrigger, scheduled_ms:
         "detail": {},
     }))
     .expect("an event serializes")
-}
-
-/// Fires `scheduled_ms` of a timer unless it is paused, or (`overlap: skip`) its last
-/// fire is still queued or running; records what happened.
-async fn fire(
-    platform: &Arc<Platform>,
-    meta: &dyn MetaStore,
-    function: &str,
-    spec: &TimerTrigger,
-    scheduled_ms: i64,
-) {
-    let state = match meta.timer_states(Some(function)).await {
-        Ok(states) => states.into_iter().find(|s| s.timer == spec.name),
-        Err(e) => {
-            tracing::warn!(function, timer = %spec.name, error = %e, "reading a timer's state failed; firing anyway");
-            None
-        }
-    };
-    if state.as_ref().is_some_and(|s| s.paused) {
-        return;
-    }
-    let mut progress = TimerProgress {
-        function: function.to_string(),
-        timer: spec.name.clone(),
-        scheduled_ms,
-        now_ms: platform::now_ms(),
-        request_id: None,
-        error: None,
-        skipped: false,
-    };
-    if spec.overlap == Overlap::Skip
-        && let Some(last) = state.as_ref().and_then(|s| s.last_request_id.as_deref())
-        && let Ok(Some(r)) = platform.async_invocation(last).await
-        && !r.status.is_final()
-    {
-        progress.skipped = true;
-    } else {
-        let key = format!("timer:{}:{scheduled_ms}", spec.name);
-        let trace = platform::trace::child_of(None);
-        match platform
-            .submit_from(
-                function,
-                Bytes::from(event(platform, function, spec, scheduled_ms)),
-                Some(key),
-                trace.traceparent,
-                Some(format!("timer:{}", spec.name)),
-            )
-            .await
-        {
-            Ok((id, _)) => progress.request_id = Some(id),
-            Err(e) => {
-                tracing::warn!(function, timer = %spec.name, error = %e.message, "a timer's fire was not queued");
-                progress.error = Some(e.message);
-            }
-        }
-    }
-    if let Err(e) = meta.timer_progress(&progress).await {
-        tracing::warn!(function, timer = %spec.name, error = %e, "recording a timer's fire failed");
-    }
 }
 
 #[cfg(test)]

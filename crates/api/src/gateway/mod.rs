@@ -255,6 +255,18 @@ async fn serve(
         ));
     };
     check_network(route, peer).map_err(IntoResponse::into_response)?;
+    if let Some((function, path)) = &route.paused_as
+        && platform.trigger_paused(function, path)
+    {
+        return Err(ApiError::new(
+            ErrorCode::TriggerPaused,
+            format!(
+                "the route {} of `{function}` is paused; `nimbus triggers resume {function} {path}` serves it again",
+                route.route_key
+            ),
+        )
+        .into_response());
+    }
     check_key(platform, route, &parts.headers).map_err(IntoResponse::into_response)?;
     if let Err(retry_after_s) = route.guard.take_token() {
         return Err(refusal(

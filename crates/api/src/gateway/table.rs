@@ -23,6 +23,9 @@ pub struct Route {
     pub route_key: String,
     /// For function URLs: the prefix (`/fn/name`) removed before the path reaches a web app.
     pub strip_prefix: Option<String>,
+    /// What pauses the route (`nimbus triggers pause FUNCTION PATH`): its function's name
+    /// and its path. Function URLs are not triggers and are not paused.
+    pub paused_as: Option<(String, String)>,
     pub guard: Arc<Guard>,
     /// The event a handler gets.
     pub payload: super::event::Payload,
@@ -169,6 +172,7 @@ fn routes_of(f: &Function) -> Result<Vec<(String, Route)>, String> {
                     params: param_names(&segments),
                     route_key: format!("ANY {pattern}"),
                     strip_prefix: Some(prefix.clone()),
+                    paused_as: None,
                     guard: guard.clone(),
                     payload: payload_of(spec.conventions, None),
                 },
@@ -203,10 +207,18 @@ fn trigger_route(
         format!("{} {}", methods.join(","), t.path)
     };
     let guard = Arc::new(Guard::compile(&t.options(), &methods)?);
+    let paused_as = Some((
+        function
+            .split_once(':')
+            .map_or(function.as_str(), |(f, _)| f)
+            .to_string(),
+        t.path.clone(),
+    ));
     Ok((
         t.path.clone(),
         Route {
             function,
+            paused_as,
             kind,
             methods,
             params: param_names(&segments),

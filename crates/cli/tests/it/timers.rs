@@ -203,6 +203,53 @@ async fn pause_holds_across_a_restart_and_resume_goes_on_from_now() {
 }
 
 #[tokio::test]
+async fn a_paused_route_answers_503_across_a_restart_until_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let dir = project(
+        tmp.path(),
+        "door",
+        "functions:\n  door:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - http: {path: /door, methods: [GET], auth: anonymous}\n      - http: {path: /open, auth: anonymous}\n",
+        &[(
+            "main.py",
+            "def handler(event, context):\n    return {'statusCode': 200, 'body': 'open'}\n",
+        )],
+    );
+    server.deploy(&dir).await;
+    assert_eq!(server.get("/door").send().await.unwrap().status(), 200);
+    let run = server.cli(&["triggers", "pause", "door", "/door"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let paused = server.get("/door").send().await.unwrap();
+    assert_eq!(paused.status(), 503);
+    let body: Value = paused.json().await.unwrap();
+    assert_eq!(body["code"], "trigger_paused", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nimbus triggers resume door /door"),
+        "{body}"
+    );
+    // The function's other route still serves.
+    assert_eq!(server.get("/open").send().await.unwrap().status(), 200);
+    server.stop();
+    let server = Server::start(&data);
+    assert_eq!(server.get("/door").send().await.unwrap().status(), 503);
+    let ls = server.cli(&["triggers", "ls", "door"]).await;
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.contains("/door") && l.contains("paused")),
+        "{}",
+        ls.stdout
+    );
+    let run = server.cli(&["triggers", "resume", "door", "/door"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(server.get("/door").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn overlap_skip_skips_while_the_last_fire_runs_and_a_timer_wakes_a_stopped_function() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));

@@ -158,6 +158,7 @@ impl EventBus {
     ) -> Result<Vec<usize>, Error> {
         let compiled = self.current(platform);
         let mut counts = Vec::with_capacity(events.len());
+        let mut deliveries = Vec::new();
         for event in events {
             let view = event.matching_view();
             let mut hits = Vec::new();
@@ -169,19 +170,23 @@ impl EventBus {
                 let t = &compiled.targets[id.0 as usize];
                 !platform.trigger_paused(&t.function, &t.name)
             });
-            for id in &hits {
-                let t = &compiled.targets[id.0 as usize];
-                platform
-                    .submit_from(
-                        &t.function,
-                        Bytes::from(event.payload(t.format)),
-                        Some(format!("event:{}:{identity}", t.name)),
-                        traceparent.to_string(),
-                        Some(format!("event:{}", t.name)),
-                    )
-                    .await?;
-            }
             counts.push(hits.len());
+            for id in hits {
+                let t = &compiled.targets[id.0 as usize];
+                deliveries.push(platform.submit_from(
+                    &t.function,
+                    Bytes::from(event.payload(t.format)),
+                    Some(format!("event:{}:{identity}", t.name)),
+                    traceparent.to_string(),
+                    Some(format!("event:{}", t.name)),
+                ));
+            }
+        }
+        // All at once: the queue commits whatever is waiting together, so a batch of events
+        // or an event many rules match costs one commit, not one each. Every one is awaited
+        // to its end before an error is answered (none is dropped half-way).
+        for done in futures_util::future::join_all(deliveries).await {
+            done?;
         }
         Ok(counts)
     }
