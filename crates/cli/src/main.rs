@@ -80,7 +80,7 @@ pub enum LocalCommand {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the Nimbus server (control API and function instances).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Start a project in DIR from a template: nimbus.yaml, the code, a test.
     Init {
         /// Directory to write the project into (made if missing).

@@ -394,7 +394,7 @@ impl ObjectStore {
         let blob = record.blob_id.clone();
         match self
             .meta
-            .commit_object(ObjectChange::Put(record), &[])
+            .commit_object(ObjectChange::Put(Box::new(record)), &[])
             .await
         {
             Ok(released) => {

@@ -64,8 +64,9 @@ pub struct ObjectRecord {
 /// One change of one object, committed by `ObjectMeta::commit_object`.
 #[derive(Clone, Debug)]
 pub enum ObjectChange {
-    /// The object becomes `record` (created or replaced).
-    Put(ObjectRecord),
+    /// The object becomes `record` (created or replaced). Boxed: a record is large and a
+    /// delete is not.
+    Put(Box<ObjectRecord>),
     /// The object goes; deleting a missing key is no error (S3's answer is the same).
     Delete { bucket: String, key: String },
 }
@@ -345,7 +346,7 @@ async fn apply_change(
 /// Writes the change's bucket events into the outbox inside the change's transaction.
 /// There are none yet (`NewObjectEvent` has no values); bucket events add the insert here.
 fn write_events(events: &[NewObjectEvent]) {
-    for event in events {
+    if let Some(event) = events.first() {
         match *event {}
     }
 }
@@ -745,7 +746,7 @@ impl ObjectMeta for SqliteStore {
             .bind(upload_id)
             .execute(&mut *tx)
             .await?;
-        released.extend(apply_change(&mut tx, &ObjectChange::Put(object)).await?);
+        released.extend(apply_change(&mut tx, &ObjectChange::Put(Box::new(object))).await?);
         write_events(events);
         tx.commit().await?;
         Ok(released)
@@ -810,7 +811,7 @@ mod tests {
     }
 
     async fn put(s: &SqliteStore, bucket: &str, key: &str, blob: &str) -> Option<String> {
-        s.commit_object(ObjectChange::Put(object(bucket, key, blob)), &[])
+        s.commit_object(ObjectChange::Put(Box::new(object(bucket, key, blob))), &[])
             .await
             .unwrap()
     }
@@ -866,7 +867,7 @@ mod tests {
     async fn a_change_swaps_the_row_and_lets_go_of_the_old_blob() {
         let (_d, s) = store().await;
         assert!(matches!(
-            s.commit_object(ObjectChange::Put(object("nope", "k", "1")), &[])
+            s.commit_object(ObjectChange::Put(Box::new(object("nope", "k", "1"))), &[])
                 .await,
             Err(ObjectError::NoSuchBucket(_))
         ));
