@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
+mod s3;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-patterns") => bench_patterns(&args[1..]),
         Some("bench-timers") => bench_timers(&args[1..]),
         Some("bench-bus") => bench_bus(&args[1..]),
+        Some("bench-s3") => s3::bench_s3(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -41,7 +44,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-runtime-api [--seconds N] [--connections N] [--rounds N]\n\
                  \x20      cargo xtask bench-patterns [--rounds N]\n\
                  \x20      cargo xtask bench-timers [--seconds N]\n\
-                 \x20      cargo xtask bench-bus [--seconds N] [--connections N]\n\n\
+                 \x20      cargo xtask bench-bus [--seconds N] [--connections N]\n\
+                 \x20      cargo xtask bench-s3 [--seconds N] [--connections N] [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -95,7 +99,13 @@ impl Nimbus {
         std::fs::create_dir_all(data)?;
         let (process, endpoint) = start(
             Command::new(binary)
-                .args(["server", "--listen", "127.0.0.1:0"])
+                .args([
+                    "server",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--s3-listen",
+                    "127.0.0.1:0",
+                ])
                 .args(flags)
                 .arg("--data-dir")
                 .arg(data)

@@ -63,7 +63,14 @@ async fn start_server() -> anyhow::Result<(OwnServer, Client)> {
         .context("making a data dir")?;
     let log = std::fs::File::create(data.path().join("server.log")).context("server.log")?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -20,6 +20,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 /// Where a server listens, and a client looks for it, unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9700";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
+/// Where the S3 API listens unless told otherwise.
+pub const DEFAULT_S3_LISTEN: &str = "127.0.0.1:9702";
 
 /// Nimbus: function compute in one binary. `nimbus server` runs the platform; the other
 /// commands deploy, invoke and manage functions on it.
@@ -78,7 +80,7 @@ pub enum LocalCommand {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the Nimbus server (control API and function instances).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Start a project in DIR from a template: nimbus.yaml, the code, a test.
     Init {
         /// Directory to write the project into (made if missing).

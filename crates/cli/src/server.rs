@@ -15,6 +15,9 @@ pub struct ServerArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "NIMBUS_LISTEN", default_value = crate::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Address the S3 API (the object store) listens on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "NIMBUS_S3_LISTEN", default_value = crate::DEFAULT_S3_LISTEN)]
+    s3_listen: SocketAddr,
     /// Python 3 interpreter for `python3` functions (default: the system one).
     #[arg(long, env = "NIMBUS_PYTHON3")]
     python3: Option<PathBuf>,
@@ -167,6 +170,9 @@ fn connections_max_default() -> usize {
 /// How often unreferenced code archives and trees are looked for.
 const CODE_COLLECTION_EVERY: Duration = Duration::from_secs(600);
 
+/// How often object bytes that nothing refers to are looked for.
+const OBJECT_COLLECTION_EVERY: Duration = Duration::from_secs(600);
+
 /// How long in-flight requests get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -196,6 +202,23 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             .await
             .with_context(|| format!("opening the database in {}", data_dir.display()))?,
     );
+    // The object store's bytes; what a crash left (temporary files, bytes whose row never
+    // committed or whose removal was cut short) goes now, before anything is served.
+    let object_files = store::ObjectFiles::open(data_dir.join("objects"))
+        .context("opening the object store's directory")?;
+    let object_meta: Arc<dyn store::ObjectMeta> = meta.clone();
+    let swept_objects = object_files
+        .sweep_staging()
+        .context("sweeping unfinished object uploads")?
+        + s3::collect_garbage(object_meta.as_ref(), &object_files, 0)
+            .await
+            .map_err(|e| anyhow::anyhow!("collecting unreferenced object bytes: {e}"))?;
+    if swept_objects > 0 {
+        tracing::info!(
+            swept_objects,
+            "removed object bytes an interrupted upload or removal left"
+        );
+    }
     let blobs: Arc<dyn store::BlobStore> =
         Arc::new(store::FsBlobStore::new(data_dir.join("blobs")));
     let code = store::CodeCache::new(
@@ -372,6 +395,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let s3_listener = tokio::net::TcpListener::bind(args.s3_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--s3-listen)", args.s3_listen))?;
+    let s3_addr = s3_listener.local_addr()?;
     platform.set_bus_endpoint(format!("http://{addr}"), api::bus_key(&token));
     platform
         .load()
@@ -417,10 +444,52 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         },
     }));
 
-    // Scripts and tests read this line to find the port.
+    let s3_service = s3::service(
+        s3::ObjectStore::new(object_meta.clone(), object_files.clone(), &args.region),
+        platform.clone(),
+    );
+    let (s3_stop_tx, s3_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(s3::serve(
+        s3_listener,
+        s3_service,
+        s3::ServeConfig {
+            connections_max: args
+                .connections_max
+                .map_or_else(connections_max_default, |n| n as usize),
+            header_read_timeout_ms: args.header_read_timeout_ms,
+        },
+        async move {
+            let _ = s3_stop_rx.await;
+        },
+    ));
+    {
+        let (meta, files) = (object_meta.clone(), object_files.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(OBJECT_COLLECTION_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match s3::collect_garbage(
+                    meta.as_ref(),
+                    &files,
+                    model::limits::OBJECT_GARBAGE_GRACE_MS,
+                )
+                .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "collected unreferenced object bytes"),
+                    Err(e) => tracing::warn!("collecting object bytes: {e}"),
+                }
+            }
+        });
+    }
+
+    // Scripts and tests read these lines to find the ports (the S3 line comes first: the
+    // main one tells a reader that start-up is over).
+    println!("nimbus S3 API listening on http://{s3_addr}");
     println!("nimbus listening on http://{addr}");
     println!(
-        "data dir {}; admin token in {}; AWS credentials (Lambda API) in {}",
+        "data dir {}; admin token in {}; AWS credentials (Lambda and S3 APIs) in {}",
         data_dir.display(),
         data_dir.join("admin.token").display(),
         data_dir.join(AWS_CREDENTIALS).display()
@@ -453,6 +522,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         served = serve => served.context("serving")?,
         _ = grace => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}"),
     }
+    let _ = s3_stop_tx.send(());
     platform.stop_triggers().await;
     pool.shutdown().await;
     platform.flush_telemetry().await;

@@ -4,6 +4,7 @@
 //! sandbox) is described here once, so that the rules for what is a valid function live in
 //! one place and every layer enforces the same ones.
 
+pub mod bucket;
 pub mod civil;
 mod error;
 mod function;

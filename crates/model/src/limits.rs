@@ -221,3 +221,57 @@ pub const EVENT_BYTES_MAX: usize = 256 * 1024;
 /// Most events in one batch (a CloudEvents batch, a PutEvents request): every event of it
 /// is committed, once per matching rule, before the answer, so this bounds that work.
 pub const EVENT_BATCH_MAX: usize = 100;
+
+// The object store (S3 API). The sizes are S3's own, so that a client's multipart
+// thresholds and a bucket moved from S3 fit unchanged.
+
+/// Largest object in one PUT (S3's 5 GiB): past it clients must use multipart uploads,
+/// which they do on their own well below it.
+pub const OBJECT_PUT_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Largest object made by a multipart upload (S3's 5 TiB).
+pub const OBJECT_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// Largest part of a multipart upload (S3's 5 GiB, as a single PUT).
+pub const OBJECT_PART_SIZE_BYTES_MAX: u64 = OBJECT_PUT_SIZE_BYTES_MAX;
+
+/// Smallest part of a multipart upload but the last (S3's 5 MiB): it keeps the part count
+/// of a large object, and so the work of completing it, bounded.
+pub const OBJECT_PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
+
+/// Part numbers run 1..=this (S3's 10,000).
+pub const OBJECT_PARTS_MAX: i32 = 10_000;
+
+/// Longest object key in UTF-8 bytes (S3's 1,024).
+pub const OBJECT_KEY_BYTES_MAX: usize = 1024;
+
+/// User metadata (`x-amz-meta-*` names and values together) per object, in bytes (S3's
+/// 2 KB): it is stored in the object's row and sent back in every GET's headers.
+pub const OBJECT_METADATA_BYTES_MAX: usize = 2048;
+
+/// Longest standard header stored with an object (content type, encoding, disposition,
+/// language, cache control): they are echoed in every GET, so they are bounded as a header.
+pub const OBJECT_HEADER_BYTES_MAX: usize = 1024;
+
+/// Buckets on a node (S3's default quota per account is 10,000; a bucket costs a row and
+/// the listing of all of them is one page).
+pub const BUCKETS_MAX: usize = 10_000;
+
+/// Multipart uploads in progress per bucket: each holds parts on disk until it is completed
+/// or aborted, so an abandoned client's uploads cannot grow without bound.
+pub const OBJECT_UPLOADS_PER_BUCKET_MAX: usize = 10_000;
+
+/// Keys in one DeleteObjects request (S3's 1,000).
+pub const OBJECT_DELETE_KEYS_MAX: usize = 1000;
+
+/// Most entries in one listing page (S3's 1,000; `max-keys` above it is lowered to it).
+pub const OBJECT_LIST_KEYS_MAX: usize = 1000;
+
+/// Bucket names: 3..=63 characters (S3's rules, `model::bucket::validate_bucket_name`).
+pub const BUCKET_NAME_LEN_MIN: usize = 3;
+pub const BUCKET_NAME_LEN_MAX: usize = 63;
+
+/// How long bytes on disk that no object or part refers to are kept before the background
+/// collector removes them: longer than any upload takes from its rename into place to its
+/// row's commit. At start-up (the data dir's lock held, nothing in flight) they go at once.
+pub const OBJECT_GARBAGE_GRACE_MS: i64 = 3_600_000;

@@ -1,5 +1,6 @@
 //! Persistence for Nimbus: function metadata, code blobs, the unpacked-code cache, the
-//! asynchronous queue, and telemetry (invocation records, logs, events).
+//! asynchronous queue, telemetry (invocation records, logs, events), and the object
+//! store's metadata (`objects`) and bytes (`object_files`).
 //!
 //! Each concern sits behind a trait (`MetaStore`, `BlobStore`) with the embedded backend
 //! (SQLite in WAL mode, the local filesystem) implemented here; the cluster backends
@@ -12,6 +13,8 @@ mod code_cache;
 mod error;
 mod gc;
 mod meta;
+pub mod object_files;
+pub mod objects;
 mod queue;
 pub mod telemetry;
 #[cfg(test)]
@@ -26,6 +29,8 @@ pub use meta::{
     AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore,
     TimerProgress, TimerState,
 };
+pub use object_files::{BlobSink, ObjectFiles};
+pub use objects::{ObjectError, ObjectMeta};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};
 

@@ -102,7 +102,14 @@ async fn an_empty_token_variable_counts_as_unset() {
 fn the_server_log_has_no_colour_codes_in_a_pipe() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(NIMBUS)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(tmp.path())
         .env("NIMBUS_LOG", "info")
         .stdout(Stdio::piped())

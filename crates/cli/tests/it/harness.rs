@@ -12,6 +12,8 @@ pub const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 pub struct Server {
     pub child: Child,
     pub endpoint: String,
+    /// The S3 API's endpoint (`http://127.0.0.1:PORT`).
+    pub s3_endpoint: String,
     pub data_dir: PathBuf,
     pub token: String,
     pub http: reqwest::Client,
@@ -54,7 +56,14 @@ impl Server {
         };
         let mut child = Command::new(program)
             .args(wrapper_args)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(args)
             .envs(env.iter().copied())
@@ -65,11 +74,15 @@ impl Server {
             .expect("starting nimbus server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut s3_endpoint = String::new();
         let endpoint = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .expect("reading server output");
+            if let Some(url) = line.strip_prefix("nimbus S3 API listening on ") {
+                s3_endpoint = url.to_string();
+            }
             if let Some(url) = line.strip_prefix("nimbus listening on ") {
                 break url.to_string();
             }
@@ -83,6 +96,7 @@ impl Server {
         Server {
             child,
             endpoint,
+            s3_endpoint,
             data_dir: data_dir.to_path_buf(),
             token,
             http: reqwest::Client::new(),

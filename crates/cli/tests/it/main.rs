@@ -21,6 +21,7 @@ mod openapi;
 mod pid1;
 mod releases;
 mod runtime_api;
+mod s3;
 mod sandbox;
 mod scheduler;
 mod storage;
@@ -331,7 +332,14 @@ async fn restart_keeps_functions_and_stop_leaves_no_instance_behind() {
     // A second server on the same data dir is refused while this one runs.
     let killed = server.child.id();
     let second = std::process::Command::new(crate::harness::NIMBUS)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("NIMBUS_LOG", "error")
         .output()

@@ -417,6 +417,8 @@ fn require_sandbox_refuses_to_start_without_every_protection() {
             "server",
             "--listen",
             "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
             "--require-sandbox",
             "--data-dir",
         ])

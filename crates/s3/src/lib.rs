@@ -1,0 +1,51 @@
+//! Nimbus's object store: the S3 API (s3s: routing, XML shapes, SigV4 including presigned
+//! URLs and `aws-chunked` bodies) over the store's object metadata (`store::ObjectMeta`)
+//! and bytes on disk (`store::ObjectFiles`), served on a listener of its own
+//! (`--s3-listen`).
+//!
+//! - `auth`: the platform's AWS access keys sign requests; admin-scope keys may do
+//!   everything, invoke-scope keys nothing here (AccessDenied), anonymous requests nothing.
+//! - `ops`: the S3 operations (`impl S3`).
+//! - `body`: request bodies streamed to disk on a blocking thread while they are hashed;
+//!   objects streamed out of their files.
+//! - `error`: the store's answers as S3's error codes.
+//! - `serve`: the accept loop, and the background collection of unreferenced bytes.
+//!
+//! Fences s3s: no other crate knows S3's wire shapes.
+
+mod auth;
+mod body;
+mod error;
+mod ops;
+mod serve;
+
+use std::sync::Arc;
+
+pub use serve::{ServeConfig, collect_garbage, serve};
+
+/// The object store as the S3 API serves it.
+pub struct ObjectStore {
+    meta: Arc<dyn store::ObjectMeta>,
+    files: store::ObjectFiles,
+    /// The region answered by GetBucketLocation and expected in signatures' scope.
+    region: String,
+}
+
+impl ObjectStore {
+    pub fn new(meta: Arc<dyn store::ObjectMeta>, files: store::ObjectFiles, region: &str) -> Self {
+        ObjectStore {
+            meta,
+            files,
+            region: region.to_string(),
+        }
+    }
+}
+
+/// The S3 service (a hyper service) over `store`, its requests signed by the platform's
+/// access keys.
+pub fn service(store: ObjectStore, platform: Arc<platform::Platform>) -> s3s::service::S3Service {
+    let mut builder = s3s::service::S3ServiceBuilder::new(store);
+    builder.set_auth(auth::Keys::new(platform.clone()));
+    builder.set_access(auth::Keys::new(platform));
+    builder.build()
+}
