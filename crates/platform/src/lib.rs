@@ -238,6 +238,12 @@ impl Platform {
             .await
     }
 
+    /// Whether `target` (`name`, `name:3`, `name:alias`) names a function that can be
+    /// called: `function_not_found` and the like otherwise.
+    pub async fn check_target(&self, target: &str) -> Result<(), Error> {
+        self.resolve(target).await.map(|_| ())
+    }
+
     /// As `submit_async`, for a trigger: `source` (`timer:nightly`) names the attempts'
     /// trigger in their records.
     pub async fn submit_from(

@@ -21,6 +21,75 @@ use platform::{Changes, Error, Platform, Trigger};
 use store::objects::{NewObjectEvent, ObjectEvent, ObjectMeta};
 use tokio::sync::{Notify, watch};
 
+/// Why a bucket's notification rules were refused.
+#[derive(Debug)]
+pub(crate) enum ConfigError {
+    /// S3's InvalidArgument, with its message.
+    Invalid(String),
+    Object(store::ObjectError),
+    Store(String),
+}
+
+/// A rule set the AWS way: `arn` is a Lambda function ARN
+/// (`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`) or a function's name;
+/// `filters` are (`prefix` | `suffix`, value) pairs as S3's FilterRules.
+pub(crate) fn rule_of(
+    bucket: &str,
+    id: Option<String>,
+    arn: &str,
+    events: Vec<String>,
+    filters: Vec<(String, String)>,
+) -> Result<Rule, s3s::S3Error> {
+    let invalid = |m: String| s3s::S3Error::with_message(s3s::S3ErrorCode::InvalidArgument, m);
+    let function = match arn.strip_prefix("arn:aws:lambda:") {
+        Some(rest) => match rest.splitn(4, ':').collect::<Vec<_>>()[..] {
+            [_, _, "function", target] if !target.is_empty() => target.to_string(),
+            _ => return Err(invalid(format!("`{arn}` is not a Lambda function ARN"))),
+        },
+        None => arn.to_string(),
+    };
+    let mut spec = ObjectTrigger {
+        // S3 names a rule without an id itself.
+        name: Some(id.unwrap_or_else(|| format!("{function}-{}", uuid::Uuid::new_v4().simple()))),
+        bucket: bucket.to_string(),
+        events,
+        prefix: String::new(),
+        suffix: String::new(),
+        format: EventFormat::Native,
+    };
+    for (name, value) in filters {
+        match name.to_ascii_lowercase().as_str() {
+            "prefix" => spec.prefix = value,
+            "suffix" => spec.suffix = value,
+            other => {
+                return Err(invalid(format!(
+                    "filter rule name `{other}`: use prefix or suffix"
+                )));
+            }
+        }
+    }
+    if spec.events.is_empty() {
+        return Err(invalid("a configuration names at least one event".into()));
+    }
+    for e in &spec.events {
+        if !model::object::EVENT_NAMES.contains(&e.as_str()) {
+            return Err(invalid(format!(
+                "`{e}` is not an event Nimbus sends; use one of {}",
+                model::object::EVENT_NAMES.join(", ")
+            )));
+        }
+    }
+    if spec.prefix.len() > limits::OBJECT_KEY_BYTES_MAX
+        || spec.suffix.len() > limits::OBJECT_KEY_BYTES_MAX
+    {
+        return Err(invalid(format!(
+            "a filter value is at most {} bytes",
+            limits::OBJECT_KEY_BYTES_MAX
+        )));
+    }
+    Ok(Rule { function, spec })
+}
+
 /// Events read from the outbox per round.
 const BATCH_MAX: usize = 256;
 /// How often the outbox is read without a wake-up.
@@ -28,19 +97,23 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// An event its node has not delivered for this long is any node's to deliver.
 const STALE_AFTER_MS: i64 = 30_000;
 
-/// One rule of one function.
-#[derive(Clone, Debug)]
-struct Rule {
-    function: String,
-    spec: ObjectTrigger,
+/// One rule of one function (a target: `name` or `name:qualifier`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Rule {
+    pub(crate) function: String,
+    pub(crate) spec: ObjectTrigger,
 }
 
 /// The object trigger.
 pub struct BucketEvents {
     meta: Arc<dyn ObjectMeta>,
     node: String,
-    /// Rules by bucket, from the catalog.
+    /// Rules by bucket: the catalog's and the buckets' own, together.
     rules: RwLock<Arc<HashMap<String, Vec<Rule>>>>,
+    /// The catalog's rules (`triggers: [{object: …}]`) by bucket.
+    declared: RwLock<HashMap<String, Vec<Rule>>>,
+    /// Rules set the AWS way (PutBucketNotificationConfiguration), by bucket, as stored.
+    configured: RwLock<HashMap<String, Vec<Rule>>>,
     wake: Notify,
     platform: std::sync::OnceLock<Weak<Platform>>,
     stop: watch::Sender<bool>,
@@ -53,6 +126,8 @@ impl BucketEvents {
             meta,
             node: node.to_string(),
             rules: RwLock::new(Arc::new(HashMap::new())),
+            declared: RwLock::new(HashMap::new()),
+            configured: RwLock::new(HashMap::new()),
             wake: Notify::new(),
             platform: std::sync::OnceLock::new(),
             stop: watch::channel(false).0,
@@ -100,7 +175,119 @@ impl BucketEvents {
                 });
             }
         }
-        *self.rules.write().unwrap() = Arc::new(rules);
+        *self.declared.write().unwrap() = rules;
+        self.combine();
+    }
+
+    /// Recomputes the rules by bucket from both sources.
+    fn combine(&self) {
+        let mut all = self.declared.read().unwrap().clone();
+        for (bucket, rules) in self.configured.read().unwrap().iter() {
+            all.entry(bucket.clone())
+                .or_default()
+                .extend(rules.iter().cloned());
+        }
+        *self.rules.write().unwrap() = Arc::new(all);
+    }
+
+    /// Reads the buckets' own rules from the store (other nodes may have set some).
+    async fn load_configured(&self) -> Result<(), String> {
+        let stored = self
+            .meta
+            .bucket_notifications()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut configured = HashMap::new();
+        for (bucket, json) in stored {
+            match serde_json::from_str::<Vec<Rule>>(&json) {
+                Ok(rules) => {
+                    configured.insert(bucket, rules);
+                }
+                Err(e) => {
+                    tracing::warn!(bucket, error = %e, "a bucket's notification rules do not parse; it has none")
+                }
+            }
+        }
+        let changed = *self.configured.read().unwrap() != configured;
+        if changed {
+            *self.configured.write().unwrap() = configured;
+            self.combine();
+        }
+        Ok(())
+    }
+
+    /// A target's ARN as a bucket's configuration names it (the server's region and
+    /// account).
+    pub(crate) fn function_arn(&self, target: &str) -> String {
+        match self.platform.get().and_then(Weak::upgrade) {
+            Some(p) => p.function_arn(target),
+            None => format!("arn:aws:lambda:us-east-1:000000000000:function:{target}"),
+        }
+    }
+
+    /// A bucket's own rules (PutBucketNotificationConfiguration).
+    pub(crate) fn configured(&self, bucket: &str) -> Vec<Rule> {
+        self.configured
+            .read()
+            .unwrap()
+            .get(bucket)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces a bucket's own rules after checking them as S3 does: each names a function
+    /// that exists, and no two rules of the bucket (the catalog's included) overlap.
+    pub(crate) async fn configure(
+        &self,
+        bucket: &str,
+        rules: Vec<Rule>,
+    ) -> Result<(), ConfigError> {
+        let platform = self
+            .platform
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| ConfigError::Store("the server is starting or stopping".into()))?;
+        for r in &rules {
+            if let Err(e) = platform.check_target(&r.function).await {
+                return Err(ConfigError::Invalid(format!(
+                    "Unable to validate the following destination configurations: {} ({})",
+                    r.function, e.message
+                )));
+            }
+        }
+        let declared = self
+            .declared
+            .read()
+            .unwrap()
+            .get(bucket)
+            .cloned()
+            .unwrap_or_default();
+        for (i, r) in rules.iter().enumerate() {
+            let others = rules[..i].iter().chain(declared.iter());
+            if let Some(o) = others.into_iter().find(|o| o.spec.overlaps(&r.spec)) {
+                return Err(ConfigError::Invalid(format!(
+                    "Configurations overlap. Configurations on the same bucket cannot share a common event type: `{}` overlaps the rule `{}` of `{}`",
+                    r.spec.name(),
+                    o.spec.name(),
+                    o.function
+                )));
+            }
+        }
+        let json =
+            (!rules.is_empty()).then(|| serde_json::to_string(&rules).expect("rules serialize"));
+        self.meta
+            .set_bucket_notifications(bucket, json.as_deref())
+            .await
+            .map_err(ConfigError::Object)?;
+        let mut configured = self.configured.write().unwrap();
+        if rules.is_empty() {
+            configured.remove(bucket);
+        } else {
+            configured.insert(bucket.to_string(), rules);
+        }
+        drop(configured);
+        self.combine();
+        Ok(())
     }
 
     async fn run(self: Arc<Self>, mut changes: Changes) {
@@ -108,6 +295,9 @@ impl BucketEvents {
         loop {
             let catalog = changes.borrow_and_update().clone();
             self.follow(&catalog.functions);
+            if let Err(e) = self.load_configured().await {
+                tracing::warn!(error = %e, "reading the buckets' notification rules failed");
+            }
             // Until a round leaves nothing behind (a full batch means more wait).
             loop {
                 match self.deliver_round().await {

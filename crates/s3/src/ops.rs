@@ -892,6 +892,111 @@ impl S3 for ObjectStore {
         }))
     }
 
+    /// Bucket events the AWS way: `LambdaFunctionConfigurations` naming Nimbus functions
+    /// (their ARNs, or names). Queues and topics are not Nimbus's to send to.
+    async fn put_bucket_notification_configuration(
+        &self,
+        req: S3Request<PutBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let Some(events) = &self.events else {
+            return Err(s3_error!(
+                NotImplemented,
+                "bucket events are off on this server"
+            ));
+        };
+        let config = input.notification_configuration;
+        if config.queue_configurations.is_some_and(|q| !q.is_empty())
+            || config.topic_configurations.is_some_and(|t| !t.is_empty())
+            || config.event_bridge_configuration.is_some()
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "only LambdaFunctionConfigurations are supported: name Nimbus functions; queues, topics and EventBridge are not"
+            ));
+        }
+        let mut rules = Vec::new();
+        for c in config.lambda_function_configurations.unwrap_or_default() {
+            rules.push(crate::events::rule_of(
+                &input.bucket,
+                c.id,
+                &c.lambda_function_arn,
+                c.events.iter().map(|e| e.as_ref().to_string()).collect(),
+                c.filter
+                    .and_then(|f| f.key)
+                    .and_then(|k| k.filter_rules)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.name.map(|n| n.as_str().to_string()).unwrap_or_default(),
+                            r.value.unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            )?);
+        }
+        events
+            .configure(&input.bucket, rules)
+            .await
+            .map_err(|e| match e {
+                crate::events::ConfigError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
+                crate::events::ConfigError::Object(e) => object_error(e),
+                crate::events::ConfigError::Store(m) => s3_error!(ServiceUnavailable, "{m}"),
+            })?;
+        Ok(S3Response::new(
+            PutBucketNotificationConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_notification_configuration(
+        &self,
+        req: S3Request<GetBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
+        let bucket = req.input.bucket;
+        self.require_bucket(&bucket).await?;
+        let Some(events) = &self.events else {
+            return Ok(S3Response::new(
+                GetBucketNotificationConfigurationOutput::default(),
+            ));
+        };
+        let rules = events.configured(&bucket);
+        let configs: Vec<LambdaFunctionConfiguration> = rules
+            .iter()
+            .map(|r| {
+                let mut filter_rules = Vec::new();
+                for (name, value) in [("prefix", &r.spec.prefix), ("suffix", &r.spec.suffix)] {
+                    if !value.is_empty() {
+                        filter_rules.push(FilterRule {
+                            name: Some(FilterRuleName::from(name.to_string())),
+                            value: Some(value.clone()),
+                        });
+                    }
+                }
+                LambdaFunctionConfiguration {
+                    events: r
+                        .spec
+                        .event_names()
+                        .iter()
+                        .map(|e| Event::from(e.to_string()))
+                        .collect(),
+                    filter: (!filter_rules.is_empty()).then_some(NotificationConfigurationFilter {
+                        key: Some(S3KeyFilter {
+                            filter_rules: Some(filter_rules),
+                        }),
+                    }),
+                    id: Some(r.spec.name().to_string()),
+                    lambda_function_arn: events.function_arn(&r.function),
+                }
+            })
+            .collect();
+        Ok(S3Response::new(GetBucketNotificationConfigurationOutput {
+            lambda_function_configurations: (!configs.is_empty()).then_some(configs),
+            ..Default::default()
+        }))
+    }
+
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,

@@ -258,6 +258,14 @@ pub trait ObjectMeta: Send + Sync + 'static {
     ) -> Result<Vec<ObjectEvent>, ObjectError>;
     /// Removes delivered events from the outbox.
     async fn delete_object_events(&self, seqs: &[i64]) -> Result<(), ObjectError>;
+    /// Every bucket's notification rules (JSON the object trigger reads), by bucket.
+    async fn bucket_notifications(&self) -> Result<Vec<(String, String)>, ObjectError>;
+    /// Sets a bucket's notification rules, or (`None`) removes them; `NoSuchBucket`.
+    async fn set_bucket_notifications(
+        &self,
+        bucket: &str,
+        rules: Option<&str>,
+    ) -> Result<(), ObjectError>;
 }
 
 fn attrs_json(attrs: &ObjectAttrs) -> String {
@@ -444,6 +452,46 @@ impl ObjectMeta for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn bucket_notifications(&self) -> Result<Vec<(String, String)>, ObjectError> {
+        let rows = sqlx::query("SELECT bucket, rules FROM bucket_notifications ORDER BY bucket")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("bucket")?, r.try_get("rules")?)))
+            .collect()
+    }
+
+    async fn set_bucket_notifications(
+        &self,
+        bucket: &str,
+        rules: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if !bucket_exists(&mut tx, bucket).await? {
+            return Err(ObjectError::NoSuchBucket(bucket.into()));
+        }
+        match rules {
+            Some(rules) => {
+                sqlx::query(
+                    "INSERT INTO bucket_notifications (bucket, rules) VALUES (?, ?) \
+                     ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
+                )
+                .bind(bucket)
+                .bind(rules)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM bucket_notifications WHERE bucket = ?")
+                    .bind(bucket)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_object_events(&self, seqs: &[i64]) -> Result<(), ObjectError> {

@@ -269,3 +269,106 @@ async fn a_function_writing_into_its_own_trigger_is_stopped_at_hop_16() {
         "{metrics}"
     );
 }
+
+/// The thumbnail example (`examples/thumbnail`), as its README tour runs it: an upload
+/// under `uploads/` comes back as a 128 px thumbnail and a watermarked copy.
+#[tokio::test]
+async fn the_thumbnail_example_makes_a_thumbnail_of_an_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    server
+        .deploy(&crate::harness::examples().join("thumbnail"))
+        .await;
+    let photo = crate::harness::examples().join("thumbnail/photo.jpg");
+    boto3(
+        &server,
+        &format!(
+            "{CLIENT}s3.create_bucket(Bucket='photos')\n\
+             s3.upload_file({photo:?}, 'photos', 'uploads/photo.jpg')\n\
+             wait = {{'Delay': 1, 'MaxAttempts': 90}}\n\
+             s3.get_waiter('object_exists').wait(Bucket='photos', Key='thumbnails/photo.jpg', WaiterConfig=wait)\n\
+             s3.get_waiter('object_exists').wait(Bucket='photos', Key='watermarked/photo.jpg', WaiterConfig=wait)\n\
+             thumb = s3.get_object(Bucket='photos', Key='thumbnails/photo.jpg')\n\
+             assert thumb['ContentType'] == 'image/jpeg', thumb['ContentType']\n\
+             data = thumb['Body'].read()\n\
+             # The frame header (SOF0) holds the size: no imaging library needed to read it.\n\
+             at = data.index(b'\\xff\\xc0')\n\
+             height, width = int.from_bytes(data[at+5:at+7], 'big'), int.from_bytes(data[at+7:at+9], 'big')\n\
+             assert (width, height) == (128, 96), (width, height)\n\
+             keys = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='photos')['Contents'])\n\
+             assert keys == ['thumbnails/photo.jpg', 'uploads/photo.jpg', 'watermarked/photo.jpg'], keys\n"
+        ),
+    );
+    // One call: the function's own writes are outside its trigger's prefix.
+    assert_eq!(
+        delivered(&server, "thumbnail", "object:photos").await.len(),
+        1
+    );
+}
+
+/// The AWS way: `PutBucketNotificationConfiguration` naming a function's ARN, read back
+/// by `GetBucketNotificationConfiguration`; an overlap with a declared rule and an unknown
+/// function are refused with S3's InvalidArgument.
+#[tokio::test]
+async fn a_notification_configuration_set_through_boto3_delivers_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let dir = project(
+        tmp.path(),
+        "sinks",
+        "functions:\n  sink:\n    runtime: python3\n    handler: main.handler\n  declared:\n    runtime: python3\n    handler: main.handler\n    triggers:\n      - object: {bucket: docs, prefix: yaml/}\n",
+        &[("main.py", ECHO)],
+    );
+    server.deploy(&dir).await;
+    boto3(
+        &server,
+        &format!(
+            "{CLIENT}import botocore\n\
+             s3.create_bucket(Bucket='docs')\n\
+             arn = 'arn:aws:lambda:us-east-1:000000000000:function:sink'\n\
+             rule = lambda prefix, fn=arn: {{'Id': 'aws-way', 'LambdaFunctionArn': fn, 'Events': ['s3:ObjectCreated:*'], 'Filter': {{'Key': {{'FilterRules': [{{'Name': 'prefix', 'Value': prefix}}]}}}}}}\n\
+             def refused(config, why):\n\
+             \x20   try:\n\
+             \x20       s3.put_bucket_notification_configuration(Bucket='docs', NotificationConfiguration=config)\n\
+             \x20   except botocore.exceptions.ClientError as e:\n\
+             \x20       assert e.response['Error']['Code'] == 'InvalidArgument', e.response\n\
+             \x20       assert why in e.response['Error']['Message'], e.response\n\
+             \x20   else:\n\
+             \x20       raise AssertionError('accepted: %r' % config)\n\
+             refused({{'LambdaFunctionConfigurations': [rule('yaml/deep/')]}}, 'overlap')\n\
+             refused({{'LambdaFunctionConfigurations': [rule('x/', arn.replace('sink', 'nope'))]}}, 'nope')\n\
+             s3.put_bucket_notification_configuration(Bucket='docs', NotificationConfiguration={{'LambdaFunctionConfigurations': [rule('in/')]}})\n\
+             got = s3.get_bucket_notification_configuration(Bucket='docs')['LambdaFunctionConfigurations']\n\
+             assert got[0]['Id'] == 'aws-way' and got[0]['LambdaFunctionArn'] == arn, got\n\
+             assert got[0]['Filter']['Key']['FilterRules'][0]['Value'] == 'in/', got\n\
+             s3.put_object(Bucket='docs', Key='in/report.pdf', Body=b'%PDF')\n\
+             s3.put_object(Bucket='docs', Key='yaml/a', Body=b'a')\n"
+        ),
+    );
+    let events = wait_delivered(&server, "sink", "object:aws-way", 1).await;
+    assert_eq!(
+        events[0]["Records"][0]["s3"]["object"]["key"], "in/report.pdf",
+        "{events:?}"
+    );
+    assert_eq!(events[0]["Records"][0]["s3"]["configurationId"], "aws-way");
+    assert_eq!(
+        wait_delivered(&server, "declared", "object:docs", 1)
+            .await
+            .len(),
+        1
+    );
+    // The configuration survives a restart (it is the bucket's, in the store).
+    let data = server.data_dir.clone();
+    server.stop();
+    let server = Server::start(&data);
+    boto3(
+        &server,
+        &format!("{CLIENT}s3.put_object(Bucket='docs', Key='in/second.pdf', Body=b'%PDF')\n"),
+    );
+    assert_eq!(
+        wait_delivered(&server, "sink", "object:aws-way", 2)
+            .await
+            .len(),
+        2
+    );
+}

@@ -18,3 +18,10 @@ CREATE TABLE object_events (
 -- The chain of calls an asynchronous invocation continues (a bucket event's function that
 -- writes to a bucket): its attempts carry it on, and a chain past 16 hops is stopped.
 ALTER TABLE async_invocations ADD COLUMN lineage INTEGER NOT NULL DEFAULT 0;
+
+-- Rules set the AWS way (PutBucketNotificationConfiguration): the bucket's Lambda
+-- function configurations as JSON, read whole by the object trigger.
+CREATE TABLE bucket_notifications (
+    bucket TEXT NOT NULL PRIMARY KEY REFERENCES buckets (name) ON DELETE CASCADE,
+    rules  TEXT NOT NULL
+);
