@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
+mod bucket_events;
 mod s3;
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-timers") => bench_timers(&args[1..]),
         Some("bench-bus") => bench_bus(&args[1..]),
         Some("bench-s3") => s3::bench_s3(&args[1..]),
+        Some("bench-bucket-events") => bucket_events::bench_bucket_events(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -45,7 +47,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-patterns [--rounds N]\n\
                  \x20      cargo xtask bench-timers [--seconds N]\n\
                  \x20      cargo xtask bench-bus [--seconds N] [--connections N]\n\
-                 \x20      cargo xtask bench-s3 [--seconds N] [--connections N] [--rounds N]\n\n\
+                 \x20      cargo xtask bench-s3 [--seconds N] [--connections N] [--rounds N]\n\
+                 \x20      cargo xtask bench-bucket-events [--seconds N] [--rate N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."
@@ -94,18 +97,19 @@ struct Nimbus {
 }
 
 impl Nimbus {
-    /// Starts `binary` as a server on the data dir `data` with extra `flags`.
+    /// Starts `binary` as a server on the data dir `data` with extra `flags` (the S3 API
+    /// on a free port unless they name one).
     fn start(binary: &Path, data: &Path, flags: &[std::ffi::OsString]) -> anyhow::Result<Nimbus> {
         std::fs::create_dir_all(data)?;
+        let s3_default: &[&str] = if flags.iter().any(|f| f == "--s3-listen") {
+            &[]
+        } else {
+            &["--s3-listen", "127.0.0.1:0"]
+        };
         let (process, endpoint) = start(
             Command::new(binary)
-                .args([
-                    "server",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--s3-listen",
-                    "127.0.0.1:0",
-                ])
+                .args(["server", "--listen", "127.0.0.1:0"])
+                .args(s3_default)
                 .args(flags)
                 .arg("--data-dir")
                 .arg(data)

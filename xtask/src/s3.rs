@@ -22,11 +22,31 @@ use sha2::{Digest, Sha256};
 use crate::{Guard, free_port, median_ms, root, start, wait_port};
 
 #[derive(Clone)]
-struct Target {
+pub(crate) struct Target {
     name: &'static str,
-    addr: String,
+    pub(crate) addr: String,
     key_id: String,
     secret: String,
+}
+
+impl Target {
+    /// Nimbus's S3 API at `addr`, with the admin's key from the data dir.
+    pub(crate) fn of_nimbus(data: &Path, addr: String) -> anyhow::Result<Target> {
+        let creds = std::fs::read_to_string(data.join("aws.credentials"))?;
+        let field = |name: &str| {
+            creds
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+                .context("aws.credentials lacks a field")
+        };
+        Ok(Target {
+            name: "nimbus",
+            addr,
+            key_id: field("aws_access_key_id")?,
+            secret: field("aws_secret_access_key")?,
+        })
+    }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -75,7 +95,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn request(
+pub(crate) async fn request(
     send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     t: &Target,
     method: &str,
@@ -101,7 +121,7 @@ async fn request(
     Ok((status, n))
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: &str,
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
