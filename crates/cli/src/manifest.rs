@@ -110,17 +110,20 @@ struct TriggerEntry {
     timer: Option<model::timer::TimerTrigger>,
     #[serde(default)]
     event: Option<model::timer::EventTrigger>,
+    #[serde(default)]
+    object: Option<model::object::ObjectTrigger>,
 }
 
 impl TriggerEntry {
     /// The one trigger this entry names.
     fn into_trigger(self, at: &str) -> Result<Trigger, String> {
-        match (self.http, self.timer, self.event) {
-            (Some(h), None, None) => Ok(Trigger::Http(h)),
-            (None, Some(t), None) => Ok(Trigger::Timer(t)),
-            (None, None, Some(e)) => Ok(Trigger::Event(e)),
+        match (self.http, self.timer, self.event, self.object) {
+            (Some(h), None, None, None) => Ok(Trigger::Http(h)),
+            (None, Some(t), None, None) => Ok(Trigger::Timer(t)),
+            (None, None, Some(e), None) => Ok(Trigger::Event(e)),
+            (None, None, None, Some(o)) => Ok(Trigger::Object(o)),
             _ => Err(format!(
-                "{at}: a trigger is one of `http:`, `timer:` or `event:`"
+                "{at}: a trigger is one of `http:`, `timer:`, `event:` or `object:`"
             )),
         }
     }

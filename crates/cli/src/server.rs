@@ -380,6 +380,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     platform.add_trigger(timers::Timers::new(timer_store));
     let bus = platform::bus::EventBus::new();
     platform.add_trigger(bus.clone());
+    let bucket_events = s3::events::BucketEvents::new(object_meta.clone(), &node_id);
+    platform.add_trigger(bucket_events.clone());
     platform
         .enable_async(
             queue,
@@ -405,6 +407,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .with_context(|| format!("cannot listen on {} (--s3-listen)", args.s3_listen))?;
     let s3_addr = s3_listener.local_addr()?;
     platform.set_bus_endpoint(format!("http://{addr}"), api::bus_key(&token));
+    platform.enable_function_key(&token, format!("http://{s3_addr}"));
     platform
         .load()
         .await
@@ -455,7 +458,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     }));
 
     let s3_service = s3::service(
-        s3::ObjectStore::new(object_meta.clone(), object_files.clone(), &args.region),
+        s3::ObjectStore::new(object_meta.clone(), object_files.clone(), &args.region)
+            .with_events(bucket_events),
         platform.clone(),
     );
     let (s3_stop_tx, s3_stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -198,11 +198,11 @@ async fn authenticate(State(ctx): State<Ctx>, req: Request, next: Next) -> Respo
     }
     let invocation =
         parts.method == axum::http::Method::POST && parts.uri.path().ends_with("/invocations");
-    if scope == Some(AwsScope::Invoke) && !invocation {
+    if matches!(scope, Some(AwsScope::Invoke | AwsScope::Function)) && !invocation {
         return LambdaError::new(
             403,
             "AccessDeniedException",
-            "this access key may only invoke functions (scope invoke); use an admin key",
+            "this access key may only invoke functions (scope invoke, or a function's own); use an admin key",
         )
         .into_response();
     }

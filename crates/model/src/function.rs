@@ -877,6 +877,7 @@ impl FunctionSpec {
             let named = match trigger {
                 Trigger::Timer(t) => Some(("timer", t.name.as_str())),
                 Trigger::Event(t) => Some(("event", t.name.as_str())),
+                Trigger::Object(t) => Some(("object", t.name())),
                 Trigger::Http(_) => None,
             };
             if let Some((kind, name)) = named
@@ -900,6 +901,9 @@ impl FunctionSpec {
                 }
                 Trigger::Event(t) => {
                     crate::timer::validate_event(&format!("triggers[{i}].event"), t, &mut errors)
+                }
+                Trigger::Object(t) => {
+                    crate::object::validate(&format!("triggers[{i}].object"), t, &mut errors)
                 }
             }
         }

@@ -131,6 +131,7 @@ pub enum Trigger {
     Http(HttpTrigger),
     Timer(crate::timer::TimerTrigger),
     Event(crate::timer::EventTrigger),
+    Object(crate::object::ObjectTrigger),
 }
 
 impl Trigger {
@@ -146,6 +147,14 @@ impl Trigger {
     pub fn event(&self) -> Option<&crate::timer::EventTrigger> {
         match self {
             Trigger::Event(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The bucket rule, when this is an object trigger.
+    pub fn object(&self) -> Option<&crate::object::ObjectTrigger> {
+        match self {
+            Trigger::Object(t) => Some(t),
             _ => None,
         }
     }

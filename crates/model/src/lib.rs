@@ -11,6 +11,7 @@ mod function;
 pub mod hash;
 pub mod http;
 pub mod limits;
+pub mod object;
 pub mod timer;
 pub mod trigger;
 

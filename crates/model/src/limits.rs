@@ -275,3 +275,8 @@ pub const BUCKET_NAME_LEN_MAX: usize = 63;
 /// collector removes them: longer than any upload takes from its rename into place to its
 /// row's commit. At start-up (the data dir's lock held, nothing in flight) they go at once.
 pub const OBJECT_GARBAGE_GRACE_MS: i64 = 3_600_000;
+
+/// Hops of a chain of calls through bucket events (a function writing into a bucket that
+/// calls a function, ...) before the next event is not delivered: Lambda's recursive loop
+/// detection stops at 16, and a pipeline deeper than that is almost surely a loop.
+pub const OBJECT_EVENT_HOPS_MAX: u32 = 16;

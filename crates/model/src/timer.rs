@@ -97,7 +97,7 @@ pub(crate) fn validate_event(field: &str, t: &EventTrigger, errors: &mut Vec<Fie
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= limits::NAME_LEN_MAX
         && name

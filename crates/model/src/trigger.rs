@@ -21,6 +21,8 @@ pub enum TriggerKind {
     Timer,
     /// A delivery of a bus event to a matching rule (an attempt of its queued event).
     Event,
+    /// A bucket's change delivered to a matching rule (an attempt of its queued event).
+    Object,
 }
 
 impl TriggerKind {
@@ -32,6 +34,7 @@ impl TriggerKind {
             TriggerKind::Async => "async",
             TriggerKind::Timer => "timer",
             TriggerKind::Event => "event",
+            TriggerKind::Object => "object",
         }
     }
 }
@@ -49,6 +52,7 @@ impl crate::http::Trigger {
             crate::http::Trigger::Http(_) => TriggerKind::Http,
             crate::http::Trigger::Timer(_) => TriggerKind::Timer,
             crate::http::Trigger::Event(_) => TriggerKind::Event,
+            crate::http::Trigger::Object(_) => TriggerKind::Object,
         }
     }
 }

@@ -176,6 +176,7 @@ impl AsyncInvoker {
         traceparent: Option<String>,
         source: Option<String>,
         capacity: usize,
+        lineage: u32,
     ) -> Result<(String, bool), Error> {
         if payload.len() > self.config.payload_max_bytes {
             return Err(Error::new(
@@ -223,6 +224,7 @@ impl AsyncInvoker {
             source,
             now_ms: now_ms(),
             claimed: handoff.is_some(),
+            lineage,
         };
         // What the first attempt needs, should the event be handed off.
         let record = handoff.as_ref().map(|_| AsyncRecord {
@@ -239,6 +241,7 @@ impl AsyncInvoker {
             version: None,
             traceparent: event.traceparent.clone(),
             source: event.source.clone(),
+            lineage,
         });
         let (tx, rx) = oneshot::channel();
         let stored = match self.submit.send((event, tx)).await {
@@ -652,6 +655,8 @@ async fn attempt(
     // An event a trigger queued (`timer:nightly`) runs as that trigger's call.
     let trigger = match record.source.as_deref() {
         Some(s) if s.starts_with("timer:") => model::TriggerKind::Timer,
+        Some(s) if s.starts_with("event:") => model::TriggerKind::Event,
+        Some(s) if s.starts_with("object:") => model::TriggerKind::Object,
         _ => model::TriggerKind::Async,
     };
     let call = Call {
@@ -663,6 +668,7 @@ async fn attempt(
         attempt: record.attempts,
         trace: crate::trace::child_of(record.traceparent.as_deref()),
         client_context: None,
+        lineage: record.lineage,
     };
     let outcome = platform.invoke(call, record.payload.clone()).await;
     drop(slot);
@@ -884,6 +890,7 @@ async fn deliver(
                 None,
                 // Queued, never handed off: a destination's record is in no hurry.
                 0,
+                record.lineage,
             )
             .await
         {

@@ -40,6 +40,8 @@ pub struct Call {
     /// The caller's client context (JSON text), as Lambda's `X-Amz-Client-Context` gives
     /// it to `context.client_context`.
     pub client_context: Option<String>,
+    /// Hops of the chain of calls this one continues (0: none); see `CallContext::lineage`.
+    pub lineage: u32,
 }
 
 impl Call {
@@ -54,6 +56,7 @@ impl Call {
             attempt: 1,
             trace,
             client_context: None,
+            lineage: 0,
         }
     }
 }
@@ -326,6 +329,7 @@ impl Platform {
                 traceparent: Some(call.trace.traceparent.clone()),
                 invoked_function_arn: Some(platform.function_arn(&call.target)),
                 client_context: call.client_context.clone(),
+                lineage: call.lineage,
             };
             let request_id = call.request_id.clone();
             let session = match platform.begin(call).await? {

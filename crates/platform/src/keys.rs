@@ -15,6 +15,9 @@ pub enum AwsScope {
     Admin,
     /// Invocations only: what an application that calls functions needs.
     Invoke,
+    /// What functions get (`AWS_ACCESS_KEY_ID` in their environment): the object store
+    /// and invocations, not the rest of the Lambda API.
+    Function,
 }
 
 impl AwsScope {
@@ -22,6 +25,7 @@ impl AwsScope {
         match self {
             AwsScope::Admin => "admin",
             AwsScope::Invoke => "invoke",
+            AwsScope::Function => "function",
         }
     }
 }
@@ -189,9 +193,51 @@ impl Platform {
             .insert(stored.access_key_id.clone(), to_key(stored));
     }
 
+    /// Makes the access key functions are given, derived from `secret` (the admin token),
+    /// so every node sharing the token derives the same key and none is stored; with
+    /// `s3_endpoint`, functions' environments name it (`AWS_ENDPOINT_URL_S3`) with this key,
+    /// so the AWS SDKs inside them reach the object store unchanged.
+    pub fn enable_function_key(&self, secret: &str, s3_endpoint: String) {
+        use sha2::{Digest, Sha256};
+        let derive = |what: &str, n: usize, alphabet: &[u8]| -> String {
+            Sha256::digest(format!("nimbus function key\n{what}\n{secret}").as_bytes())
+                .iter()
+                .chain(Sha256::digest(format!("{what}\n{secret}").as_bytes()).iter())
+                .take(n)
+                .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+                .collect()
+        };
+        let key = AwsKey {
+            access_key_id: format!(
+                "{ACCESS_KEY_PREFIX}{}",
+                derive("id", 16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+            ),
+            secret: derive(
+                "secret",
+                40,
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            ),
+            scope: AwsScope::Function,
+        };
+        *self.function_key.write().unwrap() = Some((s3_endpoint, key));
+    }
+
+    /// The functions' access key and the object store's endpoint, once enabled.
+    pub fn function_key(&self) -> Option<(String, AwsKey)> {
+        self.function_key.read().unwrap().clone()
+    }
+
     /// The access key with this id, for a signature check.
     pub fn aws_key(&self, access_key_id: &str) -> Option<AwsKey> {
-        self.aws_keys.read().unwrap().get(access_key_id).cloned()
+        if let Some(k) = self.aws_keys.read().unwrap().get(access_key_id) {
+            return Some(k.clone());
+        }
+        self.function_key
+            .read()
+            .unwrap()
+            .as_ref()
+            .filter(|(_, k)| k.access_key_id == access_key_id)
+            .map(|(_, k)| k.clone())
     }
 }
 

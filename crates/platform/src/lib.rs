@@ -97,6 +97,9 @@ pub struct Platform {
     /// Where functions publish to the bus and the key they publish with
     /// (`NIMBUS_EVENTS_URL`, `NIMBUS_EVENTS_KEY`).
     bus_endpoint: RwLock<Option<(String, String)>>,
+    /// The object store's endpoint and the access key functions use there
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    function_key: RwLock<Option<(String, keys::AwsKey)>>,
 }
 
 /// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
@@ -143,6 +146,7 @@ impl Platform {
             paused: RwLock::new(HashSet::new()),
             paused_epoch: std::sync::atomic::AtomicU64::new(0),
             bus_endpoint: RwLock::new(None),
+            function_key: RwLock::new(None),
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
@@ -234,6 +238,12 @@ impl Platform {
             .await
     }
 
+    /// Whether `target` (`name`, `name:3`, `name:alias`) names a function that can be
+    /// called: `function_not_found` and the like otherwise.
+    pub async fn check_target(&self, target: &str) -> Result<(), Error> {
+        self.resolve(target).await.map(|_| ())
+    }
+
     /// As `submit_async`, for a trigger: `source` (`timer:nightly`) names the attempts'
     /// trigger in their records.
     pub async fn submit_from(
@@ -243,6 +253,21 @@ impl Platform {
         idempotency_key: Option<String>,
         traceparent: String,
         source: Option<String>,
+    ) -> Result<(String, bool), Error> {
+        self.submit_with_lineage(target, payload, idempotency_key, traceparent, source, 0)
+            .await
+    }
+
+    /// As `submit_from`, for an event a function's call chain caused: its attempts run at
+    /// hop `lineage` of that chain (loop protection).
+    pub async fn submit_with_lineage(
+        &self,
+        target: &str,
+        payload: Bytes,
+        idempotency_key: Option<String>,
+        traceparent: String,
+        source: Option<String>,
+        lineage: u32,
     ) -> Result<(String, bool), Error> {
         // An unknown function or qualifier is refused now, not after the 202.
         let resolved = self.resolve(target).await?;
@@ -256,6 +281,7 @@ impl Platform {
                 Some(traceparent),
                 source,
                 capacity,
+                lineage,
             )
             .await
     }
@@ -425,6 +451,12 @@ impl Platform {
                             .iter()
                             .find(|s| s.function == f.spec.name && s.timer == e.name),
                     ),
+                    model::http::Trigger::Object(o) => (
+                        o.name().to_string(),
+                        states
+                            .iter()
+                            .find(|s| s.function == f.spec.name && s.timer == o.name()),
+                    ),
                     model::http::Trigger::Timer(timer) => (
                         timer.name.clone(),
                         states
@@ -479,6 +511,7 @@ impl Platform {
             .map(|t| match t {
                 model::http::Trigger::Timer(t) => t.name.as_str(),
                 model::http::Trigger::Event(e) => e.name.as_str(),
+                model::http::Trigger::Object(o) => o.name(),
                 model::http::Trigger::Http(h) => h.path.as_str(),
             })
             .collect();
@@ -522,6 +555,28 @@ impl Platform {
             ),
         );
         Ok(())
+    }
+
+    /// A bucket event that would have started hop `hops + 1` of a chain of calls was not
+    /// delivered: `function` writes into a bucket (`bucket`) that calls it again. Says so
+    /// in the function's lifecycle events, the log and the metrics.
+    pub fn record_loop_stopped(&self, function: &str, bucket: &str, key: &str, hops: u32) {
+        tracing::warn!(
+            function,
+            bucket,
+            key,
+            hops,
+            "a recursive loop was stopped: a bucket event was not delivered"
+        );
+        self.pool.record_event(
+            function,
+            "loop_stopped",
+            format!(
+                "recursive loop stopped: the event of {key} in bucket {bucket} would have been hop {} of a chain of calls (at most {})",
+                hops + 1,
+                model::limits::OBJECT_EVENT_HOPS_MAX
+            ),
+        );
     }
 
     /// Whether the named trigger (a timer or event rule) of `function` is paused.
@@ -680,6 +735,12 @@ impl Platform {
         if let Some((url, key)) = self.bus_endpoint.read().unwrap().clone() {
             add("NIMBUS_EVENTS_URL", format!("{url}/v1/events"));
             add("NIMBUS_EVENTS_KEY", key);
+        }
+        if let Some((endpoint, key)) = self.function_key() {
+            // botocore >= 1.31 and the AWS SDK for JavaScript v3 read the endpoint.
+            add("AWS_ENDPOINT_URL_S3", endpoint);
+            add("AWS_ACCESS_KEY_ID", key.access_key_id);
+            add("AWS_SECRET_ACCESS_KEY", key.secret);
         }
         if let Ok(id) = self.builder.interpreter_id(spec.runtime).await
             && let Some(execution) = execution_env(spec.runtime, &id)

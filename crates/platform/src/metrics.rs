@@ -24,6 +24,7 @@ pub struct Metrics {
     cold_starts: IntCounterVec,
     retries: IntCounterVec,
     throttles: IntCounterVec,
+    loops_stopped: IntCounterVec,
     duration: HistogramVec,
     billed_byte_seconds: CounterVec,
     instances: IntGaugeVec,
@@ -72,6 +73,11 @@ impl Metrics {
             throttles: counter(
                 "nimbus_throttles_total",
                 "Calls refused for lack of capacity (429 Throttled).",
+                &["function"],
+            ),
+            loops_stopped: counter(
+                "nimbus_recursive_loops_stopped_total",
+                "Bucket events not delivered because they would have started hop 17 of a chain of calls.",
                 &["function"],
             ),
             duration: register(
@@ -208,6 +214,7 @@ impl Metrics {
     pub(crate) fn event(&self, e: &sandbox::LifecycleEvent) {
         match e.event {
             "throttled" => self.throttles.with_label_values(&[&e.function]).inc(),
+            "loop_stopped" => self.loops_stopped.with_label_values(&[&e.function]).inc(),
             "deleted" => self.forget(&e.function),
             _ => {}
         }
@@ -220,6 +227,7 @@ impl Metrics {
         let _ = self.cold_starts.remove_label_values(&one);
         let _ = self.retries.remove_label_values(&one);
         let _ = self.throttles.remove_label_values(&one);
+        let _ = self.loops_stopped.remove_label_values(&one);
         let _ = self.duration.remove_label_values(&one);
         let _ = self.billed_byte_seconds.remove_label_values(&one);
         let _ = self.log_lines.remove_label_values(&one);

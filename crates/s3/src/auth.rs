@@ -1,6 +1,7 @@
 //! Who may use the object store: requests signed (SigV4 or V2, in headers or a presigned
 //! query) by one of the platform's AWS access keys (`platform::keys`), the same keys as the
-//! Lambda API's. An admin-scope key may do everything. An invoke-scope key is for
+//! Lambda API's. An admin-scope key may do everything, and so may functions' own key
+//! (`Platform::enable_function_key`) here. An invoke-scope key is for
 //! applications that call functions, so it may do nothing here (AccessDenied): buckets are
 //! the operator's until keys carry bucket permissions. Anonymous requests are refused.
 
@@ -45,7 +46,7 @@ impl S3Access for Keys {
             ));
         };
         match self.platform.aws_key(&credentials.access_key) {
-            Some(key) if key.scope == AwsScope::Admin => Ok(()),
+            Some(key) if matches!(key.scope, AwsScope::Admin | AwsScope::Function) => Ok(()),
             Some(_) => Err(s3_error!(
                 AccessDenied,
                 "an access key of scope invoke may only invoke functions; use a key of scope admin for buckets"

@@ -6,6 +6,8 @@
 //! - `auth`: the platform's AWS access keys sign requests; admin-scope keys may do
 //!   everything, invoke-scope keys nothing here (AccessDenied), anonymous requests nothing.
 //! - `ops`: the S3 operations (`impl S3`).
+//! - `events`: bucket events (the object trigger): committed with the change in the
+//!   outbox, delivered as asynchronous invocations, loops stopped at 16 hops.
 //! - `body`: request bodies streamed to disk on a blocking thread while they are hashed;
 //!   objects streamed out of their files.
 //! - `error`: the store's answers as S3's error codes.
@@ -17,6 +19,7 @@
 mod auth;
 mod body;
 mod error;
+pub mod events;
 mod ops;
 mod serve;
 mod website;
@@ -31,6 +34,8 @@ pub struct ObjectStore {
     files: store::ObjectFiles,
     /// The region answered by GetBucketLocation and expected in signatures' scope.
     region: String,
+    /// Bucket events: which changes are committed with an event, and who delivers them.
+    events: Option<Arc<events::BucketEvents>>,
 }
 
 impl ObjectStore {
@@ -39,7 +44,14 @@ impl ObjectStore {
             meta,
             files,
             region: region.to_string(),
+            events: None,
         }
+    }
+
+    /// Commits the changes `events` has rules for with their events, and wakes it.
+    pub fn with_events(mut self, events: Arc<events::BucketEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 }
 

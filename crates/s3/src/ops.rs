@@ -381,6 +381,27 @@ impl ObjectStore {
         ))
     }
 
+    /// The bucket events to commit with a change (none when no rule takes it).
+    fn events_for(
+        &self,
+        bucket: &str,
+        key: &str,
+        event: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Vec<store::objects::NewObjectEvent> {
+        match &self.events {
+            Some(events) => events.for_change(bucket, key, event, lineage(headers)),
+            None => Vec::new(),
+        }
+    }
+
+    /// Events were committed: their deliverer starts at once.
+    fn committed(&self, events: &[store::objects::NewObjectEvent]) {
+        if let (Some(e), false) = (&self.events, events.is_empty()) {
+            e.committed();
+        }
+    }
+
     async fn require_bucket(&self, bucket: &str) -> S3Result<()> {
         match self.meta.bucket(bucket).await.map_err(object_error)? {
             Some(_) => Ok(()),
@@ -390,14 +411,23 @@ impl ObjectStore {
 
     /// Commits a new object whose blob is durable; removes the blob it replaced. If the
     /// commit fails, the new blob is removed.
-    async fn commit_put(&self, record: ObjectRecord) -> S3Result<()> {
+    /// `event` names the change for bucket events (`ObjectCreated:Put`); `headers` are the
+    /// request's (their trace id carries a calling function's lineage).
+    async fn commit_put(
+        &self,
+        record: ObjectRecord,
+        event: &str,
+        headers: &hyper::HeaderMap,
+    ) -> S3Result<()> {
         let blob = record.blob_id.clone();
+        let events = self.events_for(&record.bucket, &record.key, event, headers);
         match self
             .meta
-            .commit_object(ObjectChange::Put(Box::new(record)), &[])
+            .commit_object(ObjectChange::Put(Box::new(record)), &events)
             .await
         {
             Ok(released) => {
+                self.committed(&events);
                 if let Some(old) = released {
                     self.release(vec![old]).await;
                 }
@@ -619,15 +649,19 @@ impl S3 for ObjectStore {
             size: Some(size_bytes as i64),
             ..set_checksum_output(&attrs.checksums)
         };
-        self.commit_put(ObjectRecord {
-            bucket: input.bucket,
-            key: input.key,
-            blob_id,
-            size_bytes,
-            etag: etag_value,
-            modified_ms: now_ms(),
-            attrs,
-        })
+        self.commit_put(
+            ObjectRecord {
+                bucket: input.bucket,
+                key: input.key,
+                blob_id,
+                size_bytes,
+                etag: etag_value,
+                modified_ms: now_ms(),
+                attrs,
+            },
+            "ObjectCreated:Put",
+            &headers,
+        )
         .await?;
         Ok(S3Response::new(output))
     }
@@ -786,7 +820,8 @@ impl S3 for ObjectStore {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let input = req.input;
+        let (input, headers) = (req.input, req.headers);
+        let events = self.events_for(&input.bucket, &input.key, "ObjectRemoved:Delete", &headers);
         let released = self
             .meta
             .commit_object(
@@ -794,10 +829,11 @@ impl S3 for ObjectStore {
                     bucket: input.bucket,
                     key: input.key,
                 },
-                &[],
+                &events,
             )
             .await
             .map_err(object_error)?;
+        self.committed(&events);
         self.release(released.into_iter().collect()).await;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
@@ -806,7 +842,7 @@ impl S3 for ObjectStore {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let input = req.input;
+        let (input, headers) = (req.input, req.headers);
         let wanted = input.delete.objects;
         if wanted.len() > limits::OBJECT_DELETE_KEYS_MAX {
             return Err(s3_error!(
@@ -825,8 +861,10 @@ impl S3 for ObjectStore {
                 bucket: input.bucket.clone(),
                 key: o.key.clone(),
             };
-            match self.meta.commit_object(change, &[]).await {
+            let events = self.events_for(&input.bucket, &o.key, "ObjectRemoved:Delete", &headers);
+            match self.meta.commit_object(change, &events).await {
                 Ok(blob) => {
+                    self.committed(&events);
                     released.extend(blob);
                     if !quiet {
                         deleted.push(DeletedObject {
@@ -854,11 +892,116 @@ impl S3 for ObjectStore {
         }))
     }
 
+    /// Bucket events the AWS way: `LambdaFunctionConfigurations` naming Nimbus functions
+    /// (their ARNs, or names). Queues and topics are not Nimbus's to send to.
+    async fn put_bucket_notification_configuration(
+        &self,
+        req: S3Request<PutBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let Some(events) = &self.events else {
+            return Err(s3_error!(
+                NotImplemented,
+                "bucket events are off on this server"
+            ));
+        };
+        let config = input.notification_configuration;
+        if config.queue_configurations.is_some_and(|q| !q.is_empty())
+            || config.topic_configurations.is_some_and(|t| !t.is_empty())
+            || config.event_bridge_configuration.is_some()
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "only LambdaFunctionConfigurations are supported: name Nimbus functions; queues, topics and EventBridge are not"
+            ));
+        }
+        let mut rules = Vec::new();
+        for c in config.lambda_function_configurations.unwrap_or_default() {
+            rules.push(crate::events::rule_of(
+                &input.bucket,
+                c.id,
+                &c.lambda_function_arn,
+                c.events.iter().map(|e| e.as_ref().to_string()).collect(),
+                c.filter
+                    .and_then(|f| f.key)
+                    .and_then(|k| k.filter_rules)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.name.map(|n| n.as_str().to_string()).unwrap_or_default(),
+                            r.value.unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            )?);
+        }
+        events
+            .configure(&input.bucket, rules)
+            .await
+            .map_err(|e| match e {
+                crate::events::ConfigError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
+                crate::events::ConfigError::Object(e) => object_error(e),
+                crate::events::ConfigError::Store(m) => s3_error!(ServiceUnavailable, "{m}"),
+            })?;
+        Ok(S3Response::new(
+            PutBucketNotificationConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_notification_configuration(
+        &self,
+        req: S3Request<GetBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
+        let bucket = req.input.bucket;
+        self.require_bucket(&bucket).await?;
+        let Some(events) = &self.events else {
+            return Ok(S3Response::new(
+                GetBucketNotificationConfigurationOutput::default(),
+            ));
+        };
+        let rules = events.configured(&bucket);
+        let configs: Vec<LambdaFunctionConfiguration> = rules
+            .iter()
+            .map(|r| {
+                let mut filter_rules = Vec::new();
+                for (name, value) in [("prefix", &r.spec.prefix), ("suffix", &r.spec.suffix)] {
+                    if !value.is_empty() {
+                        filter_rules.push(FilterRule {
+                            name: Some(FilterRuleName::from(name.to_string())),
+                            value: Some(value.clone()),
+                        });
+                    }
+                }
+                LambdaFunctionConfiguration {
+                    events: r
+                        .spec
+                        .event_names()
+                        .iter()
+                        .map(|e| Event::from(e.to_string()))
+                        .collect(),
+                    filter: (!filter_rules.is_empty()).then_some(NotificationConfigurationFilter {
+                        key: Some(S3KeyFilter {
+                            filter_rules: Some(filter_rules),
+                        }),
+                    }),
+                    id: Some(r.spec.name().to_string()),
+                    lambda_function_arn: events.function_arn(&r.function),
+                }
+            })
+            .collect();
+        Ok(S3Response::new(GetBucketNotificationConfigurationOutput {
+            lambda_function_configurations: (!configs.is_empty()).then_some(configs),
+            ..Default::default()
+        }))
+    }
+
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let input = req.input;
+        let (input, headers) = (req.input, req.headers);
         object_key(&input.key)?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let source = self
@@ -919,15 +1062,19 @@ impl S3 for ObjectStore {
             last_modified: Some(timestamp(modified_ms)),
             ..Default::default()
         };
-        self.commit_put(ObjectRecord {
-            bucket: input.bucket,
-            key: input.key,
-            blob_id,
-            size_bytes: source.size_bytes,
-            etag: source.etag,
-            modified_ms,
-            attrs,
-        })
+        self.commit_put(
+            ObjectRecord {
+                bucket: input.bucket,
+                key: input.key,
+                blob_id,
+                size_bytes: source.size_bytes,
+                etag: source.etag,
+                modified_ms,
+                attrs,
+            },
+            "ObjectCreated:Copy",
+            &headers,
+        )
         .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(result),
@@ -1327,12 +1474,21 @@ impl S3 for ObjectStore {
             modified_ms: now_ms(),
             attrs: upload.attrs,
         };
+        let events = self.events_for(
+            &record.bucket,
+            &record.key,
+            "ObjectCreated:CompleteMultipartUpload",
+            &req.headers,
+        );
         match self
             .meta
-            .complete_upload(&upload.upload_id, record, &[])
+            .complete_upload(&upload.upload_id, record, &events)
             .await
         {
-            Ok(released) => self.release(released).await,
+            Ok(released) => {
+                self.committed(&events);
+                self.release(released).await
+            }
             Err(e) => {
                 self.release(vec![blob_id]).await;
                 return Err(object_error(e));
@@ -1517,6 +1673,21 @@ fn rand_u128() -> u128 {
     u128::from_be_bytes(*uuid::Uuid::new_v4().as_bytes())
 }
 
+/// The hop count a request's trace id carries (`X-Amzn-Trace-Id: Root=…;Lineage=nimbus:3`,
+/// sent by the AWS SDKs inside a function): 0 for a request from outside any chain.
+fn lineage(headers: &hyper::HeaderMap) -> u32 {
+    headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(';')
+                .find_map(|field| field.trim().strip_prefix("Lineage="))
+        })
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1567,5 +1738,23 @@ mod tests {
             *bucket_name("Bad_Name").unwrap_err().code(),
             S3ErrorCode::InvalidBucketName
         );
+    }
+
+    #[test]
+    fn lineage_is_read_off_the_trace_id() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(super::lineage(&h), 0);
+        h.insert(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1;Lineage=nimbus:7"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(super::lineage(&h), 7);
+        h.insert(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793".parse().unwrap(),
+        );
+        assert_eq!(super::lineage(&h), 0);
     }
 }

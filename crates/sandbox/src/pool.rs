@@ -58,6 +58,10 @@ pub struct CallContext {
     pub invoked_function_arn: Option<String>,
     /// The caller's client context, JSON text (Lambda's `X-Amz-Client-Context`).
     pub client_context: Option<String>,
+    /// Hops of the chain of calls this one continues (a function's write to a bucket
+    /// that calls a function...): the shims put it in `_X_AMZN_TRACE_ID` as `Lineage`,
+    /// which the AWS SDKs send back on their requests to the object store.
+    pub lineage: u32,
 }
 
 impl Default for CallContext {
@@ -67,6 +71,7 @@ impl Default for CallContext {
             traceparent: None,
             invoked_function_arn: None,
             client_context: None,
+            lineage: 0,
         }
     }
 }
@@ -1049,6 +1054,7 @@ impl Lease {
             "traceparent": call.traceparent,
             "invoked_function_arn": call.invoked_function_arn,
             "client_context": call.client_context,
+            "lineage": call.lineage,
         }))
         .expect("meta serializes");
         let started = Instant::now();

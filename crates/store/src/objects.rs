@@ -72,11 +72,33 @@ pub enum ObjectChange {
     Delete { bucket: String, key: String },
 }
 
-/// A bucket event to commit with an object's change (the outbox of issue 17's part 3).
-/// It has no values yet: the event type and its insert into the outbox table, in the same
-/// transaction as the object's row, come with bucket events.
-#[derive(Clone, Debug)]
-pub enum NewObjectEvent {}
+/// A bucket event to commit with an object's change (the outbox): the object's bucket,
+/// key, size and ETag come from the change itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewObjectEvent {
+    /// S3's event name without `s3:` (`ObjectCreated:Put`).
+    pub event: String,
+    pub at_ms: i64,
+    /// The node that commits it (and delivers it at once).
+    pub node: String,
+    /// Hops of the call chain that made the change (loop protection).
+    pub lineage: u32,
+}
+
+/// A committed bucket event waiting for delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectEvent {
+    /// Its place in the outbox: the order of changes, and the records' `sequencer`.
+    pub seq: i64,
+    pub bucket: String,
+    pub key: String,
+    pub event: String,
+    pub size_bytes: Option<u64>,
+    pub etag: Option<String>,
+    pub at_ms: i64,
+    pub node: String,
+    pub lineage: u32,
+}
 
 /// A multipart upload in progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,6 +248,25 @@ pub trait ObjectMeta: Send + Sync + 'static {
     /// interrupted by a crash.
     async fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, ObjectError>;
 
+    /// Bucket events waiting for delivery, in commit order, at most `limit`: those `node`
+    /// committed, and any committed before `stale_before_ms` (a node that did not deliver
+    /// its own in time has stopped).
+    async fn pending_object_events(
+        &self,
+        node: &str,
+        stale_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ObjectEvent>, ObjectError>;
+    /// Removes delivered events from the outbox.
+    async fn delete_object_events(&self, seqs: &[i64]) -> Result<(), ObjectError>;
+    /// Every bucket's notification rules (JSON the object trigger reads), by bucket.
+    async fn bucket_notifications(&self) -> Result<Vec<(String, String)>, ObjectError>;
+    /// Sets a bucket's notification rules, or (`None`) removes them; `NoSuchBucket`.
+    async fn set_bucket_notifications(
+        &self,
+        bucket: &str,
+        rules: Option<&str>,
+    ) -> Result<(), ObjectError>;
     /// The bucket's website configuration (`None`: it has none); `NoSuchBucket`.
     async fn bucket_website(&self, bucket: &str) -> Result<Option<Website>, ObjectError>;
     /// Sets (`Some`) or removes (`None`) the bucket's website configuration; `NoSuchBucket`.
@@ -303,11 +344,12 @@ async fn bucket_exists(
         .is_some())
 }
 
-/// Swaps the object's row inside `tx`; answers the blob it held before.
+/// Swaps the object's row inside `tx`; answers the blob it held before that nothing refers
+/// to any more, and whether there was an object before.
 async fn apply_change(
     tx: &mut sqlx::SqliteConnection,
     change: &ObjectChange,
-) -> Result<Option<String>, ObjectError> {
+) -> Result<(Option<String>, bool), ObjectError> {
     let (bucket, key) = match change {
         ObjectChange::Put(o) => (&o.bucket, &o.key),
         ObjectChange::Delete { bucket, key } => (bucket, key),
@@ -340,7 +382,8 @@ async fn apply_change(
             .execute(&mut *tx)
             .await?;
             // A copy onto itself keeps its blob: nothing is let go.
-            Ok(previous.filter(|p| *p != o.blob_id))
+            let existed = previous.is_some();
+            Ok((previous.filter(|p| *p != o.blob_id), existed))
         }
         ObjectChange::Delete { bucket, key } => {
             sqlx::query("DELETE FROM objects WHERE bucket = ? AND key = ?")
@@ -348,21 +391,130 @@ async fn apply_change(
                 .bind(key)
                 .execute(&mut *tx)
                 .await?;
-            Ok(previous)
+            let existed = previous.is_some();
+            Ok((previous, existed))
         }
     }
 }
 
-/// Writes the change's bucket events into the outbox inside the change's transaction.
-/// There are none yet (`NewObjectEvent` has no values); bucket events add the insert here.
-fn write_events(events: &[NewObjectEvent]) {
-    if let Some(event) = events.first() {
-        match *event {}
+/// Writes the change's bucket events into the outbox inside the change's transaction. A
+/// delete of a key that was not there changed nothing and tells nothing.
+async fn write_events(
+    tx: &mut sqlx::SqliteConnection,
+    change: &ObjectChange,
+    existed: bool,
+    events: &[NewObjectEvent],
+) -> Result<(), ObjectError> {
+    let (bucket, key, size, etag) = match change {
+        ObjectChange::Put(o) => (&o.bucket, &o.key, Some(o.size_bytes as i64), Some(&o.etag)),
+        ObjectChange::Delete { .. } if !existed => return Ok(()),
+        ObjectChange::Delete { bucket, key } => (bucket, key, None, None),
+    };
+    for e in events {
+        sqlx::query(
+            "INSERT INTO object_events (bucket, key, event, size_bytes, etag, at_ms, node, lineage) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(&e.event)
+        .bind(size)
+        .bind(etag)
+        .bind(e.at_ms)
+        .bind(&e.node)
+        .bind(i64::from(e.lineage))
+        .execute(&mut *tx)
+        .await?;
     }
+    Ok(())
 }
 
 #[async_trait]
 impl ObjectMeta for SqliteStore {
+    async fn pending_object_events(
+        &self,
+        node: &str,
+        stale_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ObjectEvent>, ObjectError> {
+        let rows = sqlx::query(
+            "SELECT seq, bucket, key, event, size_bytes, etag, at_ms, node, lineage \
+             FROM object_events WHERE node = ? OR at_ms < ? ORDER BY seq LIMIT ?",
+        )
+        .bind(node)
+        .bind(stale_before_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ObjectEvent {
+                    seq: r.try_get("seq")?,
+                    bucket: r.try_get("bucket")?,
+                    key: r.try_get("key")?,
+                    event: r.try_get("event")?,
+                    size_bytes: r.try_get::<Option<i64>, _>("size_bytes")?.map(|n| n as u64),
+                    etag: r.try_get("etag")?,
+                    at_ms: r.try_get("at_ms")?,
+                    node: r.try_get("node")?,
+                    lineage: r.try_get::<i64, _>("lineage")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn bucket_notifications(&self) -> Result<Vec<(String, String)>, ObjectError> {
+        let rows = sqlx::query("SELECT bucket, rules FROM bucket_notifications ORDER BY bucket")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("bucket")?, r.try_get("rules")?)))
+            .collect()
+    }
+
+    async fn set_bucket_notifications(
+        &self,
+        bucket: &str,
+        rules: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if !bucket_exists(&mut tx, bucket).await? {
+            return Err(ObjectError::NoSuchBucket(bucket.into()));
+        }
+        match rules {
+            Some(rules) => {
+                sqlx::query(
+                    "INSERT INTO bucket_notifications (bucket, rules) VALUES (?, ?) \
+                     ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
+                )
+                .bind(bucket)
+                .bind(rules)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM bucket_notifications WHERE bucket = ?")
+                    .bind(bucket)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_object_events(&self, seqs: &[i64]) -> Result<(), ObjectError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for seq in seqs {
+            sqlx::query("DELETE FROM object_events WHERE seq = ?")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn create_bucket(
         &self,
         name: &str,
@@ -481,8 +633,8 @@ impl ObjectMeta for SqliteStore {
         events: &[NewObjectEvent],
     ) -> Result<Option<String>, ObjectError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let released = apply_change(&mut tx, &change).await?;
-        write_events(events);
+        let (released, existed) = apply_change(&mut tx, &change).await?;
+        write_events(&mut tx, &change, existed, events).await?;
         tx.commit().await?;
         Ok(released)
     }
@@ -756,8 +908,9 @@ impl ObjectMeta for SqliteStore {
             .bind(upload_id)
             .execute(&mut *tx)
             .await?;
-        released.extend(apply_change(&mut tx, &ObjectChange::Put(Box::new(object))).await?);
-        write_events(events);
+        let change = ObjectChange::Put(Box::new(object));
+        released.extend(apply_change(&mut tx, &change).await?.0);
+        write_events(&mut tx, &change, true, events).await?;
         tx.commit().await?;
         Ok(released)
     }

@@ -25,6 +25,8 @@ pub struct NewEvent {
     /// attempt): the node runs it the moment it is committed, with no claim round. A crash
     /// leaves it `running`, which `recover` (and in a cluster, the lease) queues again.
     pub claimed: bool,
+    /// Hops of the chain of calls its attempts continue (loop protection; 0: none).
+    pub lineage: u32,
 }
 
 /// What became of a submission.
@@ -103,6 +105,8 @@ pub struct AsyncRecord {
     pub traceparent: Option<String>,
     /// What submitted it when not a client (`timer:nightly`).
     pub source: Option<String>,
+    /// Hops of the chain of calls its attempts continue.
+    pub lineage: u32,
 }
 
 /// How an attempt ended.
@@ -165,7 +169,7 @@ pub trait AsyncQueue: Send + Sync + 'static {
 macro_rules! columns {
     () => {
         "id, function, payload, status, attempts, function_errors, enqueued_at_ms, \
-         next_attempt_at_ms, updated_at_ms, result, version, traceparent, source"
+         next_attempt_at_ms, updated_at_ms, result, version, traceparent, source, lineage"
     };
 }
 
@@ -184,6 +188,7 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<AsyncRecord, StoreError>
         version: r.try_get("version")?,
         traceparent: r.try_get("traceparent")?,
         source: r.try_get("source")?,
+        lineage: r.try_get::<i64, _>("lineage")? as u32,
     })
 }
 
@@ -251,8 +256,8 @@ impl AsyncQueue for SqliteStore {
             let inserted = sqlx::query(
                 "INSERT INTO async_invocations (id, function, payload, status, attempts,
                     function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
-                    idempotency_key, traceparent, source)
-                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)
+                    idempotency_key, traceparent, source, lineage)
+                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL
                     DO NOTHING",
             )
@@ -267,6 +272,7 @@ impl AsyncQueue for SqliteStore {
             .bind(&e.idempotency_key)
             .bind(&e.traceparent)
             .bind(&e.source)
+            .bind(i64::from(e.lineage))
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 1 {
@@ -438,6 +444,7 @@ mod tests {
             source: None,
             now_ms,
             claimed: false,
+            lineage: 0,
         }
     }
 

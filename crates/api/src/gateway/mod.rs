@@ -501,6 +501,7 @@ fn call_of(r: &Routed) -> Call {
         attempt: 1,
         trace: r.trace.clone(),
         client_context: None,
+        lineage: 0,
     }
 }
 

@@ -2,6 +2,7 @@
 //! the CLI, running real Python and Node.js instances.
 
 mod asynq;
+mod bucket_events;
 mod build;
 mod bus;
 mod cli;

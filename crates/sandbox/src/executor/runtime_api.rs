@@ -159,7 +159,10 @@ impl RuntimeApi {
             ),
             (
                 "lambda-runtime-trace-id",
-                xray_trace_id(text("traceparent")),
+                with_lineage(
+                    xray_trace_id(text("traceparent")),
+                    meta["lineage"].as_u64().unwrap_or(0),
+                ),
             ),
         ];
         // Lambda sends these only when the caller gave them (a mobile SDK's context).
@@ -545,6 +548,16 @@ pub(crate) fn default_arn(c: &crate::InstanceConfig) -> String {
         .get("NIMBUS_ACCOUNT_ID")
         .map_or("000000000000", String::as_str);
     format!("arn:aws:lambda:{region}:{account}:function:{}", c.function)
+}
+
+/// The trace id with the call's lineage (`;Lineage=nimbus:N`) when it continues a chain,
+/// as the shims write `_X_AMZN_TRACE_ID`.
+pub(crate) fn with_lineage(trace_id: String, lineage: u64) -> String {
+    if lineage == 0 {
+        trace_id
+    } else {
+        format!("{trace_id};Lineage=nimbus:{lineage}")
+    }
 }
 
 /// `Root=1-{8 hex}-{24 hex};Parent={16 hex};Sampled={0|1}` of a W3C traceparent

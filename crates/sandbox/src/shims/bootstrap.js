@@ -243,7 +243,10 @@ function xrayTraceId(traceparent) {
 function makeContext(meta) {
   const deadline = meta.deadline_ms;
   // Where Lambda's runtimes put it for each call (the SDKs and Powertools read it).
-  env._X_AMZN_TRACE_ID = xrayTraceId(meta.traceparent);
+  // A call that continues a chain (a bucket event's) carries its hop count as `Lineage`,
+  // which the AWS SDK sends back as X-Amzn-Trace-Id: the object store stops a loop.
+  env._X_AMZN_TRACE_ID = xrayTraceId(meta.traceparent) +
+    (meta.lineage ? `;Lineage=nimbus:${meta.lineage}` : '');
   return {
     awsRequestId: meta.request_id,
     requestId: meta.request_id,

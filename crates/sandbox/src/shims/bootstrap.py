@@ -196,7 +196,13 @@ class Context:
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", _INSTANCE_ID)
         # The call's trace in X-Ray's form, where Lambda's runtimes put it for each call
         # (the AWS SDKs' recursion detection and Powertools' Tracer read it there).
-        os.environ["_X_AMZN_TRACE_ID"] = _xray_trace_id(self.traceparent)
+        # A call that continues a chain (a bucket event's) carries its hop count as
+        # `Lineage`: botocore sends the variable back as X-Amzn-Trace-Id, and the object
+        # store stops a chain that loops.
+        trace_id = _xray_trace_id(self.traceparent)
+        if meta.get("lineage"):
+            trace_id += ";Lineage=nimbus:%d" % meta["lineage"]
+        os.environ["_X_AMZN_TRACE_ID"] = trace_id
         # As Lambda's Python runtime: an identity object (Cognito's, empty here) and the
         # caller's X-Amz-Client-Context as an object with client, custom and env.
         self.identity = CognitoIdentity()
