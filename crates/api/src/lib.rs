@@ -6,6 +6,7 @@
 //! and other front doors call the same code.
 
 mod auth;
+pub mod buckets;
 pub mod bus;
 mod error;
 mod extract;
@@ -43,6 +44,9 @@ pub struct AppState {
     pub token: Arc<str>,
     /// The price table of usage estimates.
     pub prices: observe::Prices,
+    /// The object store, for `/v1/buckets` and websites; `None` where none is served
+    /// (`nimbus local`).
+    pub objects: Option<Arc<buckets::Objects>>,
 }
 
 /// The OpenAPI description of the control API.
@@ -83,6 +87,12 @@ pub struct AppState {
         triggers::list,
         triggers::pause,
         triggers::resume,
+        buckets::list,
+        buckets::create,
+        buckets::delete,
+        buckets::list_objects,
+        buckets::put_website,
+        buckets::delete_website,
     ),
     modifiers(&BearerAuth, &CommonErrors, &OptionalEvent),
     security(("bearer" = []))
@@ -226,6 +236,13 @@ pub fn router(state: AppState) -> Router {
         .route("/builds", post(routes::build))
         .route("/keys/{id}", axum::routing::delete(routes::delete_key))
         .route("/triggers", get(triggers::list))
+        .route("/buckets", get(buckets::list).post(buckets::create))
+        .route("/buckets/{name}", axum::routing::delete(buckets::delete))
+        .route("/buckets/{name}/objects", get(buckets::list_objects))
+        .route(
+            "/buckets/{name}/website",
+            axum::routing::put(buckets::put_website).delete(buckets::delete_website),
+        )
         .route(
             "/functions/{name}/triggers/{trigger}/pause",
             post(triggers::pause),
@@ -269,7 +286,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .nest("/v1", v1)
-        // Everything else is the gateway's: HTTP triggers and function URLs.
+        // Everything else is the gateway's: HTTP triggers, function URLs and websites.
         .fallback(gateway::handle)
         .with_state(state)
 }

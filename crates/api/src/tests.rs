@@ -17,6 +17,7 @@ const TOKEN: &str = "test-token";
 struct Harness {
     _tmp: tempfile::TempDir,
     app: axum::Router,
+    objects: Arc<crate::buckets::Objects>,
 }
 
 async fn harness() -> Harness {
@@ -26,6 +27,7 @@ async fn harness() -> Harness {
             .await
             .unwrap(),
     );
+    let objects_meta: Arc<dyn store::ObjectMeta> = meta.clone();
     let blobs: Arc<dyn store::BlobStore> =
         Arc::new(store::FsBlobStore::new(tmp.path().join("blobs")));
     let code = store::CodeCache::new(tmp.path().join("code"), blobs.clone(), 1 << 20);
@@ -45,6 +47,11 @@ async fn harness() -> Harness {
     platform.add_trigger(gateway.clone());
     platform.load().await.unwrap();
     platform.start_triggers().await.unwrap();
+    let objects = Arc::new(crate::buckets::Objects {
+        meta: objects_meta,
+        files: store::ObjectFiles::open(tmp.path().join("objects")).unwrap(),
+        website_domain: "localhost".into(),
+    });
     let app = router(AppState {
         platform,
         gateway,
@@ -52,8 +59,13 @@ async fn harness() -> Harness {
         bus_limits: Default::default(),
         token: TOKEN.into(),
         prices: Default::default(),
+        objects: Some(objects.clone()),
     });
-    Harness { _tmp: tmp, app }
+    Harness {
+        _tmp: tmp,
+        app,
+        objects,
+    }
 }
 
 fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
@@ -373,4 +385,407 @@ fn every_operation_documents_the_errors_it_can_answer() {
         }
     }
     assert!(operations > 20, "{operations}");
+}
+
+impl Harness {
+    /// Stores an object as the S3 API would: the bytes durable first, then the row.
+    async fn put_object(&self, bucket: &str, key: &str, bytes: &[u8], content_type: &str) {
+        let mut sink = self.objects.files.create().unwrap();
+        sink.write(bytes).unwrap();
+        let blob_id = sink.finish().unwrap();
+        let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes));
+        let record = store::objects::ObjectRecord {
+            bucket: bucket.into(),
+            key: key.into(),
+            blob_id,
+            size_bytes: bytes.len() as u64,
+            etag: hex::encode(&digest[..16]),
+            modified_ms: 1_700_000_000_000,
+            attrs: store::objects::ObjectAttrs {
+                content_type: Some(content_type.into()),
+                ..Default::default()
+            },
+        };
+        self.objects
+            .meta
+            .commit_object(store::objects::ObjectChange::Put(Box::new(record)), &[])
+            .await
+            .unwrap();
+    }
+
+    /// A request to the website of `host`, as a browser sends it.
+    async fn site(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+        (parts.status, parts.headers, bytes)
+    }
+}
+
+#[tokio::test]
+async fn buckets_are_made_listed_paged_and_removed_with_stable_errors() {
+    let h = harness().await;
+    let (status, body) = h.call("GET", "/v1/buckets", Body::empty()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"buckets": []}))
+    );
+
+    let (status, body) = h.call("POST", "/v1/buckets", r#"{"name":"photos"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "photos");
+    for (input, status, code) in [
+        (
+            r#"{"name":"photos"}"#,
+            StatusCode::CONFLICT,
+            "bucket_exists",
+        ),
+        (
+            r#"{"name":"Bad_Name"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            r#"{"name":"ab"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (r#"{"nom":"x"}"#, StatusCode::BAD_REQUEST, "invalid_request"),
+        ("not json", StatusCode::BAD_REQUEST, "invalid_request"),
+    ] {
+        let (got, body) = h.call("POST", "/v1/buckets", input).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{input}: {body}"
+        );
+    }
+
+    for key in ["a/1.txt", "a/2.txt", "b.txt"] {
+        h.put_object("photos", key, b"hello", "text/plain").await;
+    }
+    let (status, body) = h
+        .call(
+            "GET",
+            "/v1/buckets/photos/objects?prefix=a/&limit=1",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["objects"][0]["key"], "a/1.txt");
+    assert_eq!(body["objects"][0]["size_bytes"], 5);
+    assert_eq!(body["objects"][0]["content_type"], "text/plain");
+    assert_eq!(body["next_after"], "a/1.txt");
+    let (_, body) = h
+        .call(
+            "GET",
+            "/v1/buckets/photos/objects?prefix=a/&after=a/1.txt",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(body["objects"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["objects"][0]["key"], "a/2.txt");
+    assert!(body.get("next_after").is_none(), "{body}");
+    for (uri, status, code) in [
+        (
+            "/v1/buckets/nope/objects",
+            StatusCode::NOT_FOUND,
+            "bucket_not_found",
+        ),
+        (
+            "/v1/buckets/photos/objects?limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/buckets/photos/objects?limit=1001",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/buckets/photos/objects?limit=x",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (got, body) = h.call("GET", uri, Body::empty()).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{uri}: {body}"
+        );
+    }
+
+    // Not empty: refused, unless forced; the files go with the rows.
+    let (status, body) = h.call("DELETE", "/v1/buckets/photos", Body::empty()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("bucket_not_empty"))
+    );
+    let (status, _) = h
+        .call("DELETE", "/v1/buckets/photos?force=true", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let blobs = h._tmp.path().join("objects/blobs");
+    let files = walk(&blobs);
+    assert!(files.is_empty(), "left behind: {files:?}");
+    let (status, body) = h.call("DELETE", "/v1/buckets/photos", Body::empty()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("bucket_not_found"))
+    );
+    let (status, body) = h
+        .call("DELETE", "/v1/buckets/photos?force=maybe", Body::empty())
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (_, body) = h.call("GET", "/v1/buckets", Body::empty()).await;
+    assert_eq!(body, serde_json::json!({"buckets": []}));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_website_is_set_listed_checked_and_removed() {
+    let h = harness().await;
+    h.call("POST", "/v1/buckets", r#"{"name":"site"}"#).await;
+    let site = r#"{"index_document":"index.html","error_document":"404.html"}"#;
+    let (status, body) = h.call("PUT", "/v1/buckets/site/website", site).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["error_document"], "404.html");
+    let (_, body) = h.call("GET", "/v1/buckets", Body::empty()).await;
+    assert_eq!(
+        body["buckets"][0]["website"]["index_document"], "index.html",
+        "{body}"
+    );
+    for (uri, input, status, code) in [
+        (
+            "/v1/buckets/nope/website",
+            site,
+            StatusCode::NOT_FOUND,
+            "bucket_not_found",
+        ),
+        (
+            "/v1/buckets/site/website",
+            r#"{"index_document":"a/b.html"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/buckets/site/website",
+            r#"{"index_document":""}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/buckets/site/website",
+            r#"{"error_document":"e.html"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/buckets/site/website",
+            r#"{"index_document":"i","extra":1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (got, body) = h.call("PUT", uri, input).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{input}: {body}"
+        );
+    }
+    let (status, _) = h
+        .call("DELETE", "/v1/buckets/site/website", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, body) = h.call("GET", "/v1/buckets", Body::empty()).await;
+    assert!(body["buckets"][0].get("website").is_none(), "{body}");
+    // Twice is fine, as on S3; an unknown bucket is not.
+    let (status, _) = h
+        .call("DELETE", "/v1/buckets/site/website", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = h
+        .call("DELETE", "/v1/buckets/nope/website", Body::empty())
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("bucket_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn bucket_operations_need_the_token() {
+    let h = harness().await;
+    let res = h
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/v1/buckets")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_gateway_serves_a_website_by_host() {
+    let h = harness().await;
+    h.call("POST", "/v1/buckets", r#"{"name":"site"}"#).await;
+    h.call("POST", "/v1/buckets", r#"{"name":"plain"}"#).await;
+    h.put_object("site", "index.html", b"<h1>home</h1>", "text/html")
+        .await;
+    h.put_object("site", "docs/index.html", b"docs home", "text/html")
+        .await;
+    h.put_object("site", "app.css", b"0123456789", "text/css")
+        .await;
+    h.put_object("site", "404.html", b"lost", "text/html").await;
+    let host = "site.localhost:7700";
+
+    // No website yet: S3's page, in HTML.
+    let (status, headers, body) = h.site("GET", host, "/", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).contains("NoSuchWebsiteConfiguration"));
+    // Without an error document, a missing key is S3's NoSuchKey page.
+    h.call(
+        "PUT",
+        "/v1/buckets/site/website",
+        r#"{"index_document":"index.html"}"#,
+    )
+    .await;
+    let (status, _, body) = h.site("GET", host, "/missing", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("NoSuchKey"));
+    h.call(
+        "PUT",
+        "/v1/buckets/site/website",
+        r#"{"index_document":"index.html","error_document":"404.html"}"#,
+    )
+    .await;
+
+    let (status, headers, body) = h.site("GET", host, "/", &[]).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"<h1>home</h1>"[..])
+    );
+    assert_eq!(headers["content-type"], "text/html");
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    assert!(headers.contains_key("last-modified"));
+    assert!(headers.contains_key("x-nimbus-request-id"));
+    let (status, _, body) = h.site("GET", host, "/docs/", &[]).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"docs home"[..])
+    );
+    let (status, headers, body) = h.site("GET", host, "/docs", &[]).await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (StatusCode::FOUND, "/docs/")
+    );
+    assert!(body.is_empty());
+    let (status, headers, body) = h.site("GET", host, "/nothing/here", &[]).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::NOT_FOUND, &b"lost"[..])
+    );
+    assert_eq!(headers["content-type"], "text/html");
+
+    // Conditions and ranges.
+    let (status, headers, body) = h.site("GET", host, "/", &[("if-none-match", &etag)]).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_eq!(headers["etag"].to_str().unwrap(), etag);
+    assert!(body.is_empty());
+    let (status, _, _) = h
+        .site("GET", host, "/", &[("if-none-match", "\"other\"")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = h.site("GET", host, "/", &[("if-match", "\"other\"")]).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let (status, _, _) = h
+        .site(
+            "GET",
+            host,
+            "/",
+            &[("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    let (status, headers, body) = h
+        .site("GET", host, "/app.css", &[("range", "bytes=2-5")])
+        .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &b"2345"[..])
+    );
+    assert_eq!(headers["content-range"], "bytes 2-5/10");
+    assert_eq!(headers["content-length"], "4");
+    let (status, headers, _) = h
+        .site("GET", host, "/app.css", &[("range", "bytes=10-")])
+        .await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers["content-range"], "bytes */10");
+
+    // HEAD has the headers and no body; other methods are refused.
+    let (status, headers, body) = h.site("HEAD", host, "/app.css", &[]).await;
+    assert_eq!(
+        (status, headers["content-length"].to_str().unwrap()),
+        (StatusCode::OK, "10")
+    );
+    assert!(body.is_empty());
+    let (status, headers, _) = h.site("POST", host, "/", &[]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET, HEAD");
+
+    // Another bucket's host, or none: S3's pages; the routes are not reached.
+    let (status, _, body) = h.site("GET", "plain.localhost", "/", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("NoSuchWebsiteConfiguration"));
+    let (status, _, body) = h.site("GET", "ghost.localhost", "/", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("NoSuchBucket"));
+    let (status, _, body) = h.site("GET", "localhost:7700", "/", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        String::from_utf8_lossy(&body).contains("route_not_found"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }

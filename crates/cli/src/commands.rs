@@ -177,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys(k) => keys(&client, k, cli.output).await,
         Command::Triggers(t) => triggers(&client, t, cli.output).await,
+        Command::Bucket(b) => crate::bucket::bucket(&client, b, cli.output).await,
         Command::Events {
             function,
             event,

@@ -195,6 +195,7 @@ impl LocalPlatform {
             // No control API here: a token nobody has.
             token: uuid_token().into(),
             prices: api::observe::Prices::default(),
+            objects: None,
         });
         request
             .extensions_mut()

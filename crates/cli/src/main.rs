@@ -1,6 +1,7 @@
 //! The `nimbus` binary: `nimbus server` runs the platform; every other subcommand is a
 //! client of its control API.
 
+mod bucket;
 mod client;
 mod commands;
 mod describe;
@@ -254,6 +255,41 @@ pub enum Command {
     /// Triggers and their state; pause and resume timers, event rules and routes.
     #[command(subcommand)]
     Triggers(TriggersCommand),
+    /// The object store's buckets: make, list, remove, serve as a website (objects go
+    /// through the S3 tools).
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BucketCommand {
+    /// Make a bucket (S3's names: 3 to 63 of a-z, 0-9, `.` and `-`).
+    Create { name: String },
+    /// List buckets, or (with NAME) a bucket's objects.
+    Ls {
+        name: Option<String>,
+        /// Only keys that begin with this.
+        #[arg(long, requires = "name")]
+        prefix: Option<String>,
+    },
+    /// Remove an empty bucket; `--force` deletes its objects first.
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve the bucket as a static website at `NAME.<--website-domain>`, or stop (`--off`).
+    Website {
+        name: String,
+        /// Served for `/` and `dir/` (S3's index document suffix).
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        index: Option<String>,
+        /// Served with status 404 for a key that does not exist.
+        #[arg(long, requires = "index")]
+        error: Option<String>,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -18,6 +18,11 @@ pub struct ServerArgs {
     /// Address the S3 API (the object store) listens on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "NIMBUS_S3_LISTEN", default_value = crate::DEFAULT_S3_LISTEN)]
     s3_listen: SocketAddr,
+    /// Buckets with a website are served by the main listener to requests for
+    /// `{bucket}.{domain}` (`site.localhost:7700` by default; browsers resolve
+    /// `*.localhost` to loopback).
+    #[arg(long, env = "NIMBUS_WEBSITE_DOMAIN", default_value = "localhost", value_parser = website_domain)]
+    website_domain: String,
     /// Python 3 interpreter for `python3` functions (default: the system one).
     #[arg(long, env = "NIMBUS_PYTHON3")]
     python3: Option<PathBuf>,
@@ -445,6 +450,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             per_gb_second: args.price_per_gb_second,
             per_provisioned_gb_second: args.price_per_provisioned_gb_second,
         },
+        objects: Some(Arc::new(api::buckets::Objects {
+            meta: object_meta.clone(),
+            files: object_files.clone(),
+            website_domain: args.website_domain.clone(),
+        })),
     }));
 
     let s3_service = s3::service(
@@ -705,6 +715,24 @@ fn account_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// A website domain: DNS labels (lowercased), so that `{bucket}.{domain}` is a host name.
+fn website_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Err(format!(
+            "`{text}` is not a domain name (labels of letters, digits and hyphens)"
+        ));
+    }
+    Ok(domain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,5 +770,17 @@ mod tests {
         });
         let _held = lock_data_dir(tmp.path(), "00cc").unwrap();
         release.join().unwrap();
+    }
+
+    #[test]
+    fn website_domains_are_dns_names() {
+        assert_eq!(super::website_domain("localhost"), Ok("localhost".into()));
+        assert_eq!(
+            super::website_domain("Sites.Example.com."),
+            Ok("sites.example.com".into())
+        );
+        for bad in ["", ".", "a..b", "-a.com", "a_b.com", "a b", &"a".repeat(64)] {
+            assert!(super::website_domain(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -67,6 +67,73 @@ pub fn validate_object_key(key: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A bucket's static website (S3's `WebsiteConfiguration`, the part Nimbus serves): the
+/// gateway answers `{bucket}.{website domain}` from the bucket's objects.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Website {
+    /// Appended to a request for a "directory" (`/`, `dir/`): `index.html`.
+    pub index_document: String,
+    /// The object answered, with status 404, for a key that does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_document: Option<String>,
+}
+
+impl Website {
+    /// S3's rules: the index document is a non-empty suffix without a slash (it is appended
+    /// to a directory's key); the error document is an object key.
+    pub fn validate(&self) -> Result<(), NameError> {
+        if self.index_document.is_empty() {
+            return Err(NameError("index document: may not be empty".into()));
+        }
+        if self.index_document.contains('/') {
+            return Err(NameError(format!(
+                "index document `{}`: may not hold a slash (it is a suffix appended to \
+                 a directory's key)",
+                self.index_document
+            )));
+        }
+        validate_object_key(&self.index_document)
+            .map_err(|e| NameError(format!("index document: {e}")))?;
+        if let Some(error) = &self.error_document {
+            validate_object_key(error).map_err(|e| NameError(format!("error document: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod website_tests {
+    use super::*;
+
+    #[test]
+    fn website_documents_are_checked() {
+        let site = |index: &str, error: Option<&str>| Website {
+            index_document: index.into(),
+            error_document: error.map(str::to_string),
+        };
+        assert_eq!(
+            site("index.html", Some("errors/404.html")).validate(),
+            Ok(())
+        );
+        assert_eq!(site("index.html", None).validate(), Ok(()));
+        assert!(site("", None).validate().unwrap_err().0.contains("empty"));
+        assert!(
+            site("a/index.html", None)
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("slash")
+        );
+        assert!(
+            site("index.html", Some(""))
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("error document")
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

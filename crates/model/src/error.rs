@@ -86,11 +86,17 @@ pub enum ErrorCode {
     TriggerNotFound,
     /// The route is paused (`nimbus triggers pause`): it takes no requests until resumed.
     TriggerPaused,
+    /// The object store has no bucket by that name.
+    BucketNotFound,
+    /// Creating a bucket that already exists.
+    BucketExists,
+    /// Deleting a bucket that still holds objects (without `force`).
+    BucketNotEmpty,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 39] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -127,6 +133,9 @@ impl ErrorCode {
         ErrorCode::HandlerFailed,
         ErrorCode::TriggerNotFound,
         ErrorCode::TriggerPaused,
+        ErrorCode::BucketNotFound,
+        ErrorCode::BucketExists,
+        ErrorCode::BucketNotEmpty,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -180,6 +189,9 @@ impl ErrorCode {
             ErrorCode::TriggerNotFound => ("trigger_not_found", 404),
             // 503: the route exists and will serve again once resumed.
             ErrorCode::TriggerPaused => ("trigger_paused", 503),
+            ErrorCode::BucketNotFound => ("bucket_not_found", 404),
+            ErrorCode::BucketExists => ("bucket_exists", 409),
+            ErrorCode::BucketNotEmpty => ("bucket_not_empty", 409),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `body`: request bodies streamed to disk on a blocking thread while they are hashed;
 //!   objects streamed out of their files.
 //! - `error`: the store's answers as S3's error codes.
+//! - `website`: a bucket's website configuration (served by the gateway, not here).
 //! - `serve`: the accept loop, and the background collection of unreferenced bytes.
 //!
 //! Fences s3s: no other crate knows S3's wire shapes.
@@ -21,6 +22,7 @@ mod error;
 pub mod events;
 mod ops;
 mod serve;
+mod website;
 
 use std::sync::Arc;
 

@@ -1617,6 +1617,31 @@ impl S3 for ObjectStore {
             ..Default::default()
         }))
     }
+
+    async fn put_bucket_website(
+        &self,
+        req: S3Request<PutBucketWebsiteInput>,
+    ) -> S3Result<S3Response<PutBucketWebsiteOutput>> {
+        let input = req.input;
+        self.put_website(&input.bucket, input.website_configuration)
+            .await?;
+        Ok(S3Response::new(PutBucketWebsiteOutput {}))
+    }
+
+    async fn get_bucket_website(
+        &self,
+        req: S3Request<GetBucketWebsiteInput>,
+    ) -> S3Result<S3Response<GetBucketWebsiteOutput>> {
+        Ok(S3Response::new(self.get_website(&req.input.bucket).await?))
+    }
+
+    async fn delete_bucket_website(
+        &self,
+        req: S3Request<DeleteBucketWebsiteInput>,
+    ) -> S3Result<S3Response<DeleteBucketWebsiteOutput>> {
+        self.delete_website(&req.input.bucket).await?;
+        Ok(S3Response::new(DeleteBucketWebsiteOutput {}))
+    }
 }
 
 fn part_number(n: i32) -> S3Result<()> {

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use model::bucket::Website;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -265,6 +266,14 @@ pub trait ObjectMeta: Send + Sync + 'static {
         &self,
         bucket: &str,
         rules: Option<&str>,
+    ) -> Result<(), ObjectError>;
+    /// The bucket's website configuration (`None`: it has none); `NoSuchBucket`.
+    async fn bucket_website(&self, bucket: &str) -> Result<Option<Website>, ObjectError>;
+    /// Sets (`Some`) or removes (`None`) the bucket's website configuration; `NoSuchBucket`.
+    async fn set_bucket_website(
+        &self,
+        bucket: &str,
+        website: Option<&Website>,
     ) -> Result<(), ObjectError>;
 }
 
@@ -936,6 +945,38 @@ impl ObjectMeta for SqliteStore {
         .await?;
         Ok(ids.into_iter().collect())
     }
+
+    async fn bucket_website(&self, bucket: &str) -> Result<Option<Website>, ObjectError> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT website FROM buckets WHERE name = ?")
+                .bind(bucket)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => Err(ObjectError::NoSuchBucket(bucket.into())),
+            Some(None) => Ok(None),
+            Some(Some(text)) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}")))
+            }),
+        }
+    }
+
+    async fn set_bucket_website(
+        &self,
+        bucket: &str,
+        website: Option<&Website>,
+    ) -> Result<(), ObjectError> {
+        let text = website.map(|w| serde_json::to_string(w).expect("a website serializes"));
+        let done = sqlx::query("UPDATE buckets SET website = ? WHERE name = ?")
+            .bind(text)
+            .bind(bucket)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(ObjectError::NoSuchBucket(bucket.into()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1245,5 +1286,45 @@ mod tests {
         ));
         let refs = s.referenced_blobs().await.unwrap();
         assert_eq!(refs, ["joined".to_string()].into());
+    }
+}
+
+#[cfg(test)]
+mod website_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_website_is_set_read_replaced_removed_and_goes_with_its_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let site = Website {
+            index_document: "index.html".into(),
+            error_document: Some("404.html".into()),
+        };
+        assert!(matches!(
+            s.bucket_website("nope").await,
+            Err(ObjectError::NoSuchBucket(_))
+        ));
+        assert!(matches!(
+            s.set_bucket_website("nope", Some(&site)).await,
+            Err(ObjectError::NoSuchBucket(_))
+        ));
+        s.create_bucket("site", 1, 10).await.unwrap();
+        assert_eq!(s.bucket_website("site").await.unwrap(), None);
+        s.set_bucket_website("site", Some(&site)).await.unwrap();
+        assert_eq!(s.bucket_website("site").await.unwrap(), Some(site.clone()));
+        let bare = Website {
+            index_document: "home.htm".into(),
+            error_document: None,
+        };
+        s.set_bucket_website("site", Some(&bare)).await.unwrap();
+        assert_eq!(s.bucket_website("site").await.unwrap(), Some(bare));
+        s.set_bucket_website("site", None).await.unwrap();
+        assert_eq!(s.bucket_website("site").await.unwrap(), None);
+        // A bucket made again under the same name starts without one.
+        s.set_bucket_website("site", Some(&site)).await.unwrap();
+        s.delete_bucket("site").await.unwrap();
+        s.create_bucket("site", 2, 10).await.unwrap();
+        assert_eq!(s.bucket_website("site").await.unwrap(), None);
     }
 }

@@ -13,12 +13,16 @@
 //! `Platform::begin` and a `Session` for a streamed response), which records it once. The
 //! gateway is the HTTP trigger: its route table is derived from the platform's catalog of
 //! functions, and it refuses a deploy whose routes conflict.
+//!
+//! A request whose host is `{bucket}.{--website-domain}` is not routed: `website` serves
+//! that bucket's static website from the object store.
 
 pub mod event;
 pub mod guard;
 mod proxy;
 pub mod table;
 mod web;
+pub mod website;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -164,6 +168,17 @@ pub(crate) fn server_timing(
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let debug = request.headers().contains_key(DEBUG_HEADER);
+    // A host under the website domain names a bucket: the website, not the routes.
+    if let Some(objects) = &state.objects
+        && let Some(bucket) =
+            website::bucket_of(request.headers(), request.uri(), &objects.website_domain)
+    {
+        let mut response = website::serve(objects, &bucket, request, &request_id).await;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        return response;
+    }
     let mut response = match serve(&state, request, request_id.clone()).await {
         Ok((response, timing)) => {
             let mut response = response;

@@ -27,6 +27,7 @@ mod sandbox;
 mod scheduler;
 mod storage;
 mod timers;
+mod website;
 
 use std::io::Write;
 

@@ -63,6 +63,40 @@ async fn schemathesis_finds_nothing() {
         .unwrap();
     let key_id = key["id"].as_str().unwrap().to_string();
 
+    for bucket in ["st-site", "st-doomed"] {
+        let res = server
+            .req(Method::POST, "/v1/buckets")
+            .json(&json!({ "name": bucket }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    // An object, so that a listing has something to answer and the forced delete something
+    // to delete.
+    for bucket in ["st-site", "st-doomed"] {
+        let mut put = std::process::Command::new(&python);
+        put.args([
+            "-m",
+            "awscli",
+            "s3",
+            "cp",
+            "-",
+            &format!("s3://{bucket}/a/b.txt"),
+        ])
+        .args([
+            "--endpoint-url",
+            &server.s3_endpoint,
+            "--region",
+            "us-east-1",
+        ])
+        .stdin(std::process::Stdio::piped());
+        crate::s3::aws_env(&mut put, &server.data_dir);
+        let mut child = put.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hello").unwrap();
+        assert!(child.wait().unwrap().success(), "aws s3 cp to {bucket}");
+    }
+
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/schemathesis");
     // Through the interpreter: the venv's `schemathesis` script names, in its first line, the
     // staging directory the venv was built in.

@@ -10,7 +10,7 @@ use crate::harness::{Server, test_python};
 
 /// The environment the AWS tools get: the server's credentials file and nothing of the
 /// machine's own AWS configuration.
-fn aws_env(cmd: &mut Command, data_dir: &Path) {
+pub(crate) fn aws_env(cmd: &mut Command, data_dir: &Path) {
     cmd.env(
         "AWS_SHARED_CREDENTIALS_FILE",
         data_dir.join("aws.credentials"),
@@ -22,7 +22,7 @@ fn aws_env(cmd: &mut Command, data_dir: &Path) {
     .env("AWS_EC2_METADATA_DISABLED", "true");
 }
 
-fn ok(out: Output, what: &str) -> String {
+pub(crate) fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed:\n{}\n{}",
@@ -33,7 +33,7 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 /// `aws ARGS --endpoint-url S3` (the AWS CLI v1 from the test virtualenv).
-fn aws(server: &Server, args: &[&str]) -> Output {
+pub(crate) fn aws(server: &Server, args: &[&str]) -> Output {
     let mut cmd = Command::new(test_python());
     cmd.args(["-m", "awscli"]).args(args).args([
         "--endpoint-url",
