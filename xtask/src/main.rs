@@ -84,6 +84,19 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     Ok(o)
 }
 
+/// The admin's access key (id, secret) from a server's `<data-dir>/aws.credentials`.
+fn aws_credentials(data: &Path) -> anyhow::Result<(String, String)> {
+    let creds = std::fs::read_to_string(data.join("aws.credentials"))?;
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+            .context("aws.credentials lacks a field")
+    };
+    Ok((field("aws_access_key_id")?, field("aws_secret_access_key")?))
+}
+
 /// Kills the child when dropped, so a failed run leaves no server behind.
 struct Guard(Child);
 
@@ -253,14 +266,7 @@ fn bench_lambda_api(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&data);
     let server = Nimbus::start(&root.join("target/release/nimbus"), &data, &[])?;
     server.deploy(&root.join("bench/noop"))?;
-    let creds = std::fs::read_to_string(data.join("aws.credentials"))?;
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
-            .context("aws.credentials lacks a field")
-    };
+    let (key_id, secret) = aws_credentials(&data)?;
     let addr = server.endpoint.trim_start_matches("http://").to_string();
     let v1 = Target {
         name: "/v1 (bearer token)",
@@ -272,10 +278,7 @@ fn bench_lambda_api(args: &[String]) -> anyhow::Result<()> {
         name: "Lambda API (SigV4)",
         addr,
         path: "/2015-03-31/functions/noop/invocations".into(),
-        auth: Auth::SigV4 {
-            key_id: field("aws_access_key_id")?,
-            secret: field("aws_secret_access_key")?,
-        },
+        auth: Auth::SigV4 { key_id, secret },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,19 +32,12 @@ pub(crate) struct Target {
 impl Target {
     /// Nimbus's S3 API at `addr`, with the admin's key from the data dir.
     pub(crate) fn of_nimbus(data: &Path, addr: String) -> anyhow::Result<Target> {
-        let creds = std::fs::read_to_string(data.join("aws.credentials"))?;
-        let field = |name: &str| {
-            creds
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
-                .context("aws.credentials lacks a field")
-        };
+        let (key_id, secret) = crate::aws_credentials(data)?;
         Ok(Target {
             name: "nimbus",
             addr,
-            key_id: field("aws_access_key_id")?,
-            secret: field("aws_secret_access_key")?,
+            key_id,
+            secret,
         })
     }
 }
@@ -229,15 +222,7 @@ pub(crate) fn bench_s3(args: &[String]) -> anyhow::Result<()> {
             .env("NIMBUS_LOG", "warn"),
         "nimbus listening on ",
     )?;
-    let creds = std::fs::read_to_string(work.join("nimbus/aws.credentials"))?;
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
-            .context("aws.credentials lacks a field")
-    };
-    let (key_id, secret) = (field("aws_access_key_id")?, field("aws_secret_access_key")?);
+    let (key_id, secret) = crate::aws_credentials(&work.join("nimbus"))?;
     let ids = work.join("ids.json");
     std::fs::write(
         &ids,

@@ -13,17 +13,11 @@ use crate::harness::{Server, project, test_python};
 
 /// Each delivered bucket event of `function` (its payload), by trigger `object:NAME`.
 async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<Value> {
-    let records = server
-        .get_json(&format!("/v1/functions/{function}/invocations?limit=1000"))
-        .await;
-    let mut out = Vec::new();
-    for r in records["invocations"].as_array().into_iter().flatten() {
-        if r["trigger"] == trigger {
-            let id = r["request_id"].as_str().unwrap();
-            out.push(server.get_json(&format!("/v1/invocations/{id}")).await["payload"].clone());
-        }
-    }
-    out
+    crate::harness::delivered(server, function, trigger)
+        .await
+        .into_iter()
+        .map(|r| r["payload"].clone())
+        .collect()
 }
 
 async fn wait_delivered(server: &Server, function: &str, trigger: &str, n: usize) -> Vec<Value> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, project, test_python};
+use crate::harness::{Server, delivered, project, test_python};
 
 const ECHO: &str = "def handler(event, context):\n    return event\n";
 
@@ -18,21 +18,6 @@ def handler(event, context):
     e = from_dict(event)
     return {"type": e["type"], "source": e["source"], "data": e.data}
 "#;
-
-/// Each delivered event of `function` by its trigger (`event:NAME`, `timer:NAME`).
-async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<Value> {
-    let records = server
-        .get_json(&format!("/v1/functions/{function}/invocations?limit=1000"))
-        .await;
-    let mut out = Vec::new();
-    for r in records["invocations"].as_array().into_iter().flatten() {
-        if r["trigger"] == trigger {
-            let id = r["request_id"].as_str().unwrap();
-            out.push(server.get_json(&format!("/v1/invocations/{id}")).await);
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn cloudevents_and_putevents_reach_exactly_the_matching_functions_once() {

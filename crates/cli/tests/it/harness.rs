@@ -356,3 +356,18 @@ pub fn test_python() -> PathBuf {
         })
         .clone()
 }
+
+/// Each delivered event of `function` by its trigger (`event:NAME`, `timer:NAME`).
+pub async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<serde_json::Value> {
+    let records = server
+        .get_json(&format!("/v1/functions/{function}/invocations?limit=1000"))
+        .await;
+    let mut out = Vec::new();
+    for r in records["invocations"].as_array().into_iter().flatten() {
+        if r["trigger"] == trigger {
+            let id = r["request_id"].as_str().unwrap();
+            out.push(server.get_json(&format!("/v1/invocations/{id}")).await);
+        }
+    }
+    out
+}
