@@ -292,11 +292,21 @@ impl BucketEvents {
 
     async fn run(self: Arc<Self>, mut changes: Changes) {
         let mut stop = self.stop.subscribe();
+        let mut revision = None;
+        let mut loaded: Option<std::time::Instant> = None;
         loop {
+            // A commit wakes this loop for each event: the rules are derived again only when
+            // the catalog changed, and the buckets' own read at most once per sweep.
             let catalog = changes.borrow_and_update().clone();
-            self.follow(&catalog.functions);
-            if let Err(e) = self.load_configured().await {
-                tracing::warn!(error = %e, "reading the buckets' notification rules failed");
+            if revision != Some(catalog.revision) {
+                revision = Some(catalog.revision);
+                self.follow(&catalog.functions);
+            }
+            if loaded.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                loaded = Some(std::time::Instant::now());
+                if let Err(e) = self.load_configured().await {
+                    tracing::warn!(error = %e, "reading the buckets' notification rules failed");
+                }
             }
             // Until a round leaves nothing behind (a full batch means more wait).
             loop {

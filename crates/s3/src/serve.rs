@@ -57,7 +57,32 @@ pub async fn serve(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+        let service = service.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                // An answer given before the body was read (a refused precondition, a bad
+                // signature) leaves the body's bytes, or a client still deciding whether to
+                // send them after `Expect: 100-continue`, on the connection: what comes next on
+                // it cannot be trusted to start at a request. Such a connection is closed
+                // after the answer, as other servers do; the client opens another.
+                let body = req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+                    || req
+                        .headers()
+                        .get(hyper::header::CONTENT_LENGTH)
+                        .is_some_and(|v| v.as_bytes() != b"0");
+                let answer = hyper::service::Service::call(&service, req);
+                async move {
+                    let mut res = answer.await?;
+                    if body && (res.status().is_client_error() || res.status().is_server_error()) {
+                        res.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, s3s::HttpError>(res)
+                }
+            });
+        let conn = http.serve_connection(TokioIo::new(socket), service);
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
