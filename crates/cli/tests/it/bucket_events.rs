@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, project, test_python};
+use crate::harness::{Server, aws_env, project, test_python};
 
 /// Each delivered bucket event of `function` (its payload), by trigger `object:NAME`.
 async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<Value> {
@@ -33,19 +33,10 @@ async fn wait_delivered(server: &Server, function: &str, trigger: &str, n: usize
 
 /// Runs a boto3 script against the server's S3 API with the admin's credentials.
 fn boto3(server: &Server, script: &str) {
-    let out = Command::new(test_python())
-        .args(["-c", script])
-        .env("S3", &server.s3_endpoint)
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            server.data_dir.join("aws.credentials"),
-        )
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(test_python());
+    cmd.args(["-c", script]).env("S3", &server.s3_endpoint);
+    aws_env(&mut cmd, &server.data_dir);
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -122,6 +113,24 @@ async fn uploads_reach_the_matching_rule_with_s3s_record_and_overlaps_are_refuse
     assert_eq!(removed[0]["data"]["s3"]["object"]["key"], "out/a.jpg");
     // Nothing more reached `thumbs`: the text file, out/ and the deletes are not its.
     assert_eq!(delivered(&server, "thumbs", "object:photos").await.len(), 2);
+    // A paused rule takes nothing while paused; resumed, it takes the next change.
+    let run = server.cli(&["triggers", "pause", "gone", "removed"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    boto3(
+        &server,
+        &format!("{CLIENT}s3.delete_object(Bucket='photos', Key='in/notes.txt')\n"),
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(delivered(&server, "gone", "object:removed").await.len(), 1);
+    let run = server.cli(&["triggers", "resume", "gone", "removed"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    boto3(
+        &server,
+        &format!("{CLIENT}s3.delete_object(Bucket='photos', Key='in/copy.jpg')\n"),
+    );
+    let removed = wait_delivered(&server, "gone", "object:removed", 2).await;
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(removed.iter().any(|e| e["subject"] == "in/copy.jpg"));
 
     // A rule that one change could match along with another is refused, naming both.
     let overlapping = project(

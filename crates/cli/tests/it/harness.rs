@@ -371,3 +371,17 @@ pub async fn delivered(server: &Server, function: &str, trigger: &str) -> Vec<se
     }
     out
 }
+
+/// The environment the AWS tools get: the server's credentials file and nothing of the
+/// machine's own AWS configuration.
+pub fn aws_env(cmd: &mut std::process::Command, data_dir: &Path) {
+    cmd.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        data_dir.join("aws.credentials"),
+    )
+    .env("AWS_CONFIG_FILE", "/dev/null")
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .env_remove("AWS_PROFILE")
+    .env("AWS_EC2_METADATA_DISABLED", "true");
+}

@@ -7,24 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, test_python};
+use crate::harness::{Server, aws_env, test_python};
 
 fn scenario() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/lambda_api/boto3_scenario.py")
-}
-
-/// The environment the AWS tools get: the server's credentials file and nothing of the
-/// machine's own AWS configuration.
-fn aws_env(cmd: &mut Command, data_dir: &Path) {
-    cmd.env(
-        "AWS_SHARED_CREDENTIALS_FILE",
-        data_dir.join("aws.credentials"),
-    )
-    .env("AWS_CONFIG_FILE", "/dev/null")
-    .env_remove("AWS_ACCESS_KEY_ID")
-    .env_remove("AWS_SECRET_ACCESS_KEY")
-    .env_remove("AWS_PROFILE")
-    .env("AWS_EC2_METADATA_DISABLED", "true");
 }
 
 #[tokio::test]

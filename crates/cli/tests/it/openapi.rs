@@ -91,7 +91,7 @@ async fn schemathesis_finds_nothing() {
             "us-east-1",
         ])
         .stdin(std::process::Stdio::piped());
-        crate::s3::aws_env(&mut put, &server.data_dir);
+        crate::harness::aws_env(&mut put, &server.data_dir);
         let mut child = put.spawn().unwrap();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hello").unwrap();
         assert!(child.wait().unwrap().success(), "aws s3 cp to {bucket}");

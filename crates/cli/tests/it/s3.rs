@@ -6,21 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::harness::{Server, test_python};
-
-/// The environment the AWS tools get: the server's credentials file and nothing of the
-/// machine's own AWS configuration.
-pub(crate) fn aws_env(cmd: &mut Command, data_dir: &Path) {
-    cmd.env(
-        "AWS_SHARED_CREDENTIALS_FILE",
-        data_dir.join("aws.credentials"),
-    )
-    .env("AWS_CONFIG_FILE", "/dev/null")
-    .env_remove("AWS_ACCESS_KEY_ID")
-    .env_remove("AWS_SECRET_ACCESS_KEY")
-    .env_remove("AWS_PROFILE")
-    .env("AWS_EC2_METADATA_DISABLED", "true");
-}
+use crate::harness::{Server, aws_env, test_python};
 
 pub(crate) fn ok(out: Output, what: &str) -> String {
     assert!(
