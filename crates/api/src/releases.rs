@@ -43,7 +43,7 @@ impl From<Version> for VersionView {
             description: v.description,
             code_sha256: v.spec.code_sha256.clone(),
             created_at_ms: v.created_at_ms,
-            spec: v.spec,
+            spec: v.spec.redacted(),
         }
     }
 }

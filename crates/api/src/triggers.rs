@@ -47,6 +47,24 @@ pub struct TriggerView {
     pub error: Option<String>,
     /// Fires skipped by `overlap: skip`.
     pub skipped: u64,
+    /// A queue trigger's connection on this node: `connecting`, `running`, `paused` or
+    /// `reconnecting` (then `error` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<&'static str>,
+    /// Messages waiting in the broker for a queue trigger, where the broker tells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// A queue trigger's counts on this node since it started: messages delivered
+    /// (succeeded), dead-lettered (or sent to the failure destination), batches throttled
+    /// (not counted as attempts), and messages held now (taken, not yet settled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,15 +93,26 @@ pub async fn list(
             function: t.function,
             kind: t.kind.as_str().to_string(),
             name: t.name,
-            spec: serde_json::to_value(&t.spec).unwrap_or_default(),
+            // Secrets in broker URLs are never shown.
+            spec: serde_json::to_value(t.spec.redacted()).unwrap_or_default(),
             state: if t.paused { "paused" } else { "active" },
             next_fire_ms: t.next_fire_ms,
             last_scheduled_ms: t.last_scheduled_ms,
             last_fire_ms: t.last_fire_ms,
             last_request_id: t.last_request_id,
             last_result,
-            error: t.last_error,
+            error: t
+                .runtime
+                .as_ref()
+                .and_then(|r| r.last_error.clone())
+                .or(t.last_error),
             skipped: t.skipped,
+            connection: t.runtime.as_ref().map(|r| r.state),
+            lag: t.runtime.as_ref().and_then(|r| r.lag),
+            delivered: t.runtime.as_ref().map(|r| r.delivered),
+            dead_lettered: t.runtime.as_ref().map(|r| r.buried),
+            throttled: t.runtime.as_ref().map(|r| r.throttled),
+            held: t.runtime.as_ref().map(|r| r.held),
         });
     }
     Ok(Json(TriggerList { triggers }))

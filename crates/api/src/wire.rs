@@ -221,7 +221,7 @@ pub struct FunctionView {
 impl From<Function> for FunctionView {
     fn from(f: Function) -> Self {
         FunctionView {
-            spec: f.spec,
+            spec: f.spec.redacted(),
             revision: f.revision,
             created_at_ms: f.created_at_ms,
             updated_at_ms: f.updated_at_ms,

@@ -112,18 +112,21 @@ struct TriggerEntry {
     event: Option<model::timer::EventTrigger>,
     #[serde(default)]
     object: Option<model::object::ObjectTrigger>,
+    #[serde(default)]
+    queue: Option<model::queue::QueueTrigger>,
 }
 
 impl TriggerEntry {
     /// The one trigger this entry names.
     fn into_trigger(self, at: &str) -> Result<Trigger, String> {
-        match (self.http, self.timer, self.event, self.object) {
-            (Some(h), None, None, None) => Ok(Trigger::Http(h)),
-            (None, Some(t), None, None) => Ok(Trigger::Timer(t)),
-            (None, None, Some(e), None) => Ok(Trigger::Event(e)),
-            (None, None, None, Some(o)) => Ok(Trigger::Object(o)),
+        match (self.http, self.timer, self.event, self.object, self.queue) {
+            (Some(h), None, None, None, None) => Ok(Trigger::Http(h)),
+            (None, Some(t), None, None, None) => Ok(Trigger::Timer(t)),
+            (None, None, Some(e), None, None) => Ok(Trigger::Event(e)),
+            (None, None, None, Some(o), None) => Ok(Trigger::Object(o)),
+            (None, None, None, None, Some(q)) => Ok(Trigger::Queue(q)),
             _ => Err(format!(
-                "{at}: a trigger is one of `http:`, `timer:`, `event:` or `object:`"
+                "{at}: a trigger is one of `http:`, `timer:`, `event:`, `object:` or `queue:`"
             )),
         }
     }

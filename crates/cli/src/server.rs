@@ -382,6 +382,16 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     platform.add_trigger(bus.clone());
     let bucket_events = s3::events::BucketEvents::new(object_meta.clone(), &node_id);
     platform.add_trigger(bucket_events.clone());
+    // Queue triggers: one source per broker, each a crate fencing its client library.
+    platform.add_trigger(platform::queue::QueueTriggers::new(
+        &node_id,
+        vec![
+            Arc::new(queue_nats::NatsConnector),
+            Arc::new(queue_mqtt::MqttConnector),
+            Arc::new(queue_amqp::AmqpConnector),
+            Arc::new(queue_redis::RedisConnector),
+        ],
+    ));
     platform
         .enable_async(
             queue,

@@ -420,6 +420,14 @@ fn pre_stop_timeout_default() -> u32 {
 }
 
 impl FunctionSpec {
+    /// The spec as the API shows it: secrets in queue triggers' broker URLs redacted.
+    pub fn redacted(mut self) -> FunctionSpec {
+        for t in &mut self.triggers {
+            *t = t.redacted();
+        }
+        self
+    }
+
     /// A spec with every optional setting at its default.
     pub fn new(name: &str, runtime: Runtime, handler: &str, code_sha256: &str) -> FunctionSpec {
         FunctionSpec {
@@ -878,6 +886,7 @@ impl FunctionSpec {
                 Trigger::Timer(t) => Some(("timer", t.name.as_str())),
                 Trigger::Event(t) => Some(("event", t.name.as_str())),
                 Trigger::Object(t) => Some(("object", t.name())),
+                Trigger::Queue(t) => Some(("queue", t.name())),
                 Trigger::Http(_) => None,
             };
             if let Some((kind, name)) = named
@@ -904,6 +913,9 @@ impl FunctionSpec {
                 }
                 Trigger::Object(t) => {
                     crate::object::validate(&format!("triggers[{i}].object"), t, &mut errors)
+                }
+                Trigger::Queue(t) => {
+                    crate::queue::validate(&format!("triggers[{i}].queue"), t, &mut errors)
                 }
             }
         }

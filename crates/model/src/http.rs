@@ -132,6 +132,7 @@ pub enum Trigger {
     Timer(crate::timer::TimerTrigger),
     Event(crate::timer::EventTrigger),
     Object(crate::object::ObjectTrigger),
+    Queue(crate::queue::QueueTrigger),
 }
 
 impl Trigger {
@@ -156,6 +157,22 @@ impl Trigger {
         match self {
             Trigger::Object(t) => Some(t),
             _ => None,
+        }
+    }
+
+    /// The broker's spec, when this is a queue trigger.
+    pub fn queue(&self) -> Option<&crate::queue::QueueTrigger> {
+        match self {
+            Trigger::Queue(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The spec as the API and the CLI show it: secrets in broker URLs redacted.
+    pub fn redacted(&self) -> Trigger {
+        match self {
+            Trigger::Queue(q) => Trigger::Queue(q.redacted()),
+            t => t.clone(),
         }
     }
 

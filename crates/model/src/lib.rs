@@ -12,6 +12,7 @@ pub mod hash;
 pub mod http;
 pub mod limits;
 pub mod object;
+pub mod queue;
 pub mod timer;
 pub mod trigger;
 

@@ -280,3 +280,40 @@ pub const OBJECT_GARBAGE_GRACE_MS: i64 = 3_600_000;
 /// calls a function, ...) before the next event is not delivered: Lambda's recursive loop
 /// detection stops at 16, and a pipeline deeper than that is almost surely a loop.
 pub const OBJECT_EVENT_HOPS_MAX: u32 = 16;
+
+/// Messages in one call of a queue trigger (Lambda's SQS mapping takes up to 10,000 with a
+/// window; a thousand keeps a batch well inside the 6 MB payload for small messages).
+pub const QUEUE_BATCH_SIZE_MAX: u32 = 1_000;
+
+/// The longest a queue trigger waits to fill a batch (Lambda's `MaximumBatchingWindowInSeconds`
+/// is at most 300).
+pub const QUEUE_BATCH_WINDOW_MS_MAX: u32 = 300_000;
+
+/// Retries of a message after its function failed with it.
+pub const QUEUE_MAX_RETRIES_MAX: u32 = 100;
+pub const QUEUE_MAX_RETRIES_DEFAULT: u32 = 3;
+
+/// The delay before a message's first retry (doubling after): bounds either way, so a
+/// failing function is neither hammered nor left alone for hours.
+pub const QUEUE_RETRY_DELAY_MS_MIN: u32 = 10;
+pub const QUEUE_RETRY_DELAY_MS_MAX: u32 = 300_000;
+pub const QUEUE_RETRY_DELAY_MS_DEFAULT: u32 = 1_000;
+
+/// A queue message's age past which it is not retried again (at least a second; by
+/// default six hours, as an asynchronous event's).
+pub const QUEUE_MAX_RECORD_AGE_MS_MIN: u32 = 1_000;
+pub const QUEUE_MAX_RECORD_AGE_MS_DEFAULT: u32 = 21_600_000;
+
+/// Batches of one queue trigger in flight at once at most.
+pub const QUEUE_CONCURRENCY_MAX: u32 = 1_000;
+
+/// JetStream's acknowledgement wait a trigger may set.
+pub const QUEUE_ACK_WAIT_MS_MIN: u32 = 1_000;
+pub const QUEUE_ACK_WAIT_MS_MAX: u32 = 3_600_000;
+
+/// A topic, subject or stream name (MQTT allows 65,535 bytes; none needs more than this).
+pub const QUEUE_KEY_BYTES_MAX: usize = 1_024;
+
+/// Messages a queue trigger holds (fetched, waiting or in flight) at most, whatever its
+/// batch size and concurrency: a bound on memory.
+pub const QUEUE_HELD_MAX: usize = 10_000;

@@ -23,6 +23,8 @@ pub enum TriggerKind {
     Event,
     /// A bucket's change delivered to a matching rule (an attempt of its queued event).
     Object,
+    /// A batch of messages from a broker (NATS, MQTT, AMQP, Redis streams).
+    Queue,
 }
 
 impl TriggerKind {
@@ -35,6 +37,7 @@ impl TriggerKind {
             TriggerKind::Timer => "timer",
             TriggerKind::Event => "event",
             TriggerKind::Object => "object",
+            TriggerKind::Queue => "queue",
         }
     }
 }
@@ -53,6 +56,7 @@ impl crate::http::Trigger {
             crate::http::Trigger::Timer(_) => TriggerKind::Timer,
             crate::http::Trigger::Event(_) => TriggerKind::Event,
             crate::http::Trigger::Object(_) => TriggerKind::Object,
+            crate::http::Trigger::Queue(_) => TriggerKind::Queue,
         }
     }
 }

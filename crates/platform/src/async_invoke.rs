@@ -161,6 +161,82 @@ impl AsyncInvoker {
         Ok(invoker)
     }
 
+    /// Keeps what a trigger gave up on (a queue message whose retries or age ran out) as a
+    /// finished invocation of `target`: sent to the function's failure destination, else
+    /// dead-lettered, where `nimbus dlq` lists and redrives it. Stored under
+    /// `idempotency_key`, so giving up on the same message again (redelivered after a
+    /// crash) keeps one. Returns once stored: only then may the broker forget the message.
+    pub(crate) async fn bury(
+        self: &Arc<Self>,
+        platform: &Arc<Platform>,
+        dead: DeadLetter,
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        let event = NewEvent {
+            id: id.clone(),
+            function: dead.target.clone(),
+            payload: dead.payload.clone(),
+            idempotency_key: Some(dead.idempotency_key),
+            traceparent: None,
+            source: Some(dead.source.clone()),
+            now_ms: now,
+            // Stored as started, so no node runs it before its end is recorded below; a
+            // crash between the two leaves it running, and `recover` delivers it again.
+            claimed: true,
+            lineage: 0,
+        };
+        match self
+            .queue
+            .enqueue(std::slice::from_ref(&event))
+            .await?
+            .first()
+        {
+            Some(store::Accepted::New) => {}
+            // Buried before (the broker delivered the message again after a crash).
+            _ => return Ok(()),
+        }
+        let record = AsyncRecord {
+            id: id.clone(),
+            function: dead.target,
+            payload: dead.payload,
+            status: AsyncStatus::Running,
+            attempts: dead.attempts,
+            function_errors: dead.attempts,
+            enqueued_at_ms: dead.enqueued_at_ms,
+            next_attempt_at_ms: now,
+            updated_at_ms: now,
+            result: None,
+            version: None,
+            traceparent: None,
+            source: Some(dead.source),
+            lineage: 0,
+        };
+        let on_failure = platform
+            .resolve(&record.function)
+            .await
+            .ok()
+            .and_then(|r| r.function.spec.on_failure.clone());
+        let status = fail(
+            platform,
+            self,
+            on_failure.as_ref(),
+            &record,
+            dead.condition,
+            &dead.error,
+            &dead.version,
+        )
+        .await;
+        let finish = Finish::Done {
+            status,
+            result: Some(dead.error),
+            version: (!dead.version.is_empty()).then_some(dead.version),
+            function_error: true,
+        };
+        self.queue.finish(&id, &finish, now_ms()).await?;
+        Ok(())
+    }
+
     /// Accepts an event for `target` once it is durably stored; answers its id and whether
     /// it repeats an earlier submission with the same idempotency key. `traceparent` is the
     /// submission's span: every attempt runs as a child of it.
@@ -369,6 +445,25 @@ impl AsyncInvoker {
         self.wake.notify_one();
         Ok(n)
     }
+}
+
+/// What a trigger gave up on, for `AsyncInvoker::bury`.
+pub(crate) struct DeadLetter {
+    pub target: String,
+    /// The event a redrive calls the function with.
+    pub payload: Bytes,
+    /// The trigger (`queue:orders`).
+    pub source: String,
+    pub idempotency_key: String,
+    /// Calls the function failed.
+    pub attempts: u32,
+    /// `RetriesExhausted` or `EventAgeExceeded`, as Lambda's destination records say.
+    pub condition: &'static str,
+    /// The last error (JSON).
+    pub error: Vec<u8>,
+    /// The version that failed last, when one ran.
+    pub version: String,
+    pub enqueued_at_ms: i64,
 }
 
 fn queue_full(message: String) -> Error {
@@ -657,6 +752,7 @@ async fn attempt(
         Some(s) if s.starts_with("timer:") => model::TriggerKind::Timer,
         Some(s) if s.starts_with("event:") => model::TriggerKind::Event,
         Some(s) if s.starts_with("object:") => model::TriggerKind::Object,
+        Some(s) if s.starts_with("queue:") => model::TriggerKind::Queue,
         _ => model::TriggerKind::Async,
     };
     let call = Call {
@@ -862,7 +958,7 @@ async fn deliver(
     };
     let body = json!({
         "version": "1.0",
-        "timestamp": chrono_like(now_ms()),
+        "timestamp": model::civil::rfc3339_ms(now_ms()),
         "requestContext": {
             "requestId": record.id,
             "functionArn": format!("arn:nimbus:function:default:{}", record.function),
@@ -915,38 +1011,13 @@ async fn deliver(
 
 /// The delay before retry `n` (1-based): base × 2^(n-1), capped, ±20% jitter derived from
 /// the invocation id and `n` (spreads retries of a burst without a random source).
-fn retry_delay_ms(base_ms: u64, n: u32, id: &str) -> u64 {
+pub(crate) fn retry_delay_ms(base_ms: u64, n: u32, id: &str) -> u64 {
     let delay = base_ms
         .saturating_mul(1u64 << (n.saturating_sub(1)).min(20))
         .min(RETRY_DELAY_MAX_MS);
     let h = model::hash::stable_hash(&[id.as_bytes(), &n.to_le_bytes()]);
     let jitter = (h % 401) as i64 - 200; // -200..=200 per mille of 20%
     (delay as i64 + delay as i64 * jitter / 1000).max(1) as u64
-}
-
-/// An RFC 3339 UTC timestamp with milliseconds.
-fn chrono_like(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Deletes finished invocations past their retention, once a minute.
@@ -974,11 +1045,5 @@ mod tests {
         assert!((1600..=2400).contains(&d2), "{d2}");
         assert!((3200..=4800).contains(&d3), "{d3}");
         assert!(retry_delay_ms(1000, 30, "a") <= RETRY_DELAY_MAX_MS * 12 / 10);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(chrono_like(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(chrono_like(1_795_490_360_937), "2026-11-24T03:19:20.937Z");
     }
 }

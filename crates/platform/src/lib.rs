@@ -19,6 +19,7 @@ mod invoke;
 mod keys;
 pub mod metrics;
 pub mod otlp;
+pub mod queue;
 pub mod recorder;
 pub mod trace;
 pub mod trigger;
@@ -39,7 +40,7 @@ pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
 pub use keys::{AwsKey, AwsScope};
-pub use trigger::{Catalog, Changes, Trigger, TriggerStatus};
+pub use trigger::{Catalog, Changes, RuntimeStatus, Trigger, TriggerStatus};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
 pub struct Resolved {
@@ -457,6 +458,12 @@ impl Platform {
                             .iter()
                             .find(|s| s.function == f.spec.name && s.timer == o.name()),
                     ),
+                    model::http::Trigger::Queue(q) => (
+                        q.name().to_string(),
+                        states
+                            .iter()
+                            .find(|s| s.function == f.spec.name && s.timer == q.name()),
+                    ),
                     model::http::Trigger::Timer(timer) => (
                         timer.name.clone(),
                         states
@@ -487,6 +494,10 @@ impl Platform {
                     last_request_id: state.and_then(|s| s.last_request_id.clone()),
                     last_error: state.and_then(|s| s.last_error.clone()),
                     skipped: state.map_or(0, |s| s.skipped),
+                    runtime: handlers
+                        .iter()
+                        .find(|h| h.kind() == t.kind())
+                        .and_then(|h| h.status(&f.spec.name, t)),
                 });
             }
         }
@@ -512,6 +523,7 @@ impl Platform {
                 model::http::Trigger::Timer(t) => t.name.as_str(),
                 model::http::Trigger::Event(e) => e.name.as_str(),
                 model::http::Trigger::Object(o) => o.name(),
+                model::http::Trigger::Queue(q) => q.name(),
                 model::http::Trigger::Http(h) => h.path.as_str(),
             })
             .collect();
@@ -577,6 +589,25 @@ impl Platform {
                 model::limits::OBJECT_EVENT_HOPS_MAX
             ),
         );
+    }
+
+    /// Calls `target` can run at once: `max_instances × concurrency` of what it resolves to.
+    pub(crate) async fn capacity(&self, target: &str) -> Result<u32, Error> {
+        let r = self.resolve(target).await?;
+        Ok(r.instance.policy.max_instances.max(1) * r.instance.concurrency.max(1))
+    }
+
+    /// Adds a lifecycle event of `function` (`nimbus events`), as a trigger reports one.
+    pub(crate) fn record_event(&self, function: &str, event: &'static str, reason: String) {
+        self.pool.record_event(function, event, reason);
+    }
+
+    /// Keeps a message a trigger gave up on: see `AsyncInvoker::bury`.
+    pub(crate) async fn bury(
+        self: &Arc<Self>,
+        dead: crate::async_invoke::DeadLetter,
+    ) -> Result<(), Error> {
+        self.asynq()?.clone().bury(self, dead).await
     }
 
     /// Whether the named trigger (a timer or event rule) of `function` is paused.

@@ -51,6 +51,13 @@ pub trait Trigger: Send + Sync + 'static {
     /// Stops taking events; calls under way finish.
     async fn stop(&self);
 
+    /// How `trigger` (one of `function`'s specs, of this trigger's kind) runs on this node,
+    /// for triggers with a connection of their own (a broker); `None` otherwise.
+    fn status(&self, function: &str, trigger: &model::http::Trigger) -> Option<RuntimeStatus> {
+        let _ = (function, trigger);
+        None
+    }
+
     /// When `trigger` (one of `function`'s specs, of this trigger's kind) next fires after
     /// `after_ms`, for triggers that fire on their own; `None` otherwise.
     fn next_fire_ms(
@@ -62,6 +69,24 @@ pub trait Trigger: Send + Sync + 'static {
         let _ = (function, trigger, after_ms);
         None
     }
+}
+
+/// How a trigger with a connection of its own runs on this node.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeStatus {
+    /// `connecting`, `running`, `paused`, `reconnecting`.
+    pub state: &'static str,
+    /// The last failure to connect or to consume, until the next success.
+    pub last_error: Option<String>,
+    /// Messages waiting in the broker for the trigger, where the broker tells.
+    pub lag: Option<u64>,
+    /// Messages delivered to the function (succeeded), buried (after retries), and calls
+    /// the platform could not start (throttled; not counted as attempts).
+    pub delivered: u64,
+    pub buried: u64,
+    pub throttled: u64,
+    /// Messages the trigger holds: fetched, waiting for a batch or a retry, or in flight.
+    pub held: u64,
 }
 
 /// A trigger of a function as `nimbus triggers ls` shows it.
@@ -80,4 +105,6 @@ pub struct TriggerStatus {
     pub last_request_id: Option<String>,
     pub last_error: Option<String>,
     pub skipped: u64,
+    /// How it runs on this node, for a trigger with a connection (a queue).
+    pub runtime: Option<RuntimeStatus>,
 }

@@ -20,6 +20,7 @@ mod node_errors;
 mod observe;
 mod openapi;
 mod pid1;
+mod queue;
 mod releases;
 mod runtime_api;
 mod s3;

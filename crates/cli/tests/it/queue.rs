@@ -1,0 +1,201 @@
+//! Queue triggers end to end, one module per broker, each publishing with the broker's own
+//! Python client from PyPI into the machine's broker (or a private one a test starts, where
+//! it must restart it) and watching what the function got.
+//!
+//! The function (`HANDLER`) prints each record it gets as a `GOT {json}` log line, so a
+//! test reads every delivery, duplicates included, from the function's logs. A body tells
+//! it what to do: `bad...` is reported in `batchItemFailures`, `fail...` raises (the whole
+//! batch fails), `slow...` sleeps ten seconds first (a batch in flight to kill a server
+//! under). Anything else succeeds.
+
+#![allow(dead_code)] // Until the brokers' tests use every helper (issue 18 under way).
+
+mod amqp;
+mod mqtt;
+mod nats;
+mod redis;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Server, test_python};
+
+/// The test function: logs every record, fails as its body says.
+pub const HANDLER: &str = concat!(
+    "import json, time\n",
+    "def handler(event, context):\n",
+    "    records = event['Records'] if isinstance(event, dict) else event\n",
+    "    failures = []\n",
+    "    for r in records:\n",
+    "        print('GOT ' + json.dumps(r))\n",
+    "        body = r.get('body') if isinstance(r, dict) and 'body' in r else json.dumps(r.get('data'))\n",
+    "        if body.startswith('slow'):\n",
+    "            time.sleep(10)\n",
+    "        if body.startswith('fail'):\n",
+    "            raise RuntimeError('told to fail: ' + body)\n",
+    "        if body.startswith('bad'):\n",
+    "            failures.append({'itemIdentifier': r.get('messageId', r.get('id'))})\n",
+    "    return {'batchItemFailures': failures}\n",
+);
+
+/// A project of one function `name` (the test handler) with `trigger` (YAML flow mapping
+/// of the queue trigger: `{nats: {...}, batch_size: 10}`) and extra function settings
+/// (YAML lines at the function's indentation, such as `    max_instances: 1\n`).
+pub fn project(
+    root: &std::path::Path,
+    name: &str,
+    trigger: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    crate::harness::project(
+        root,
+        name,
+        &format!(
+            "functions:\n  {name}:\n    runtime: python3\n    handler: main.handler\n    timeout_ms: 30000\n{extra}    triggers:\n      - queue: {trigger}\n"
+        ),
+        &[("main.py", HANDLER)],
+    )
+}
+
+/// Every record `function` logged (`GOT {json}`), oldest first, duplicates included.
+pub async fn received(server: &Server, function: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut path = format!("/v1/functions/{function}/logs?q=GOT%20&limit=1000");
+        if let Some(b) = before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let page = server.get_json(&path).await;
+        for line in page["lines"].as_array().into_iter().flatten() {
+            if let Some(json) = line["message"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("GOT "))
+            {
+                out.push(serde_json::from_str(json.trim()).expect("a GOT line is JSON"));
+            }
+        }
+        match page["next_before"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    // Pages are newest first.
+    out.reverse();
+    out
+}
+
+/// Waits until `function` logged at least `n` records (or `within` passed); returns them.
+pub async fn wait_received(
+    server: &Server,
+    function: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = received(server, function).await;
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The bodies of `records`, in order.
+pub fn bodies(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The dead-lettered invocations of `function` (`GET /v1/dlq`).
+pub async fn dead_letters(server: &Server, function: &str) -> Vec<Value> {
+    let page = server
+        .get_json(&format!("/v1/dlq?function={function}&limit=1000"))
+        .await;
+    page.as_array().cloned().unwrap_or_default()
+}
+
+/// The queue trigger `name` of `function` as `GET /v1/triggers` shows it.
+pub async fn trigger(server: &Server, function: &str, name: &str) -> Value {
+    let list = server
+        .get_json(&format!("/v1/triggers?function={function}"))
+        .await;
+    list["triggers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the trigger's connection is in `state` (`running`, `reconnecting`,
+/// `paused`); returns the trigger's view.
+pub async fn wait_connection(
+    server: &Server,
+    function: &str,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = trigger(server, function, name).await;
+        if t["connection"] == state || Instant::now() > deadline {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a Python script with the test virtualenv (nats-py, paho-mqtt, pika, redis),
+/// asserting success; returns its standard output.
+pub fn python(script: &str) -> String {
+    let out = std::process::Command::new(test_python())
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A name no other test (or earlier run against the same broker) uses: streams, queues,
+/// topics and groups live in the machine's brokers, shared by every test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 0xffff_ffff
+    )
+}
+
+/// A free TCP port on loopback (for a private broker a test starts and restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

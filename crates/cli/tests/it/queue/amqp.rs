@@ -1,0 +1,1 @@
+//! Queue triggers on amqp end to end (being written).

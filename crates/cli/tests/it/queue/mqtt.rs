@@ -1,0 +1,1 @@
+//! Queue triggers on mqtt end to end (being written).

@@ -1,0 +1,1 @@
+//! Queue triggers on nats end to end (being written).

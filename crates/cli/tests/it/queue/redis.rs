@@ -1,0 +1,1 @@
+//! Queue triggers on redis end to end (being written).
