@@ -6,7 +6,8 @@
 //! test reads every delivery, duplicates included, from the function's logs. A body tells
 //! it what to do: `bad...` is reported in `batchItemFailures`, `fail...` raises (the whole
 //! batch fails), `slow...` sleeps ten seconds first (a batch in flight to kill a server
-//! under). Anything else succeeds.
+//! under: its log lines are recorded only when the call ends, so `wait_held` tells when it
+//! is in flight). Anything else succeeds.
 
 #![allow(dead_code)] // Until the brokers' tests use every helper (issue 18 under way).
 
@@ -149,6 +150,21 @@ pub async fn wait_connection(
             return t;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the trigger holds a message (taken from the broker, not yet settled): a
+/// batch is in flight. A function's log lines are recorded when its call ends, so a `slow`
+/// call cannot be seen in `received` while it runs.
+pub async fn wait_held(server: &Server, function: &str, name: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = trigger(server, function, name).await;
+        if t["held"].as_u64().is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the trigger took nothing: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
