@@ -1170,10 +1170,29 @@ async fn triggers(
                     .unwrap_or_else(|| "-".into())
             };
             for t in list["triggers"].as_array().into_iter().flatten() {
-                let result = match (t["last_result"].as_str(), t["error"].as_str()) {
-                    (_, Some(e)) => format!("error: {e}"),
-                    (Some(r), None) => r.to_string(),
-                    (None, None) => "-".into(),
+                let result = match t["connection"].as_str() {
+                    // A queue trigger: its connection, what it delivered, why it is down.
+                    Some(connection) => {
+                        let mut s = connection.to_string();
+                        if let Some(lag) = t["lag"].as_u64() {
+                            s.push_str(&format!(", lag {lag}"));
+                        }
+                        s.push_str(&format!(
+                            ", delivered {}, dead-lettered {}, throttled {}",
+                            t["delivered"].as_u64().unwrap_or(0),
+                            t["dead_lettered"].as_u64().unwrap_or(0),
+                            t["throttled"].as_u64().unwrap_or(0)
+                        ));
+                        if let Some(e) = t["error"].as_str() {
+                            s.push_str(&format!("; error: {e}"));
+                        }
+                        s
+                    }
+                    None => match (t["last_result"].as_str(), t["error"].as_str()) {
+                        (_, Some(e)) => format!("error: {e}"),
+                        (Some(r), None) => r.to_string(),
+                        (None, None) => "-".into(),
+                    },
                 };
                 println!(
                     "{:<20} {:<6} {:<24} {:<7} {:<21} {:<21} {result}",
@@ -1205,7 +1224,7 @@ async fn triggers(
                     "function": function, "trigger": name, "state": if verb == "pause" { "paused" } else { "active" }
                 }))?;
             } else {
-                println!("{verb}d timer {name} of {function}");
+                println!("{verb}d trigger {name} of {function}");
             }
         }
     }

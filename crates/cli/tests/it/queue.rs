@@ -215,3 +215,106 @@ pub fn wait_port(port: u16, within: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn bad_queue_specs_are_refused_at_deploy_with_the_field_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    for (trigger, expected) in [
+        (
+            "{mqtt: {url: \"mqtt://127.0.0.1:1883\", topic: \"devices/#/status\"}}",
+            "triggers[0].queue.mqtt.topic",
+        ),
+        (
+            "{amqp: {url: \"http://guest:s3cret@127.0.0.1:5672\", queue: q}}",
+            "triggers[0].queue.amqp.url",
+        ),
+        (
+            "{redis: {url: \"redis://127.0.0.1\", stream: s}, batch_size: 0}",
+            "triggers[0].queue.batch_size",
+        ),
+        (
+            "{nats: {url: \"nats://127.0.0.1\", subject: \"a.>.b\"}}",
+            "triggers[0].queue.nats.subject",
+        ),
+        ("{batch_size: 5}", "exactly one of"),
+    ] {
+        let dir = project(tmp.path(), &unique("bad"), trigger, "");
+        let run = server.cli(&["deploy", dir.to_str().unwrap()]).await;
+        assert_ne!(run.code, 0, "{trigger} was accepted");
+        assert!(run.stderr.contains(expected), "{trigger}: {}", run.stderr);
+        assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    }
+}
+
+#[tokio::test]
+async fn secrets_in_broker_urls_are_never_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    // A user and password the machine's NATS (no authentication) ignores, and a broker
+    // that is not there, so that its error is shown too.
+    let port = free_port();
+    let dir = crate::harness::project(
+        tmp.path(),
+        "secretive",
+        &format!(
+            concat!(
+                "functions:\n  secretive:\n    runtime: python3\n    handler: main.handler\n    triggers:\n",
+                "      - queue: {{name: up, nats: {{url: \"nats://ada:s3cret@127.0.0.1:4222\", subject: {subject}}}}}\n",
+                "      - queue: {{name: down, redis: {{url: \"redis://:s3cret@127.0.0.1:{port}/0\", stream: s}}}}\n",
+            ),
+            subject = unique("sec"),
+            port = port
+        ),
+        &[("main.py", HANDLER)],
+    );
+    server.deploy(&dir).await;
+    wait_connection(
+        &server,
+        "secretive",
+        "up",
+        "running",
+        Duration::from_secs(30),
+    )
+    .await;
+    let down = wait_connection(
+        &server,
+        "secretive",
+        "down",
+        "reconnecting",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(down["error"].is_string(), "{down}");
+    let shown = [
+        server.get_json("/v1/functions/secretive").await.to_string(),
+        server
+            .get_json("/v1/triggers?function=secretive")
+            .await
+            .to_string(),
+        server.cli(&["triggers", "ls", "secretive"]).await.stdout,
+        server
+            .cli(&["triggers", "ls", "--output", "json"])
+            .await
+            .stdout,
+        server
+            .get_json("/v1/events?function=secretive")
+            .await
+            .to_string(),
+    ];
+    for text in &shown {
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    assert!(
+        shown[0].contains("nats://ada:****@127.0.0.1:4222"),
+        "{}",
+        shown[0]
+    );
+    assert!(
+        shown[2].contains("running, ") && shown[2].contains("delivered 0"),
+        "{}",
+        shown[2]
+    );
+    assert!(shown[2].contains("reconnecting"), "{}", shown[2]);
+}
