@@ -14,6 +14,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 
 mod bucket_events;
+mod queue;
 mod s3;
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-bus") => bench_bus(&args[1..]),
         Some("bench-s3") => s3::bench_s3(&args[1..]),
         Some("bench-bucket-events") => bucket_events::bench_bucket_events(&args[1..]),
+        Some("bench-queue") => queue::bench_queue(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\

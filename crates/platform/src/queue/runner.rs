@@ -320,13 +320,28 @@ async fn serve(
     consumer: Box<dyn Consumer>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, SourceError> {
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let ended = subscription(ctx, consumer, stop, &mut held).await;
+    // What the subscription held goes with it (the broker delivers it again), and no
+    // longer counts against the limit.
+    ctx.outstanding.fetch_sub(held.len(), Ordering::AcqRel);
+    ctx.settled.notify_one();
+    ended
+}
+
+/// `serve`'s loop; `held` is left with what was never settled.
+async fn subscription(
+    ctx: &Arc<Ctx>,
+    consumer: Box<dyn Consumer>,
+    stop: &mut watch::Receiver<bool>,
+    held: &mut VecDeque<Held>,
+) -> Result<Ended, SourceError> {
     let (msg_tx, mut msg_rx) = mpsc::channel(4);
     let (fetch_stop, fetch_stop_rx) = watch::channel(false);
     let fetcher = tokio::spawn(fetch(ctx.clone(), consumer, msg_tx, fetch_stop_rx));
     // The fetcher (and with it the connection) ends with this subscription.
     let _fetcher = StopOnDrop(fetch_stop, fetcher);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut held: VecDeque<Held> = VecDeque::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut concurrency = ctx.concurrency().await;
     let mut look_again = Instant::now() + Duration::from_secs(1);
@@ -348,24 +363,14 @@ async fn serve(
         if paused {
             ctx.set_state("paused");
             if ctx.inflight.load(Ordering::Acquire) == 0 {
-                for h in held.drain(..) {
-                    release(h).await;
-                }
+                futures_util::future::join_all(held.iter().map(|h| h.message.ack.release())).await;
                 return Ok(Ended::Paused);
             }
         } else {
             // What the fetcher can still bring: a window is worth waiting for only then.
             let room = ctx.outstanding.load(Ordering::Acquire) < ctx.limit.load(Ordering::Acquire);
             while ctx.inflight.load(Ordering::Acquire) < concurrency {
-                match pick(
-                    &mut held,
-                    &busy,
-                    ctx.spec.ordered,
-                    batch_size,
-                    window,
-                    room,
-                    now,
-                ) {
+                match pick(held, &busy, ctx.spec.ordered, batch_size, window, room, now) {
                     Pick::Batch(batch) => {
                         let key = ctx.spec.ordered.then(|| batch[0].message.key.clone());
                         if let Some(k) = &key {
@@ -378,7 +383,11 @@ async fn serve(
                             ctx.inflight.fetch_sub(1, Ordering::AcqRel);
                             // A subscription that ended drops the retries: they were never
                             // acknowledged, so the broker delivers them again.
-                            let _ = done.send(Done { key, retry });
+                            if let Err(lost) = done.send(Done { key, retry }) {
+                                ctx.outstanding
+                                    .fetch_sub(lost.0.retry.len(), Ordering::AcqRel);
+                                ctx.settled.notify_one();
+                            }
                         });
                     }
                     Pick::Wait(at) => {
@@ -436,11 +445,6 @@ impl Drop for StopOnDrop {
         // mid-fetch, where a message it took could be lost until the broker's redelivery.
         let _ = &self.1;
     }
-}
-
-/// Gives a held message back to the broker, where it can be given back early.
-async fn release(h: Held) {
-    let _ = h.message.ack.release().await;
 }
 
 /// Takes messages from the broker while fewer than the limit are outstanding.
