@@ -531,7 +531,7 @@ impl Platform {
             return Err(Error::new(
                 ErrorCode::TriggerNotFound,
                 format!(
-                    "`{function}` has no timer, event rule or route `{name}` (it has: {}); `nimbus triggers ls {function}` lists them",
+                    "`{function}` has no timer, event rule, bucket rule, queue trigger or route `{name}` (it has: {}); `nimbus triggers ls {function}` lists them",
                     if named.is_empty() {
                         "none".to_string()
                     } else {

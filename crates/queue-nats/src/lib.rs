@@ -121,6 +121,7 @@ async fn jetstream_consumer(
         client,
         consumer,
         shown,
+        pull: None,
     }))
 }
 
@@ -139,38 +140,62 @@ struct JetStreamConsumer {
     client: async_nats::Client,
     consumer: PullConsumer,
     shown: String,
+    /// The pull request being read.
+    pull: Option<jetstream::consumer::pull::Batch>,
 }
 
 #[async_trait::async_trait]
 impl Consumer for JetStreamConsumer {
+    /// Reads from the pull request under way (a new one when none is), returning as soon as
+    /// it has a message and whatever else is at hand: a pull waits for its whole count or
+    /// its expiry, which would hold the first message back that long.
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>, SourceError> {
         check_connected(&self.client, &self.shown)?;
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| SourceError::new(format!("pulling from {}: {e}", self.shown)))?;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
-        // The pull ends at `max` messages or when it expires; a server gone meanwhile is
-        // noticed by the bound below and the next call's check.
-        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
-        loop {
-            let next = tokio::time::timeout_at(deadline, batch.next()).await;
-            match next {
-                Err(_) | Ok(None) => break,
+        while out.is_empty() {
+            let pull = match &mut self.pull {
+                Some(pull) => pull,
+                // The pull expires with the wait, so that a pull the trigger stops reading
+                // (its function's slots are full) soon takes no more.
+                None => self.pull.insert(
+                    self.consumer
+                        .batch()
+                        .max_messages(max)
+                        .expires(wait)
+                        .messages()
+                        .await
+                        .map_err(|e| {
+                            SourceError::new(format!("pulling from {}: {e}", self.shown))
+                        })?,
+                ),
+            };
+            match tokio::time::timeout_at(deadline, pull.next()).await {
+                // Nothing within the wait; the pull stays open for the next call.
+                Err(_) => return Ok(out),
+                Ok(None) => {
+                    self.pull = None;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(out);
+                    }
+                }
                 Ok(Some(Ok(m))) => out.push(jetstream_message(m)),
                 Ok(Some(Err(e))) => {
-                    if out.is_empty() {
-                        return Err(SourceError::new(format!(
-                            "pulling from {}: {e}",
-                            self.shown
-                        )));
-                    }
-                    break;
+                    self.pull = None;
+                    return Err(SourceError::new(format!(
+                        "pulling from {}: {e}",
+                        self.shown
+                    )));
                 }
+            }
+        }
+        while out.len() < max {
+            let Some(pull) = &mut self.pull else { break };
+            match futures_util::FutureExt::now_or_never(pull.next()) {
+                Some(Some(Ok(m))) => out.push(jetstream_message(m)),
+                Some(None) => self.pull = None,
+                // An error shows at the next call; nothing more is at hand now.
+                _ => break,
             }
         }
         Ok(out)
