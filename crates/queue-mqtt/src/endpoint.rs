@@ -58,9 +58,7 @@ pub(crate) fn parse(url: &str) -> Result<Endpoint, String> {
             };
             let name = decode(name).ok_or_else(|| format!("`{}`: a bad %-escape", shown()))?;
             let pass = match pass {
-                Some(p) => {
-                    Some(decode(p).ok_or_else(|| format!("`{}`: a bad %-escape", shown()))?)
-                }
+                Some(p) => Some(decode(p).ok_or_else(|| format!("`{}`: a bad %-escape", shown()))?),
                 None => None,
             };
             (Some(name), pass)

@@ -77,11 +77,7 @@ impl Connector for MqttConnector {
             return Err(SourceError::new("the trigger names no MQTT broker"));
         };
         let ep = endpoint::parse(&source.url).map_err(SourceError::new)?;
-        let transport = if ep.tls {
-            Some(tls_transport()?)
-        } else {
-            None
-        };
+        let transport = if ep.tls { Some(tls_transport()?) } else { None };
         let setup = Setup {
             url: redact_url(&source.url),
             filter: endpoint::filter(&source.topic, source.shared, &sub.group),
@@ -527,10 +523,9 @@ mod tests {
 
     #[test]
     fn validate_refuses_bad_urls() {
-        let spec: model::queue::QueueTrigger = serde_json::from_str(
-            r#"{"mqtt": {"url": "mqtt://u:secret@h/x", "topic": "t"}}"#,
-        )
-        .unwrap();
+        let spec: model::queue::QueueTrigger =
+            serde_json::from_str(r#"{"mqtt": {"url": "mqtt://u:secret@h/x", "topic": "t"}}"#)
+                .unwrap();
         let e = MqttConnector.validate(&spec).unwrap_err();
         assert!(!e.contains("secret"), "{e}");
     }
