@@ -430,7 +430,7 @@ async fn ordered_topics_keep_their_order_through_retries() {
     publish(PORT, 5, &messages);
     let got = wait_for(&server, &f, |r| {
         let c = counts(r);
-        c.get("a5").is_some() && c.get("b5").is_some()
+        c.contains_key("a5") && c.contains_key("b5")
     })
     .await;
     let of = |key: &str| -> Vec<String> {
