@@ -54,9 +54,10 @@ impl Connector for AmqpConnector {
             .ok_or_else(|| SourceError::new("the trigger names no amqp source"))?;
         let scrub = Scrub::new(&source.url);
         let props = ConnectionProperties::default().with_connection_name(sub.member.clone().into());
-        let conn = Connection::connect_uri_with_runtime(uri(source)?, props, runtime::TokioKit::current())
-            .await
-            .map_err(|e| scrub.error("connecting", e))?;
+        let conn =
+            Connection::connect_uri_with_runtime(uri(source)?, props, runtime::TokioKit::current())
+                .await
+                .map_err(|e| scrub.error("connecting", e))?;
         let queue = source.queue.as_str();
         let channel = declare(&conn, queue, &scrub).await?;
         let prefetch = source
@@ -99,7 +100,9 @@ fn uri(source: &AmqpSource) -> Result<AMQPUri, SourceError> {
         ))
     })?;
     uri.query.heartbeat.get_or_insert(HEARTBEAT_S);
-    uri.query.connection_timeout.get_or_insert(CONNECT_TIMEOUT_MS);
+    uri.query
+        .connection_timeout
+        .get_or_insert(CONNECT_TIMEOUT_MS);
     Ok(uri)
 }
 
@@ -168,7 +171,13 @@ impl Scrub {
     }
 
     fn error(&self, doing: &str, e: impl std::fmt::Display) -> SourceError {
-        SourceError::new(self.text(&format!("{doing} ({}): {e}", self.shown)))
+        // Only lapin's part is scrubbed: the shown URL is redacted already (and a user
+        // named as its password stays readable).
+        SourceError::new(format!(
+            "{doing} ({}): {}",
+            self.shown,
+            self.text(&e.to_string())
+        ))
     }
 }
 
@@ -212,7 +221,9 @@ impl AmqpConsumer {
     /// What ended the stream: the consumer's error, or a cancel by the broker.
     fn ended(&self, error: Option<lapin::Error>) -> SourceError {
         match error {
-            Some(e) => self.scrub.error(&format!("consuming queue `{}`", self.queue), e),
+            Some(e) => self
+                .scrub
+                .error(&format!("consuming queue `{}`", self.queue), e),
             None => SourceError::new(format!(
                 "the broker ({}) cancelled the consumer of queue `{}` (was the queue deleted?)",
                 self.scrub.shown, self.queue

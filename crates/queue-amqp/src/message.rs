@@ -127,7 +127,9 @@ fn json_of(v: &AMQPValue) -> Value {
             }
         }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_string()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(json_of).collect()),
         AMQPValue::Timestamp(t) => json!(t),
         AMQPValue::FieldTable(t) => Value::Object(
@@ -135,7 +137,9 @@ fn json_of(v: &AMQPValue) -> Value {
                 .map(|(k, v)| (k.as_str().to_string(), json_of(v)))
                 .collect(),
         ),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::Void => Value::Null,
     }
 }
@@ -154,7 +158,10 @@ mod tests {
         let p = Parts::of("q", "n1", 3, "", "q", true, &BasicProperties::default());
         assert_eq!(p.id, "3@n1");
         let other = Parts::of("q", "n2", 3, "", "q", true, &BasicProperties::default());
-        assert_ne!(p.id, other.id, "equal tags on two connections are two messages");
+        assert_ne!(
+            p.id, other.id,
+            "equal tags on two connections are two messages"
+        );
         assert_ne!(nonce(), nonce());
         assert_eq!(
             Value::Object(p.fields),
@@ -179,7 +186,10 @@ mod tests {
         );
         table.insert(
             "d".into(),
-            AMQPValue::DecimalValue(lapin::types::DecimalValue { scale: 3, value: 25 }),
+            AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                scale: 3,
+                value: 25,
+            }),
         );
         let props = BasicProperties::default()
             .with_headers(table)
@@ -188,8 +198,11 @@ mod tests {
             .with_type("order.created".into())
             .with_timestamp(1_700_000_000);
         let p = Parts::of("q", "n", 1, "ex", "k", false, &props);
-        let h: std::collections::HashMap<&str, &str> =
-            p.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let h: std::collections::HashMap<&str, &str> = p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(h["s"], "x y");
         assert_eq!(h["n"], "-5");
         assert_eq!(h["b"], "true");
