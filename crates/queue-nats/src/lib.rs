@@ -206,6 +206,26 @@ impl Consumer for JetStreamConsumer {
     }
 }
 
+/// A pull still open when the subscription ends (the trigger paused, stopped or lost the
+/// connection) may hold messages the server already sent: they are given back (naks), or
+/// JetStream would hold them until their ack wait runs out.
+impl Drop for JetStreamConsumer {
+    fn drop(&mut self) {
+        let Some(mut pull) = self.pull.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                while let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(1), pull.next()).await
+                {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            });
+        }
+    }
+}
+
 /// A JetStream message as the trigger's record shows it.
 fn jetstream_message(m: jetstream::Message) -> Message {
     let mut fields = Map::new();
