@@ -321,26 +321,38 @@ async fn serve(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, SourceError> {
     let mut held: VecDeque<Held> = VecDeque::new();
-    let ended = subscription(ctx, consumer, stop, &mut held).await;
-    // What the subscription held goes with it (the broker delivers it again), and no
-    // longer counts against the limit.
+    let (msg_tx, mut msg_rx) = mpsc::channel(4);
+    let (fetch_stop, fetch_stop_rx) = watch::channel(false);
+    let fetcher = tokio::spawn(fetch(ctx.clone(), consumer, msg_tx, fetch_stop_rx));
+    let ended = subscription(ctx, stop, &mut msg_rx, &mut held).await;
+    // The fetcher (and with it the connection) ends with the subscription; what it took and
+    // nobody settled goes back to the broker (at once where the broker can take it back,
+    // else when its redelivery timer runs out) and no longer counts against the limit.
+    let _ = fetch_stop.send(true);
+    msg_rx.close();
+    while let Some(m) = msg_rx.recv().await {
+        if let Ok(messages) = m {
+            ctx.outstanding.fetch_sub(messages.len(), Ordering::AcqRel);
+            futures_util::future::join_all(messages.iter().map(|m| m.ack.release())).await;
+        }
+    }
+    if matches!(ended, Ok(Ended::Paused)) {
+        futures_util::future::join_all(held.iter().map(|h| h.message.ack.release())).await;
+    }
     ctx.outstanding.fetch_sub(held.len(), Ordering::AcqRel);
     ctx.settled.notify_one();
+    // Not awaited: it returns within a fetch's wait, and a new subscription need not wait.
+    drop(fetcher);
     ended
 }
 
 /// `serve`'s loop; `held` is left with what was never settled.
 async fn subscription(
     ctx: &Arc<Ctx>,
-    consumer: Box<dyn Consumer>,
     stop: &mut watch::Receiver<bool>,
+    msg_rx: &mut mpsc::Receiver<Result<Vec<Message>, SourceError>>,
     held: &mut VecDeque<Held>,
 ) -> Result<Ended, SourceError> {
-    let (msg_tx, mut msg_rx) = mpsc::channel(4);
-    let (fetch_stop, fetch_stop_rx) = watch::channel(false);
-    let fetcher = tokio::spawn(fetch(ctx.clone(), consumer, msg_tx, fetch_stop_rx));
-    // The fetcher (and with it the connection) ends with this subscription.
-    let _fetcher = StopOnDrop(fetch_stop, fetcher);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut busy: HashSet<String> = HashSet::new();
     let mut concurrency = ctx.concurrency().await;
@@ -363,7 +375,6 @@ async fn subscription(
         if paused {
             ctx.set_state("paused");
             if ctx.inflight.load(Ordering::Acquire) == 0 {
-                futures_util::future::join_all(held.iter().map(|h| h.message.ack.release())).await;
                 return Ok(Ended::Paused);
             }
         } else {
@@ -435,18 +446,6 @@ async fn subscription(
     }
 }
 
-/// Tells the fetcher to stop when a subscription ends, however it ends.
-struct StopOnDrop(watch::Sender<bool>, tokio::task::JoinHandle<()>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-        // The fetcher waits at most `FETCH_WAIT` on the broker; it is not aborted
-        // mid-fetch, where a message it took could be lost until the broker's redelivery.
-        let _ = &self.1;
-    }
-}
-
 /// Takes messages from the broker while fewer than the limit are outstanding.
 async fn fetch(
     ctx: Arc<Ctx>,
@@ -480,8 +479,14 @@ async fn fetch(
         match consumer.fetch(want.min(FETCH_MAX), FETCH_WAIT).await {
             Ok(messages) if messages.is_empty() => {}
             Ok(messages) => {
-                ctx.outstanding.fetch_add(messages.len(), Ordering::AcqRel);
-                if tx.send(Ok(messages)).await.is_err() {
+                let n = messages.len();
+                ctx.outstanding.fetch_add(n, Ordering::AcqRel);
+                if let Err(mpsc::error::SendError(Ok(messages))) = tx.send(Ok(messages)).await {
+                    // The subscription ended meanwhile (a pause, a stop): these go back to
+                    // the broker now, not when its redelivery timer runs out, and no longer
+                    // count against the limit.
+                    futures_util::future::join_all(messages.iter().map(|m| m.ack.release())).await;
+                    ctx.outstanding.fetch_sub(n, Ordering::AcqRel);
                     return;
                 }
             }
