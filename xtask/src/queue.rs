@@ -117,9 +117,10 @@ impl Publisher {
                 }
             }
             Broker::Amqp => {
-                let conn = lapin::Connection::connect(
+                let conn = lapin::Connection::connect_with_runtime(
                     "amqp://guest:guest@127.0.0.1:5672/%2f",
                     lapin::ConnectionProperties::default(),
+                    queue_amqp::tokio_runtime(),
                 )
                 .await?;
                 let channel = conn.create_channel().await?;

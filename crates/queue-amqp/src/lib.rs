@@ -11,6 +11,13 @@
 mod message;
 mod runtime;
 
+/// lapin's runtime on the calling task's tokio, for other users of lapin in this process
+/// (the benchmark's publisher).
+pub fn tokio_runtime()
+-> async_rs::Runtime<impl async_rs::traits::RuntimeKit + Clone + Send + Sync + 'static> {
+    runtime::TokioKit::current()
+}
+
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
