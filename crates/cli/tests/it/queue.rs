@@ -120,6 +120,18 @@ pub async fn dead_letters(server: &Server, function: &str) -> Vec<Value> {
     page.as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until `function` has `n` dead letters (or a minute passed); returns them.
+pub async fn wait_dead_letters(server: &Server, function: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = dead_letters(server, function).await;
+        if d.len() >= n || Instant::now() > deadline {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The queue trigger `name` of `function` as `GET /v1/triggers` shows it.
 pub async fn trigger(server: &Server, function: &str, name: &str) -> Value {
     let list = server

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{
-    bodies, dead_letters, free_port, project, python, received, unique, wait_connection, wait_port,
-    wait_received,
+    bodies, dead_letters, free_port, project, python, received, unique, wait_connection,
+    wait_dead_letters, wait_port, wait_received,
 };
 use crate::harness::Server;
 
@@ -138,18 +138,6 @@ async fn serve(tmp: &Path, name: &str, trigger: &str, extra: &str) -> Server {
     let server = Server::start(&tmp.join("data"));
     server.deploy(&project(tmp, name, trigger, extra)).await;
     server
-}
-
-/// Waits until `function` has `n` dead letters; returns them.
-async fn wait_dead_letters(server: &Server, function: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = dead_letters(server, function).await;
-        if d.len() >= n || Instant::now() > deadline {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn count<'a>(items: impl IntoIterator<Item = &'a String>) -> HashMap<&'a str, usize> {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{
-    bodies, dead_letters, free_port, project, python, received, unique, wait_connection, wait_port,
-    wait_received,
+    bodies, dead_letters, free_port, project, python, received, unique, wait_connection,
+    wait_dead_letters, wait_port, wait_received,
 };
 use crate::harness::Server;
 
@@ -110,18 +110,6 @@ async fn wait_for(server: &Server, function: &str, done: impl Fn(&[Value]) -> bo
     }
 }
 
-/// Waits until `function` has `n` dead letters (or 60 s passed); returns them.
-async fn wait_dead(server: &Server, function: &str, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = dead_letters(server, function).await;
-        if d.len() >= n || std::time::Instant::now() > deadline {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 async fn messages_arrive_in_batches_with_their_topic_qos_and_properties() {
     let tmp = tempfile::tempdir().unwrap();
@@ -184,7 +172,7 @@ async fn a_bad_record_alone_is_retried_then_dead_lettered() {
         counts(r).get("bad1").copied().unwrap_or(0) >= 3
     })
     .await;
-    let dead = wait_dead(&server, &f, 1).await;
+    let dead = wait_dead_letters(&server, &f, 1).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     let got = {
         // Whatever came after the dead letter (nothing should) is counted too.
@@ -234,7 +222,7 @@ async fn a_failing_function_dead_letters_its_messages_and_acknowledges_them() {
     // One message per call: the handler raises at the first `fail` of a batch, so it
     // would log no later one.
     publish(PORT, 5, &plain(&topic, &["fail1", "fail2"]));
-    let dead = wait_dead(&server, &f, 2).await;
+    let dead = wait_dead_letters(&server, &f, 2).await;
     assert_eq!(dead.len(), 2, "{dead:?}");
     // A call's log lines may show up after its dead letter.
     let got = wait_for(&server, &f, |r| {
@@ -448,5 +436,5 @@ async fn ordered_topics_keep_their_order_through_retries() {
     // Key b went on while key a waited for its retries.
     let place = |body: &str| bodies(&got).iter().position(|x| x == body).unwrap();
     assert!(place("b5") < place("a4"), "{got:?}");
-    assert_eq!(wait_dead(&server, &f, 1).await.len(), 1);
+    assert_eq!(wait_dead_letters(&server, &f, 1).await.len(), 1);
 }

@@ -207,14 +207,7 @@ async fn a_bad_record_is_retried_alone_then_dead_lettered_and_failing_batches_go
         wait_count(&server, "jobs", "bad1", 3, Duration::from_secs(30)).await,
         3
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let letters = loop {
-        let letters = dead_letters(&server, "jobs").await;
-        if !letters.is_empty() || std::time::Instant::now() > deadline {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let letters = super::wait_dead_letters(&server, "jobs", 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let got = received(&server, "jobs").await;
     let b = bodies(&got);
@@ -240,15 +233,7 @@ async fn a_bad_record_is_retried_alone_then_dead_lettered_and_failing_batches_go
     // A function that fails whole batches: every message is dead-lettered after its
     // retries, and acknowledged.
     publish(URL, &[(&subject, "fail-a"), (&subject, "fail-b")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = dead_letters(&server, "jobs").await.len();
-        if n == 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{n} dead letters");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(super::wait_dead_letters(&server, "jobs", 3).await.len(), 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while consumer_state(URL, &stream, "nimbus-jobs-jobs") != (0, 0) {
         assert!(

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{
-    bodies, dead_letters, free_port, project, python, received, unique, wait_connection, wait_port,
-    wait_received,
+    bodies, dead_letters, free_port, project, python, received, unique, wait_connection,
+    wait_dead_letters, wait_port, wait_received,
 };
 use crate::harness::Server;
 
@@ -59,18 +59,6 @@ async fn wait_no_pending(url: &str, stream: &str, group: &str) -> u64 {
         let n = pending(url, stream, group);
         if n == 0 || Instant::now() > deadline {
             return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits (bounded) until `function` has `n` dead letters; returns them.
-async fn wait_dead_letters(server: &Server, function: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = dead_letters(server, function).await;
-        if d.len() >= n || Instant::now() > deadline {
-            return d;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
