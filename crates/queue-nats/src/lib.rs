@@ -215,11 +215,17 @@ impl Drop for JetStreamConsumer {
             return;
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Read to the pull's end (it expires within a fetch's wait): a status the
+            // server sends on the way is no reason to stop listening for messages.
             rt.spawn(async move {
-                while let Ok(Some(Ok(m))) =
-                    tokio::time::timeout(Duration::from_secs(1), pull.next()).await
-                {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(2), pull.next()).await {
+                        Ok(Some(Ok(m))) => {
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                        }
+                        Ok(Some(Err(_))) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             });
         }
