@@ -201,15 +201,7 @@ pub(crate) fn read_answer(body: &[u8], ids: &HashSet<&str>) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::source::{Ack, SourceError};
-
-    struct NoAck;
-    #[async_trait::async_trait]
-    impl Ack for NoAck {
-        async fn ack(&self) -> Result<(), SourceError> {
-            Ok(())
-        }
-    }
+    use crate::queue::source::NoAck;
 
     fn message(id: &str, body: &[u8]) -> Message {
         let mut fields = Map::new();

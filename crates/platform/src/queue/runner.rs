@@ -846,15 +846,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::queue::source::Ack;
-
-    struct NoAck;
-    #[async_trait::async_trait]
-    impl Ack for NoAck {
-        async fn ack(&self) -> Result<(), SourceError> {
-            Ok(())
-        }
-    }
+    use crate::queue::source::NoAck;
 
     fn message(id: &str, key: &str, at: Instant) -> Held {
         Held {

@@ -112,3 +112,15 @@ pub trait Ack: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A message's handle in unit tests, where nothing is acknowledged anywhere.
+#[cfg(test)]
+pub(crate) struct NoAck;
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl Ack for NoAck {
+    async fn ack(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
