@@ -317,3 +317,29 @@ pub const QUEUE_KEY_BYTES_MAX: usize = 1_024;
 /// Messages a queue trigger holds (fetched, waiting or in flight) at most, whatever its
 /// batch size and concurrency: a bound on memory.
 pub const QUEUE_HELD_MAX: usize = 10_000;
+
+/// Workflows (Amazon States Language). A definition's JSON, as Step Functions allows.
+pub const FLOW_DEFINITION_BYTES_MAX: usize = 1024 * 1024;
+/// States in one definition, counting those inside Parallel branches and Map processors.
+pub const FLOW_STATES_MAX: usize = 10_000;
+/// A state's name, as Step Functions allows.
+pub const FLOW_STATE_NAME_LEN_MAX: usize = 80;
+/// Parallel and Map states inside one another: each level is a frame the engine keeps.
+pub const FLOW_NESTING_MAX: usize = 8;
+/// Events in one execution's history (Step Functions' hard quota); past it the execution
+/// fails rather than grow without bound.
+pub const FLOW_HISTORY_EVENTS_MAX: u64 = 25_000;
+/// Largest input, output or result of a state, serialized (Step Functions' 256 KB).
+pub const FLOW_DATA_BYTES_MAX: usize = 256 * 1024;
+/// Items one Map state iterates over.
+pub const FLOW_MAP_ITEMS_MAX: usize = 10_000;
+/// Iterations of an inline Map that run at once (Step Functions' inline bound).
+pub const FLOW_MAP_CONCURRENCY_MAX: u32 = 40;
+/// Executions of one flow that may run at once; past it a start is refused (429).
+pub const FLOW_RUNNING_EXECUTIONS_MAX: usize = 10_000;
+/// Longest a synchronous start waits for its execution to end.
+pub const FLOW_SYNC_WAIT_MS_MAX: u64 = 300_000;
+/// An execution's default and longest life, and a Wait's longest (Step Functions' year).
+pub const FLOW_EXECUTION_SECONDS_MAX: u64 = 365 * 24 * 3600;
+/// An execution's name (the idempotency key of a start), as Step Functions allows.
+pub const FLOW_EXECUTION_NAME_LEN_MAX: usize = 80;
