@@ -11,6 +11,7 @@ pub mod archive;
 mod blobs;
 mod code_cache;
 mod error;
+pub mod flows;
 mod gc;
 mod meta;
 pub mod object_files;
@@ -24,6 +25,7 @@ pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobInfo, BlobStore, FsBlobStore, sha256_hex};
 pub use code_cache::{CodeCache, tree_id};
 pub use error::{DatabaseFault, StoreError};
+pub use flows::{Created, ExecutionRecord, FlowRecord, FlowStore, StepCommit, Stepped, WorkItem};
 pub use gc::{CodeCollector, CollectReport};
 pub use meta::{
     AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore,

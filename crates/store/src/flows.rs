@@ -1,0 +1,967 @@
+//! Workflows' state: flows and their revisions, executions (summary and the engine's
+//! snapshot), their histories, and the outbox of effects (`flow_work`) — the `FlowStore`
+//! trait and its SQLite implementation.
+//!
+//! The store knows nothing of the language: snapshots, history events and work bodies are
+//! JSON text the engine's driver reads and writes. What it guarantees is the transaction:
+//! `step` loads an execution, lets the caller compute the change, and commits the new
+//! snapshot, history events, new work and consumed work together — or nothing.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use crate::{PutOutcome, SqliteStore, StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub name: String,
+    pub revision: i64,
+    pub description: String,
+    /// The definition's JSON text.
+    pub definition: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An execution's row. `snapshot` is empty in lists (they do not read it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub flow: String,
+    pub revision: i64,
+    pub name: String,
+    pub status: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub started_at_ms: i64,
+    pub stopped_at_ms: Option<i64>,
+    pub transitions: i64,
+    pub snapshot: String,
+}
+
+/// One effect waiting to be carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkItem {
+    pub execution: String,
+    pub key: String,
+    /// `invoke` or `timer`.
+    pub kind: String,
+    pub due_ms: i64,
+    pub body: String,
+    /// Written already claimed by this node (it carries the effect out at once), or free.
+    pub owner: Option<String>,
+    pub lease_until_ms: i64,
+}
+
+/// The change one step makes to an execution.
+#[derive(Clone, Debug, Default)]
+pub struct StepCommit {
+    pub status: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub stopped_at_ms: Option<i64>,
+    pub transitions: i64,
+    pub snapshot: String,
+    /// `(event id, JSON)`.
+    pub history: Vec<(i64, String)>,
+    pub add: Vec<WorkItem>,
+    /// Keys of this execution's work that is no longer wanted (cancelled timers).
+    pub remove: Vec<String>,
+    /// Drop all of the execution's work (it ended).
+    pub clear: bool,
+}
+
+/// What `step` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stepped {
+    Committed,
+    /// The execution does not exist.
+    Missing,
+    /// The consumed work item is gone: its answer was applied before (or the execution
+    /// ended). Nothing was written.
+    AlreadyApplied,
+    /// The caller decided there was nothing to write.
+    Unchanged,
+}
+
+/// What `create_execution` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// An execution of that flow and name exists: it is returned (the caller compares
+    /// inputs: the same start again is the same execution, another is a conflict).
+    Existing(Box<ExecutionRecord>),
+    /// The flow has as many running executions as allowed.
+    TooMany,
+    /// No flow of that name.
+    NoFlow,
+}
+
+#[async_trait]
+pub trait FlowStore: Send + Sync + 'static {
+    /// Creates or replaces a flow; a changed definition or description is a new revision.
+    async fn put_flow(
+        &self,
+        name: &str,
+        definition: &str,
+        description: &str,
+        now_ms: i64,
+    ) -> Result<(FlowRecord, PutOutcome), StoreError>;
+    async fn get_flow(&self, name: &str) -> Result<Option<FlowRecord>, StoreError>;
+    /// All flows by name, without their definitions.
+    async fn list_flows(&self) -> Result<Vec<FlowRecord>, StoreError>;
+    /// Deletes a flow; its running executions go on with their revisions. False if none.
+    async fn delete_flow(&self, name: &str) -> Result<bool, StoreError>;
+    /// The definition of a flow's revision.
+    async fn flow_revision(&self, flow: &str, revision: i64) -> Result<Option<String>, StoreError>;
+
+    /// Creates an execution with its first step (`commit`), unless one of that flow and
+    /// name exists or the flow has `running_max` running ones. The revision is the flow's
+    /// current one, read in the same transaction; the caller's `record.revision` must match
+    /// it, else `NoFlow`-like races are answered by the caller retrying.
+    async fn create_execution(
+        &self,
+        record: &ExecutionRecord,
+        commit: &StepCommit,
+        running_max: usize,
+    ) -> Result<Created, StoreError>;
+    async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, StoreError>;
+    /// Executions, newest first, without snapshots; `before_ms` pages.
+    async fn list_executions(
+        &self,
+        flow: &str,
+        status: Option<&str>,
+        before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError>;
+    /// History events (JSON) with ids after `after_id`, in order.
+    async fn history(
+        &self,
+        execution: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Loads the execution and commits what `change` makes of it, in one transaction. With
+    /// `consumes`, the work item of that key must still exist (else `AlreadyApplied`) and
+    /// is deleted with the commit.
+    async fn step(
+        &self,
+        execution: &str,
+        consumes: Option<&str>,
+        change: &mut (dyn for<'r> FnMut(&'r ExecutionRecord) -> Option<StepCommit> + Send),
+    ) -> Result<Stepped, StoreError>;
+
+    /// Claims up to `limit` work items due by `now_ms` that no one holds (or whose claim
+    /// expired) for `owner` until `lease_until_ms`.
+    async fn claim_work(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<WorkItem>, StoreError>;
+    /// Extends `owner`'s claims on these items.
+    async fn renew_work(
+        &self,
+        owner: &str,
+        keys: &[(String, String)],
+        lease_until_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Gives up every claim of `owner` (a node that starts again holds nothing).
+    async fn release_work(&self, owner: &str) -> Result<u64, StoreError>;
+    /// The earliest due time of unclaimed work (or work whose claim expires), if any.
+    async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
+    /// Deletes executions that stopped before `before_ms` with their histories, and
+    /// revisions no flow or execution uses. Returns the executions deleted.
+    async fn purge_executions(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// The summary columns of `flow_executions` (a macro, so queries stay static strings).
+macro_rules! execution_columns {
+    () => {
+        "id, flow, revision, name, status, input, output, error, cause, started_at_ms, \
+         stopped_at_ms, transitions"
+    };
+}
+
+fn execution_row(
+    row: &sqlx::sqlite::SqliteRow,
+    with_snapshot: bool,
+) -> Result<ExecutionRecord, StoreError> {
+    Ok(ExecutionRecord {
+        id: row.try_get("id")?,
+        flow: row.try_get("flow")?,
+        revision: row.try_get("revision")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        cause: row.try_get("cause")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        stopped_at_ms: row.try_get("stopped_at_ms")?,
+        transitions: row.try_get("transitions")?,
+        snapshot: if with_snapshot {
+            row.try_get("snapshot")?
+        } else {
+            String::new()
+        },
+    })
+}
+
+fn work_row(row: &sqlx::sqlite::SqliteRow) -> Result<WorkItem, StoreError> {
+    Ok(WorkItem {
+        execution: row.try_get("execution")?,
+        key: row.try_get("key")?,
+        kind: row.try_get("kind")?,
+        due_ms: row.try_get("due_ms")?,
+        body: row.try_get("body")?,
+        owner: row.try_get("owner")?,
+        lease_until_ms: row.try_get("lease_until_ms")?,
+    })
+}
+
+/// Writes a step's history, work and summary (the execution row exists).
+async fn write_commit(
+    tx: &mut sqlx::SqliteConnection,
+    execution: &str,
+    commit: &StepCommit,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE flow_executions SET status = ?, output = ?, error = ?, cause = ?, stopped_at_ms = ?,
+            transitions = ?, snapshot = ? WHERE id = ?",
+    )
+    .bind(&commit.status)
+    .bind(&commit.output)
+    .bind(&commit.error)
+    .bind(&commit.cause)
+    .bind(commit.stopped_at_ms)
+    .bind(commit.transitions)
+    .bind(&commit.snapshot)
+    .bind(execution)
+    .execute(&mut *tx)
+    .await?;
+    for (id, event) in &commit.history {
+        sqlx::query("INSERT OR IGNORE INTO flow_history (execution, id, event) VALUES (?, ?, ?)")
+            .bind(execution)
+            .bind(id)
+            .bind(event)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if commit.clear {
+        sqlx::query("DELETE FROM flow_work WHERE execution = ?")
+            .bind(execution)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
+    }
+    for key in &commit.remove {
+        sqlx::query("DELETE FROM flow_work WHERE execution = ? AND key = ?")
+            .bind(execution)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for w in &commit.add {
+        sqlx::query(
+            "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&w.execution)
+        .bind(&w.key)
+        .bind(&w.kind)
+        .bind(w.due_ms)
+        .bind(&w.body)
+        .bind(&w.owner)
+        .bind(w.lease_until_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl FlowStore for SqliteStore {
+    async fn put_flow(
+        &self,
+        name: &str,
+        definition: &str,
+        description: &str,
+        now_ms: i64,
+    ) -> Result<(FlowRecord, PutOutcome), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let current = sqlx::query(
+            "SELECT f.revision, f.description, f.created_at_ms, f.updated_at_ms, r.definition
+             FROM flows f JOIN flow_revisions r ON r.flow = f.name AND r.revision = f.revision
+             WHERE f.name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (record, outcome) = match current {
+            Some(row) => {
+                let revision: i64 = row.try_get("revision")?;
+                let old_definition: String = row.try_get("definition")?;
+                let old_description: String = row.try_get("description")?;
+                let created_at_ms: i64 = row.try_get("created_at_ms")?;
+                if old_definition == definition && old_description == description {
+                    let updated_at_ms = row.try_get("updated_at_ms")?;
+                    tx.commit().await?;
+                    return Ok((
+                        FlowRecord {
+                            name: name.to_string(),
+                            revision,
+                            description: description.to_string(),
+                            definition: definition.to_string(),
+                            created_at_ms,
+                            updated_at_ms,
+                        },
+                        PutOutcome::Unchanged,
+                    ));
+                }
+                let revision = revision + 1;
+                sqlx::query("UPDATE flows SET revision = ?, description = ?, updated_at_ms = ? WHERE name = ?")
+                    .bind(revision)
+                    .bind(description)
+                    .bind(now_ms)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                (
+                    FlowRecord {
+                        name: name.to_string(),
+                        revision,
+                        description: description.to_string(),
+                        definition: definition.to_string(),
+                        created_at_ms,
+                        updated_at_ms: now_ms,
+                    },
+                    PutOutcome::Updated,
+                )
+            }
+            None => {
+                // A flow deleted and made again continues its revision numbers, so an old
+                // execution's revision never names a new definition.
+                let last: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(revision) FROM flow_revisions WHERE flow = ?")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let revision = last.unwrap_or(0) + 1;
+                sqlx::query(
+                    "INSERT INTO flows (name, revision, description, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(name)
+                .bind(revision)
+                .bind(description)
+                .bind(now_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                (
+                    FlowRecord {
+                        name: name.to_string(),
+                        revision,
+                        description: description.to_string(),
+                        definition: definition.to_string(),
+                        created_at_ms: now_ms,
+                        updated_at_ms: now_ms,
+                    },
+                    PutOutcome::Created,
+                )
+            }
+        };
+        sqlx::query(
+            "INSERT OR REPLACE INTO flow_revisions (flow, revision, definition) VALUES (?, ?, ?)",
+        )
+        .bind(name)
+        .bind(record.revision)
+        .bind(definition)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((record, outcome))
+    }
+
+    async fn get_flow(&self, name: &str) -> Result<Option<FlowRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.name, f.revision, f.description, f.created_at_ms, f.updated_at_ms, r.definition
+             FROM flows f JOIN flow_revisions r ON r.flow = f.name AND r.revision = f.revision
+             WHERE f.name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(FlowRecord {
+                name: row.try_get("name")?,
+                revision: row.try_get("revision")?,
+                description: row.try_get("description")?,
+                definition: row.try_get("definition")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+                updated_at_ms: row.try_get("updated_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_flows(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, revision, description, created_at_ms, updated_at_ms FROM flows ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FlowRecord {
+                    name: row.try_get("name")?,
+                    revision: row.try_get("revision")?,
+                    description: row.try_get("description")?,
+                    definition: String::new(),
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    updated_at_ms: row.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_flow(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM flows WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn flow_revision(&self, flow: &str, revision: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT definition FROM flow_revisions WHERE flow = ? AND revision = ?",
+        )
+        .bind(flow)
+        .bind(revision)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn create_execution(
+        &self,
+        record: &ExecutionRecord,
+        commit: &StepCommit,
+        running_max: usize,
+    ) -> Result<Created, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM flow_executions WHERE flow = ? AND name = ?"
+        ))
+        .bind(&record.flow)
+        .bind(&record.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let found = execution_row(&row, false)?;
+            tx.commit().await?;
+            return Ok(Created::Existing(Box::new(found)));
+        }
+        let revision: Option<i64> = sqlx::query_scalar("SELECT revision FROM flows WHERE name = ?")
+            .bind(&record.flow)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if revision != Some(record.revision) {
+            tx.commit().await?;
+            return Ok(Created::NoFlow);
+        }
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM flow_executions WHERE flow = ? AND status = 'RUNNING'",
+        )
+        .bind(&record.flow)
+        .fetch_one(&mut *tx)
+        .await?;
+        if running as usize >= running_max {
+            tx.commit().await?;
+            return Ok(Created::TooMany);
+        }
+        sqlx::query(
+            "INSERT INTO flow_executions (id, flow, revision, name, status, input, started_at_ms, snapshot)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&record.id)
+        .bind(&record.flow)
+        .bind(record.revision)
+        .bind(&record.name)
+        .bind(&record.status)
+        .bind(&record.input)
+        .bind(record.started_at_ms)
+        .bind(&record.snapshot)
+        .execute(&mut *tx)
+        .await?;
+        write_commit(&mut tx, &record.id, commit).await?;
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            ", snapshot FROM flow_executions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| execution_row(&r, true)).transpose()
+    }
+
+    async fn list_executions(
+        &self,
+        flow: &str,
+        status: Option<&str>,
+        before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM flow_executions
+             WHERE flow = ?1 AND (?2 IS NULL OR status = ?2) AND started_at_ms < ?3
+             ORDER BY started_at_ms DESC, id LIMIT ?4"
+        ))
+        .bind(flow)
+        .bind(status)
+        .bind(before_ms.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| execution_row(r, false)).collect()
+    }
+
+    async fn history(
+        &self,
+        execution: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT event FROM flow_history WHERE execution = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(execution)
+        .bind(after_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn step(
+        &self,
+        execution: &str,
+        consumes: Option<&str>,
+        change: &mut (dyn for<'r> FnMut(&'r ExecutionRecord) -> Option<StepCommit> + Send),
+    ) -> Result<Stepped, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(key) = consumes {
+            let gone = sqlx::query("DELETE FROM flow_work WHERE execution = ? AND key = ?")
+                .bind(execution)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 0;
+            if gone {
+                tx.rollback().await?;
+                return Ok(Stepped::AlreadyApplied);
+            }
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            ", snapshot FROM flow_executions WHERE id = ?"
+        ))
+        .bind(execution)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(Stepped::Missing);
+        };
+        let record = execution_row(&row, true)?;
+        let Some(commit) = change(&record) else {
+            // The consumed item is still deleted: its answer changed nothing and will not.
+            tx.commit().await?;
+            return Ok(Stepped::Unchanged);
+        };
+        write_commit(&mut tx, execution, &commit).await?;
+        tx.commit().await?;
+        Ok(Stepped::Committed)
+    }
+
+    async fn claim_work(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<WorkItem>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE flow_work SET owner = ?, lease_until_ms = ?
+             WHERE rowid IN (
+                SELECT rowid FROM flow_work
+                WHERE due_ms <= ? AND (owner IS NULL OR lease_until_ms <= ?)
+                ORDER BY due_ms LIMIT ?)
+             RETURNING execution, key, kind, due_ms, body, owner, lease_until_ms",
+        )
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut out: Vec<WorkItem> = rows.iter().map(work_row).collect::<Result<_, _>>()?;
+        out.sort_by_key(|w| w.due_ms);
+        Ok(out)
+    }
+
+    async fn renew_work(
+        &self,
+        owner: &str,
+        keys: &[(String, String)],
+        lease_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for (execution, key) in keys {
+            sqlx::query("UPDATE flow_work SET lease_until_ms = ? WHERE execution = ? AND key = ? AND owner = ?")
+                .bind(lease_until_ms)
+                .bind(execution)
+                .bind(key)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_work(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE flow_work SET owner = NULL, lease_until_ms = 0 WHERE owner = ?")
+                .bind(owner)
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        // Two probes on the due index rather than one scan: free work by its due time, and
+        // claimed work by when its claim runs out.
+        let free: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(due_ms) FROM flow_work WHERE owner IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let expiring: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(due_ms, lease_until_ms)) FROM flow_work WHERE owner IS NOT NULL AND lease_until_ms > ?",
+        )
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (free, expiring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn purge_executions(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM flow_executions WHERE stopped_at_ms IS NOT NULL AND stopped_at_ms < ? LIMIT 1000",
+        )
+        .bind(before_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query("DELETE FROM flow_history WHERE execution = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM flow_work WHERE execution = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM flow_executions WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM flow_revisions WHERE NOT EXISTS (
+                SELECT 1 FROM flows f WHERE f.name = flow_revisions.flow AND f.revision = flow_revisions.revision)
+              AND NOT EXISTS (
+                SELECT 1 FROM flow_executions e WHERE e.flow = flow_revisions.flow AND e.revision = flow_revisions.revision)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn execution(id: &str, name: &str, revision: i64) -> ExecutionRecord {
+        ExecutionRecord {
+            id: id.into(),
+            flow: "order".into(),
+            revision,
+            name: name.into(),
+            status: "RUNNING".into(),
+            input: "{}".into(),
+            output: None,
+            error: None,
+            cause: None,
+            started_at_ms: 10,
+            stopped_at_ms: None,
+            transitions: 0,
+            snapshot: "{}".into(),
+        }
+    }
+
+    fn work(execution: &str, key: &str, due_ms: i64) -> WorkItem {
+        WorkItem {
+            execution: execution.into(),
+            key: key.into(),
+            kind: "timer".into(),
+            due_ms,
+            body: "{}".into(),
+            owner: None,
+            lease_until_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn flows_keep_revisions_and_a_rewrite_of_the_same_is_unchanged() {
+        let (_dir, s) = store().await;
+        let (f, o) = s.put_flow("order", "{\"a\":1}", "", 1).await.unwrap();
+        assert_eq!((f.revision, o), (1, PutOutcome::Created));
+        let (_, o) = s.put_flow("order", "{\"a\":1}", "", 2).await.unwrap();
+        assert_eq!(o, PutOutcome::Unchanged);
+        let (f, o) = s.put_flow("order", "{\"a\":2}", "two", 3).await.unwrap();
+        assert_eq!((f.revision, o), (2, PutOutcome::Updated));
+        assert_eq!(
+            s.flow_revision("order", 1).await.unwrap().as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(
+            s.get_flow("order").await.unwrap().unwrap().definition,
+            "{\"a\":2}"
+        );
+        assert_eq!(s.list_flows().await.unwrap().len(), 1);
+        assert!(s.delete_flow("order").await.unwrap());
+        assert!(!s.delete_flow("order").await.unwrap());
+        let (f, _) = s.put_flow("order", "{\"a\":3}", "", 4).await.unwrap();
+        assert_eq!(f.revision, 3, "revision numbers go on after a delete");
+    }
+
+    #[tokio::test]
+    async fn an_execution_is_made_once_per_name_within_the_running_limit() {
+        let (_dir, s) = store().await;
+        let first = StepCommit {
+            status: "RUNNING".into(),
+            snapshot: "{\"n\":1}".into(),
+            history: vec![(1, "{}".into())],
+            add: vec![work("e1", "t1", 5)],
+            ..Default::default()
+        };
+        assert_eq!(
+            s.create_execution(&execution("e1", "a", 1), &first, 2)
+                .await
+                .unwrap(),
+            Created::NoFlow
+        );
+        s.put_flow("order", "{}", "", 1).await.unwrap();
+        assert_eq!(
+            s.create_execution(&execution("e1", "a", 1), &first, 2)
+                .await
+                .unwrap(),
+            Created::New
+        );
+        match s
+            .create_execution(&execution("e2", "a", 1), &first, 2)
+            .await
+            .unwrap()
+        {
+            Created::Existing(e) => assert_eq!(e.id, "e1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.create_execution(
+                &execution("e3", "b", 1),
+                &StepCommit {
+                    status: "RUNNING".into(),
+                    ..Default::default()
+                },
+                2
+            )
+            .await
+            .unwrap(),
+            Created::New
+        );
+        assert_eq!(
+            s.create_execution(&execution("e4", "c", 1), &StepCommit::default(), 2)
+                .await
+                .unwrap(),
+            Created::TooMany
+        );
+        let got = s.get_execution("e1").await.unwrap().unwrap();
+        assert_eq!(got.snapshot, "{\"n\":1}");
+        assert_eq!(
+            s.history("e1", 0, 10).await.unwrap(),
+            vec!["{}".to_string()]
+        );
+        assert_eq!(
+            s.list_executions("order", Some("RUNNING"), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_consumed_item_is_applied_once() {
+        let (_dir, s) = store().await;
+        s.put_flow("order", "{}", "", 1).await.unwrap();
+        let first = StepCommit {
+            status: "RUNNING".into(),
+            add: vec![work("e1", "t1", 5)],
+            ..Default::default()
+        };
+        s.create_execution(&execution("e1", "a", 1), &first, 10)
+            .await
+            .unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let mut change = |r: &ExecutionRecord| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(r.id, "e1");
+            Some(StepCommit {
+                status: "SUCCEEDED".into(),
+                stopped_at_ms: Some(9),
+                snapshot: "{\"done\":true}".into(),
+                history: vec![(2, "{\"x\":1}".into())],
+                clear: true,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            s.step("e1", Some("t1"), &mut change).await.unwrap(),
+            Stepped::Committed
+        );
+        assert_eq!(
+            s.step("e1", Some("t1"), &mut change).await.unwrap(),
+            Stepped::AlreadyApplied
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let got = s.get_execution("e1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.status.as_str(), got.stopped_at_ms),
+            ("SUCCEEDED", Some(9))
+        );
+        assert_eq!(
+            s.step("nope", None, &mut change).await.unwrap(),
+            Stepped::Missing
+        );
+    }
+
+    #[tokio::test]
+    async fn work_is_claimed_when_due_once_until_its_lease_runs_out() {
+        let (_dir, s) = store().await;
+        s.put_flow("order", "{}", "", 1).await.unwrap();
+        let first = StepCommit {
+            status: "RUNNING".into(),
+            add: vec![work("e1", "late", 500), work("e1", "soon", 100)],
+            ..Default::default()
+        };
+        s.create_execution(&execution("e1", "a", 1), &first, 10)
+            .await
+            .unwrap();
+        assert_eq!(s.next_due(0).await.unwrap(), Some(100));
+        assert!(s.claim_work("n1", 50, 1000, 10).await.unwrap().is_empty());
+        let got = s.claim_work("n1", 100, 1000, 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
+            vec!["soon"]
+        );
+        assert!(
+            s.claim_work("n2", 200, 1200, 10).await.unwrap().is_empty(),
+            "held by n1"
+        );
+        let got = s.claim_work("n2", 1000, 2000, 10).await.unwrap();
+        assert_eq!(got.len(), 2, "n1's lease ran out; the late one is due");
+        s.renew_work("n2", &[("e1".into(), "soon".into())], 5000)
+            .await
+            .unwrap();
+        let got = s.claim_work("n3", 3000, 4000, 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
+            vec!["late"],
+            "only the renewed one is still held"
+        );
+        assert_eq!(s.release_work("n2").await.unwrap(), 1);
+        let got = s.claim_work("n3", 3000, 4000, 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
+            vec!["soon"],
+            "a released claim is free at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_removes_old_stopped_executions_and_unused_revisions() {
+        let (_dir, s) = store().await;
+        s.put_flow("order", "{}", "", 1).await.unwrap();
+        let stopped = StepCommit {
+            status: "SUCCEEDED".into(),
+            stopped_at_ms: Some(20),
+            history: vec![(1, "{}".into())],
+            ..Default::default()
+        };
+        s.create_execution(
+            &execution("e1", "a", 1),
+            &StepCommit {
+                status: "RUNNING".into(),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+        s.step("e1", None, &mut |_| Some(stopped.clone()))
+            .await
+            .unwrap();
+        s.put_flow("order", "{\"v\":2}", "", 2).await.unwrap();
+        assert_eq!(s.purge_executions(10).await.unwrap(), 0);
+        assert_eq!(s.purge_executions(30).await.unwrap(), 1);
+        assert!(s.get_execution("e1").await.unwrap().is_none());
+        assert!(s.history("e1", 0, 10).await.unwrap().is_empty());
+        assert!(s.flow_revision("order", 1).await.unwrap().is_none());
+        assert!(s.flow_revision("order", 2).await.unwrap().is_some());
+    }
+}
