@@ -10,6 +10,7 @@ pub mod buckets;
 pub mod bus;
 mod error;
 mod extract;
+pub mod flows;
 pub mod gateway;
 pub mod listener;
 pub mod observe;
@@ -93,6 +94,18 @@ pub struct AppState {
         buckets::list_objects,
         buckets::put_website,
         buckets::delete_website,
+        flows::list,
+        flows::put,
+        flows::get,
+        flows::delete,
+        flows::start,
+        flows::executions,
+        flows::describe,
+        flows::history,
+        flows::stop,
+        flows::task_success,
+        flows::task_failure,
+        flows::task_heartbeat,
     ),
     modifiers(&BearerAuth, &CommonErrors, &OptionalEvent),
     security(("bearer" = []))
@@ -243,6 +256,21 @@ pub fn router(state: AppState) -> Router {
             "/buckets/{name}/website",
             axum::routing::put(buckets::put_website).delete(buckets::delete_website),
         )
+        .route("/flows", get(flows::list))
+        .route(
+            "/flows/{name}",
+            get(flows::get).put(flows::put).delete(flows::delete),
+        )
+        .route(
+            "/flows/{name}/executions",
+            get(flows::executions).post(flows::start),
+        )
+        .route("/executions/{id}", get(flows::describe))
+        .route("/executions/{id}/history", get(flows::history))
+        .route("/executions/{id}/stop", post(flows::stop))
+        .route("/tasks/success", post(flows::task_success))
+        .route("/tasks/failure", post(flows::task_failure))
+        .route("/tasks/heartbeat", post(flows::task_heartbeat))
         .route(
             "/functions/{name}/triggers/{trigger}/pause",
             post(triggers::pause),

@@ -329,6 +329,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     );
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let timer_store: Arc<dyn store::MetaStore> = meta.clone();
+    let flow_store: Arc<dyn store::FlowStore> = meta.clone();
     let platform = Arc::new(platform::Platform::new(meta, blobs, code, pool.clone()));
     let otlp = match &args.otlp_endpoint {
         None => None,
@@ -406,6 +407,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting asynchronous invocation: {e}"))?;
+    // Workflows: executions in the store, their function calls through the platform.
+    platform.enable_flows(flow_store, &node_id);
     // Bound before the functions load, so every instance (those `min_instances` starts
     // now included) is told where the bus is.
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -92,11 +92,23 @@ pub enum ErrorCode {
     BucketExists,
     /// Deleting a bucket that still holds objects (without `force`).
     BucketNotEmpty,
+    /// A workflow definition failed its checks (the message names the state and field).
+    InvalidDefinition,
+    FlowNotFound,
+    ExecutionNotFound,
+    /// An execution of that name exists with another input.
+    ExecutionExists,
+    /// The flow has as many running executions as allowed.
+    ExecutionLimitExceeded,
+    /// A task token that is malformed or not one this platform made.
+    InvalidToken,
+    /// A task token of a task that no longer waits (answered, timed out, its execution ended).
+    TaskNotFound,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 46] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidArchive,
         ErrorCode::CodeNotFound,
@@ -136,6 +148,13 @@ impl ErrorCode {
         ErrorCode::BucketNotFound,
         ErrorCode::BucketExists,
         ErrorCode::BucketNotEmpty,
+        ErrorCode::InvalidDefinition,
+        ErrorCode::FlowNotFound,
+        ErrorCode::ExecutionNotFound,
+        ErrorCode::ExecutionExists,
+        ErrorCode::ExecutionLimitExceeded,
+        ErrorCode::InvalidToken,
+        ErrorCode::TaskNotFound,
     ];
 
     /// The stable snake_case code sent to clients.
@@ -192,6 +211,13 @@ impl ErrorCode {
             ErrorCode::BucketNotFound => ("bucket_not_found", 404),
             ErrorCode::BucketExists => ("bucket_exists", 409),
             ErrorCode::BucketNotEmpty => ("bucket_not_empty", 409),
+            ErrorCode::InvalidDefinition => ("invalid_definition", 400),
+            ErrorCode::FlowNotFound => ("flow_not_found", 404),
+            ErrorCode::ExecutionNotFound => ("execution_not_found", 404),
+            ErrorCode::ExecutionExists => ("execution_exists", 409),
+            ErrorCode::ExecutionLimitExceeded => ("execution_limit_exceeded", 429),
+            ErrorCode::InvalidToken => ("invalid_token", 400),
+            ErrorCode::TaskNotFound => ("task_not_found", 404),
         }
     }
 }

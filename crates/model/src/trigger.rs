@@ -25,6 +25,8 @@ pub enum TriggerKind {
     Object,
     /// A batch of messages from a broker (NATS, MQTT, AMQP, Redis streams).
     Queue,
+    /// A Task state of a workflow execution.
+    Flow,
 }
 
 impl TriggerKind {
@@ -38,6 +40,7 @@ impl TriggerKind {
             TriggerKind::Event => "event",
             TriggerKind::Object => "object",
             TriggerKind::Queue => "queue",
+            TriggerKind::Flow => "flow",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod async_invoke;
 pub mod build;
 pub mod bus;
 mod error;
+pub mod flows;
 mod invoke;
 mod keys;
 pub mod metrics;
@@ -78,6 +79,8 @@ pub struct Platform {
     canaries: Mutex<CanaryOutcomes>,
     /// Asynchronous invocation, once `enable_async` has started it.
     asynq: std::sync::OnceLock<Arc<crate::async_invoke::AsyncInvoker>>,
+    /// Workflows, once `enable_flows` has set them up.
+    flows: std::sync::OnceLock<Arc<crate::flows::Flows>>,
     /// Records, logs, events and metrics, once `enable_telemetry` has started them.
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Dependency builds at deploy, once `enable_builds` has set them up.
@@ -151,6 +154,7 @@ impl Platform {
             aliases: RwLock::new(HashMap::new()),
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
+            flows: std::sync::OnceLock::new(),
             recorder: std::sync::OnceLock::new(),
         }
     }
@@ -214,6 +218,21 @@ impl Platform {
             self.add_trigger(invoker);
         }
         Ok(())
+    }
+
+    /// Sets up workflows over `store`; they start with the triggers.
+    pub fn enable_flows(&self, store: Arc<dyn store::FlowStore>, node_id: &str) {
+        let flows = crate::flows::Flows::new(store, node_id);
+        if self.flows.set(flows.clone()).is_ok() {
+            self.add_trigger(flows);
+        }
+    }
+
+    /// Workflows, when enabled.
+    pub fn flows(&self) -> Result<&Arc<crate::flows::Flows>, Error> {
+        self.flows
+            .get()
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "this server runs without workflows"))
     }
 
     fn asynq(&self) -> Result<&Arc<crate::async_invoke::AsyncInvoker>, Error> {
