@@ -563,7 +563,10 @@ mod tests {
         assert_eq!(read_input(None, None).unwrap(), json!({}));
         assert_eq!(read_input(Some("[1, 2]"), None).unwrap(), json!([1, 2]));
         let err = read_input(Some("{card: x}"), None).unwrap_err().to_string();
-        assert!(err.starts_with("--input is not valid JSON: key must be a string"), "{err}");
+        assert!(
+            err.starts_with("--input is not valid JSON: key must be a string"),
+            "{err}"
+        );
         assert_eq!(err.lines().count(), 1);
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("in.json");
@@ -576,10 +579,11 @@ mod tests {
 
     #[test]
     fn a_sync_start_fails_unless_it_succeeded() {
-        let view = |status: &str, error: Value, cause: Value| {
-            json!({"id": "e1", "status": status, "error": error, "cause": cause})
-        };
-        assert_eq!(failure_line(&view("SUCCEEDED", Value::Null, Value::Null)), None);
+        let view = |status: &str, error: Value, cause: Value| json!({"id": "e1", "status": status, "error": error, "cause": cause});
+        assert_eq!(
+            failure_line(&view("SUCCEEDED", Value::Null, Value::Null)),
+            None
+        );
         assert_eq!(
             failure_line(&view(
                 "FAILED",
@@ -620,12 +624,18 @@ mod tests {
         );
         assert_eq!(
             rows[1],
-            ["2", "TaskStateEntered", "2023-11-14T22:13:20.600Z", "Charge"]
+            [
+                "2",
+                "TaskStateEntered",
+                "2023-11-14T22:13:20.600Z",
+                "Charge"
+            ]
         );
         assert_eq!(rows[2][2], "2026-01-02T03:04:05.006Z");
         assert_eq!(rows[2][3].chars().count(), DETAIL_CHARS_MAX);
         assert!(
-            rows[2][3].starts_with("PaymentDeclined: {\"errorMessage\"") && rows[2][3].ends_with('…'),
+            rows[2][3].starts_with("PaymentDeclined: {\"errorMessage\"")
+                && rows[2][3].ends_with('…'),
             "{}",
             rows[2][3]
         );
@@ -653,7 +663,10 @@ mod tests {
             "error": null, "cause": null, "started_at": "2026-01-01T00:00:00Z",
             "stopped_at": null, "transitions": 9});
         let text = describe_text(&view);
-        assert!(text.starts_with("id:          e1\nflow:        order\n"), "{text}");
+        assert!(
+            text.starts_with("id:          e1\nflow:        order\n"),
+            "{text}"
+        );
         assert!(text.contains("stopped:     -\n"), "{text}");
         assert!(!text.contains("error:"), "{text}");
         assert!(text.contains("input:       {\"card\":\"ok\"}\n"), "{text}");
@@ -677,5 +690,170 @@ mod tests {
         assert_eq!(change_of(StatusCode::CREATED, None), "created");
         assert_eq!(change_of(StatusCode::OK, None), "deployed");
         assert_eq!(change_of(StatusCode::OK, Some("unchanged")), "unchanged");
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let parse = |args: &[&str]| {
+            let matches = crate::cli_command(&|_| false).try_get_matches_from(args)?;
+            <crate::Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        };
+        let cli = parse(&[
+            "nimbus",
+            "flow",
+            "start",
+            "order",
+            "--input",
+            "{}",
+            "--sync",
+            "--wait-ms",
+            "500",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        let crate::Command::Flow(FlowCommand::Start { sync, wait_ms, .. }) = cli.command else {
+            panic!("not a start");
+        };
+        assert_eq!((sync, wait_ms), (true, Some(500)));
+        // A task's output is `--task-output`: `--output` stays the format of every command.
+        let cli = parse(&[
+            "nimbus",
+            "flow",
+            "send-success",
+            "tok",
+            "--task-output",
+            "[1]",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        let cli = parse(&[
+            "nimbus",
+            "flow",
+            "executions",
+            "order",
+            "--status",
+            "failed",
+        ])
+        .unwrap();
+        let crate::Command::Flow(FlowCommand::Executions { status, .. }) = cli.command else {
+            panic!("not executions");
+        };
+        assert_eq!(status.unwrap().to_ascii_uppercase(), "FAILED");
+        for wrong in [
+            &["nimbus", "flow", "start", "order", "--wait-ms", "5"][..],
+            &[
+                "nimbus",
+                "flow",
+                "start",
+                "order",
+                "--input",
+                "{}",
+                "--input-file",
+                "x",
+            ],
+            &["nimbus", "flow", "executions", "order", "--status", "DONE"],
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong:?}");
+        }
+    }
+
+    /// A stand-in for the server's side of the contract: a definition whose StartAt is
+    /// `Bad` is refused as the server refuses one; an execution ends as its input asks.
+    async fn fake_server() -> Client {
+        use axum::Json;
+        use axum::extract::Path as UrlPath;
+        use axum::routing::{post, put};
+        async fn put_flow(
+            UrlPath(name): UrlPath<String>,
+            Json(body): Json<Value>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            if body["definition"]["StartAt"] == "Bad" {
+                let e = json!({"code": "invalid_definition",
+                               "message": "States.Charge.Next: 'Ship2' is not a state here"});
+                return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+            }
+            let view = json!({"name": name, "revision": 1, "description": body["description"],
+                "definition": body["definition"], "functions": ["charge_payment"],
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"});
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
+        async fn start(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+            let status = body["input"]["want"]
+                .as_str()
+                .unwrap_or("RUNNING")
+                .to_string();
+            let view = json!({"id": "exec-1", "flow": "order", "name": "n", "revision": 1,
+                "status": status, "input": body["input"], "output": {"ok": true},
+                "error": null, "cause": null, "started_at": "2026-01-01T00:00:00Z",
+                "stopped_at": null, "transitions": 3});
+            (StatusCode::CREATED, Json(view))
+        }
+        let app = axum::Router::new()
+            .route("/v1/flows/{name}", put(put_flow))
+            .route("/v1/flows/{name}/executions", post(start));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // As `main` does: reqwest is built without a default crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Client::with(&format!("http://{addr}"), "t").unwrap()
+    }
+
+    #[tokio::test]
+    async fn deploy_and_start_against_the_contract() {
+        let client = fake_server().await;
+        let flow = |name: &str, start_at: &str| PlannedFlow {
+            name: name.into(),
+            definition: json!({"StartAt": start_at, "States": {}}),
+            description: "d".into(),
+            path: "flows/x.asl.json".into(),
+        };
+        let deployed = deploy(&client, &[flow("order", "Reserve")], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            deployed,
+            [json!({"name": "order", "change": "created", "revision": 1,
+                    "functions": ["charge_payment"]})]
+        );
+        let err = deploy(
+            &client,
+            &[flow("order", "Reserve"), flow("broken", "Bad")],
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "flow broken (flows/x.asl.json): States.Charge.Next: 'Ship2' is not a state here \
+             (invalid_definition)"
+        );
+        let start = |want: &str, sync: bool| Start {
+            input: json!({"want": want}),
+            name: None,
+            sync,
+            wait_ms: None,
+        };
+        let code = |want, sync| {
+            let client = client.clone();
+            async move {
+                let code = start_execution(&client, "order", &start(want, sync), Output::Json)
+                    .await
+                    .unwrap();
+                format!("{code:?}")
+            }
+        };
+        let ok = format!("{:?}", ExitCode::SUCCESS);
+        let failed = format!("{:?}", ExitCode::FAILURE);
+        assert_eq!(code("SUCCEEDED", true).await, ok);
+        assert_eq!(code("FAILED", true).await, failed);
+        assert_eq!(code("RUNNING", true).await, failed);
+        // Without --sync the start is what succeeded, whatever the run does next.
+        assert_eq!(code("RUNNING", false).await, ok);
     }
 }

@@ -533,7 +533,10 @@ flows:
         assert!(p.flows[0].path.ends_with("flows/order.asl.json"));
         // YAML becomes the very JSON the .json file holds (numbers, strings and `$` paths).
         assert_eq!(p.flows[0].definition, p.flows[1].definition);
-        assert_eq!(p.flows[0].definition["States"]["Reserve"]["ResultPath"], "$.r");
+        assert_eq!(
+            p.flows[0].definition["States"]["Reserve"]["ResultPath"],
+            "$.r"
+        );
         assert_eq!(
             p.flows[1].definition["States"]["Reserve"]["Retry"][0]["BackoffRate"],
             2.5
