@@ -604,4 +604,18 @@ flows:
             assert_eq!(err.lines().count(), 1, "one line: {err}");
         }
     }
+
+    #[test]
+    fn the_flow_examples_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let saga = load_project(&examples.join("order-saga")).unwrap();
+        assert_eq!(saga.functions.len(), 5);
+        assert_eq!(saga.flows[0].name, "order");
+        assert_eq!(saga.flows[0].definition["StartAt"], "Reserve");
+        let map = load_project(&examples.join("map-objects")).unwrap();
+        assert_eq!(map.flows[0].name, "resize-all");
+        let each = &map.flows[0].definition["States"]["ResizeEach"];
+        assert_eq!(each["MaxConcurrency"], 10);
+        assert_eq!(each["ItemSelector"]["key.$"], "$$.Map.Item.Value.key");
+    }
 }
