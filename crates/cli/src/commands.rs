@@ -178,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(k) => keys(&client, k, cli.output).await,
         Command::Triggers(t) => triggers(&client, t, cli.output).await,
         Command::Bucket(b) => crate::bucket::bucket(&client, b, cli.output).await,
+        Command::Flow(f) => crate::flow::run(&client, f, cli.output).await,
         Command::Events {
             function,
             event,
@@ -371,7 +372,8 @@ async fn deploy_with(
     output: Output,
     local: Option<&crate::local::LocalPlatform>,
 ) -> anyhow::Result<ExitCode> {
-    let plan = manifest::load(dir).map_err(anyhow::Error::msg)?;
+    let project = manifest::load_project(dir).map_err(anyhow::Error::msg)?;
+    let plan = project.functions;
     let text = output == Output::Text;
     let mut deployed = Vec::new();
     // Each layer is packed and uploaded once, however many functions use it.
@@ -510,8 +512,10 @@ async fn deploy_with(
         }
         deployed.push(entry);
     }
+    // After the functions: a flow may call a function this deploy has just created.
+    let flows = crate::flow::deploy(client, &project.flows, text).await?;
     if !text {
-        print_json(&serde_json::json!({ "functions": deployed }))?;
+        print_json(&serde_json::json!({ "functions": deployed, "flows": flows }))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod describe;
 mod dev;
+mod flow;
 mod init;
 mod local;
 mod manifest;
@@ -259,6 +260,81 @@ pub enum Command {
     /// through the S3 tools).
     #[command(subcommand)]
     Bucket(BucketCommand),
+    /// Workflows (Amazon States Language, deployed from `flows:` in nimbus.yaml): start
+    /// and follow executions, answer the tokens of `.waitForTaskToken` tasks.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+}
+
+/// The statuses of an execution, as the API spells them.
+const EXECUTION_STATUSES: [&str; 5] = ["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"];
+
+#[derive(Subcommand)]
+pub enum FlowCommand {
+    /// List flows.
+    Ls,
+    /// Delete a flow.
+    Rm { name: String },
+    /// Start an execution of FLOW and print its id; with --sync, wait for its end and
+    /// print its output (a run that does not succeed exits 1).
+    Start {
+        flow: String,
+        /// The execution's input, JSON; `{}` when not given.
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the input from a file (`-` for stdin).
+        #[arg(long)]
+        input_file: Option<std::path::PathBuf>,
+        /// The execution's name: starting the same name with the same input again answers
+        /// the execution already started.
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait for the execution to end (at most --wait-ms, else the server's bound).
+        #[arg(long)]
+        sync: bool,
+        /// With --sync: how long to wait before answering with the execution still running.
+        #[arg(long, requires = "sync")]
+        wait_ms: Option<u64>,
+    },
+    /// List a flow's executions.
+    Executions {
+        flow: String,
+        /// Only executions with this status.
+        #[arg(long, value_parser = EXECUTION_STATUSES, ignore_case = true)]
+        status: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+    /// Show an execution: status, input, output or error.
+    Describe { id: String },
+    /// Show an execution's events (Step Functions' history: states entered and exited,
+    /// tasks, retries, failures).
+    History { id: String },
+    /// Stop a running execution (it ends ABORTED).
+    Stop {
+        id: String,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        cause: Option<String>,
+    },
+    /// Complete a `.waitForTaskToken` task with its output.
+    SendSuccess {
+        token: String,
+        /// The task's output, JSON (`--output` is the command's output format).
+        #[arg(long, default_value = "{}")]
+        task_output: String,
+    },
+    /// Fail a `.waitForTaskToken` task (its Retry and Catch apply).
+    SendFailure {
+        token: String,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        cause: Option<String>,
+    },
+    /// Tell a waiting task that its worker is still at it (resets its HeartbeatSeconds).
+    Heartbeat { token: String },
 }
 
 #[derive(Subcommand)]

@@ -16,15 +16,23 @@ pub const FILE_NAME: &str = "nimbus.yaml";
 /// The manifest's names, in the order a directory is searched for them.
 pub const FILE_NAMES: [&str; 2] = [FILE_NAME, "nimbus.yml"];
 
+mod flows;
 mod keys;
+
+pub use flows::PlannedFlow;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    // Optional so a project may hold only flows over functions deployed elsewhere.
+    #[serde(default)]
     functions: BTreeMap<String, FunctionEntry>,
     /// Shared trees, declared once, that functions name in their `layers`.
     #[serde(default)]
     layers: BTreeMap<String, LayerEntry>,
+    /// Workflows (Amazon States Language), deployed after the functions they call.
+    #[serde(default)]
+    flows: Vec<flows::FlowEntry>,
 }
 
 /// `layers: {common: {path: layers/common}}`: a directory shipped as a layer, laid out as
@@ -169,9 +177,20 @@ pub struct Planned {
     pub layers: Vec<(String, PathBuf)>,
 }
 
+/// Everything a manifest deploys: functions first, then the flows that call them.
+pub struct Project {
+    pub functions: Vec<Planned>,
+    pub flows: Vec<PlannedFlow>,
+}
+
 /// Reads the manifest at `path` (a file, or a directory holding `nimbus.yaml` or
 /// `nimbus.yml`) and returns the functions to deploy, or every problem found.
 pub fn load(path: &Path) -> Result<Vec<Planned>, String> {
+    load_project(path).map(|p| p.functions)
+}
+
+/// As `load`, with the project's flows and their definitions too.
+pub fn load_project(path: &Path) -> Result<Project, String> {
     let (dir, file) = locate(path)?;
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -210,7 +229,7 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
-fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
+fn parse(text: &str, dir: &Path, file: &str) -> Result<Project, String> {
     // Unknown keys are found before the typed parse, because serde's deny_unknown_fields
     // stops at the first one and a user should fix them all in one pass.
     if let Ok(value) = serde_norway::from_str::<serde_norway::Value>(text) {
@@ -233,11 +252,12 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
         };
         format!("{file}: {e}{hint}")
     })?;
-    if manifest.functions.is_empty() {
+    if manifest.functions.is_empty() && manifest.flows.is_empty() {
         return Err(format!("{file}: functions: no functions declared"));
     }
     let mut plan = Vec::new();
     let mut problems = Vec::new();
+    let flows = flows::resolve(manifest.flows, dir, file, &mut problems);
     for (name, entry) in manifest.functions {
         let key = format!("functions.{name}");
         let (runtime, runtime_version) = match Runtime::parse_id(&entry.runtime) {
@@ -361,7 +381,10 @@ fn parse(text: &str, dir: &Path, file: &str) -> Result<Vec<Planned>, String> {
         });
     }
     if problems.is_empty() {
-        Ok(plan)
+        Ok(Project {
+            functions: plan,
+            flows,
+        })
     } else {
         Err(problems.join("\n"))
     }
@@ -374,7 +397,7 @@ mod tests {
     fn check(yaml: &str) -> Result<Vec<Planned>, String> {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("src")).unwrap();
-        parse(yaml, tmp.path(), "nimbus.yaml")
+        parse(yaml, tmp.path(), "nimbus.yaml").map(|p| p.functions)
     }
 
     #[test]
@@ -449,5 +472,150 @@ mod tests {
             let err = check(yaml).err().unwrap_or_default();
             assert!(err.contains(expect), "expected `{expect}` in `{err}`");
         }
+    }
+
+    /// A project directory with `files` written in it, and its manifest parsed.
+    fn project(yaml: &str, files: &[(&str, &str)]) -> Result<Project, String> {
+        let tmp = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = tmp.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        parse(yaml, tmp.path(), "nimbus.yaml")
+    }
+
+    const ORDER_JSON: &str = r#"{"Comment": "order", "StartAt": "Reserve",
+        "States": {"Reserve": {"Type": "Task", "Resource": "nimbus:function:reserve",
+        "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "BackoffRate": 2.5}],
+        "ResultPath": "$.r", "End": true}}}"#;
+
+    const ORDER_YAML: &str = "\
+Comment: order
+StartAt: Reserve
+States:
+  Reserve:
+    Type: Task
+    Resource: nimbus:function:reserve
+    Retry:
+      - ErrorEquals: [States.ALL]
+        IntervalSeconds: 1
+        BackoffRate: 2.5
+    ResultPath: $.r
+    End: true
+";
+
+    #[test]
+    fn flows_are_read_with_their_definitions() {
+        let yaml = "\
+functions:
+  reserve: {runtime: python3, handler: main.handler}
+flows:
+  - name: order
+    definition: flows/order.asl.json
+    description: Places an order
+  - name: order-yaml
+    definition: flows/order.asl.yaml
+";
+        let p = project(
+            yaml,
+            &[
+                ("flows/order.asl.json", ORDER_JSON),
+                ("flows/order.asl.yaml", ORDER_YAML),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.functions.len(), 1);
+        let names: Vec<&str> = p.flows.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["order", "order-yaml"]);
+        assert_eq!(p.flows[0].description, "Places an order");
+        assert_eq!(p.flows[1].description, "");
+        assert!(p.flows[0].path.ends_with("flows/order.asl.json"));
+        // YAML becomes the very JSON the .json file holds (numbers, strings and `$` paths).
+        assert_eq!(p.flows[0].definition, p.flows[1].definition);
+        assert_eq!(
+            p.flows[0].definition["States"]["Reserve"]["ResultPath"],
+            "$.r"
+        );
+        assert_eq!(
+            p.flows[1].definition["States"]["Reserve"]["Retry"][0]["BackoffRate"],
+            2.5
+        );
+        // A project of flows alone is one too: their functions may be deployed elsewhere.
+        let p = project(
+            "flows:\n  - {name: order, definition: order.json}\n",
+            &[("order.json", ORDER_JSON)],
+        )
+        .unwrap();
+        assert!(p.functions.is_empty());
+        assert_eq!(p.flows.len(), 1);
+    }
+
+    #[test]
+    fn flow_errors_name_the_flow_and_the_file() {
+        let fns = "functions:\n  f: {runtime: python3, handler: main.handler}\n";
+        let files = [
+            ("order.json", ORDER_JSON),
+            ("list.json", "[1, 2]"),
+            ("broken.json", "{\"StartAt\": "),
+            ("order.txt", ORDER_JSON),
+        ];
+        let cases = [
+            (
+                "flows:\n  - {name: order, definition: flows/missing.json}\n",
+                "nimbus.yaml: flows.order.definition: `flows/missing.json`: no such file \
+                 (paths are relative to nimbus.yaml)",
+            ),
+            (
+                "flows:\n  - {name: order, defintion: order.json}\n",
+                "nimbus.yaml: flows.order: unknown key `defintion` (did you mean `definition`?)",
+            ),
+            (
+                "flows:\n  - {name: order, definition: order.json, retries: 3}\n",
+                "nimbus.yaml: flows.order: unknown key `retries`; known keys: name, definition, description",
+            ),
+            (
+                "flows:\n  - {name: 9order, definition: order.json}\n",
+                "nimbus.yaml: flows[0].name: `9order` must start with a letter",
+            ),
+            (
+                "flows:\n  - {name: a, definition: order.json}\n  - {name: a, definition: order.json}\n",
+                "nimbus.yaml: flows.a: declared twice",
+            ),
+            (
+                "flows:\n  - {name: order, definition: list.json}\n",
+                "flows.order.definition: `list.json`: not an object",
+            ),
+            (
+                "flows:\n  - {name: order, definition: broken.json}\n",
+                "flows.order.definition: `broken.json`: not valid JSON: EOF",
+            ),
+            (
+                "flows:\n  - {name: order, definition: order.txt}\n",
+                "flows.order.definition: `order.txt`: a definition is a .json, .yaml or .yml file",
+            ),
+            ("flows:\n  - {name: order}\n", "missing field `definition`"),
+        ];
+        for (yaml, expect) in cases {
+            let err = project(&format!("{fns}{yaml}"), &files)
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(expect), "expected `{expect}` in `{err}`");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn the_flow_examples_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let saga = load_project(&examples.join("order-saga")).unwrap();
+        assert_eq!(saga.functions.len(), 5);
+        assert_eq!(saga.flows[0].name, "order");
+        assert_eq!(saga.flows[0].definition["StartAt"], "Reserve");
+        let map = load_project(&examples.join("map-objects")).unwrap();
+        assert_eq!(map.flows[0].name, "resize-all");
+        let each = &map.flows[0].definition["States"]["ResizeEach"];
+        assert_eq!(each["MaxConcurrency"], 10);
+        assert_eq!(each["ItemSelector"]["key.$"], "$$.Map.Item.Value.key");
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_norway::Value;
 
+use super::flows::FlowEntry;
 use super::{AliasEntry, FunctionEntry, Manifest, TriggerEntry};
 use model::http::{Cors, HttpTrigger, RateLimit, RouteOptions};
 
@@ -53,6 +54,16 @@ fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 pub fn unknown(root: &Value) -> Vec<String> {
     let mut found = Vec::new();
     check(root, "", fields_of::<Manifest>(), &mut found);
+    if let Some(flows) = root.get("flows").and_then(Value::as_sequence) {
+        for (i, flow) in flows.iter().enumerate() {
+            // Named by its name when it has one: `flows.order`, else by position.
+            let at = match flow.get("name").and_then(Value::as_str) {
+                Some(name) => format!("flows.{name}"),
+                None => format!("flows[{i}]"),
+            };
+            check(flow, &at, fields_of::<FlowEntry>(), &mut found);
+        }
+    }
     let Some(functions) = root.get("functions").and_then(Value::as_mapping) else {
         return found;
     };
@@ -236,7 +247,7 @@ mod tests {
         for key in ["runtime", "type", "triggers", "exclude", "aliases"] {
             assert!(entry.contains(&key), "{key} in {entry:?}");
         }
-        assert_eq!(fields_of::<Manifest>(), ["functions", "layers"]);
+        assert_eq!(fields_of::<Manifest>(), ["functions", "layers", "flows"]);
         assert!(fields_of::<HttpTrigger>().contains(&"qualifier"));
         assert!(fields_of::<String>().is_empty());
     }
@@ -257,12 +268,17 @@ functions:
       - htp: {path: /b}
     aliases:
       prod: {canary_percent: 10, guard: {max_error_rate: 0.1, windw_ms: 100}}
+flows:
+  - {name: order, defintion: order.json}
+  - {definition: x.json, descripton: x}
 extra: 1
 ";
         let value: Value = serde_norway::from_str(yaml).unwrap();
         let lines = unknown(&value);
         let expect = [
-            "unknown key `extra`; known keys: functions",
+            "unknown key `extra`; known keys: functions, layers, flows",
+            "flows.order: unknown key `defintion` (did you mean `definition`?)",
+            "flows[1]: unknown key `descripton` (did you mean `description`?)",
             "functions.hello: unknown keys `runtme` (did you mean `runtime`?), \
              `memroy_mb` (did you mean `memory_mb`?), `colour`; known keys: runtime,",
             "functions.hello.url: unknown key `alow` (did you mean `allow`?)",
