@@ -14,6 +14,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 
 mod bucket_events;
+mod flow;
 mod queue;
 mod s3;
 
@@ -35,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-s3") => s3::bench_s3(&args[1..]),
         Some("bench-bucket-events") => bucket_events::bench_bucket_events(&args[1..]),
         Some("bench-queue") => queue::bench_queue(&args[1..]),
+        Some("bench-flow") => flow::bench_flow(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\

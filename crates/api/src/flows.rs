@@ -69,9 +69,9 @@ pub struct ExecutionView {
     pub revision: i64,
     /// RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED.
     pub status: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub input: Value,
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON value, once the execution succeeded.
     pub output: Option<Value>,
     pub error: Option<String>,
     pub cause: Option<String>,
@@ -89,9 +89,8 @@ pub struct ExecutionList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartInput {
-    /// The execution's input (default `{}`).
+    /// The execution's input, any JSON value (default `{}`).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
     /// Makes the start idempotent: the same name and input again is the same execution.
     pub name: Option<String>,
@@ -140,9 +139,8 @@ pub struct HistoryPage {
 #[serde(deny_unknown_fields)]
 pub struct TaskSuccessInput {
     pub task_token: String,
-    /// The task's result.
+    /// The task's result, any JSON value.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
 }
 
@@ -358,7 +356,8 @@ pub async fn history(
 }
 
 /// Stops a running execution.
-#[utoipa::path(post, path = "/v1/executions/{id}/stop", tag = "flows", request_body = StopInput,
+#[utoipa::path(post, path = "/v1/executions/{id}/stop", tag = "flows",
+    request_body(content = Option<StopInput>, description = "optional: the error and cause to end with"),
     params(("id" = String, Path, description = "The execution's id")),
     responses((status = 200, body = ExecutionView), (status = 404, body = ErrorBody, description = "execution_not_found")))]
 pub async fn stop(
@@ -367,14 +366,16 @@ pub async fn stop(
     body: Body,
 ) -> Result<Json<ExecutionView>, ApiError> {
     let bytes = read_body(body, 64 * 1024, "stop request").await?;
-    let input: StopInput = if bytes.is_empty() {
-        StopInput {
-            error: None,
-            cause: None,
-        }
+    // The body is optional: none, `null` and `{}` all stop without an error of its own.
+    let input: Option<StopInput> = if bytes.is_empty() {
+        None
     } else {
         parse_json(&bytes)?
     };
+    let input = input.unwrap_or(StopInput {
+        error: None,
+        cause: None,
+    });
     Ok(Json(execution_view(
         flows_of(&s)?.stop(&id, input.error, input.cause).await?,
     )))

@@ -93,14 +93,17 @@ pub async fn run(client: &Client, cmd: &FlowCommand, output: Output) -> anyhow::
             }
             Ok(ExitCode::SUCCESS)
         }
-        FlowCommand::SendSuccess { token, task_output } => {
+        FlowCommand::SendSuccess {
+            task_token: token,
+            task_output,
+        } => {
             let result: Value = serde_json::from_str(task_output)
                 .map_err(|e| anyhow!("--task-output is not valid JSON: {e}"))?;
             let body = json!({"task_token": token, "output": result});
             send_task(client, "success", &body, output).await
         }
         FlowCommand::SendFailure {
-            token,
+            task_token: token,
             error,
             cause,
         } => {
@@ -108,7 +111,7 @@ pub async fn run(client: &Client, cmd: &FlowCommand, output: Output) -> anyhow::
             body["task_token"] = token.as_str().into();
             send_task(client, "failure", &body, output).await
         }
-        FlowCommand::Heartbeat { token } => {
+        FlowCommand::Heartbeat { task_token: token } => {
             send_task(client, "heartbeat", &json!({"task_token": token}), output).await
         }
     }

@@ -320,21 +320,27 @@ pub enum FlowCommand {
     },
     /// Complete a `.waitForTaskToken` task with its output.
     SendSuccess {
-        token: String,
+        /// The task token (named apart from the global `--token`, the bearer token).
+        #[arg(value_name = "TASK_TOKEN")]
+        task_token: String,
         /// The task's output, JSON (`--output` is the command's output format).
         #[arg(long, default_value = "{}")]
         task_output: String,
     },
     /// Fail a `.waitForTaskToken` task (its Retry and Catch apply).
     SendFailure {
-        token: String,
+        #[arg(value_name = "TASK_TOKEN")]
+        task_token: String,
         #[arg(long)]
         error: Option<String>,
         #[arg(long)]
         cause: Option<String>,
     },
     /// Tell a waiting task that its worker is still at it (resets its HeartbeatSeconds).
-    Heartbeat { token: String },
+    Heartbeat {
+        #[arg(value_name = "TASK_TOKEN")]
+        task_token: String,
+    },
 }
 
 #[derive(Subcommand)]

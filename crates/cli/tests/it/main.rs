@@ -7,6 +7,7 @@ mod build;
 mod bus;
 mod cli;
 mod dev;
+mod flows;
 mod gateway;
 mod harness;
 mod init;

@@ -97,6 +97,31 @@ async fn schemathesis_finds_nothing() {
         assert!(child.wait().unwrap().success(), "aws s3 cp to {bucket}");
     }
 
+    // Flows: `st` ends at once (starts, also synchronous ones, finish within the run),
+    // `st-doomed` is for the DELETE, and an execution of `st-wait` waits a year, for the
+    // operations on one execution.
+    let pass = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let wait = json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 31_536_000, "End": true}}});
+    for (flow, definition) in [("st", &pass), ("st-doomed", &pass), ("st-wait", &wait)] {
+        let res = server
+            .req(Method::PUT, &format!("/v1/flows/{flow}"))
+            .json(&json!({ "definition": definition }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let execution: Value = server
+        .req(Method::POST, "/v1/flows/st-wait/executions")
+        .json(&json!({ "input": {} }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let execution_id = execution["id"].as_str().unwrap().to_string();
+
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/schemathesis");
     // Through the interpreter: the venv's `schemathesis` script names, in its first line, the
     // staging directory the venv was built in.
@@ -122,6 +147,7 @@ async fn schemathesis_finds_nothing() {
         .env("ST_SHA256", &sha256)
         .env("ST_REQUEST_ID", &request_id)
         .env("ST_KEY_ID", &key_id)
+        .env("ST_EXECUTION_ID", &execution_id)
         .current_dir(tmp.path())
         .output()
         .await
