@@ -339,7 +339,7 @@ fn parse_rule(value: &Value, at: &str, top: bool) -> Result<Rule, String> {
     let Value::Object(fields) = value else {
         return Err(format!(
             "{at}: a Choice rule must be an object, not {}",
-            describe(value)
+            crate::failure::kind_of(value)
         ));
     };
     let mut variable = None;
@@ -398,7 +398,7 @@ fn parse_rule(value: &Value, at: &str, top: bool) -> Result<Rule, String> {
                 _ => {
                     return Err(format!(
                         "{field_at}: must be a non-empty array of rules, not {}",
-                        describe(field)
+                        crate::failure::kind_of(field)
                     ));
                 }
             };
@@ -412,7 +412,7 @@ fn parse_rule(value: &Value, at: &str, top: bool) -> Result<Rule, String> {
             if !field.is_object() {
                 return Err(format!(
                     "{field_at}: must be one rule (an object), not {}",
-                    describe(field)
+                    crate::failure::kind_of(field)
                 ));
             }
             Expr::Not(Box::new(parse_rule(field, &field_at, false)?))
@@ -428,7 +428,7 @@ fn parse_rule(value: &Value, at: &str, top: bool) -> Result<Rule, String> {
                 other => {
                     return Err(format!(
                         "{at}.Variable: must be a path (a string), not {}",
-                        describe(other)
+                        crate::failure::kind_of(other)
                     ));
                 }
             };
@@ -445,7 +445,12 @@ fn parse_test(name: &str, field: &Value, at: &str) -> Result<Test, String> {
     let Some(operator) = operator(name) else {
         return Err(format!("{at}: unknown comparison operator '{name}'"));
     };
-    let wrong = |needs: &str| format!("{at}: must be {needs}, not {}", describe(field));
+    let wrong = |needs: &str| {
+        format!(
+            "{at}: must be {needs}, not {}",
+            crate::failure::kind_of(field)
+        )
+    };
     Ok(match operator {
         Operator::Is(check) => {
             let Value::Bool(expected) = field else {
@@ -498,18 +503,6 @@ fn parse_test(name: &str, field: &Value, at: &str) -> Result<Test, String> {
             }
         }
     })
-}
-
-/// A JSON value's type, for error messages.
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -928,7 +928,7 @@ impl Run<'_> {
                     return Err(Failure::runtime(format!(
                         "The Map state '{}' needs an array at its ItemsPath, not {}",
                         state.name,
-                        type_name(&items)
+                        crate::failure::kind_of(&items)
                     )));
                 };
                 if items.len() > limits::FLOW_MAP_ITEMS_MAX {
@@ -1444,17 +1444,6 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Fail { .. } => "Fail",
         Kind::Parallel { .. } => "Parallel",
         Kind::Map(_) => "Map",
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

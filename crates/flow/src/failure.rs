@@ -58,3 +58,16 @@ impl std::fmt::Display for Failure {
         write!(f, "{}: {}", self.error, self.cause)
     }
 }
+
+/// A JSON value's kind, as messages name it ("a string", "an array").
+pub fn kind_of(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -297,7 +297,7 @@ impl Intrinsic {
                     other => {
                         return Err(self.fail(format!(
                             "argument 3 must be the boolean false, got {}",
-                            describe(other)
+                            crate::failure::kind_of(other)
                         )));
                     }
                 }
@@ -456,7 +456,7 @@ impl Intrinsic {
         self.fail(format!(
             "argument {} must be {wanted}, got {}",
             n + 1,
-            describe(got)
+            crate::failure::kind_of(got)
         ))
     }
 
@@ -531,18 +531,6 @@ impl Intrinsic {
                 n + 1
             ))),
         }
-    }
-}
-
-/// A value's kind, for messages.
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -677,7 +665,7 @@ impl Parser {
                 Arg::Literal(value) => {
                     return Err(format!(
                         "{name}: the template (argument 1) must be a string, got {}",
-                        describe(value)
+                        crate::failure::kind_of(value)
                     ));
                 }
                 Arg::Text(text) if text.holes.len() != count - 1 => {
