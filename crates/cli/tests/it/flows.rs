@@ -673,3 +673,38 @@ async fn stop_ends_a_running_execution_and_its_wait_never_fires() {
         Some("ExecutionAborted")
     );
 }
+
+#[tokio::test]
+async fn the_map_example_resizes_every_object_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    server.deploy(&examples().join("map-objects")).await;
+    let objects: Vec<Value> = (0..25)
+        .map(|i| json!({"key": format!("p{i}.jpg")}))
+        .collect();
+    let input = json!({"bucket": "photos", "objects": objects}).to_string();
+    let run = server
+        .cli(&[
+            "flow",
+            "start",
+            "resize-all",
+            "--input",
+            &input,
+            "--sync",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let e: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(e["status"], "SUCCEEDED");
+    assert_eq!(e["output"]["count"], 25);
+    let keys: Vec<&str> = e["output"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("p{i}.jpg")).collect();
+    assert_eq!(keys, expected);
+}
