@@ -225,6 +225,10 @@ fn work_row(row: &sqlx::sqlite::SqliteRow) -> Result<WorkItem, StoreError> {
     })
 }
 
+/// Rows per multi-row INSERT, within SQLite's 32,766 bound parameters.
+const HISTORY_ROWS_PER_STATEMENT: usize = 5_000;
+const WORK_ROWS_PER_STATEMENT: usize = 2_000;
+
 /// Writes a step's history, work and summary (the execution row exists).
 async fn write_commit(
     tx: &mut sqlx::SqliteConnection,
@@ -245,13 +249,16 @@ async fn write_commit(
     .bind(execution)
     .execute(&mut *tx)
     .await?;
-    for (id, event) in &commit.history {
-        sqlx::query("INSERT OR IGNORE INTO flow_history (execution, id, event) VALUES (?, ?, ?)")
-            .bind(execution)
-            .bind(id)
-            .bind(event)
-            .execute(&mut *tx)
-            .await?;
+    // One statement for all of a step's events (and one for its new work, below): each
+    // statement is a round trip to the database's thread, and a step makes several.
+    for chunk in commit.history.chunks(HISTORY_ROWS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO flow_history (execution, id, event) ",
+        );
+        b.push_values(chunk, |mut row, (id, event)| {
+            row.push_bind(execution).push_bind(id).push_bind(event);
+        });
+        b.build().execute(&mut *tx).await?;
     }
     if commit.clear {
         sqlx::query("DELETE FROM flow_work WHERE execution = ?")
@@ -267,20 +274,20 @@ async fn write_commit(
             .execute(&mut *tx)
             .await?;
     }
-    for w in &commit.add {
-        sqlx::query(
-            "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&w.execution)
-        .bind(&w.key)
-        .bind(&w.kind)
-        .bind(w.due_ms)
-        .bind(&w.body)
-        .bind(&w.owner)
-        .bind(w.lease_until_ms)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in commit.add.chunks(WORK_ROWS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms) ",
+        );
+        b.push_values(chunk, |mut row, w| {
+            row.push_bind(&w.execution)
+                .push_bind(&w.key)
+                .push_bind(&w.kind)
+                .push_bind(w.due_ms)
+                .push_bind(&w.body)
+                .push_bind(&w.owner)
+                .push_bind(w.lease_until_ms);
+        });
+        b.build().execute(&mut *tx).await?;
     }
     Ok(())
 }
