@@ -420,7 +420,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .with_context(|| format!("cannot listen on {} (--s3-listen)", args.s3_listen))?;
     let s3_addr = s3_listener.local_addr()?;
     platform.set_bus_endpoint(format!("http://{addr}"), api::bus_key(&token));
-    platform.enable_function_key(&token, format!("http://{s3_addr}"));
+    platform.enable_function_key(
+        &token,
+        format!("http://{s3_addr}"),
+        format!("http://{addr}"),
+    );
     platform
         .load()
         .await
@@ -450,8 +454,9 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             anyhow::bail!("{flag} must be a price of zero or more, not {price}");
         }
     }
-    // The Lambda API's paths are its own; everything else is the control API's or the
-    // gateway's.
+    // The Lambda API's paths are its own; Step Functions' API takes `POST /` requests
+    // that carry its `X-Amz-Target` ahead of all (a layer, so a user's route on `/` keeps
+    // every other request); everything else is the control API's or the gateway's.
     let app = lambda::router(platform.clone()).merge(api::router(api::AppState {
         platform: platform.clone(),
         gateway,
@@ -469,6 +474,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             website_domain: args.website_domain.clone(),
         })),
     }));
+    let app = lambda::with_step_functions(app, platform.clone());
 
     let s3_service = s3::service(
         s3::ObjectStore::new(object_meta.clone(), object_files.clone(), &args.region)

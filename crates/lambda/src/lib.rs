@@ -6,6 +6,9 @@
 //! platform's own (the README's compatibility table lists them); answers and errors take
 //! Lambda's JSON shapes and exception names. Like `api`, this crate is a front door: it
 //! knows HTTP and AWS's wire, and the platform knows neither.
+//!
+//! Step Functions' API (`states`: AWS JSON 1.0 at `POST /`) is served here too, for the
+//! same reasons: the same keys, the same signature check, AWS's shapes kept out of `api`.
 
 mod error;
 mod functions;
@@ -14,6 +17,7 @@ mod releases;
 mod settings;
 mod shape;
 pub mod sigv4;
+mod states;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +73,41 @@ impl Ctx {
         }
         cache.insert(id, (key.secret, derived.clone()));
         Some((derived, key.scope))
+    }
+
+    /// Checks the SigV4 signature of a request (its head and whole body) for `service`;
+    /// answers the scope of the key that signed it.
+    fn check_signature(
+        &self,
+        parts: &axum::http::request::Parts,
+        body: &[u8],
+        service: &str,
+    ) -> Result<AwsScope, sigv4::AuthError> {
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let signed = sigv4::Signed {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &headers,
+            body,
+        };
+        let mut scope = None;
+        sigv4::verify(&signed, service, platform::now_ms(), |c| {
+            let (key, key_scope) = self.signing_key(c)?;
+            scope = Some(key_scope);
+            Some(key)
+        })?;
+        // A verified signature was made with a key found, whose scope was kept.
+        scope.ok_or(sigv4::AuthError::Missing)
     }
 }
 
@@ -147,6 +186,17 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .with_state(ctx)
 }
 
+/// Serves Step Functions' API (`POST /` with `X-Amz-Target: AWSStepFunctions.*`, see
+/// `states`) in front of `app`: a middleware rather than a route on `/`, so every other
+/// request to `/` (a user's HTTP route among them) goes on to `app` as before.
+pub fn with_step_functions(app: Router, platform: Arc<Platform>) -> Router {
+    let ctx = Ctx {
+        platform,
+        keys: Arc::default(),
+    };
+    app.layer(axum::middleware::from_fn_with_state(ctx, states::intercept))
+}
+
 async fn unknown_operation() -> LambdaError {
     LambdaError::new(
         404,
@@ -170,35 +220,13 @@ async fn authenticate(State(ctx): State<Ctx>, req: Request, next: Next) -> Respo
             .into_response();
         }
     };
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let signed = sigv4::Signed {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &headers,
-        body: &body,
+    let scope = match ctx.check_signature(&parts, &body, "lambda") {
+        Ok(scope) => scope,
+        Err(e) => return auth_error(e).into_response(),
     };
-    let mut scope = None;
-    let checked = sigv4::verify(&signed, "lambda", platform::now_ms(), |c| {
-        let (key, key_scope) = ctx.signing_key(c)?;
-        scope = Some(key_scope);
-        Some(key)
-    });
-    if let Err(e) = checked {
-        return auth_error(e).into_response();
-    }
     let invocation =
         parts.method == axum::http::Method::POST && parts.uri.path().ends_with("/invocations");
-    if matches!(scope, Some(AwsScope::Invoke | AwsScope::Function)) && !invocation {
+    if matches!(scope, AwsScope::Invoke | AwsScope::Function) && !invocation {
         return LambdaError::new(
             403,
             "AccessDeniedException",

@@ -13,10 +13,12 @@ use crate::{Error, Platform, now_ms};
 pub enum AwsScope {
     /// Every operation, as the admin token.
     Admin,
-    /// Invocations only: what an application that calls functions needs.
+    /// Invocations and running flows (Step Functions' starts, an execution's description,
+    /// task tokens' answers): what an application that calls functions and flows needs.
     Invoke,
-    /// What functions get (`AWS_ACCESS_KEY_ID` in their environment): the object store
-    /// and invocations, not the rest of the Lambda API.
+    /// What functions get (`AWS_ACCESS_KEY_ID` in their environment): the object store,
+    /// invocations, and running flows (Step Functions' starts, an execution's description,
+    /// task tokens' answers), not the rest of the Lambda or Step Functions APIs.
     Function,
 }
 
@@ -96,6 +98,16 @@ fn to_key(r: &AwsKeyRecord) -> AwsKey {
             AwsScope::Admin
         },
     }
+}
+
+/// The access key functions are given and where they use it.
+#[derive(Clone, Debug)]
+pub struct FunctionKey {
+    /// The S3 API's endpoint (`AWS_ENDPOINT_URL_S3`).
+    pub s3_endpoint: String,
+    /// The server's own listener, where Step Functions' API is (`AWS_ENDPOINT_URL_SFN`).
+    pub api_endpoint: String,
+    pub key: AwsKey,
 }
 
 pub(crate) type AwsKeys = HashMap<String, AwsKey>;
@@ -194,10 +206,11 @@ impl Platform {
     }
 
     /// Makes the access key functions are given, derived from `secret` (the admin token),
-    /// so every node sharing the token derives the same key and none is stored; with
-    /// `s3_endpoint`, functions' environments name it (`AWS_ENDPOINT_URL_S3`) with this key,
-    /// so the AWS SDKs inside them reach the object store unchanged.
-    pub fn enable_function_key(&self, secret: &str, s3_endpoint: String) {
+    /// so every node sharing the token derives the same key and none is stored; functions'
+    /// environments name it with `s3_endpoint` (`AWS_ENDPOINT_URL_S3`) and `api_endpoint`
+    /// (the server's own listener, `AWS_ENDPOINT_URL_SFN`: Step Functions' API), so the AWS
+    /// SDKs inside them reach the object store and answer task tokens unchanged.
+    pub fn enable_function_key(&self, secret: &str, s3_endpoint: String, api_endpoint: String) {
         use sha2::{Digest, Sha256};
         let derive = |what: &str, n: usize, alphabet: &[u8]| -> String {
             Sha256::digest(format!("nimbus function key\n{what}\n{secret}").as_bytes())
@@ -219,11 +232,15 @@ impl Platform {
             ),
             scope: AwsScope::Function,
         };
-        *self.function_key.write().unwrap() = Some((s3_endpoint, key));
+        *self.function_key.write().unwrap() = Some(FunctionKey {
+            s3_endpoint,
+            api_endpoint,
+            key,
+        });
     }
 
-    /// The functions' access key and the object store's endpoint, once enabled.
-    pub fn function_key(&self) -> Option<(String, AwsKey)> {
+    /// The functions' access key and the endpoints they are told of, once enabled.
+    pub fn function_key(&self) -> Option<FunctionKey> {
         self.function_key.read().unwrap().clone()
     }
 
@@ -236,8 +253,8 @@ impl Platform {
             .read()
             .unwrap()
             .as_ref()
-            .filter(|(_, k)| k.access_key_id == access_key_id)
-            .map(|(_, k)| k.clone())
+            .filter(|f| f.key.access_key_id == access_key_id)
+            .map(|f| f.key.clone())
     }
 }
 

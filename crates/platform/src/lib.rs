@@ -40,7 +40,7 @@ pub use build::{BuildConfig, DepsOutcome};
 pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
-pub use keys::{AwsKey, AwsScope};
+pub use keys::{AwsKey, AwsScope, FunctionKey};
 pub use trigger::{Catalog, Changes, RuntimeStatus, Trigger, TriggerStatus};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
@@ -101,9 +101,10 @@ pub struct Platform {
     /// Where functions publish to the bus and the key they publish with
     /// (`NIMBUS_EVENTS_URL`, `NIMBUS_EVENTS_KEY`).
     bus_endpoint: RwLock<Option<(String, String)>>,
-    /// The object store's endpoint and the access key functions use there
-    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
-    function_key: RwLock<Option<(String, keys::AwsKey)>>,
+    /// The object store's and Step Functions' endpoints and the access key functions use
+    /// there (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_SFN`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`).
+    function_key: RwLock<Option<keys::FunctionKey>>,
 }
 
 /// The region and account functions are told they run in (`AWS_REGION`, ARNs), so code
@@ -786,11 +787,16 @@ impl Platform {
             add("NIMBUS_EVENTS_URL", format!("{url}/v1/events"));
             add("NIMBUS_EVENTS_KEY", key);
         }
-        if let Some((endpoint, key)) = self.function_key() {
-            // botocore >= 1.31 and the AWS SDK for JavaScript v3 read the endpoint.
-            add("AWS_ENDPOINT_URL_S3", endpoint);
-            add("AWS_ACCESS_KEY_ID", key.access_key_id);
-            add("AWS_SECRET_ACCESS_KEY", key.secret);
+        if let Some(f) = self.function_key() {
+            // botocore >= 1.31 and the AWS SDK for JavaScript v3 read the endpoints, by
+            // service id (`SFN` is Step Functions').
+            add("AWS_ENDPOINT_URL_S3", f.s3_endpoint);
+            add("AWS_ENDPOINT_URL_SFN", f.api_endpoint);
+            // The endpoints are addresses, where a host prefix (StartSyncExecution's
+            // `sync-`) makes a name that does not resolve.
+            add("AWS_DISABLE_HOST_PREFIX_INJECTION", "true".into());
+            add("AWS_ACCESS_KEY_ID", f.key.access_key_id);
+            add("AWS_SECRET_ACCESS_KEY", f.key.secret);
         }
         if let Ok(id) = self.builder.interpreter_id(spec.runtime).await
             && let Some(execution) = execution_env(spec.runtime, &id)

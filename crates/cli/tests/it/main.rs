@@ -8,6 +8,7 @@ mod bus;
 mod cli;
 mod dev;
 mod flows;
+mod flows_sfn;
 mod gateway;
 mod harness;
 mod init;
