@@ -67,6 +67,10 @@ pub struct Flows {
     definitions: Mutex<HashMap<(String, i64), Arc<Definition>>>,
     wake: Notify,
     calls: Arc<Semaphore>,
+    /// Per target function, as many permits as it can run calls at once
+    /// (`max_instances × concurrency`), so a Map wider than its function waits its turn in
+    /// order instead of being throttled and backing off.
+    gates: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     /// Executions someone waits for (a synchronous start): told when one ends here.
     ended: watch::Sender<u64>,
     stopping: watch::Sender<bool>,
@@ -88,6 +92,7 @@ impl Flows {
             definitions: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX)),
+            gates: Mutex::new(HashMap::new()),
             ended: watch::channel(0).0,
             stopping: watch::channel(false).0,
         })
@@ -595,6 +600,31 @@ impl Flows {
         let payload = Bytes::from(body.invoke.payload.to_string());
         let mut backoff_ms = THROTTLE_BACKOFF_MS.0;
         let renew_every = Duration::from_millis((LEASE_MS / 3) as u64);
+        let renew = || async {
+            let _ = self
+                .store
+                .renew_work(
+                    &self.node_id,
+                    &[(exec_id.clone(), key.clone())],
+                    now_ms() + LEASE_MS,
+                )
+                .await;
+        };
+        // A turn at the function; the claim is renewed while it waits for one, so the call
+        // is not taken over (and made twice) by a loop that finds its lease run out.
+        let _turn = match self.gate(&platform, &target).await {
+            Some(gate) => {
+                let acquire = gate.acquire_owned();
+                tokio::pin!(acquire);
+                loop {
+                    tokio::select! {
+                        p = &mut acquire => break p.ok(),
+                        _ = tokio::time::sleep(renew_every) => renew().await,
+                    }
+                }
+            }
+            None => None,
+        };
         let event = loop {
             let call = Call {
                 target: target.clone(),
@@ -612,11 +642,9 @@ impl Flows {
             // The claim is renewed while the function runs, so no other node takes it over.
             let invoked = loop {
                 tokio::select! {
-                    r = &mut invoke => break r,
-                    _ = tokio::time::sleep(renew_every) => {
-                        let _ = self.store.renew_work(&self.node_id, &[(exec_id.clone(), key.clone())], now_ms() + LEASE_MS).await;
-                    }
-                }
+                                    r = &mut invoke => break r,
+                _ = tokio::time::sleep(renew_every) => renew().await,
+                                }
             };
             match invoked {
                 Ok(Invoked {
@@ -651,14 +679,7 @@ impl Flows {
                 {
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = (backoff_ms * 2).min(THROTTLE_BACKOFF_MS.1);
-                    let _ = self
-                        .store
-                        .renew_work(
-                            &self.node_id,
-                            &[(exec_id.clone(), key.clone())],
-                            now_ms() + LEASE_MS,
-                        )
-                        .await;
+                    renew().await;
                 }
                 Err(e) => {
                     let error = match e.code {
@@ -683,6 +704,23 @@ impl Flows {
             // The row stays claimed: when the lease runs out, the call is made again.
             tracing::warn!(execution = %exec_id, "flows: applying a task's answer failed: {}", e.message);
         }
+    }
+
+    /// The turns of `target`'s calls, sized to what it can run at once now (a redeploy
+    /// that changes it gives the next calls a new gate).
+    async fn gate(&self, platform: &Arc<Platform>, target: &str) -> Option<Arc<Semaphore>> {
+        let capacity = platform.capacity(target).await.ok()?.max(1);
+        let mut gates = self.gates.lock().unwrap();
+        if gates.len() >= DEFINITIONS_CACHED_MAX && !gates.contains_key(target) {
+            gates.clear();
+        }
+        let entry = gates
+            .entry(target.to_string())
+            .or_insert_with(|| (capacity, Arc::new(Semaphore::new(capacity as usize))));
+        if entry.0 != capacity {
+            *entry = (capacity, Arc::new(Semaphore::new(capacity as usize)));
+        }
+        Some(entry.1.clone())
     }
 
     /// The loop: claims due work (timers, and calls whose node is gone) and carries it out.
