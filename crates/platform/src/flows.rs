@@ -11,6 +11,7 @@
 //! and a node that starts again gives up its own claims at once (it holds nothing).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ pub struct Flows {
     platform: OnceLock<Arc<Platform>>,
     definitions: Mutex<HashMap<(String, i64), Arc<Definition>>>,
     wake: Notify,
+    /// When the loop will look at the store next (`i64::MAX` while it is deciding).
+    planned_wake_ms: AtomicI64,
     calls: Arc<Semaphore>,
     /// Per target function, as many permits as it can run calls at once
     /// (`max_instances × concurrency`), so a Map wider than its function waits its turn in
@@ -91,6 +94,7 @@ impl Flows {
             platform: OnceLock::new(),
             definitions: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            planned_wake_ms: AtomicI64::new(i64::MAX),
             calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX)),
             gates: Mutex::new(HashMap::new()),
             ended: watch::channel(0).0,
@@ -240,7 +244,7 @@ impl Flows {
             let secret = format!("{:032x}", rand_u128());
             let mut exec = Execution::new(&id, &name, flow, input.clone(), now, &secret);
             let step = engine::step(&mut exec, &def, Event::Start, now);
-            let (commit, invokes) = self.commit_of(&exec, step, flow, record.revision, now)?;
+            let (commit, after) = self.commit_of(&exec, step, flow, record.revision, now)?;
             let row = ExecutionRecord {
                 id: id.clone(),
                 flow: flow.to_string(),
@@ -262,7 +266,7 @@ impl Flows {
                 .await?
             {
                 Created::New => {
-                    self.after_commit(&exec, record.revision, invokes);
+                    self.after_commit(&exec, record.revision, after);
                     let execution = self.describe(&id).await?;
                     return Ok(Started {
                         execution,
@@ -479,8 +483,8 @@ impl Flows {
                     return None;
                 }
                 match self.commit_of(&exec, step, &record.flow, record.revision, now) {
-                    Ok((commit, invokes)) => {
-                        outcome = Some(Ok((exec, record.revision, invokes)));
+                    Ok((commit, after)) => {
+                        outcome = Some(Ok((exec, record.revision, after)));
                         Some(commit)
                     }
                     Err(e) => {
@@ -491,8 +495,8 @@ impl Flows {
             })
             .await?;
         match (stepped, outcome) {
-            (Stepped::Committed, Some(Ok((exec, revision, invokes)))) => {
-                self.after_commit(&exec, revision, invokes);
+            (Stepped::Committed, Some(Ok((exec, revision, after)))) => {
+                self.after_commit(&exec, revision, after);
                 Ok(Applied::Done)
             }
             (_, Some(Err(e))) => Err(e),
@@ -509,7 +513,7 @@ impl Flows {
         flow: &str,
         revision: i64,
         now: i64,
-    ) -> Result<(StepCommit, Vec<Invoke>), Error> {
+    ) -> Result<(StepCommit, After), Error> {
         let snapshot = serde_json::to_string(exec)
             .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
         let mut commit = StepCommit {
@@ -562,13 +566,25 @@ impl Flows {
                 Effect::CancelTimer { id } => commit.remove.push(id),
             }
         }
-        Ok((commit, invokes))
+        let timer_due_ms = commit
+            .add
+            .iter()
+            .filter(|w| w.kind == "timer")
+            .map(|w| w.due_ms)
+            .min();
+        Ok((
+            commit,
+            After {
+                invokes,
+                timer_due_ms,
+            },
+        ))
     }
 
-    /// After a commit: the calls start, the loop looks at its timers again, and waiters
-    /// learn of an end.
-    fn after_commit(self: &Arc<Self>, exec: &Execution, revision: i64, invokes: Vec<Invoke>) {
-        for invoke in invokes {
+    /// After a commit: the calls start, the loop is woken when a timer became due before
+    /// it planned to look, and waiters learn of an end.
+    fn after_commit(self: &Arc<Self>, exec: &Execution, revision: i64, after: After) {
+        for invoke in after.invokes {
             let body = CallBody {
                 flow: exec.flow.clone(),
                 revision,
@@ -577,7 +593,14 @@ impl Flows {
             };
             tokio::spawn(self.clone().run_call(exec.id.clone(), body));
         }
-        self.wake.notify_one();
+        // Only then: a wake costs the loop a claim (a write) and two reads, and a step
+        // that only made calls gives it nothing to claim.
+        if after
+            .timer_due_ms
+            .is_some_and(|due| due < self.planned_wake_ms.load(Ordering::Acquire))
+        {
+            self.wake.notify_one();
+        }
         if exec.status != Status::Running {
             self.ended.send_modify(|n| *n += 1);
         }
@@ -760,8 +783,13 @@ impl Flows {
             if full {
                 continue;
             }
+            // Any timer committed while the next due time is read wakes the loop (the
+            // notification is kept until it waits), so none is missed in between.
+            self.planned_wake_ms.store(i64::MAX, Ordering::Release);
             let next = self.store.next_due(now).await.ok().flatten();
             let sleep_ms = next.map_or(POLL_MS, |due| (due - now_ms()).clamp(0, POLL_MS));
+            self.planned_wake_ms
+                .store(now_ms() + sleep_ms, Ordering::Release);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
                 _ = self.wake.notified() => {}
@@ -831,7 +859,13 @@ enum Applied {
 }
 
 /// A step the store committed: the execution after it, its revision, the calls it made.
-type Committed = (Execution, i64, Vec<Invoke>);
+type Committed = (Execution, i64, After);
+
+/// What a committed step leaves to do: the calls to make, and the earliest timer it set.
+struct After {
+    invokes: Vec<Invoke>,
+    timer_due_ms: Option<i64>,
+}
 
 fn parse_snapshot(record: &ExecutionRecord) -> Result<Execution, Error> {
     serde_json::from_str(&record.snapshot).map_err(|e| {
