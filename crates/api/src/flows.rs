@@ -40,8 +40,9 @@ pub struct FlowView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub definition: Option<Value>,
-    /// The functions its tasks call by name.
-    pub functions: Vec<String>,
+    /// The functions its tasks call by name, absent in lists (which do not read definitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<String>>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -166,17 +167,21 @@ fn flows_of(s: &AppState) -> Result<&Arc<Flows>, ApiError> {
 }
 
 fn flow_view(r: FlowRecord, with_definition: bool) -> FlowView {
-    let definition: Option<Value> = serde_json::from_str(&r.definition).ok();
+    // Lists carry no definitions (the store does not read them): no functions either.
+    let definition: Option<Value> = if with_definition {
+        serde_json::from_str(&r.definition).ok()
+    } else {
+        None
+    };
     let functions = definition
         .as_ref()
         .and_then(|d| flow::Definition::parse(d).ok())
-        .map(|d| d.functions().into_iter().collect())
-        .unwrap_or_default();
+        .map(|d| d.functions().into_iter().collect());
     FlowView {
         name: r.name,
         revision: r.revision,
         description: r.description,
-        definition: definition.filter(|_| with_definition),
+        definition,
         functions,
         created_at: model::civil::rfc3339_ms(r.created_at_ms),
         updated_at: model::civil::rfc3339_ms(r.updated_at_ms),
