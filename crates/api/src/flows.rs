@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use model::http::Trigger;
 use model::limits;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,6 +44,11 @@ pub struct FlowView {
     /// The functions its tasks call by name, absent in lists (which do not read definitions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<String>>,
+    /// The triggers that start its executions (timers, bucket, bus and queue rules), absent
+    /// in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub triggers: Option<Vec<Trigger>>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -60,6 +66,11 @@ pub struct FlowInput {
     pub definition: Value,
     #[serde(default)]
     pub description: String,
+    /// What starts its executions: `[{"timer": {"name": "nightly", "cron": "0 3 * * *"}}]`,
+    /// `object`, `event` and `queue` as a function's triggers (no `http`).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>, max_items = 16)]
+    pub triggers: Vec<Trigger>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -177,12 +188,21 @@ fn flow_view(r: FlowRecord, with_definition: bool) -> FlowView {
         .as_ref()
         .and_then(|d| flow::Definition::parse(d).ok())
         .map(|d| d.functions().into_iter().collect());
+    // Secrets in broker URLs are never shown.
+    let triggers = with_definition.then(|| {
+        serde_json::from_str::<Vec<Trigger>>(&r.triggers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.redacted())
+            .collect()
+    });
     FlowView {
         name: r.name,
         revision: r.revision,
         description: r.description,
         definition,
         functions,
+        triggers,
         created_at: model::civil::rfc3339_ms(r.created_at_ms),
         updated_at: model::civil::rfc3339_ms(r.updated_at_ms),
     }
@@ -229,7 +249,12 @@ pub async fn put(
     let input: FlowInput =
         parse_json(&read_body(body, DEFINITION_BODY_BYTES_MAX, "definition").await?)?;
     let (record, outcome) = flows_of(&s)?
-        .put_flow(&name, &input.definition, &input.description)
+        .put_flow(
+            &name,
+            &input.definition,
+            &input.description,
+            &input.triggers,
+        )
         .await?;
     let status = if outcome == PutOutcome::Created {
         StatusCode::CREATED

@@ -126,7 +126,11 @@ pub(crate) async fn deploy(
 ) -> anyhow::Result<Vec<Value>> {
     let mut deployed = Vec::new();
     for flow in flows {
-        let body = json!({"definition": flow.definition, "description": flow.description});
+        let body = json!({
+            "definition": flow.definition,
+            "description": flow.description,
+            "triggers": flow.triggers,
+        });
         let res = client
             .send(
                 client
@@ -814,6 +818,7 @@ mod tests {
             name: name.into(),
             definition: json!({"StartAt": start_at, "States": {}}),
             description: "d".into(),
+            triggers: vec![],
             path: "flows/x.asl.json".into(),
         };
         let deployed = deploy(&client, &[flow("order", "Reserve")], false)

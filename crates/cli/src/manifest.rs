@@ -516,6 +516,9 @@ flows:
     description: Places an order
   - name: order-yaml
     definition: flows/order.asl.yaml
+    triggers:
+      - timer: {name: nightly, cron: \"0 3 * * *\"}
+      - object: {bucket: uploads, events: [\"s3:ObjectCreated:*\"]}
 ";
         let p = project(
             yaml,
@@ -530,6 +533,13 @@ flows:
         assert_eq!(names, ["order", "order-yaml"]);
         assert_eq!(p.flows[0].description, "Places an order");
         assert_eq!(p.flows[1].description, "");
+        assert!(p.flows[0].triggers.is_empty());
+        let kinds: Vec<&str> = p.flows[1]
+            .triggers
+            .iter()
+            .map(|t| t.kind().as_str())
+            .collect();
+        assert_eq!(kinds, ["timer", "object"]);
         assert!(p.flows[0].path.ends_with("flows/order.asl.json"));
         // YAML becomes the very JSON the .json file holds (numbers, strings and `$` paths).
         assert_eq!(p.flows[0].definition, p.flows[1].definition);
@@ -572,7 +582,11 @@ flows:
             ),
             (
                 "flows:\n  - {name: order, definition: order.json, retries: 3}\n",
-                "nimbus.yaml: flows.order: unknown key `retries`; known keys: name, definition, description",
+                "nimbus.yaml: flows.order: unknown key `retries`; known keys: name, definition, description, triggers",
+            ),
+            (
+                "flows:\n  - {name: order, definition: order.json, triggers: [{timer: {name: t, every: 1m}, queue: {}}]}\n",
+                "nimbus.yaml: flows.order.triggers[0]: a trigger is one of `http:`, `timer:`, `event:`, `object:` or `queue:`",
             ),
             (
                 "flows:\n  - {name: 9order, definition: order.json}\n",

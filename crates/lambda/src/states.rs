@@ -435,7 +435,7 @@ impl Sfn<'_> {
         }
         let (record, _) = self
             .flows
-            .put_flow(&input.name, &definition, "")
+            .put_flow(&input.name, &definition, "", &[])
             .await
             .map_err(|e| match e.code {
                 ErrorCode::InvalidRequest => StatesError::new("InvalidName", e.message),
@@ -455,9 +455,11 @@ impl Sfn<'_> {
             return Ok(json!({"updateDate": seconds(existing.updated_at_ms)}));
         };
         let definition = self.definition(&text)?;
+        // Step Functions has no triggers of its own: the flow keeps those it has.
+        let triggers = platform::flows::parse_triggers(flow, &existing.triggers)?;
         let (record, _) = self
             .flows
-            .put_flow(flow, &definition, &existing.description)
+            .put_flow(flow, &definition, &existing.description, &triggers)
             .await?;
         Ok(json!({"updateDate": seconds(record.updated_at_ms)}))
     }

@@ -493,6 +493,64 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// Checks each trigger spec's fields and their count, and that no two share a name (a
+/// name pauses, resumes and lists one trigger); `owner` (`function`, `flow`) says whose
+/// they are in the messages.
+pub fn validate_triggers(triggers: &[Trigger], owner: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if triggers.len() > limits::TRIGGERS_MAX {
+        errors.push(FieldError {
+            field: "triggers".into(),
+            message: format!(
+                "has {}; at most {} are allowed",
+                triggers.len(),
+                limits::TRIGGERS_MAX
+            ),
+        });
+    }
+    // Timers and event rules are paused and shown by name: one name, one trigger.
+    let mut names = std::collections::HashSet::new();
+    for (i, trigger) in triggers.iter().enumerate() {
+        let named = match trigger {
+            Trigger::Timer(t) => Some(("timer", t.name.as_str())),
+            Trigger::Event(t) => Some(("event", t.name.as_str())),
+            Trigger::Object(t) => Some(("object", t.name())),
+            Trigger::Queue(t) => Some(("queue", t.name())),
+            Trigger::Http(_) => None,
+        };
+        if let Some((kind, name)) = named
+            && !names.insert(name)
+        {
+            errors.push(FieldError {
+                field: format!("triggers[{i}].{kind}.name"),
+                message: format!(
+                    "`{name}` names another trigger of this {owner}; names are unique per {owner}"
+                ),
+            });
+        }
+    }
+    for (i, trigger) in triggers.iter().enumerate() {
+        match trigger {
+            Trigger::Http(t) => {
+                crate::http::validate_trigger(&format!("triggers[{i}].http"), t, &mut errors)
+            }
+            Trigger::Timer(t) => {
+                crate::timer::validate(&format!("triggers[{i}].timer"), t, &mut errors)
+            }
+            Trigger::Event(t) => {
+                crate::timer::validate_event(&format!("triggers[{i}].event"), t, &mut errors)
+            }
+            Trigger::Object(t) => {
+                crate::object::validate(&format!("triggers[{i}].object"), t, &mut errors)
+            }
+            Trigger::Queue(t) => {
+                crate::queue::validate(&format!("triggers[{i}].queue"), t, &mut errors)
+            }
+        }
+    }
+    errors
+}
+
 /// Checks a function name: 1..=64 of `[A-Za-z0-9_-]`, starting with a letter.
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > limits::NAME_LEN_MAX {
@@ -869,56 +927,7 @@ impl FunctionSpec {
         if let Some(url) = &self.url {
             crate::http::validate_options("url", url, &mut errors);
         }
-        if self.triggers.len() > limits::TRIGGERS_MAX {
-            errors.push(FieldError {
-                field: "triggers".into(),
-                message: format!(
-                    "has {}; at most {} are allowed",
-                    self.triggers.len(),
-                    limits::TRIGGERS_MAX
-                ),
-            });
-        }
-        // Timers and event rules are paused and shown by name: one name, one trigger.
-        let mut names = std::collections::HashSet::new();
-        for (i, trigger) in self.triggers.iter().enumerate() {
-            let named = match trigger {
-                Trigger::Timer(t) => Some(("timer", t.name.as_str())),
-                Trigger::Event(t) => Some(("event", t.name.as_str())),
-                Trigger::Object(t) => Some(("object", t.name())),
-                Trigger::Queue(t) => Some(("queue", t.name())),
-                Trigger::Http(_) => None,
-            };
-            if let Some((kind, name)) = named
-                && !names.insert(name)
-            {
-                errors.push(FieldError {
-                    field: format!("triggers[{i}].{kind}.name"),
-                    message: format!(
-                        "`{name}` names another trigger of this function; names are unique per function"
-                    ),
-                });
-            }
-        }
-        for (i, trigger) in self.triggers.iter().enumerate() {
-            match trigger {
-                Trigger::Http(t) => {
-                    crate::http::validate_trigger(&format!("triggers[{i}].http"), t, &mut errors)
-                }
-                Trigger::Timer(t) => {
-                    crate::timer::validate(&format!("triggers[{i}].timer"), t, &mut errors)
-                }
-                Trigger::Event(t) => {
-                    crate::timer::validate_event(&format!("triggers[{i}].event"), t, &mut errors)
-                }
-                Trigger::Object(t) => {
-                    crate::object::validate(&format!("triggers[{i}].object"), t, &mut errors)
-                }
-                Trigger::Queue(t) => {
-                    crate::queue::validate(&format!("triggers[{i}].queue"), t, &mut errors)
-                }
-            }
-        }
+        errors.extend(validate_triggers(&self.triggers, "function"));
         errors
     }
 

@@ -22,6 +22,6 @@ pub mod version;
 
 pub use function::{
     Conventions, Destination, FieldError, Function, FunctionSpec, FunctionType, Layer, Network,
-    Runtime, is_reserved_env, validate_name,
+    Runtime, is_reserved_env, validate_name, validate_triggers,
 };
 pub use version::{Alias, Canary, Guard, Qualifier, Version};

@@ -343,3 +343,7 @@ pub const FLOW_SYNC_WAIT_MS_MAX: u64 = 300_000;
 pub const FLOW_EXECUTION_SECONDS_MAX: u64 = 365 * 24 * 3600;
 /// An execution's name (the idempotency key of a start), as Step Functions allows.
 pub const FLOW_EXECUTION_NAME_LEN_MAX: usize = 80;
+/// Executions a trigger's events (timer fires, bucket events, queue batches) start at once
+/// per flow on a node: a start is one short transaction, so a few in flight keep the
+/// store busy without letting a burst of events take every writer turn.
+pub const FLOW_TRIGGER_STARTS_AT_ONCE: u32 = 8;

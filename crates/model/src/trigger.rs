@@ -51,6 +51,21 @@ impl std::fmt::Display for TriggerKind {
     }
 }
 
+/// The first part of an event target that starts a workflow instead of calling a function
+/// (`flow/order`). A function's name holds no `/` (nor does `name:qualifier`), so no
+/// function target can be read as a flow's.
+pub const FLOW_TARGET_PREFIX: &str = "flow/";
+
+/// The event target of flow `name`: what its triggers submit to.
+pub fn flow_target(name: &str) -> String {
+    format!("{FLOW_TARGET_PREFIX}{name}")
+}
+
+/// The flow an event target starts, if it names one.
+pub fn target_flow(target: &str) -> Option<&str> {
+    target.strip_prefix(FLOW_TARGET_PREFIX)
+}
+
 impl crate::http::Trigger {
     /// The kind of calls this spec starts.
     pub fn kind(&self) -> TriggerKind {
@@ -61,5 +76,31 @@ impl crate::http::Trigger {
             crate::http::Trigger::Object(_) => TriggerKind::Object,
             crate::http::Trigger::Queue(_) => TriggerKind::Queue,
         }
+    }
+
+    /// The name it is paused, resumed and listed by: a timer's, rule's or queue trigger's
+    /// name, or a route's path.
+    pub fn name(&self) -> &str {
+        match self {
+            crate::http::Trigger::Timer(t) => t.name.as_str(),
+            crate::http::Trigger::Event(e) => e.name.as_str(),
+            crate::http::Trigger::Object(o) => o.name(),
+            crate::http::Trigger::Queue(q) => q.name(),
+            crate::http::Trigger::Http(h) => h.path.as_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_targets_never_read_as_function_targets() {
+        assert_eq!(target_flow(&flow_target("order")), Some("order"));
+        assert_eq!(target_flow("order"), None);
+        // A function called `flow` with an alias is a function target.
+        assert_eq!(target_flow("flow:live"), None);
+        assert!(crate::validate_name("flow/order").is_err());
     }
 }

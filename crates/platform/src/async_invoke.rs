@@ -470,8 +470,11 @@ fn queue_full(message: String) -> Error {
     Error::new(ErrorCode::QueueFull, format!("{message}; retry later"))
 }
 
-/// The function name of a target (`name:qualifier` -> `name`).
+/// The function name of a target (`name:qualifier` -> `name`); a flow's target as it is.
 fn function_of(target: &str) -> &str {
+    if model::trigger::target_flow(target).is_some() {
+        return target;
+    }
     target.split_once(':').map_or(target, |(f, _)| f)
 }
 
@@ -619,11 +622,8 @@ async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Re
     // can take (`max_instances × concurrency`).
     let mut wants = Vec::new();
     for target in targets {
-        let capacity = match platform.resolve(&target).await {
-            Ok(r) => {
-                let p = &r.instance.policy;
-                (p.max_instances.max(1) * r.instance.concurrency.max(1)) as usize
-            }
+        let capacity = match platform.capacity(&target).await {
+            Ok(c) => c as usize,
             // A target that no longer resolves still gets one attempt at a time, which
             // fails it properly.
             Err(_) => 1,
@@ -716,6 +716,12 @@ async fn attempt(
     slot: Slot,
 ) {
     let now = now_ms();
+    if let Some(flow) = model::trigger::target_flow(&record.function) {
+        let finish = start_flow(platform, inv, flow, &record, now).await;
+        drop(slot);
+        record_end(inv, &record, finish).await;
+        return;
+    }
     // An event that waited past its age is given up unrun (as Lambda does).
     if let Ok(resolved) = platform.resolve(&record.function).await {
         let spec = &resolved.function.spec;
@@ -887,6 +893,76 @@ async fn attempt(
         }
     };
     record_end(inv, &record, finish).await;
+}
+
+/// An attempt of an event for a flow: starts the execution the event names. The execution's
+/// name is the event's id, so an attempt made again (its node died before recording the
+/// end) finds the execution the first one started: one execution per accepted event.
+/// A flow's own failures are its executions' business; what can go wrong here is the
+/// start: a flow since deleted or input it refuses (dead-lettered at once, as trying again
+/// cannot help), or a store or limit that says "later" (retried within the default event
+/// age).
+async fn start_flow(
+    platform: &Arc<Platform>,
+    inv: &Arc<AsyncInvoker>,
+    flow: &str,
+    record: &AsyncRecord,
+    now: i64,
+) -> Finish {
+    let error_of = |e: &Error| {
+        serde_json::to_vec(&json!({"errorType": e.code.as_str(), "errorMessage": e.message}))
+            .expect("an error serializes")
+    };
+    let started = match serde_json::from_slice::<serde_json::Value>(&record.payload) {
+        Ok(input) => match platform.flows() {
+            Ok(flows) => flows.start(flow, Some(&record.id), input).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(Error::invalid(format!(
+            "the event is not JSON ({e}); an execution's input is a JSON value"
+        ))),
+    };
+    match started {
+        Ok(s) => Finish::Done {
+            status: AsyncStatus::Succeeded,
+            result: Some(
+                serde_json::to_vec(&json!({
+                    "executionId": s.execution.id,
+                    "flow": s.execution.flow,
+                    "name": s.execution.name,
+                }))
+                .expect("a result serializes"),
+            ),
+            version: None,
+            function_error: false,
+        },
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ExecutionLimitExceeded
+                    | ErrorCode::Internal
+                    | ErrorCode::StorageError
+                    | ErrorCode::StorageFull
+            ) && now - record.enqueued_at_ms <= limits::MAX_EVENT_AGE_MS_DEFAULT as i64 =>
+        {
+            Finish::Retry {
+                at_ms: now
+                    + retry_delay_ms(inv.config.retry_base_ms, record.attempts.min(8), &record.id)
+                        as i64,
+                function_error: false,
+                result: Some(error_of(&e)),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(flow, event = %record.id, error = %e.message, "an event could not start its flow; it is dead-lettered");
+            Finish::Done {
+                status: AsyncStatus::DeadLettered,
+                result: Some(error_of(&e)),
+                version: None,
+                function_error: false,
+            }
+        }
+    }
 }
 
 /// Records an attempt's end (batched with others); a final end frees the event's place.

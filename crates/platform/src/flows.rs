@@ -28,7 +28,7 @@ use store::{
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::invoke::{Call, Invoked};
-use crate::trigger::{Changes, Trigger};
+use crate::trigger::{Changes, FlowTriggers, Trigger};
 use crate::{Error, Platform, now_ms};
 
 /// How long a node's claim on a work item lasts without renewal; a call under way renews
@@ -110,12 +110,13 @@ impl Flows {
 
     // ---- flows ----
 
-    /// Checks and stores a definition.
+    /// Checks and stores a definition with the triggers that start its executions.
     pub async fn put_flow(
         &self,
         name: &str,
         definition: &Value,
         description: &str,
+        triggers: &[model::http::Trigger],
     ) -> Result<(FlowRecord, PutOutcome), Error> {
         model::validate_name(name)
             .map_err(|e| Error::new(ErrorCode::InvalidRequest, format!("flow name: {e}")))?;
@@ -153,10 +154,49 @@ impl Flows {
                 ));
             }
         }
-        Ok(self
+        check_triggers(name, triggers)?;
+        let _write = platform.writes.lock().await;
+        // Every trigger kind checks its specs across functions and flows as they would be
+        // (two rules of one bucket may not overlap, whoever owns them).
+        let target = model::trigger::flow_target(name);
+        let mut flows = self.flow_triggers().await?;
+        flows.retain(|f| f.flow != name);
+        if !triggers.is_empty() {
+            flows.push(FlowTriggers {
+                flow: name.to_string(),
+                target,
+                triggers: triggers.to_vec(),
+                updated_at_ms: now_ms(),
+            });
+        }
+        platform.validate_triggers(platform.list_functions().await?, flows)?;
+        let triggers_text = serde_json::to_string(triggers)
+            .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
+        let put = self
             .store
-            .put_flow(name, &text, description, now_ms())
-            .await?)
+            .put_flow(name, &text, description, &triggers_text, now_ms())
+            .await?;
+        if put.1 != PutOutcome::Unchanged {
+            platform.publish_catalog().await?;
+        }
+        Ok(put)
+    }
+
+    /// The triggers of every flow that declares some, as the catalog carries them.
+    pub(crate) async fn flow_triggers(&self) -> Result<Vec<FlowTriggers>, Error> {
+        let mut out = Vec::new();
+        for f in self.store.list_flows().await? {
+            let triggers = parse_triggers(&f.name, &f.triggers)?;
+            if !triggers.is_empty() {
+                out.push(FlowTriggers {
+                    target: model::trigger::flow_target(&f.name),
+                    flow: f.name,
+                    triggers,
+                    updated_at_ms: f.updated_at_ms,
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub async fn get_flow(&self, name: &str) -> Result<FlowRecord, Error> {
@@ -170,9 +210,12 @@ impl Flows {
         Ok(self.store.list_flows().await?)
     }
 
+    /// Deletes a flow and its triggers; running executions go on with their revisions.
     pub async fn delete_flow(&self, name: &str) -> Result<(), Error> {
+        let platform = self.platform()?;
+        let _write = platform.writes.lock().await;
         if self.store.delete_flow(name).await? {
-            Ok(())
+            platform.publish_catalog().await
         } else {
             Err(flow_not_found(name))
         }
@@ -912,6 +955,43 @@ fn check_execution_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// The triggers a flow may declare: every kind that delivers events, not routes (a request
+/// waits for its answer; an execution's is `StartSyncExecution`'s business).
+fn check_triggers(flow: &str, triggers: &[model::http::Trigger]) -> Result<(), Error> {
+    for (i, t) in triggers.iter().enumerate() {
+        if let model::http::Trigger::Http(h) = t {
+            return Err(Error::invalid(format!(
+                "flow `{flow}`: triggers[{i}]: a route (`http: {}`) cannot start a flow; use a timer, event, object or queue trigger, or a function that starts the execution",
+                h.path
+            )));
+        }
+        if let Some(q) = t.queue()
+            && let Some(qualifier) = &q.qualifier
+        {
+            return Err(Error::invalid(format!(
+                "flow `{flow}`: triggers[{i}].queue.qualifier: `{qualifier}` names a function's version or alias; a flow has none (its executions run the revision current when they start)"
+            )));
+        }
+    }
+    let errors = model::validate_triggers(triggers, "flow");
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        Err(Error::invalid(format!("flow `{flow}`: {}", all.join("; "))))
+    }
+}
+
+/// A flow's stored triggers.
+pub fn parse_triggers(flow: &str, text: &str) -> Result<Vec<model::http::Trigger>, Error> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("the stored triggers of flow `{flow}` no longer parse: {e}"),
+        )
+    })
+}
+
 fn flow_not_found(name: &str) -> Error {
     Error::new(
         ErrorCode::FlowNotFound,
@@ -945,5 +1025,45 @@ impl Trigger for Flows {
 
     async fn stop(&self) {
         self.stopping.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triggers(v: Value) -> Vec<model::http::Trigger> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_flow_takes_event_triggers_and_refuses_routes_qualifiers_and_twins() {
+        let ok = triggers(json!([
+            {"timer": {"name": "nightly", "cron": "0 3 * * *"}},
+            {"object": {"bucket": "uploads", "prefix": "in/"}},
+            {"event": {"name": "placed", "pattern": {"source": ["shop"]}}},
+            {"queue": {"redis": {"url": "redis://127.0.0.1:6379", "stream": "s"}}}
+        ]));
+        check_triggers("report", &ok).unwrap();
+        let refused = |v: Value| check_triggers("report", &triggers(v)).unwrap_err().message;
+        assert!(refused(json!([{"http": {"path": "/go"}}])).contains("cannot start a flow"));
+        assert!(
+            refused(json!([{"queue": {"redis": {"url": "redis://h", "stream": "s"}, "qualifier": "live"}}]))
+                .contains("triggers[0].queue.qualifier")
+        );
+        let twins = refused(json!([
+            {"timer": {"name": "t", "every": "1m"}},
+            {"event": {"name": "t", "pattern": {"source": ["a"]}}}
+        ]));
+        assert!(
+            twins.starts_with(
+                "flow `report`: triggers[1].event.name: `t` names another trigger of this flow"
+            ),
+            "{twins}"
+        );
+        let too_many: Vec<Value> = (0..=limits::TRIGGERS_MAX)
+            .map(|i| json!({"timer": {"name": format!("t{i}"), "every": "1m"}}))
+            .collect();
+        assert!(refused(Value::Array(too_many)).contains("triggers: has 17"));
     }
 }

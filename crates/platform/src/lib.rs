@@ -41,7 +41,7 @@ pub use error::Error;
 pub use invoke::{Begun, Call, InvocationRecord, Invoked, Session};
 use invoke::{GuardedCall, Recent};
 pub use keys::{AwsKey, AwsScope, FunctionKey};
-pub use trigger::{Catalog, Changes, RuntimeStatus, Trigger, TriggerStatus};
+pub use trigger::{Catalog, Changes, FlowTriggers, Owner, RuntimeStatus, Trigger, TriggerStatus};
 
 /// A function ready to invoke: its record and the instance configuration derived from it.
 pub struct Resolved {
@@ -290,10 +290,8 @@ impl Platform {
         source: Option<String>,
         lineage: u32,
     ) -> Result<(String, bool), Error> {
-        // An unknown function or qualifier is refused now, not after the 202.
-        let resolved = self.resolve(target).await?;
-        let p = &resolved.instance.policy;
-        let capacity = (p.max_instances.max(1) * resolved.instance.concurrency.max(1)) as usize;
+        // An unknown function, qualifier or flow is refused now, not after the 202.
+        let capacity = self.capacity(target).await? as usize;
         self.asynq()?
             .submit(
                 target,
@@ -356,15 +354,37 @@ impl Platform {
         self.load_aws_keys().await
     }
 
-    /// Republishes every function as stored, as the next revision of the change feed.
-    async fn publish_catalog(&self) -> Result<(), Error> {
+    /// Republishes every function and flow trigger as stored, as the next revision of the
+    /// change feed.
+    pub(crate) async fn publish_catalog(&self) -> Result<(), Error> {
         let functions = self.meta.list_functions().await?;
+        let flows = self.flow_triggers().await?;
         self.catalog.send_modify(|c| {
             *c = Arc::new(Catalog {
                 revision: c.revision + 1,
                 functions,
+                flows,
             })
         });
+        Ok(())
+    }
+
+    /// Checks every trigger kind's specs as they would be with `functions` and `flows`
+    /// (a write replaces its own entry in one of them before asking).
+    pub(crate) fn validate_triggers(
+        &self,
+        functions: Vec<Function>,
+        flows: Vec<trigger::FlowTriggers>,
+    ) -> Result<(), Error> {
+        let after = Catalog {
+            revision: 0,
+            functions,
+            flows,
+        };
+        let triggers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
+        for t in triggers {
+            t.validate(&after)?;
+        }
         Ok(())
     }
 
@@ -439,57 +459,47 @@ impl Platform {
         Ok(())
     }
 
-    /// The triggers of one function (or of all), with each timer's state: paused, its last
-    /// fire, its next.
+    /// The triggers of one function or flow (`flow/NAME`), or of all, with each timer's
+    /// state: paused, its last fire, its next.
     pub async fn triggers(&self, function: Option<&str>) -> Result<Vec<TriggerStatus>, Error> {
-        let functions = match function {
-            Some(name) => vec![self.meta.get_function(name).await?],
-            None => self.meta.list_functions().await?,
+        let owners: Vec<(String, Vec<model::http::Trigger>)> = match function {
+            Some(target) => vec![(target.to_string(), self.triggers_of(target).await?)],
+            None => {
+                let mut all: Vec<_> = self
+                    .meta
+                    .list_functions()
+                    .await?
+                    .into_iter()
+                    .map(|f| (f.spec.name, f.spec.triggers))
+                    .collect();
+                all.extend(
+                    self.flow_triggers()
+                        .await?
+                        .into_iter()
+                        .map(|f| (f.target, f.triggers)),
+                );
+                all
+            }
         };
         let states = self.meta.timer_states(function).await?;
         let handlers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
         let now = now_ms();
         let mut out = Vec::new();
-        for f in &functions {
-            for t in &f.spec.triggers {
-                let (name, state) = match t {
+        for (owner, triggers) in &owners {
+            for t in triggers {
+                let state = states
+                    .iter()
+                    .find(|s| s.function == *owner && s.timer == t.name());
+                let name = match t {
                     model::http::Trigger::Http(h) => {
                         let methods = if h.methods.is_empty() {
                             "ANY".to_string()
                         } else {
                             h.methods.join(",").to_ascii_uppercase()
                         };
-                        (
-                            format!("{methods} {}", h.path),
-                            states
-                                .iter()
-                                .find(|s| s.function == f.spec.name && s.timer == h.path),
-                        )
+                        format!("{methods} {}", h.path)
                     }
-                    model::http::Trigger::Event(e) => (
-                        e.name.clone(),
-                        states
-                            .iter()
-                            .find(|s| s.function == f.spec.name && s.timer == e.name),
-                    ),
-                    model::http::Trigger::Object(o) => (
-                        o.name().to_string(),
-                        states
-                            .iter()
-                            .find(|s| s.function == f.spec.name && s.timer == o.name()),
-                    ),
-                    model::http::Trigger::Queue(q) => (
-                        q.name().to_string(),
-                        states
-                            .iter()
-                            .find(|s| s.function == f.spec.name && s.timer == q.name()),
-                    ),
-                    model::http::Trigger::Timer(timer) => (
-                        timer.name.clone(),
-                        states
-                            .iter()
-                            .find(|s| s.function == f.spec.name && s.timer == timer.name),
-                    ),
+                    other => other.name().to_string(),
                 };
                 let paused = state.is_some_and(|s| s.paused);
                 let after = now.max(state.and_then(|s| s.last_scheduled_ms).unwrap_or(now));
@@ -498,12 +508,12 @@ impl Platform {
                 } else {
                     handlers.iter().find_map(|h| {
                         (h.kind() == t.kind())
-                            .then(|| h.next_fire_ms(f, t, after))
+                            .then(|| h.next_fire_ms(t, after))
                             .flatten()
                     })
                 };
                 out.push(TriggerStatus {
-                    function: f.spec.name.clone(),
+                    function: owner.clone(),
                     kind: t.kind(),
                     name,
                     spec: t.clone(),
@@ -517,11 +527,30 @@ impl Platform {
                     runtime: handlers
                         .iter()
                         .find(|h| h.kind() == t.kind())
-                        .and_then(|h| h.status(&f.spec.name, t)),
+                        .and_then(|h| h.status(owner, t)),
                 });
             }
         }
         Ok(out)
+    }
+
+    /// The trigger specs of a function, or of a flow (`flow/NAME`), as stored.
+    async fn triggers_of(&self, target: &str) -> Result<Vec<model::http::Trigger>, Error> {
+        match model::trigger::target_flow(target) {
+            Some(flow) => {
+                let record = self.flows()?.get_flow(flow).await?;
+                crate::flows::parse_triggers(flow, &record.triggers)
+            }
+            None => Ok(self.meta.get_function(target).await?.spec.triggers),
+        }
+    }
+
+    /// The triggers of every flow that declares some (none when workflows are off).
+    async fn flow_triggers(&self) -> Result<Vec<trigger::FlowTriggers>, Error> {
+        match self.flows.get() {
+            Some(flows) => flows.flow_triggers().await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Pauses or resumes a trigger of `function`: a timer or event rule by its name, a route
@@ -534,19 +563,8 @@ impl Platform {
         name: &str,
         paused: bool,
     ) -> Result<(), Error> {
-        let f = self.meta.get_function(function).await?;
-        let named: Vec<&str> = f
-            .spec
-            .triggers
-            .iter()
-            .map(|t| match t {
-                model::http::Trigger::Timer(t) => t.name.as_str(),
-                model::http::Trigger::Event(e) => e.name.as_str(),
-                model::http::Trigger::Object(o) => o.name(),
-                model::http::Trigger::Queue(q) => q.name(),
-                model::http::Trigger::Http(h) => h.path.as_str(),
-            })
-            .collect();
+        let triggers = self.triggers_of(function).await?;
+        let named: Vec<&str> = triggers.iter().map(|t| t.name()).collect();
         if !named.contains(&name) {
             return Err(Error::new(
                 ErrorCode::TriggerNotFound,
@@ -611,8 +629,13 @@ impl Platform {
         );
     }
 
-    /// Calls `target` can run at once: `max_instances × concurrency` of what it resolves to.
+    /// Calls `target` can run at once: `max_instances × concurrency` of what it resolves to;
+    /// for a flow's target (`flow/NAME`, which must exist), the starts a trigger makes at once.
     pub(crate) async fn capacity(&self, target: &str) -> Result<u32, Error> {
+        if let Some(flow) = model::trigger::target_flow(target) {
+            self.flows()?.get_flow(flow).await?;
+            return Ok(model::limits::FLOW_TRIGGER_STARTS_AT_ONCE);
+        }
         let r = self.resolve(target).await?;
         Ok(r.instance.policy.max_instances.max(1) * r.instance.concurrency.max(1))
     }
@@ -989,10 +1012,8 @@ impl Platform {
             created_at_ms: 0,
             updated_at_ms: 0,
         });
-        let triggers: Vec<Arc<dyn Trigger>> = self.triggers.read().unwrap().clone();
-        for t in triggers {
-            t.validate(&functions)?;
-        }
+        let flows = self.flow_triggers().await?;
+        self.validate_triggers(functions, flows)?;
         let (function, outcome) = self.meta.put_function(&spec, mode, now_ms()).await?;
         if outcome != PutOutcome::Unchanged {
             let (event, what) = match outcome {

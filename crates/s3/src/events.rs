@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use model::object::ObjectTrigger;
 use model::timer::EventFormat;
-use model::{Function, TriggerKind, limits};
-use platform::{Changes, Error, Platform, Trigger};
+use model::{TriggerKind, limits};
+use platform::{Catalog, Changes, Error, Platform, Trigger};
 use store::objects::{NewObjectEvent, ObjectEvent, ObjectMeta};
 use tokio::sync::{Notify, watch};
 
@@ -97,7 +97,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// An event its node has not delivered for this long is any node's to deliver.
 const STALE_AFTER_MS: i64 = 30_000;
 
-/// One rule of one function (a target: `name` or `name:qualifier`).
+/// One rule of one function or flow (a target: `name`, `name:qualifier` or `flow/NAME`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Rule {
     pub(crate) function: String,
@@ -165,12 +165,13 @@ impl BucketEvents {
         self.wake.notify_one();
     }
 
-    fn follow(&self, functions: &[Function]) {
+    /// Takes the rules functions and flows declare.
+    fn follow(&self, catalog: &Catalog) {
         let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
-        for f in functions {
-            for t in f.spec.triggers.iter().filter_map(|t| t.object()) {
+        for owner in catalog.owners() {
+            for t in owner.triggers.iter().filter_map(|t| t.object()) {
                 rules.entry(t.bucket.clone()).or_default().push(Rule {
-                    function: f.spec.name.clone(),
+                    function: owner.target.to_string(),
                     spec: t.clone(),
                 });
             }
@@ -300,7 +301,7 @@ impl BucketEvents {
             let catalog = changes.borrow_and_update().clone();
             if revision != Some(catalog.revision) {
                 revision = Some(catalog.revision);
-                self.follow(&catalog.functions);
+                self.follow(&catalog);
             }
             if loaded.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
                 loaded = Some(std::time::Instant::now());
@@ -491,21 +492,21 @@ impl Trigger for BucketEvents {
 
     /// S3 refuses two rules of one bucket that one change could both match; so does this,
     /// across every function.
-    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
-        let mut seen: Vec<(&str, &ObjectTrigger)> = Vec::new();
-        for f in functions {
-            for t in f.spec.triggers.iter().filter_map(|t| t.object()) {
+    fn validate(&self, catalog: &Catalog) -> Result<(), Error> {
+        let mut seen: Vec<(String, &ObjectTrigger)> = Vec::new();
+        for owner in catalog.owners() {
+            for t in owner.triggers.iter().filter_map(|t| t.object()) {
                 if let Some((other, _)) = seen.iter().find(|(_, o)| o.overlaps(t)) {
                     return Err(Error::invalid(format!(
-                        "function `{}`: the object trigger `{}` on bucket `{}` overlaps one of `{other}` (prefix `{}`, suffix `{}`): one change of a bucket may match one rule; give them distinct prefixes, suffixes or events",
-                        f.spec.name,
+                        "{}: the object trigger `{}` on bucket `{}` overlaps one of {other} (prefix `{}`, suffix `{}`): one change of a bucket may match one rule; give them distinct prefixes, suffixes or events",
+                        owner.describe(),
                         t.name(),
                         t.bucket,
                         t.prefix,
                         t.suffix
                     )));
                 }
-                seen.push((&f.spec.name, t));
+                seen.push((owner.describe(), t));
             }
         }
         Ok(())

@@ -19,6 +19,8 @@ pub struct FlowRecord {
     pub description: String,
     /// The definition's JSON text.
     pub definition: String,
+    /// The triggers' JSON text (a list of `model::http::Trigger`; `[]` for none).
+    pub triggers: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -103,11 +105,14 @@ pub enum Created {
 #[async_trait]
 pub trait FlowStore: Send + Sync + 'static {
     /// Creates or replaces a flow; a changed definition or description is a new revision.
+    /// Creates or replaces a flow. A new definition or description is a new revision; new
+    /// `triggers` (JSON) alone are not (what executions run has not changed).
     async fn put_flow(
         &self,
         name: &str,
         definition: &str,
         description: &str,
+        triggers: &str,
         now_ms: i64,
     ) -> Result<(FlowRecord, PutOutcome), StoreError>;
     async fn get_flow(&self, name: &str) -> Result<Option<FlowRecord>, StoreError>;
@@ -299,57 +304,59 @@ impl FlowStore for SqliteStore {
         name: &str,
         definition: &str,
         description: &str,
+        triggers: &str,
         now_ms: i64,
     ) -> Result<(FlowRecord, PutOutcome), StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let current = sqlx::query(
-            "SELECT f.revision, f.description, f.created_at_ms, f.updated_at_ms, r.definition
+            "SELECT f.revision, f.description, f.triggers, f.created_at_ms, f.updated_at_ms, r.definition
              FROM flows f JOIN flow_revisions r ON r.flow = f.name AND r.revision = f.revision
              WHERE f.name = ?",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
+        let record = |revision, created_at_ms, updated_at_ms| FlowRecord {
+            name: name.to_string(),
+            revision,
+            description: description.to_string(),
+            definition: definition.to_string(),
+            triggers: triggers.to_string(),
+            created_at_ms,
+            updated_at_ms,
+        };
         let (record, outcome) = match current {
             Some(row) => {
                 let revision: i64 = row.try_get("revision")?;
                 let old_definition: String = row.try_get("definition")?;
                 let old_description: String = row.try_get("description")?;
+                let old_triggers: String = row.try_get("triggers")?;
                 let created_at_ms: i64 = row.try_get("created_at_ms")?;
-                if old_definition == definition && old_description == description {
+                let same_revision = old_definition == definition && old_description == description;
+                if same_revision && old_triggers == triggers {
                     let updated_at_ms = row.try_get("updated_at_ms")?;
                     tx.commit().await?;
                     return Ok((
-                        FlowRecord {
-                            name: name.to_string(),
-                            revision,
-                            description: description.to_string(),
-                            definition: definition.to_string(),
-                            created_at_ms,
-                            updated_at_ms,
-                        },
+                        record(revision, created_at_ms, updated_at_ms),
                         PutOutcome::Unchanged,
                     ));
                 }
-                let revision = revision + 1;
-                sqlx::query("UPDATE flows SET revision = ?, description = ?, updated_at_ms = ? WHERE name = ?")
-                    .bind(revision)
-                    .bind(description)
-                    .bind(now_ms)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                (
-                    FlowRecord {
-                        name: name.to_string(),
-                        revision,
-                        description: description.to_string(),
-                        definition: definition.to_string(),
-                        created_at_ms,
-                        updated_at_ms: now_ms,
-                    },
-                    PutOutcome::Updated,
+                let revision = if same_revision {
+                    revision
+                } else {
+                    revision + 1
+                };
+                sqlx::query(
+                    "UPDATE flows SET revision = ?, description = ?, triggers = ?, updated_at_ms = ? WHERE name = ?",
                 )
+                .bind(revision)
+                .bind(description)
+                .bind(triggers)
+                .bind(now_ms)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+                (record(revision, created_at_ms, now_ms), PutOutcome::Updated)
             }
             None => {
                 // A flow deleted and made again continues its revision numbers, so an old
@@ -361,26 +368,17 @@ impl FlowStore for SqliteStore {
                         .await?;
                 let revision = last.unwrap_or(0) + 1;
                 sqlx::query(
-                    "INSERT INTO flows (name, revision, description, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO flows (name, revision, description, triggers, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 )
                 .bind(name)
                 .bind(revision)
                 .bind(description)
+                .bind(triggers)
                 .bind(now_ms)
                 .bind(now_ms)
                 .execute(&mut *tx)
                 .await?;
-                (
-                    FlowRecord {
-                        name: name.to_string(),
-                        revision,
-                        description: description.to_string(),
-                        definition: definition.to_string(),
-                        created_at_ms: now_ms,
-                        updated_at_ms: now_ms,
-                    },
-                    PutOutcome::Created,
-                )
+                (record(revision, now_ms, now_ms), PutOutcome::Created)
             }
         };
         sqlx::query(
@@ -397,7 +395,7 @@ impl FlowStore for SqliteStore {
 
     async fn get_flow(&self, name: &str) -> Result<Option<FlowRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT f.name, f.revision, f.description, f.created_at_ms, f.updated_at_ms, r.definition
+            "SELECT f.name, f.revision, f.description, f.triggers, f.created_at_ms, f.updated_at_ms, r.definition
              FROM flows f JOIN flow_revisions r ON r.flow = f.name AND r.revision = f.revision
              WHERE f.name = ?",
         )
@@ -410,6 +408,7 @@ impl FlowStore for SqliteStore {
                 revision: row.try_get("revision")?,
                 description: row.try_get("description")?,
                 definition: row.try_get("definition")?,
+                triggers: row.try_get("triggers")?,
                 created_at_ms: row.try_get("created_at_ms")?,
                 updated_at_ms: row.try_get("updated_at_ms")?,
             })
@@ -419,7 +418,7 @@ impl FlowStore for SqliteStore {
 
     async fn list_flows(&self) -> Result<Vec<FlowRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, revision, description, created_at_ms, updated_at_ms FROM flows ORDER BY name",
+            "SELECT name, revision, description, triggers, created_at_ms, updated_at_ms FROM flows ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -430,6 +429,7 @@ impl FlowStore for SqliteStore {
                     revision: row.try_get("revision")?,
                     description: row.try_get("description")?,
                     definition: String::new(),
+                    triggers: row.try_get("triggers")?,
                     created_at_ms: row.try_get("created_at_ms")?,
                     updated_at_ms: row.try_get("updated_at_ms")?,
                 })
@@ -766,11 +766,14 @@ mod tests {
     #[tokio::test]
     async fn flows_keep_revisions_and_a_rewrite_of_the_same_is_unchanged() {
         let (_dir, s) = store().await;
-        let (f, o) = s.put_flow("order", "{\"a\":1}", "", 1).await.unwrap();
+        let (f, o) = s.put_flow("order", "{\"a\":1}", "", "[]", 1).await.unwrap();
         assert_eq!((f.revision, o), (1, PutOutcome::Created));
-        let (_, o) = s.put_flow("order", "{\"a\":1}", "", 2).await.unwrap();
+        let (_, o) = s.put_flow("order", "{\"a\":1}", "", "[]", 2).await.unwrap();
         assert_eq!(o, PutOutcome::Unchanged);
-        let (f, o) = s.put_flow("order", "{\"a\":2}", "two", 3).await.unwrap();
+        let (f, o) = s
+            .put_flow("order", "{\"a\":2}", "two", "[]", 3)
+            .await
+            .unwrap();
         assert_eq!((f.revision, o), (2, PutOutcome::Updated));
         assert_eq!(
             s.flow_revision("order", 1).await.unwrap().as_deref(),
@@ -780,10 +783,19 @@ mod tests {
             s.get_flow("order").await.unwrap().unwrap().definition,
             "{\"a\":2}"
         );
-        assert_eq!(s.list_flows().await.unwrap().len(), 1);
+        // New triggers alone: updated, the same revision (executions run what they ran).
+        let (f, o) = s
+            .put_flow("order", "{\"a\":2}", "two", "[{\"timer\":{}}]", 4)
+            .await
+            .unwrap();
+        assert_eq!((f.revision, o), (2, PutOutcome::Updated));
+        let listed = s.list_flows().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].triggers, "[{\"timer\":{}}]");
+        assert_eq!(listed[0].updated_at_ms, 4);
         assert!(s.delete_flow("order").await.unwrap());
         assert!(!s.delete_flow("order").await.unwrap());
-        let (f, _) = s.put_flow("order", "{\"a\":3}", "", 4).await.unwrap();
+        let (f, _) = s.put_flow("order", "{\"a\":3}", "", "[]", 5).await.unwrap();
         assert_eq!(f.revision, 3, "revision numbers go on after a delete");
     }
 
@@ -803,7 +815,7 @@ mod tests {
                 .unwrap(),
             Created::NoFlow
         );
-        s.put_flow("order", "{}", "", 1).await.unwrap();
+        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
         assert_eq!(
             s.create_execution(&execution("e1", "a", 1), &first, 2)
                 .await
@@ -855,7 +867,7 @@ mod tests {
     #[tokio::test]
     async fn a_consumed_item_is_applied_once() {
         let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", 1).await.unwrap();
+        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
         let first = StepCommit {
             status: "RUNNING".into(),
             add: vec![work("e1", "t1", 5)],
@@ -900,7 +912,7 @@ mod tests {
     #[tokio::test]
     async fn work_is_claimed_when_due_once_until_its_lease_runs_out() {
         let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", 1).await.unwrap();
+        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
         let first = StepCommit {
             status: "RUNNING".into(),
             add: vec![work("e1", "late", 500), work("e1", "soon", 100)],
@@ -943,7 +955,7 @@ mod tests {
     #[tokio::test]
     async fn purge_removes_old_stopped_executions_and_unused_revisions() {
         let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", 1).await.unwrap();
+        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
         let stopped = StepCommit {
             status: "SUCCEEDED".into(),
             stopped_at_ms: Some(20),
@@ -963,7 +975,7 @@ mod tests {
         s.step("e1", None, &mut |_| Some(stopped.clone()))
             .await
             .unwrap();
-        s.put_flow("order", "{\"v\":2}", "", 2).await.unwrap();
+        s.put_flow("order", "{\"v\":2}", "", "[]", 2).await.unwrap();
         assert_eq!(s.purge_executions(10).await.unwrap(), 0);
         assert_eq!(s.purge_executions(30).await.unwrap(), 1);
         assert!(s.get_execution("e1").await.unwrap().is_none());

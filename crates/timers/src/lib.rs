@@ -1,6 +1,7 @@
-//! The timer trigger: functions called on a schedule (`triggers: [{timer: …}]`), each
-//! scheduled time at most once, through the durable queue (so retries, event age,
-//! destinations and the dead-letter queue apply, and a queued fire is never lost).
+//! The timer trigger: functions called (and flows started) on a schedule (`triggers:
+//! [{timer: …}]`), each scheduled time at most once, through the durable queue (so retries,
+//! event age, destinations and the dead-letter queue apply, and a queued fire is never
+//! lost).
 //!
 //! Every node runs the same loop over the catalog. A fire is claimed in the queue itself:
 //! its idempotency key is the timer and the scheduled time, so whichever node queues it
@@ -23,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use model::timer::{CatchUp, Overlap, TimerTrigger};
-use model::{Function, TriggerKind, limits};
-use platform::{Changes, Error, Platform, Trigger};
+use model::{TriggerKind, limits};
+use platform::{Catalog, Changes, Error, Owner, Platform, Trigger};
 use store::{MetaStore, TimerProgress};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -48,11 +49,12 @@ const PROGRESS_BUFFER: usize = 4_096;
 /// Progress records written in one transaction at most.
 const PROGRESS_BATCH_MAX: usize = 1_024;
 
-/// A timer: (function, name).
+/// A timer: (its owner's target — a function's name or `flow/NAME` — and its name).
 type Key = (String, String);
 
 /// One timer of one function, as the loop follows it.
 struct Entry {
+    /// The owner's target: what its fires are submitted to.
     function: String,
     spec: TimerTrigger,
     schedule: Schedule,
@@ -130,9 +132,9 @@ impl Timers {
     }
 }
 
-/// The timers of a function with their place in `triggers`.
-fn timers_of(f: &Function) -> impl Iterator<Item = (usize, &TimerTrigger)> {
-    f.spec
+/// The timers of a function or flow with their place in `triggers`.
+fn timers_of<'a>(owner: &Owner<'a>) -> impl Iterator<Item = (usize, &'a TimerTrigger)> + 'a {
+    owner
         .triggers
         .iter()
         .enumerate()
@@ -145,14 +147,11 @@ impl Trigger for Timers {
         TriggerKind::Timer
     }
 
-    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
-        for f in functions {
-            for (i, t) in timers_of(f) {
+    fn validate(&self, catalog: &Catalog) -> Result<(), Error> {
+        for owner in catalog.owners() {
+            for (i, t) in timers_of(&owner) {
                 Schedule::parse(t).map_err(|e| {
-                    Error::invalid(format!(
-                        "function `{}`: triggers[{i}].timer.{e}",
-                        f.spec.name
-                    ))
+                    Error::invalid(format!("{}: triggers[{i}].timer.{e}", owner.describe()))
                 })?;
             }
         }
@@ -181,12 +180,7 @@ impl Trigger for Timers {
         Ok(())
     }
 
-    fn next_fire_ms(
-        &self,
-        _function: &Function,
-        trigger: &model::http::Trigger,
-        after_ms: i64,
-    ) -> Option<i64> {
+    fn next_fire_ms(&self, trigger: &model::http::Trigger, after_ms: i64) -> Option<i64> {
         Schedule::parse(trigger.timer()?).ok()?.next_after(after_ms)
     }
 
@@ -232,8 +226,7 @@ impl Timers {
             let catalog = changes.borrow_and_update().clone();
             if revision != Some(catalog.revision) {
                 revision = Some(catalog.revision);
-                self.follow(&platform, &catalog.functions, &mut entries, &fires)
-                    .await;
+                self.follow(&platform, &catalog, &mut entries, &fires).await;
             }
             let now = platform::now_ms();
             for (key, scheduled) in due(&entries, now) {
@@ -261,13 +254,13 @@ impl Timers {
         }
     }
 
-    /// Brings the entries in line with the catalog: new timers start from now, after
-    /// catching up on what they missed since their last recorded fire; changed ones start
-    /// over; removed ones go.
+    /// Brings the entries in line with the catalog (functions' timers and flows'): new
+    /// timers start from now, after catching up on what they missed since their last
+    /// recorded fire; changed ones start over; removed ones go.
     async fn follow(
         self: &Arc<Self>,
         platform: &Arc<Platform>,
-        functions: &[Function],
+        catalog: &Catalog,
         entries: &mut HashMap<(String, String), Entry>,
         fires: &Arc<Semaphore>,
     ) {
@@ -286,9 +279,9 @@ impl Timers {
         };
         let mut seen = std::collections::HashSet::new();
         let now = platform::now_ms();
-        for f in functions {
-            for (_, t) in timers_of(f) {
-                let key = (f.spec.name.clone(), t.name.clone());
+        for owner in catalog.owners() {
+            for (_, t) in timers_of(&owner) {
+                let key = (owner.target.to_string(), t.name.clone());
                 seen.insert(key.clone());
                 if entries.get(&key).is_some_and(|e| e.spec == *t) {
                     continue;
@@ -302,7 +295,7 @@ impl Timers {
                 let missed = match states.get(&key) {
                     Some(s) if !s.paused => match s.last_scheduled_ms {
                         Some(last) => schedule.between(
-                            last.max(f.updated_at_ms),
+                            last.max(owner.updated_at_ms),
                             now,
                             limits::TIMER_CATCH_UP_MAX,
                         ),
@@ -316,13 +309,13 @@ impl Timers {
                     CatchUp::All => &missed,
                 };
                 for scheduled in replay {
-                    self.spawn_fire(platform, fires, &f.spec.name, t, *scheduled)
+                    self.spawn_fire(platform, fires, owner.target, t, *scheduled)
                         .await;
                 }
                 entries.insert(
                     key,
                     Entry {
-                        function: f.spec.name.clone(),
+                        function: owner.target.to_string(),
                         spec: t.clone(),
                         next_ms: schedule.next_after(now),
                         schedule,
@@ -393,8 +386,7 @@ impl Timers {
             .then(|| self.last.lock().unwrap().get(&key).cloned())
             .flatten();
         if let Some(last) = last
-            && let Ok(Some(r)) = platform.async_invocation(&last.request_id).await
-            && !r.status.is_final()
+            && still_running(platform, &last.request_id).await
         {
             progress.skipped = true;
         } else {
@@ -430,6 +422,32 @@ impl Timers {
         if self.progress.send(progress).await.is_err() {
             tracing::warn!(function, timer = %spec.name, "the timers have stopped; this fire's progress is not recorded");
         }
+    }
+}
+
+/// Whether the fire queued as `request_id` still runs: its event is not done, or (a flow's
+/// fire, done once its execution started) the execution it started is still running.
+async fn still_running(platform: &Platform, request_id: &str) -> bool {
+    let Ok(Some(r)) = platform.async_invocation(request_id).await else {
+        return false;
+    };
+    if !r.status.is_final() {
+        return true;
+    }
+    if model::trigger::target_flow(&r.function).is_none() {
+        return false;
+    }
+    let execution = r
+        .result
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["executionId"].as_str().map(str::to_string));
+    match (execution, platform.flows()) {
+        (Some(id), Ok(flows)) => flows
+            .describe(&id)
+            .await
+            .is_ok_and(|e| e.status == "RUNNING"),
+        _ => false,
     }
 }
 
@@ -469,8 +487,9 @@ async fn write_progress(
 }
 
 /// The event of a fire: the timer's payload, else an EventBridge "Scheduled Event" whose
-/// `time` is the scheduled time.
-fn event(platform: &Platform, function: &str, spec: &TimerTrigger, scheduled_ms: i64) -> Vec<u8> {
+/// `time` is the scheduled time. `target` is the owner's (a function's name, `flow/NAME`).
+fn event(platform: &Platform, target: &str, spec: &TimerTrigger, scheduled_ms: i64) -> Vec<u8> {
+    let function = model::trigger::target_flow(target).unwrap_or(target);
     let time = chrono::DateTime::from_timestamp_millis(scheduled_ms)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default();

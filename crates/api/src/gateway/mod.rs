@@ -85,8 +85,9 @@ impl platform::Trigger for Gateway {
     }
 
     /// Two routes that would match the same request conflict; the deploy is refused.
-    fn validate(&self, functions: &[model::Function]) -> Result<(), platform::Error> {
-        RouteTable::build(functions)
+    /// Routes are functions' only (a flow declares none).
+    fn validate(&self, catalog: &platform::Catalog) -> Result<(), platform::Error> {
+        RouteTable::build(&catalog.functions)
             .map(|_| ())
             .map_err(|conflict| platform::Error::new(ErrorCode::RouteConflict, conflict))
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// `- {name: order, definition: flows/order.asl.json, description: ...}`.
+/// `- {name: order, definition: flows/order.asl.json, description: ..., triggers: [...]}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FlowEntry {
@@ -20,14 +20,19 @@ pub(super) struct FlowEntry {
     definition: String,
     #[serde(default)]
     description: String,
+    /// What starts executions: `timer:`, `object:`, `event:` or `queue:`, as a function's.
+    #[serde(default)]
+    triggers: Vec<super::TriggerEntry>,
 }
 
-/// One flow to deploy: its name, its definition as JSON, where that was read from.
+/// One flow to deploy: its name, its definition as JSON, its triggers, where the
+/// definition was read from.
 #[derive(Debug)]
 pub struct PlannedFlow {
     pub name: String,
     pub definition: Value,
     pub description: String,
+    pub triggers: Vec<model::http::Trigger>,
     pub path: PathBuf,
 }
 
@@ -57,12 +62,22 @@ pub(super) fn resolve(
             ));
             continue;
         }
+        // The server checks the specs themselves (as it does a function's); here only
+        // that each entry names one kind.
+        let mut triggers = Vec::new();
+        for (j, t) in entry.triggers.into_iter().enumerate() {
+            match t.into_trigger(&format!("{file}: {key}.triggers[{j}]")) {
+                Ok(t) => triggers.push(t),
+                Err(e) => problems.push(e),
+            }
+        }
         let path = dir.join(&entry.definition);
         match read_definition(&path) {
             Ok(definition) => flows.push(PlannedFlow {
                 name: entry.name,
                 definition,
                 description: entry.description,
+                triggers,
                 path,
             }),
             Err(e) => problems.push(format!(

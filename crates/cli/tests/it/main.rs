@@ -7,6 +7,7 @@ mod build;
 mod bus;
 mod cli;
 mod dev;
+mod flow_triggers;
 mod flows;
 mod flows_sfn;
 mod gateway;

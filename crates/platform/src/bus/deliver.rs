@@ -9,13 +9,13 @@
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use model::TriggerKind;
 use model::timer::{EventFormat, EventTrigger};
-use model::{Function, TriggerKind};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{CloudEvent, Data, Pattern, RuleId, Rules};
-use crate::{Changes, Error, Platform, Trigger};
+use crate::{Catalog, Changes, Error, Owner, Platform, Trigger};
 
 /// An event on the bus, as it came.
 #[derive(Clone, Debug)]
@@ -77,6 +77,7 @@ impl BusEvent {
 
 /// One rule: whose, which, and how it wants its events.
 struct Target {
+    /// The owner's target: a function's name, or `flow/NAME`.
     function: String,
     name: String,
     format: EventFormat,
@@ -93,33 +94,33 @@ pub struct EventBus {
     compiled: RwLock<Arc<Compiled>>,
 }
 
-fn rules_of(f: &Function) -> impl Iterator<Item = (usize, &EventTrigger)> {
-    f.spec
+fn rules_of<'a>(owner: &Owner<'a>) -> impl Iterator<Item = (usize, &'a EventTrigger)> + 'a {
+    owner
         .triggers
         .iter()
         .enumerate()
         .filter_map(|(i, t)| t.event().map(|e| (i, e)))
 }
 
-fn compile(revision: u64, functions: &[Function]) -> Compiled {
+fn compile(catalog: &Catalog) -> Compiled {
     let mut patterns = Vec::new();
     let mut targets = Vec::new();
-    for f in functions {
-        for (_, rule) in rules_of(f) {
+    for owner in catalog.owners() {
+        for (_, rule) in rules_of(&owner) {
             // Refused at deploy when it does not parse; one stored before is skipped.
             let Ok(pattern) = Pattern::parse(&rule.pattern) else {
                 continue;
             };
             patterns.push((RuleId(targets.len() as u32), pattern));
             targets.push(Target {
-                function: f.spec.name.clone(),
+                function: owner.target.to_string(),
                 name: rule.name.clone(),
                 format: rule.format,
             });
         }
     }
     Compiled {
-        revision,
+        revision: catalog.revision,
         rules: Rules::new(patterns),
         targets,
     }
@@ -128,7 +129,7 @@ fn compile(revision: u64, functions: &[Function]) -> Compiled {
 impl EventBus {
     pub fn new() -> Arc<EventBus> {
         Arc::new(EventBus {
-            compiled: RwLock::new(Arc::new(compile(0, &[]))),
+            compiled: RwLock::new(Arc::new(compile(&Catalog::default()))),
         })
     }
 
@@ -140,7 +141,7 @@ impl EventBus {
         if compiled.revision == catalog.revision {
             return compiled;
         }
-        let fresh = Arc::new(compile(catalog.revision, &catalog.functions));
+        let fresh = Arc::new(compile(&catalog));
         *self.compiled.write().unwrap() = fresh.clone();
         fresh
     }
@@ -198,13 +199,13 @@ impl Trigger for EventBus {
         TriggerKind::Event
     }
 
-    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
-        for f in functions {
-            for (i, rule) in rules_of(f) {
+    fn validate(&self, catalog: &Catalog) -> Result<(), Error> {
+        for owner in catalog.owners() {
+            for (i, rule) in rules_of(&owner) {
                 Pattern::parse(&rule.pattern).map_err(|e| {
                     Error::invalid(format!(
-                        "function `{}`: triggers[{i}].event.pattern: {e}",
-                        f.spec.name
+                        "{}: triggers[{i}].event.pattern: {e}",
+                        owner.describe()
                     ))
                 })?;
             }

@@ -23,10 +23,10 @@ pub mod source;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use model::{Function, TriggerKind};
+use model::TriggerKind;
 use tokio::sync::watch;
 
-use crate::trigger::{Changes, RuntimeStatus, Trigger};
+use crate::trigger::{Catalog, Changes, RuntimeStatus, Trigger};
 use crate::{Error, Platform};
 pub use source::{Ack, Connector, Consumer, Message, SourceError, Subscription};
 
@@ -57,13 +57,13 @@ impl QueueTriggers {
 
     /// Starts runners for triggers that are new or changed and stops those of triggers
     /// that are gone or changed.
-    fn reconcile(&self, platform: &Arc<Platform>, functions: &[Function]) {
+    fn reconcile(&self, platform: &Arc<Platform>, catalog: &Catalog) {
         let mut wanted: HashMap<Key, (model::queue::QueueTrigger, String)> = HashMap::new();
-        for f in functions {
-            for t in f.spec.triggers.iter().filter_map(|t| t.queue()) {
+        for owner in catalog.owners() {
+            for t in owner.triggers.iter().filter_map(|t| t.queue()) {
                 wanted.insert(
-                    (f.spec.name.clone(), t.name().to_string()),
-                    (t.clone(), f.spec.name.clone()),
+                    (owner.target.to_string(), t.name().to_string()),
+                    (t.clone(), owner.target.to_string()),
                 );
             }
         }
@@ -105,23 +105,23 @@ impl Trigger for QueueTriggers {
         TriggerKind::Queue
     }
 
-    fn validate(&self, functions: &[Function]) -> Result<(), Error> {
-        for f in functions {
-            for (i, t) in f.spec.triggers.iter().enumerate() {
+    fn validate(&self, catalog: &Catalog) -> Result<(), Error> {
+        for owner in catalog.owners() {
+            for (i, t) in owner.triggers.iter().enumerate() {
                 let Some(q) = t.queue() else { continue };
                 let Some(source) = q.source() else { continue };
                 let Some(connector) = self.connectors.get(source.kind()) else {
                     return Err(Error::invalid(format!(
-                        "function `{}`: triggers[{i}].queue.{}: this server has no {} connector",
-                        f.spec.name,
+                        "{}: triggers[{i}].queue.{}: this server has no {} connector",
+                        owner.describe(),
                         source.kind(),
                         source.kind()
                     )));
                 };
                 connector.validate(q).map_err(|e| {
                     Error::invalid(format!(
-                        "function `{}`: triggers[{i}].queue.{}: {e}",
-                        f.spec.name,
+                        "{}: triggers[{i}].queue.{}: {e}",
+                        owner.describe(),
                         source.kind()
                     ))
                 })?;
@@ -140,7 +140,7 @@ impl Trigger for QueueTriggers {
         let task = tokio::spawn(async move {
             loop {
                 let catalog = changes.borrow_and_update().clone();
-                me.reconcile(&platform, &catalog.functions);
+                me.reconcile(&platform, &catalog);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
                     _ = stop.changed() => break,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use model::queue::QueueTrigger;
-use model::{TriggerKind, limits};
+use model::{ErrorCode, TriggerKind, limits};
 use sandbox::Outcome;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
@@ -25,7 +25,7 @@ use super::batch::{self, Answer, Item, Origin};
 use super::source::{Connector, Consumer, Message, SourceError, Subscription};
 use crate::async_invoke::{DeadLetter, retry_delay_ms};
 use crate::trigger::RuntimeStatus;
-use crate::{Call, Invoked, Platform, now_ms};
+use crate::{Call, Error, Invoked, Platform, now_ms};
 
 /// The longest the fetcher waits on the broker before it looks at pauses and stops again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -164,7 +164,9 @@ pub(super) fn start(setup: Setup) -> Handle {
         .source()
         .expect("a validated queue spec names its broker");
     let name = setup.spec.name().to_string();
-    let group = format!("nimbus-{}-{name}", setup.function);
+    // A flow's target (`flow/NAME`) has a `/`, which NATS consumer and MQTT shared
+    // subscription names cannot hold; `:` is in no function name, so no two owners meet.
+    let group = format!("nimbus-{}-{name}", setup.function.replace('/', ":"));
     let status = Arc::new(Mutex::new(RuntimeStatus {
         state: "connecting",
         ..Default::default()
@@ -766,6 +768,9 @@ async fn call(ctx: &Arc<Ctx>, batch: &[Held]) -> Called {
         })
         .collect();
     let event = batch::event(&ctx.origin(), ctx.spec.format, &items);
+    if let Some(flow) = model::trigger::target_flow(&ctx.target) {
+        return start_flow(ctx, flow, batch, &event).await;
+    }
     let call = Call {
         target: ctx.target.clone(),
         request_id: uuid::Uuid::new_v4().to_string(),
@@ -837,6 +842,67 @@ async fn call(ctx: &Arc<Ctx>, batch: &[Held]) -> Called {
             }))
             .expect("an error serializes"),
             version: record.version.clone(),
+        },
+    }
+}
+
+/// Starts one execution of `flow` with the batch's event as its input. Its name is derived
+/// from the trigger and the messages' ids, so a batch the broker delivers again (its
+/// acknowledgement lost in a crash) finds the execution it started rather than starting
+/// another. A start that says "later" (a store or the running limit) is not the messages'
+/// fault, so it does not count as a failure; one that cannot succeed (the flow is gone,
+/// the input too large) fails the batch towards its retries and the dead-letter queue.
+async fn start_flow(ctx: &Arc<Ctx>, flow: &str, batch: &[Held], event: &[u8]) -> Called {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(ctx.name.as_bytes());
+    for h in batch {
+        hash.update([0]);
+        hash.update(h.message.id.as_bytes());
+    }
+    let name = format!("queue-{}", &hex::encode(hash.finalize())[..32]);
+    let started = match (
+        serde_json::from_slice::<serde_json::Value>(event),
+        ctx.platform.flows(),
+    ) {
+        (Ok(input), Ok(flows)) => flows.start(flow, Some(&name), input).await,
+        (Err(e), _) => Err(Error::invalid(format!(
+            "the batch's event is not JSON: {e}"
+        ))),
+        (_, Err(e)) => Err(e),
+    };
+    match started {
+        Ok(_) => Called::Ran {
+            failed: vec![false; batch.len()],
+            error: Vec::new(),
+            version: String::new(),
+        },
+        // Another input under this name: these messages started it before (their
+        // receipt times differ after a redelivery); done.
+        Err(e) if e.code == ErrorCode::ExecutionExists => Called::Ran {
+            failed: vec![false; batch.len()],
+            error: Vec::new(),
+            version: String::new(),
+        },
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ExecutionLimitExceeded
+                    | ErrorCode::Internal
+                    | ErrorCode::StorageError
+                    | ErrorCode::StorageFull
+            ) =>
+        {
+            Called::NotRun(e.message)
+        }
+        Err(e) => Called::Ran {
+            failed: vec![true; batch.len()],
+            error: serde_json::to_vec(&json!({
+                "errorType": e.code.as_str(),
+                "errorMessage": e.message,
+            }))
+            .expect("an error serializes"),
+            version: String::new(),
         },
     }
 }
