@@ -1122,4 +1122,140 @@ mod tests {
         assert!((3200..=4800).contains(&d3), "{d3}");
         assert!(retry_delay_ms(1000, 30, "a") <= RETRY_DELAY_MAX_MS * 12 / 10);
     }
+
+    /// A platform on real stores with the queue and workflows on, its triggers started,
+    /// and flow `echo` (one Pass state).
+    async fn with_flow() -> (tempfile::TempDir, Arc<Platform>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(
+            store::SqliteStore::open(&tmp.path().join("db"))
+                .await
+                .unwrap(),
+        );
+        let blobs: Arc<dyn store::BlobStore> =
+            Arc::new(store::FsBlobStore::new(tmp.path().join("blobs")));
+        let code = store::CodeCache::new(tmp.path().join("code"), blobs.clone(), 1 << 20);
+        let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
+        let pool = sandbox::Pool::new(runtimes, Default::default());
+        let platform = Arc::new(Platform::new(db.clone(), blobs, code, pool));
+        platform
+            .enable_async(db.clone(), AsyncConfig::default())
+            .await
+            .unwrap();
+        platform.enable_flows(db, "node-a");
+        platform.load().await.unwrap();
+        platform.start_triggers().await.unwrap();
+        let definition = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+        platform
+            .flows()
+            .unwrap()
+            .put_flow("echo", &definition, "", &[])
+            .await
+            .unwrap();
+        (tmp, platform)
+    }
+
+    async fn settled(platform: &Platform, id: &str) -> AsyncRecord {
+        for _ in 0..200 {
+            let r = platform.async_invocation(id).await.unwrap().unwrap();
+            if r.status.is_final() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("event {id} did not settle");
+    }
+
+    #[tokio::test]
+    async fn an_event_for_a_flow_starts_one_execution_named_by_the_event() {
+        let (_tmp, platform) = with_flow().await;
+        let (id, _) = platform
+            .submit_from(
+                "flow/echo",
+                Bytes::from_static(br#"{"n": 1}"#),
+                Some("timer:t:1000".into()),
+                crate::trace::child_of(None).traceparent,
+                Some("timer:t".into()),
+            )
+            .await
+            .unwrap();
+        let r = settled(&platform, &id).await;
+        assert_eq!(r.status, AsyncStatus::Succeeded);
+        let result: serde_json::Value =
+            serde_json::from_slice(r.result.as_deref().unwrap()).unwrap();
+        let flows = platform.flows().unwrap();
+        let execution = flows
+            .describe(result["executionId"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (execution.name.as_str(), execution.status.as_str()),
+            (id.as_str(), "SUCCEEDED")
+        );
+        assert_eq!(execution.output.as_deref(), Some(r#"{"n":1}"#));
+        // The same fire again is the same event; an attempt made again (its node died before
+        // recording the end) finds the execution by name: one execution either way.
+        let (again, _) = platform
+            .submit_from(
+                "flow/echo",
+                Bytes::from_static(br#"{"n": 1}"#),
+                Some("timer:t:1000".into()),
+                crate::trace::child_of(None).traceparent,
+                Some("timer:t".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, id);
+        let restarted = flows
+            .start("echo", Some(&id), json!({"n": 1}))
+            .await
+            .unwrap();
+        assert!(!restarted.created);
+        assert_eq!(flows.list("echo", None, None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_that_cannot_start_its_flow_is_dead_lettered_at_once_and_an_unknown_flow_refused()
+     {
+        let (_tmp, platform) = with_flow().await;
+        // Not JSON: no retry can make it an execution's input.
+        let (id, _) = platform
+            .submit_from(
+                "flow/echo",
+                Bytes::from_static(b"not json"),
+                None,
+                crate::trace::child_of(None).traceparent,
+                None,
+            )
+            .await
+            .unwrap();
+        let r = settled(&platform, &id).await;
+        assert_eq!((r.status, r.attempts), (AsyncStatus::DeadLettered, 1));
+        let error: serde_json::Value =
+            serde_json::from_slice(r.result.as_deref().unwrap()).unwrap();
+        assert_eq!(error["errorType"], "invalid_request", "{error}");
+        // A flow that does not exist is refused when the event is offered, not after.
+        let e = platform
+            .submit_from(
+                "flow/nope",
+                Bytes::from_static(b"{}"),
+                None,
+                crate::trace::child_of(None).traceparent,
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::FlowNotFound);
+        // The invoke APIs name functions: a flow's target is not one of them.
+        let e = platform
+            .submit_async(
+                "flow/echo",
+                Bytes::from_static(b"{}"),
+                None,
+                crate::trace::child_of(None).traceparent,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::FunctionNotFound);
+    }
 }

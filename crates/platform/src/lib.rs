@@ -255,6 +255,15 @@ impl Platform {
         idempotency_key: Option<String>,
         traceparent: String,
     ) -> Result<(String, bool), Error> {
+        // Callers name functions here; only a trigger (`submit_from`) starts a flow.
+        if let Some(flow) = model::trigger::target_flow(target) {
+            return Err(Error::new(
+                ErrorCode::FunctionNotFound,
+                format!(
+                    "`{target}` is not a function; start flow `{flow}` with POST /v1/flows/{flow}/executions"
+                ),
+            ));
+        }
         self.submit_from(target, payload, idempotency_key, traceparent, None)
             .await
     }
