@@ -20,10 +20,12 @@ mod queue;
 pub mod telemetry;
 #[cfg(test)]
 mod testfs;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobInfo, BlobStore, FsBlobStore, sha256_hex};
-pub use code_cache::{CodeCache, tree_id};
+pub use code_cache::{CodeCache, layers_id, tree_id};
 pub use error::{DatabaseFault, StoreError};
 pub use flows::{Created, ExecutionRecord, FlowRecord, FlowStore, StepCommit, Stepped, WorkItem};
 pub use gc::{CodeCollector, CollectReport};

@@ -1,0 +1,126 @@
+//! The cluster's backend for `store`'s traits: PostgreSQL, shared by every node.
+//!
+//! A crate of its own so the PostgreSQL driver is built only where it is used, and so the
+//! embedded backend (`store::SqliteStore`) and this one are held to the same contract: the
+//! tests here run `store::testkit`, the very functions the SQLite backend passes.
+//!
+//! Transactions run at PostgreSQL's default READ COMMITTED. Where a write depends on what
+//! it read (a version number, an alias's versions), the transaction first locks the
+//! function's row (`FOR UPDATE`), so two nodes writing the same function take turns, as
+//! SQLite's single writer makes them; writes of many rows go in a fixed order, so two nodes
+//! never wait on each other in a cycle.
+
+mod meta;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use store::StoreError;
+
+/// Connections one node keeps to the database at most. A node's writes are short
+/// transactions; a few connections keep them flowing without taking a large share of the
+/// server's `max_connections` (100 by default) when several nodes share it.
+pub const CONNECTIONS_MAX: u32 = 16;
+
+/// How long a query waits for a free connection before failing as busy.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The backend: a pool on one PostgreSQL database, its schema migrated.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`, with libpq's
+    /// query parameters such as `sslmode`) and applies the migrations this version has and
+    /// the database has not. Nodes starting together are safe: the migrator holds a lock.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        Self::connect_with(options, CONNECTIONS_MAX).await
+    }
+
+    /// As `connect`, with options built by the caller (a schema on the search path, say).
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        connections_max: u32,
+    ) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections_max)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A fresh store per test: a schema of its own in the machine's PostgreSQL.
+
+    use super::*;
+
+    /// The database the tests use; `.ci/run` starts the machine's PostgreSQL.
+    fn url() -> String {
+        std::env::var("NIMBUS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// A store on a new, empty schema; dropped again by `Fresh::drop_now` (a failed test
+    /// leaves its schema for inspection).
+    pub(crate) async fn fresh() -> Fresh {
+        let options: PgConnectOptions = url().parse().unwrap();
+        let schema = format!("nimbus_test_{:016x}", rand_u64());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+        // The name is ours (hex digits): nothing to escape.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let store = PgStore::connect_with(options.options([("search_path", &schema)]), 4)
+            .await
+            .unwrap();
+        Fresh {
+            store,
+            admin,
+            schema,
+        }
+    }
+
+    pub(crate) struct Fresh {
+        pub(crate) store: PgStore,
+        admin: PgPool,
+        schema: String,
+    }
+
+    impl Fresh {
+        pub(crate) async fn drop_now(self) {
+            self.store.pool.close().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA {} CASCADE",
+                self.schema
+            )))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+        }
+    }
+
+    fn rand_u64() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
+        h.finish()
+    }
+}
