@@ -10,6 +10,7 @@
 //! SQLite's single writer makes them; writes of many rows go in a fixed order, so two nodes
 //! never wait on each other in a cycle.
 
+mod cluster;
 mod meta;
 
 use std::time::Duration;

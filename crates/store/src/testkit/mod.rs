@@ -3,4 +3,5 @@
 //! backends cannot drift apart in what they promise. Built for this crate's tests and, with
 //! the `testkit` feature, for another backend's.
 
+pub mod cluster;
 pub mod meta;
