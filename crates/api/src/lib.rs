@@ -13,6 +13,7 @@ mod extract;
 pub mod flows;
 pub mod gateway;
 pub mod listener;
+pub mod nodes;
 pub mod observe;
 pub mod releases;
 pub mod routes;
@@ -106,6 +107,7 @@ pub struct AppState {
         flows::task_success,
         flows::task_failure,
         flows::task_heartbeat,
+        nodes::list,
     ),
     modifiers(&BearerAuth, &CommonErrors, &OptionalEvent),
     security(("bearer" = []))
@@ -256,6 +258,7 @@ pub fn router(state: AppState) -> Router {
             "/buckets/{name}/website",
             axum::routing::put(buckets::put_website).delete(buckets::delete_website),
         )
+        .route("/nodes", get(nodes::list))
         .route("/flows", get(flows::list))
         .route(
             "/flows/{name}",

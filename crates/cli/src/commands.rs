@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::observe;
 use crate::{
-    AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, Output,
+    AliasCommand, Cli, Command, DlqCommand, InvocationCommand, KeysCommand, NodesCommand, Output,
     TriggersCommand, manifest, package,
 };
 
@@ -179,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Triggers(t) => triggers(&client, t, cli.output).await,
         Command::Bucket(b) => crate::bucket::bucket(&client, b, cli.output).await,
         Command::Flow(f) => crate::flow::run(&client, f, cli.output).await,
+        Command::Nodes(NodesCommand::Ls) => nodes(&client, cli.output).await,
         Command::Events {
             function,
             event,
@@ -1231,6 +1232,34 @@ async fn triggers(
                 println!("{verb}d trigger {name} of {function}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nimbus nodes ls`.
+async fn nodes(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
+    let list: Value = client
+        .json(client.request(Method::GET, "/v1/nodes"))
+        .await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<34} {:<28} {:<6} {:<25} LAST SEEN",
+        "ID", "ADDRESS", "STATE", "STARTED"
+    );
+    for n in list["nodes"].as_array().into_iter().flatten() {
+        let id = n["id"].as_str().unwrap_or("");
+        let mark = if n["this"] == true { " *" } else { "" };
+        println!(
+            "{:<34} {:<28} {:<6} {:<25} {}",
+            format!("{id}{mark}"),
+            n["address"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
+            n["started_at"].as_str().unwrap_or(""),
+            n["last_seen"].as_str().unwrap_or(""),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

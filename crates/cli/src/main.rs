@@ -264,6 +264,15 @@ pub enum Command {
     /// and follow executions, answer the tokens of `.waitForTaskToken` tasks.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// The nodes sharing this server's store (one without a cluster).
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+}
+
+#[derive(Subcommand)]
+pub enum NodesCommand {
+    /// List nodes: id, address, alive or dead, when started and last seen.
+    Ls,
 }
 
 /// The statuses of an execution, as the API spells them.

@@ -330,6 +330,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let queue: Arc<dyn store::AsyncQueue> = meta.clone();
     let timer_store: Arc<dyn store::MetaStore> = meta.clone();
     let flow_store: Arc<dyn store::FlowStore> = meta.clone();
+    let cluster_store: Arc<dyn store::ClusterStore> = meta.clone();
     let platform = Arc::new(platform::Platform::new(meta, blobs, code, pool.clone()));
     let otlp = match &args.otlp_endpoint {
         None => None,
@@ -425,6 +426,11 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         format!("http://{s3_addr}"),
         format!("http://{addr}"),
     );
+    // Listed among the nodes before anything is served.
+    platform
+        .enable_membership(cluster_store, &node_id, &format!("http://{addr}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("registering this node: {e}"))?;
     platform
         .load()
         .await
@@ -557,6 +563,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     }
     let _ = s3_stop_tx.send(());
     platform.stop_triggers().await;
+    platform.stop_membership().await;
     pool.shutdown().await;
     platform.flush_telemetry().await;
     if let Some(isolation) = &isolation {

@@ -347,3 +347,11 @@ pub const FLOW_EXECUTION_NAME_LEN_MAX: usize = 80;
 /// per flow on a node: a start is one short transaction, so a few in flight keep the
 /// store busy without letting a burst of events take every writer turn.
 pub const FLOW_TRIGGER_STARTS_AT_ONCE: u32 = 8;
+
+/// How often a node writes its heartbeat row.
+pub const NODE_HEARTBEAT_MS: u64 = 1_000;
+/// A node not seen for this long is dead to the others (ten missed heartbeats: a long GC
+/// pause or a slow store does not make a live node look dead).
+pub const NODE_DEAD_AFTER_MS: u64 = 10_000;
+/// A dead node's row is forgotten after this long (`nimbus nodes ls` shows it until then).
+pub const NODE_FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;

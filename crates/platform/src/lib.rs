@@ -18,6 +18,7 @@ mod error;
 pub mod flows;
 mod invoke;
 mod keys;
+pub mod membership;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;
@@ -81,6 +82,8 @@ pub struct Platform {
     asynq: std::sync::OnceLock<Arc<crate::async_invoke::AsyncInvoker>>,
     /// Workflows, once `enable_flows` has set them up.
     flows: std::sync::OnceLock<Arc<crate::flows::Flows>>,
+    /// This node among the nodes sharing the store, once `enable_membership` registered it.
+    membership: std::sync::OnceLock<Arc<crate::membership::Membership>>,
     /// Records, logs, events and metrics, once `enable_telemetry` has started them.
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Dependency builds at deploy, once `enable_builds` has set them up.
@@ -156,6 +159,7 @@ impl Platform {
             canaries: Mutex::new(HashMap::new()),
             asynq: std::sync::OnceLock::new(),
             flows: std::sync::OnceLock::new(),
+            membership: std::sync::OnceLock::new(),
             recorder: std::sync::OnceLock::new(),
         }
     }
@@ -226,6 +230,39 @@ impl Platform {
         let flows = crate::flows::Flows::new(store, node_id);
         if self.flows.set(flows.clone()).is_ok() {
             self.add_trigger(flows);
+        }
+    }
+
+    /// Registers this node (`id`, reached at `address`) among the nodes sharing `store`
+    /// and keeps its heartbeat until `stop_membership`.
+    pub async fn enable_membership(
+        &self,
+        store: Arc<dyn store::ClusterStore>,
+        id: &str,
+        address: &str,
+    ) -> Result<(), Error> {
+        let m = crate::membership::Membership::start(store, id, address).await?;
+        if let Err(m) = self.membership.set(m) {
+            m.stop().await;
+        }
+        Ok(())
+    }
+
+    /// The nodes sharing the store, this one among them.
+    pub async fn nodes(&self) -> Result<Vec<crate::membership::NodeStatus>, Error> {
+        match self.membership.get() {
+            Some(m) => m.nodes().await,
+            None => Err(Error::new(
+                ErrorCode::Internal,
+                "this server keeps no node membership",
+            )),
+        }
+    }
+
+    /// Stops this node's heartbeat (at shutdown).
+    pub async fn stop_membership(&self) {
+        if let Some(m) = self.membership.get() {
+            m.stop().await;
         }
     }
 

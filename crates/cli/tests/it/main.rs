@@ -6,6 +6,7 @@ mod bucket_events;
 mod build;
 mod bus;
 mod cli;
+mod cluster;
 mod dev;
 mod flow_triggers;
 mod flows;
