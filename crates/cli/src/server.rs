@@ -403,6 +403,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                 retry_base_ms: args.async_retry_base_ms,
                 queue_per_function_max: args.async_queue_per_function_max as usize,
                 allow_private_webhooks: args.allow_private_webhooks,
+                node_id: node_id.clone(),
                 ..Default::default()
             },
         )

@@ -355,3 +355,10 @@ pub const NODE_HEARTBEAT_MS: u64 = 1_000;
 pub const NODE_DEAD_AFTER_MS: u64 = 10_000;
 /// A dead node's row is forgotten after this long (`nimbus nodes ls` shows it until then).
 pub const NODE_FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
+
+/// How long a node holds the asynchronous invocations it runs without renewing: past
+/// this, any node queues them again (their node died or stalled).
+pub const ASYNC_LEASE_MS: u64 = 30_000;
+/// How often a node renews its leases and queues again what others' expired leases left:
+/// a third of the lease, so two renewals may fail before a live node loses one.
+pub const ASYNC_LEASE_RENEW_MS: u64 = 10_000;

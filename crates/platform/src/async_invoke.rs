@@ -12,7 +12,7 @@ use bytes::Bytes;
 use model::{Destination, ErrorCode, limits};
 use sandbox::Outcome;
 use serde_json::json;
-use store::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent, StoreError};
+use store::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, Lease, NewEvent, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::trigger::{Changes, Trigger};
@@ -32,6 +32,10 @@ pub struct AsyncConfig {
     /// (`--allow-private-webhooks`); off, a tenant cannot aim the server at the operator's
     /// network.
     pub allow_private_webhooks: bool,
+    /// This node's id: its claims on running invocations carry it.
+    pub node_id: String,
+    /// How long its claims hold without renewal (renewed every third of it).
+    pub lease_ms: u64,
 }
 
 impl Default for AsyncConfig {
@@ -43,6 +47,8 @@ impl Default for AsyncConfig {
             queue_per_function_max: limits::ASYNC_QUEUE_PER_FUNCTION_MAX,
             queue_per_node_max: limits::ASYNC_QUEUE_PER_NODE_MAX,
             allow_private_webhooks: false,
+            node_id: "local".into(),
+            lease_ms: limits::ASYNC_LEASE_MS,
         }
     }
 }
@@ -125,13 +131,16 @@ impl AsyncInvoker {
         queue: Arc<dyn AsyncQueue>,
         config: AsyncConfig,
     ) -> Result<Arc<AsyncInvoker>, StoreError> {
-        let recovered = queue.recover(now_ms()).await?;
+        // What this node ran before it stopped is due again at once; what other nodes
+        // left behind when they died, once their leases ran out (the lease loop).
+        let recovered = queue.release(&config.node_id, now_ms()).await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
                 "asynchronous attempts that were running when the server stopped are delivered again"
             );
         }
+        queue.requeue_expired(now_ms()).await?;
         let mut pending = HashMap::new();
         let mut waiting = HashMap::new();
         let mut total = 0;
@@ -158,7 +167,16 @@ impl AsyncInvoker {
         tokio::spawn(write_batches(Arc::downgrade(&invoker), rx));
         tokio::spawn(write_finishes(Arc::downgrade(&invoker), finishes));
         tokio::spawn(sweep(Arc::downgrade(&invoker)));
+        tokio::spawn(keep_leases(Arc::downgrade(&invoker)));
         Ok(invoker)
+    }
+
+    /// This node's hold on what it claims now.
+    fn lease(&self) -> Lease {
+        Lease {
+            node: self.config.node_id.clone(),
+            until_ms: now_ms() + self.config.lease_ms as i64,
+        }
     }
 
     /// Keeps what a trigger gave up on (a queue message whose retries or age ran out) as a
@@ -182,8 +200,8 @@ impl AsyncInvoker {
             source: Some(dead.source.clone()),
             now_ms: now,
             // Stored as started, so no node runs it before its end is recorded below; a
-            // crash between the two leaves it running, and `recover` delivers it again.
-            claimed: true,
+            // crash between the two leaves it running until its lease is released.
+            claimed: Some(self.lease()),
             lineage: 0,
         };
         match self
@@ -233,7 +251,9 @@ impl AsyncInvoker {
             version: (!dead.version.is_empty()).then_some(dead.version),
             function_error: true,
         };
-        self.queue.finish(&id, &finish, now_ms()).await?;
+        self.queue
+            .finish(&id, &finish, &self.config.node_id, now_ms())
+            .await?;
         Ok(())
     }
 
@@ -299,7 +319,7 @@ impl AsyncInvoker {
             traceparent,
             source,
             now_ms: now_ms(),
-            claimed: handoff.is_some(),
+            claimed: handoff.as_ref().map(|_| self.lease()),
             lineage,
         };
         // What the first attempt needs, should the event be handed off.
@@ -504,7 +524,10 @@ async fn write_finishes(invoker: Weak<AsyncInvoker>, rx: mpsc::Receiver<Ending>)
         async move {
             let inv = invoker.upgrade()?;
             let n = ends.len();
-            let done = inv.queue.finish_many(&ends, now_ms()).await;
+            let done = inv
+                .queue
+                .finish_many(&ends, &inv.config.node_id, now_ms())
+                .await;
             Some(done.map(|()| vec![(); n]).map_err(WriteError::from))
         }
     })
@@ -644,7 +667,7 @@ async fn dispatch_round(platform: &Arc<Platform>, inv: &Arc<AsyncInvoker>) -> Re
         return Ok(0);
     }
     let (began, now) = (std::time::Instant::now(), now_ms());
-    let records = inv.queue.claim(&wants, now).await?;
+    let records = inv.queue.claim(&wants, now, &inv.lease()).await?;
     let n = records.len();
     tracing::debug!(
         targets = wants.len(),
@@ -1096,6 +1119,41 @@ pub(crate) fn retry_delay_ms(base_ms: u64, n: u32, id: &str) -> u64 {
     (delay as i64 + delay as i64 * jitter / 1000).max(1) as u64
 }
 
+/// Renews this node's leases on what it runs and queues again what other nodes' expired
+/// leases left running, every third of a lease; what comes back is waiting here.
+async fn keep_leases(invoker: Weak<AsyncInvoker>) {
+    loop {
+        let every = match invoker.upgrade() {
+            Some(inv) => Duration::from_millis(inv.config.lease_ms / 3),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(inv) = invoker.upgrade() else { return };
+        if inv.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = inv.queue.renew(&inv.lease()).await {
+            // Two more tries before the lease runs out (a third of it each).
+            tracing::warn!(error = %e, "renewing this node's asynchronous leases failed");
+        }
+        match inv.queue.requeue_expired(now_ms()).await {
+            Ok(requeued) if !requeued.is_empty() => {
+                let mut waiting = inv.waiting.lock().unwrap();
+                for (target, n) in requeued {
+                    tracing::warn!(%target, n, "asynchronous attempts whose node stopped renewing are delivered again");
+                    *waiting.entry(target).or_insert(0) += n;
+                }
+                drop(waiting);
+                inv.wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "queueing expired asynchronous attempts again failed")
+            }
+        }
+    }
+}
+
 /// Deletes finished invocations past their retention, once a minute.
 async fn sweep(invoker: Weak<AsyncInvoker>) {
     loop {
@@ -1126,6 +1184,10 @@ mod tests {
     /// A platform on real stores with the queue and workflows on, its triggers started,
     /// and flow `echo` (one Pass state).
     async fn with_flow() -> (tempfile::TempDir, Arc<Platform>) {
+        with_flow_and(AsyncConfig::default()).await
+    }
+
+    async fn with_flow_and(config: AsyncConfig) -> (tempfile::TempDir, Arc<Platform>) {
         let tmp = tempfile::tempdir().unwrap();
         let db = Arc::new(
             store::SqliteStore::open(&tmp.path().join("db"))
@@ -1138,10 +1200,7 @@ mod tests {
         let runtimes = sandbox::Runtimes::install(&tmp.path().join("rt"), None, None).unwrap();
         let pool = sandbox::Pool::new(runtimes, Default::default());
         let platform = Arc::new(Platform::new(db.clone(), blobs, code, pool));
-        platform
-            .enable_async(db.clone(), AsyncConfig::default())
-            .await
-            .unwrap();
+        platform.enable_async(db.clone(), config).await.unwrap();
         platform.enable_flows(db, "node-a");
         platform.load().await.unwrap();
         platform.start_triggers().await.unwrap();
@@ -1257,5 +1316,37 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::FunctionNotFound);
+    }
+
+    /// An event another node held when it died (its lease no longer renewed) is run by
+    /// this one once the lease is out, while this one runs: not only at a restart.
+    #[tokio::test]
+    async fn a_dead_nodes_running_event_is_requeued_and_run_here() {
+        let config = AsyncConfig {
+            node_id: "n1".into(),
+            lease_ms: 300,
+            ..AsyncConfig::default()
+        };
+        let (_tmp, platform) = with_flow_and(config).await;
+        let queue = platform.asynq().unwrap().queue.clone();
+        queue
+            .enqueue(&[NewEvent {
+                id: "left-behind".into(),
+                function: "flow/echo".into(),
+                payload: Bytes::from_static(br#"{"n": 7}"#),
+                idempotency_key: None,
+                traceparent: None,
+                source: None,
+                now_ms: now_ms(),
+                claimed: Some(Lease {
+                    node: "n2".into(),
+                    until_ms: now_ms() + 200,
+                }),
+                lineage: 0,
+            }])
+            .await
+            .unwrap();
+        let r = settled(&platform, "left-behind").await;
+        assert_eq!((r.status, r.attempts), (AsyncStatus::Succeeded, 2));
     }
 }

@@ -37,7 +37,7 @@ pub use meta::{
 };
 pub use object_files::{BlobSink, ObjectFiles};
 pub use objects::{ObjectError, ObjectMeta};
-pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, NewEvent};
+pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, Lease, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};
 
 /// A random name part for temporary files and directories. Not the pid: a server restarted

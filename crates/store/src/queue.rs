@@ -21,12 +21,20 @@ pub struct NewEvent {
     /// What submitted it when not a client (`timer:nightly`); its attempts are named so.
     pub source: Option<String>,
     pub now_ms: i64,
-    /// Stored as claimed by its submitter, its first attempt started (`running`, one
-    /// attempt): the node runs it the moment it is committed, with no claim round. A crash
-    /// leaves it `running`, which `recover` (and in a cluster, the lease) queues again.
-    pub claimed: bool,
+    /// Stored as claimed by its submitter under this lease, its first attempt started
+    /// (`running`, one attempt): the node runs it the moment it is committed, with no claim
+    /// round. A crash leaves it `running` until the lease is released or runs out.
+    pub claimed: Option<Lease>,
     /// Hops of the chain of calls its attempts continue (loop protection; 0: none).
     pub lineage: u32,
+}
+
+/// A node's hold on the invocations it runs: theirs until `until_ms`, renewed while they
+/// run. The same shape for every claim, so renewing is one statement per node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub until_ms: i64,
 }
 
 /// What became of a submission.
@@ -134,21 +142,41 @@ pub trait AsyncQueue: Send + Sync + 'static {
     /// Stores a batch of submissions in one transaction (one commit for many events).
     async fn enqueue(&self, events: &[NewEvent]) -> Result<Vec<Accepted>, StoreError>;
     /// Starts up to `limit` due invocations (queued, or retrying whose time has come) of
-    /// each `(target, limit)` in arrival order: marks them running and counts their
-    /// attempt, in one transaction.
+    /// each `(target, limit)` in arrival order: marks them running under `lease` and counts
+    /// their attempt, in one transaction.
     async fn claim(
         &self,
         wants: &[(String, usize)],
         now_ms: i64,
+        lease: &Lease,
     ) -> Result<Vec<AsyncRecord>, StoreError>;
-    async fn finish(&self, id: &str, how: &Finish, now_ms: i64) -> Result<(), StoreError> {
-        self.finish_many(&[(id.to_string(), how.clone())], now_ms)
+    async fn finish(
+        &self,
+        id: &str,
+        how: &Finish,
+        node: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.finish_many(&[(id.to_string(), how.clone())], node, now_ms)
             .await
     }
-    /// Records the ends of several attempts in one transaction.
-    async fn finish_many(&self, ends: &[(String, Finish)], now_ms: i64) -> Result<(), StoreError>;
-    /// After a restart: attempts that were running are due again (at-least-once).
-    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// Records the ends of several of `node`'s attempts in one transaction. An attempt
+    /// another node holds now (its lease ran out and it was taken again) is left to that
+    /// node: its end is that attempt's to record.
+    async fn finish_many(
+        &self,
+        ends: &[(String, Finish)],
+        node: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Extends every running invocation `lease.node` holds to `lease.until_ms`; how many.
+    async fn renew(&self, lease: &Lease) -> Result<u64, StoreError>;
+    /// A node starting again: the attempts it held before are due again at once
+    /// (at-least-once); how many.
+    async fn release(&self, node: &str, now_ms: i64) -> Result<u64, StoreError>;
+    /// Any node's running invocations whose lease ran out by `now_ms` are due again: their
+    /// node died or stalled. How many, per target.
+    async fn requeue_expired(&self, now_ms: i64) -> Result<Vec<(String, usize)>, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<AsyncRecord>, StoreError>;
     /// Invocations with `status`, optionally of one function, oldest first.
     async fn list(
@@ -197,6 +225,7 @@ async fn finish_in(
     tx: &mut sqlx::SqliteConnection,
     id: &str,
     how: &Finish,
+    node: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     match how {
@@ -209,8 +238,8 @@ async fn finish_in(
             sqlx::query(
                 "UPDATE async_invocations
                      SET status = ?, result = ?, version = ?, updated_at_ms = ?,
-                         function_errors = function_errors + ?
-                     WHERE id = ?",
+                         function_errors = function_errors + ?, owner = NULL
+                     WHERE id = ? AND (status <> 'running' OR owner = ?)",
             )
             .bind(status.as_str())
             .bind(result)
@@ -218,6 +247,7 @@ async fn finish_in(
             .bind(now_ms)
             .bind(i64::from(*function_error))
             .bind(id)
+            .bind(node)
             .execute(&mut *tx)
             .await?;
         }
@@ -229,14 +259,15 @@ async fn finish_in(
             sqlx::query(
                 "UPDATE async_invocations
                      SET status = 'retrying', next_attempt_at_ms = ?, result = ?,
-                         function_errors = function_errors + ?, updated_at_ms = ?
-                     WHERE id = ?",
+                         function_errors = function_errors + ?, updated_at_ms = ?, owner = NULL
+                     WHERE id = ? AND (status <> 'running' OR owner = ?)",
             )
             .bind(at_ms)
             .bind(result)
             .bind(i64::from(*function_error))
             .bind(now_ms)
             .bind(id)
+            .bind(node)
             .execute(&mut *tx)
             .await?;
         }
@@ -256,16 +287,20 @@ impl AsyncQueue for SqliteStore {
             let inserted = sqlx::query(
                 "INSERT INTO async_invocations (id, function, payload, status, attempts,
                     function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms,
-                    idempotency_key, traceparent, source, lineage)
-                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)
+                    idempotency_key, traceparent, source, lineage, owner, lease_until_ms)
+                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL
                     DO NOTHING",
             )
             .bind(&e.id)
             .bind(&e.function)
             .bind(&e.payload[..])
-            .bind(if e.claimed { "running" } else { "queued" })
-            .bind(i64::from(e.claimed))
+            .bind(if e.claimed.is_some() {
+                "running"
+            } else {
+                "queued"
+            })
+            .bind(i64::from(e.claimed.is_some()))
             .bind(e.now_ms)
             .bind(e.now_ms)
             .bind(e.now_ms)
@@ -273,6 +308,8 @@ impl AsyncQueue for SqliteStore {
             .bind(&e.traceparent)
             .bind(&e.source)
             .bind(i64::from(e.lineage))
+            .bind(e.claimed.as_ref().map(|l| &l.node))
+            .bind(e.claimed.as_ref().map_or(0, |l| l.until_ms))
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 1 {
@@ -296,13 +333,15 @@ impl AsyncQueue for SqliteStore {
         &self,
         wants: &[(String, usize)],
         now_ms: i64,
+        lease: &Lease,
     ) -> Result<Vec<AsyncRecord>, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::new();
         for (target, limit) in wants {
             let rows = sqlx::query(concat!(
                 "UPDATE async_invocations
-                 SET status = 'running', attempts = attempts + 1, updated_at_ms = ?
+                 SET status = 'running', attempts = attempts + 1, updated_at_ms = ?,
+                     owner = ?, lease_until_ms = ?
                  WHERE id IN (
                     SELECT id FROM async_invocations
                     WHERE function = ? AND status IN ('queued', 'retrying')
@@ -312,6 +351,8 @@ impl AsyncQueue for SqliteStore {
                 columns!()
             ))
             .bind(now_ms)
+            .bind(&lease.node)
+            .bind(lease.until_ms)
             .bind(target)
             .bind(now_ms)
             .bind(*limit as i64)
@@ -327,26 +368,60 @@ impl AsyncQueue for SqliteStore {
         Ok(out)
     }
 
-    async fn finish_many(&self, ends: &[(String, Finish)], now_ms: i64) -> Result<(), StoreError> {
+    async fn finish_many(
+        &self,
+        ends: &[(String, Finish)],
+        node: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for (id, how) in ends {
-            finish_in(&mut tx, id, how, now_ms).await?;
+            finish_in(&mut tx, id, how, node, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError> {
+    async fn renew(&self, lease: &Lease) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE async_invocations SET status = 'queued', next_attempt_at_ms = ?,
-                updated_at_ms = ?
-             WHERE status = 'running'",
+            "UPDATE async_invocations SET lease_until_ms = ?
+             WHERE status = 'running' AND owner = ?",
         )
-        .bind(now_ms)
-        .bind(now_ms)
+        .bind(lease.until_ms)
+        .bind(&lease.node)
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn release(&self, node: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE async_invocations SET status = 'queued', owner = NULL,
+                next_attempt_at_ms = ?1, updated_at_ms = ?1
+             WHERE status = 'running' AND owner = ?2",
+        )
+        .bind(now_ms)
+        .bind(node)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn requeue_expired(&self, now_ms: i64) -> Result<Vec<(String, usize)>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE async_invocations SET status = 'queued', owner = NULL,
+                next_attempt_at_ms = ?1, updated_at_ms = ?1
+             WHERE status = 'running' AND lease_until_ms < ?1
+             RETURNING function",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut per_target = std::collections::BTreeMap::<String, usize>::new();
+        for r in &rows {
+            *per_target.entry(r.try_get("function")?).or_insert(0) += 1;
+        }
+        Ok(per_target.into_iter().collect())
     }
 
     async fn get(&self, id: &str) -> Result<Option<AsyncRecord>, StoreError> {
@@ -443,8 +518,15 @@ mod tests {
             traceparent: None,
             source: None,
             now_ms,
-            claimed: false,
+            claimed: None,
             lineage: 0,
+        }
+    }
+
+    fn lease(node: &str, until_ms: i64) -> Lease {
+        Lease {
+            node: node.into(),
+            until_ms,
         }
     }
 
@@ -464,7 +546,7 @@ mod tests {
         assert_eq!(accepted[3], Accepted::Duplicate("a".into()));
         // Two of f's, in arrival order; g's one.
         let claimed = q
-            .claim(&[("f".into(), 2), ("g".into(), 5)], 10)
+            .claim(&[("f".into(), 2), ("g".into(), 5)], 10, &lease("n1", 1_000))
             .await
             .unwrap();
         let ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
@@ -475,18 +557,38 @@ mod tests {
                 .all(|r| r.attempts == 1 && r.status == AsyncStatus::Running)
         );
         // Nothing is claimed twice.
-        assert!(q.claim(&[("f".into(), 9)], 10).await.unwrap().is_empty());
+        assert!(
+            q.claim(&[("f".into(), 9)], 10, &lease("n1", 1_000))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let retry = Finish::Retry {
             at_ms: 100,
             function_error: true,
             result: None,
         };
-        q.finish("a", &retry, 11).await.unwrap();
-        assert!(q.claim(&[("f".into(), 9)], 50).await.unwrap().is_empty());
-        assert_eq!(q.claim(&[("f".into(), 9)], 100).await.unwrap()[0].id, "a");
-        // A crash: whatever ran is queued again and its next attempt counts.
-        assert_eq!(q.recover(200).await.unwrap(), 3);
-        let again = q.claim(&[("f".into(), 9)], 200).await.unwrap();
+        q.finish("a", &retry, "n1", 11).await.unwrap();
+        assert!(
+            q.claim(&[("f".into(), 9)], 50, &lease("n1", 1_000))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            q.claim(&[("f".into(), 9)], 100, &lease("n1", 1_000))
+                .await
+                .unwrap()[0]
+                .id,
+            "a"
+        );
+        // A crash: whatever the node ran is queued again when it starts, and its next
+        // attempt counts.
+        assert_eq!(q.release("n1", 200).await.unwrap(), 3);
+        let again = q
+            .claim(&[("f".into(), 9)], 200, &lease("n1", 1_000))
+            .await
+            .unwrap();
         let attempts: Vec<(&str, u32)> =
             again.iter().map(|r| (r.id.as_str(), r.attempts)).collect();
         assert_eq!(attempts, [("a", 3), ("b", 2)]);
@@ -496,7 +598,7 @@ mod tests {
             version: None,
             function_error: true,
         };
-        q.finish("b", &dead, 201).await.unwrap();
+        q.finish("b", &dead, "n1", 201).await.unwrap();
         let letters = q
             .list(AsyncStatus::DeadLettered, Some("f"), 10)
             .await
@@ -515,6 +617,7 @@ mod tests {
                 version: Some("$LATEST".into()),
                 function_error: false,
             },
+            "n1",
             400,
         )
         .await
@@ -529,7 +632,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let q = SqliteStore::open(&tmp.path().join("q.db")).await.unwrap();
         let claimed = NewEvent {
-            claimed: true,
+            claimed: Some(lease("n1", 1_000)),
             ..event("c", "f", Some("k"), 1)
         };
         let accepted = q
@@ -540,7 +643,10 @@ mod tests {
         let c = q.get("c").await.unwrap().unwrap();
         assert_eq!((c.status, c.attempts), (AsyncStatus::Running, 1));
         // A claim round takes only the queued one.
-        let taken = q.claim(&[("f".into(), 10)], 5).await.unwrap();
+        let taken = q
+            .claim(&[("f".into(), 10)], 5, &lease("n1", 1_000))
+            .await
+            .unwrap();
         assert_eq!(
             taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["q"]
@@ -556,8 +662,11 @@ mod tests {
             vec![Accepted::Duplicate("c".into())]
         );
         // The node died while it ran: after the restart it is delivered again.
-        assert_eq!(q.recover(10).await.unwrap(), 2);
-        let again = q.claim(&[("f".into(), 10)], 10).await.unwrap();
+        assert_eq!(q.release("n1", 10).await.unwrap(), 2);
+        let again = q
+            .claim(&[("f".into(), 10)], 10, &lease("n1", 1_000))
+            .await
+            .unwrap();
         let c = again.iter().find(|r| r.id == "c").unwrap();
         assert_eq!(c.attempts, 2);
     }
@@ -599,7 +708,10 @@ mod tests {
         for s in submitters {
             assert_eq!(s.await.unwrap().unwrap(), vec![Accepted::New]);
         }
-        let claimed = q.claim(&[("g".into(), 100)], 10).await.unwrap();
+        let claimed = q
+            .claim(&[("g".into(), 100)], 10, &lease("n1", 1_000))
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 14);
         let ends: Vec<_> = claimed
             .iter()
@@ -615,6 +727,65 @@ mod tests {
                 )
             })
             .collect();
-        q.finish_many(&ends, 11).await.unwrap();
+        q.finish_many(&ends, "n1", 11).await.unwrap();
+    }
+
+    /// Running invocations are their node's while it renews its lease; once it stops (dead,
+    /// stalled), any node queues them again, and the late node's end of an attempt another
+    /// node took over is not recorded over it. A restarting node releases only its own.
+    #[tokio::test]
+    async fn leases_hold_running_invocations_and_any_node_requeues_expired_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = SqliteStore::open(&tmp.path().join("q.db")).await.unwrap();
+        q.enqueue(&[
+            event("a", "f", None, 1),
+            event("b", "f", None, 2),
+            event("c", "g", None, 3),
+        ])
+        .await
+        .unwrap();
+        q.claim(&[("f".into(), 1)], 10, &lease("n1", 1_000))
+            .await
+            .unwrap();
+        q.claim(&[("f".into(), 1), ("g".into(), 1)], 10, &lease("n2", 1_000))
+            .await
+            .unwrap();
+        // n1 renews; n2 stalls.
+        assert_eq!(q.renew(&lease("n1", 2_000)).await.unwrap(), 1);
+        assert_eq!(q.requeue_expired(999).await.unwrap(), vec![]);
+        assert_eq!(
+            q.requeue_expired(1_500).await.unwrap(),
+            vec![("f".to_string(), 1), ("g".to_string(), 1)]
+        );
+        // n3 takes b over; n2's late end of b is not recorded over n3's attempt.
+        let taken = q
+            .claim(&[("f".into(), 5)], 1_600, &lease("n3", 3_000))
+            .await
+            .unwrap();
+        assert_eq!(taken[0].id, "b");
+        let done = Finish::Done {
+            status: AsyncStatus::Succeeded,
+            result: None,
+            version: None,
+            function_error: false,
+        };
+        q.finish("b", &done, "n2", 1_700).await.unwrap();
+        let b = q.get("b").await.unwrap().unwrap();
+        assert_eq!((b.status, b.attempts), (AsyncStatus::Running, 2));
+        // n2's end of c, queued again but not yet taken, is kept: c does not run twice.
+        q.finish("c", &done, "n2", 1_700).await.unwrap();
+        assert_eq!(
+            q.get("c").await.unwrap().unwrap().status,
+            AsyncStatus::Succeeded
+        );
+        // n1 restarts: only its own attempt is due again.
+        assert_eq!(q.release("n1", 1_800).await.unwrap(), 1);
+        let a = q.get("a").await.unwrap().unwrap();
+        assert_eq!(a.status, AsyncStatus::Queued);
+        q.finish("b", &done, "n3", 1_900).await.unwrap();
+        assert_eq!(
+            q.get("b").await.unwrap().unwrap().status,
+            AsyncStatus::Succeeded
+        );
     }
 }
