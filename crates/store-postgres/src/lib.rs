@@ -12,6 +12,7 @@
 
 mod cluster;
 mod meta;
+mod queue;
 
 use std::time::Duration;
 
