@@ -9,6 +9,12 @@
 //! chain has 50 states (one step commits them all: states that wait for nothing run in the
 //! step that reached them); the task chain has 10 tasks of `bench/noop` (one committed step
 //! per task answer, one function call each).
+//!
+//! Beside them, the baseline in the same run: the same no-op function invoked directly
+//! (plain synchronous invokes), as many at once as the task chain has executions (each
+//! execution has one task under way at a time) and as many in all as it has tasks, so the
+//! report can set tasks/s against invokes/s. The server's CPU time per task (per
+//! transition for the Pass chain, per call for the invokes) is read from `/proc`.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +23,7 @@ use bytes::Bytes;
 use flow::engine::{self, Effect, Event, Execution};
 use serde_json::{Value, json};
 
-use crate::{Conn, Nimbus, build_nimbus, percentile, root};
+use crate::{Conn, Nimbus, build_nimbus, cpu_ms, percentile, root};
 
 const PASS_CHAIN: usize = 50;
 const TASK_CHAIN: usize = 10;
@@ -111,18 +117,27 @@ fn engine_only() -> anyhow::Result<()> {
 
 pub fn bench_flow(args: &[String]) -> anyhow::Result<()> {
     let mut executions = 200usize;
+    // `--binary` runs another build of the server (an earlier commit's, kept aside) in
+    // place of this tree's, so two builds compare on one machine under the same load.
+    let mut binary = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--executions" => executions = it.next().map(|v| v.parse()).transpose()?.unwrap_or(200),
-            other => bail!("unknown argument {other}; use --executions N"),
+            "--binary" => binary = it.next().map(std::path::PathBuf::from),
+            other => bail!("unknown argument {other}; use --executions N, --binary PATH"),
         }
     }
     engine_only()?;
 
     let root = root();
-    build_nimbus(&root)?;
-    let binary = root.join("target/release/nimbus");
+    let binary = match binary {
+        Some(b) => b,
+        None => {
+            build_nimbus(&root)?;
+            root.join("target/release/nimbus")
+        }
+    };
     let data = std::env::temp_dir().join(format!("nimbus-bench-flow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let server = Nimbus::start(&binary, &data, &[])?;
@@ -149,20 +164,98 @@ pub fn bench_flow(args: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let addr = server.endpoint.trim_start_matches("http://").to_string();
+    let pid = server._process.0.id();
+    let mut tasks_per_s = 0.0;
     for flow in ["pass-chain", "task-chain"] {
         // A warm-up execution starts the function's instances.
         rt.block_on(run_executions(&addr, &server.token, flow, 8))?;
+        let cpu_before = cpu_ms(pid)?;
         let (transitions, elapsed) =
             rt.block_on(run_executions(&addr, &server.token, flow, executions))?;
+        let cpu = cpu_ms(pid)? - cpu_before;
+        let rate = transitions as f64 / elapsed.as_secs_f64();
+        let (unit, count) = if flow == "task-chain" {
+            tasks_per_s = (executions * TASK_CHAIN) as f64 / elapsed.as_secs_f64();
+            ("task", executions * TASK_CHAIN)
+        } else {
+            ("transition", transitions as usize)
+        };
         println!(
-            "durable, {flow}: {executions} executions, {transitions} transitions in {:.2} s: {:.0} transitions/s",
+            "durable, {flow}: {executions} executions, {transitions} transitions in {:.2} s: {rate:.0} transitions/s; server CPU {:.0} µs / {unit}",
             elapsed.as_secs_f64(),
-            transitions as f64 / elapsed.as_secs_f64()
+            cpu * 1000.0 / count as f64
         );
     }
+    // The baseline: the same function and calls without the workflow around them.
+    let calls = executions * TASK_CHAIN;
+    rt.block_on(invoke_directly(&addr, &server.token, 8, 8 * TASK_CHAIN))?;
+    let cpu_before = cpu_ms(pid)?;
+    let elapsed = rt.block_on(invoke_directly(&addr, &server.token, executions, calls))?;
+    let cpu = cpu_ms(pid)? - cpu_before;
+    let invokes_per_s = calls as f64 / elapsed.as_secs_f64();
+    println!(
+        "baseline, noop invoked directly: {calls} invokes over {executions} connections in {:.2} s: {invokes_per_s:.0} invokes/s; server CPU {:.0} µs / invoke",
+        elapsed.as_secs_f64(),
+        cpu * 1000.0 / calls as f64
+    );
+    println!(
+        "task chain against the baseline: {tasks_per_s:.0} tasks/s / {invokes_per_s:.0} invokes/s = {:.2}",
+        tasks_per_s / invokes_per_s
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+/// Invokes `noop` `calls` times over `connections` connections at once (plain synchronous
+/// invokes, the payload a task's); answers the time they took.
+async fn invoke_directly(
+    addr: &str,
+    token: &str,
+    connections: usize,
+    calls: usize,
+) -> anyhow::Result<Duration> {
+    let auth = format!("Bearer {token}");
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..connections {
+        let (addr, auth) = (addr.to_string(), auth.clone());
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            for i in (c..calls).step_by(connections) {
+                let body = Bytes::from(json!({"n": i}).to_string());
+                loop {
+                    let (status, answer) = conn
+                        .call(
+                            "POST",
+                            "/v1/functions/noop/invocations",
+                            &[
+                                ("authorization", &auth),
+                                ("content-type", "application/json"),
+                            ],
+                            body.clone(),
+                        )
+                        .await?;
+                    // Many more callers than the function has room for wait in its queue
+                    // for a second at most; one refused then tries again after a pause,
+                    // as a workflow's task does.
+                    if status == 429 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    if status != 200 {
+                        bail!("invoke: {status} {}", String::from_utf8_lossy(&answer));
+                    }
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    Ok(started.elapsed())
 }
 
 /// Starts `n` executions of `flow` over 8 connections and waits for all to end; answers

@@ -9,10 +9,15 @@
 //! committed task never runs again. Timers are free rows that any node claims when due. A
 //! claim is a lease: a node that dies leaves its rows to the others once the lease runs out,
 //! and a node that starts again gives up its own claims at once (it holds nothing).
+//!
+//! Steps are committed by one writer task in batches (`write_steps`): the steps that wait
+//! while a batch is written go together into the next transaction, so the many executions'
+//! tasks answering at once share its statements (`FlowStore::step_batch`) instead of making
+//! about seven round trips each to the database's thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,10 +27,12 @@ use flow::{Definition, Failure};
 use model::{ErrorCode, TriggerKind, limits};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use store::flows::StepRequest;
 use store::{
-    Created, ExecutionRecord, FlowRecord, FlowStore, PutOutcome, StepCommit, Stepped, WorkItem,
+    Created, ExecutionRecord, FlowRecord, FlowStore, PutOutcome, StepCommit, Stepped, StoreError,
+    WorkItem,
 };
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::invoke::{Call, Invoked};
 use crate::trigger::{Changes, FlowTriggers, Trigger};
@@ -49,6 +56,11 @@ const RETENTION_MS: i64 = 30 * 24 * 3_600_000;
 /// pause growing from the first to the second bound, without failing the task: a Map of a
 /// thousand items over a function with few instances waits for them rather than failing.
 const THROTTLE_BACKOFF_MS: (u64, u64) = (20, 1_000);
+/// Steps committed in one transaction at most: a batch's statements grow with it, and a
+/// step waits for the whole batch it is in.
+const STEP_BATCH_MAX: usize = 256;
+/// Steps waiting for the writer; past this, the tasks that make them wait (backpressure).
+const STEP_QUEUE_MAX: usize = 4_096;
 
 /// A function call as its outbox row carries it.
 #[derive(Serialize, Deserialize)]
@@ -77,6 +89,8 @@ pub struct Flows {
     /// Executions someone waits for (a synchronous start): told when one ends here.
     ended: watch::Sender<u64>,
     stopping: watch::Sender<bool>,
+    /// The writer's queue of steps (`write_steps`), started by the first step.
+    steps: OnceLock<mpsc::Sender<StepJob>>,
 }
 
 /// What a start did.
@@ -99,6 +113,7 @@ impl Flows {
             gates: Mutex::new(HashMap::new()),
             ended: watch::channel(0).0,
             stopping: watch::channel(false).0,
+            steps: OnceLock::new(),
         })
     }
 
@@ -499,6 +514,11 @@ impl Flows {
     // ---- the driver ----
 
     /// Feeds one event to an execution in one transaction and carries out what it made.
+    ///
+    /// Every step goes through the writer's batches, including the API's (stops, task
+    /// tokens): one path keeps the steps of an execution in the order they were made, and
+    /// a lone step is committed by itself anyway (`FlowStore::step`, which a batch also
+    /// falls back to when one of its steps fails).
     async fn apply(
         self: &Arc<Self>,
         exec_id: &str,
@@ -508,43 +528,99 @@ impl Flows {
         event: Event,
     ) -> Result<Applied, Error> {
         let def = self.definition(flow, revision).await?;
-        let mut outcome: Option<Result<Committed, Error>> = None;
-        let mut event = Some(event);
-        let stepped = self
-            .store
-            .step(exec_id, consumes, &mut |record| {
-                let now = now_ms();
-                let mut exec = match parse_snapshot(record) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        outcome = Some(Err(e));
-                        return None;
-                    }
-                };
-                let step = engine::step(&mut exec, &def, event.take()?, now);
-                if step.stale {
-                    return None;
-                }
-                match self.commit_of(&exec, step, &record.flow, record.revision, now) {
-                    Ok((commit, after)) => {
-                        outcome = Some(Ok((exec, record.revision, after)));
-                        Some(commit)
-                    }
-                    Err(e) => {
-                        outcome = Some(Err(e));
-                        None
-                    }
-                }
-            })
-            .await?;
-        match (stepped, outcome) {
+        let (reply, answer) = oneshot::channel();
+        let job = StepJob {
+            exec_id: exec_id.to_string(),
+            consumes: consumes.map(str::to_string),
+            def,
+            event,
+            reply,
+        };
+        let writer_gone = || Error::new(ErrorCode::Internal, "workflows' step writer has stopped");
+        self.step_queue()
+            .send(job)
+            .await
+            .map_err(|_| writer_gone())?;
+        let (stepped, outcome) = answer.await.map_err(|_| writer_gone())?;
+        match (stepped?, outcome) {
             (Stepped::Committed, Some(Ok((exec, revision, after)))) => {
                 self.after_commit(&exec, revision, after);
                 Ok(Applied::Done)
             }
-            (_, Some(Err(e))) => Err(e),
+            (Stepped::Committed | Stepped::Unchanged, Some(Err(e))) => Err(e),
+            (Stepped::Committed, None) => Err(Error::new(
+                ErrorCode::Internal,
+                "a step was committed without its outcome",
+            )),
             (Stepped::Missing, _) => Err(execution_not_found(exec_id)),
-            _ => Ok(Applied::Stale),
+            (Stepped::Unchanged | Stepped::AlreadyApplied, _) => Ok(Applied::Stale),
+        }
+    }
+
+    /// The writer's queue, and the writer, started on first use (a step is always made
+    /// inside the runtime; `Flows::new` may not be).
+    fn step_queue(self: &Arc<Self>) -> &mpsc::Sender<StepJob> {
+        self.steps.get_or_init(|| {
+            let (queue, steps) = mpsc::channel(STEP_QUEUE_MAX);
+            tokio::spawn(write_steps(Arc::downgrade(self), steps));
+            queue
+        })
+    }
+
+    /// Commits a batch of steps (`FlowStore::step_batch`): one result per step, with what
+    /// its change made (the execution after it and what to do once committed).
+    async fn commit_steps(&self, jobs: &[StepJob]) -> Vec<StepReply> {
+        let mut outcomes: Vec<Option<Result<Committed, Error>>> =
+            jobs.iter().map(|_| None).collect();
+        let results = {
+            let mut requests: Vec<StepRequest<'_>> = jobs
+                .iter()
+                .zip(outcomes.iter_mut())
+                .map(|(job, outcome)| StepRequest {
+                    execution: &job.exec_id,
+                    consumes: job.consumes.as_deref(),
+                    change: Box::new(move |record: &ExecutionRecord| {
+                        self.change_of(record, &job.def, &job.event, outcome)
+                    }),
+                })
+                .collect();
+            self.store.step_batch(&mut requests).await
+        };
+        results.into_iter().zip(outcomes).collect()
+    }
+
+    /// A step's change of `record`: the engine takes `event`, and `outcome` keeps the
+    /// execution after it (or why nothing is written). Called again when the batch falls
+    /// back to single steps, so the event is cloned, not taken, and `outcome` is reset.
+    fn change_of(
+        &self,
+        record: &ExecutionRecord,
+        def: &Definition,
+        event: &Event,
+        outcome: &mut Option<Result<Committed, Error>>,
+    ) -> Option<StepCommit> {
+        *outcome = None;
+        let now = now_ms();
+        let mut exec = match parse_snapshot(record) {
+            Ok(e) => e,
+            Err(e) => {
+                *outcome = Some(Err(e));
+                return None;
+            }
+        };
+        let step = engine::step(&mut exec, def, event.clone(), now);
+        if step.stale {
+            return None;
+        }
+        match self.commit_of(&exec, step, &record.flow, record.revision, now) {
+            Ok((commit, after)) => {
+                *outcome = Some(Ok((exec, record.revision, after)));
+                Some(commit)
+            }
+            Err(e) => {
+                *outcome = Some(Err(e));
+                None
+            }
         }
     }
 
@@ -882,6 +958,36 @@ impl Flows {
     }
 }
 
+/// Commits the steps that wait, many in one transaction, as the asynchronous queue commits
+/// submissions (`async_invoke::in_batches`): whatever arrived while a batch was written
+/// goes into the next, so steps made at once share one transaction's statements.
+async fn write_steps(flows: Weak<Flows>, mut queue: mpsc::Receiver<StepJob>) {
+    let mut jobs = Vec::with_capacity(STEP_BATCH_MAX);
+    while let Some(job) = queue.recv().await {
+        jobs.push(job);
+        while jobs.len() < STEP_BATCH_MAX {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(me) = flows.upgrade() else {
+            return;
+        };
+        let began = std::time::Instant::now();
+        let replies = me.commit_steps(&jobs).await;
+        drop(me);
+        tracing::debug!(
+            steps = jobs.len(),
+            commit_ms = began.elapsed().as_secs_f64() * 1e3,
+            "flows: steps committed"
+        );
+        for (job, reply) in jobs.drain(..).zip(replies) {
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
 fn body_task(key: &str) -> String {
     key.strip_prefix("i:").unwrap_or(key).to_string()
 }
@@ -903,6 +1009,21 @@ enum Applied {
 
 /// A step the store committed: the execution after it, its revision, the calls it made.
 type Committed = (Execution, i64, After);
+
+/// A step waiting for the writer (`write_steps`).
+struct StepJob {
+    exec_id: String,
+    consumes: Option<String>,
+    def: Arc<Definition>,
+    event: Event,
+    reply: oneshot::Sender<StepReply>,
+}
+
+/// What the store did with a step, and what its change made (`Flows::change_of`).
+type StepReply = (
+    Result<Stepped, StoreError>,
+    Option<Result<Committed, Error>>,
+);
 
 /// What a committed step leaves to do: the calls to make, and the earliest timer it set.
 struct After {

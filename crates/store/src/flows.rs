@@ -6,6 +6,9 @@
 //! JSON text the engine's driver reads and writes. What it guarantees is the transaction:
 //! `step` loads an execution, lets the caller compute the change, and commits the new
 //! snapshot, history events, new work and consumed work together — or nothing.
+//! `step_batch` does the same for the steps of many executions in one transaction, with a
+//! few multi-row statements for all of them: every statement is a round trip to the
+//! database's thread, and those round trips, not the SQL, are what a step costs.
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -89,6 +92,20 @@ pub enum Stepped {
     Unchanged,
 }
 
+/// A step's computation of its change from the execution as it stands (`StepRequest`).
+pub type StepChange<'a> =
+    Box<dyn for<'r> FnMut(&'r ExecutionRecord) -> Option<StepCommit> + Send + 'a>;
+
+/// One step of a batch (`FlowStore::step_batch`): what `step` takes.
+pub struct StepRequest<'a> {
+    pub execution: &'a str,
+    pub consumes: Option<&'a str>,
+    /// Computes the change from the execution as the batch's earlier steps left it. It may
+    /// be called a second time, with the record read again, when the batch falls back to
+    /// single steps: it must not use up its input on the first call.
+    pub change: StepChange<'a>,
+}
+
 /// What `create_execution` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
@@ -159,6 +176,13 @@ pub trait FlowStore: Send + Sync + 'static {
         consumes: Option<&str>,
         change: &mut (dyn for<'r> FnMut(&'r ExecutionRecord) -> Option<StepCommit> + Send),
     ) -> Result<Stepped, StoreError>;
+
+    /// Commits `steps` in order in one transaction, each exactly as `step` would alone (a
+    /// later step of the same execution sees what the earlier ones made of it; a consumed
+    /// item an earlier step removed is `AlreadyApplied`), and answers one result per step.
+    /// When a statement fails, the whole batch is rolled back and every step is committed
+    /// by itself, so a failure is its own step's and the other steps still commit.
+    async fn step_batch(&self, steps: &mut [StepRequest<'_>]) -> Vec<Result<Stepped, StoreError>>;
 
     /// Claims up to `limit` work items due by `now_ms` that no one holds (or whose claim
     /// expired) for `owner` until `lease_until_ms`.
@@ -295,6 +319,206 @@ async fn write_commit(
         b.build().execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// Work keys (two parameters each) per statement of a batch, within SQLite's 32,766 bound
+/// parameters.
+const KEYS_PER_STATEMENT: usize = 5_000;
+/// Executions per `UPDATE` of a batch (eight parameters each).
+const EXECUTIONS_PER_STATEMENT: usize = 2_000;
+
+/// The steps of a batch in one transaction (`FlowStore::step_batch`); any error leaves the
+/// transaction rolled back (on drop) and nothing written.
+///
+/// The rows the steps consume are deleted first and the snapshots read together; then the
+/// callers' changes run in order against records kept in memory, and what they made is
+/// written at the end, one statement per kind. The work table's end state is computed in
+/// memory from the steps' effects in order (`delta`, `cleared`), so additions, removals
+/// and clears of the same keys within one batch come out as they would one step at a time.
+async fn step_together(
+    writer: &sqlx::SqlitePool,
+    steps: &mut [StepRequest<'_>],
+) -> Result<Vec<Stepped>, StoreError> {
+    use std::collections::{HashMap, HashSet};
+
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    // The consumed rows that existed: each is applied once, by the first step naming it.
+    let consumed: Vec<(&str, &str)> = steps
+        .iter()
+        .filter_map(|s| s.consumes.map(|k| (s.execution, k)))
+        .collect();
+    let mut present: HashSet<(String, String)> = HashSet::new();
+    for chunk in consumed.chunks(KEYS_PER_STATEMENT) {
+        // Row values against a subquery, which SQLite looks up in the primary key (a plain
+        // `(a, b) IN (VALUES ...)` scans the table).
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM flow_work WHERE (execution, key) IN (SELECT column1, column2 FROM (",
+        );
+        b.push_values(chunk, |mut row, (execution, key)| {
+            row.push_bind(*execution).push_bind(*key);
+        });
+        b.push(")) RETURNING execution, key");
+        for row in b.build().persistent(false).fetch_all(&mut *tx).await? {
+            present.insert((row.try_get("execution")?, row.try_get("key")?));
+        }
+    }
+    let mut ids: Vec<&str> = steps.iter().map(|s| s.execution).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut records: HashMap<String, ExecutionRecord> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(KEYS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!(
+            "SELECT ",
+            execution_columns!(),
+            ", snapshot FROM flow_executions WHERE id IN ("
+        ));
+        let mut list = b.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        b.push(")");
+        for row in b.build().persistent(false).fetch_all(&mut *tx).await? {
+            let record = execution_row(&row, true)?;
+            records.insert(record.id.clone(), record);
+        }
+    }
+
+    // The batch's effects on `flow_work`, in order: per key, its last write (`None` for
+    // deleted); and the executions whose rows a step cleared (before those writes).
+    let mut delta: HashMap<(String, String), Option<WorkItem>> = HashMap::new();
+    let mut cleared: HashSet<String> = HashSet::new();
+    let mut changed: HashSet<String> = HashSet::new();
+    let mut history: Vec<(String, i64, String)> = Vec::new();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps.iter_mut() {
+        let execution = step.execution;
+        if let Some(key) = step.consumes {
+            let at = (execution.to_string(), key.to_string());
+            let exists = match delta.get(&at) {
+                Some(write) => write.is_some(),
+                None => !cleared.contains(execution) && present.contains(&at),
+            };
+            if !exists {
+                out.push(Stepped::AlreadyApplied);
+                continue;
+            }
+            delta.insert(at, None);
+        }
+        let Some(record) = records.get_mut(execution) else {
+            out.push(Stepped::Missing);
+            continue;
+        };
+        let Some(commit) = (step.change)(record) else {
+            // The consumed item stays deleted, as in `step`.
+            out.push(Stepped::Unchanged);
+            continue;
+        };
+        record.status = commit.status;
+        record.output = commit.output;
+        record.error = commit.error;
+        record.cause = commit.cause;
+        record.stopped_at_ms = commit.stopped_at_ms;
+        record.transitions = commit.transitions;
+        record.snapshot = commit.snapshot;
+        changed.insert(execution.to_string());
+        history.extend(
+            commit
+                .history
+                .into_iter()
+                .map(|(id, event)| (execution.to_string(), id, event)),
+        );
+        if commit.clear {
+            // As in `write_commit`: a clear ends the step's work changes.
+            delta.retain(|(e, _), _| e != execution);
+            cleared.insert(execution.to_string());
+        } else {
+            for key in commit.remove {
+                delta.insert((execution.to_string(), key), None);
+            }
+            for item in commit.add {
+                delta.insert((item.execution.clone(), item.key.clone()), Some(item));
+            }
+        }
+        out.push(Stepped::Committed);
+    }
+
+    let changed: Vec<&ExecutionRecord> = changed.iter().map(|id| &records[id]).collect();
+    for chunk in changed.chunks(EXECUTIONS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE flow_executions SET status = v.column2, output = v.column3, error = v.column4,
+                cause = v.column5, stopped_at_ms = v.column6, transitions = v.column7,
+                snapshot = v.column8 FROM (",
+        );
+        b.push_values(chunk, |mut row, r| {
+            row.push_bind(&r.id)
+                .push_bind(&r.status)
+                .push_bind(&r.output)
+                .push_bind(&r.error)
+                .push_bind(&r.cause)
+                .push_bind(r.stopped_at_ms)
+                .push_bind(r.transitions)
+                .push_bind(&r.snapshot);
+        });
+        b.push(") AS v WHERE flow_executions.id = v.column1");
+        b.build().persistent(false).execute(&mut *tx).await?;
+    }
+    for chunk in history.chunks(HISTORY_ROWS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO flow_history (execution, id, event) ",
+        );
+        b.push_values(chunk, |mut row, (execution, id, event)| {
+            row.push_bind(execution).push_bind(id).push_bind(event);
+        });
+        b.build().persistent(false).execute(&mut *tx).await?;
+    }
+    let cleared: Vec<&String> = cleared.iter().collect();
+    for chunk in cleared.chunks(KEYS_PER_STATEMENT) {
+        let mut b =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM flow_work WHERE execution IN (");
+        let mut list = b.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        b.push(")");
+        b.build().persistent(false).execute(&mut *tx).await?;
+    }
+    // Removals of rows that may exist: not those the first statement deleted, nor those of
+    // cleared executions (deleted just above).
+    let removed: Vec<&(String, String)> = delta
+        .iter()
+        .filter(|(at, write)| {
+            write.is_none() && !present.contains(*at) && !cleared.contains(&&at.0)
+        })
+        .map(|(at, _)| at)
+        .collect();
+    for chunk in removed.chunks(KEYS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM flow_work WHERE (execution, key) IN (SELECT column1, column2 FROM (",
+        );
+        b.push_values(chunk, |mut row, (execution, key)| {
+            row.push_bind(execution).push_bind(key);
+        });
+        b.push("))");
+        b.build().persistent(false).execute(&mut *tx).await?;
+    }
+    let added: Vec<&WorkItem> = delta.values().flatten().collect();
+    for chunk in added.chunks(WORK_ROWS_PER_STATEMENT) {
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms) ",
+        );
+        b.push_values(chunk, |mut row, w| {
+            row.push_bind(&w.execution)
+                .push_bind(&w.key)
+                .push_bind(&w.kind)
+                .push_bind(w.due_ms)
+                .push_bind(&w.body)
+                .push_bind(&w.owner)
+                .push_bind(w.lease_until_ms);
+        });
+        b.build().persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 #[async_trait]
@@ -605,6 +829,27 @@ impl FlowStore for SqliteStore {
         write_commit(&mut tx, execution, &commit).await?;
         tx.commit().await?;
         Ok(Stepped::Committed)
+    }
+
+    async fn step_batch(&self, steps: &mut [StepRequest<'_>]) -> Vec<Result<Stepped, StoreError>> {
+        // One step alone takes `step`'s statements, which are fixed (prepared once).
+        if steps.len() > 1 {
+            match step_together(&self.writer, steps).await {
+                Ok(done) => return done.into_iter().map(Ok).collect(),
+                Err(e) => tracing::warn!(
+                    steps = steps.len(),
+                    "flows: a batch of steps failed ({e}); committing them one by one"
+                ),
+            }
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        for step in steps.iter_mut() {
+            out.push(
+                self.step(step.execution, step.consumes, &mut *step.change)
+                    .await,
+            );
+        }
+        out
     }
 
     async fn claim_work(
@@ -982,5 +1227,221 @@ mod tests {
         assert!(s.history("e1", 0, 10).await.unwrap().is_empty());
         assert!(s.flow_revision("order", 1).await.unwrap().is_none());
         assert!(s.flow_revision("order", 2).await.unwrap().is_some());
+    }
+
+    /// The keys of an execution's work rows, in order.
+    async fn work_keys(s: &SqliteStore, execution: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT key FROM flow_work WHERE execution = ? ORDER BY key")
+            .bind(execution)
+            .fetch_all(&s.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Makes executions `ids` of flow `order`, each with the work rows `keys`.
+    async fn executions_with_work(s: &SqliteStore, ids: &[&str], keys: &[&str]) {
+        s.put_flow("order", "{}", "", 1).await.unwrap();
+        for id in ids {
+            let first = StepCommit {
+                status: "RUNNING".into(),
+                snapshot: "{}".into(),
+                add: keys.iter().map(|k| work(id, k, 5)).collect(),
+                ..Default::default()
+            };
+            s.create_execution(&execution(id, id, 1), &first, 10)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A step's change that sets the snapshot to `snapshot` and writes one history event.
+    fn running(snapshot: &str, event: i64) -> StepCommit {
+        StepCommit {
+            status: "RUNNING".into(),
+            transitions: event,
+            snapshot: snapshot.into(),
+            history: vec![(event, format!("{{\"e\":{event}}}"))],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_each_step_as_it_would_alone() {
+        let (_dir, s) = store().await;
+        executions_with_work(&s, &["e1", "e2", "e3"], &["t1", "t2"]).await;
+        let seen = std::sync::Mutex::new(Vec::<String>::new());
+        let seen = &seen;
+        let mut steps = vec![
+            // Committed: consumes its item, adds one.
+            StepRequest {
+                execution: "e1",
+                consumes: Some("t1"),
+                change: Box::new(|r: &ExecutionRecord| {
+                    seen.lock().unwrap().push(format!("e1:{}", r.snapshot));
+                    let mut c = running("{\"at\":1}", 2);
+                    c.add = vec![work("e1", "t3", 7)];
+                    Some(c)
+                }),
+            },
+            // The same item again in the same batch: applied once.
+            StepRequest {
+                execution: "e1",
+                consumes: Some("t1"),
+                change: Box::new(|_: &ExecutionRecord| panic!("an applied item is applied again")),
+            },
+            // An item that never was.
+            StepRequest {
+                execution: "e2",
+                consumes: Some("gone"),
+                change: Box::new(|_: &ExecutionRecord| panic!("a missing item is applied")),
+            },
+            StepRequest {
+                execution: "nope",
+                consumes: None,
+                change: Box::new(|_: &ExecutionRecord| panic!("a missing execution is stepped")),
+            },
+            // The caller writes nothing; its item is still consumed.
+            StepRequest {
+                execution: "e3",
+                consumes: Some("t1"),
+                change: Box::new(|_: &ExecutionRecord| None),
+            },
+            // e2 cancels t1, so a later answer of t1 in the batch finds it gone.
+            StepRequest {
+                execution: "e2",
+                consumes: None,
+                change: Box::new(|_: &ExecutionRecord| {
+                    let mut c = running("{\"e2\":1}", 2);
+                    c.remove = vec!["t1".into()];
+                    Some(c)
+                }),
+            },
+            StepRequest {
+                execution: "e2",
+                consumes: Some("t1"),
+                change: Box::new(|_: &ExecutionRecord| panic!("a cancelled item is applied")),
+            },
+            // e1's second step sees its first, and ends the execution (its work goes).
+            StepRequest {
+                execution: "e1",
+                consumes: Some("t2"),
+                change: Box::new(|r: &ExecutionRecord| {
+                    seen.lock().unwrap().push(format!("e1:{}", r.snapshot));
+                    Some(StepCommit {
+                        status: "SUCCEEDED".into(),
+                        stopped_at_ms: Some(9),
+                        transitions: 3,
+                        snapshot: "{\"done\":true}".into(),
+                        history: vec![(3, "{\"e\":3}".into())],
+                        clear: true,
+                        ..Default::default()
+                    })
+                }),
+            },
+            // After the clear, the execution's other items are gone too.
+            StepRequest {
+                execution: "e1",
+                consumes: Some("t3"),
+                change: Box::new(|_: &ExecutionRecord| panic!("a cleared item is applied")),
+            },
+        ];
+        let got: Vec<Stepped> = s
+            .step_batch(&mut steps)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Stepped::Committed,
+                Stepped::AlreadyApplied,
+                Stepped::AlreadyApplied,
+                Stepped::Missing,
+                Stepped::Unchanged,
+                Stepped::Committed,
+                Stepped::AlreadyApplied,
+                Stepped::Committed,
+                Stepped::AlreadyApplied,
+            ]
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["e1:{}".to_string(), "e1:{\"at\":1}".to_string()]
+        );
+        let e1 = s.get_execution("e1").await.unwrap().unwrap();
+        assert_eq!(
+            (e1.status.as_str(), e1.stopped_at_ms, e1.transitions),
+            ("SUCCEEDED", Some(9), 3)
+        );
+        assert_eq!(e1.snapshot, "{\"done\":true}");
+        assert_eq!(
+            s.history("e1", 0, 10).await.unwrap(),
+            vec!["{\"e\":2}".to_string(), "{\"e\":3}".to_string()]
+        );
+        assert!(work_keys(&s, "e1").await.is_empty());
+        let e2 = s.get_execution("e2").await.unwrap().unwrap();
+        assert_eq!(e2.snapshot, "{\"e2\":1}");
+        assert_eq!(work_keys(&s, "e2").await, vec!["t2".to_string()]);
+        let e3 = s.get_execution("e3").await.unwrap().unwrap();
+        assert_eq!(
+            (e3.status.as_str(), e3.snapshot.as_str()),
+            ("RUNNING", "{}")
+        );
+        assert_eq!(work_keys(&s, "e3").await, vec!["t2".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_fails_alone_and_the_rest_of_its_batch_commits() {
+        let (_dir, s) = store().await;
+        executions_with_work(&s, &["e1", "e2", "e3"], &["t1"]).await;
+        // A statement that fails for one step's rows: the batch's history insert fails.
+        sqlx::query(
+            "CREATE TRIGGER no_boom BEFORE INSERT ON flow_history WHEN NEW.event = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        )
+        .execute(&s.writer)
+        .await
+        .unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let calls = &calls;
+        let step = |execution: &'static str, event: &'static str| StepRequest {
+            execution,
+            consumes: Some("t1"),
+            change: Box::new(move |_: &ExecutionRecord| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(StepCommit {
+                    status: "RUNNING".into(),
+                    snapshot: format!("{{\"{execution}\":1}}"),
+                    history: vec![(2, event.into())],
+                    ..Default::default()
+                })
+            }),
+        };
+        let mut steps = vec![step("e1", "{}"), step("e2", "boom"), step("e3", "{}")];
+        let got = s.step_batch(&mut steps).await;
+        assert!(matches!(got[0], Ok(Stepped::Committed)), "{:?}", got[0]);
+        assert!(
+            matches!(&got[1], Err(e) if e.to_string().contains("boom refused")),
+            "{:?}",
+            got[1]
+        );
+        assert!(matches!(got[2], Ok(Stepped::Committed)), "{:?}", got[2]);
+        // Each change ran in the batch, then again alone.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 6);
+        for (id, snapshot, keys) in [
+            ("e1", "{\"e1\":1}", 0),
+            ("e2", "{}", 1),
+            ("e3", "{\"e3\":1}", 0),
+        ] {
+            let got = s.get_execution(id).await.unwrap().unwrap();
+            assert_eq!(got.snapshot, snapshot, "{id}");
+            assert_eq!(work_keys(&s, id).await.len(), keys, "{id}");
+        }
+        assert_eq!(s.history("e2", 0, 10).await.unwrap().len(), 0);
+        assert_eq!(
+            s.history("e3", 0, 10).await.unwrap(),
+            vec!["{}".to_string()]
+        );
     }
 }
