@@ -1240,7 +1240,7 @@ mod tests {
 
     /// Makes executions `ids` of flow `order`, each with the work rows `keys`.
     async fn executions_with_work(s: &SqliteStore, ids: &[&str], keys: &[&str]) {
-        s.put_flow("order", "{}", "", 1).await.unwrap();
+        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
         for id in ids {
             let first = StepCommit {
                 status: "RUNNING".into(),
