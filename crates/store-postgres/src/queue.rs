@@ -17,25 +17,12 @@ macro_rules! columns {
     };
 }
 
-fn status_of(s: &str) -> Result<AsyncStatus, StoreError> {
-    Ok(match s {
-        "queued" => AsyncStatus::Queued,
-        "running" => AsyncStatus::Running,
-        "retrying" => AsyncStatus::Retrying,
-        "succeeded" => AsyncStatus::Succeeded,
-        "failed" => AsyncStatus::Failed,
-        "expired" => AsyncStatus::Expired,
-        "dead_lettered" => AsyncStatus::DeadLettered,
-        other => return Err(StoreError::Corrupt(format!("invocation status `{other}`"))),
-    })
-}
-
 fn row_to_record(r: &PgRow) -> Result<AsyncRecord, StoreError> {
     Ok(AsyncRecord {
         id: r.try_get("id")?,
         function: r.try_get("function")?,
         payload: Bytes::from(r.try_get::<Vec<u8>, _>("payload")?),
-        status: status_of(r.try_get("status")?)?,
+        status: AsyncStatus::parse(r.try_get("status")?)?,
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         function_errors: r.try_get::<i64, _>("function_errors")? as u32,
         enqueued_at_ms: r.try_get("enqueued_at_ms")?,

@@ -70,7 +70,8 @@ impl AsyncStatus {
         }
     }
 
-    fn parse(s: &str) -> Result<AsyncStatus, StoreError> {
+    /// The status `as_str` names; a name no status has is a corrupt record.
+    pub fn parse(s: &str) -> Result<AsyncStatus, StoreError> {
         Ok(match s {
             "queued" => AsyncStatus::Queued,
             "running" => AsyncStatus::Running,
@@ -508,27 +509,7 @@ impl AsyncQueue for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(id: &str, target: &str, key: Option<&str>, now_ms: i64) -> NewEvent {
-        NewEvent {
-            id: id.into(),
-            function: target.into(),
-            payload: Bytes::from_static(b"{}"),
-            idempotency_key: key.map(String::from),
-            traceparent: None,
-            source: None,
-            now_ms,
-            claimed: None,
-            lineage: 0,
-        }
-    }
-
-    fn lease(node: &str, until_ms: i64) -> Lease {
-        Lease {
-            node: node.into(),
-            until_ms,
-        }
-    }
+    use crate::testkit::queue::{event, lease};
 
     #[tokio::test]
     async fn claims_in_arrival_order_and_survives_a_crash() {

@@ -5,7 +5,8 @@ use bytes::Bytes;
 
 use crate::{Accepted, AsyncQueue, AsyncStatus, Finish, Lease, NewEvent};
 
-fn event(id: &str, target: &str, key: Option<&str>, now_ms: i64) -> NewEvent {
+/// A new event of `target`, not claimed.
+pub fn event(id: &str, target: &str, key: Option<&str>, now_ms: i64) -> NewEvent {
     NewEvent {
         id: id.into(),
         function: target.into(),
@@ -19,7 +20,8 @@ fn event(id: &str, target: &str, key: Option<&str>, now_ms: i64) -> NewEvent {
     }
 }
 
-fn lease(node: &str, until_ms: i64) -> Lease {
+/// `node`'s lease until `until_ms`.
+pub fn lease(node: &str, until_ms: i64) -> Lease {
     Lease {
         node: node.into(),
         until_ms,
