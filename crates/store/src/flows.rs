@@ -303,21 +303,8 @@ async fn write_commit(
             .execute(&mut *tx)
             .await?;
     }
-    for chunk in commit.add.chunks(WORK_ROWS_PER_STATEMENT) {
-        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms) ",
-        );
-        b.push_values(chunk, |mut row, w| {
-            row.push_bind(&w.execution)
-                .push_bind(&w.key)
-                .push_bind(&w.kind)
-                .push_bind(w.due_ms)
-                .push_bind(&w.body)
-                .push_bind(&w.owner)
-                .push_bind(w.lease_until_ms);
-        });
-        b.build().execute(&mut *tx).await?;
-    }
+    let added: Vec<&WorkItem> = commit.add.iter().collect();
+    insert_work(&mut *tx, &added, true).await?;
     Ok(())
 }
 
@@ -502,7 +489,20 @@ async fn step_together(
         b.build().persistent(false).execute(&mut *tx).await?;
     }
     let added: Vec<&WorkItem> = delta.values().flatten().collect();
-    for chunk in added.chunks(WORK_ROWS_PER_STATEMENT) {
+    // Its statements vary in size from batch to batch: not kept prepared.
+    insert_work(&mut tx, &added, false).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Writes work rows (new or replacing ones of the same key), a bounded number per
+/// statement; `persistent` keeps a statement prepared (worth it where its shape repeats).
+async fn insert_work(
+    conn: &mut sqlx::SqliteConnection,
+    items: &[&WorkItem],
+    persistent: bool,
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(WORK_ROWS_PER_STATEMENT) {
         let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR REPLACE INTO flow_work (execution, key, kind, due_ms, body, owner, lease_until_ms) ",
         );
@@ -515,10 +515,9 @@ async fn step_together(
                 .push_bind(&w.owner)
                 .push_bind(w.lease_until_ms);
         });
-        b.build().persistent(false).execute(&mut *tx).await?;
+        b.build().persistent(persistent).execute(&mut *conn).await?;
     }
-    tx.commit().await?;
-    Ok(out)
+    Ok(())
 }
 
 #[async_trait]
