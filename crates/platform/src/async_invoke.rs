@@ -36,6 +36,9 @@ pub struct AsyncConfig {
     pub node_id: String,
     /// How long its claims hold without renewal (renewed every third of it).
     pub lease_ms: u64,
+    /// Whether other nodes share the queue: then what they accept is read from the store
+    /// every `SHARED_QUEUE_POLL`, since only its own submissions wake this node.
+    pub shared: bool,
 }
 
 impl Default for AsyncConfig {
@@ -49,9 +52,15 @@ impl Default for AsyncConfig {
             allow_private_webhooks: false,
             node_id: "local".into(),
             lease_ms: limits::ASYNC_LEASE_MS,
+            shared: false,
         }
     }
 }
+
+/// How often a node sharing the queue reads what every node left waiting (the events other
+/// nodes accepted, or a dead node's that came back): the bound on how long such an event
+/// waits for an idle node.
+const SHARED_QUEUE_POLL: Duration = Duration::from_millis(500);
 
 /// Submissions are committed in batches of at most this many (one transaction each).
 const COMMIT_BATCH_MAX: usize = 512;
@@ -168,6 +177,9 @@ impl AsyncInvoker {
         tokio::spawn(write_finishes(Arc::downgrade(&invoker), finishes));
         tokio::spawn(sweep(Arc::downgrade(&invoker)));
         tokio::spawn(keep_leases(Arc::downgrade(&invoker)));
+        if invoker.config.shared {
+            tokio::spawn(follow_others(Arc::downgrade(&invoker)));
+        }
         Ok(invoker)
     }
 
@@ -1150,6 +1162,57 @@ async fn keep_leases(invoker: Weak<AsyncInvoker>) {
             Err(e) => {
                 tracing::warn!(error = %e, "queueing expired asynchronous attempts again failed")
             }
+        }
+    }
+}
+
+/// Takes the store's counts as this node's view of what waits, every `SHARED_QUEUE_POLL`:
+/// events any node accepted, plus what runs here. A count this node raised a moment ago
+/// for a submission not yet committed may be lowered; the next read raises it again.
+async fn follow_others(invoker: Weak<AsyncInvoker>) {
+    loop {
+        tokio::time::sleep(SHARED_QUEUE_POLL).await;
+        let Some(inv) = invoker.upgrade() else { return };
+        if inv.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let (waiting, pending) = match (inv.queue.waiting().await, inv.queue.pending().await) {
+            (Ok(w), Ok(p)) => (w, p),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reading the shared asynchronous queue failed");
+                continue;
+            }
+        };
+        let news = {
+            let mut w = inv.waiting.lock().unwrap();
+            let running = inv.running.lock().unwrap();
+            let mut next: HashMap<String, usize> = running
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(t, n)| (t.clone(), *n))
+                .collect();
+            for (target, n) in waiting {
+                *next.entry(target).or_insert(0) += n;
+            }
+            let news = next
+                .iter()
+                .any(|(t, n)| *n > running.get(t).copied().unwrap_or(0) && w.get(t) != Some(n));
+            *w = next;
+            news
+        };
+        {
+            let mut by_function: HashMap<String, usize> = HashMap::new();
+            for (target, n) in pending {
+                *by_function
+                    .entry(function_of(&target).to_string())
+                    .or_insert(0) += n;
+            }
+            inv.pending_total
+                .store(by_function.values().sum(), Ordering::Release);
+            *inv.pending.lock().unwrap() = by_function;
+        }
+        if news {
+            inv.wake.notify_one();
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod async_invoke;
 pub mod build;
 pub mod bus;
+mod changes;
 mod error;
 pub mod flows;
 mod invoke;

@@ -84,6 +84,21 @@ impl ClusterStore for PgStore {
             .await?;
         Ok(())
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        // A no-op update on conflict makes RETURNING answer the stored value; a racing
+        // insert of the same name waits for the first one's commit and then conflicts.
+        let row = sqlx::query(
+            "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = cluster_secrets.value
+             RETURNING value",
+        )
+        .bind(name)
+        .bind(candidate)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("value")?)
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +124,6 @@ mod tests {
         heartbeats_register_refresh_and_age_out_nodes,
         a_lease_has_one_holder_and_its_epoch_fences_the_next,
         racing_nodes_get_one_lease,
+        the_first_secret_stored_is_everyones,
     );
 }

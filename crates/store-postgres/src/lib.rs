@@ -10,12 +10,14 @@
 //! SQLite's single writer makes them; writes of many rows go in a fixed order, so two nodes
 //! never wait on each other in a cycle.
 
+mod changes;
 mod cluster;
 mod meta;
 mod queue;
 
 use std::time::Duration;
 
+pub use changes::PgChangeFeed;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use store::StoreError;
@@ -85,13 +87,13 @@ pub(crate) mod testing {
             .execute(&admin)
             .await
             .unwrap();
-        let store = PgStore::connect_with(options.options([("search_path", &schema)]), 4)
-            .await
-            .unwrap();
+        let options = options.options([("search_path", &schema)]);
+        let store = PgStore::connect_with(options.clone(), 4).await.unwrap();
         Fresh {
             store,
             admin,
             schema,
+            options,
         }
     }
 
@@ -99,9 +101,17 @@ pub(crate) mod testing {
         pub(crate) store: PgStore,
         admin: PgPool,
         schema: String,
+        options: PgConnectOptions,
     }
 
     impl Fresh {
+        /// Another pool on the same schema: a second node sharing the database.
+        pub(crate) async fn second(&self) -> PgStore {
+            PgStore::connect_with(self.options.clone(), 4)
+                .await
+                .unwrap()
+        }
+
         pub(crate) async fn drop_now(self) {
             self.store.pool.close().await;
             sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -288,6 +288,19 @@ impl AsyncQueue for PgStore {
             .collect()
     }
 
+    async fn waiting(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        // The partial index `async_waiting` holds exactly these rows.
+        let rows = sqlx::query(
+            "SELECT function, COUNT(*) AS n FROM async_invocations
+             WHERE status IN ('queued', 'retrying') GROUP BY function",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("function")?, r.try_get::<i64, _>("n")? as usize)))
+            .collect()
+    }
+
     async fn purge(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM async_invocations

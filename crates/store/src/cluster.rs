@@ -44,6 +44,50 @@ pub trait ClusterStore: Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError>;
     /// Gives lease `name` up if `node` holds it, so another node need not wait it out.
     async fn release_lease(&self, name: &str, node: &str) -> Result<(), StoreError>;
+    /// The cluster's secret `name` (the admin token): `candidate` if none was stored,
+    /// else the one stored first. Nodes starting together agree on one.
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
+}
+
+/// A committed change of something nodes keep in memory (a function, its versions or
+/// aliases, keys, a flow, a pause), numbered in commit order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    /// `function`, `version`, `alias`, `key`, `aws_key`, `pause` or `flow`.
+    pub kind: String,
+    /// The function's or flow's name; a key's id.
+    pub name: String,
+}
+
+/// What `ChangeFeed::changes_after` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangesAfter {
+    /// The changes after the asked one, in commit order (empty: none).
+    Changes(Vec<Change>),
+    /// Changes after the asked one were purged before this node read them: it must load
+    /// everything again, then follow from `latest`.
+    Gap { latest: i64 },
+}
+
+/// How nodes sharing a store learn of each other's writes. The store numbers every change
+/// in commit order, so a node that missed a wake-up (a notification lost while its
+/// listening connection was down) finds what it missed by asking for what came after the
+/// last one it saw. Only shared backends have one: on the embedded store one node makes
+/// every write and republishes as it writes.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// The newest change's number (0 when none): where a node that has just loaded
+    /// everything starts following.
+    async fn latest_change(&self) -> Result<i64, StoreError>;
+    /// The changes after `after`, at most `limit`.
+    async fn changes_after(&self, after: i64, limit: usize) -> Result<ChangesAfter, StoreError>;
+    /// Returns when a change may have been committed since the last return: a notification
+    /// came, or the listening connection was made again (notifications sent meanwhile are
+    /// lost). Callers read `changes_after` then, and also now and then without a wake-up.
+    async fn changed(&self);
+    /// Forgets changes committed before `before_ms`; how many.
+    async fn purge_changes(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -126,6 +170,19 @@ impl ClusterStore for SqliteStore {
             .await?;
         Ok(())
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO cluster_secrets (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = cluster_secrets.value
+             RETURNING value",
+        )
+        .bind(name)
+        .bind(candidate)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(row.try_get("value")?)
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +202,6 @@ mod tests {
         heartbeats_register_refresh_and_age_out_nodes,
         a_lease_has_one_holder_and_its_epoch_fences_the_next,
         racing_nodes_get_one_lease,
+        the_first_secret_stored_is_everyones,
     );
 }

@@ -26,7 +26,7 @@ pub mod testkit;
 
 pub use archive::{ArchiveError, ArchiveInfo};
 pub use blobs::{BlobInfo, BlobStore, FsBlobStore, sha256_hex};
-pub use cluster::{ClusterStore, NodeRecord};
+pub use cluster::{Change, ChangeFeed, ChangesAfter, ClusterStore, NodeRecord};
 pub use code_cache::{CodeCache, layers_id, tree_id};
 pub use error::{DatabaseFault, StoreError};
 pub use flows::{Created, ExecutionRecord, FlowRecord, FlowStore, StepCommit, Stepped, WorkItem};

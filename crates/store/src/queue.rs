@@ -190,6 +190,9 @@ pub trait AsyncQueue: Send + Sync + 'static {
     async fn redrive(&self, ids: &[String], now_ms: i64) -> Result<u64, StoreError>;
     /// Invocations not finished, per function target.
     async fn pending(&self) -> Result<Vec<(String, usize)>, StoreError>;
+    /// Invocations waiting for an attempt (queued, or retrying later), per target: what
+    /// any node may claim, the ones other nodes accepted included.
+    async fn waiting(&self) -> Result<Vec<(String, usize)>, StoreError>;
     /// Deletes finished invocations last changed before `before_ms`.
     async fn purge(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
@@ -486,6 +489,18 @@ impl AsyncQueue for SqliteStore {
         let rows = sqlx::query(
             "SELECT function, COUNT(*) AS n FROM async_invocations
              WHERE status IN ('queued', 'running', 'retrying') GROUP BY function",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("function")?, r.try_get::<i64, _>("n")? as usize)))
+            .collect()
+    }
+
+    async fn waiting(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT function, COUNT(*) AS n FROM async_invocations
+             WHERE status IN ('queued', 'retrying') GROUP BY function",
         )
         .fetch_all(&self.pool)
         .await?;

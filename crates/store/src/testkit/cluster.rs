@@ -112,3 +112,26 @@ pub async fn racing_nodes_get_one_lease(store: &dyn ClusterStore) {
     let winners: Vec<u64> = got.into_iter().filter_map(|r| r.unwrap()).collect();
     assert_eq!(winners, [1]);
 }
+
+/// The first node's secret is the cluster's: later candidates, racing or not, get it.
+pub async fn the_first_secret_stored_is_everyones(store: &dyn ClusterStore) {
+    let racing = (0..8).map(|i| format!("token-{i}")).collect::<Vec<_>>();
+    let got = futures_util::future::join_all(
+        racing.iter().map(|c| store.shared_secret("admin_token", c)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect::<Vec<_>>();
+    assert!(racing.contains(&got[0]));
+    assert!(got.iter().all(|g| g == &got[0]), "{got:?}");
+    assert_eq!(
+        store.shared_secret("admin_token", "later").await.unwrap(),
+        got[0]
+    );
+    assert_eq!(
+        store.shared_secret("other", "x").await.unwrap(),
+        "x",
+        "another name is another secret"
+    );
+}

@@ -9,7 +9,8 @@ use crate::{
     AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, StoreError, TimerProgress,
 };
 
-fn spec(name: &str, handler: &str) -> FunctionSpec {
+/// A function's spec for tests: Python, the handler given, code of zeros.
+pub fn spec(name: &str, handler: &str) -> FunctionSpec {
     let mut s = FunctionSpec::new(name, Runtime::Python3, handler, &"0".repeat(64));
     s.timeout_ms = 1000;
     s

@@ -102,6 +102,10 @@ pub async fn claims_in_arrival_order_and_survives_a_crash(q: &dyn AsyncQueue) {
     let b = q.get("b").await.unwrap().unwrap();
     assert_eq!((b.status, b.attempts), (AsyncStatus::Queued, 0));
     assert_eq!(q.pending().await.unwrap().len(), 2);
+    // Waiting for an attempt: b (redriven) and c (released); a is running.
+    let mut waiting = q.waiting().await.unwrap();
+    waiting.sort();
+    assert_eq!(waiting, [("f".to_string(), 1), ("g".to_string(), 1)]);
     // Finished rows go after their retention; waiting ones stay.
     q.finish(
         "a",
