@@ -25,7 +25,7 @@ use sqlx::{PgConnection, Row};
 use store::objects::{
     BucketRecord, LIST_BATCH_ROWS, ListFrom, ListPage, ListQuery, Listing, NewObjectEvent,
     ObjectChange, ObjectError, ObjectEvent, ObjectMeta, ObjectRecord, PartRecord, UploadRecord,
-    attrs_json, checksums_json, parse_attrs, parse_checksums,
+    attrs_json, checksums_json, parse_attrs, parse_checksums, parse_website, website_json,
 };
 use store::{DatabaseFault, StoreError};
 
@@ -759,9 +759,7 @@ impl ObjectMeta for PgStore {
         match row {
             None => Err(ObjectError::NoSuchBucket(bucket.into())),
             Some(None) => Ok(None),
-            Some(Some(text)) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}")))
-            }),
+            Some(Some(text)) => parse_website(&text).map(Some),
         }
     }
 
@@ -770,7 +768,7 @@ impl ObjectMeta for PgStore {
         bucket: &str,
         website: Option<&Website>,
     ) -> Result<(), ObjectError> {
-        let text = website.map(|w| serde_json::to_string(w).expect("a website serializes"));
+        let text = website.map(website_json);
         let done = sqlx::query("UPDATE buckets SET website = $1 WHERE name = $2")
             .bind(text)
             .bind(bucket)

@@ -8,10 +8,10 @@
 //! their outbox rows go into that same transaction, so an event is committed exactly when
 //! its object is.
 //!
-//! What every backend must answer alike is decided here once: the stored forms of
-//! attributes and checksums, the `TooMany` answers, and a listing's rolling up and paging
-//! (`Listing`), which a backend feeds with rows read in key order. The contract itself is
-//! `testkit::objects`.
+//! What every backend must answer alike is decided here once: the stored forms (JSON) of
+//! attributes, checksums and websites, the `TooMany` answers, and a listing's rolling up
+//! and paging (`Listing`), which a backend feeds with rows read in key order. The contract
+//! itself is `testkit::objects`.
 
 use std::collections::BTreeMap;
 
@@ -433,6 +433,18 @@ pub fn checksums_json(checksums: &BTreeMap<String, String>) -> String {
 pub fn parse_checksums(text: &str) -> Result<BTreeMap<String, String>, ObjectError> {
     serde_json::from_str(text)
         .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("part checksums: {e}"))))
+}
+
+/// A bucket's website configuration as stored (a text column, JSON), in every backend.
+pub fn website_json(website: &Website) -> String {
+    serde_json::to_string(website).expect("a website serializes")
+}
+
+/// A website configuration read back from `website_json`'s text; anything else is a
+/// corrupt record.
+pub fn parse_website(text: &str) -> Result<Website, ObjectError> {
+    serde_json::from_str(text)
+        .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}"))))
 }
 
 fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ObjectRecord, ObjectError> {
@@ -1027,9 +1039,7 @@ impl ObjectMeta for SqliteStore {
         match row {
             None => Err(ObjectError::NoSuchBucket(bucket.into())),
             Some(None) => Ok(None),
-            Some(Some(text)) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}")))
-            }),
+            Some(Some(text)) => parse_website(&text).map(Some),
         }
     }
 
@@ -1038,7 +1048,7 @@ impl ObjectMeta for SqliteStore {
         bucket: &str,
         website: Option<&Website>,
     ) -> Result<(), ObjectError> {
-        let text = website.map(|w| serde_json::to_string(w).expect("a website serializes"));
+        let text = website.map(website_json);
         let done = sqlx::query("UPDATE buckets SET website = ? WHERE name = ?")
             .bind(text)
             .bind(bucket)
