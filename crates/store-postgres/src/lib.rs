@@ -7,12 +7,14 @@
 //! Transactions run at PostgreSQL's default READ COMMITTED. Where a write depends on what
 //! it read (a version number, an alias's versions), the transaction first locks the
 //! function's row (`FOR UPDATE`), so two nodes writing the same function take turns, as
-//! SQLite's single writer makes them; writes of many rows go in a fixed order, so two nodes
-//! never wait on each other in a cycle.
+//! SQLite's single writer makes them (the object store locks a bucket's or an upload's row
+//! alike, see `objects`); writes of many rows go in a fixed order, so two nodes never wait
+//! on each other in a cycle.
 
 mod changes;
 mod cluster;
 mod meta;
+mod objects;
 mod queue;
 
 use std::time::Duration;

@@ -5,9 +5,13 @@
 //! Every change of an object (put, copy, complete, delete) is one call, `commit_object`,
 //! one transaction that swaps the object's row and answers the blob the change let go of
 //! (for the caller to remove). It takes the change's bucket events too, `NewObjectEvent`:
-//! the outbox rows of issue 17's bucket events go into that same transaction, so an event
-//! is committed exactly when its object is. No event exists yet (the type has no values),
-//! so nothing is written for them today.
+//! their outbox rows go into that same transaction, so an event is committed exactly when
+//! its object is.
+//!
+//! What every backend must answer alike is decided here once: the stored forms (JSON) of
+//! attributes, checksums and websites, the `TooMany` answers, and a listing's rolling up
+//! and paging (`Listing`), which a backend feeds with rows read in key order. The contract
+//! itself is `testkit::objects`.
 
 use std::collections::BTreeMap;
 
@@ -143,6 +147,122 @@ pub struct ListQuery<'a> {
     pub max_keys: usize,
 }
 
+/// How many rows a listing reads from the database at a time while it rolls keys up into
+/// common prefixes.
+pub const LIST_BATCH_ROWS: usize = 1000;
+
+/// Where a listing's next batch of rows starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListFrom {
+    /// The keys at or after the query's prefix.
+    Prefix,
+    /// The keys after this one.
+    After(String),
+}
+
+/// A listing in progress, apart from any database: the backend reads up to
+/// `LIST_BATCH_ROWS` rows of the bucket in bytewise key order from where `next_batch` says,
+/// gives them to `take`, and repeats until `next_batch` says nothing more; `finish` is the
+/// page. Rolling keys up into common prefixes, skipping past one, and where the page ends
+/// are decided here, so every backend pages alike.
+pub struct Listing<'q, 'a> {
+    query: &'q ListQuery<'a>,
+    page: ListPage,
+    next: Option<ListFrom>,
+    /// The last key or common prefix given, else the marker: a page ends after it, and keys
+    /// rolling up into a prefix not after it add nothing.
+    last: Option<String>,
+    count: usize,
+}
+
+impl<'q, 'a> Listing<'q, 'a> {
+    /// A listing of `query`, nothing read yet.
+    pub fn new(query: &'q ListQuery<'a>) -> Self {
+        // The scan starts at the later of the prefix and the marker.
+        let next = match query.after {
+            _ if query.max_keys == 0 => None,
+            Some(a) if a >= query.prefix => Some(ListFrom::After(a.to_string())),
+            _ => Some(ListFrom::Prefix),
+        };
+        Listing {
+            query,
+            page: ListPage::default(),
+            next,
+            last: query.after.map(str::to_string),
+            count: 0,
+        }
+    }
+
+    /// Where the next batch starts; `None` once the page is done.
+    pub fn next_batch(&mut self) -> Option<ListFrom> {
+        self.next.take()
+    }
+
+    /// Takes a batch read from `next_batch`'s place, in key order; `key` reads a row's key
+    /// and `record` the whole object (only for rows that go into the page).
+    pub fn take<R>(
+        &mut self,
+        rows: &[R],
+        key: impl Fn(&R) -> Result<String, ObjectError>,
+        record: impl Fn(&R) -> Result<ObjectRecord, ObjectError>,
+    ) -> Result<(), ObjectError> {
+        let q = self.query;
+        for row in rows {
+            let key = key(row)?;
+            if !key.starts_with(q.prefix) {
+                if key.as_str() > q.prefix {
+                    return Ok(());
+                }
+                continue;
+            }
+            let rolled = q.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                key[q.prefix.len()..]
+                    .find(d)
+                    .map(|at| key[..q.prefix.len() + at + d.len()].to_string())
+            });
+            match rolled {
+                Some(cp) => {
+                    // Keys under a prefix already given (or the marker itself) add nothing.
+                    if self.last.as_deref().is_some_and(|l| l >= cp.as_str()) {
+                        continue;
+                    }
+                    if self.count == q.max_keys {
+                        self.page.next_after = self.last.take();
+                        return Ok(());
+                    }
+                    self.count += 1;
+                    self.page.common_prefixes.push(cp.clone());
+                    // Every further key under it rolls into it: skip past them all.
+                    self.next = Some(ListFrom::After(format!("{cp}{}", char::MAX)));
+                    self.last = Some(cp);
+                    return Ok(());
+                }
+                None => {
+                    if self.count == q.max_keys {
+                        self.page.next_after = self.last.take();
+                        return Ok(());
+                    }
+                    self.count += 1;
+                    self.page.objects.push(record(row)?);
+                    self.last = Some(key);
+                }
+            }
+        }
+        // A full batch may have more behind it.
+        if rows.len() >= LIST_BATCH_ROWS
+            && let Some(row) = rows.last()
+        {
+            self.next = Some(ListFrom::After(key(row)?));
+        }
+        Ok(())
+    }
+
+    /// The page so far.
+    pub fn finish(self) -> ListPage {
+        self.page
+    }
+}
+
 /// The answers of the object store that are not faults: S3 has an error code for each.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -161,6 +281,22 @@ pub enum ObjectError {
     TooMany(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl ObjectError {
+    /// `TooMany` for a store that holds `count` buckets, its limit.
+    pub fn too_many_buckets(count: i64) -> ObjectError {
+        ObjectError::TooMany(format!(
+            "this node holds {count} buckets, its limit; delete one first"
+        ))
+    }
+
+    /// `TooMany` for a bucket with `count` uploads in progress, its limit.
+    pub fn too_many_uploads(bucket: &str, count: i64) -> ObjectError {
+        ObjectError::TooMany(format!(
+            "bucket `{bucket}` has {count} multipart uploads in progress, its limit; complete or abort some first"
+        ))
+    }
 }
 
 impl From<sqlx::Error> for ObjectError {
@@ -277,13 +413,38 @@ pub trait ObjectMeta: Send + Sync + 'static {
     ) -> Result<(), ObjectError>;
 }
 
-fn attrs_json(attrs: &ObjectAttrs) -> String {
+/// An object's or upload's attributes as stored (a text column, JSON), in every backend.
+pub fn attrs_json(attrs: &ObjectAttrs) -> String {
     serde_json::to_string(attrs).expect("attributes serialize")
 }
 
-fn parse_attrs(text: &str) -> Result<ObjectAttrs, ObjectError> {
+/// Attributes read back from `attrs_json`'s text; anything else is a corrupt record.
+pub fn parse_attrs(text: &str) -> Result<ObjectAttrs, ObjectError> {
     serde_json::from_str(text)
         .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("object attributes: {e}"))))
+}
+
+/// A part's checksums as stored (a text column, JSON), in every backend.
+pub fn checksums_json(checksums: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(checksums).expect("checksums serialize")
+}
+
+/// Checksums read back from `checksums_json`'s text; anything else is a corrupt record.
+pub fn parse_checksums(text: &str) -> Result<BTreeMap<String, String>, ObjectError> {
+    serde_json::from_str(text)
+        .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("part checksums: {e}"))))
+}
+
+/// A bucket's website configuration as stored (a text column, JSON), in every backend.
+pub fn website_json(website: &Website) -> String {
+    serde_json::to_string(website).expect("a website serializes")
+}
+
+/// A website configuration read back from `website_json`'s text; anything else is a
+/// corrupt record.
+pub fn parse_website(text: &str) -> Result<Website, ObjectError> {
+    serde_json::from_str(text)
+        .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}"))))
 }
 
 fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ObjectRecord, ObjectError> {
@@ -309,7 +470,6 @@ fn upload_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UploadRecord, Object
 }
 
 fn part_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PartRecord, ObjectError> {
-    let checksums: String = row.try_get("checksums")?;
     Ok(PartRecord {
         upload_id: row.try_get("upload_id")?,
         part_number: row.try_get("part_number")?,
@@ -317,8 +477,7 @@ fn part_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PartRecord, ObjectErro
         size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
         etag: row.try_get("etag")?,
         modified_ms: row.try_get("modified_ms")?,
-        checksums: serde_json::from_str(&checksums)
-            .map_err(|e| ObjectError::Store(StoreError::Corrupt(format!("part checksums: {e}"))))?,
+        checksums: parse_checksums(row.try_get("checksums")?)?,
     })
 }
 
@@ -328,10 +487,6 @@ macro_rules! object_columns {
         "bucket, key, blob_id, size_bytes, etag, modified_ms, attrs"
     };
 }
-
-/// How many rows a listing reads from the database at a time while it rolls keys up into
-/// common prefixes.
-const LIST_BATCH_ROWS: i64 = 1000;
 
 async fn bucket_exists(
     conn: &mut sqlx::SqliteConnection,
@@ -529,9 +684,7 @@ impl ObjectMeta for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         if count as usize >= buckets_max {
-            return Err(ObjectError::TooMany(format!(
-                "this node holds {count} buckets, its limit; delete one first"
-            )));
+            return Err(ObjectError::too_many_buckets(count));
         }
         sqlx::query("INSERT INTO buckets (name, created_at_ms) VALUES (?, ?)")
             .bind(name)
@@ -648,96 +801,30 @@ impl ObjectMeta for SqliteStore {
         if !bucket_exists(&mut conn, bucket).await? {
             return Err(ObjectError::NoSuchBucket(bucket.into()));
         }
-        let mut page = ListPage::default();
-        if query.max_keys == 0 {
-            return Ok(page);
-        }
-        // The scan starts at the later of the prefix and the marker; keys are read in
-        // batches and rolled up here, and a common prefix is skipped past in one step.
-        let mut cursor: String = match query.after {
-            Some(a) if a >= query.prefix => a.to_string(),
-            _ => String::new(),
-        };
-        let mut inclusive_prefix = query.after.is_none_or(|a| a < query.prefix);
-        let mut last_prefix: Option<String> = query.after.map(str::to_string);
-        let mut count = 0usize;
-        loop {
-            let rows = if inclusive_prefix {
-                sqlx::query(concat!(
+        let mut listing = Listing::new(query);
+        while let Some(from) = listing.next_batch() {
+            let rows = match &from {
+                ListFrom::Prefix => sqlx::query(concat!(
                     "SELECT ",
                     object_columns!(),
                     " FROM objects WHERE bucket = ? AND key >= ? ORDER BY key LIMIT ?"
                 ))
                 .bind(bucket)
-                .bind(query.prefix)
-                .bind(LIST_BATCH_ROWS)
-                .fetch_all(&mut *conn)
-                .await?
-            } else {
-                sqlx::query(concat!(
+                .bind(query.prefix),
+                ListFrom::After(key) => sqlx::query(concat!(
                     "SELECT ",
                     object_columns!(),
                     " FROM objects WHERE bucket = ? AND key > ? ORDER BY key LIMIT ?"
                 ))
                 .bind(bucket)
-                .bind(&cursor)
-                .bind(LIST_BATCH_ROWS)
-                .fetch_all(&mut *conn)
-                .await?
-            };
-            inclusive_prefix = false;
-            let batch_len = rows.len();
-            let mut skipped_to: Option<String> = None;
-            for row in &rows {
-                let key: String = row.try_get("key")?;
-                cursor = key.clone();
-                if !key.starts_with(query.prefix) {
-                    if key.as_str() > query.prefix {
-                        return Ok(page);
-                    }
-                    continue;
-                }
-                let rolled = query.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
-                    key[query.prefix.len()..]
-                        .find(d)
-                        .map(|at| key[..query.prefix.len() + at + d.len()].to_string())
-                });
-                match rolled {
-                    Some(cp) => {
-                        // Keys under a prefix already given (or the marker itself) add nothing.
-                        if last_prefix.as_deref().is_some_and(|l| l >= cp.as_str()) {
-                            continue;
-                        }
-                        if count == query.max_keys {
-                            page.next_after = last_prefix;
-                            return Ok(page);
-                        }
-                        count += 1;
-                        last_prefix = Some(cp.clone());
-                        page.common_prefixes.push(cp.clone());
-                        // Every further key under it rolls into it: skip past them all.
-                        skipped_to = Some(format!("{cp}{}", char::MAX));
-                        break;
-                    }
-                    None => {
-                        if count == query.max_keys {
-                            page.next_after = last_prefix;
-                            return Ok(page);
-                        }
-                        count += 1;
-                        last_prefix = Some(key.clone());
-                        page.objects.push(object_from_row(row)?);
-                    }
-                }
+                .bind(key),
             }
-            if let Some(to) = skipped_to {
-                cursor = to;
-                continue;
-            }
-            if batch_len < LIST_BATCH_ROWS as usize {
-                return Ok(page);
-            }
+            .bind(LIST_BATCH_ROWS as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+            listing.take(&rows, |r| Ok(r.try_get("key")?), object_from_row)?;
         }
+        Ok(listing.finish())
     }
 
     async fn create_upload(
@@ -754,10 +841,7 @@ impl ObjectMeta for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         if count as usize >= uploads_max {
-            return Err(ObjectError::TooMany(format!(
-                "bucket `{}` has {count} multipart uploads in progress, its limit; complete or abort some first",
-                upload.bucket
-            )));
+            return Err(ObjectError::too_many_uploads(&upload.bucket, count));
         }
         sqlx::query(
             "INSERT INTO uploads (upload_id, bucket, key, created_at_ms, attrs) \
@@ -825,7 +909,7 @@ impl ObjectMeta for SqliteStore {
         .bind(part.size_bytes as i64)
         .bind(&part.etag)
         .bind(part.modified_ms)
-        .bind(serde_json::to_string(&part.checksums).expect("checksums serialize"))
+        .bind(checksums_json(&part.checksums))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -955,9 +1039,7 @@ impl ObjectMeta for SqliteStore {
         match row {
             None => Err(ObjectError::NoSuchBucket(bucket.into())),
             Some(None) => Ok(None),
-            Some(Some(text)) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                ObjectError::Store(StoreError::Corrupt(format!("bucket website: {e}")))
-            }),
+            Some(Some(text)) => parse_website(&text).map(Some),
         }
     }
 
@@ -966,7 +1048,7 @@ impl ObjectMeta for SqliteStore {
         bucket: &str,
         website: Option<&Website>,
     ) -> Result<(), ObjectError> {
-        let text = website.map(|w| serde_json::to_string(w).expect("a website serializes"));
+        let text = website.map(website_json);
         let done = sqlx::query("UPDATE buckets SET website = ? WHERE name = ?")
             .bind(text)
             .bind(bucket)
@@ -981,350 +1063,34 @@ impl ObjectMeta for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The contract every `ObjectMeta` keeps (`testkit::objects`), on SQLite.
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        (dir, store)
-    }
-
-    fn object(bucket: &str, key: &str, blob: &str) -> ObjectRecord {
-        ObjectRecord {
-            bucket: bucket.into(),
-            key: key.into(),
-            blob_id: blob.into(),
-            size_bytes: 3,
-            etag: "e".into(),
-            modified_ms: 1,
-            attrs: ObjectAttrs {
-                content_type: Some("text/plain".into()),
-                user_metadata: [("a".to_string(), "b".to_string())].into(),
-                ..Default::default()
-            },
-        }
-    }
-
-    async fn put(s: &SqliteStore, bucket: &str, key: &str, blob: &str) -> Option<String> {
-        s.commit_object(ObjectChange::Put(Box::new(object(bucket, key, blob))), &[])
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn buckets_are_made_listed_bounded_and_deleted_only_empty() {
-        let (_d, s) = store().await;
-        s.create_bucket("b1", 5, 2).await.unwrap();
-        assert!(matches!(
-            s.create_bucket("b1", 6, 2).await,
-            Err(ObjectError::BucketExists(_))
-        ));
-        s.create_bucket("b2", 6, 2).await.unwrap();
-        assert!(matches!(
-            s.create_bucket("b3", 7, 2).await,
-            Err(ObjectError::TooMany(_))
-        ));
-        let names: Vec<_> = s
-            .list_buckets()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|b| b.name)
-            .collect();
-        assert_eq!(names, ["b1", "b2"]);
-        assert_eq!(s.bucket("b1").await.unwrap().unwrap().created_at_ms, 5);
-
-        put(&s, "b1", "k", "1").await;
-        assert!(matches!(
-            s.delete_bucket("b1").await,
-            Err(ObjectError::BucketNotEmpty(_))
-        ));
-        // An upload in progress does not keep a bucket: it is aborted with it.
-        let up = UploadRecord {
-            upload_id: "u1".into(),
-            bucket: "b2".into(),
-            key: "k".into(),
-            created_at_ms: 1,
-            attrs: ObjectAttrs::default(),
-        };
-        s.create_upload(&up, 10).await.unwrap();
-        s.put_part(&part("u1", 1, "p1")).await.unwrap();
-        assert_eq!(s.delete_bucket("b2").await.unwrap(), ["p1"]);
-        assert!(matches!(
-            s.delete_bucket("b2").await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-        assert!(s.referenced_blobs().await.unwrap().contains("1"));
-        assert!(!s.referenced_blobs().await.unwrap().contains("p1"));
-    }
-
-    #[tokio::test]
-    async fn a_change_swaps_the_row_and_lets_go_of_the_old_blob() {
-        let (_d, s) = store().await;
-        assert!(matches!(
-            s.commit_object(ObjectChange::Put(Box::new(object("nope", "k", "1"))), &[])
-                .await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-        s.create_bucket("b", 1, 10).await.unwrap();
-        assert_eq!(put(&s, "b", "k", "1").await, None);
-        assert_eq!(s.object("b", "k").await.unwrap(), object("b", "k", "1"));
-        assert_eq!(put(&s, "b", "k", "2").await.as_deref(), Some("1"));
-        // A copy onto itself keeps its blob.
-        assert_eq!(put(&s, "b", "k", "2").await, None);
-        let gone = s
-            .commit_object(
-                ObjectChange::Delete {
-                    bucket: "b".into(),
-                    key: "k".into(),
-                },
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!(gone.as_deref(), Some("2"));
-        assert!(matches!(
-            s.object("b", "k").await,
-            Err(ObjectError::NoSuchKey(_))
-        ));
-        assert!(matches!(
-            s.object("x", "k").await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-    }
-
-    fn keys(page: &ListPage) -> Vec<&str> {
-        page.objects.iter().map(|o| o.key.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn listings_roll_up_prefixes_and_page() {
-        let (_d, s) = store().await;
-        s.create_bucket("b", 1, 10).await.unwrap();
-        for k in ["a", "b/1", "b/2", "b/3/x", "c", "d/1", "e"] {
-            put(&s, "b", k, "1").await;
-        }
-        let q = |prefix, delimiter, after, max_keys| ListQuery {
-            prefix,
-            delimiter,
-            after,
-            max_keys,
-        };
-        let all = s.list_objects("b", &q("", None, None, 1000)).await.unwrap();
-        assert_eq!(keys(&all).len(), 7);
-        assert_eq!(all.next_after, None);
-
-        let top = s
-            .list_objects("b", &q("", Some("/"), None, 1000))
-            .await
-            .unwrap();
-        assert_eq!(keys(&top), ["a", "c", "e"]);
-        assert_eq!(top.common_prefixes, ["b/", "d/"]);
-
-        // Pages of two: a common prefix counts as one entry, and the marker skips it.
-        let p1 = s
-            .list_objects("b", &q("", Some("/"), None, 2))
-            .await
-            .unwrap();
-        assert_eq!(
-            (keys(&p1), p1.common_prefixes.clone()),
-            (vec!["a"], vec!["b/".to_string()])
-        );
-        assert_eq!(p1.next_after.as_deref(), Some("b/"));
-        let p2 = s
-            .list_objects("b", &q("", Some("/"), Some("b/"), 2))
-            .await
-            .unwrap();
-        assert_eq!(keys(&p2), ["c"]);
-        assert_eq!(p2.common_prefixes, ["d/"]);
-        let p3 = s
-            .list_objects("b", &q("", Some("/"), Some("d/"), 2))
-            .await
-            .unwrap();
-        assert_eq!(keys(&p3), ["e"]);
-        assert_eq!(p3.next_after, None);
-
-        let under = s
-            .list_objects("b", &q("b/", Some("/"), None, 1000))
-            .await
-            .unwrap();
-        assert_eq!(keys(&under), ["b/1", "b/2"]);
-        assert_eq!(under.common_prefixes, ["b/3/"]);
-        let after = s
-            .list_objects("b", &q("b/", None, Some("b/1"), 1000))
-            .await
-            .unwrap();
-        assert_eq!(keys(&after), ["b/2", "b/3/x"]);
-        let none = s
-            .list_objects("b", &q("zz", None, None, 1000))
-            .await
-            .unwrap();
-        assert!(none.objects.is_empty());
-        assert!(matches!(
-            s.list_objects("x", &q("", None, None, 1)).await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_listing_pages_through_more_than_a_batch() {
-        let (_d, s) = store().await;
-        s.create_bucket("b", 1, 10).await.unwrap();
-        for i in 0..2500 {
-            put(&s, "b", &format!("k/{i:05}"), "1").await;
-            if i % 2 == 0 {
-                put(&s, "b", &format!("p{i:05}/x"), "1").await;
+    macro_rules! contract {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let tmp = tempfile::tempdir().unwrap();
+                let store = crate::SqliteStore::open(&tmp.path().join("o.db")).await.unwrap();
+                crate::testkit::objects::$name(&store).await;
             }
-        }
-        let mut seen = 0;
-        let mut prefixes = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let page = s
-                .list_objects(
-                    "b",
-                    &ListQuery {
-                        prefix: "",
-                        delimiter: Some("/"),
-                        after: after.as_deref(),
-                        max_keys: 300,
-                    },
-                )
-                .await
-                .unwrap();
-            seen += page.objects.len();
-            prefixes += page.common_prefixes.len();
-            match page.next_after {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        assert_eq!((seen, prefixes), (0, 1 + 1250));
+        )*};
     }
 
-    fn part(upload: &str, n: i32, blob: &str) -> PartRecord {
-        PartRecord {
-            upload_id: upload.into(),
-            part_number: n,
-            blob_id: blob.into(),
-            size_bytes: 5,
-            etag: format!("e{n}"),
-            modified_ms: 1,
-            checksums: BTreeMap::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn uploads_collect_parts_and_complete_into_an_object_at_once() {
-        let (_d, s) = store().await;
-        s.create_bucket("b", 1, 10).await.unwrap();
-        let up = |id: &str, key: &str| UploadRecord {
-            upload_id: id.into(),
-            bucket: "b".into(),
-            key: key.into(),
-            created_at_ms: 1,
-            attrs: ObjectAttrs::default(),
-        };
-        s.create_upload(&up("u1", "k"), 2).await.unwrap();
-        s.create_upload(&up("u2", "j"), 2).await.unwrap();
-        assert!(matches!(
-            s.create_upload(&up("u3", "k"), 2).await,
-            Err(ObjectError::TooMany(_))
-        ));
-        assert!(matches!(
-            s.upload("b", "other", "u1").await,
-            Err(ObjectError::NoSuchUpload(_))
-        ));
-        assert_eq!(s.put_part(&part("u1", 2, "p2")).await.unwrap(), None);
-        assert_eq!(s.put_part(&part("u1", 1, "p1")).await.unwrap(), None);
-        assert_eq!(
-            s.put_part(&part("u1", 1, "p1b")).await.unwrap().as_deref(),
-            Some("p1")
-        );
-        let parts = s.list_parts("u1", 0, 10).await.unwrap();
-        assert_eq!(
-            parts.iter().map(|p| p.blob_id.as_str()).collect::<Vec<_>>(),
-            ["p1b", "p2"]
-        );
-        assert_eq!(s.list_parts("u1", 1, 10).await.unwrap().len(), 1);
-        let listed = s.list_uploads("b", "", None, 10).await.unwrap();
-        assert_eq!(
-            listed.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
-            ["j", "k"]
-        );
-        assert_eq!(s.list_uploads("b", "k", None, 10).await.unwrap().len(), 1);
-        assert_eq!(
-            s.list_uploads("b", "", Some(("j", "u2")), 10)
-                .await
-                .unwrap()[0]
-                .upload_id,
-            "u1"
-        );
-
-        put(&s, "b", "k", "old").await;
-        let mut released = s
-            .complete_upload("u1", object("b", "k", "joined"), &[])
-            .await
-            .unwrap();
-        released.sort();
-        assert_eq!(released, ["old", "p1b", "p2"]);
-        assert_eq!(s.object("b", "k").await.unwrap().blob_id, "joined");
-        assert!(matches!(
-            s.complete_upload("u1", object("b", "k", "again"), &[])
-                .await,
-            Err(ObjectError::NoSuchUpload(_))
-        ));
-        assert!(matches!(
-            s.put_part(&part("u1", 3, "late")).await,
-            Err(ObjectError::NoSuchUpload(_))
-        ));
-        s.put_part(&part("u2", 1, "q1")).await.unwrap();
-        assert_eq!(s.abort_upload("u2").await.unwrap(), ["q1"]);
-        assert!(matches!(
-            s.abort_upload("u2").await,
-            Err(ObjectError::NoSuchUpload(_))
-        ));
-        let refs = s.referenced_blobs().await.unwrap();
-        assert_eq!(refs, ["joined".to_string()].into());
-    }
-}
-
-#[cfg(test)]
-mod website_tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_website_is_set_read_replaced_removed_and_goes_with_its_bucket() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let site = Website {
-            index_document: "index.html".into(),
-            error_document: Some("404.html".into()),
-        };
-        assert!(matches!(
-            s.bucket_website("nope").await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-        assert!(matches!(
-            s.set_bucket_website("nope", Some(&site)).await,
-            Err(ObjectError::NoSuchBucket(_))
-        ));
-        s.create_bucket("site", 1, 10).await.unwrap();
-        assert_eq!(s.bucket_website("site").await.unwrap(), None);
-        s.set_bucket_website("site", Some(&site)).await.unwrap();
-        assert_eq!(s.bucket_website("site").await.unwrap(), Some(site.clone()));
-        let bare = Website {
-            index_document: "home.htm".into(),
-            error_document: None,
-        };
-        s.set_bucket_website("site", Some(&bare)).await.unwrap();
-        assert_eq!(s.bucket_website("site").await.unwrap(), Some(bare));
-        s.set_bucket_website("site", None).await.unwrap();
-        assert_eq!(s.bucket_website("site").await.unwrap(), None);
-        // A bucket made again under the same name starts without one.
-        s.set_bucket_website("site", Some(&site)).await.unwrap();
-        s.delete_bucket("site").await.unwrap();
-        s.create_bucket("site", 2, 10).await.unwrap();
-        assert_eq!(s.bucket_website("site").await.unwrap(), None);
-    }
+    contract!(
+        buckets_are_made_listed_bounded_and_deleted_only_empty,
+        a_change_swaps_the_row_and_lets_go_of_the_old_blob,
+        listings_roll_up_prefixes_and_page,
+        a_listing_pages_through_more_than_a_batch,
+        uploads_collect_parts_and_complete_into_an_object_at_once,
+        a_website_is_set_read_replaced_removed_and_goes_with_its_bucket,
+        keys_order_bytewise,
+        events_are_committed_with_their_change_in_order,
+        notifications_are_kept_with_their_bucket,
+        racing_bucket_creations_stop_at_the_limit,
+        racing_changes_of_one_key_answer_each_blob_once,
+        racing_uploads_stop_at_the_limit,
+        racing_writes_and_a_bucket_delete_leave_nothing_behind,
+        racing_parts_and_a_completion_answer_each_blob_once,
+        racing_commits_number_events_in_commit_order,
+    );
 }

@@ -5,4 +5,5 @@
 
 pub mod cluster;
 pub mod meta;
+pub mod objects;
 pub mod queue;
