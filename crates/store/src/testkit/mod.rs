@@ -4,5 +4,6 @@
 //! the `testkit` feature, for another backend's.
 
 pub mod cluster;
+pub mod flows;
 pub mod meta;
 pub mod queue;
