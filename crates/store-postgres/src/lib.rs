@@ -11,6 +11,7 @@
 //! never wait on each other in a cycle.
 
 mod cluster;
+mod flows;
 mod meta;
 mod queue;
 
@@ -85,11 +86,12 @@ pub(crate) mod testing {
             .execute(&admin)
             .await
             .unwrap();
-        let store = PgStore::connect_with(options.options([("search_path", &schema)]), 4)
-            .await
-            .unwrap();
+        let options = options.options([("search_path", &schema)]);
+        let store = PgStore::connect_with(options.clone(), 4).await.unwrap();
         Fresh {
             store,
+            others: Vec::new(),
+            options,
             admin,
             schema,
         }
@@ -97,13 +99,29 @@ pub(crate) mod testing {
 
     pub(crate) struct Fresh {
         pub(crate) store: PgStore,
+        /// Stores opened by `another`, closed with the schema.
+        others: Vec<PgStore>,
+        options: PgConnectOptions,
         admin: PgPool,
         schema: String,
     }
 
     impl Fresh {
+        /// Another store on the same schema, with its own pool: a second node sharing the
+        /// database, for tests of nodes racing.
+        pub(crate) async fn another(&mut self) -> PgStore {
+            let store = PgStore::connect_with(self.options.clone(), 4)
+                .await
+                .unwrap();
+            self.others.push(store.clone());
+            store
+        }
+
         pub(crate) async fn drop_now(self) {
             self.store.pool.close().await;
+            for other in &self.others {
+                other.pool.close().await;
+            }
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA {} CASCADE",
                 self.schema
