@@ -66,3 +66,6 @@ CREATE TRIGGER pauses_changed AFTER UPDATE OF paused ON timer_state
 CREATE TRIGGER pauses_inserted AFTER INSERT ON timer_state
     FOR EACH ROW WHEN (NEW.paused)
     EXECUTE FUNCTION nimbus_record_change('pause', 'function');
+-- A flow's triggers are in every node's catalog.
+CREATE TRIGGER flows_changed AFTER INSERT OR UPDATE OR DELETE ON flows
+    FOR EACH ROW EXECUTE FUNCTION nimbus_record_change('flow', 'name');

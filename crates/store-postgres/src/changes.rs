@@ -169,8 +169,8 @@ mod tests {
     /// timer's progress is no change, its pause is.
     #[tokio::test]
     async fn writes_on_one_node_reach_another_in_commit_order() {
-        let db = fresh().await;
-        let other = db.second().await;
+        let mut db = fresh().await;
+        let other = db.another().await;
         let feed = other.change_feed().await.unwrap();
         assert_eq!(feed.latest_change().await.unwrap(), 0);
         let spec = store::testkit::meta::spec("hello", "main.h");
@@ -217,7 +217,6 @@ mod tests {
             Vec::<(String, String)>::new()
         );
         drop(feed);
-        other.pool.close().await;
         db.drop_now().await;
     }
 

@@ -13,6 +13,7 @@
 
 mod changes;
 mod cluster;
+mod flows;
 mod meta;
 mod objects;
 mod queue;
@@ -93,29 +94,38 @@ pub(crate) mod testing {
         let store = PgStore::connect_with(options.clone(), 4).await.unwrap();
         Fresh {
             store,
+            others: Vec::new(),
+            options,
             admin,
             schema,
-            options,
         }
     }
 
     pub(crate) struct Fresh {
         pub(crate) store: PgStore,
+        /// Stores opened by `another`, closed with the schema.
+        others: Vec<PgStore>,
+        options: PgConnectOptions,
         admin: PgPool,
         schema: String,
-        options: PgConnectOptions,
     }
 
     impl Fresh {
-        /// Another pool on the same schema: a second node sharing the database.
-        pub(crate) async fn second(&self) -> PgStore {
-            PgStore::connect_with(self.options.clone(), 4)
+        /// Another store on the same schema, with its own pool: a second node sharing the
+        /// database, for tests of nodes racing.
+        pub(crate) async fn another(&mut self) -> PgStore {
+            let store = PgStore::connect_with(self.options.clone(), 4)
                 .await
-                .unwrap()
+                .unwrap();
+            self.others.push(store.clone());
+            store
         }
 
         pub(crate) async fn drop_now(self) {
             self.store.pool.close().await;
+            for other in &self.others {
+                other.pool.close().await;
+            }
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA {} CASCADE",
                 self.schema

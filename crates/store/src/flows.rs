@@ -967,7 +967,10 @@ impl FlowStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! The contract every `FlowStore` keeps (`testkit::flows`), on SQLite.
+
     use super::*;
+    use crate::testkit::flows as contract;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -977,423 +980,52 @@ mod tests {
         (dir, store)
     }
 
-    fn execution(id: &str, name: &str, revision: i64) -> ExecutionRecord {
-        ExecutionRecord {
-            id: id.into(),
-            flow: "order".into(),
-            revision,
-            name: name.into(),
-            status: "RUNNING".into(),
-            input: "{}".into(),
-            output: None,
-            error: None,
-            cause: None,
-            started_at_ms: 10,
-            stopped_at_ms: None,
-            transitions: 0,
-            snapshot: "{}".into(),
-        }
+    macro_rules! contract {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, s) = store().await;
+                contract::$name(&s).await;
+            }
+        )*};
     }
 
-    fn work(execution: &str, key: &str, due_ms: i64) -> WorkItem {
-        WorkItem {
-            execution: execution.into(),
-            key: key.into(),
-            kind: "timer".into(),
-            due_ms,
-            body: "{}".into(),
-            owner: None,
-            lease_until_ms: 0,
-        }
+    contract!(
+        flows_keep_revisions_and_a_rewrite_of_the_same_is_unchanged,
+        flows_list_by_name_as_bytes,
+        an_execution_is_made_once_per_name_within_the_running_limit,
+        executions_list_newest_first_and_history_pages_by_id,
+        a_consumed_item_is_applied_once,
+        a_step_removes_replaces_and_keeps_work,
+        work_is_claimed_when_due_once_until_its_lease_runs_out,
+        next_due_is_the_earliest_free_or_expiring_work,
+        purge_removes_old_stopped_executions_and_unused_revisions,
+        a_batch_commits_each_step_as_it_would_alone,
+        large_steps_and_batches_write_every_row,
+    );
+
+    /// Nodes racing: two stores (two pools, two writers) on one database file.
+    macro_rules! racing {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let (dir, a) = store().await;
+                let b = SqliteStore::open(&dir.path().join("meta.db")).await.unwrap();
+                contract::$name(&a, &b).await;
+            }
+        )*};
     }
 
-    #[tokio::test]
-    async fn flows_keep_revisions_and_a_rewrite_of_the_same_is_unchanged() {
-        let (_dir, s) = store().await;
-        let (f, o) = s.put_flow("order", "{\"a\":1}", "", "[]", 1).await.unwrap();
-        assert_eq!((f.revision, o), (1, PutOutcome::Created));
-        let (_, o) = s.put_flow("order", "{\"a\":1}", "", "[]", 2).await.unwrap();
-        assert_eq!(o, PutOutcome::Unchanged);
-        let (f, o) = s
-            .put_flow("order", "{\"a\":2}", "two", "[]", 3)
-            .await
-            .unwrap();
-        assert_eq!((f.revision, o), (2, PutOutcome::Updated));
-        assert_eq!(
-            s.flow_revision("order", 1).await.unwrap().as_deref(),
-            Some("{\"a\":1}")
-        );
-        assert_eq!(
-            s.get_flow("order").await.unwrap().unwrap().definition,
-            "{\"a\":2}"
-        );
-        // New triggers alone: updated, the same revision (executions run what they ran).
-        let (f, o) = s
-            .put_flow("order", "{\"a\":2}", "two", "[{\"timer\":{}}]", 4)
-            .await
-            .unwrap();
-        assert_eq!((f.revision, o), (2, PutOutcome::Updated));
-        let listed = s.list_flows().await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].triggers, "[{\"timer\":{}}]");
-        assert_eq!(listed[0].updated_at_ms, 4);
-        assert!(s.delete_flow("order").await.unwrap());
-        assert!(!s.delete_flow("order").await.unwrap());
-        let (f, _) = s.put_flow("order", "{\"a\":3}", "", "[]", 5).await.unwrap();
-        assert_eq!(f.revision, 3, "revision numbers go on after a delete");
-    }
-
-    #[tokio::test]
-    async fn an_execution_is_made_once_per_name_within_the_running_limit() {
-        let (_dir, s) = store().await;
-        let first = StepCommit {
-            status: "RUNNING".into(),
-            snapshot: "{\"n\":1}".into(),
-            history: vec![(1, "{}".into())],
-            add: vec![work("e1", "t1", 5)],
-            ..Default::default()
-        };
-        assert_eq!(
-            s.create_execution(&execution("e1", "a", 1), &first, 2)
-                .await
-                .unwrap(),
-            Created::NoFlow
-        );
-        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
-        assert_eq!(
-            s.create_execution(&execution("e1", "a", 1), &first, 2)
-                .await
-                .unwrap(),
-            Created::New
-        );
-        match s
-            .create_execution(&execution("e2", "a", 1), &first, 2)
-            .await
-            .unwrap()
-        {
-            Created::Existing(e) => assert_eq!(e.id, "e1"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            s.create_execution(
-                &execution("e3", "b", 1),
-                &StepCommit {
-                    status: "RUNNING".into(),
-                    ..Default::default()
-                },
-                2
-            )
-            .await
-            .unwrap(),
-            Created::New
-        );
-        assert_eq!(
-            s.create_execution(&execution("e4", "c", 1), &StepCommit::default(), 2)
-                .await
-                .unwrap(),
-            Created::TooMany
-        );
-        let got = s.get_execution("e1").await.unwrap().unwrap();
-        assert_eq!(got.snapshot, "{\"n\":1}");
-        assert_eq!(
-            s.history("e1", 0, 10).await.unwrap(),
-            vec!["{}".to_string()]
-        );
-        assert_eq!(
-            s.list_executions("order", Some("RUNNING"), None, 10)
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-    }
-
-    #[tokio::test]
-    async fn a_consumed_item_is_applied_once() {
-        let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
-        let first = StepCommit {
-            status: "RUNNING".into(),
-            add: vec![work("e1", "t1", 5)],
-            ..Default::default()
-        };
-        s.create_execution(&execution("e1", "a", 1), &first, 10)
-            .await
-            .unwrap();
-        let calls = std::sync::atomic::AtomicU32::new(0);
-        let mut change = |r: &ExecutionRecord| {
-            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            assert_eq!(r.id, "e1");
-            Some(StepCommit {
-                status: "SUCCEEDED".into(),
-                stopped_at_ms: Some(9),
-                snapshot: "{\"done\":true}".into(),
-                history: vec![(2, "{\"x\":1}".into())],
-                clear: true,
-                ..Default::default()
-            })
-        };
-        assert_eq!(
-            s.step("e1", Some("t1"), &mut change).await.unwrap(),
-            Stepped::Committed
-        );
-        assert_eq!(
-            s.step("e1", Some("t1"), &mut change).await.unwrap(),
-            Stepped::AlreadyApplied
-        );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
-        let got = s.get_execution("e1").await.unwrap().unwrap();
-        assert_eq!(
-            (got.status.as_str(), got.stopped_at_ms),
-            ("SUCCEEDED", Some(9))
-        );
-        assert_eq!(
-            s.step("nope", None, &mut change).await.unwrap(),
-            Stepped::Missing
-        );
-    }
-
-    #[tokio::test]
-    async fn work_is_claimed_when_due_once_until_its_lease_runs_out() {
-        let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
-        let first = StepCommit {
-            status: "RUNNING".into(),
-            add: vec![work("e1", "late", 500), work("e1", "soon", 100)],
-            ..Default::default()
-        };
-        s.create_execution(&execution("e1", "a", 1), &first, 10)
-            .await
-            .unwrap();
-        assert_eq!(s.next_due(0).await.unwrap(), Some(100));
-        assert!(s.claim_work("n1", 50, 1000, 10).await.unwrap().is_empty());
-        let got = s.claim_work("n1", 100, 1000, 10).await.unwrap();
-        assert_eq!(
-            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
-            vec!["soon"]
-        );
-        assert!(
-            s.claim_work("n2", 200, 1200, 10).await.unwrap().is_empty(),
-            "held by n1"
-        );
-        let got = s.claim_work("n2", 1000, 2000, 10).await.unwrap();
-        assert_eq!(got.len(), 2, "n1's lease ran out; the late one is due");
-        s.renew_work("n2", &[("e1".into(), "soon".into())], 5000)
-            .await
-            .unwrap();
-        let got = s.claim_work("n3", 3000, 4000, 10).await.unwrap();
-        assert_eq!(
-            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
-            vec!["late"],
-            "only the renewed one is still held"
-        );
-        assert_eq!(s.release_work("n2").await.unwrap(), 1);
-        let got = s.claim_work("n3", 3000, 4000, 10).await.unwrap();
-        assert_eq!(
-            got.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
-            vec!["soon"],
-            "a released claim is free at once"
-        );
-    }
-
-    #[tokio::test]
-    async fn purge_removes_old_stopped_executions_and_unused_revisions() {
-        let (_dir, s) = store().await;
-        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
-        let stopped = StepCommit {
-            status: "SUCCEEDED".into(),
-            stopped_at_ms: Some(20),
-            history: vec![(1, "{}".into())],
-            ..Default::default()
-        };
-        s.create_execution(
-            &execution("e1", "a", 1),
-            &StepCommit {
-                status: "RUNNING".into(),
-                ..Default::default()
-            },
-            10,
-        )
-        .await
-        .unwrap();
-        s.step("e1", None, &mut |_| Some(stopped.clone()))
-            .await
-            .unwrap();
-        s.put_flow("order", "{\"v\":2}", "", "[]", 2).await.unwrap();
-        assert_eq!(s.purge_executions(10).await.unwrap(), 0);
-        assert_eq!(s.purge_executions(30).await.unwrap(), 1);
-        assert!(s.get_execution("e1").await.unwrap().is_none());
-        assert!(s.history("e1", 0, 10).await.unwrap().is_empty());
-        assert!(s.flow_revision("order", 1).await.unwrap().is_none());
-        assert!(s.flow_revision("order", 2).await.unwrap().is_some());
-    }
-
-    /// The keys of an execution's work rows, in order.
-    async fn work_keys(s: &SqliteStore, execution: &str) -> Vec<String> {
-        sqlx::query_scalar("SELECT key FROM flow_work WHERE execution = ? ORDER BY key")
-            .bind(execution)
-            .fetch_all(&s.pool)
-            .await
-            .unwrap()
-    }
-
-    /// Makes executions `ids` of flow `order`, each with the work rows `keys`.
-    async fn executions_with_work(s: &SqliteStore, ids: &[&str], keys: &[&str]) {
-        s.put_flow("order", "{}", "", "[]", 1).await.unwrap();
-        for id in ids {
-            let first = StepCommit {
-                status: "RUNNING".into(),
-                snapshot: "{}".into(),
-                add: keys.iter().map(|k| work(id, k, 5)).collect(),
-                ..Default::default()
-            };
-            s.create_execution(&execution(id, id, 1), &first, 10)
-                .await
-                .unwrap();
-        }
-    }
-
-    /// A step's change that sets the snapshot to `snapshot` and writes one history event.
-    fn running(snapshot: &str, event: i64) -> StepCommit {
-        StepCommit {
-            status: "RUNNING".into(),
-            transitions: event,
-            snapshot: snapshot.into(),
-            history: vec![(event, format!("{{\"e\":{event}}}"))],
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_commits_each_step_as_it_would_alone() {
-        let (_dir, s) = store().await;
-        executions_with_work(&s, &["e1", "e2", "e3"], &["t1", "t2"]).await;
-        let seen = std::sync::Mutex::new(Vec::<String>::new());
-        let seen = &seen;
-        let mut steps = vec![
-            // Committed: consumes its item, adds one.
-            StepRequest {
-                execution: "e1",
-                consumes: Some("t1"),
-                change: Box::new(|r: &ExecutionRecord| {
-                    seen.lock().unwrap().push(format!("e1:{}", r.snapshot));
-                    let mut c = running("{\"at\":1}", 2);
-                    c.add = vec![work("e1", "t3", 7)];
-                    Some(c)
-                }),
-            },
-            // The same item again in the same batch: applied once.
-            StepRequest {
-                execution: "e1",
-                consumes: Some("t1"),
-                change: Box::new(|_: &ExecutionRecord| panic!("an applied item is applied again")),
-            },
-            // An item that never was.
-            StepRequest {
-                execution: "e2",
-                consumes: Some("gone"),
-                change: Box::new(|_: &ExecutionRecord| panic!("a missing item is applied")),
-            },
-            StepRequest {
-                execution: "nope",
-                consumes: None,
-                change: Box::new(|_: &ExecutionRecord| panic!("a missing execution is stepped")),
-            },
-            // The caller writes nothing; its item is still consumed.
-            StepRequest {
-                execution: "e3",
-                consumes: Some("t1"),
-                change: Box::new(|_: &ExecutionRecord| None),
-            },
-            // e2 cancels t1, so a later answer of t1 in the batch finds it gone.
-            StepRequest {
-                execution: "e2",
-                consumes: None,
-                change: Box::new(|_: &ExecutionRecord| {
-                    let mut c = running("{\"e2\":1}", 2);
-                    c.remove = vec!["t1".into()];
-                    Some(c)
-                }),
-            },
-            StepRequest {
-                execution: "e2",
-                consumes: Some("t1"),
-                change: Box::new(|_: &ExecutionRecord| panic!("a cancelled item is applied")),
-            },
-            // e1's second step sees its first, and ends the execution (its work goes).
-            StepRequest {
-                execution: "e1",
-                consumes: Some("t2"),
-                change: Box::new(|r: &ExecutionRecord| {
-                    seen.lock().unwrap().push(format!("e1:{}", r.snapshot));
-                    Some(StepCommit {
-                        status: "SUCCEEDED".into(),
-                        stopped_at_ms: Some(9),
-                        transitions: 3,
-                        snapshot: "{\"done\":true}".into(),
-                        history: vec![(3, "{\"e\":3}".into())],
-                        clear: true,
-                        ..Default::default()
-                    })
-                }),
-            },
-            // After the clear, the execution's other items are gone too.
-            StepRequest {
-                execution: "e1",
-                consumes: Some("t3"),
-                change: Box::new(|_: &ExecutionRecord| panic!("a cleared item is applied")),
-            },
-        ];
-        let got: Vec<Stepped> = s
-            .step_batch(&mut steps)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                Stepped::Committed,
-                Stepped::AlreadyApplied,
-                Stepped::AlreadyApplied,
-                Stepped::Missing,
-                Stepped::Unchanged,
-                Stepped::Committed,
-                Stepped::AlreadyApplied,
-                Stepped::Committed,
-                Stepped::AlreadyApplied,
-            ]
-        );
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec!["e1:{}".to_string(), "e1:{\"at\":1}".to_string()]
-        );
-        let e1 = s.get_execution("e1").await.unwrap().unwrap();
-        assert_eq!(
-            (e1.status.as_str(), e1.stopped_at_ms, e1.transitions),
-            ("SUCCEEDED", Some(9), 3)
-        );
-        assert_eq!(e1.snapshot, "{\"done\":true}");
-        assert_eq!(
-            s.history("e1", 0, 10).await.unwrap(),
-            vec!["{\"e\":2}".to_string(), "{\"e\":3}".to_string()]
-        );
-        assert!(work_keys(&s, "e1").await.is_empty());
-        let e2 = s.get_execution("e2").await.unwrap().unwrap();
-        assert_eq!(e2.snapshot, "{\"e2\":1}");
-        assert_eq!(work_keys(&s, "e2").await, vec!["t2".to_string()]);
-        let e3 = s.get_execution("e3").await.unwrap().unwrap();
-        assert_eq!(
-            (e3.status.as_str(), e3.snapshot.as_str()),
-            ("RUNNING", "{}")
-        );
-        assert_eq!(work_keys(&s, "e3").await, vec!["t2".to_string()]);
-    }
+    racing!(
+        racing_nodes_claim_each_item_once,
+        racing_starts_stay_within_the_running_limit,
+        racing_steps_of_one_execution_take_turns,
+        racing_puts_number_each_revision_once,
+    );
 
     #[tokio::test]
     async fn a_failing_step_fails_alone_and_the_rest_of_its_batch_commits() {
         let (_dir, s) = store().await;
-        executions_with_work(&s, &["e1", "e2", "e3"], &["t1"]).await;
         // A statement that fails for one step's rows: the batch's history insert fails.
         sqlx::query(
             "CREATE TRIGGER no_boom BEFORE INSERT ON flow_history WHEN NEW.event = 'boom'
@@ -1402,45 +1034,6 @@ mod tests {
         .execute(&s.writer)
         .await
         .unwrap();
-        let calls = std::sync::atomic::AtomicU32::new(0);
-        let calls = &calls;
-        let step = |execution: &'static str, event: &'static str| StepRequest {
-            execution,
-            consumes: Some("t1"),
-            change: Box::new(move |_: &ExecutionRecord| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(StepCommit {
-                    status: "RUNNING".into(),
-                    snapshot: format!("{{\"{execution}\":1}}"),
-                    history: vec![(2, event.into())],
-                    ..Default::default()
-                })
-            }),
-        };
-        let mut steps = vec![step("e1", "{}"), step("e2", "boom"), step("e3", "{}")];
-        let got = s.step_batch(&mut steps).await;
-        assert!(matches!(got[0], Ok(Stepped::Committed)), "{:?}", got[0]);
-        assert!(
-            matches!(&got[1], Err(e) if e.to_string().contains("boom refused")),
-            "{:?}",
-            got[1]
-        );
-        assert!(matches!(got[2], Ok(Stepped::Committed)), "{:?}", got[2]);
-        // Each change ran in the batch, then again alone.
-        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 6);
-        for (id, snapshot, keys) in [
-            ("e1", "{\"e1\":1}", 0),
-            ("e2", "{}", 1),
-            ("e3", "{\"e3\":1}", 0),
-        ] {
-            let got = s.get_execution(id).await.unwrap().unwrap();
-            assert_eq!(got.snapshot, snapshot, "{id}");
-            assert_eq!(work_keys(&s, id).await.len(), keys, "{id}");
-        }
-        assert_eq!(s.history("e2", 0, 10).await.unwrap().len(), 0);
-        assert_eq!(
-            s.history("e3", 0, 10).await.unwrap(),
-            vec!["{}".to_string()]
-        );
+        contract::a_failing_step_fails_alone_and_the_rest_of_its_batch_commits(&s).await;
     }
 }

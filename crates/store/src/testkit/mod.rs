@@ -4,6 +4,7 @@
 //! the `testkit` feature, for another backend's.
 
 pub mod cluster;
+pub mod flows;
 pub mod meta;
 pub mod objects;
 pub mod queue;
