@@ -23,6 +23,20 @@ pub struct ServerArgs {
     /// `*.localhost` to loopback).
     #[arg(long, env = "NIMBUS_WEBSITE_DOMAIN", default_value = "localhost", value_parser = website_domain)]
     website_domain: String,
+    /// Where the state every node shares lives: `postgres://USER:PASSWORD@HOST/DB` for a
+    /// cluster of nodes on one PostgreSQL database. Default: SQLite in the data dir (one
+    /// node).
+    #[arg(long, env = "NIMBUS_DB")]
+    db: Option<String>,
+    /// Where code archives and object bytes live: `s3://BUCKET[/PREFIX]?endpoint=URL`
+    /// (credentials from the `AWS_*` variables or `access_key_id`/`secret_access_key` in
+    /// the query). Default: the data dir.
+    #[arg(long, env = "NIMBUS_BLOBS")]
+    blobs: Option<String>,
+    /// The URL other nodes reach this node's API at. Default: `http://` and the listening
+    /// address (set it when listening on 0.0.0.0).
+    #[arg(long, env = "NIMBUS_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Python 3 interpreter for `python3` functions (default: the system one).
     #[arg(long, env = "NIMBUS_PYTHON3")]
     python3: Option<PathBuf>,
@@ -68,6 +82,10 @@ pub struct ServerArgs {
     /// retry doubles it.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=300_000))]
     async_retry_base_ms: u64,
+    /// How long this node's hold on an asynchronous invocation it runs lasts unrenewed (it
+    /// renews every third of it): how soon another node runs again what a dead node held.
+    #[arg(long, default_value_t = model::limits::ASYNC_LEASE_MS, value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
+    async_lease_ms: u64,
     /// Most asynchronous events waiting per function; past it submissions get 429.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     async_queue_per_function_max: u64,
@@ -200,22 +218,32 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     // Held until the process exits (a SIGKILL too): one server per data dir.
     let _lock = lock_data_dir(&data_dir, &start_token)?;
     let node_id = node_id(&data_dir)?;
+    let stores = open_stores(args.db.as_deref(), &data_dir).await?;
     let token = admin_token(&data_dir)?;
-
-    let meta = Arc::new(
-        store::SqliteStore::open(&data_dir.join("nimbus.db"))
-            .await
-            .with_context(|| format!("opening the database in {}", data_dir.display()))?,
-    );
+    // Every node of a cluster accepts the same token: the first node's, kept in the store
+    // and written to each node's data dir for its CLI.
+    let token = if stores.shared {
+        share_admin_token(&data_dir, stores.cluster.as_ref(), token).await?
+    } else {
+        token
+    };
+    let meta = stores.meta.clone();
     // The object store's bytes; what a crash left (temporary files, bytes whose row never
     // committed or whose removal was cut short) goes now, before anything is served.
     let object_files = store::ObjectFiles::open(data_dir.join("objects"))
         .context("opening the object store's directory")?;
-    let object_meta: Arc<dyn store::ObjectMeta> = meta.clone();
+    let object_meta: Arc<dyn store::ObjectMeta> = stores.objects.clone();
+    // On a shared store another node may be between writing bytes and committing their
+    // row: only bytes older than the grace period are anybody's leftovers.
+    let grace_ms = if stores.shared {
+        model::limits::OBJECT_GARBAGE_GRACE_MS
+    } else {
+        0
+    };
     let swept_objects = object_files
         .sweep_staging()
         .context("sweeping unfinished object uploads")?
-        + s3::collect_garbage(object_meta.as_ref(), &object_files, 0)
+        + s3::collect_garbage(object_meta.as_ref(), &object_files, grace_ms)
             .await
             .map_err(|e| anyhow::anyhow!("collecting unreferenced object bytes: {e}"))?;
     if swept_objects > 0 {
@@ -327,10 +355,10 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             freeze_idle: !args.no_freeze_idle,
         },
     );
-    let queue: Arc<dyn store::AsyncQueue> = meta.clone();
-    let timer_store: Arc<dyn store::MetaStore> = meta.clone();
-    let flow_store: Arc<dyn store::FlowStore> = meta.clone();
-    let cluster_store: Arc<dyn store::ClusterStore> = meta.clone();
+    let queue = stores.queue.clone();
+    let timer_store = stores.meta.clone();
+    let flow_store = stores.flows.clone();
+    let cluster_store = stores.cluster.clone();
     let platform = Arc::new(platform::Platform::new(meta, blobs, code, pool.clone()));
     let otlp = match &args.otlp_endpoint {
         None => None,
@@ -404,6 +432,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                 queue_per_function_max: args.async_queue_per_function_max as usize,
                 allow_private_webhooks: args.allow_private_webhooks,
                 node_id: node_id.clone(),
+                shared: stores.shared,
+                lease_ms: args.async_lease_ms,
                 ..Default::default()
             },
         )
@@ -428,10 +458,21 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         format!("http://{addr}"),
     );
     // Listed among the nodes before anything is served.
+    let advertise_url = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     platform
-        .enable_membership(cluster_store, &node_id, &format!("http://{addr}"))
+        .enable_membership(cluster_store, &node_id, &advertise_url)
         .await
         .map_err(|e| anyhow::anyhow!("registering this node: {e}"))?;
+    // Other nodes' writes, from before `load` reads everything on.
+    if let Some(feed) = stores.feed.clone() {
+        platform
+            .follow_changes(feed)
+            .await
+            .map_err(|e| anyhow::anyhow!("following other nodes' changes: {e}"))?;
+    }
     platform
         .load()
         .await
@@ -694,6 +735,116 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The state every node shares, behind the store traits.
+struct Stores {
+    meta: Arc<dyn store::MetaStore>,
+    queue: Arc<dyn store::AsyncQueue>,
+    flows: Arc<dyn store::FlowStore>,
+    cluster: Arc<dyn store::ClusterStore>,
+    objects: Arc<dyn store::ObjectMeta>,
+    /// Other nodes' writes; only a shared database has them.
+    feed: Option<Arc<dyn store::ChangeFeed>>,
+    /// Whether other nodes may share the store.
+    shared: bool,
+}
+
+/// Opens the store `--db` names: PostgreSQL, shared by a cluster, or SQLite in the data dir.
+async fn open_stores(db: Option<&str>, data_dir: &Path) -> anyhow::Result<Stores> {
+    match db {
+        None => {
+            let sqlite = Arc::new(
+                store::SqliteStore::open(&data_dir.join("nimbus.db"))
+                    .await
+                    .with_context(|| format!("opening the database in {}", data_dir.display()))?,
+            );
+            Ok(Stores {
+                meta: sqlite.clone(),
+                queue: sqlite.clone(),
+                flows: sqlite.clone(),
+                cluster: sqlite.clone(),
+                objects: sqlite,
+                feed: None,
+                shared: false,
+            })
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let shown = redact_url(url);
+            let pg = Arc::new(
+                store_postgres::PgStore::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {shown} (--db)"))?,
+            );
+            let feed = pg
+                .change_feed()
+                .await
+                .with_context(|| format!("listening for changes on {shown}"))?;
+            tracing::info!(db = %shown, "state on PostgreSQL, shared with the other nodes");
+            Ok(Stores {
+                meta: pg.clone(),
+                queue: pg.clone(),
+                flows: pg.clone(),
+                cluster: pg.clone(),
+                objects: pg,
+                feed: Some(Arc::new(feed)),
+                shared: true,
+            })
+        }
+        Some(other) => bail!(
+            "--db: `{}` is not a postgres:// URL; leave --db out for the embedded SQLite database",
+            redact_url(other)
+        ),
+    }
+}
+
+/// A URL as it may be logged: its password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The cluster's admin token: the one the store holds (the first node's), else `local`,
+/// which becomes it. Written to this node's `admin.token` when it differs, so the CLI on
+/// every node uses the token every node accepts.
+async fn share_admin_token(
+    dir: &Path,
+    cluster: &dyn store::ClusterStore,
+    local: String,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shared = cluster
+        .shared_secret("admin_token", &local)
+        .await
+        .context("reading the cluster's admin token")?;
+    if shared != local {
+        let path = dir.join("admin.token");
+        let tmp = dir.join(format!(
+            "admin.token.{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(file, "{shared}")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "took the cluster's admin token");
+    }
+    Ok(shared)
+}
+
 /// The admin's access key in the AWS shared credentials format, for
 /// `AWS_SHARED_CREDENTIALS_FILE`.
 const AWS_CREDENTIALS: &str = "aws.credentials";
@@ -763,6 +914,22 @@ fn website_domain(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact_url("postgres://nimbus:s3cret@db.example:5432/nimbus?sslmode=require"),
+            "postgres://nimbus:***@db.example:5432/nimbus?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://nimbus@db/n"),
+            "postgres://nimbus@db/n"
+        );
+        assert_eq!(redact_url("postgres://db/n"), "postgres://db/n");
+        assert_eq!(redact_url("not a url"), "not a url");
+        // An `@` in the path is not the user's.
+        assert_eq!(redact_url("postgres://h/x@y"), "postgres://h/x@y");
+    }
 
     #[test]
     fn the_lock_names_its_holder_and_its_start() {
