@@ -209,13 +209,16 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     );
     // The object store's bytes; what a crash left (temporary files, bytes whose row never
     // committed or whose removal was cut short) goes now, before anything is served.
-    let object_files = store::ObjectFiles::open(data_dir.join("objects"))
-        .context("opening the object store's directory")?;
+    let object_files: Arc<dyn store::ObjectBytes> = Arc::new(
+        store::ObjectFiles::open(data_dir.join("objects"))
+            .context("opening the object store's directory")?,
+    );
     let object_meta: Arc<dyn store::ObjectMeta> = meta.clone();
     let swept_objects = object_files
         .sweep_staging()
+        .await
         .context("sweeping unfinished object uploads")?
-        + s3::collect_garbage(object_meta.as_ref(), &object_files, 0)
+        + s3::collect_garbage(object_meta.as_ref(), object_files.as_ref(), 0)
             .await
             .map_err(|e| anyhow::anyhow!("collecting unreferenced object bytes: {e}"))?;
     if swept_objects > 0 {
@@ -511,7 +514,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                 every.tick().await;
                 match s3::collect_garbage(
                     meta.as_ref(),
-                    &files,
+                    files.as_ref(),
                     model::limits::OBJECT_GARBAGE_GRACE_MS,
                 )
                 .await
