@@ -24,7 +24,7 @@ use crate::{ApiError, AppState, ErrorBody};
 /// The object store as the control API and the gateway's websites read it.
 pub struct Objects {
     pub meta: Arc<dyn store::ObjectMeta>,
-    pub files: store::ObjectFiles,
+    pub files: Arc<dyn store::ObjectBytes>,
     /// Websites are served for hosts `{bucket}.{website_domain}`.
     pub website_domain: String,
 }
@@ -265,18 +265,9 @@ async fn empty_bucket(objects: &Objects, bucket: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Removes files no row names any more (what fails here the collector finds later).
+/// Removes bytes no row names any more (what fails here the collector finds later).
 async fn release(objects: &Objects, blobs: Vec<String>) {
-    if blobs.is_empty() {
-        return;
-    }
-    let files = objects.files.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        for b in blobs {
-            files.remove(&b);
-        }
-    })
-    .await;
+    objects.files.remove(&blobs).await;
 }
 
 /// A page of a bucket's objects in key order.

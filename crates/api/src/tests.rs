@@ -49,7 +49,7 @@ async fn harness() -> Harness {
     platform.start_triggers().await.unwrap();
     let objects = Arc::new(crate::buckets::Objects {
         meta: objects_meta,
-        files: store::ObjectFiles::open(tmp.path().join("objects")).unwrap(),
+        files: Arc::new(store::ObjectFiles::open(tmp.path().join("objects")).unwrap()),
         website_domain: "localhost".into(),
     });
     let app = router(AppState {

@@ -230,20 +230,21 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     let meta = stores.meta.clone();
     // The object store's bytes; what a crash left (temporary files, bytes whose row never
     // committed or whose removal was cut short) goes now, before anything is served.
-    let object_files = store::ObjectFiles::open(data_dir.join("objects"))
-        .context("opening the object store's directory")?;
+    let bytes = open_bytes(args.blobs.as_deref(), &data_dir, stores.shared).await?;
+    let object_files = bytes.objects.clone();
     let object_meta: Arc<dyn store::ObjectMeta> = stores.objects.clone();
     // On a shared store another node may be between writing bytes and committing their
     // row: only bytes older than the grace period are anybody's leftovers.
-    let grace_ms = if stores.shared {
+    let grace_ms = if stores.shared || bytes.shared {
         model::limits::OBJECT_GARBAGE_GRACE_MS
     } else {
         0
     };
     let swept_objects = object_files
         .sweep_staging()
+        .await
         .context("sweeping unfinished object uploads")?
-        + s3::collect_garbage(object_meta.as_ref(), &object_files, grace_ms)
+        + s3::collect_garbage(object_meta.as_ref(), object_files.as_ref(), grace_ms)
             .await
             .map_err(|e| anyhow::anyhow!("collecting unreferenced object bytes: {e}"))?;
     if swept_objects > 0 {
@@ -252,8 +253,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             "removed object bytes an interrupted upload or removal left"
         );
     }
-    let blobs: Arc<dyn store::BlobStore> =
-        Arc::new(store::FsBlobStore::new(data_dir.join("blobs")));
+    let blobs = bytes.blobs.clone();
     let code = store::CodeCache::new(
         data_dir.join("code"),
         blobs.clone(),
@@ -552,7 +552,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
                 every.tick().await;
                 match s3::collect_garbage(
                     meta.as_ref(),
-                    &files,
+                    files.as_ref(),
                     model::limits::OBJECT_GARBAGE_GRACE_MS,
                 )
                 .await
@@ -793,6 +793,47 @@ async fn open_stores(db: Option<&str>, data_dir: &Path) -> anyhow::Result<Stores
             "--db: `{}` is not a postgres:// URL; leave --db out for the embedded SQLite database",
             redact_url(other)
         ),
+    }
+}
+
+/// Where code archives and object bytes live.
+struct Bytes {
+    blobs: Arc<dyn store::BlobStore>,
+    objects: Arc<dyn store::ObjectBytes>,
+    /// Whether other nodes may share them.
+    shared: bool,
+}
+
+/// Opens the byte stores `--blobs` names: an S3 bucket every node shares, or the data dir.
+async fn open_bytes(blobs: Option<&str>, data_dir: &Path, shared_db: bool) -> anyhow::Result<Bytes> {
+    match blobs {
+        None => {
+            if shared_db {
+                tracing::warn!(
+                    "--db is shared but code and object bytes stay in this node's data dir: other nodes cannot run what is deployed here nor read its objects; give every node the same --blobs s3://…"
+                );
+            }
+            Ok(Bytes {
+                blobs: Arc::new(store::FsBlobStore::new(data_dir.join("blobs"))),
+                objects: Arc::new(
+                    store::ObjectFiles::open(data_dir.join("objects"))
+                        .context("opening the object store's directory")?,
+                ),
+                shared: false,
+            })
+        }
+        Some(url) => {
+            let s3 = store_s3::open(url, data_dir).map_err(|e| anyhow::anyhow!("--blobs: {e}"))?;
+            s3.check()
+                .await
+                .map_err(|e| anyhow::anyhow!("--blobs: {e}"))?;
+            tracing::info!(location = s3.location(), "code and object bytes in S3");
+            Ok(Bytes {
+                blobs: s3.blobs.clone(),
+                objects: s3.objects.clone(),
+                shared: true,
+            })
+        }
     }
 }
 

@@ -1,11 +1,13 @@
 //! Bodies: a request's bytes streamed into a new blob, and an object's bytes streamed out
-//! of its file.
+//! of the store (`store::ObjectBytes`: a file on this node, or a ranged GET of S3).
 //!
 //! Uploads: the async side takes the body's chunks (already de-chunked and signature-checked
 //! by s3s) and hands them, as they are, over a short channel to one blocking thread that
 //! hashes them (MD5 for the ETag, the checksums the client asked for) and writes them to the
-//! blob's temporary file. No chunk is copied or gathered; the channel's bound is the only
+//! blob's sink. No chunk is copied or gathered; the channel's bound is the only
 //! buffering, so a fast client waits for the disk.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -13,20 +15,16 @@ use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::dto::StreamingBlob;
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
-use store::{BlobSink, ObjectFiles};
+use store::{BlobSink, ObjectBytes};
 
 use crate::error::store_error;
 
 /// Chunks in flight between the request and the writer thread.
 const WRITE_QUEUE_CHUNKS: usize = 16;
 
-/// Read size when streaming a file out: large enough that a read is cheap per byte, small
-/// enough that many concurrent downloads hold little memory.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
-
 /// A body written to a temporary blob, not yet durable.
 pub(crate) struct Written {
-    pub sink: BlobSink,
+    pub sink: Box<dyn BlobSink>,
     pub md5: [u8; 16],
     pub checksum: s3s::dto::Checksum,
 }
@@ -47,10 +45,55 @@ impl Written {
 }
 
 /// Streams `body` into a new blob, at most `limit_bytes` (EntityTooLarge past it), hashing
-/// with `hasher` as well as MD5. A failure leaves nothing on disk.
+/// with `hasher` as well as MD5. A failure leaves nothing stored.
 pub(crate) async fn write(
-    files: &ObjectFiles,
+    files: &Arc<dyn ObjectBytes>,
     body: Option<StreamingBlob>,
+    limit_bytes: u64,
+    hasher: ChecksumHasher,
+) -> S3Result<Written> {
+    let body = body.map(|b| b.map(|chunk| chunk.map_err(body_error)));
+    write_stream(files, body, limit_bytes, hasher).await
+}
+
+/// Streams `len` bytes of a stored blob from `offset` into a new one (copies of objects
+/// and of parts), with their MD5. A source shorter than its row says is `Corrupt`.
+pub(crate) async fn copy(
+    files: &Arc<dyn ObjectBytes>,
+    blob_id: &str,
+    offset: u64,
+    len: u64,
+) -> S3Result<Written> {
+    let source = files
+        .read(blob_id, offset, len)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            s3_error!(
+                SlowDown,
+                "the source object changed while it was copied; try again"
+            )
+        })?;
+    let written = write_stream(
+        files,
+        Some(source.map(|chunk| chunk.map_err(store_error))),
+        len,
+        ChecksumHasher::default(),
+    )
+    .await?;
+    if written.sink.size_bytes() != len {
+        return Err(store_error(store::StoreError::Corrupt(format!(
+            "blob {blob_id} is shorter than its row says"
+        ))));
+    }
+    Ok(written)
+}
+
+/// Streams chunks into a new blob on a blocking thread, at most `limit_bytes`; the first
+/// error of the stream fails the write, and the unfinished blob goes with it.
+async fn write_stream(
+    files: &Arc<dyn ObjectBytes>,
+    body: Option<impl futures_util::Stream<Item = S3Result<Bytes>> + Unpin>,
     limit_bytes: u64,
     mut hasher: ChecksumHasher,
 ) -> S3Result<Written> {
@@ -86,7 +129,7 @@ pub(crate) async fn write(
                     }
                 }
                 Err(e) => {
-                    failed = Some(body_error(e));
+                    failed = Some(e);
                     break;
                 }
             }
@@ -118,9 +161,7 @@ fn body_error(e: s3s::StdError) -> S3Error {
     }
 }
 
-/// `len` bytes of the file at `offset`, streamed.
-pub(crate) fn read(file: tokio::fs::File, len: u64) -> StreamingBlob {
-    use tokio::io::AsyncReadExt;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK_BYTES);
-    StreamingBlob::wrap(stream)
+/// A blob's bytes as a response body.
+pub(crate) fn read(bytes: store::ByteStream) -> StreamingBlob {
+    StreamingBlob::wrap(bytes)
 }

@@ -1,15 +1,15 @@
 //! Nimbus's object store: the S3 API (s3s: routing, XML shapes, SigV4 including presigned
 //! URLs and `aws-chunked` bodies) over the store's object metadata (`store::ObjectMeta`)
-//! and bytes on disk (`store::ObjectFiles`), served on a listener of its own
-//! (`--s3-listen`).
+//! and bytes (`store::ObjectBytes`: files on this node, or an S3 bucket in a cluster), served
+//! on a listener of its own (`--s3-listen`).
 //!
 //! - `auth`: the platform's AWS access keys sign requests; admin-scope keys may do
 //!   everything, invoke-scope keys nothing here (AccessDenied), anonymous requests nothing.
 //! - `ops`: the S3 operations (`impl S3`).
 //! - `events`: bucket events (the object trigger): committed with the change in the
 //!   outbox, delivered as asynchronous invocations, loops stopped at 16 hops.
-//! - `body`: request bodies streamed to disk on a blocking thread while they are hashed;
-//!   objects streamed out of their files.
+//! - `body`: request bodies streamed into a new blob on a blocking thread while they are
+//!   hashed; objects streamed out of the store.
 //! - `error`: the store's answers as S3's error codes.
 //! - `website`: a bucket's website configuration (served by the gateway, not here).
 //! - `serve`: the accept loop, and the background collection of unreferenced bytes.
@@ -22,6 +22,8 @@ mod error;
 pub mod events;
 mod ops;
 mod serve;
+#[cfg(test)]
+mod tests;
 mod website;
 
 use std::sync::Arc;
@@ -31,7 +33,7 @@ pub use serve::{ServeConfig, collect_garbage, serve};
 /// The object store as the S3 API serves it.
 pub struct ObjectStore {
     meta: Arc<dyn store::ObjectMeta>,
-    files: store::ObjectFiles,
+    files: Arc<dyn store::ObjectBytes>,
     /// The region answered by GetBucketLocation and expected in signatures' scope.
     region: String,
     /// Bucket events: which changes are committed with an event, and who delivers them.
@@ -39,7 +41,11 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    pub fn new(meta: Arc<dyn store::ObjectMeta>, files: store::ObjectFiles, region: &str) -> Self {
+    pub fn new(
+        meta: Arc<dyn store::ObjectMeta>,
+        files: Arc<dyn store::ObjectBytes>,
+        region: &str,
+    ) -> Self {
         ObjectStore {
             meta,
             files,

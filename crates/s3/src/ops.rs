@@ -1,4 +1,4 @@
-//! The S3 operations over the store. Every write puts the bytes on disk (durable) first and
+//! The S3 operations over the store. Every write makes its bytes durable first and
 //! then commits the object's row in one transaction (`ObjectMeta::commit_object`), which is
 //! the visible swap; the bytes the change let go of are removed after the commit.
 
@@ -17,6 +17,10 @@ use store::objects::{
 use crate::ObjectStore;
 use crate::body;
 use crate::error::{object_error, store_error};
+
+/// How many times a read looks its object up again when the bytes vanished under it (a
+/// replacement committed and removed the old blob between the row's read and the bytes').
+const READ_ATTEMPTS_MAX: usize = 3;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -356,31 +360,6 @@ fn copy_range(range: Option<&str>, size: u64) -> S3Result<(u64, u64)> {
 }
 
 impl ObjectStore {
-    /// Opens the object's file. A reader that lost the race with a replacement (the row it
-    /// read was swapped and the old file removed) reads the row again.
-    async fn open(&self, bucket: &str, key: &str) -> S3Result<(ObjectRecord, tokio::fs::File)> {
-        for _ in 0..3 {
-            let o = self.meta.object(bucket, key).await.map_err(object_error)?;
-            let path = self.files.path(&o.blob_id).ok_or_else(|| {
-                store_error(store::StoreError::Corrupt(format!("blob id {}", o.blob_id)))
-            })?;
-            match tokio::fs::File::open(&path).await {
-                Ok(f) => return Ok((o, f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(store_error(store::StoreError::Io {
-                        context: format!("opening {}", path.display()),
-                        source: e,
-                    }));
-                }
-            }
-        }
-        Err(s3_error!(
-            SlowDown,
-            "the object kept changing while it was read; try again"
-        ))
-    }
-
     /// The bucket events to commit with a change (none when no rule takes it).
     fn events_for(
         &self,
@@ -442,16 +421,7 @@ impl ObjectStore {
 
     /// Removes blobs that nothing refers to any more (what fails here the collector finds).
     async fn release(&self, blobs: Vec<String>) {
-        if blobs.is_empty() {
-            return;
-        }
-        let files = self.files.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for b in blobs {
-                files.remove(&b);
-            }
-        })
-        .await;
+        self.files.remove(&blobs).await;
     }
 
     /// A new blob holding `len` bytes of `source` from `offset`, and their MD5.
@@ -461,43 +431,9 @@ impl ObjectStore {
         offset: u64,
         len: u64,
     ) -> S3Result<(String, [u8; 16])> {
-        use s3s::crypto::{Checksum as _, Md5};
-        use std::io::{Read, Seek};
-        let files = self.files.clone();
-        let path = self
-            .files
-            .path(&source.blob_id)
-            .ok_or_else(|| s3_error!(InternalError, "a corrupt blob id"))?;
-        tokio::task::spawn_blocking(move || {
-            let io = |e: std::io::Error| store::StoreError::Io {
-                context: format!("reading {}", path.display()),
-                source: e,
-            };
-            let mut src = std::fs::File::open(&path).map_err(io)?;
-            src.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
-            let mut src = src.take(len);
-            let mut sink = files.create()?;
-            let mut md5 = Md5::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = src.read(&mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                md5.update(&buf[..n]);
-                sink.write(&buf[..n])?;
-            }
-            if sink.size_bytes() != len {
-                return Err(store::StoreError::Corrupt(format!(
-                    "{} is shorter than its row says",
-                    path.display()
-                )));
-            }
-            Ok((sink.finish()?, md5.finalize()))
-        })
-        .await
-        .map_err(S3Error::internal_error)?
-        .map_err(store_error)
+        let written = body::copy(&self.files, &source.blob_id, offset, len).await?;
+        let md5 = written.md5;
+        Ok((written.finish().await?, md5))
     }
 }
 
@@ -677,43 +613,54 @@ impl S3 for ObjectStore {
                 "GET by part number is not supported"
             ));
         }
-        let (o, mut file) = self.open(&input.bucket, &input.key).await?;
-        check_conditions(
-            &o,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            S3ErrorCode::NotModified,
-        )?;
-        let size = o.size_bytes;
-        let (start, len, content_range) = match &input.range {
-            None => (0, size, None),
-            Some(range) => {
-                let r = range.check(size).map_err(|_| {
-                    s3_error!(
-                        InvalidRange,
-                        "The requested range is not satisfiable (object of {size} bytes)"
+        // The row, its conditions and the range, then its bytes. A reader that lost the
+        // race with a replacement (the row it read was swapped and the old blob removed)
+        // reads the row again.
+        let mut attempt = 0;
+        let (o, bytes, len, content_range) = loop {
+            attempt += 1;
+            let o = self
+                .meta
+                .object(&input.bucket, &input.key)
+                .await
+                .map_err(object_error)?;
+            check_conditions(
+                &o,
+                input.if_match.as_ref(),
+                input.if_unmodified_since.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                S3ErrorCode::NotModified,
+            )?;
+            let size = o.size_bytes;
+            let (start, len, content_range) = match &input.range {
+                None => (0, size, None),
+                Some(range) => {
+                    let r = range.check(size).map_err(|_| {
+                        s3_error!(
+                            InvalidRange,
+                            "The requested range is not satisfiable (object of {size} bytes)"
+                        )
+                    })?;
+                    (
+                        r.start,
+                        r.end - r.start,
+                        Some(format!("bytes {}-{}/{size}", r.start, r.end - 1)),
                     )
-                })?;
-                (
-                    r.start,
-                    r.end - r.start,
-                    Some(format!("bytes {}-{}/{size}", r.start, r.end - 1)),
-                )
+                }
+            };
+            match self.files.read(&o.blob_id, start, len).await {
+                Ok(Some(bytes)) => break (o, bytes, len, content_range),
+                Ok(None) if attempt < READ_ATTEMPTS_MAX => continue,
+                Ok(None) => {
+                    return Err(s3_error!(
+                        SlowDown,
+                        "the object kept changing while it was read; try again"
+                    ));
+                }
+                Err(e) => return Err(store_error(e)),
             }
         };
-        if start > 0 {
-            use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|e| {
-                    store_error(store::StoreError::Io {
-                        context: "seeking an object".into(),
-                        source: e,
-                    })
-                })?;
-        }
         // Checksums are of the whole object: S3 sends them only for a whole-object read
         // that asked for them.
         let checksums = if content_range.is_none()
@@ -728,7 +675,7 @@ impl S3 for ObjectStore {
         };
         let a = o.attrs;
         let output = GetObjectOutput {
-            body: Some(body::read(file, len)),
+            body: Some(body::read(bytes)),
             content_length: Some(len as i64),
             content_range,
             accept_ranges: Some("bytes".into()),
@@ -1449,16 +1396,16 @@ impl S3 for ObjectStore {
             })?);
         }
         let etag_value = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
-        // The object's bytes: the parts joined into one file by the kernel.
-        let sources: Vec<(std::path::PathBuf, u64)> = chosen
+        // The object's bytes: the parts joined into one blob (by the kernel, on a local disk).
+        let sources: Vec<(String, u64)> = chosen
             .iter()
-            .filter_map(|p| self.files.path(&p.blob_id).map(|path| (path, p.size_bytes)))
+            .map(|p| (p.blob_id.clone(), p.size_bytes))
             .collect();
         let files = self.files.clone();
         let blob_id = tokio::task::spawn_blocking(move || {
             let mut sink = files.create()?;
-            for (path, len) in sources {
-                sink.append_file(&path, 0, len)?;
+            for (blob_id, len) in sources {
+                sink.append_blob(&blob_id, 0, len)?;
             }
             sink.finish()
         })

@@ -95,7 +95,7 @@ pub async fn serve(
 /// interrupted. Answers how many went.
 pub async fn collect_garbage(
     meta: &dyn store::ObjectMeta,
-    files: &store::ObjectFiles,
+    files: &dyn store::ObjectBytes,
     grace_ms: i64,
 ) -> Result<u64, store::ObjectError> {
     let now_ms = std::time::SystemTime::now()

@@ -47,8 +47,12 @@ pub enum StoreError {
     /// is freed, and work again without a restart once it is.
     #[error("storage is full: {context}")]
     StorageFull { context: String },
+    /// What was stored is not what it should be: a value that does not decode, a blob id
+    /// that is not one, a code archive whose bytes do not hash to its address (S3).
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A filesystem operation failed, or a request to a remote store (S3: its client's
+    /// error is kept inside a `std::io::Error`, so no client type is named here).
     #[error("{context}: {source}")]
     Io {
         context: String,

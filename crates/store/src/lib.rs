@@ -1,8 +1,8 @@
 //! Persistence for Nimbus: function metadata, code blobs, the unpacked-code cache, the
 //! asynchronous queue, telemetry (invocation records, logs, events), and the object
-//! store's metadata (`objects`) and bytes (`object_files`).
+//! store's metadata (`objects`) and bytes (`object_bytes`, on the local disk `object_files`).
 //!
-//! Each concern sits behind a trait (`MetaStore`, `BlobStore`) with the embedded backend
+//! Each concern sits behind a trait (`MetaStore`, `BlobStore`, `ObjectBytes`) with the embedded backend
 //! (SQLite in WAL mode, the local filesystem) implemented here; the cluster backends
 //! (PostgreSQL, S3) implement the same traits. Code archives are checked by `archive` before
 //! anything is stored, so a stored blob is always safe to unpack.
@@ -15,6 +15,7 @@ mod error;
 pub mod flows;
 mod gc;
 mod meta;
+pub mod object_bytes;
 pub mod object_files;
 pub mod objects;
 mod queue;
@@ -35,7 +36,8 @@ pub use meta::{
     AwsKeyRecord, BuildClaim, KeyRecord, MetaStore, PutMode, PutOutcome, SqliteStore,
     TimerProgress, TimerState,
 };
-pub use object_files::{BlobSink, ObjectFiles};
+pub use object_bytes::{BlobSink, ByteStream, ObjectBytes};
+pub use object_files::ObjectFiles;
 pub use objects::{ObjectError, ObjectMeta};
 pub use queue::{Accepted, AsyncQueue, AsyncRecord, AsyncStatus, Finish, Lease, NewEvent};
 pub use telemetry::{SqliteTelemetry, TelemetryStore};

@@ -6,10 +6,10 @@
 //!   `dir` without its slash answers 302 to `dir/` when `dir/{index}` exists.
 //! - A missing key answers the error document with status 404, or S3's plain 404 page.
 //! - `ETag`, `If-None-Match`/`If-Modified-Since` (304), `If-Match`/`If-Unmodified-Since`
-//!   (412), one byte range (206, 416); bytes stream from the object's file.
+//!   (412), one byte range (206, 416); bytes stream from the store (`store::ObjectBytes`).
 //! - Errors are S3's website error pages (HTML with Code, Message, BucketName, RequestId).
 //!
-//! Reads go through `store::ObjectMeta` and `store::ObjectFiles` only: the S3 API (s3s) is
+//! Reads go through `store::ObjectMeta` and `store::ObjectBytes` only: the S3 API (s3s) is
 //! another front door and is not needed to serve a file.
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -23,11 +23,8 @@ use store::objects::ObjectRecord;
 
 use crate::buckets::Objects;
 
-/// Bytes read from an object's file per chunk of the response body.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// How many times an object is looked up again when its file vanished under the reader (a
-/// replacement committed and removed the old file between the row's read and the open).
+/// How many times an object is looked up again when its bytes vanished under the reader (a
+/// replacement committed and removed the old blob between the row's read and the bytes').
 const OPEN_ATTEMPTS_MAX: usize = 3;
 
 /// The bucket a request is for, when its host is `{bucket}.{domain}` (a port is ignored,
@@ -94,10 +91,17 @@ pub async fn serve(
     if directory {
         key.push_str(&website.index_document);
     }
-    match open(objects, bucket, &key).await {
-        Ok(Some((object, file))) => {
-            return object_response(&object, file, request.headers(), head, StatusCode::OK);
-        }
+    match respond(
+        objects,
+        bucket,
+        &key,
+        request.headers(),
+        head,
+        StatusCode::OK,
+    )
+    .await
+    {
+        Ok(Some(response)) => return response,
         Ok(None) => {}
         Err(e) => return fault(e, bucket, request_id),
     }
@@ -118,17 +122,19 @@ pub async fn serve(
         }
     }
     if let Some(error_key) = &website.error_document {
-        match open(objects, bucket, error_key).await {
-            // The error document is the answer to any request: no ranges or conditions.
-            Ok(Some((object, file))) => {
-                return object_response(
-                    &object,
-                    file,
-                    &HeaderMap::new(),
-                    head,
-                    StatusCode::NOT_FOUND,
-                );
-            }
+        // The error document is the answer to any request: no ranges or conditions.
+        let no_conditions = HeaderMap::new();
+        match respond(
+            objects,
+            bucket,
+            error_key,
+            &no_conditions,
+            head,
+            StatusCode::NOT_FOUND,
+        )
+        .await
+        {
+            Ok(Some(response)) => return response,
             Ok(None) => {}
             Err(e) => return fault(e, bucket, request_id),
         }
@@ -140,34 +146,38 @@ pub async fn serve(
     )
 }
 
-/// The object and its open file, `None` when there is no such object.
-async fn open(
+/// The object's response to `request` (its conditions and range applied, its bytes
+/// streaming), `None` when there is no such object.
+async fn respond(
     objects: &Objects,
     bucket: &str,
     key: &str,
-) -> Result<Option<(ObjectRecord, tokio::fs::File)>, ObjectError> {
+    request: &HeaderMap,
+    head: bool,
+    status: StatusCode,
+) -> Result<Option<Response>, ObjectError> {
     for _ in 0..OPEN_ATTEMPTS_MAX {
         let object = match objects.meta.object(bucket, key).await {
             Ok(o) => o,
             Err(ObjectError::NoSuchKey(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let path = objects.files.path(&object.blob_id).ok_or_else(|| {
-            ObjectError::Store(store::StoreError::Corrupt(format!(
-                "blob id {}",
-                object.blob_id
-            )))
-        })?;
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => return Ok(Some((object, file))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(ObjectError::Store(store::StoreError::Io {
-                    context: format!("opening {}", path.display()),
-                    source: e,
-                }));
+        let (status, offset, len) = match plan(&object, request, status) {
+            Plan::Answer(response) => return Ok(Some(response)),
+            Plan::Bytes(status, offset, len) => (status, offset, len),
+        };
+        let body = if head || len == 0 {
+            Body::empty()
+        } else {
+            // Read as the client takes them: hyper polls the stream only when it can send,
+            // so a slow client holds one chunk, not the object.
+            match objects.files.read(&object.blob_id, offset, len).await {
+                Ok(Some(bytes)) => Body::from_stream(bytes),
+                Ok(None) => continue,
+                Err(e) => return Err(ObjectError::Store(e)),
             }
-        }
+        };
+        return Ok(Some(object_response(&object, body, status, offset, len)));
     }
     Err(ObjectError::Store(store::StoreError::Corrupt(format!(
         "`{key}` kept changing while it was read"
@@ -248,14 +258,15 @@ fn header_date(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
     Some(at.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
-/// The object as a response: its stored headers, conditions and range applied.
-fn object_response(
-    object: &ObjectRecord,
-    file: tokio::fs::File,
-    request: &HeaderMap,
-    head: bool,
-    status: StatusCode,
-) -> Response {
+/// What a request for an object is answered: a response without its bytes (a failed
+/// condition, a range past its end), or its bytes with a status, an offset and a length.
+enum Plan {
+    Answer(Response),
+    Bytes(StatusCode, u64, u64),
+}
+
+/// The object's conditions and range applied to `request`.
+fn plan(object: &ObjectRecord, request: &HeaderMap, status: StatusCode) -> Plan {
     let text = |name: header::HeaderName| request.get(name).and_then(|v| v.to_str().ok());
     // RFC 9110 §13.2.2: If-Match, then If-Unmodified-Since, then If-None-Match, then
     // If-Modified-Since (only without If-None-Match).
@@ -267,7 +278,7 @@ fn object_response(
     if precondition_failed {
         let mut r = empty(StatusCode::PRECONDITION_FAILED);
         validators(r.headers_mut(), object);
-        return r;
+        return Plan::Answer(r);
     }
     let not_modified = match text(header::IF_NONE_MATCH) {
         Some(list) => etag_listed(list, &object.etag),
@@ -277,7 +288,7 @@ fn object_response(
     if not_modified {
         let mut r = empty(StatusCode::NOT_MODIFIED);
         validators(r.headers_mut(), object);
-        return r;
+        return Plan::Answer(r);
     }
     let size = object.size_bytes;
     let (status, offset, len) = match range_of(text(header::RANGE), size) {
@@ -291,14 +302,21 @@ fn object_response(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return r;
+            return Plan::Answer(r);
         }
     };
-    let body = if head || len == 0 {
-        Body::empty()
-    } else {
-        Body::from_stream(stream(file, offset, len))
-    };
+    Plan::Bytes(status, offset, len)
+}
+
+/// The object as a response with its stored headers, its bytes in `body`.
+fn object_response(
+    object: &ObjectRecord,
+    body: Body,
+    status: StatusCode,
+    offset: u64,
+    len: u64,
+) -> Response {
+    let size = object.size_bytes;
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -337,29 +355,6 @@ fn object_response(
         }
     }
     r
-}
-
-/// `len` bytes of `file` from `offset`, read as the client takes them (hyper polls the
-/// stream only when it can send, so a slow client holds one chunk, not the object).
-fn stream(
-    file: tokio::fs::File,
-    offset: u64,
-    len: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    use futures_util::{StreamExt, TryStreamExt};
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    futures_util::stream::once(async move {
-        let mut file = file;
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset)).await?;
-        }
-        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-            file.take(len),
-            READ_CHUNK_BYTES,
-        ))
-    })
-    .try_flatten()
-    .boxed()
 }
 
 fn validators(h: &mut HeaderMap, object: &ObjectRecord) {
