@@ -805,7 +805,11 @@ struct Bytes {
 }
 
 /// Opens the byte stores `--blobs` names: an S3 bucket every node shares, or the data dir.
-async fn open_bytes(blobs: Option<&str>, data_dir: &Path, shared_db: bool) -> anyhow::Result<Bytes> {
+async fn open_bytes(
+    blobs: Option<&str>,
+    data_dir: &Path,
+    shared_db: bool,
+) -> anyhow::Result<Bytes> {
     match blobs {
         None => {
             if shared_db {
