@@ -455,7 +455,9 @@ fn read_answer(
     body: Bytes,
 ) -> Result<Forwarded, Answer> {
     if status == StatusCode::OK {
-        return ran(h, body).map(Forwarded::Ran).map_err(Answer::Malformed);
+        return ran(h, body)
+            .map(|r| Forwarded::Ran(Box::new(r)))
+            .map_err(Answer::Malformed);
     }
     #[derive(Deserialize)]
     struct ErrorView {

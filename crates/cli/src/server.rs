@@ -432,6 +432,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .enable_membership(cluster_store, &node_id, &format!("http://{addr}"))
         .await
         .map_err(|e| anyhow::anyhow!("registering this node: {e}"))?;
+    // A function's calls go to its home node while other nodes share the store.
+    platform.set_forwarder(Arc::new(api::HttpForwarder::new(&token)));
     platform
         .load()
         .await

@@ -48,8 +48,8 @@ pub trait Forwarder: Send + Sync {
 
 /// What became of a forwarded call.
 pub enum Forwarded {
-    /// It ran on the home.
-    Ran(Remote),
+    /// It ran on the home (boxed: the refusal is the small, common case of a busy home).
+    Ran(Box<Remote>),
     /// It did not start there; why, for the log.
     NotThere(String),
 }
@@ -150,6 +150,7 @@ impl Platform {
             .await?
         {
             Forwarded::Ran(remote) => {
+                let remote = *remote;
                 let error = match &remote.outcome {
                     Outcome::Error(e) => Some(e.clone()),
                     Outcome::Success { .. } => None,
@@ -235,9 +236,12 @@ mod tests {
 
     const CODE: &str = "def handler(event, context):\n    return {'ran': 'here'}\n";
 
+    /// How a fake home answers a call.
+    type Answer = Box<dyn Fn(&Call) -> Result<Forwarded, Error> + Send + Sync>;
+
     /// A forwarder that answers as it is told and notes where it was asked to send what.
     struct Fake {
-        answer: Box<dyn Fn(&Call) -> Result<Forwarded, Error> + Send + Sync>,
+        answer: Answer,
         sent: Mutex<Vec<(String, String, Duration)>>,
     }
 
@@ -271,7 +275,7 @@ mod tests {
     fn ran(call: &Call) -> Result<Forwarded, Error> {
         let mut logs = Logs::default();
         logs.push("stdout", b"from the home");
-        Ok(Forwarded::Ran(Remote {
+        Ok(Forwarded::Ran(Box::new(Remote {
             request_id: call.request_id.clone(),
             version: "$LATEST".into(),
             started_at_ms: 1,
@@ -285,7 +289,7 @@ mod tests {
                 content_type: ContentType::Json,
                 body: Bytes::from_static(br#"{"ran":"there"}"#),
             },
-        }))
+        })))
     }
 
     /// A platform with `f` (one instance at most, one call at a time) deployed, a member
