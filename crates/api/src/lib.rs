@@ -11,6 +11,7 @@ pub mod bus;
 mod error;
 mod extract;
 pub mod flows;
+pub mod forward;
 pub mod gateway;
 pub mod listener;
 pub mod nodes;
@@ -29,6 +30,7 @@ use utoipa::OpenApi;
 
 pub use auth::bus_key;
 pub use error::{ApiError, ErrorBody};
+pub use forward::{HttpForwarder, node_key};
 pub use gateway::Gateway;
 use platform::Platform;
 
@@ -301,9 +303,18 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    // Calls other nodes forward to this one, their home: the node key, not the admin
+    // token, and not in the OpenAPI document (no client calls it).
+    let internal = Router::new()
+        .route(forward::PATH, post(forward::serve))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::require_node_key,
+        ));
     Router::new()
         .route("/healthz", get(routes::healthz))
         .merge(metrics)
+        .merge(internal)
         .route(
             "/v1/openapi.json",
             get(move || {

@@ -12,15 +12,16 @@ use platform::Platform;
 
 use crate::{AppState, Gateway, router};
 
-const TOKEN: &str = "test-token";
+pub(crate) const TOKEN: &str = "test-token";
 
-struct Harness {
+pub(crate) struct Harness {
     _tmp: tempfile::TempDir,
-    app: axum::Router,
+    pub(crate) app: axum::Router,
+    pub(crate) platform: Arc<Platform>,
     objects: Arc<crate::buckets::Objects>,
 }
 
-async fn harness() -> Harness {
+pub(crate) async fn harness() -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let meta = Arc::new(
         store::SqliteStore::open(&tmp.path().join("db"))
@@ -53,7 +54,7 @@ async fn harness() -> Harness {
         website_domain: "localhost".into(),
     });
     let app = router(AppState {
-        platform,
+        platform: platform.clone(),
         gateway,
         bus: platform::bus::EventBus::new(),
         bus_limits: Default::default(),
@@ -64,11 +65,12 @@ async fn harness() -> Harness {
     Harness {
         _tmp: tmp,
         app,
+        platform,
         objects,
     }
 }
 
-fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, text) in files {
         w.start_file(*name, zip::write::SimpleFileOptions::default())
@@ -79,7 +81,7 @@ fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
 }
 
 impl Harness {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         uri: &str,
@@ -98,7 +100,7 @@ impl Harness {
         (status, json)
     }
 
-    async fn upload(&self, files: &[(&str, &str)]) -> String {
+    pub(crate) async fn upload(&self, files: &[(&str, &str)]) -> String {
         let (status, body) = self.call("POST", "/v1/code", zip_of(files)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["code_sha256"].as_str().unwrap().to_string()

@@ -473,6 +473,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             .await
             .map_err(|e| anyhow::anyhow!("following other nodes' changes: {e}"))?;
     }
+    // A function's calls go to its home node while other nodes share the store.
+    platform.set_forwarder(Arc::new(api::HttpForwarder::new(&token)));
     platform
         .load()
         .await

@@ -355,6 +355,11 @@ pub const NODE_HEARTBEAT_MS: u64 = 1_000;
 pub const NODE_DEAD_AFTER_MS: u64 = 10_000;
 /// A dead node's row is forgotten after this long (`nimbus nodes ls` shows it until then).
 pub const NODE_FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
+/// How long a node tries to connect to a call's home before it runs the call itself.
+pub const FORWARD_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// What a forwarded call may take beyond its cold start and its function's timeout: the
+/// event's and the answer's way between the nodes.
+pub const FORWARD_MARGIN_MS: u64 = 5_000;
 
 /// How long a node holds the asynchronous invocations it runs without renewing: past
 /// this, any node queues them again (their node died or stalled).

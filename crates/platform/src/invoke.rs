@@ -263,13 +263,34 @@ impl Platform {
     /// instance), and returns the session the caller finishes. `Err` means the platform
     /// could not run the call (unknown function, throttled, no capacity); a new instance
     /// that could not load the function is a finished, recorded call (`Begun::Failed`).
-    pub async fn begin(self: &Arc<Self>, mut call: Call) -> Result<Begun, Error> {
+    pub async fn begin(self: &Arc<Self>, call: Call) -> Result<Begun, Error> {
+        Ok(self
+            .begin_or(call, true)
+            .await?
+            .expect("a call that may wait gets a slot or an error"))
+    }
+
+    /// As `begin`; a call that may not wait gets `None` at once when no slot is free and
+    /// none can start now (the home of a forwarded call answers so).
+    async fn begin_or(
+        self: &Arc<Self>,
+        mut call: Call,
+        may_wait: bool,
+    ) -> Result<Option<Begun>, Error> {
         let (resolved, guarded) = self
             .resolve_call(&call.target, call.affinity.as_deref(), &call.request_id)
             .await?;
         let started_at_ms = now_ms();
-        match self.pool.acquire(&resolved.instance).await? {
-            sandbox::Acquired::Ready(lease) => Ok(Begun::Ready(Session {
+        let acquired = if may_wait {
+            self.pool.acquire(&resolved.instance).await?
+        } else {
+            match self.pool.acquire_now(&resolved.instance).await? {
+                Some(acquired) => acquired,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(match acquired {
+            sandbox::Acquired::Ready(lease) => Begun::Ready(Session {
                 platform: self.clone(),
                 lease: Some(lease),
                 resolved,
@@ -277,7 +298,7 @@ impl Platform {
                 call,
                 started_at_ms,
                 begun: Instant::now(),
-            })),
+            }),
             sandbox::Acquired::Failed(error, timings) => {
                 if let Some(g) = guarded {
                     self.count_canary_call(g, false);
@@ -300,16 +321,31 @@ impl Platform {
                     timings,
                     trace: std::mem::take(&mut call.trace),
                 };
-                Ok(Begun::Failed(self.remember(record), resolved))
+                Begun::Failed(self.remember(record), resolved)
             }
-        }
+        }))
     }
 
     /// Invokes `call` with `event` and waits for its value. A function failure is in the
     /// outcome (and the record); `Err` means the platform could not run it. Web functions
     /// (WSGI, ASGI, HTTP servers) take the event through the sandbox's adapter: an API
     /// Gateway payload 2.0 event becomes that request, anything else a `POST /`.
+    ///
+    /// In a cluster the call runs on its home node when that is another one and has room
+    /// (`forward`); else here.
     pub async fn invoke(self: &Arc<Self>, call: Call, event: Bytes) -> Result<Invoked, Error> {
+        self.check_event(&event)?;
+        if let Some(invoked) = self.forward(&call, &event).await? {
+            return Ok(invoked);
+        }
+        Ok(self
+            .run_here(call, event, true)
+            .await?
+            .expect("a call that may wait runs or fails"))
+    }
+
+    /// Refuses an event over the payload limit before it goes anywhere.
+    pub(crate) fn check_event(&self, event: &Bytes) -> Result<(), Error> {
         if event.len() > limits::PAYLOAD_BYTES_MAX {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
@@ -320,6 +356,17 @@ impl Platform {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Runs `call` on this node. `None` only for a call that may not wait, when no slot is
+    /// free now and none can start.
+    pub(crate) async fn run_here(
+        self: &Arc<Self>,
+        call: Call,
+        event: Bytes,
+        may_wait: bool,
+    ) -> Result<Option<Invoked>, Error> {
         // The invocation runs in its own task: a caller that disconnects does not cancel a
         // function midway (it completes, as on Lambda), and its instance stays warm.
         let platform = self.clone();
@@ -332,15 +379,16 @@ impl Platform {
                 lineage: call.lineage,
             };
             let request_id = call.request_id.clone();
-            let session = match platform.begin(call).await? {
-                Begun::Ready(session) => session,
-                Begun::Failed(record, resolved) => {
+            let session = match platform.begin_or(call, may_wait).await? {
+                None => return Ok(None),
+                Some(Begun::Ready(session)) => session,
+                Some(Begun::Failed(record, resolved)) => {
                     let error = record.error.clone().expect("a failed start has its error");
-                    return Ok(Invoked {
+                    return Ok(Some(Invoked {
                         record,
                         outcome: Outcome::Error(error),
                         resolved,
-                    });
+                    }));
                 }
             };
             let (outcome, logs, _) = session
@@ -353,11 +401,11 @@ impl Platform {
                 Outcome::Success { .. } => None,
             };
             let record = session.finish(error, logs);
-            Ok(Invoked {
+            Ok(Some(Invoked {
                 record,
                 outcome,
                 resolved,
-            })
+            }))
         })
         .await
         .map_err(|e| {

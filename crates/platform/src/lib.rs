@@ -17,11 +17,13 @@ pub mod bus;
 mod changes;
 mod error;
 pub mod flows;
+pub mod forward;
 mod invoke;
 mod keys;
 pub mod membership;
 pub mod metrics;
 pub mod otlp;
+pub mod placement;
 pub mod queue;
 pub mod recorder;
 pub mod trace;
@@ -85,6 +87,8 @@ pub struct Platform {
     flows: std::sync::OnceLock<Arc<crate::flows::Flows>>,
     /// This node among the nodes sharing the store, once `enable_membership` registered it.
     membership: std::sync::OnceLock<Arc<crate::membership::Membership>>,
+    /// What carries calls to their home nodes, once `set_forwarder` set it (a cluster).
+    forwarder: std::sync::OnceLock<Arc<dyn crate::forward::Forwarder>>,
     /// Records, logs, events and metrics, once `enable_telemetry` has started them.
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Dependency builds at deploy, once `enable_builds` has set them up.
@@ -161,6 +165,7 @@ impl Platform {
             asynq: std::sync::OnceLock::new(),
             flows: std::sync::OnceLock::new(),
             membership: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
             recorder: std::sync::OnceLock::new(),
         }
     }

@@ -3,8 +3,13 @@
 //! Each node writes its row every `NODE_HEARTBEAT_MS` and counts a node dead once its row
 //! is older than `NODE_DEAD_AFTER_MS`; rows older than `NODE_FORGET_AFTER_MS` are dropped
 //! by whichever node notices. On the embedded backend the list is this node alone.
+//!
+//! After each beat the node also reads every row into memory (`peers`): placement asks
+//! that view per call, so the invoke path reads no store for it. It is at most a beat old;
+//! a node that dies is left out once its row is older than the dead bound, read against
+//! the clock at each call, so the view decays even while the store cannot be read.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use model::limits;
@@ -27,6 +32,8 @@ pub struct NodeStatus {
 pub struct Membership {
     store: Arc<dyn ClusterStore>,
     me: NodeRecord,
+    /// Every node's row as last read, this one's among them.
+    peers: RwLock<Arc<Vec<NodeRecord>>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -50,9 +57,11 @@ impl Membership {
         let membership = Arc::new(Membership {
             store,
             me,
+            peers: RwLock::new(Arc::new(Vec::new())),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
         });
+        membership.read_peers().await;
         let beat = membership.clone();
         *membership.task.lock().unwrap() = Some(tokio::spawn(async move { beat.run().await }));
         Ok(membership)
@@ -75,7 +84,28 @@ impl Membership {
                 // node dead, which is what it is to them while the store is out of reach.
                 tracing::warn!(error = %e, "writing this node's heartbeat failed");
             }
+            self.read_peers().await;
         }
+    }
+
+    /// Reads every node's row into the view placement uses.
+    async fn read_peers(&self) {
+        match self.store.list_nodes().await {
+            Ok(rows) => *self.peers.write().unwrap() = Arc::new(rows),
+            // The old view stays; its rows age out of `alive` on their own.
+            Err(e) => tracing::warn!(error = %e, "reading the nodes' rows failed"),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// The nodes as last read (at most a heartbeat ago), dead ones included: filter them
+    /// with `alive` at the time of use.
+    pub fn peers(&self) -> Arc<Vec<NodeRecord>> {
+        self.peers.read().unwrap().clone()
     }
 
     /// Every node the store knows, alive or not yet forgotten; forgets the long dead.
@@ -90,7 +120,7 @@ impl Membership {
             .await?
             .into_iter()
             .map(|node| NodeStatus {
-                alive: now - node.last_seen_ms <= limits::NODE_DEAD_AFTER_MS as i64,
+                alive: alive(&node, now),
                 this: node.id == self.me.id,
                 node,
             })
@@ -105,6 +135,11 @@ impl Membership {
             let _ = task.await;
         }
     }
+}
+
+/// Whether `node` was seen within the dead bound at `now_ms`.
+pub fn alive(node: &NodeRecord, now_ms: i64) -> bool {
+    now_ms - node.last_seen_ms <= limits::NODE_DEAD_AFTER_MS as i64
 }
 
 #[cfg(test)]
@@ -148,6 +183,15 @@ mod tests {
             .map(|n| (n.node.id.as_str(), n.alive, n.this))
             .collect();
         assert_eq!(seen, [("gone", false, false), ("me", true, true)]);
+        // The view placement reads has the same rows, read without a query.
+        let peers = m.peers();
+        let live: Vec<&str> = peers
+            .iter()
+            .filter(|n| alive(n, now_ms()))
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(live, ["me"]);
+        assert_eq!(m.id(), "me");
         // The heartbeat keeps the row fresh.
         let first = nodes[1].node.last_seen_ms;
         tokio::time::sleep(Duration::from_millis(limits::NODE_HEARTBEAT_MS + 300)).await;

@@ -375,6 +375,28 @@ impl Pool {
         self: &Arc<Self>,
         config: &InstanceConfig,
     ) -> Result<Acquired, SandboxError> {
+        Ok(self
+            .acquire_or(config, true)
+            .await?
+            .expect("a call that may wait gets a slot or an error"))
+    }
+
+    /// As `acquire`, but never waits: `None` when the call would have to (every instance
+    /// busy and no room to start another now, or the function's queue full). Nothing is
+    /// recorded for such a call, not even a throttle: its caller takes it elsewhere (a
+    /// call forwarded to its home node runs on the node that forwarded it).
+    pub async fn acquire_now(
+        self: &Arc<Self>,
+        config: &InstanceConfig,
+    ) -> Result<Option<Acquired>, SandboxError> {
+        self.acquire_or(config, false).await
+    }
+
+    async fn acquire_or(
+        self: &Arc<Self>,
+        config: &InstanceConfig,
+        may_wait: bool,
+    ) -> Result<Option<Acquired>, SandboxError> {
         let key = config_key(config);
         let queued = Instant::now();
         let deadline = tokio::time::Instant::now()
@@ -388,7 +410,7 @@ impl Pool {
             let freed = self.shared.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.decide(config, key, &mut waiting) {
+            match self.decide(config, key, &mut waiting, may_wait) {
                 Ok(Look::Warm(member)) => {
                     // Before the lease exists, so every use of it finds the instance
                     // running; a warm instance that was not frozen costs an atomic swap.
@@ -401,9 +423,10 @@ impl Pool {
                     let started = self
                         .start(config, key, slot, "a call found no free instance".into(), 1)
                         .await;
-                    break started.map(|r| r.map(|(m, t)| (m, true, t)));
+                    break started.map(|r| r.map(|(m, t)| (m, true, t))).map_err(Some);
                 }
                 Ok(Look::Evict) => continue,
+                Ok(Look::Wait(_)) if !may_wait => break Err(None),
                 Ok(Look::Wait(give_up)) => {
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         if let SandboxError::Throttled { .. } = &give_up {
@@ -414,10 +437,11 @@ impl Pool {
                                 give_up.to_string(),
                             );
                         }
-                        break Err(give_up);
+                        break Err(Some(give_up));
                     }
                 }
-                Err(e) => break Err(e),
+                Err(SandboxError::Throttled { .. }) if !may_wait => break Err(None),
+                Err(e) => break Err(Some(e)),
             }
         };
         if let Some(epoch) = waiting {
@@ -426,8 +450,13 @@ impl Pool {
         if queue_ms == 0.0 {
             queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
         }
-        match outcome? {
-            Ok((member, cold_start, timings)) => Ok(Acquired::Ready(Lease {
+        let outcome = match outcome {
+            Ok(started) => started,
+            Err(Some(e)) => return Err(e),
+            Err(None) => return Ok(None),
+        };
+        Ok(Some(match outcome {
+            Ok((member, cold_start, timings)) => Acquired::Ready(Lease {
                 pool: self.clone(),
                 function: config.pool_id().into_owned(),
                 key,
@@ -444,15 +473,15 @@ impl Pool {
                     queue_ms,
                     ..timings
                 },
-            })),
-            Err(error) => Ok(Acquired::Failed(
+            }),
+            Err(error) => Acquired::Failed(
                 error,
                 Timings {
                     queue_ms,
                     ..Timings::default()
                 },
-            )),
-        }
+            ),
+        }))
     }
 
     /// One look at the pool for a call of `config`.
@@ -461,6 +490,7 @@ impl Pool {
         config: &InstanceConfig,
         key: u64,
         waiting: &mut Option<u64>,
+        may_wait: bool,
     ) -> Result<Look, SandboxError> {
         let mut gone = Vec::new();
         let decided = {
@@ -481,7 +511,10 @@ impl Pool {
                 decide::Decision::Wait(give_up) => Look::Wait(give_up),
             })
         };
-        if let Err(e @ SandboxError::Throttled { .. }) = &decided {
+        // A call that may not wait is not throttled here: it goes to another node.
+        if let Err(e @ SandboxError::Throttled { .. }) = &decided
+            && may_wait
+        {
             self.shared
                 .record(&config.function, 0, "throttled", e.to_string());
         }

@@ -146,6 +146,60 @@ async fn a_function_at_max_instances_is_throttled_and_it_is_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_that_may_not_wait_gets_none_at_once_and_nothing_is_recorded() {
+    let (_tmp, _executor, pool) = fake_pool(PoolConfig {
+        instances_max: 2,
+        ..PoolConfig::default()
+    });
+    let f = function(
+        "f",
+        Policy {
+            max_instances: 1,
+            ..policy(5_000)
+        },
+    );
+    // A free node starts an instance for it, as for any call.
+    let held = match pool.acquire_now(&f).await {
+        Ok(Some(Acquired::Ready(lease))) => lease,
+        _ => panic!("expected a slot"),
+    };
+    assert!(held.cold_start);
+    // At max_instances it does not wait the queue timeout: it is told at once.
+    let asked = tokio::time::Instant::now();
+    assert!(matches!(pool.acquire_now(&f).await, Ok(None)));
+    assert_eq!(asked.elapsed(), Duration::ZERO);
+    // A full node (every instance busy) answers the same, and so does a function that
+    // may not queue at all; neither is a throttle of this node's.
+    let g = function("g", policy(5_000));
+    let _g_held = lease(&pool, &g).await;
+    let h = function("h", policy(0));
+    assert!(matches!(pool.acquire_now(&h).await, Ok(None)));
+    let no_wait = function(
+        "f",
+        Policy {
+            max_instances: 1,
+            ..policy(0)
+        },
+    );
+    assert!(matches!(pool.acquire_now(&no_wait).await, Ok(None)));
+    for name in ["f", "h"] {
+        assert!(
+            !events(&pool, name)
+                .iter()
+                .any(|e| e.starts_with("throttled")),
+            "{name}: {:?}",
+            events(&pool, name)
+        );
+    }
+    // Once the slot is free, the warm instance takes the next call.
+    drop(held);
+    match pool.acquire_now(&f).await {
+        Ok(Some(Acquired::Ready(lease))) => assert!(!lease.cold_start),
+        _ => panic!("expected the warm slot"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_instances_are_reaped_after_their_pre_stop_hook() {
     let (_tmp, executor, pool) = fake_pool(PoolConfig::default());
     let f = InstanceConfig {
