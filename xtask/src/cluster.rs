@@ -21,6 +21,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::{Auth, Nimbus, Stats, Target, build_nimbus, median_ms, parse, root, run};
 
+/// One connection count's samples: p50s and throughputs of SQLite, then of PostgreSQL.
+type Compared = (usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Events submitted per accept measurement.
 const ASYNC_EVENTS: usize = 5_000;
 
@@ -169,7 +172,7 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
         "{:<24} {:>5} {:>9} {:>10} {:>8} {:>8}",
         "target", "conns", "requests", "req/s", "p50_ms", "p99_ms"
     );
-    let mut results: Vec<(usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut results: Vec<Compared> = Vec::new();
     for conns in [1, opts.connections] {
         let (mut p50_s, mut p50_p, mut rps_s, mut rps_p) = (vec![], vec![], vec![], vec![]);
         for _ in 0..opts.rounds {
