@@ -472,3 +472,50 @@ async fn a_workflow_started_on_a_killed_node_finishes_on_another() {
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn calls_through_every_node_run_warm_at_the_functions_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = Shared::new();
+    let a = shared.node(&tmp.path().join("a"), &[]);
+    let b = shared.node(&tmp.path().join("b"), &[]);
+    let c = shared.node(&tmp.path().join("c"), &[]);
+    a.deploy(&crate::harness::python_project(
+        tmp.path(),
+        "echo",
+        3000,
+        ECHO_VERSION,
+    ))
+    .await;
+    // Every node's view of the others is read after its heartbeats: once each has seen all
+    // three, they agree on the home.
+    eventually(Duration::from_secs(10), "every node sees three", || async {
+        let mut all = true;
+        for node in [&a, &b, &c] {
+            all &= nodes(node)
+                .await
+                .iter()
+                .filter(|n| n["state"] == "alive")
+                .count()
+                == 3;
+        }
+        all
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cold = 0;
+    for round in 0..10 {
+        for node in [&a, &b, &c] {
+            let res = node
+                .invoke("echo", &format!(r#"{{"round":{round}}}"#))
+                .await;
+            assert_eq!(res.status(), 200);
+            if crate::harness::header(&res, "x-nimbus-cold-start") == "true" {
+                cold += 1;
+            }
+        }
+    }
+    // One instance, at the home, whichever node the calls came through.
+    assert_eq!(cold, 1, "cold starts over 30 calls through three nodes");
+    drop((a, b, c));
+}
