@@ -116,23 +116,33 @@ impl Platform {
             }
         }
         if r.catalog {
-            let before = self.catalog();
             self.publish_catalog().await?;
             let after = self.catalog();
             for name in &r.functions {
-                let revision = |c: &crate::Catalog| {
-                    c.functions
-                        .iter()
-                        .find(|f| &f.spec.name == name)
-                        .map(|f| (f.revision, f.spec.min_instances))
-                };
-                let (was, is) = (revision(&before), revision(&after));
-                // A new version number changes the record, not what `$LATEST` runs: only
-                // a new revision (or a delete) replaces this node's instances.
-                if was.map(|w| w.0) != is.map(|i| i.0) {
-                    self.forget(name, is.is_none());
-                    if is.is_some_and(|(_, min)| min > 0) {
-                        self.provision(name).await?;
+                let stored = after
+                    .functions
+                    .iter()
+                    .find(|f| &f.spec.name == name)
+                    .map(|f| (f.revision, f.spec.min_instances));
+                // Compared with what this node resolved, not with the catalog it published
+                // before: any republication (a local write of another function) may already
+                // list the new revision.
+                let cached = self
+                    .functions
+                    .read()
+                    .unwrap()
+                    .get(name.as_str())
+                    .map(|r| r.function.revision);
+                match (stored, cached) {
+                    (None, _) => self.forget(name, true),
+                    // A new version number changes the record, not what `$LATEST` runs:
+                    // only a new revision replaces this node's instances.
+                    (Some((revision, _)), Some(c)) if c == revision => {}
+                    (Some((_, min_instances)), _) => {
+                        self.forget(name, false);
+                        if min_instances > 0 {
+                            self.provision(name).await?;
+                        }
                     }
                 }
             }
