@@ -105,22 +105,8 @@ impl ClusterStore for PgStore {
 mod tests {
     //! The contract every `ClusterStore` keeps (`store::testkit::cluster`), on PostgreSQL.
 
-    use store::testkit::cluster;
-
-    use crate::testing::fresh;
-
-    macro_rules! contract {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                let db = fresh().await;
-                cluster::$name(&db.store).await;
-                db.drop_now().await;
-            }
-        )*};
-    }
-
-    contract!(
+    crate::testing::contract!(
+        cluster;
         heartbeats_register_refresh_and_age_out_nodes,
         a_lease_has_one_holder_and_its_epoch_fences_the_next,
         racing_nodes_get_one_lease,

@@ -892,18 +892,8 @@ mod tests {
 
     use crate::testing::fresh;
 
-    macro_rules! contract {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                let db = fresh().await;
-                flows::$name(&db.store).await;
-                db.drop_now().await;
-            }
-        )*};
-    }
-
-    contract!(
+    crate::testing::contract!(
+        flows;
         flows_keep_revisions_and_a_rewrite_of_the_same_is_unchanged,
         flows_list_by_name_as_bytes,
         an_execution_is_made_once_per_name_within_the_running_limit,

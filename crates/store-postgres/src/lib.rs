@@ -69,6 +69,20 @@ pub(crate) mod testing {
 
     use super::*;
 
+    /// Tests running `store::testkit::$module`'s contract functions on PostgreSQL, each
+    /// against a fresh schema of its own.
+    macro_rules! contract {
+        ($module:ident; $($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let db = $crate::testing::fresh().await;
+                store::testkit::$module::$name(&db.store).await;
+                db.drop_now().await;
+            }
+        )*};
+    }
+    pub(crate) use contract;
+
     /// The database the tests use; `.ci/run` starts the machine's PostgreSQL.
     fn url() -> String {
         std::env::var("NIMBUS_TEST_POSTGRES")

@@ -664,22 +664,8 @@ impl MetaStore for PgStore {
 mod tests {
     //! The contract every `MetaStore` keeps (`store::testkit::meta`), on PostgreSQL.
 
-    use store::testkit::meta;
-
-    use crate::testing::fresh;
-
-    macro_rules! contract {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                let db = fresh().await;
-                meta::$name(&db.store).await;
-                db.drop_now().await;
-            }
-        )*};
-    }
-
-    contract!(
+    crate::testing::contract!(
+        meta;
         crud_and_revisions,
         builds_are_claimed_once_and_remembered_when_done,
         referenced_code_names_dependencies_and_merged_trees,

@@ -785,22 +785,8 @@ impl ObjectMeta for PgStore {
 mod tests {
     //! The contract every `ObjectMeta` keeps (`store::testkit::objects`), on PostgreSQL.
 
-    use store::testkit::objects;
-
-    use crate::testing::fresh;
-
-    macro_rules! contract {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                let db = fresh().await;
-                objects::$name(&db.store).await;
-                db.drop_now().await;
-            }
-        )*};
-    }
-
-    contract!(
+    crate::testing::contract!(
+        objects;
         buckets_are_made_listed_bounded_and_deleted_only_empty,
         a_change_swaps_the_row_and_lets_go_of_the_old_blob,
         listings_roll_up_prefixes_and_page,

@@ -317,22 +317,8 @@ impl AsyncQueue for PgStore {
 mod tests {
     //! The contract every `AsyncQueue` keeps (`store::testkit::queue`), on PostgreSQL.
 
-    use store::testkit::queue;
-
-    use crate::testing::fresh;
-
-    macro_rules! contract {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                let db = fresh().await;
-                queue::$name(&db.store).await;
-                db.drop_now().await;
-            }
-        )*};
-    }
-
-    contract!(
+    crate::testing::contract!(
+        queue;
         claims_in_arrival_order_and_survives_a_crash,
         a_claimed_submission_is_running_at_once_and_a_restart_queues_it_again,
         leases_hold_running_invocations_and_any_node_requeues_expired_ones,
