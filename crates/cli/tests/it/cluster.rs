@@ -97,6 +97,13 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Three nodes, data dirs `a`, `b` and `c` under `root`.
+    pub fn three(&self, root: &std::path::Path, extra: &[&str]) -> [Server; 3] {
+        ["a", "b", "c"].map(|n| self.node(&root.join(n), extra))
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // Nodes still connected keep the database; WITH (FORCE) ends their sessions.
@@ -133,9 +140,7 @@ const ECHO_VERSION: &str =
 async fn three_nodes_share_functions_updates_and_the_admin_token_and_a_restarted_node_rejoins() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Shared::new();
-    let a = shared.node(&tmp.path().join("a"), &[]);
-    let b = shared.node(&tmp.path().join("b"), &[]);
-    let c = shared.node(&tmp.path().join("c"), &[]);
+    let [a, b, c] = shared.three(tmp.path(), &[]);
     // One token for the cluster: the first node's.
     assert_eq!(a.token, b.token);
     assert_eq!(a.token, c.token);
@@ -278,9 +283,7 @@ async fn a_thousand_events_accepted_by_a_killed_node_are_all_run_by_the_others()
     let shared = Shared::new();
     // Short leases, so what the killed node held comes back in seconds.
     let lease = ["--async-lease-ms", "3000"];
-    let a = shared.node(&tmp.path().join("a"), &lease);
-    let b = shared.node(&tmp.path().join("b"), &lease);
-    let c = shared.node(&tmp.path().join("c"), &lease);
+    let [a, b, c] = shared.three(tmp.path(), &lease);
     a.deploy(&counter_project(tmp.path(), "count", "")).await;
     let prefix = unique("async");
     let accepted: Vec<String> = futures_util::future::join_all((0..1000).map(|i| {
@@ -325,9 +328,7 @@ async fn a_thousand_events_accepted_by_a_killed_node_are_all_run_by_the_others()
 async fn a_seconds_timer_on_three_nodes_fires_each_point_once() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Shared::new();
-    let a = shared.node(&tmp.path().join("a"), &[]);
-    let b = shared.node(&tmp.path().join("b"), &[]);
-    let c = shared.node(&tmp.path().join("c"), &[]);
+    let [a, b, c] = shared.three(tmp.path(), &[]);
     let prefix = unique("timer");
     // The timer's event carries its scheduled time; the counter counts per time.
     let project = crate::harness::project(
@@ -359,9 +360,7 @@ async fn a_seconds_timer_on_three_nodes_fires_each_point_once() {
 async fn an_object_put_through_one_node_is_read_through_another_and_its_event_runs_once() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Shared::new();
-    let a = shared.node(&tmp.path().join("a"), &[]);
-    let b = shared.node(&tmp.path().join("b"), &[]);
-    let c = shared.node(&tmp.path().join("c"), &[]);
+    let [a, b, c] = shared.three(tmp.path(), &[]);
     let prefix = unique("objects");
     let handler = format!(
         "{}\ndef on_upload(event, ctx):\n    for r in event['Records']:\n        incr('{prefix}:' + r['s3']['object']['key'])\n",
@@ -477,9 +476,7 @@ async fn a_workflow_started_on_a_killed_node_finishes_on_another() {
 async fn calls_through_every_node_run_warm_at_the_functions_home() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Shared::new();
-    let a = shared.node(&tmp.path().join("a"), &[]);
-    let b = shared.node(&tmp.path().join("b"), &[]);
-    let c = shared.node(&tmp.path().join("c"), &[]);
+    let [a, b, c] = shared.three(tmp.path(), &[]);
     a.deploy(&crate::harness::python_project(
         tmp.path(),
         "echo",
