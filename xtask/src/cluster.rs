@@ -4,28 +4,32 @@
 //! S3 store `.ci/run` starts, under a prefix of the run's own) against one node on SQLite
 //! and the local disk, alternated round by round: deploy time, warm invoke latency (p50 at
 //! one connection; the hot path must stay on the in-memory cache), warm invoke throughput,
-//! and the durable asynchronous accept rate. Then two more PostgreSQL nodes join: the
-//! throughput of the three nodes (the connections split over them) against the first alone.
-//! On a 2-core machine three nodes share the same two cores, so that ratio measures the
-//! cluster's overhead, not scaling.
+//! and the durable asynchronous accept rate. Then what PostgreSQL carries, read from its own
+//! statistics: transactions, rows written and WAL bytes of an idle node, per warm invoke and
+//! per asynchronous invocation (the figures of ARCHITECTURE.md's scale model). Then two more
+//! PostgreSQL nodes join: the throughput of the three nodes (the connections split over
+//! them) against the first alone, and the three idle nodes' load. On a 2-core machine three
+//! nodes share the same two cores, so that ratio measures the cluster's overhead, not scaling.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 
-use crate::{Auth, Nimbus, Stats, Target, build_nimbus, median_ms, parse, root, run};
+use crate::{
+    Auth, Nimbus, Stats, Target, build_nimbus, median_ms, parse, root, run, submit_async,
+    wait_succeeded,
+};
 
 /// One connection count's samples: p50s and throughputs of SQLite, then of PostgreSQL.
 type Compared = (usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// Events submitted per accept measurement.
 const ASYNC_EVENTS: usize = 5_000;
+
+/// How long idle nodes' load on PostgreSQL is read over.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 fn psql(sql: &str) -> anyhow::Result<()> {
     let base = postgres_base();
@@ -100,37 +104,140 @@ fn target(node: &Nimbus, name: &'static str) -> Target {
 }
 
 /// Durable asynchronous accepts per second: `ASYNC_EVENTS` over `conns` connections.
-async fn accept_rate(node: &Nimbus, conns: usize) -> anyhow::Result<f64> {
-    let addr = node.endpoint.trim_start_matches("http://").to_string();
+/// Returns the rate and each connection's last request id (to wait for the runs).
+async fn accept_rate(node: &Nimbus, conns: usize) -> anyhow::Result<(f64, Vec<String>)> {
+    let addr = node.endpoint.trim_start_matches("http://");
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (addr, token) = (addr.clone(), node.token.clone());
-        tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            for _ in 0..ASYNC_EVENTS / conns {
-                let req = Request::post("/v1/functions/noop/invocations")
-                    .header("host", &addr)
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("x-nimbus-invocation-type", "async")
-                    .body(Full::new(Bytes::from_static(b"{}")))?;
-                let res = send.send_request(req).await?;
-                let status = res.status();
-                let body = res.into_body().collect().await?.to_bytes();
-                if status.as_u16() != 202 {
-                    bail!("unexpected answer {status}: {body:?}");
-                }
-            }
-            anyhow::Ok(())
-        }));
+    let lasts = submit_async(addr, &node.token, ASYNC_EVENTS, conns).await?;
+    let rate = (conns * (ASYNC_EVENTS / conns)) as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, lasts))
+}
+
+/// What PostgreSQL has done so far: the bench database's committed transactions and rows
+/// written (`pg_stat_database`), and the server's write-ahead log position in bytes (the
+/// whole server's: run the bench on an otherwise quiet PostgreSQL).
+#[derive(Clone, Copy)]
+struct PgCounters {
+    at: Instant,
+    xacts: f64,
+    rows: f64,
+    wal_bytes: f64,
+}
+
+/// How long a PostgreSQL backend may hold its statistics before publishing them: 1 s while
+/// busy, 10 s once idle (PostgreSQL 15's `PGSTAT_IDLE_INTERVAL`). Readings wait this long
+/// after the work they count.
+const PG_STATS_DELAY: Duration = Duration::from_secs(11);
+
+fn pg_counters(db: &Database) -> anyhow::Result<PgCounters> {
+    let sql = format!(
+        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted, \
+         pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_stat_database WHERE datname = '{}'",
+        db.name
+    );
+    let out = Command::new("psql")
+        .arg(&db.url)
+        .args(["-qXtAF", " ", "-c", &sql])
+        .output()
+        .context("psql (PostgreSQL's client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("pg_stat_database: {text:?}"))?;
+    let [xacts, rows, wal_bytes] = v[..] else {
+        bail!("pg_stat_database: {text:?}");
+    };
+    Ok(PgCounters {
+        at: Instant::now(),
+        xacts,
+        rows,
+        wal_bytes,
+    })
+}
+
+/// The connections open to the bench database now (every node's pool and listener).
+fn pg_connections(db: &Database) -> anyhow::Result<usize> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+        db.name
+    );
+    let out = Command::new("psql")
+        .arg(postgres_base())
+        .args(["-qXtA", "-c", &sql])
+        .output()
+        .context("psql (PostgreSQL's client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("pg_stat_activity: {text:?}"))
+}
+
+/// Backlogs at which a node's read of the cluster's waiting counts is timed.
+const BACKLOGS: [usize; 2] = [10_000, 100_000];
+
+/// How long PostgreSQL takes (its own execution time, median of 5) to answer one node's read
+/// of the cluster's waiting counts (`AsyncQueue::waiting`, which every node makes every
+/// 500 ms, and `pending`, as often) with `rows` events waiting. Run with no node attached:
+/// the rows are of a function none has.
+fn waiting_read_ms(db: &Database, rows: usize) -> anyhow::Result<f64> {
+    let fill = format!(
+        "DELETE FROM async_invocations; \
+         INSERT INTO async_invocations (id, function, payload, status, attempts, \
+         function_errors, enqueued_at_ms, next_attempt_at_ms, updated_at_ms) \
+         SELECT 'backlog-' || i, 'backlog-' || (i % 10), '\\x7b7d', 'queued', 0, 0, i, i, i \
+         FROM generate_series(1, {rows}) i; ANALYZE async_invocations"
+    );
+    let ok = Command::new("psql")
+        .arg(&db.url)
+        .args(["-qXc", &fill])
+        .status()
+        .context("psql (PostgreSQL's client)")?;
+    if !ok.success() {
+        bail!("filling the queue failed");
     }
-    for t in tasks {
-        t.await??;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        // The statement `PgStore::waiting` runs.
+        let out = Command::new("psql")
+            .arg(&db.url)
+            .args([
+                "-qXtA",
+                "-c",
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT function, COUNT(*) AS n \
+                 FROM async_invocations WHERE status IN ('queued', 'retrying') GROUP BY function",
+            ])
+            .output()
+            .context("psql (PostgreSQL's client)")?;
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("EXPLAIN: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let ms = plan[0]["Execution Time"]
+            .as_f64()
+            .with_context(|| format!("EXPLAIN: {plan}"))?;
+        times.push(ms);
     }
-    Ok((conns * (ASYNC_EVENTS / conns)) as f64 / started.elapsed().as_secs_f64())
+    Ok(median_ms(&mut times).0)
+}
+
+/// PostgreSQL's work between two readings, less what idle nodes do in that time (`idle`
+/// per second), per `ops` operations: (transactions, rows written, WAL bytes).
+fn per_op(a: PgCounters, b: PgCounters, idle: (f64, f64, f64), ops: f64) -> (f64, f64, f64) {
+    let secs = (b.at - a.at).as_secs_f64();
+    (
+        ((b.xacts - a.xacts) - idle.0 * secs).max(0.0) / ops,
+        ((b.rows - a.rows) - idle.1 * secs).max(0.0) / ops,
+        ((b.wal_bytes - a.wal_bytes) - idle.2 * secs).max(0.0) / ops,
+    )
+}
+
+/// What `nodes` idle nodes cost PostgreSQL per second (heartbeats, the change feed's and the
+/// shared queue's polls, timers' and leases' ticks), read over `window`.
+fn idle_rate(db: &Database, window: Duration) -> anyhow::Result<(f64, f64, f64)> {
+    let a = pg_counters(db)?;
+    std::thread::sleep(window);
+    let b = pg_counters(db)?;
+    Ok(per_op(a, b, (0.0, 0.0, 0.0), (b.at - a.at).as_secs_f64()))
 }
 
 pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
@@ -189,11 +296,35 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
     }
     let (mut acc_s, mut acc_p) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
-        acc_s.push(rt.block_on(accept_rate(&sqlite, opts.connections))?);
-        acc_p.push(rt.block_on(accept_rate(&pg, opts.connections))?);
+        for (node, rates) in [(&sqlite, &mut acc_s), (&pg, &mut acc_p)] {
+            let (rate, lasts) = rt.block_on(accept_rate(node, opts.connections))?;
+            rates.push(rate);
+            // The queued events run before the next measurement, which they would slow.
+            let addr = node.endpoint.trim_start_matches("http://");
+            rt.block_on(wait_succeeded(addr, &node.token, &lasts))?;
+        }
     }
-    // Let the queued events run before the three-node part.
-    std::thread::sleep(Duration::from_secs(5));
+
+    // What PostgreSQL carries: idle, per warm invoke, per asynchronous invocation.
+    println!();
+    println!("PostgreSQL's load (transactions, rows written, WAL bytes):");
+    std::thread::sleep(PG_STATS_DELAY);
+    let idle_one = idle_rate(&db, IDLE_WINDOW)?;
+    let before = pg_counters(&db)?;
+    let warm = rt.block_on(run(&t_pg, 1, duration))?;
+    std::thread::sleep(PG_STATS_DELAY);
+    let after = pg_counters(&db)?;
+    let per_warm = per_op(before, after, idle_one, warm.requests as f64);
+    let before = pg_counters(&db)?;
+    let (_, lasts) = rt.block_on(accept_rate(&pg, opts.connections))?;
+    rt.block_on(wait_succeeded(
+        pg.endpoint.trim_start_matches("http://"),
+        &pg.token,
+        &lasts,
+    ))?;
+    std::thread::sleep(PG_STATS_DELAY);
+    let after = pg_counters(&db)?;
+    let per_async = per_op(before, after, idle_one, ASYNC_EVENTS as f64);
 
     let b = Nimbus::start(&binary, &work.join("pg-b"), &shared)?;
     let c = Nimbus::start(&binary, &work.join("pg-c"), &shared)?;
@@ -206,6 +337,10 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
     for t in &targets {
         rt.block_on(run(t, 1, Duration::from_millis(200)))?;
     }
+    std::thread::sleep(PG_STATS_DELAY);
+    let idle_three = idle_rate(&db, IDLE_WINDOW)?;
+    // A node's pool keeps what its busiest moment opened (up to --db-connections-max).
+    let connections_one = pg_connections(&db)?;
     let (mut one, mut three) = (Vec::new(), Vec::new());
     let per_node = (opts.connections / 3).max(1);
     for _ in 0..opts.rounds {
@@ -217,6 +352,7 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
         one.push(alone.rps);
         three.push(all.iter().map(|s| s.rps).sum::<f64>());
     }
+    let connections_three = pg_connections(&db)?;
 
     println!();
     println!("medians of {} rounds:", opts.rounds);
@@ -251,7 +387,24 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
         med(&mut three),
         med(&mut three) / med(&mut one)
     );
+    let show = |what: &str, (x, r, w): (f64, f64, f64)| {
+        println!("  {what:<40} {x:9.2} transactions  {r:9.2} rows written  {w:10.0} WAL bytes");
+    };
+    show("idle, 1 node, per second:", idle_one);
+    show("idle, 3 nodes, per second:", idle_three);
+    show("per warm synchronous invoke:", per_warm);
+    show("per asynchronous invocation (accept+run):", per_async);
+    println!(
+        "  connections open: {connections_one} with node A after its load and B, C idle; {connections_three} after all three's"
+    );
     drop((sqlite, pg, b, c));
+    for rows in BACKLOGS {
+        let ms = waiting_read_ms(&db, rows)?;
+        println!(
+            "  one node's read of the waiting counts, {rows} events waiting: {ms:.2} ms \
+             (every node makes 4 such reads a second)"
+        );
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -610,68 +610,9 @@ fn bench_async(args: &[String]) -> anyhow::Result<()> {
     ))?;
     let (accepted, accept_time, drain_time) = rt.block_on(async {
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let (addr, token) = (addr.clone(), token.clone());
-            tasks.push(tokio::spawn(async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                tcp.set_nodelay(true)?;
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(conn);
-                let mut last = String::new();
-                for _ in 0..EVENTS / conns {
-                    let req = Request::post("/v1/functions/noop/invocations")
-                        .header("host", &addr)
-                        .header("authorization", format!("Bearer {token}"))
-                        .header("x-nimbus-invocation-type", "async")
-                        .body(Full::new(Bytes::from_static(b"{}")))?;
-                    let res = send.send_request(req).await?;
-                    let status = res.status();
-                    let body = res.into_body().collect().await?.to_bytes();
-                    if status.as_u16() != 202 {
-                        bail!("unexpected answer {status}: {body:?}");
-                    }
-                    let text = String::from_utf8_lossy(&body);
-                    last = text
-                        .split("\"request_id\":\"")
-                        .nth(1)
-                        .and_then(|t| t.split('"').next())
-                        .unwrap_or_default()
-                        .to_string();
-                }
-                anyhow::Ok(last)
-            }));
-        }
-        let mut lasts = Vec::new();
-        for t in tasks {
-            lasts.push(t.await??);
-        }
+        let lasts = submit_async(&addr, &token, EVENTS, conns).await?;
         let accept_time = started.elapsed();
-        // Each connection's last event is among the last dispatched (arrival order).
-        for id in &lasts {
-            loop {
-                // A connection per poll: polls are few, and each stands alone.
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(conn);
-                let req = Request::get(format!("/v1/invocations/{id}"))
-                    .header("host", &addr)
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Full::new(Bytes::new()))?;
-                let res = send.send_request(req).await?;
-                let body = res.into_body().collect().await?.to_bytes();
-                let text = String::from_utf8_lossy(&body);
-                if text.contains("\"status\":\"succeeded\"") {
-                    break;
-                }
-                if text.contains("\"status\":\"dead_lettered\"") {
-                    bail!("an event failed: {text}");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        wait_succeeded(&addr, &token, &lasts).await?;
         anyhow::Ok((conns * (EVENTS / conns), accept_time, started.elapsed()))
     })?;
     println!("{:<40} {:>12}", "measure", "value");
@@ -698,6 +639,81 @@ fn bench_async(args: &[String]) -> anyhow::Result<()> {
         accept_rate / sync.rps
     );
     let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// Submits `events` asynchronous calls of `noop` over `conns` keep-alive connections, as
+/// fast as each connection is answered; returns each connection's last request id.
+pub(crate) async fn submit_async(
+    addr: &str,
+    token: &str,
+    events: usize,
+    conns: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, token) = (addr.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let mut last = String::new();
+            for _ in 0..events / conns {
+                let req = Request::post("/v1/functions/noop/invocations")
+                    .header("host", &addr)
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("x-nimbus-invocation-type", "async")
+                    .body(Full::new(Bytes::from_static(b"{}")))?;
+                let res = send.send_request(req).await?;
+                let status = res.status();
+                let body = res.into_body().collect().await?.to_bytes();
+                if status.as_u16() != 202 {
+                    bail!("unexpected answer {status}: {body:?}");
+                }
+                let text = String::from_utf8_lossy(&body);
+                last = text
+                    .split("\"request_id\":\"")
+                    .nth(1)
+                    .and_then(|t| t.split('"').next())
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            anyhow::Ok(last)
+        }));
+    }
+    let mut lasts = Vec::new();
+    for t in tasks {
+        lasts.push(t.await??);
+    }
+    Ok(lasts)
+}
+
+/// Waits until each of `ids` has succeeded. Each connection's last event is among the last
+/// dispatched (arrival order), so this is when all that came before are done too.
+pub(crate) async fn wait_succeeded(addr: &str, token: &str, ids: &[String]) -> anyhow::Result<()> {
+    for id in ids {
+        loop {
+            // A connection per poll: polls are few, and each stands alone.
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let req = Request::get(format!("/v1/invocations/{id}"))
+                .header("host", addr)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))?;
+            let res = send.send_request(req).await?;
+            let body = res.into_body().collect().await?.to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            if text.contains("\"status\":\"succeeded\"") {
+                break;
+            }
+            if text.contains("\"status\":\"dead_lettered\"") {
+                bail!("an event failed: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     Ok(())
 }
 

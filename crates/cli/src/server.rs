@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// node).
     #[arg(long, env = "NIMBUS_DB")]
     db: Option<String>,
+    /// Most connections this node keeps to the `--db` PostgreSQL database (besides one that
+    /// listens for changes). Nodes × this must stay under the server's `max_connections`.
+    #[arg(long, env = "NIMBUS_DB_CONNECTIONS_MAX", default_value_t = store_postgres::CONNECTIONS_MAX, value_parser = clap::value_parser!(u32).range(2..=256))]
+    db_connections_max: u32,
     /// Where code archives and object bytes live: `s3://BUCKET[/PREFIX]?endpoint=URL`
     /// (credentials from the `AWS_*` variables or `access_key_id`/`secret_access_key` in
     /// the query). Default: the data dir.
@@ -218,7 +222,7 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
     // Held until the process exits (a SIGKILL too): one server per data dir.
     let _lock = lock_data_dir(&data_dir, &start_token)?;
     let node_id = node_id(&data_dir)?;
-    let stores = open_stores(args.db.as_deref(), &data_dir).await?;
+    let stores = open_stores(args.db.as_deref(), args.db_connections_max, &data_dir).await?;
     let token = admin_token(&data_dir)?;
     // Every node of a cluster accepts the same token: the first node's, kept in the store
     // and written to each node's data dir for its CLI.
@@ -751,7 +755,11 @@ struct Stores {
 }
 
 /// Opens the store `--db` names: PostgreSQL, shared by a cluster, or SQLite in the data dir.
-async fn open_stores(db: Option<&str>, data_dir: &Path) -> anyhow::Result<Stores> {
+async fn open_stores(
+    db: Option<&str>,
+    connections_max: u32,
+    data_dir: &Path,
+) -> anyhow::Result<Stores> {
     match db {
         None => {
             let sqlite = Arc::new(
@@ -772,7 +780,7 @@ async fn open_stores(db: Option<&str>, data_dir: &Path) -> anyhow::Result<Stores
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let shown = redact_url(url);
             let pg = Arc::new(
-                store_postgres::PgStore::connect(url)
+                store_postgres::PgStore::connect(url, connections_max)
                     .await
                     .with_context(|| format!("connecting to PostgreSQL at {shown} (--db)"))?,
             );

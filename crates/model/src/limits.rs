@@ -360,6 +360,14 @@ pub const FORWARD_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// What a forwarded call may take beyond its cold start and its function's timeout: the
 /// event's and the answer's way between the nodes.
 pub const FORWARD_MARGIN_MS: u64 = 5_000;
+/// How long a node runs a version's calls itself after its home said it had no room, before
+/// asking the home again. Under a burst past the home's `max_instances` every call would
+/// otherwise pay a round trip to hear "full"; a tenth of a second is shorter than most
+/// calls, so a freed slot on the home is soon used again.
+pub const FORWARD_FULL_BACKOFF_MS: i64 = 100;
+/// How many versions' "home full" marks a node keeps; past it expired marks are dropped,
+/// and then all (a forgotten mark costs one round trip).
+pub const FORWARD_FULL_MARKS_MAX: usize = 4_096;
 
 /// How long a node holds the asynchronous invocations it runs without renewing: past
 /// this, any node queues them again (their node died or stalled).

@@ -18,7 +18,8 @@
 //! Telemetry follows the instance: the home records the call (record, logs, canary count,
 //! metrics); the forwarding node records nothing of it, so each call is counted once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,6 +83,32 @@ pub enum Served {
     Full(String),
 }
 
+/// The placement keys whose home answered "full" lately, with when that stops counting
+/// (Unix ms). While a key is marked its calls run where they arrive, without the round trip.
+#[derive(Default)]
+pub(crate) struct FullHomes {
+    until_ms: Mutex<HashMap<String, i64>>,
+}
+
+impl FullHomes {
+    /// Whether `key`'s home said it was full less than `FORWARD_FULL_BACKOFF_MS` ago.
+    fn is_full(&self, key: &str, now_ms: i64) -> bool {
+        let marks = self.until_ms.lock().unwrap();
+        marks.get(key).is_some_and(|&until| now_ms < until)
+    }
+
+    fn mark(&self, key: &str, now_ms: i64) {
+        let mut marks = self.until_ms.lock().unwrap();
+        if marks.len() >= limits::FORWARD_FULL_MARKS_MAX && !marks.contains_key(key) {
+            marks.retain(|_, &mut until| now_ms < until);
+            if marks.len() >= limits::FORWARD_FULL_MARKS_MAX {
+                marks.clear();
+            }
+        }
+        marks.insert(key.to_string(), now_ms + limits::FORWARD_FULL_BACKOFF_MS);
+    }
+}
+
 /// What a forward waits for at most: a cold start (the instance's start-up bound and its
 /// initializer), the function's own timeout, and a margin for the way there and back.
 pub fn forward_timeout(instance: &sandbox::InstanceConfig) -> Duration {
@@ -141,7 +168,7 @@ impl Platform {
         let Some(home) = crate::placement::home(&key, live, |n| n.id.as_str()) else {
             return Ok(None);
         };
-        if home.id == membership.id() {
+        if home.id == membership.id() || self.full_homes.is_full(&key, now) {
             return Ok(None);
         }
         let timeout = forward_timeout(&resolved.instance);
@@ -182,6 +209,7 @@ impl Platform {
                 }))
             }
             Forwarded::NotThere(why) => {
+                self.full_homes.mark(&key, now_ms());
                 tracing::debug!(
                     target = %call.target,
                     request_id = %call.request_id,
@@ -411,6 +439,44 @@ mod tests {
             platform.recent_invocation(&c.request_id).is_some(),
             "recorded here"
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_home_said_full_its_calls_run_here_without_asking_for_a_moment() {
+        let forwarder = fake(|_| Ok(Forwarded::NotThere("full".into())));
+        let (_tmp, platform) = cluster(forwarder.clone()).await;
+        let event = Bytes::from_static(b"{}");
+        assert!(platform.forward(&call(), &event).await.unwrap().is_none());
+        assert!(platform.forward(&call(), &event).await.unwrap().is_none());
+        assert_eq!(forwarder.sent.lock().unwrap().len(), 1, "asked once");
+        tokio::time::sleep(Duration::from_millis(
+            limits::FORWARD_FULL_BACKOFF_MS as u64 + 20,
+        ))
+        .await;
+        assert!(platform.forward(&call(), &event).await.unwrap().is_none());
+        assert_eq!(forwarder.sent.lock().unwrap().len(), 2, "asked again");
+    }
+
+    #[test]
+    fn full_marks_expire_and_stay_bounded() {
+        let homes = FullHomes::default();
+        homes.mark("f:$LATEST:1", 1_000);
+        assert!(homes.is_full("f:$LATEST:1", 1_000));
+        assert!(homes.is_full("f:$LATEST:1", 1_000 + limits::FORWARD_FULL_BACKOFF_MS - 1));
+        assert!(!homes.is_full("f:$LATEST:1", 1_000 + limits::FORWARD_FULL_BACKOFF_MS));
+        assert!(!homes.is_full("g:1", 1_000));
+        // Expired marks make room first; live ones are dropped only when all are live.
+        for i in 0..limits::FORWARD_FULL_MARKS_MAX {
+            homes.mark(&format!("k{i}"), 2_000);
+        }
+        homes.mark("late", 2_000 + limits::FORWARD_FULL_BACKOFF_MS);
+        let len = homes.until_ms.lock().unwrap().len();
+        assert_eq!(len, 1, "every other mark had expired");
+        for i in 0..limits::FORWARD_FULL_MARKS_MAX {
+            homes.mark(&format!("k{i}"), 5_000);
+        }
+        assert!(homes.until_ms.lock().unwrap().len() <= limits::FORWARD_FULL_MARKS_MAX);
+        assert!(homes.is_full("k4095", 5_000));
     }
 
     #[tokio::test]

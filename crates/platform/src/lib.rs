@@ -89,6 +89,8 @@ pub struct Platform {
     membership: std::sync::OnceLock<Arc<crate::membership::Membership>>,
     /// What carries calls to their home nodes, once `set_forwarder` set it (a cluster).
     forwarder: std::sync::OnceLock<Arc<dyn crate::forward::Forwarder>>,
+    /// The versions whose home said lately that it had no room.
+    full_homes: crate::forward::FullHomes,
     /// Records, logs, events and metrics, once `enable_telemetry` has started them.
     recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Dependency builds at deploy, once `enable_builds` has set them up.
@@ -166,6 +168,7 @@ impl Platform {
             flows: std::sync::OnceLock::new(),
             membership: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
+            full_homes: Default::default(),
             recorder: std::sync::OnceLock::new(),
         }
     }

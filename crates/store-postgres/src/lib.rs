@@ -25,9 +25,10 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use store::StoreError;
 
-/// Connections one node keeps to the database at most. A node's writes are short
-/// transactions; a few connections keep them flowing without taking a large share of the
-/// server's `max_connections` (100 by default) when several nodes share it.
+/// Connections one node keeps to the database at most, by default (`--db-connections-max`).
+/// A node's writes are short transactions; a few connections keep them flowing without
+/// taking a large share of the server's `max_connections` (100 by default) when several
+/// nodes share it.
 pub const CONNECTIONS_MAX: u32 = 16;
 
 /// How long a query waits for a free connection before failing as busy.
@@ -42,10 +43,11 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`, with libpq's
     /// query parameters such as `sslmode`) and applies the migrations this version has and
-    /// the database has not. Nodes starting together are safe: the migrator holds a lock.
-    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    /// the database has not, keeping at most `connections_max` connections open. Nodes
+    /// starting together are safe: the migrator holds a lock.
+    pub async fn connect(url: &str, connections_max: u32) -> Result<PgStore, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        Self::connect_with(options, CONNECTIONS_MAX).await
+        Self::connect_with(options, connections_max).await
     }
 
     /// As `connect`, with options built by the caller (a schema on the search path, say).
@@ -53,6 +55,14 @@ impl PgStore {
         options: PgConnectOptions,
         connections_max: u32,
     ) -> Result<PgStore, StoreError> {
+        // A pool retries a connection that fails until its acquire timeout and then says
+        // only that it timed out; one plain connection first names the problem (refused,
+        // bad password, no such database) at once.
+        use sqlx::Connection;
+        sqlx::PgConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(connections_max)
             .acquire_timeout(ACQUIRE_TIMEOUT)

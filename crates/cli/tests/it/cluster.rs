@@ -117,6 +117,71 @@ impl Drop for Shared {
     }
 }
 
+/// A server given cluster settings it cannot use stops at once with a message naming the
+/// setting and the problem, and no secret of the settings in it.
+#[test]
+fn bad_cluster_settings_stop_the_server_with_the_setting_named() {
+    let shared = Shared::new();
+    let missing = format!("{}_missing", shared.db_url);
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--db", "mysql://root@127.0.0.1/test"],
+            "--db: `mysql://root@127.0.0.1/test` is not a postgres:// URL",
+        ),
+        // Said at once, not after the pool's wait for a connection.
+        (
+            &["--db", "postgres://nimbus:SECRET@127.0.0.1:1/none"],
+            "Connection refused",
+        ),
+        (&["--db", &missing], "does not exist"),
+        (
+            &["--db", &shared.db_url, "--db-connections-max", "1"],
+            "--db-connections-max",
+        ),
+        (
+            &["--db", &shared.db_url, "--blobs", "ftp://somewhere/bucket"],
+            "--blobs",
+        ),
+        (
+            &[
+                "--db",
+                &shared.db_url,
+                "--blobs",
+                &shared.blobs.replace("nimbus-test-secret", "wrong-secret"),
+            ],
+            "--blobs",
+        ),
+    ];
+    for (args, expected) in cases {
+        let started = std::time::Instant::now();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(crate::harness::NIMBUS)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{args:?}: slow to say"
+        );
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        // A password in a URL is never printed.
+        assert!(!stderr.contains("SECRET"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("wrong-secret"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 /// Waits (bounded) until `check` holds, polling.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
