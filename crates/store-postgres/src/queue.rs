@@ -188,9 +188,17 @@ impl AsyncQueue for PgStore {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<u64, StoreError> {
+        // Rows another transaction holds are skipped: they are being ended (by this node's
+        // `finish_many`) or taken over (by a node's `requeue_expired`), and renewing them
+        // would wait on that transaction in an order of its own (a deadlock with a batch of
+        // ends, seen under load). A skipped row still running is renewed next time, a third
+        // of the lease later.
         let done = sqlx::query(
             "UPDATE async_invocations SET lease_until_ms = $1
-             WHERE status = 'running' AND owner = $2",
+             WHERE id IN (
+                SELECT id FROM async_invocations WHERE status = 'running' AND owner = $2
+                FOR UPDATE SKIP LOCKED)
+               AND status = 'running' AND owner = $2",
         )
         .bind(lease.until_ms)
         .bind(&lease.node)
@@ -200,10 +208,14 @@ impl AsyncQueue for PgStore {
     }
 
     async fn release(&self, node: &str, now_ms: i64) -> Result<u64, StoreError> {
+        // Locked in id order, as `finish_many` locks its rows, so the two never deadlock.
         let done = sqlx::query(
             "UPDATE async_invocations SET status = 'queued', owner = NULL,
                 next_attempt_at_ms = $1, updated_at_ms = $1
-             WHERE status = 'running' AND owner = $2",
+             WHERE id IN (
+                SELECT id FROM async_invocations WHERE status = 'running' AND owner = $2
+                ORDER BY id FOR UPDATE)
+               AND status = 'running' AND owner = $2",
         )
         .bind(now_ms)
         .bind(node)
@@ -213,10 +225,15 @@ impl AsyncQueue for PgStore {
     }
 
     async fn requeue_expired(&self, now_ms: i64) -> Result<Vec<(String, usize)>, StoreError> {
+        // Rows another transaction holds are skipped: their node is ending them after all,
+        // or another node is requeueing them now; waiting on either could deadlock.
         let rows = sqlx::query(
             "UPDATE async_invocations SET status = 'queued', owner = NULL,
                 next_attempt_at_ms = $1, updated_at_ms = $1
-             WHERE status = 'running' AND lease_until_ms < $1
+             WHERE id IN (
+                SELECT id FROM async_invocations WHERE status = 'running' AND lease_until_ms < $1
+                FOR UPDATE SKIP LOCKED)
+               AND status = 'running' AND lease_until_ms < $1
              RETURNING function",
         )
         .bind(now_ms)
@@ -322,5 +339,6 @@ mod tests {
         claims_in_arrival_order_and_survives_a_crash,
         a_claimed_submission_is_running_at_once_and_a_restart_queues_it_again,
         leases_hold_running_invocations_and_any_node_requeues_expired_ones,
+        renewing_finishing_and_requeueing_at_once_never_deadlock,
     );
 }

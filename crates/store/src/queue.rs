@@ -551,6 +551,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn renewing_finishing_and_requeueing_at_once_never_deadlock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = SqliteStore::open(&tmp.path().join("q.db")).await.unwrap();
+        crate::testkit::queue::renewing_finishing_and_requeueing_at_once_never_deadlock(&q).await;
+    }
+
+    #[tokio::test]
     async fn submissions_work_again_once_a_full_disk_has_room() {
         let disk = crate::testfs::SmallDisk::mount(2048);
         let ballast = disk.ballast(1024 * 1024);

@@ -225,3 +225,78 @@ pub async fn leases_hold_running_invocations_and_any_node_requeues_expired_ones(
         AsyncStatus::Succeeded
     );
 }
+
+/// A node renewing its leases while it finishes attempts, and another node requeueing
+/// expired attempts while their node finishes them, all at once: no statement fails. (On
+/// PostgreSQL each statement that locks several rows locks them in id order or skips the
+/// locked ones; a renewal in another order met a batch end in a deadlock.)
+pub async fn renewing_finishing_and_requeueing_at_once_never_deadlock(q: &dyn AsyncQueue) {
+    const N: usize = 1_000;
+    // Ids in an order unlike their arrival, as random request ids are.
+    let id = |set: &str, i: usize| format!("{set}{:08x}", (i as u32).wrapping_mul(2_654_435_761));
+    let events: Vec<NewEvent> = (0..N)
+        .flat_map(|i| {
+            [
+                event(&id("a", i), "f", None, i as i64),
+                event(&id("b", i), "g", None, i as i64),
+            ]
+        })
+        .collect();
+    q.enqueue(&events).await.unwrap();
+    let mine = q
+        .claim(&[("f".into(), N)], 2_000, &lease("n1", 5_000))
+        .await
+        .unwrap();
+    // n2's attempts whose lease ran out at 2,500.
+    let stalled = q
+        .claim(&[("g".into(), N)], 2_000, &lease("n2", 2_500))
+        .await
+        .unwrap();
+    assert_eq!((mine.len(), stalled.len()), (N, N));
+    let done = Finish::Done {
+        status: AsyncStatus::Succeeded,
+        result: None,
+        version: None,
+        function_error: false,
+    };
+    // Each batch ends attempts from all over the table, as a node's concurrent attempts
+    // end in any order.
+    let finish = |mut records: Vec<crate::AsyncRecord>, node: &'static str| {
+        let done = done.clone();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        async move {
+            for chunk in records.chunks(100) {
+                let ends: Vec<(String, Finish)> =
+                    chunk.iter().map(|r| (r.id.clone(), done.clone())).collect();
+                q.finish_many(&ends, node, 2_600).await.unwrap();
+            }
+        }
+    };
+    let renewing = async {
+        for i in 0..100 {
+            q.renew(&lease("n1", 6_000 + i)).await.unwrap();
+        }
+    };
+    let requeueing = async {
+        for _ in 0..100 {
+            q.requeue_expired(3_000).await.unwrap();
+        }
+    };
+    tokio::join!(
+        finish(mine, "n1"),
+        renewing,
+        finish(stalled, "n2"),
+        requeueing
+    );
+    // n1's attempts all ended; each of n2's either ended or is queued again, none lost.
+    for i in 0..N {
+        let a = q.get(&id("a", i)).await.unwrap().unwrap();
+        assert_eq!(a.status, AsyncStatus::Succeeded);
+        let b = q.get(&id("b", i)).await.unwrap().unwrap();
+        assert!(
+            matches!(b.status, AsyncStatus::Succeeded | AsyncStatus::Queued),
+            "{:?}",
+            b.status
+        );
+    }
+}
