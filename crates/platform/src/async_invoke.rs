@@ -37,7 +37,7 @@ pub struct AsyncConfig {
     /// How long its claims hold without renewal (renewed every third of it).
     pub lease_ms: u64,
     /// Whether other nodes share the queue: then what they accept is read from the store
-    /// every `SHARED_QUEUE_POLL`, since only its own submissions wake this node.
+    /// every `shared_queue_poll`, since only its own submissions wake this node.
     pub shared: bool,
 }
 
@@ -61,6 +61,20 @@ impl Default for AsyncConfig {
 /// nodes accepted, or a dead node's that came back): the bound on how long such an event
 /// waits for an idle node.
 const SHARED_QUEUE_POLL: Duration = Duration::from_millis(500);
+
+/// How often the cluster as a whole reads the shared queue's counts at most: each read
+/// counts every waiting row (30 ms of the database's time with 100,000 waiting), so with
+/// many nodes each reads less often and the database's load stays that of a few nodes.
+const SHARED_QUEUE_READS_PER_SECOND_MAX: usize = 8;
+
+/// How long a node waits between reads of the shared queue's counts when `live_nodes`
+/// nodes read them: `SHARED_QUEUE_POLL`, or longer once the cluster would read more than
+/// `SHARED_QUEUE_READS_PER_SECOND_MAX` times a second.
+fn shared_queue_poll(live_nodes: usize) -> Duration {
+    SHARED_QUEUE_POLL.max(Duration::from_millis(
+        (1_000 * live_nodes / SHARED_QUEUE_READS_PER_SECOND_MAX) as u64,
+    ))
+}
 
 /// Submissions are committed in batches of at most this many (one transaction each).
 const COMMIT_BATCH_MAX: usize = 512;
@@ -1166,13 +1180,17 @@ async fn keep_leases(invoker: Weak<AsyncInvoker>) {
     }
 }
 
-/// Takes the store's counts as this node's view of what waits, every `SHARED_QUEUE_POLL`:
+/// Takes the store's counts as this node's view of what waits, every `shared_queue_poll`:
 /// events any node accepted, plus what runs here. A count this node raised a moment ago
 /// for a submission not yet committed may be lowered; the next read raises it again.
 async fn follow_others(invoker: Weak<AsyncInvoker>) {
+    let mut poll = SHARED_QUEUE_POLL;
     loop {
-        tokio::time::sleep(SHARED_QUEUE_POLL).await;
+        tokio::time::sleep(poll).await;
         let Some(inv) = invoker.upgrade() else { return };
+        if let Some(platform) = inv.platform.get().and_then(Weak::upgrade) {
+            poll = shared_queue_poll(platform.live_nodes());
+        }
         if inv.stopped.load(Ordering::Acquire) {
             return;
         }
@@ -1232,6 +1250,21 @@ async fn sweep(invoker: Weak<AsyncInvoker>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_reads_the_shared_queue_at_a_bounded_rate_whatever_its_size() {
+        assert_eq!(shared_queue_poll(1), SHARED_QUEUE_POLL);
+        assert_eq!(shared_queue_poll(3), SHARED_QUEUE_POLL);
+        assert_eq!(shared_queue_poll(4), SHARED_QUEUE_POLL);
+        assert_eq!(shared_queue_poll(100), Duration::from_millis(12_500));
+        for nodes in [1, 2, 5, 16, 100, 1_000] {
+            let reads = nodes as f64 / shared_queue_poll(nodes).as_secs_f64();
+            assert!(
+                reads <= SHARED_QUEUE_READS_PER_SECOND_MAX as f64,
+                "{nodes} nodes: {reads}/s"
+            );
+        }
+    }
 
     #[test]
     fn retries_back_off_with_bounded_jitter() {

@@ -258,6 +258,18 @@ impl Platform {
     }
 
     /// The nodes sharing the store, this one among them.
+    /// How many nodes this node sees alive, itself included (1 without membership).
+    pub(crate) fn live_nodes(&self) -> usize {
+        self.membership.get().map_or(1, |m| {
+            let now = now_ms();
+            m.peers()
+                .iter()
+                .filter(|n| crate::membership::alive(n, now))
+                .count()
+                .max(1)
+        })
+    }
+
     pub async fn nodes(&self) -> Result<Vec<crate::membership::NodeStatus>, Error> {
         match self.membership.get() {
             Some(m) => m.nodes().await,
