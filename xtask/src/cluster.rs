@@ -50,13 +50,13 @@ fn postgres_base() -> String {
 }
 
 /// A database of this run's own, dropped at the end.
-struct Database {
+pub(crate) struct Database {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    fn new() -> anyhow::Result<Database> {
+    pub(crate) fn new() -> anyhow::Result<Database> {
         let name = format!("nimbus_bench_{:016x}", rand::random::<u64>());
         psql(&format!("CREATE DATABASE {name}"))?;
         let base = postgres_base();
@@ -74,7 +74,7 @@ impl Drop for Database {
     }
 }
 
-fn blobs_url() -> String {
+pub(crate) fn blobs_url() -> String {
     let endpoint =
         std::env::var("NIMBUS_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into());
     let bucket = std::env::var("NIMBUS_TEST_S3_BUCKET").unwrap_or_else(|_| "nimbus-test".into());

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 mod bucket_events;
 mod cluster;
+mod fanout;
 mod flow;
 mod forward;
 mod queue;
@@ -41,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-flow") => flow::bench_flow(&args[1..]),
         Some("bench-cluster") => cluster::bench_cluster(&args[1..]),
         Some("bench-forward") => forward::bench_forward(&args[1..]),
+        Some("bench-fanout") => fanout::bench_fanout(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask bench-invoke [--seconds N] [--connections N]\n\
@@ -58,7 +60,8 @@ fn main() -> anyhow::Result<()> {
                  \x20      cargo xtask bench-s3 [--seconds N] [--connections N] [--rounds N]\n\
                  \x20      cargo xtask bench-bucket-events [--seconds N] [--rate N]\n\
                  \x20      cargo xtask bench-cluster [--seconds N] [--connections N] [--rounds N]\n\
-                 \x20      cargo xtask bench-forward --nodes URL,URL --token TOKEN [--function F] [--calls N] [--rounds N]\n\n\
+                 \x20      cargo xtask bench-forward --nodes URL,URL --token TOKEN [--function F] [--calls N] [--rounds N]\n\
+                 \x20      cargo xtask bench-fanout [--rounds N]\n\n\
                  bench-invoke: warm sync-invoke latency and throughput of a no-op Python\n\
                  function against a minimal asyncio server. bench-gateway: wrk against routes\n\
                  through the gateway and against the same servers run directly."

@@ -10,7 +10,8 @@ use crate::{ApiError, AppState};
 
 /// Lets the request through only with `Authorization: Bearer <admin token>`; publishing to
 /// the bus (`POST /v1/events`) also takes an invoke key (`x-nimbus-key`), so applications
-/// publish without the admin's token.
+/// publish without the admin's token. Another node's node-scoped telemetry read
+/// (`x-nimbus-scope: node`, `crate::fanout`) passes with the node key.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
@@ -31,6 +32,18 @@ pub async fn require_token(
         return Err(ApiError::new(
             ErrorCode::KeyInvalid,
             "the invoke key is not valid; `nimbus keys ls` lists the keys",
+        ));
+    }
+    if crate::fanout::node_scoped(request.headers())
+        && crate::fanout::node_readable(request.method(), request.uri().path())
+        && let Some(key) = request.headers().get(crate::forward::headers::KEY)
+    {
+        if constant_time_eq(key.as_bytes(), crate::node_key(&state.token).as_bytes()) {
+            return Ok(next.run(request).await);
+        }
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the node key is not this cluster's: do all nodes share one admin token?",
         ));
     }
     let presented = request

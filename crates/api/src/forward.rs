@@ -570,7 +570,7 @@ fn ran(h: &HeaderMap, body: Bytes) -> Result<Remote, String> {
 
 /// `target` as one path segment: names and qualifiers are safe as they are; anything else
 /// is percent-encoded.
-fn path_segment(target: &str) -> String {
+pub(crate) fn path_segment(target: &str) -> String {
     let mut out = String::with_capacity(target.len());
     for b in target.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'$') {

@@ -10,6 +10,7 @@ pub mod buckets;
 pub mod bus;
 mod error;
 mod extract;
+pub mod fanout;
 pub mod flows;
 pub mod forward;
 pub mod gateway;
@@ -51,6 +52,8 @@ pub struct AppState {
     /// The object store, for `/v1/buckets` and websites; `None` where none is served
     /// (`nimbus local`).
     pub objects: Option<Arc<buckets::Objects>>,
+    /// The client that asks the other nodes of a cluster for their telemetry.
+    pub fanout: Arc<fanout::Fanout>,
 }
 
 /// The OpenAPI description of the control API.

@@ -3,7 +3,8 @@
 //! estimated cost, and the Prometheus metrics.
 //!
 //! Each query first waits for the recorder to write what is queued, so a caller sees the
-//! calls it made just before.
+//! calls it made just before. In a cluster every query but a followed log asks the other
+//! live nodes too and merges their answers (`crate::fanout`); rows name their `node`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 
 use crate::extract::{Path, Query};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use store::telemetry::{self, EventQuery, LogQuery, LogRow, RecordQuery, UsageBy};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::fanout::{self, Row, Scope};
 use crate::{ApiError, AppState};
 use platform::now_ms;
 
@@ -131,7 +134,7 @@ fn page_limit(limit: Option<u32>) -> u32 {
     limit.unwrap_or(100).clamp(1, limits::TELEMETRY_PAGE_MAX)
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Clone, Debug, Deserialize, Serialize, IntoParams)]
 pub struct LogsQuery {
     /// From this time: `15m` (before now), RFC 3339, or Unix ms.
     pub since: Option<String>,
@@ -149,15 +152,17 @@ pub struct LogsQuery {
     /// Clamped to 1 to 1,000; the schema bound is the integer type's.
     #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
-    /// Lines older than this cursor (`next_before` of the previous page).
-    pub before: Option<i64>,
-    /// Stream new lines as server-sent events instead of answering a page.
+    /// Lines older than this cursor: the previous page's `next_cursor` (a number, an older
+    /// page's `next_before`, reads only the node asked).
+    pub before: Option<String>,
+    /// Stream new lines as server-sent events instead of answering a page (this node's
+    /// lines only, also in a cluster).
     #[serde(default)]
     pub follow: bool,
 }
 
 /// One stored log line.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LogEntryView {
     /// A cursor: lines are newest first by it (0 for a followed line).
     pub seq: i64,
@@ -169,6 +174,26 @@ pub struct LogEntryView {
     /// The logger's level, or `stdout` / `stderr`.
     pub level: String,
     pub message: String,
+    /// The node that recorded it (absent without cluster membership).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl Row for LogEntryView {
+    fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn set_node(&mut self, node: &str) {
+        self.node = node_name(node);
+    }
+}
+
+/// A row's `node`: none for a node without membership, which has no id.
+fn node_name(node: &str) -> Option<String> {
+    Some(node.to_string()).filter(|n| !n.is_empty())
 }
 
 impl From<&LogRow> for LogEntryView {
@@ -182,20 +207,30 @@ impl From<&LogRow> for LogEntryView {
             instance_id: l.instance_id,
             level: l.level.clone(),
             message: l.message.clone(),
+            node: None,
         }
     }
 }
 
 /// A page of log lines.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LogPage {
     pub lines: Vec<LogEntryView>,
     /// Pass as `before` for the next (older) page; absent on the last page. A page can
     /// hold fewer lines than asked, even none, when a filter matched little of a long
     /// history: the cursor then says where to go on.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    /// This node's own cursor (a page of this node alone): `next_cursor` as a number.
+    /// Absent from a page merged from several nodes.
+    #[serde(default)]
     pub next_before: Option<i64>,
-    /// Lines of this function dropped so far to keep it under its log cap.
+    /// Lines of this function dropped so far to keep it under its log cap (on every node
+    /// that answered).
     pub dropped_lines: u64,
+    /// Nodes that did not answer in time: their lines are missing from the page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
 }
 
 /// A function's log lines, newest first, filtered; or, with `follow=true`, a stream of new
@@ -208,6 +243,7 @@ pub struct LogPage {
 pub async fn logs(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let recorder = s.platform.recorder()?.clone();
@@ -225,26 +261,91 @@ pub async fn logs(
         };
         return Ok(follow(recorder.follow(), filter).into_response());
     }
+    let view = s.platform.node_view();
+    let this = view.as_ref().map(|v| v.this.clone());
+    let scope = fanout::scope(view, &headers, q.before.as_deref())?;
     recorder.flush().await;
     let limit = page_limit(q.limit);
-    let (rows, next_before) = recorder
-        .store
-        .logs(&LogQuery {
-            function: Some(name.clone()),
-            min_severity,
-            since_ms,
-            until_ms,
-            contains: q.q,
-            regex,
-            request_id: q.request_id,
-            before_seq: q.before,
-            limit,
-        })
-        .await?;
+    let query = LogQuery {
+        function: Some(name.clone()),
+        min_severity,
+        since_ms,
+        until_ms,
+        contains: q.q.clone(),
+        regex,
+        request_id: q.request_id.clone(),
+        before_seq: None,
+        limit,
+    };
+    let local = |before_seq: Option<i64>| {
+        let store = recorder.store.clone();
+        let query = LogQuery {
+            before_seq,
+            ..query.clone()
+        };
+        let this = this.clone();
+        async move {
+            let (rows, next) = store.logs(&query).await?;
+            let lines = rows
+                .iter()
+                .map(|r| LogEntryView {
+                    node: this.clone(),
+                    ..LogEntryView::from(r)
+                })
+                .collect();
+            Ok::<_, ApiError>((lines, next))
+        }
+    };
+    let dropped_here = recorder.store.logs_dropped(&name).await?;
+    let cluster = match scope {
+        Scope::Node { before } => {
+            let (lines, next_before) = local(before).await?;
+            return Ok(Json(LogPage {
+                lines,
+                next_cursor: next_before.map(|b| b.to_string()),
+                next_before,
+                dropped_lines: dropped_here,
+                unreachable_nodes: Vec::new(),
+            })
+            .into_response());
+        }
+        Scope::Cluster(cluster) => cluster,
+    };
+    // Every node reads the same instants: `15m` would be another window on each.
+    let peer_query = LogsQuery {
+        since: since_ms.map(|v| v.to_string()),
+        until: until_ms.map(|v| v.to_string()),
+        limit: Some(limit),
+        before: None,
+        follow: false,
+        ..q
+    };
+    let path = format!("/v1/functions/{name}/logs");
+    let mut dropped_lines = dropped_here;
+    let (merged, unreachable_nodes) = fanout::page(
+        &s.fanout,
+        &cluster,
+        limit,
+        local,
+        |before| {
+            let q = LogsQuery {
+                before: before.map(|b| b.to_string()),
+                ..peer_query.clone()
+            };
+            fanout::uri(&path, &q)
+        },
+        |p: LogPage| {
+            dropped_lines += p.dropped_lines;
+            (p.lines, p.next_before)
+        },
+    )
+    .await?;
     Ok(Json(LogPage {
-        lines: rows.iter().map(LogEntryView::from).collect(),
-        next_before,
-        dropped_lines: recorder.store.logs_dropped(&name).await?,
+        lines: merged.rows,
+        next_cursor: merged.cursor.map(|c| c.encode()),
+        next_before: None,
+        dropped_lines,
+        unreachable_nodes,
     })
     .into_response())
 }
@@ -293,7 +394,7 @@ fn follow(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Clone, Debug, Deserialize, Serialize, IntoParams)]
 pub struct EventsQuery {
     /// Only this function's events.
     pub function: Option<String>,
@@ -308,11 +409,13 @@ pub struct EventsQuery {
     /// Clamped to 1 to 1,000; the schema bound is the integer type's.
     #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
-    pub before: Option<i64>,
+    /// Events older than this cursor: the previous page's `next_cursor` (a number reads
+    /// only the node asked).
+    pub before: Option<String>,
 }
 
 /// One lifecycle event.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub seq: i64,
     pub time_ms: i64,
@@ -321,6 +424,21 @@ pub struct EventView {
     pub instance_id: u64,
     pub event: String,
     pub reason: String,
+    /// The node that recorded it (absent without cluster membership).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl Row for EventView {
+    fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn set_node(&mut self, node: &str) {
+        self.node = node_name(node);
+    }
 }
 
 impl From<telemetry::EventRow> for EventView {
@@ -332,15 +450,25 @@ impl From<telemetry::EventRow> for EventView {
             instance_id: e.instance_id,
             event: e.event,
             reason: e.reason,
+            node: None,
         }
     }
 }
 
 /// `GET /v1/events`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventList {
     pub events: Vec<EventView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    /// This node's own cursor (a page of this node alone): `next_cursor` as a number.
+    /// Absent from a page merged from several nodes.
+    #[serde(default)]
     pub next_before: Option<i64>,
+    /// Nodes that did not answer in time: their events are missing from the page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
 }
 
 /// Lifecycle events, newest first: instances started and stopped (with why), throttles,
@@ -350,9 +478,12 @@ pub struct EventList {
     responses((status = 200, body = EventList), (status = 400, body = crate::ErrorBody)))]
 pub async fn events(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     let limit = page_limit(q.limit);
+    let view = s.platform.node_view();
+    let this = view.as_ref().map(|v| v.this.clone());
     let Ok(recorder) = s.platform.recorder() else {
         // Without telemetry, the node's in-memory list is all there is.
         let events = s
@@ -362,31 +493,91 @@ pub async fn events(
             events: events
                 .into_iter()
                 .filter(|e| q.event.as_deref().is_none_or(|k| k == e.event))
-                .map(|e| EventView::from(platform::recorder::event_row(e)))
+                .map(|e| EventView {
+                    node: this.clone(),
+                    ..EventView::from(platform::recorder::event_row(e))
+                })
                 .collect(),
+            next_cursor: None,
             next_before: None,
+            unreachable_nodes: Vec::new(),
         }));
     };
+    let scope = fanout::scope(view, &headers, q.before.as_deref())?;
     let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let query = EventQuery {
-        function: q.function,
-        event: q.event,
+        function: q.function.clone(),
+        event: q.event.clone(),
         since_ms,
         until_ms,
-        contains: q.q,
-        before_seq: q.before,
+        contains: q.q.clone(),
+        before_seq: None,
         limit,
     };
     recorder.flush().await;
-    let rows = recorder.store.events(&query).await?;
-    let next_before = next_cursor(rows.iter().map(|r| r.seq), limit);
+    let local = |before_seq: Option<i64>| {
+        let store = recorder.store.clone();
+        let query = EventQuery {
+            before_seq,
+            ..query.clone()
+        };
+        let this = this.clone();
+        async move {
+            let rows = store.events(&query).await?;
+            let next = next_cursor(rows.iter().map(|r| r.seq), limit);
+            let events = rows
+                .into_iter()
+                .map(|r| EventView {
+                    node: this.clone(),
+                    ..EventView::from(r)
+                })
+                .collect();
+            Ok::<_, ApiError>((events, next))
+        }
+    };
+    let cluster = match scope {
+        Scope::Node { before } => {
+            let (events, next_before) = local(before).await?;
+            return Ok(Json(EventList {
+                events,
+                next_cursor: next_before.map(|b| b.to_string()),
+                next_before,
+                unreachable_nodes: Vec::new(),
+            }));
+        }
+        Scope::Cluster(cluster) => cluster,
+    };
+    let peer_query = EventsQuery {
+        since: since_ms.map(|v| v.to_string()),
+        until: until_ms.map(|v| v.to_string()),
+        limit: Some(limit),
+        before: None,
+        ..q
+    };
+    let (merged, unreachable_nodes) = fanout::page(
+        &s.fanout,
+        &cluster,
+        limit,
+        local,
+        |before| {
+            let q = EventsQuery {
+                before: before.map(|b| b.to_string()),
+                ..peer_query.clone()
+            };
+            fanout::uri("/v1/events", &q)
+        },
+        |p: EventList| (p.events, p.next_before),
+    )
+    .await?;
     Ok(Json(EventList {
-        events: rows.into_iter().map(EventView::from).collect(),
-        next_before,
+        events: merged.rows,
+        next_cursor: merged.cursor.map(|c| c.encode()),
+        next_before: None,
+        unreachable_nodes,
     }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Clone, Debug, Deserialize, Serialize, IntoParams)]
 pub struct RecordsQuery {
     pub since: Option<String>,
     pub until: Option<String>,
@@ -397,11 +588,13 @@ pub struct RecordsQuery {
     /// Clamped to 1 to 1,000; the schema bound is the integer type's.
     #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
-    pub before: Option<i64>,
+    /// Records older than this cursor: the previous page's `next_cursor` (a number reads
+    /// only the node asked).
+    pub before: Option<String>,
 }
 
 /// One invocation record.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RecordView {
     pub seq: i64,
     pub request_id: String,
@@ -425,12 +618,62 @@ pub struct RecordView {
     pub instance_id: u64,
     /// The call's W3C `traceparent`.
     pub traceparent: Option<String>,
+    /// The node that ran it (absent without cluster membership).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+impl Row for RecordView {
+    fn time_ms(&self) -> i64 {
+        self.started_at_ms
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn set_node(&mut self, node: &str) {
+        self.node = node_name(node);
+    }
+}
+
+impl From<telemetry::RecordRow> for RecordView {
+    fn from(r: telemetry::RecordRow) -> Self {
+        RecordView {
+            seq: r.seq,
+            request_id: r.request_id,
+            function: r.function,
+            version: r.version,
+            trigger: r.trigger,
+            attempt: r.attempt,
+            started_at_ms: r.started_at_ms,
+            queue_ms: r.queue_ms,
+            init_ms: r.init_ms,
+            handler_ms: r.handler_ms,
+            duration_ms: r.duration_ms,
+            cold_start: r.cold,
+            status: r.status,
+            error_type: r.error_type,
+            billed_ms: r.billed_ms,
+            memory_mb: r.memory_mb,
+            instance_id: r.instance_id,
+            traceparent: r.traceparent,
+            node: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RecordList {
     pub invocations: Vec<RecordView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    /// This node's own cursor (a page of this node alone): `next_cursor` as a number.
+    /// Absent from a page merged from several nodes.
+    #[serde(default)]
     pub next_before: Option<i64>,
+    /// Nodes that did not answer in time: their records are missing from the page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
 }
 
 /// A function's invocation records, newest first.
@@ -440,66 +683,106 @@ pub struct RecordList {
 pub async fn records(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Query(q): Query<RecordsQuery>,
 ) -> Result<Json<RecordList>, ApiError> {
     let recorder = s.platform.recorder()?;
     s.platform.get_function(&name).await?;
     let limit = page_limit(q.limit);
     let (since_ms, until_ms) = time_range(q.since.as_deref(), q.until.as_deref())?;
-    let trace_id = match q.trace_id {
-        Some(t) => Some(platform::trace::trace_id(&t).ok_or_else(|| {
+    let trace_id = match &q.trace_id {
+        Some(t) => Some(platform::trace::trace_id(t).ok_or_else(|| {
             ApiError::invalid(format!(
                 "trace_id {t:?} is not a trace id (32 hex digits, as in a traceparent)"
             ))
         })?),
         None => None,
     };
+    let view = s.platform.node_view();
+    let this = view.as_ref().map(|v| v.this.clone());
+    let scope = fanout::scope(view, &headers, q.before.as_deref())?;
     let query = RecordQuery {
-        function: Some(name),
-        request_id: q.request_id,
+        function: Some(name.clone()),
+        request_id: q.request_id.clone(),
         trace_id,
         since_ms,
         until_ms,
-        before_seq: q.before,
+        before_seq: None,
         limit,
     };
     recorder.flush().await;
-    let rows = recorder.store.records(&query).await?;
-    let next_before = next_cursor(rows.iter().map(|r| r.seq), limit);
+    let local = |before_seq: Option<i64>| {
+        let store = recorder.store.clone();
+        let query = RecordQuery {
+            before_seq,
+            ..query.clone()
+        };
+        let this = this.clone();
+        async move {
+            let rows = store.records(&query).await?;
+            let next = next_cursor(rows.iter().map(|r| r.seq), limit);
+            let records = rows
+                .into_iter()
+                .map(|r| RecordView {
+                    node: this.clone(),
+                    ..RecordView::from(r)
+                })
+                .collect();
+            Ok::<_, ApiError>((records, next))
+        }
+    };
+    let cluster = match scope {
+        Scope::Node { before } => {
+            let (invocations, next_before) = local(before).await?;
+            return Ok(Json(RecordList {
+                invocations,
+                next_cursor: next_before.map(|b| b.to_string()),
+                next_before,
+                unreachable_nodes: Vec::new(),
+            }));
+        }
+        Scope::Cluster(cluster) => cluster,
+    };
+    let peer_query = RecordsQuery {
+        since: since_ms.map(|v| v.to_string()),
+        until: until_ms.map(|v| v.to_string()),
+        limit: Some(limit),
+        before: None,
+        ..q
+    };
+    let path = format!("/v1/functions/{name}/invocations");
+    let (merged, unreachable_nodes) = fanout::page(
+        &s.fanout,
+        &cluster,
+        limit,
+        local,
+        |before| {
+            let q = RecordsQuery {
+                before: before.map(|b| b.to_string()),
+                ..peer_query.clone()
+            };
+            fanout::uri(&path, &q)
+        },
+        |p: RecordList| (p.invocations, p.next_before),
+    )
+    .await?;
     Ok(Json(RecordList {
-        invocations: rows
-            .into_iter()
-            .map(|r| RecordView {
-                seq: r.seq,
-                request_id: r.request_id,
-                function: r.function,
-                version: r.version,
-                trigger: r.trigger,
-                attempt: r.attempt,
-                started_at_ms: r.started_at_ms,
-                queue_ms: r.queue_ms,
-                init_ms: r.init_ms,
-                handler_ms: r.handler_ms,
-                duration_ms: r.duration_ms,
-                cold_start: r.cold,
-                status: r.status,
-                error_type: r.error_type,
-                billed_ms: r.billed_ms,
-                memory_mb: r.memory_mb,
-                instance_id: r.instance_id,
-                traceparent: r.traceparent,
-            })
-            .collect(),
-        next_before,
+        invocations: merged.rows,
+        next_cursor: merged.cursor.map(|c| c.encode()),
+        next_before: None,
+        unreachable_nodes,
     }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Clone, Debug, Deserialize, Serialize, IntoParams)]
 pub struct StatsQuery {
     /// How far back: `1h` by default, at most 31 days.
     pub window: Option<String>,
     /// The series' step: `1m` by default; at most 1,440 steps per window.
     pub step: Option<String>,
+    /// The window ends with the step that holds this time (default now): Unix ms, RFC
+    /// 3339, or a duration before now (`1h`).
+    pub until: Option<String>,
 }
 
 /// Statistics of a set of calls.
@@ -559,9 +842,77 @@ pub struct StatsView {
     pub since_ms: i64,
     pub until_ms: i64,
     pub step_ms: i64,
+    /// In a cluster, `instances_max` adds the nodes' peaks in each step: an upper bound of
+    /// the instances alive at once across the cluster.
     pub totals: StatsFigures,
     /// Every step of the window, oldest first, empty ones included.
     pub series: Vec<StatsPoint>,
+    /// Only in a node-scoped answer (`x-nimbus-scope: node`, one node asking another):
+    /// the node's steps with calls as stored, duration histograms included, which the
+    /// asking node adds to its own so that percentiles are those of all the calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StatsStep>>,
+    /// Nodes that did not answer in time: their calls are missing from the figures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
+}
+
+/// One step of one node's statistics, as stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsStep {
+    pub start_ms: i64,
+    pub invocations: u64,
+    pub errors: u64,
+    pub throttles: u64,
+    pub retries: u64,
+    pub cold_starts: u64,
+    pub duration_sum_ms: f64,
+    /// Handler durations: `[bucket, calls]` pairs, bucket `b` holding (1.05^(b-1),
+    /// 1.05^b] microseconds.
+    pub histogram: Vec<[i64; 2]>,
+    pub instances_max: u32,
+}
+
+impl From<&telemetry::StatsBucket> for StatsStep {
+    fn from(b: &telemetry::StatsBucket) -> Self {
+        StatsStep {
+            start_ms: b.start_ms,
+            invocations: b.invocations,
+            errors: b.errors,
+            throttles: b.throttles,
+            retries: b.retries,
+            cold_starts: b.cold_starts,
+            duration_sum_ms: b.duration_sum_ms,
+            histogram: b.histogram.iter().map(|&(b, n)| [b, n as i64]).collect(),
+            instances_max: b.instances_max,
+        }
+    }
+}
+
+impl From<StatsStep> for telemetry::StatsBucket {
+    fn from(s: StatsStep) -> Self {
+        telemetry::StatsBucket {
+            start_ms: s.start_ms,
+            invocations: s.invocations,
+            errors: s.errors,
+            throttles: s.throttles,
+            retries: s.retries,
+            cold_starts: s.cold_starts,
+            duration_sum_ms: s.duration_sum_ms,
+            histogram: s
+                .histogram
+                .into_iter()
+                .map(|[b, n]| (b, n.max(0) as u64))
+                .collect(),
+            instances_max: s.instances_max,
+        }
+    }
+}
+
+/// What a node-scoped stats answer is read for.
+#[derive(Deserialize)]
+struct NodeStats {
+    steps: Vec<StatsStep>,
 }
 
 /// A function's statistics over a window: totals and a time series.
@@ -572,6 +923,7 @@ pub struct StatsView {
 pub async fn stats(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Query(q): Query<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
     let recorder = s.platform.recorder()?;
@@ -588,14 +940,44 @@ pub async fn stats(
         )));
     }
     // Steps are aligned to multiples of the step, so a series is stable between calls.
-    let now = now_ms();
-    let until_ms = now - now.rem_euclid(step_ms) + step_ms;
+    let (_, until) = time_range(None, q.until.as_deref())?;
+    let end = until.unwrap_or_else(now_ms);
+    let until_ms = end - end.rem_euclid(step_ms) + step_ms;
     let since_ms = until_ms - (window_ms + step_ms - 1) / step_ms * step_ms;
-    recorder.flush().await;
-    let buckets = recorder
-        .store
-        .stats(&name, since_ms, until_ms, step_ms)
-        .await?;
+    let scoped = fanout::node_scoped(&headers);
+    let others = match s.platform.node_view() {
+        Some(v) if !scoped => v.others,
+        _ => Vec::new(),
+    };
+    // The other nodes read the same steps: the last one is the step that holds
+    // `until_ms - 1`, whatever their clocks say now.
+    let peer_query = StatsQuery {
+        until: Some((until_ms - 1).to_string()),
+        ..q
+    };
+    let path = fanout::uri(&format!("/v1/functions/{name}/stats"), &peer_query);
+    let asks = others.into_iter().map(|n| (n, path.clone())).collect();
+    let local = async {
+        recorder.flush().await;
+        recorder
+            .store
+            .stats(&name, since_ms, until_ms, step_ms)
+            .await
+    };
+    let (buckets, (answers, unreachable_nodes)) =
+        tokio::join!(local, s.fanout.gather::<NodeStats>(asks));
+    let mut buckets = buckets?;
+    let steps = scoped.then(|| buckets.iter().map(StatsStep::from).collect());
+    if !answers.is_empty() {
+        let mut nodes = vec![buckets];
+        nodes.extend(answers.into_iter().map(|(_, a)| {
+            a.steps
+                .into_iter()
+                .map(telemetry::StatsBucket::from)
+                .collect()
+        }));
+        buckets = fanout::merge_stats(nodes);
+    }
     let all: Vec<&telemetry::StatsBucket> = buckets.iter().collect();
     let totals = StatsFigures::of(&all);
     let mut series = Vec::new();
@@ -619,10 +1001,12 @@ pub async fn stats(
         step_ms,
         totals,
         series,
+        steps,
+        unreachable_nodes,
     }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Clone, Debug, Deserialize, Serialize, IntoParams)]
 pub struct UsageQuery {
     /// From this time (default `30d`): a duration before now, RFC 3339, or Unix ms.
     pub since: Option<String>,
@@ -679,6 +1063,58 @@ pub struct UsageView {
     pub prices: Prices,
     pub rows: Vec<UsageLine>,
     pub total: UsageFigures,
+    /// Only in a node-scoped answer (`x-nimbus-scope: node`, one node asking another): the
+    /// node's metered figures as stored, which the asking node adds to its own exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metered: Option<Vec<UsageMetered>>,
+    /// Nodes that did not answer in time: their usage is missing from the figures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
+}
+
+/// One group's metered usage on one node, in the units it is stored in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageMetered {
+    /// The function, or the UTC day's first Unix millisecond.
+    pub key: String,
+    pub requests: u64,
+    pub billed_ms: i64,
+    /// Σ billed milliseconds × memory MB.
+    pub mb_ms: i64,
+    pub provisioned_instance_ms: i64,
+    pub provisioned_mb_ms: i64,
+}
+
+impl From<&telemetry::UsageRow> for UsageMetered {
+    fn from(r: &telemetry::UsageRow) -> Self {
+        UsageMetered {
+            key: r.key.clone(),
+            requests: r.requests,
+            billed_ms: r.billed_ms,
+            mb_ms: r.mb_ms,
+            provisioned_instance_ms: r.provisioned_instance_ms,
+            provisioned_mb_ms: r.provisioned_mb_ms,
+        }
+    }
+}
+
+impl From<UsageMetered> for telemetry::UsageRow {
+    fn from(m: UsageMetered) -> Self {
+        telemetry::UsageRow {
+            key: m.key,
+            requests: m.requests,
+            billed_ms: m.billed_ms,
+            mb_ms: m.mb_ms,
+            provisioned_instance_ms: m.provisioned_instance_ms,
+            provisioned_mb_ms: m.provisioned_mb_ms,
+        }
+    }
+}
+
+/// What a node-scoped usage answer is read for.
+#[derive(Deserialize)]
+struct NodeUsage {
+    metered: Vec<UsageMetered>,
 }
 
 /// Metered usage (requests, GB-seconds, provisioned time) and an estimated cost from the
@@ -688,6 +1124,7 @@ pub struct UsageView {
     responses((status = 200, body = UsageView), (status = 400, body = crate::ErrorBody)))]
 pub async fn usage(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
     let recorder = s.platform.recorder()?;
@@ -710,8 +1147,37 @@ pub async fn usage(
             )));
         }
     };
-    recorder.flush().await;
-    let rows = recorder.store.usage(since_ms, until_ms, by).await?;
+    let scoped = fanout::node_scoped(&headers);
+    let others = match s.platform.node_view() {
+        Some(v) if !scoped => v.others,
+        _ => Vec::new(),
+    };
+    // Every node reads the same instants: `30d` would be another window on each.
+    let peer_query = UsageQuery {
+        since: Some(since_ms.to_string()),
+        until: Some(until_ms.to_string()),
+        ..q
+    };
+    let path = fanout::uri("/v1/usage", &peer_query);
+    let asks = others.into_iter().map(|n| (n, path.clone())).collect();
+    let local = async {
+        recorder.flush().await;
+        recorder.store.usage(since_ms, until_ms, by).await
+    };
+    let (rows, (answers, unreachable_nodes)) =
+        tokio::join!(local, s.fanout.gather::<NodeUsage>(asks));
+    let mut rows = rows?;
+    let metered = scoped.then(|| rows.iter().map(UsageMetered::from).collect());
+    if !answers.is_empty() {
+        let mut nodes = vec![rows];
+        nodes.extend(answers.into_iter().map(|(_, a)| {
+            a.metered
+                .into_iter()
+                .map(telemetry::UsageRow::from)
+                .collect()
+        }));
+        rows = fanout::merge_usage(nodes);
+    }
     let prices = s.prices;
     let mut total = UsageFigures::default();
     let rows = rows
@@ -739,6 +1205,8 @@ pub async fn usage(
         prices,
         rows,
         total,
+        metered,
+        unreachable_nodes,
     }))
 }
 

@@ -380,7 +380,9 @@ fn log_tail(record: &platform::InvocationRecord) -> HeaderValue {
 }
 
 /// An invocation: an asynchronous one with its status, attempts and result or error (and
-/// its last attempt if it ran on this node), or a recent synchronous one with its logs.
+/// its last attempt if it ran on this node), or a recent synchronous one with its logs. In
+/// a cluster, one this node does not know is asked of the other nodes (each keeps its own
+/// recent calls); the first that knows it answers.
 #[utoipa::path(get, path = "/v1/invocations/{request_id}", tag = "invoke",
     params(("request_id" = String, Path)),
     responses((status = 200, body = InvocationAnswer),
@@ -388,23 +390,72 @@ fn log_tail(record: &platform::InvocationRecord) -> HeaderValue {
 pub async fn get_invocation(
     State(s): State<AppState>,
     Path(request_id): Path<String>,
+    req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let recent = s.platform.recent_invocation(&request_id);
     if let Some(a) = s.platform.async_invocation(&request_id).await? {
         let view = AsyncInvocationView::new(a, recent.as_deref().map(InvocationView::from));
         return Ok(Json(InvocationAnswer::Async(Box::new(view))).into_response());
     }
-    let record = recent.ok_or_else(|| {
-        ApiError::new(
+    if let Some(record) = recent {
+        let view = InvocationView::from(record.as_ref());
+        return Ok(Json(InvocationAnswer::Sync(Box::new(view))).into_response());
+    }
+    let others = match s.platform.node_view() {
+        Some(v) if !crate::fanout::node_scoped(&req_headers) => v.others,
+        _ => Vec::new(),
+    };
+    if others.is_empty() {
+        return Err(ApiError::new(
             ErrorCode::InvocationNotFound,
             format!(
                 "invocation `{request_id}` is not among the last {} on this node",
                 limits::RECENT_INVOCATIONS_MAX
             ),
-        )
-    })?;
-    let view = InvocationView::from(record.as_ref());
-    Ok(Json(InvocationAnswer::Sync(Box::new(view))).into_response())
+        ));
+    }
+    let path = format!(
+        "/v1/invocations/{}",
+        crate::forward::path_segment(&request_id)
+    );
+    let asks = others.into_iter().map(|n| (n, path.clone())).collect();
+    let mut unreachable = Vec::new();
+    for reply in s.fanout.ask(asks).await {
+        match reply.answer {
+            // The node that knows it answers as this one would have.
+            Ok((StatusCode::OK, body)) => {
+                return Ok((
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    body,
+                )
+                    .into_response());
+            }
+            Ok((StatusCode::NOT_FOUND, _)) => {}
+            Ok((status, _)) => {
+                tracing::warn!(node = %reply.node, %status, "a node did not answer an invocation query");
+                unreachable.push(reply.node);
+            }
+            Err(why) => {
+                tracing::warn!(node = %reply.node, %why, "a node did not answer an invocation query");
+                unreachable.push(reply.node);
+            }
+        }
+    }
+    let missing = if unreachable.is_empty() {
+        String::new()
+    } else {
+        format!(" that answered (no answer from {})", unreachable.join(", "))
+    };
+    Err(ApiError::new(
+        ErrorCode::InvocationNotFound,
+        format!(
+            "invocation `{request_id}` is not among the last {} of any node{missing}",
+            limits::RECENT_INVOCATIONS_MAX
+        ),
+    ))
 }
 
 /// Dead-lettered asynchronous invocations, oldest first.

@@ -61,6 +61,7 @@ pub(crate) async fn harness() -> Harness {
         token: TOKEN.into(),
         prices: Default::default(),
         objects: Some(objects.clone()),
+        fanout: Arc::new(crate::fanout::Fanout::new(TOKEN)),
     });
     Harness {
         _tmp: tmp,

@@ -217,7 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 regex: regex.as_deref(),
                 request_id: request_id.as_deref(),
                 limit: *limit,
-                before: *before,
+                before: before.as_deref(),
                 follow: *follow,
             };
             observe::logs(&client, a, cli.output).await
@@ -237,12 +237,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     since,
                     trace_id,
                     limit,
+                    before,
                 },
         } => {
             let filter = observe::RecordFilter {
                 since: since.as_deref(),
                 trace_id: trace_id.as_deref(),
                 limit: *limit,
+                before: before.as_deref(),
             };
             observe::invocations(&client, function, filter, cli.output).await
         }

@@ -187,13 +187,15 @@ impl LocalPlatform {
         &self,
         mut request: axum::http::Request<axum::body::Body>,
     ) -> axum::response::Response {
+        // No control API here: a token nobody has.
+        let token = uuid_token();
         let app = api::router(api::AppState {
             platform: self.platform.clone(),
             gateway: self.gateway.clone(),
             bus: platform::bus::EventBus::new(),
             bus_limits: Default::default(),
-            // No control API here: a token nobody has.
-            token: uuid_token().into(),
+            fanout: std::sync::Arc::new(api::fanout::Fanout::new(&token)),
+            token: token.into(),
             prices: api::observe::Prices::default(),
             objects: None,
         });

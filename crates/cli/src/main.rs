@@ -216,9 +216,10 @@ pub enum Command {
         request_id: Option<String>,
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
-        /// Older lines than this cursor (printed after a full page).
+        /// Older lines than this cursor (printed after a full page; in a cluster it names
+        /// every node's place).
         #[arg(long)]
-        before: Option<i64>,
+        before: Option<String>,
         /// Keep printing new lines as they are written.
         #[arg(long, short)]
         follow: bool,
@@ -408,6 +409,9 @@ pub enum InvocationCommand {
         trace_id: Option<String>,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
+        /// Older records than this cursor (printed after a full page).
+        #[arg(long)]
+        before: Option<String>,
     },
 }
 

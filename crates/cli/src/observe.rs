@@ -22,7 +22,8 @@ pub struct LogsArgs<'a> {
     pub regex: Option<&'a str>,
     pub request_id: Option<&'a str>,
     pub limit: u32,
-    pub before: Option<i64>,
+    /// A page's `next_cursor`.
+    pub before: Option<&'a str>,
     pub follow: bool,
 }
 
@@ -40,17 +41,56 @@ fn time_of(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn print_line(out: &mut impl Write, l: &Value) -> std::io::Result<()> {
+/// Prints a log line; with `node`, the node that ran its call (its id's first block, as for
+/// the request id).
+fn print_line(out: &mut impl Write, l: &Value, node: bool) -> std::io::Result<()> {
     let id = l["request_id"].as_str().unwrap_or("");
     writeln!(
         out,
-        "{} {:<6} {} {}",
+        "{} {:<6} {}{} {}",
         time_of(l["time_ms"].as_i64().unwrap_or(0)),
         l["level"].as_str().unwrap_or(""),
+        l["node"]
+            .as_str()
+            .filter(|_| node)
+            .map(|n| format!("{} ", n.split('-').next().unwrap_or(n)))
+            .unwrap_or_default(),
         // The first block of a uuid is enough to tell calls apart on one screen.
         id.split('-').next().unwrap_or(id),
         l["message"].as_str().unwrap_or("")
     )
+}
+
+/// Whether `rows` come from more than one node: only then are nodes worth a column.
+fn several_nodes(rows: &[Value]) -> bool {
+    let mut nodes = rows.iter().filter_map(|r| r["node"].as_str());
+    let first = nodes.next();
+    nodes.any(|n| Some(n) != first)
+}
+
+/// Says which nodes of a cluster did not answer, and so are missing from what was shown.
+fn warn_unreachable(page: &Value) {
+    let nodes: Vec<&str> = page["unreachable_nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !nodes.is_empty() {
+        eprintln!(
+            "(no answer from node{} {}: what they recorded is missing)",
+            if nodes.len() == 1 { "" } else { "s" },
+            nodes.join(", ")
+        );
+    }
+}
+
+/// The cursor of the next page: `next_cursor`, or `next_before` of an older server.
+fn next_page(page: &Value) -> Option<String> {
+    page["next_cursor"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| page["next_before"].as_i64().map(|b| b.to_string()))
 }
 
 pub async fn logs(client: &Client, a: LogsArgs<'_>, output: Output) -> anyhow::Result<ExitCode> {
@@ -61,7 +101,7 @@ pub async fn logs(client: &Client, a: LogsArgs<'_>, output: Output) -> anyhow::R
         ("q", a.grep.map(str::to_string)),
         ("regex", a.regex.map(str::to_string)),
         ("request_id", a.request_id.map(str::to_string)),
-        ("before", a.before.map(|b| b.to_string())),
+        ("before", a.before.map(str::to_string)),
         ("limit", Some(a.limit.to_string())),
     ]);
     let path = format!("/v1/functions/{}/logs", a.function);
@@ -79,10 +119,12 @@ pub async fn logs(client: &Client, a: LogsArgs<'_>, output: Output) -> anyhow::R
     let mut out = std::io::stdout().lock();
     // Newest first from the API; printed oldest first, as a log is read.
     let lines = page["lines"].as_array().cloned().unwrap_or_default();
+    let node = several_nodes(&lines);
     for l in lines.iter().rev() {
-        print_line(&mut out, l)?;
+        print_line(&mut out, l, node)?;
     }
-    if let Some(before) = page["next_before"].as_i64() {
+    warn_unreachable(&page);
+    if let Some(before) = next_page(&page) {
         eprintln!("(older lines: add --before {before})");
     }
     if let Some(n) = page["dropped_lines"].as_u64().filter(|n| *n > 0) {
@@ -151,7 +193,7 @@ pub(crate) async fn follow(
                 }
                 (_, Output::Text) => {
                     if let Ok(line) = serde_json::from_str::<Value>(&data) {
-                        print_line(&mut out, &line)?;
+                        print_line(&mut out, &line, false)?;
                     }
                 }
             }
@@ -366,6 +408,8 @@ pub struct RecordFilter<'a> {
     pub since: Option<&'a str>,
     pub trace_id: Option<&'a str>,
     pub limit: u32,
+    /// A page's `next_cursor`.
+    pub before: Option<&'a str>,
 }
 
 pub async fn invocations(
@@ -378,6 +422,7 @@ pub async fn invocations(
         ("since", filter.since.map(str::to_string)),
         ("trace_id", filter.trace_id.map(str::to_string)),
         ("limit", Some(filter.limit.to_string())),
+        ("before", filter.before.map(str::to_string)),
     ]);
     let v: Value = client
         .json(
@@ -393,13 +438,26 @@ pub async fn invocations(
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<24} {:<36} {:<8} {:<6} {:<10} {:>10} {:>8} {:>6} COLD",
-        "STARTED", "REQUEST_ID", "VERSION", "TRIG", "STATUS", "HANDLER", "BILLED", "MB"
+    let rows = v["invocations"].as_array().cloned().unwrap_or_default();
+    let node = several_nodes(&rows);
+    // Trimmed: without a node column, rows end with COLD as they always did.
+    let header = format!(
+        "{:<24} {:<36} {:<8} {:<6} {:<10} {:>10} {:>8} {:>6} {:<5} {}",
+        "STARTED",
+        "REQUEST_ID",
+        "VERSION",
+        "TRIG",
+        "STATUS",
+        "HANDLER",
+        "BILLED",
+        "MB",
+        "COLD",
+        if node { "NODE" } else { "" }
     );
-    for r in v["invocations"].as_array().into_iter().flatten() {
-        println!(
-            "{:<24} {:<36} {:<8} {:<6} {:<10} {:>10} {:>8} {:>6} {}",
+    println!("{}", header.trim_end());
+    for r in &rows {
+        let row = format!(
+            "{:<24} {:<36} {:<8} {:<6} {:<10} {:>10} {:>8} {:>6} {:<5} {}",
             time_of(r["started_at_ms"].as_i64().unwrap_or(0)),
             r["request_id"].as_str().unwrap_or(""),
             r["version"].as_str().unwrap_or(""),
@@ -408,8 +466,14 @@ pub async fn invocations(
             ms(&r["handler_ms"]),
             r["billed_ms"],
             r["memory_mb"],
-            r["cold_start"]
+            r["cold_start"],
+            r["node"].as_str().filter(|_| node).unwrap_or("")
         );
+        println!("{}", row.trim_end());
+    }
+    warn_unreachable(&v);
+    if let Some(before) = next_page(&v) {
+        eprintln!("(older records: add --before {before})");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -516,6 +516,8 @@ pub async fn run(args: &ServerArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         gateway,
         bus,
         bus_limits: std::sync::Arc::new(api::bus::Limits::new(args.bus_events_per_second_per_key)),
+        // Telemetry queries ask the other nodes too, with the node key.
+        fanout: Arc::new(api::fanout::Fanout::new(&token)),
         token: token.into(),
         prices: api::observe::Prices {
             per_million_requests: args.price_per_million_requests,

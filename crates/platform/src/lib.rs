@@ -280,6 +280,12 @@ impl Platform {
         }
     }
 
+    /// This node's id and the other live nodes with the addresses they advertise, for the
+    /// queries that ask every node; `None` without membership (`nimbus local`, tests).
+    pub fn node_view(&self) -> Option<crate::membership::NodeView> {
+        self.membership.get().map(|m| m.view(now_ms()))
+    }
+
     /// Stops this node's heartbeat (at shutdown).
     pub async fn stop_membership(&self) {
         if let Some(m) = self.membership.get() {

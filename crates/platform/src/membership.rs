@@ -28,6 +28,16 @@ pub struct NodeStatus {
     pub this: bool,
 }
 
+/// This node and the other live nodes, as the queries that fan out to every node see the
+/// cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// This node's id.
+    pub this: String,
+    /// The other nodes alive now (seen within `NODE_DEAD_AFTER_MS`), by id.
+    pub others: Vec<NodeRecord>,
+}
+
 /// This node's membership.
 pub struct Membership {
     store: Arc<dyn ClusterStore>,
@@ -106,6 +116,22 @@ impl Membership {
     /// with `alive` at the time of use.
     pub fn peers(&self) -> Arc<Vec<NodeRecord>> {
         self.peers.read().unwrap().clone()
+    }
+
+    /// This node and the other nodes alive at `now_ms`, from the view read after the last
+    /// beat (no store read).
+    pub fn view(&self, now_ms: i64) -> NodeView {
+        let mut others: Vec<NodeRecord> = self
+            .peers()
+            .iter()
+            .filter(|n| n.id != self.me.id && alive(n, now_ms))
+            .cloned()
+            .collect();
+        others.sort_by(|a, b| a.id.cmp(&b.id));
+        NodeView {
+            this: self.me.id.clone(),
+            others,
+        }
     }
 
     /// Every node the store knows, alive or not yet forgotten; forgets the long dead.
@@ -192,6 +218,18 @@ mod tests {
             .collect();
         assert_eq!(live, ["me"]);
         assert_eq!(m.id(), "me");
+        // The fan-out view: this node apart, the dead left out.
+        let view = m.view(now_ms());
+        assert_eq!((view.this.as_str(), view.others.len()), ("me", 0));
+        let live = NodeRecord {
+            id: "other".into(),
+            address: "http://10.0.0.7:9700".into(),
+            started_at_ms: now_ms(),
+            last_seen_ms: now_ms(),
+        };
+        m.store.heartbeat(&live).await.unwrap();
+        m.read_peers().await;
+        assert_eq!(m.view(now_ms()).others, [live]);
         // The heartbeat keeps the row fresh.
         let first = nodes[1].node.last_seen_ms;
         tokio::time::sleep(Duration::from_millis(limits::NODE_HEARTBEAT_MS + 300)).await;

@@ -581,3 +581,170 @@ async fn calls_through_every_node_run_warm_at_the_functions_home() {
     assert_eq!(cold, 1, "cold starts over 30 calls through three nodes");
     drop((a, b, c));
 }
+
+/// Logs a line per call, with the version that ran it.
+fn versioned(v: u32) -> String {
+    format!(
+        "V = {v}\ndef handler(event, context):\n    print('call', V, event['n'])\n    return event\n"
+    )
+}
+
+#[tokio::test]
+async fn telemetry_through_one_node_shows_the_calls_every_node_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = Shared::new();
+    let [a, b, c] = shared.three(tmp.path(), &[]);
+    eventually(Duration::from_secs(10), "every node sees three", || async {
+        let mut all = true;
+        for node in [&a, &b, &c] {
+            all &= nodes(node)
+                .await
+                .iter()
+                .filter(|n| n["state"] == "alive")
+                .count()
+                == 3;
+        }
+        all
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Node ids by server.
+    let listed = nodes(&a).await;
+    let id_of = |s: &Server| -> String {
+        listed
+            .iter()
+            .find(|n| n["address"] == s.endpoint.as_str())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ids: Vec<String> = [&a, &b, &c].map(id_of).to_vec();
+    // A call runs at its version's home, so versions are published until every node is
+    // the home of one: then calls of those versions run on all three.
+    let mut homes: std::collections::BTreeMap<String, u32> = Default::default();
+    for v in 1..=30 {
+        let dir = crate::harness::python_project(
+            &tmp.path().join(format!("v{v}")),
+            "f",
+            3000,
+            &versioned(v),
+        );
+        let run = a.cli(&["deploy", "--publish", dir.to_str().unwrap()]).await;
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let key = platform::placement::key("f", &v.to_string(), 0);
+        let home = platform::placement::home(&key, ids.iter(), |n| n.as_str()).unwrap();
+        homes.entry(home.clone()).or_insert(v);
+        if homes.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(homes.len(), 3, "{homes:?}");
+    // Each of those versions called through each node: nine calls, three on each node.
+    let mut n = 0;
+    for v in homes.values() {
+        for node in [&a, &b, &c] {
+            let res = node
+                .invoke(&format!("f:{v}"), &format!(r#"{{"n":{n}}}"#))
+                .await;
+            assert_eq!(res.status(), 200);
+            n += 1;
+        }
+    }
+    let all: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    let nodes_of = |rows: &Value| -> std::collections::BTreeSet<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Through A alone: every line, record, figure.
+    let logs = a.get_json("/v1/functions/f/logs?q=call").await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 9, "{logs}");
+    assert_eq!(nodes_of(&logs["lines"]), all, "{logs}");
+    assert!(logs.get("unreachable_nodes").is_none(), "{logs}");
+    let records = a.get_json("/v1/functions/f/invocations").await;
+    assert_eq!(
+        records["invocations"].as_array().unwrap().len(),
+        9,
+        "{records}"
+    );
+    assert_eq!(nodes_of(&records["invocations"]), all);
+    // Pages of four through the cursor: each call once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = "/v1/functions/f/invocations?limit=4".to_string();
+    for _ in 0..10 {
+        let page = a.get_json(&path).await;
+        for r in page["invocations"].as_array().unwrap() {
+            assert!(
+                seen.insert(r["request_id"].as_str().unwrap().to_string()),
+                "{page}"
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/functions/f/invocations?limit=4&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 9);
+    let stats = a.get_json("/v1/functions/f/stats?window=1h").await;
+    assert_eq!(stats["totals"]["invocations"], 9, "{stats}");
+    assert_eq!(stats["totals"]["cold_starts"], 3, "{stats}");
+    let usage = a.get_json("/v1/usage").await;
+    let f = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "f")
+        .unwrap();
+    assert_eq!(f["requests"], 9, "{usage}");
+    // An invocation another node ran, by its id.
+    let theirs = records["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] != ids[0].as_str())
+        .unwrap();
+    let id = theirs["request_id"].as_str().unwrap();
+    let found = a.get_json(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(found["request_id"], id, "{found}");
+    // The CLI prints them all, with the node of each line.
+    let run = a.cli(&["logs", "f", "--grep", "call"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 9, "{}", run.stdout);
+    for id in &ids {
+        let short = id.split('-').next().unwrap();
+        assert!(
+            run.stdout.contains(&format!(" {short} ")),
+            "{short}: {}",
+            run.stdout
+        );
+    }
+    let run = a.cli(&["invocation", "ls", "f", "--limit", "4"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("--before c1."), "{}", run.stderr);
+
+    // C dies: A still answers, with what A and B have and C named.
+    let c_id = ids[2].clone();
+    c.kill();
+    let logs = a.get_json("/v1/functions/f/logs?q=call").await;
+    assert_eq!(
+        logs["unreachable_nodes"],
+        serde_json::json!([c_id]),
+        "{logs}"
+    );
+    assert!(!nodes_of(&logs["lines"]).contains(&c_id), "{logs}");
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 6, "{logs}");
+    let res = a
+        .req(reqwest::Method::GET, "/v1/functions/f/stats")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let stats: Value = res.json().await.unwrap();
+    assert_eq!(stats["totals"]["invocations"], 6, "{stats}");
+    assert_eq!(stats["unreachable_nodes"], serde_json::json!([c_id]));
+    drop((a, b));
+}
