@@ -47,6 +47,12 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// of few calls fits, and a peer answering more is counted unreachable, not buffered.
 pub const PEER_ANSWER_BYTES_MAX: usize = 32 << 20;
 
+/// After a node failed to answer (no connection, or nothing within `PEER_TIMEOUT`),
+/// queries count it unreachable without asking it for this long: membership counts a dead
+/// node dead only after `NODE_DEAD_AFTER_MS`, and each query should not wait for it till
+/// then.
+pub const PEER_SKIPPED_FOR: Duration = Duration::from_secs(2);
+
 /// What a cursor across nodes starts with: its format's version.
 const CURSOR_PREFIX: &str = "c1.";
 
@@ -377,6 +383,8 @@ pub fn merge_usage(nodes: Vec<Vec<UsageRow>>) -> Vec<UsageRow> {
 pub struct Fanout {
     client: Client<HttpConnector, Empty<Bytes>>,
     key: HeaderValue,
+    /// Nodes that failed to answer lately, and until when they are not asked.
+    skipped: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// One node's answer: its status and body, or why there was none.
@@ -399,6 +407,7 @@ impl Fanout {
                 .build(connector),
             key: HeaderValue::try_from(crate::node_key(token))
                 .expect("hex is a valid header value"),
+            skipped: Default::default(),
         }
     }
 
@@ -406,11 +415,36 @@ impl Fanout {
     /// `PEER_TIMEOUT`.
     pub async fn ask(&self, asks: Vec<(NodeRecord, String)>) -> Vec<Reply> {
         let asks = asks.into_iter().map(|(node, path)| async move {
-            let answer = tokio::time::timeout(PEER_TIMEOUT, self.get(&node, &path))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!("no answer within {} ms", PEER_TIMEOUT.as_millis()))
-                });
+            let now = std::time::Instant::now();
+            let skipped = {
+                let mut skipped = self.skipped.lock().unwrap();
+                skipped.retain(|_, until| *until > now);
+                skipped.contains_key(&node.id)
+            };
+            if skipped {
+                return Reply {
+                    node: node.id,
+                    answer: Err(format!(
+                        "it did not answer a query less than {} ms ago",
+                        PEER_SKIPPED_FOR.as_millis()
+                    )),
+                };
+            }
+            let (answer, unreachable) =
+                match tokio::time::timeout(PEER_TIMEOUT, self.get(&node, &path)).await {
+                    Ok(Ok(answer)) => (Ok(answer), false),
+                    Ok(Err((why, connect))) => (Err(why), connect),
+                    Err(_) => (
+                        Err(format!("no answer within {} ms", PEER_TIMEOUT.as_millis())),
+                        true,
+                    ),
+                };
+            if unreachable {
+                self.skipped.lock().unwrap().insert(
+                    node.id.clone(),
+                    std::time::Instant::now() + PEER_SKIPPED_FOR,
+                );
+            }
             Reply {
                 node: node.id,
                 answer,
@@ -419,20 +453,29 @@ impl Fanout {
         futures_util::future::join_all(asks).await
     }
 
-    async fn get(&self, node: &NodeRecord, path: &str) -> Result<(StatusCode, Bytes), String> {
+    /// The node's answer, or why there is none and whether no connection was made.
+    async fn get(
+        &self,
+        node: &NodeRecord,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), (String, bool)> {
         let uri = format!("{}{path}", node.address.trim_end_matches('/'));
         let mut req = hyper::Request::get(uri)
             .body(Empty::new())
-            .map_err(|e| format!("its address is not a URL: {e}"))?;
+            .map_err(|e| (format!("its address is not a URL: {e}"), false))?;
         let h = req.headers_mut();
         h.insert(crate::forward::headers::KEY, self.key.clone());
         h.insert(SCOPE, HeaderValue::from_static("node"));
-        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| (e.to_string(), e.is_connect()))?;
         let (parts, body) = res.into_parts();
         let body = Limited::new(body, PEER_ANSWER_BYTES_MAX)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| (format!("reading the answer: {e}"), false))?
             .to_bytes();
         Ok((parts.status, body))
     }

@@ -547,6 +547,18 @@ async fn a_query_through_one_node_sees_every_node_and_names_the_ones_out_of_reac
         "{took:?}"
     );
     assert!(nodes_of(&events["events"]).len() == 3, "{events}");
+    // Right after, neither is asked again: the next query does not wait for the silent one.
+    let asked = std::time::Instant::now();
+    let (status, events) = get(n1, "/v1/events?limit=1000", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    assert_eq!(events["unreachable_nodes"], json!(["n4-down", "n5-silent"]));
+    assert!(asked.elapsed() < PEER_TIMEOUT / 2, "{:?}", asked.elapsed());
+    // Once the while is over, it is asked (and waited for) again.
+    tokio::time::sleep(PEER_SKIPPED_FOR).await;
+    let asked = std::time::Instant::now();
+    let (_, events) = get(n1, "/v1/events?limit=1000", &admin).await;
+    assert_eq!(events["unreachable_nodes"], json!(["n4-down", "n5-silent"]));
+    assert!(asked.elapsed() >= PEER_TIMEOUT, "{:?}", asked.elapsed());
 }
 
 /// The `seq` of the newest record on `h`, node-scoped.
