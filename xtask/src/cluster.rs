@@ -52,11 +52,11 @@ fn postgres_base() -> String {
 /// A database of this run's own, dropped at the end.
 pub(crate) struct Database {
     name: String,
-    pub(crate) url: String,
+    url: String,
 }
 
 impl Database {
-    pub(crate) fn new() -> anyhow::Result<Database> {
+    fn new() -> anyhow::Result<Database> {
         let name = format!("nimbus_bench_{:016x}", rand::random::<u64>());
         psql(&format!("CREATE DATABASE {name}"))?;
         let base = postgres_base();
@@ -74,7 +74,7 @@ impl Drop for Database {
     }
 }
 
-pub(crate) fn blobs_url() -> String {
+fn blobs_url() -> String {
     let endpoint =
         std::env::var("NIMBUS_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into());
     let bucket = std::env::var("NIMBUS_TEST_S3_BUCKET").unwrap_or_else(|_| "nimbus-test".into());
@@ -82,6 +82,18 @@ pub(crate) fn blobs_url() -> String {
         "s3://{bucket}/bench-{:016x}?endpoint={endpoint}&region=us-east-1&access_key_id=nimbus-test&secret_access_key=nimbus-test-secret",
         rand::random::<u64>()
     )
+}
+
+/// A database and an S3 prefix of the run's own, and the server flags that put a node on
+/// them (`--db`, `--blobs`); the database is dropped with the first.
+pub(crate) fn shared_stores() -> anyhow::Result<(Database, Vec<std::ffi::OsString>)> {
+    let db = Database::new()?;
+    let blobs = blobs_url();
+    let flags = ["--db", &db.url, "--blobs", &blobs]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok((db, flags))
 }
 
 /// A copy of `bench/noop` whose code differs by `marker`, so each deploy uploads new code.
@@ -247,12 +259,7 @@ pub fn bench_cluster(args: &[String]) -> anyhow::Result<()> {
     let binary = root.join("target/release/nimbus");
     let work = std::env::temp_dir().join(format!("nimbus-bench-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    let db = Database::new()?;
-    let blobs = blobs_url();
-    let shared: Vec<std::ffi::OsString> = ["--db", &db.url, "--blobs", &blobs]
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let (db, shared) = shared_stores()?;
     let sqlite = Nimbus::start(&binary, &work.join("sqlite"), &[])?;
     let pg = Nimbus::start(&binary, &work.join("pg-a"), &shared)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
-use crate::cluster::{Database, blobs_url};
+use crate::cluster::shared_stores;
 use crate::{Auth, Nimbus, Target, build_nimbus, median_ms, parse, root, run};
 
 /// The queries measured, by name.
@@ -116,12 +116,8 @@ pub fn bench_fanout(args: &[String]) -> anyhow::Result<()> {
     let binary = root.join("target/release/nimbus");
     let work = std::env::temp_dir().join(format!("nimbus-bench-fanout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    let db = Database::new()?;
-    let blobs = blobs_url();
-    let shared: Vec<std::ffi::OsString> = ["--db", &db.url, "--blobs", &blobs]
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    // Held to the end: the database is dropped with it.
+    let (_db, shared) = shared_stores()?;
     let single = Nimbus::start(&binary, &work.join("single"), &[])?;
     let nodes = [
         Nimbus::start(&binary, &work.join("a"), &shared)?,
