@@ -182,6 +182,30 @@ fn bad_cluster_settings_stop_the_server_with_the_setting_named() {
     }
 }
 
+/// Waits until every one of `servers` lists them all alive, then a while more: each node's
+/// view of the others is read after its heartbeats, and once all have read it they agree
+/// on every version's home.
+async fn all_see_each_other(servers: &[&Server]) {
+    eventually(
+        Duration::from_secs(10),
+        "every node sees the others",
+        || async {
+            let mut all = true;
+            for node in servers {
+                all &= nodes(node)
+                    .await
+                    .iter()
+                    .filter(|n| n["state"] == "alive")
+                    .count()
+                    == servers.len();
+            }
+            all
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 /// Waits (bounded) until `check` holds, polling.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
@@ -549,22 +573,7 @@ async fn calls_through_every_node_run_warm_at_the_functions_home() {
         ECHO_VERSION,
     ))
     .await;
-    // Every node's view of the others is read after its heartbeats: once each has seen all
-    // three, they agree on the home.
-    eventually(Duration::from_secs(10), "every node sees three", || async {
-        let mut all = true;
-        for node in [&a, &b, &c] {
-            all &= nodes(node)
-                .await
-                .iter()
-                .filter(|n| n["state"] == "alive")
-                .count()
-                == 3;
-        }
-        all
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    all_see_each_other(&[&a, &b, &c]).await;
     let mut cold = 0;
     for round in 0..10 {
         for node in [&a, &b, &c] {
@@ -594,20 +603,7 @@ async fn telemetry_through_one_node_shows_the_calls_every_node_ran() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Shared::new();
     let [a, b, c] = shared.three(tmp.path(), &[]);
-    eventually(Duration::from_secs(10), "every node sees three", || async {
-        let mut all = true;
-        for node in [&a, &b, &c] {
-            all &= nodes(node)
-                .await
-                .iter()
-                .filter(|n| n["state"] == "alive")
-                .count()
-                == 3;
-        }
-        all
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    all_see_each_other(&[&a, &b, &c]).await;
     // Node ids by server.
     let listed = nodes(&a).await;
     let id_of = |s: &Server| -> String {
